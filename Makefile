@@ -1,0 +1,44 @@
+# keyrelay developer commands. Every target creates .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test pytest lint fmt bench migrate serve clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/keyrelay demo
+
+test: lint pytest
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check keyrelay tests
+	$(BIN)/ruff check keyrelay tests
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format keyrelay tests
+	$(BIN)/ruff check --fix keyrelay tests
+
+migrate: $(STAMP)
+	$(BIN)/keyrelay migrate
+
+serve: $(STAMP)
+	$(BIN)/keyrelay serve
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) keyrelay.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m keyrelay`` runs the command-line interface."""
+
+from keyrelay.cli import main
+
+main()

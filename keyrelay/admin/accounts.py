@@ -1,0 +1,140 @@
+"""/api/v1/accounts and /api/v1/groups: admin-only management of accounts and groups."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+
+from keyrelay.admin.auth import Manager, require_manager, runtime_of
+from keyrelay.admin.schemas import AccountOut, GroupOut, account_out, group_out
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.runtime import Runtime
+from keyrelay.services.inputs import AccountCreate, AccountUpdate, GroupCreate, GroupUpdate
+from keyrelay.store.records import AccountRecord, GroupRecord
+
+
+async def require_admin(manager: Annotated[Manager, Depends(require_manager)]) -> Manager:
+    """FastAPI dependency: an admin management key."""
+    manager.require_admin()
+    return manager
+
+
+AdminDep = Annotated[Manager, Depends(require_admin)]
+router = APIRouter(prefix="/api/v1", tags=["accounts and groups"])
+
+
+class AccountEnvelope(BaseModel):
+    """``{"data": account}``."""
+
+    data: AccountOut
+
+
+class AccountList(BaseModel):
+    """A page of accounts."""
+
+    data: list[AccountOut]
+
+
+class GroupEnvelope(BaseModel):
+    """``{"data": group}``."""
+
+    data: GroupOut
+
+
+class GroupList(BaseModel):
+    """All groups."""
+
+    data: list[GroupOut]
+
+
+async def _account_view(runtime: Runtime, account: AccountRecord) -> AccountOut:
+    group = await runtime.groups.get(group_id=account.group_id) if account.group_id is not None else None
+    return account_out(account, group.name if group else None)
+
+
+async def _account(runtime: Runtime, account_id: int) -> AccountRecord:
+    account = await runtime.accounts.get(account_id=account_id)
+    if account is None:
+        raise GatewayError(ErrorType.NOT_FOUND, "No such account.")
+    return account
+
+
+async def _group(runtime: Runtime, group_id: int) -> GroupRecord:
+    group = await runtime.groups.get(group_id=group_id)
+    if group is None:
+        raise GatewayError(ErrorType.NOT_FOUND, "No such group.")
+    return group
+
+
+@router.post("/accounts", status_code=201, response_model=AccountEnvelope, summary="Create an account")
+async def create_account(body: AccountCreate, request: Request, _: AdminDep) -> AccountEnvelope:
+    """Create an account (balance null = unlimited)."""
+    runtime = runtime_of(request)
+    account = await runtime.account_service.create_account(body)
+    return AccountEnvelope(data=await _account_view(runtime, account))
+
+
+@router.get("/accounts", response_model=AccountList, summary="List accounts")
+async def list_accounts(
+    request: Request,
+    _: AdminDep,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AccountList:
+    """Accounts in creation order."""
+    runtime = runtime_of(request)
+    rows = await runtime.accounts.list(limit=page_size, offset=offset)
+    return AccountList(data=[await _account_view(runtime, a) for a in rows])
+
+
+@router.get("/accounts/{account_id}", response_model=AccountEnvelope, summary="Get an account")
+async def get_account(account_id: int, request: Request, _: AdminDep) -> AccountEnvelope:
+    """One account."""
+    runtime = runtime_of(request)
+    return AccountEnvelope(data=await _account_view(runtime, await _account(runtime, account_id)))
+
+
+@router.patch("/accounts/{account_id}", response_model=AccountEnvelope, summary="Update an account")
+async def update_account(account_id: int, body: AccountUpdate, request: Request, _: AdminDep) -> AccountEnvelope:
+    """Change status, balance or group; takes effect on the account's keys at their next request."""
+    runtime = runtime_of(request)
+    account = await runtime.account_service.update_account(await _account(runtime, account_id), body)
+    return AccountEnvelope(data=await _account_view(runtime, account))
+
+
+@router.post("/groups", status_code=201, response_model=GroupEnvelope, summary="Create a group")
+async def create_group(body: GroupCreate, request: Request, _: AdminDep) -> GroupEnvelope:
+    """Create a group with default key limits."""
+    runtime = runtime_of(request)
+    return GroupEnvelope(data=group_out(await runtime.account_service.create_group(body)))
+
+
+@router.get("/groups", response_model=GroupList, summary="List groups")
+async def list_groups(request: Request, _: AdminDep) -> GroupList:
+    """All groups."""
+    return GroupList(data=[group_out(g) for g in await runtime_of(request).groups.list()])
+
+
+@router.get("/groups/{group_id}", response_model=GroupEnvelope, summary="Get a group")
+async def get_group(group_id: int, request: Request, _: AdminDep) -> GroupEnvelope:
+    """One group."""
+    return GroupEnvelope(data=group_out(await _group(runtime_of(request), group_id)))
+
+
+@router.patch("/groups/{group_id}", response_model=GroupEnvelope, summary="Update a group")
+async def update_group(group_id: int, body: GroupUpdate, request: Request, _: AdminDep) -> GroupEnvelope:
+    """Change a group's defaults; its accounts' keys see them at their next request."""
+    runtime = runtime_of(request)
+    group = await runtime.account_service.update_group(await _group(runtime, group_id), body)
+    return GroupEnvelope(data=group_out(group))
+
+
+@router.delete("/groups/{group_id}", summary="Delete a group")
+async def delete_group(group_id: int, request: Request, _: AdminDep) -> dict[str, object]:
+    """Delete a group no account belongs to (409 otherwise)."""
+    runtime = runtime_of(request)
+    group = await _group(runtime, group_id)
+    await runtime.account_service.delete_group(group)
+    return {"data": {"id": group.id, "deleted": True}}

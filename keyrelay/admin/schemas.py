@@ -1,0 +1,178 @@
+"""Public JSON shapes of the management API (responses), and record → JSON conversion."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from keyrelay.keys.spec import micros_to_usd
+from keyrelay.limits.periods import period_start
+from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
+
+
+class RateLimitsOut(BaseModel):
+    """Request windows as set on the key (null = inherited from the group)."""
+
+    rpm: int | None
+    per_5h: int | None
+    per_1d: int | None
+    per_7d: int | None
+
+
+class KeyOut(BaseModel):
+    """A key as the API shows it. Never the plaintext."""
+
+    hash: str
+    name: str
+    label: str
+    key_type: str
+    disabled: bool
+    limit: float | None
+    limit_remaining: float | None
+    limit_reset: str | None
+    usage: float
+    rate_limits: RateLimitsOut
+    allowed_providers: list[str] | None
+    allowed_models: list[str] | None
+    ip_allowlist: list[str] | None
+    ip_denylist: list[str] | None
+    region: str | None
+    account_id: int
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    last_used_ip: str | None
+    rotation_grace_until: datetime | None
+
+
+class KeyEnvelope(BaseModel):
+    """``{"data": key}`` with any warnings about the input."""
+
+    data: KeyOut
+    warnings: list[str] = []
+
+
+class KeyIssued(KeyEnvelope):
+    """Answer to create and rotate: the plaintext ``key`` appears here once and never again."""
+
+    key: str
+
+
+class KeyPage(BaseModel):
+    """One page of keys; ``next_page_token`` is null on the last page."""
+
+    data: list[KeyOut]
+    next_page_token: str | None
+
+
+class KeyDeleted(BaseModel):
+    """Answer to DELETE."""
+
+    data: dict[str, str | bool]
+
+
+class GroupOut(BaseModel):
+    """A group and its defaults."""
+
+    id: int
+    name: str
+    description: str | None
+    price_multiplier: float
+    default_limit: float | None
+    default_limit_reset: str | None
+    default_rate_limits: RateLimitsOut
+    allowed_models: list[str] | None
+    allowed_providers: list[str] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class AccountOut(BaseModel):
+    """An account; ``balance`` null means unlimited."""
+
+    id: int
+    email: str
+    status: str
+    balance: float | None
+    group: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def _list(value: tuple[str, ...] | None) -> list[str] | None:
+    return None if value is None else list(value)
+
+
+def window_usage_micros(record: KeyRecord, now: datetime) -> int:
+    """Spend in the key's current limit window (lifetime usage when the limit never resets)."""
+    start = period_start(record.limit_reset, now)
+    if start is None:
+        return record.usage_micros
+    if record.period_start is not None and record.period_start >= start:
+        return record.period_usage_micros
+    return 0
+
+
+def key_out(record: KeyRecord, now: datetime) -> KeyOut:
+    """The API view of a key record at time ``now``."""
+    limit = record.limit_micros
+    remaining = None if not limit else max(0, limit - window_usage_micros(record, now))
+    grace = record.prev_secret_expires_at
+    return KeyOut(
+        hash=record.hash,
+        name=record.name,
+        label=record.display,
+        key_type=record.key_type,
+        disabled=record.disabled,
+        limit=None if limit is None else micros_to_usd(limit),
+        limit_remaining=None if remaining is None else micros_to_usd(remaining),
+        limit_reset=record.limit_reset,
+        usage=micros_to_usd(record.usage_micros),
+        rate_limits=RateLimitsOut(rpm=record.rpm, per_5h=record.per_5h, per_1d=record.per_1d, per_7d=record.per_7d),
+        allowed_providers=_list(record.allowed_providers),
+        allowed_models=_list(record.allowed_models),
+        ip_allowlist=_list(record.ip_allowlist),
+        ip_denylist=_list(record.ip_denylist),
+        region=record.region,
+        account_id=record.account_id,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        expires_at=record.expires_at,
+        last_used_at=record.last_used_at,
+        last_used_ip=record.last_used_ip,
+        rotation_grace_until=grace if grace is not None and grace > now else None,
+    )
+
+
+def group_out(group: GroupRecord) -> GroupOut:
+    """The API view of a group."""
+    return GroupOut(
+        id=group.id,
+        name=group.name,
+        description=group.description,
+        price_multiplier=group.price_multiplier_ppm / 1_000_000,
+        default_limit=None if group.default_limit_micros is None else micros_to_usd(group.default_limit_micros),
+        default_limit_reset=group.default_limit_reset,
+        default_rate_limits=RateLimitsOut(
+            rpm=group.default_rpm, per_5h=group.default_per_5h, per_1d=group.default_per_1d, per_7d=group.default_per_7d
+        ),
+        allowed_models=_list(group.allowed_models),
+        allowed_providers=_list(group.allowed_providers),
+        created_at=group.created_at,
+        updated_at=group.updated_at,
+    )
+
+
+def account_out(account: AccountRecord, group_name: str | None) -> AccountOut:
+    """The API view of an account."""
+    return AccountOut(
+        id=account.id,
+        email=account.email,
+        status=account.status,
+        balance=None if account.balance_micros is None else micros_to_usd(account.balance_micros),
+        group=group_name,
+        created_at=account.created_at,
+        updated_at=account.updated_at,
+    )

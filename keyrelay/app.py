@@ -1,0 +1,116 @@
+"""create_app(settings) → the ASGI application: routing by path prefix and the lifespan. No logic."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from keyrelay.admin.app import create_admin_app
+from keyrelay.asgi import Receive, Scope, Send, header, limit_body, new_request_id, send_error, send_json
+from keyrelay.clock import Clock
+from keyrelay.config import Settings
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.logs import request_id_var
+from keyrelay.runtime import Runtime, open_runtime
+
+log = logging.getLogger("keyrelay.app")
+_ADMIN_PREFIXES = ("/api/", "/openapi.json")
+
+
+class KeyrelayApp:
+    """The ASGI entry point: management API, health probes and (later) the LLM endpoints."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.admin = create_admin_app()
+        self.runtime: Runtime | None = None
+
+    async def startup(self) -> None:
+        """Open the store (migrating it), build services, start background work."""
+        runtime = await open_runtime(self.settings, clock=self._clock)
+        self.admin.state.runtime = runtime
+        runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")
+        self.runtime = runtime
+
+    async def shutdown(self) -> None:
+        """Flush and close everything."""
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request_id = new_request_id()
+        token = request_id_var.set(request_id)
+        try:
+            await self._http(scope, receive, _with_request_id(send, request_id), request_id)
+        finally:
+            request_id_var.reset(token)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        path: str = scope["path"]
+        max_body = self.settings.max_body_bytes
+        length = header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            err = GatewayError(ErrorType.PAYLOAD_TOO_LARGE, f"The request body exceeds {max_body} bytes.")
+            await send_error(send, err, request_id)
+            return
+        if path.startswith(_ADMIN_PREFIXES):
+            await self.admin(scope, limit_body(receive, max_body), send)
+        elif path == "/healthz":
+            await send_json(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await self._ready(send)
+        else:
+            await send_error(send, GatewayError(ErrorType.NOT_FOUND, f"No route for {path}."), request_id)
+
+    async def _ready(self, send: Send) -> None:
+        from sqlalchemy import text
+
+        runtime = self.runtime
+        try:
+            if runtime is None:
+                raise RuntimeError("not started")
+            async with runtime.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            await send_json(send, 503, {"status": "unavailable", "store": "unreachable"})
+            return
+        await send_json(send, 200, {"status": "ready", "store": "ok"})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("start-up failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    rid = request_id.encode()
+
+    async def wrapped(message: dict[str, Any] | Any) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+        await send(message)
+
+    return wrapped
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> KeyrelayApp:
+    """Build the ASGI application for these settings."""
+    return KeyrelayApp(settings, clock=clock)

@@ -1,0 +1,191 @@
+"""Settings: environment variables and keyrelay.yaml, read once, validated, frozen.
+
+This is the only module that reads ``os.environ``. Everything else receives a ``Settings``.
+Precedence: command-line flags > ``KEYRELAY_*`` environment variables > keyrelay.yaml > defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./keyrelay.db"
+MICROS_PER_USD = 1_000_000
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says where."""
+
+
+class ModelConfig(BaseModel):
+    """One model offered by a provider, with its prices in USD per million tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    upstream_id: str | None = Field(default=None, description="Model id sent upstream; defaults to id.")
+    input_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+
+    @property
+    def input_micros_per_mtok(self) -> int:
+        """Input price in micro-dollars per million tokens."""
+        return int(self.input_per_mtok * MICROS_PER_USD)
+
+    @property
+    def output_micros_per_mtok(self) -> int:
+        """Output price in micro-dollars per million tokens."""
+        return int(self.output_per_mtok * MICROS_PER_USD)
+
+
+class ProviderConfig(BaseModel):
+    """An upstream provider: where it is, how to authenticate, which models it serves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["openai", "openai-compatible"] = "openai"
+    base_url: str = Field(min_length=1)
+    api_key_env: str | None = None
+    api_key: SecretStr | None = Field(default=None, description="Filled from api_key_env at load; never from the file.")
+    region: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    models: tuple[ModelConfig, ...] = ()
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Every setting keyrelay has. Environment variables are ``KEYRELAY_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="KEYRELAY_", frozen=True, extra="forbid")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    config: Path | None = Field(default=None, description="Path of keyrelay.yaml.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    trusted_proxies: str = Field(default="", description="Comma-separated CIDRs whose X-Forwarded-For is honoured.")
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    cache_poll_interval_s: float = Field(default=1.0, gt=0)
+    usage_flush_interval_s: float = Field(default=1.0, gt=0)
+    default_max_tokens: int = Field(default=4096, gt=0, description="Output-token ceiling assumed without max_tokens.")
+    redis_url: str | None = None
+    providers: tuple[ProviderConfig, ...] = ()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables win over values passed in (which come from keyrelay.yaml)."""
+        return (env_settings, init_settings)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_cidrs(cls, value: str) -> str:
+        for part in _split_csv(value):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not a CIDR: {part!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _unique_provider_names(self) -> Settings:
+        names = [p.name for p in self.providers]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate provider names: {sorted(dupes)}")
+        return self
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The trusted proxy CIDRs, parsed."""
+        return tuple(ipaddress.ip_network(p, strict=False) for p in _split_csv(self.trusted_proxies))
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the store is an SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+
+def _split_csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _resolve_provider_secrets(providers: list[dict[str, Any]]) -> None:
+    for provider in providers:
+        if "api_key" in provider:
+            raise ConfigError(
+                f"provider {provider.get('name')!r}: put the upstream secret in an environment variable "
+                "and name it with api_key_env; api_key is not read from the file"
+            )
+        env_name = provider.get("api_key_env")
+        if env_name:
+            secret = os.environ.get(str(env_name))
+            if secret:
+                provider["api_key"] = secret
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from keyrelay.yaml (if any), the environment and explicit overrides.
+
+    Args:
+        config_file: Path of keyrelay.yaml; ``KEYRELAY_CONFIG`` is used when None.
+        **overrides: Values that win over everything (command-line flags); None values are ignored.
+
+    Raises:
+        ConfigError: The file is missing or unreadable, or a value is invalid.
+    """
+    path = config_file if config_file is not None else os.environ.get("KEYRELAY_CONFIG")
+    file_values: dict[str, Any] = {}
+    if path:
+        file_values = _read_yaml(Path(path))
+        file_values["config"] = str(path)
+    providers = file_values.get("providers") or []
+    if not isinstance(providers, list):
+        raise ConfigError(f"{path}: providers must be a list")
+    _resolve_provider_secrets(providers)
+    try:
+        settings = Settings(**file_values)
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if clean:
+            # Flags are already typed by the CLI parser; model_copy keeps them above the environment.
+            settings = settings.model_copy(update=clean)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data

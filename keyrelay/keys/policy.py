@@ -1,0 +1,64 @@
+"""The effective policy of a key: its own fields over its group's defaults, parsed once at cache fill."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+
+from keyrelay.store.records import GroupRecord, KeyRecord
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Everything authorization and admission need, with inheritance already resolved.
+
+    ``None`` for a limit means unlimited (after inheritance), as does ``0`` from the user.
+    """
+
+    limit_micros: int | None
+    limit_reset: str | None
+    rpm: int | None
+    per_5h: int | None
+    per_1d: int | None
+    per_7d: int | None
+    allowed_models: frozenset[str] | None
+    allowed_providers: frozenset[str] | None
+    ip_allowlist: tuple[Network, ...]
+    ip_denylist: tuple[Network, ...]
+    region: str | None
+    expires_at: datetime | None
+    price_multiplier_ppm: int
+
+
+def _pick(own: int | None, default: int | None) -> int | None:
+    value = own if own is not None else default
+    return value or None  # 0 means "no limit"
+
+
+def _pick_list(own: tuple[str, ...] | None, default: tuple[str, ...] | None) -> frozenset[str] | None:
+    value = own if own is not None else default
+    return frozenset(value) if value else None
+
+
+def effective_policy(key: KeyRecord, group: GroupRecord | None) -> Policy:
+    """Resolve a key's policy against its group's defaults."""
+    g = group
+    own_limit_set = key.limit_micros is not None
+    return Policy(
+        limit_micros=_pick(key.limit_micros, g.default_limit_micros if g else None),
+        limit_reset=key.limit_reset if own_limit_set else (g.default_limit_reset if g else None),
+        rpm=_pick(key.rpm, g.default_rpm if g else None),
+        per_5h=_pick(key.per_5h, g.default_per_5h if g else None),
+        per_1d=_pick(key.per_1d, g.default_per_1d if g else None),
+        per_7d=_pick(key.per_7d, g.default_per_7d if g else None),
+        allowed_models=_pick_list(key.allowed_models, g.allowed_models if g else None),
+        allowed_providers=_pick_list(key.allowed_providers, g.allowed_providers if g else None),
+        ip_allowlist=tuple(ipaddress.ip_network(c, strict=False) for c in key.ip_allowlist or ()),
+        ip_denylist=tuple(ipaddress.ip_network(c, strict=False) for c in key.ip_denylist or ()),
+        region=key.region,
+        expires_at=key.expires_at,
+        price_multiplier_ppm=g.price_multiplier_ppm if g else 1_000_000,
+    )

@@ -1,0 +1,139 @@
+"""Validated key input: the fields a client may set on a key, shared by the API, CLI and dashboard.
+
+``None`` on a limit field means "inherit the owner's group default"; ``0`` means "unlimited".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+MICROS_PER_USD = 1_000_000
+MAX_LIST_ITEMS = 1000
+LimitReset = Literal["daily", "weekly", "monthly"]
+ModelId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+ProviderName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Usd = Annotated[Decimal, Field(ge=0, le=Decimal(1_000_000_000), allow_inf_nan=False)]
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def usd_to_micros(value: Decimal) -> int:
+    """Exact conversion of a USD amount to integer micro-dollars."""
+    return int(value * MICROS_PER_USD)
+
+
+def micros_to_usd(value: int) -> float:
+    """Micro-dollars as a JSON-friendly USD number (exact for amounts below 2**53 micro-dollars)."""
+    return value / MICROS_PER_USD
+
+
+def normalise_cidr(value: str) -> str:
+    """A CIDR rule in canonical form; a bare address becomes /32 or /128.
+
+    Raises:
+        ValueError: Not an IPv4/IPv6 address or network.
+    """
+    text = value.strip()
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid IPv4/IPv6 address or CIDR") from None
+
+
+class RateLimits(BaseModel):
+    """Request windows; None inherits the group default, 0 means no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(default=None, ge=0, le=10_000_000)
+    per_5h: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    per_1d: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    per_7d: int | None = Field(default=None, ge=0, le=1_000_000_000)
+
+
+class _KeyFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    limit: Usd | None = None
+    limit_reset: LimitReset | None = None
+    expires_at: datetime | None = None
+    expires_in_days: int | None = Field(default=None, ge=0, le=36_500)
+    rate_limits: RateLimits | None = None
+    allowed_models: list[ModelId] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
+    allowed_providers: list[ProviderName] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
+    ip_allowlist: list[str] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
+    ip_denylist: list[str] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
+    region: str | None = None
+    disabled: bool | None = None
+
+    @field_validator("limit")
+    @classmethod
+    def _micro_precision(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value != value.quantize(Decimal("0.000001")):
+            raise ValueError("at most 6 decimal places (1 micro-dollar)")
+        return value
+
+    @field_validator("ip_allowlist", "ip_denylist")
+    @classmethod
+    def _cidrs(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        return list(dict.fromkeys(normalise_cidr(v) for v in value))
+
+    @field_validator("allowed_models", "allowed_providers")
+    @classmethod
+    def _dedupe(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(dict.fromkeys(value))
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION.match(value):
+            raise ValueError("lowercase letters, digits and '-', at most 32 characters")
+        return value
+
+    @field_validator("expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> _KeyFields:
+        if self.expires_at is not None and self.expires_in_days:
+            raise ValueError("give expires_at or expires_in_days, not both")
+        return self
+
+
+class KeyCreate(_KeyFields):
+    """Body of ``POST /api/v1/keys``."""
+
+    name: str = Field(min_length=1, max_length=100)
+    account: str | None = Field(default=None, description="Owner's email (admin management keys only).")
+
+
+class KeyUpdate(_KeyFields):
+    """Body of ``PATCH /api/v1/keys/{hash}``: only the fields present change; null clears to inherit."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _not_null(self) -> KeyUpdate:
+        for field in ("name", "disabled"):
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+
+class KeyRotate(BaseModel):
+    """Body of ``POST /api/v1/keys/{hash}/rotate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(default=0, ge=0, le=30 * 86_400)

@@ -1,0 +1,37 @@
+"""Calendar-aligned spend periods in UTC: daily at 00:00, weekly on Monday 00:00, monthly on the 1st."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+
+def period_start(reset: str | None, now: datetime) -> datetime | None:
+    """Start of the spend period containing ``now``; None for a lifetime cap (no reset).
+
+    Raises:
+        ValueError: Unknown reset name.
+    """
+    now = now.astimezone(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if reset is None:
+        return None
+    if reset == "daily":
+        return midnight
+    if reset == "weekly":
+        return midnight - timedelta(days=midnight.weekday())
+    if reset == "monthly":
+        return midnight.replace(day=1)
+    raise ValueError(f"unknown limit_reset {reset!r}")
+
+
+def period_end(reset: str | None, now: datetime) -> datetime | None:
+    """End (exclusive) of the spend period containing ``now``; None for a lifetime cap."""
+    start = period_start(reset, now)
+    if start is None:
+        return None
+    if reset == "daily":
+        return start + timedelta(days=1)
+    if reset == "weekly":
+        return start + timedelta(days=7)
+    year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+    return start.replace(year=year, month=month)

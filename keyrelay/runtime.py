@@ -1,0 +1,76 @@
+"""The process's long-lived objects, built once from Settings and passed down (no module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keyrelay.cache.keycache import KeyCache
+from keyrelay.cache.loader import StoreLoader
+from keyrelay.cache.sync import CacheSync
+from keyrelay.clock import Clock, SystemClock
+from keyrelay.config import Settings
+from keyrelay.services.accounts import AccountService
+from keyrelay.services.keys import KeyService
+from keyrelay.store.accounts import AccountRepository, GroupRepository
+from keyrelay.store.engine import create_engine
+from keyrelay.store.keys import KeyRepository
+from keyrelay.store.migrate import upgrade_to_head
+from keyrelay.tasks import TaskGroup
+
+
+@dataclass
+class Runtime:
+    """Store, repositories, cache and services of one process."""
+
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    keys: KeyRepository
+    accounts: AccountRepository
+    groups: GroupRepository
+    cache: KeyCache
+    cache_sync: CacheSync
+    key_service: KeyService
+    account_service: AccountService
+    tasks: TaskGroup = field(default_factory=TaskGroup)
+
+    async def close(self) -> None:
+        """Stop background work and release the database pool."""
+        await self.tasks.close()
+        await self.engine.dispose()
+
+
+def known_models(settings: Settings) -> frozenset[str]:
+    """Every model id a client may name: bare ids and provider/model forms."""
+    names: set[str] = set()
+    for provider in settings.providers:
+        for model in provider.models:
+            names.add(model.id)
+            names.add(f"{provider.name}/{model.id}")
+    return frozenset(names)
+
+
+async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
+    """Connect to the store (applying migrations) and build the services."""
+    clock = clock or SystemClock()
+    engine = create_engine(settings.database_url)
+    if migrate:
+        await upgrade_to_head(engine)
+    keys = KeyRepository(engine)
+    accounts = AccountRepository(engine)
+    groups = GroupRepository(engine)
+    cache = KeyCache(StoreLoader(keys=keys, accounts=accounts, groups=groups, clock=clock))
+    return Runtime(
+        settings=settings,
+        clock=clock,
+        engine=engine,
+        keys=keys,
+        accounts=accounts,
+        groups=groups,
+        cache=cache,
+        cache_sync=CacheSync(cache=cache, keys=keys, accounts=accounts, groups=groups, clock=clock),
+        key_service=KeyService(keys=keys, cache=cache, clock=clock, known_models=known_models(settings)),
+        account_service=AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock),
+    )

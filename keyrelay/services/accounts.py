@@ -1,0 +1,131 @@
+"""Accounts and groups: the single write path (store writes, then cache invalidation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from keyrelay.cache.keycache import KeyCache
+from keyrelay.clock import Clock
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.keys.spec import usd_to_micros
+from keyrelay.services.inputs import AccountCreate, AccountUpdate, GroupCreate, GroupUpdate
+from keyrelay.store.accounts import AccountRepository, GroupRepository
+from keyrelay.store.records import AccountRecord, GroupRecord
+
+PPM = 1_000_000
+
+
+class AccountService:
+    """Creates and changes accounts and groups."""
+
+    def __init__(
+        self, *, accounts: AccountRepository, groups: GroupRepository, cache: KeyCache | None, clock: Clock
+    ) -> None:
+        self._accounts = accounts
+        self._groups = groups
+        self._cache = cache
+        self._clock = clock
+
+    async def _group_id(self, name: str | None) -> int | None:
+        if name is None:
+            return None
+        group = await self._groups.get_by_name(name=name)
+        if group is None:
+            raise GatewayError(ErrorType.INVALID_REQUEST, f"group {name!r} does not exist", field="group")
+        return group.id
+
+    async def create_account(self, spec: AccountCreate) -> AccountRecord:
+        """Create an account; 409 if the email is taken."""
+        if await self._accounts.get_by_email(email=spec.email) is not None:
+            raise GatewayError(ErrorType.CONFLICT, f"an account with email {spec.email!r} exists", field="email")
+        now = self._clock.now_utc()
+        values = {
+            "email": spec.email,
+            "status": spec.status,
+            "balance_micros": None if spec.balance is None else usd_to_micros(spec.balance),
+            "group_id": await self._group_id(spec.group),
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            return await self._accounts.insert(values=values)
+        except IntegrityError:
+            raise GatewayError(ErrorType.CONFLICT, f"an account with email {spec.email!r} exists", field="email")
+
+    async def update_account(self, account: AccountRecord, spec: AccountUpdate) -> AccountRecord:
+        """Change group, balance or status; keys of the account see it on their next request."""
+        present = spec.model_fields_set
+        values: dict[str, Any] = {"updated_at": self._clock.now_utc()}
+        if "group" in present:
+            values["group_id"] = await self._group_id(spec.group)
+        if "balance" in present:
+            values["balance_micros"] = None if spec.balance is None else usd_to_micros(spec.balance)
+        if "status" in present:
+            if spec.status is None:
+                raise GatewayError(ErrorType.INVALID_REQUEST, "status cannot be null", field="status")
+            values["status"] = spec.status
+        updated = await self._accounts.update(account_id=account.id, values=values)
+        if updated is None:
+            raise GatewayError(ErrorType.NOT_FOUND, "No such account.")
+        if self._cache is not None:
+            self._cache.invalidate_account(account.id)
+        return updated
+
+    def _group_values(self, spec: GroupCreate | GroupUpdate, present: set[str]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if "name" in present:
+            if spec.name is None:
+                raise GatewayError(ErrorType.INVALID_REQUEST, "name cannot be null", field="name")
+            values["name"] = spec.name
+        if "description" in present:
+            values["description"] = spec.description
+        if "price_multiplier" in present:
+            values["price_multiplier_ppm"] = int((spec.price_multiplier or 1) * PPM)
+        if "default_limit" in present:
+            values["default_limit_micros"] = None if spec.default_limit is None else usd_to_micros(spec.default_limit)
+        if "default_limit_reset" in present:
+            values["default_limit_reset"] = spec.default_limit_reset
+        if "default_rate_limits" in present:
+            rates = spec.default_rate_limits
+            for name in ("rpm", "per_5h", "per_1d", "per_7d"):
+                if rates is None or name in rates.model_fields_set:
+                    values[f"default_{name}"] = None if rates is None else getattr(rates, name)
+        for name in ("allowed_models", "allowed_providers"):
+            if name in present:
+                value = getattr(spec, name)
+                values[name] = None if value is None else list(dict.fromkeys(value))
+        return values
+
+    async def create_group(self, spec: GroupCreate) -> GroupRecord:
+        """Create a group; 409 if the name is taken."""
+        if await self._groups.get_by_name(name=spec.name) is not None:
+            raise GatewayError(ErrorType.CONFLICT, f"a group named {spec.name!r} exists", field="name")
+        now = self._clock.now_utc()
+        values = {"price_multiplier_ppm": PPM, "created_at": now, "updated_at": now}
+        values.update(self._group_values(spec, set(spec.model_fields_set) | {"name"}))
+        try:
+            return await self._groups.insert(values=values)
+        except IntegrityError:
+            raise GatewayError(ErrorType.CONFLICT, f"a group named {spec.name!r} exists", field="name")
+
+    async def update_group(self, group: GroupRecord, spec: GroupUpdate) -> GroupRecord:
+        """Change a group; keys of its accounts see the new defaults on their next request."""
+        values = self._group_values(spec, set(spec.model_fields_set))
+        if "name" in values and values["name"] != group.name and await self._groups.get_by_name(name=values["name"]):
+            raise GatewayError(ErrorType.CONFLICT, f"a group named {values['name']!r} exists", field="name")
+        values["updated_at"] = self._clock.now_utc()
+        updated = await self._groups.update(group_id=group.id, values=values)
+        if updated is None:
+            raise GatewayError(ErrorType.NOT_FOUND, "No such group.")
+        if self._cache is not None:
+            self._cache.invalidate_group(group.id)
+        return updated
+
+    async def delete_group(self, group: GroupRecord) -> None:
+        """Delete a group that no account belongs to."""
+        members = await self._groups.member_count(group_id=group.id)
+        if members:
+            raise GatewayError(ErrorType.CONFLICT, f"group {group.name!r} still has {members} account(s)")
+        await self._groups.delete(group_id=group.id)

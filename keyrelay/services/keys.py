@@ -1,0 +1,154 @@
+"""Key lifecycle: create, update, rotate, revoke. The single write path for keys.
+
+The API, the CLI and the dashboard all come here. This module generates secrets and timestamps,
+writes the store, and invalidates the key cache before returning, which is what makes a revocation
+take effect on the very next request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from keyrelay.cache.keycache import KeyCache
+from keyrelay.clock import Clock
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.keys.format import KeyType, display_form, generate
+from keyrelay.keys.hashing import key_hash
+from keyrelay.keys.spec import KeyCreate, KeyUpdate, usd_to_micros
+from keyrelay.store.keys import KeyRepository
+from keyrelay.store.records import AccountRecord, KeyRecord
+
+_RATE_FIELDS = ("rpm", "per_5h", "per_1d", "per_7d")
+_LIST_FIELDS = ("allowed_models", "allowed_providers", "ip_allowlist", "ip_denylist")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A key record together with its plaintext, which exists only in this object, once."""
+
+    record: KeyRecord
+    plaintext: str
+    warnings: tuple[str, ...] = ()
+
+
+class KeyService:
+    """Creates and changes keys; every change invalidates the cache."""
+
+    def __init__(
+        self, *, keys: KeyRepository, cache: KeyCache | None, clock: Clock, known_models: frozenset[str]
+    ) -> None:
+        self._keys = keys
+        self._cache = cache
+        self._clock = clock
+        self._known_models = known_models
+
+    def _warnings(self, allowed_models: list[str] | None) -> tuple[str, ...]:
+        if not allowed_models or not self._known_models:
+            return ()
+        unknown = [m for m in allowed_models if m not in self._known_models]
+        return tuple(f"allowed_models: {m!r} is not offered by any configured provider" for m in unknown)
+
+    def _field_values(self, spec: KeyCreate | KeyUpdate, present: set[str]) -> dict[str, Any]:
+        now = self._clock.now_utc()
+        values: dict[str, Any] = {}
+        if "name" in present:
+            values["name"] = spec.name
+        if "disabled" in present:
+            values["disabled"] = bool(spec.disabled)
+        if "limit" in present:
+            values["limit_micros"] = None if spec.limit is None else usd_to_micros(spec.limit)
+        if "limit_reset" in present:
+            values["limit_reset"] = spec.limit_reset
+        if "expires_at" in present:
+            values["expires_at"] = spec.expires_at
+        if "expires_in_days" in present:
+            days = spec.expires_in_days
+            values["expires_at"] = now + timedelta(days=days) if days else None
+        if "rate_limits" in present:
+            rates = spec.rate_limits
+            for name in _RATE_FIELDS:
+                if rates is None:
+                    values[name] = None
+                elif name in rates.model_fields_set:
+                    values[name] = getattr(rates, name)
+        for name in _LIST_FIELDS:
+            if name in present:
+                values[name] = getattr(spec, name)
+        if "region" in present:
+            values["region"] = spec.region
+        return values
+
+    async def create(
+        self,
+        *,
+        account: AccountRecord,
+        spec: KeyCreate,
+        key_type: KeyType = KeyType.REGULAR,
+        is_admin: bool = False,
+    ) -> IssuedKey:
+        """Issue a new key for an account; the plaintext is returned once and never stored."""
+        now = self._clock.now_utc()
+        plaintext = generate(key_type)
+        secret_hash = key_hash(plaintext)
+        values = {
+            "hash": secret_hash,
+            "secret_hash": secret_hash,
+            "display": display_form(plaintext),
+            "key_type": key_type.value,
+            "is_admin": is_admin,
+            "account_id": account.id,
+            "disabled": False,
+            "created_at": now,
+            "updated_at": now,
+            "usage_micros": 0,
+            "period_usage_micros": 0,
+        }
+        values.update(self._field_values(spec, set(spec.model_fields_set) | {"name"}))
+        record = await self._keys.insert(values=values)
+        if self._cache is not None:
+            self._cache.invalidate_key(record.hash)
+        return IssuedKey(record=record, plaintext=plaintext, warnings=self._warnings(spec.allowed_models))
+
+    async def update(self, *, record: KeyRecord, spec: KeyUpdate) -> tuple[KeyRecord, tuple[str, ...]]:
+        """Apply the fields present in ``spec``; absent fields stay as they are."""
+        values = self._field_values(spec, set(spec.model_fields_set))
+        if "limit_reset" in values and values["limit_reset"] != record.limit_reset:
+            # A new window kind starts a fresh period.
+            values["period_usage_micros"] = 0
+            values["period_start"] = None
+        values["updated_at"] = self._clock.now_utc()
+        updated = await self._keys.update(key_hash=record.hash, values=values)
+        if updated is None:
+            raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
+        if self._cache is not None:
+            self._cache.invalidate_key(record.hash)
+        return updated, self._warnings(spec.allowed_models if "allowed_models" in spec.model_fields_set else None)
+
+    async def rotate(self, *, record: KeyRecord, grace_seconds: int) -> IssuedKey:
+        """Replace the secret, keeping the record; the old secret works for ``grace_seconds`` more."""
+        now = self._clock.now_utc()
+        plaintext = generate(KeyType(record.key_type))
+        values: dict[str, Any] = {
+            "secret_hash": key_hash(plaintext),
+            "display": display_form(plaintext),
+            "prev_secret_hash": record.secret_hash if grace_seconds > 0 else None,
+            "prev_secret_expires_at": now + timedelta(seconds=grace_seconds) if grace_seconds > 0 else None,
+            "updated_at": now,
+        }
+        updated = await self._keys.update(key_hash=record.hash, values=values)
+        if updated is None:
+            raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
+        if self._cache is not None:
+            self._cache.invalidate_key(record.hash)
+        return IssuedKey(record=updated, plaintext=plaintext)
+
+    async def revoke(self, *, record: KeyRecord) -> None:
+        """Delete a key for good: it fails on the next request and cannot be restored."""
+        now = self._clock.now_utc()
+        values = {"deleted_at": now, "updated_at": now, "prev_secret_hash": None, "prev_secret_expires_at": None}
+        if await self._keys.update(key_hash=record.hash, values=values) is None:
+            raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
+        if self._cache is not None:
+            self._cache.invalidate_key(record.hash)

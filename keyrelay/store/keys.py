@@ -1,0 +1,124 @@
+"""KeyRepository: reads and writes the keys table; stores values as given, returns KeyRecords."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keyrelay.store.records import Change, KeyRecord
+from keyrelay.store.rows import to_record
+from keyrelay.store.schema import keys
+
+
+class KeyRepository:
+    """Storage of keys. Soft-deleted rows stay (usage history and cross-process revocation need them)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def get(self, *, key_hash: str) -> KeyRecord | None:
+        """The live key whose stable ``hash`` is given."""
+        stmt = select(keys).where(keys.c.hash == key_hash, keys.c.deleted_at.is_(None))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return to_record(KeyRecord, row) if row else None
+
+    async def find_by_secret(self, *, secret_hash: str, now: datetime) -> KeyRecord | None:
+        """The live key whose current secret, or previous secret within its grace period, hashes to this."""
+        stmt = select(keys).where(
+            keys.c.deleted_at.is_(None),
+            or_(
+                keys.c.secret_hash == secret_hash,
+                and_(keys.c.prev_secret_hash == secret_hash, keys.c.prev_secret_expires_at > now),
+            ),
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return to_record(KeyRecord, row) if row else None
+
+    async def list(
+        self,
+        *,
+        account_id: int | None,
+        key_type: str,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        offset: int = 0,
+    ) -> list[KeyRecord]:
+        """Live keys, newest first, keyset-paginated by (created_at, hash) and/or offset."""
+        stmt = select(keys).where(keys.c.deleted_at.is_(None), keys.c.key_type == key_type)
+        if account_id is not None:
+            stmt = stmt.where(keys.c.account_id == account_id)
+        if after is not None:
+            created, key_hash = after
+            stmt = stmt.where(
+                or_(keys.c.created_at < created, and_(keys.c.created_at == created, keys.c.hash < key_hash))
+            )
+        stmt = stmt.order_by(keys.c.created_at.desc(), keys.c.hash.desc()).offset(offset).limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [to_record(KeyRecord, r) for r in rows]
+
+    async def count(self, *, account_id: int | None, key_type: str) -> int:
+        """Number of live keys of a type (optionally of one account)."""
+        stmt = select(func.count()).select_from(keys).where(keys.c.deleted_at.is_(None), keys.c.key_type == key_type)
+        if account_id is not None:
+            stmt = stmt.where(keys.c.account_id == account_id)
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def insert(self, *, values: dict[str, Any]) -> KeyRecord:
+        """Insert a key row and return it."""
+        async with self._engine.begin() as conn:
+            await conn.execute(keys.insert().values(**values))
+            row = (await conn.execute(select(keys).where(keys.c.hash == values["hash"]))).mappings().one()
+        return to_record(KeyRecord, row)
+
+    async def update(self, *, key_hash: str, values: dict[str, Any]) -> KeyRecord | None:
+        """Update a live key; None when it does not exist (or is deleted)."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                keys.update().where(keys.c.hash == key_hash, keys.c.deleted_at.is_(None)).values(**values)
+            )
+            if result.rowcount == 0:
+                return None
+            row = (await conn.execute(select(keys).where(keys.c.hash == key_hash))).mappings().one()
+        return to_record(KeyRecord, row)
+
+    async def changed_since(self, *, since: datetime) -> list[Change]:
+        """Keys (deleted ones included) whose row changed at or after ``since``; secrets as idents."""
+        stmt = select(keys.c.hash, keys.c.secret_hash, keys.c.prev_secret_hash, keys.c.updated_at).where(
+            keys.c.updated_at >= since
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        out: list[Change] = []
+        for row in rows:
+            out.append(Change(ident=row.hash, updated_at=row.updated_at))
+        return out
+
+    async def secret_hashes_of(self, *, key_hashes: Sequence[str]) -> list[str]:
+        """Every current and previous secret hash of the given keys (for cache invalidation)."""
+        if not key_hashes:
+            return []
+        stmt = select(keys.c.secret_hash, keys.c.prev_secret_hash).where(keys.c.hash.in_(list(key_hashes)))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [h for row in rows for h in (row.secret_hash, row.prev_secret_hash) if h]
+
+    async def record_last_used(self, *, updates: Sequence[tuple[str, datetime, str | None]]) -> None:
+        """Write coalesced (key hash, last_used_at, last_used_ip) updates in one transaction.
+
+        ``updated_at`` is deliberately left alone: last-use bookkeeping must not invalidate caches.
+        """
+        if not updates:
+            return
+        async with self._engine.begin() as conn:
+            for key_hash, used_at, ip in updates:
+                await conn.execute(
+                    keys.update().where(keys.c.hash == key_hash).values(last_used_at=used_at, last_used_ip=ip)
+                )

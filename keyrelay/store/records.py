@@ -1,0 +1,88 @@
+"""Domain records the repositories return: plain slotted dataclasses, UTC datetimes, integer money."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """A group: default key limits, allowed models and a price multiplier for its accounts."""
+
+    id: int
+    name: str
+    description: str | None
+    price_multiplier_ppm: int
+    default_limit_micros: int | None
+    default_limit_reset: str | None
+    default_rpm: int | None
+    default_per_5h: int | None
+    default_per_1d: int | None
+    default_per_7d: int | None
+    allowed_models: tuple[str, ...] | None
+    allowed_providers: tuple[str, ...] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """A user account: owns keys, holds a prepaid balance (None = unlimited), belongs to a group."""
+
+    id: int
+    email: str
+    status: str
+    balance_micros: int | None
+    group_id: int | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def active(self) -> bool:
+        """Whether the account may make requests."""
+        return self.status == "active"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One key as stored: never the plaintext, only hashes and the display form."""
+
+    hash: str
+    secret_hash: str
+    prev_secret_hash: str | None
+    prev_secret_expires_at: datetime | None
+    display: str
+    key_type: str
+    is_admin: bool
+    name: str
+    account_id: int
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    deleted_at: datetime | None
+    limit_micros: int | None
+    limit_reset: str | None
+    rpm: int | None
+    per_5h: int | None
+    per_1d: int | None
+    per_7d: int | None
+    allowed_models: tuple[str, ...] | None
+    allowed_providers: tuple[str, ...] | None
+    ip_allowlist: tuple[str, ...] | None
+    ip_denylist: tuple[str, ...] | None
+    region: str | None
+    usage_micros: int
+    period_usage_micros: int
+    period_start: datetime | None
+    last_used_at: datetime | None
+    last_used_ip: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A row that changed since a point in time, as seen by the cache poller."""
+
+    ident: str
+    updated_at: datetime

@@ -1,0 +1,135 @@
+"""SQLAlchemy Core tables: the single source of column truth.
+
+Money is integer micro-dollars (``*_micros``); the group price multiplier is parts per million.
+Timestamps are timezone-aware UTC (SQLite stores them naive; the repositories re-attach UTC).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+# SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _ts(name: str, nullable: bool = True) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=nullable)
+
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("description", String(500), nullable=True),
+    Column("price_multiplier_ppm", BigInteger, nullable=False, default=1_000_000),
+    Column("default_limit_micros", BigInteger, nullable=True),
+    Column("default_limit_reset", String(16), nullable=True),
+    Column("default_rpm", Integer, nullable=True),
+    Column("default_per_5h", Integer, nullable=True),
+    Column("default_per_1d", Integer, nullable=True),
+    Column("default_per_7d", Integer, nullable=True),
+    Column("allowed_models", JSON, nullable=True),
+    Column("allowed_providers", JSON, nullable=True),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    Index("ix_groups_updated_at", "updated_at"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("balance_micros", BigInteger, nullable=True),
+    Column("group_id", Integer, ForeignKey("groups.id"), nullable=True),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    Index("ix_accounts_updated_at", "updated_at"),
+)
+
+keys = Table(
+    "keys",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("prev_secret_hash", String(64), nullable=True),
+    _ts("prev_secret_expires_at"),
+    Column("display", String(32), nullable=False),
+    Column("key_type", String(16), nullable=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("name", String(100), nullable=False),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    _ts("expires_at"),
+    _ts("deleted_at"),
+    Column("limit_micros", BigInteger, nullable=True),
+    Column("limit_reset", String(16), nullable=True),
+    Column("rpm", Integer, nullable=True),
+    Column("per_5h", Integer, nullable=True),
+    Column("per_1d", Integer, nullable=True),
+    Column("per_7d", Integer, nullable=True),
+    Column("allowed_models", JSON, nullable=True),
+    Column("allowed_providers", JSON, nullable=True),
+    Column("ip_allowlist", JSON, nullable=True),
+    Column("ip_denylist", JSON, nullable=True),
+    Column("region", String(32), nullable=True),
+    Column("usage_micros", BigInteger, nullable=False, default=0),
+    Column("period_usage_micros", BigInteger, nullable=False, default=0),
+    _ts("period_start"),
+    _ts("last_used_at"),
+    Column("last_used_ip", String(45), nullable=True),
+    Index("ix_keys_account_created", "account_id", "created_at"),
+    Index("ix_keys_prev_secret_hash", "prev_secret_hash"),
+    Index("ix_keys_updated_at", "updated_at"),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", BigIntId, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    _ts("created_at", nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("key_name", String(100), nullable=False),
+    Column("account_id", Integer, nullable=False),
+    Column("model", String(200), nullable=True),
+    Column("provider", String(64), nullable=True),
+    Column("streamed", Boolean, nullable=False, default=False),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cost_micros", BigInteger, nullable=False, default=0),
+    Column("usage_estimated", Boolean, nullable=False, default=False),
+    Column("status", Integer, nullable=False),
+    Column("error_type", String(40), nullable=True),
+    Column("latency_ms", Integer, nullable=True),
+    Column("ttft_ms", Integer, nullable=True),
+    Column("client_ip", String(45), nullable=True),
+    Index("ix_usage_key_created", "key_hash", "created_at"),
+    Index("ix_usage_account_created", "account_id", "created_at"),
+    Index("ix_usage_created", "created_at"),
+)
