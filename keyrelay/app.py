@@ -10,8 +10,14 @@ from keyrelay.asgi import Receive, Scope, Send, header, limit_body, new_request_
 from keyrelay.clock import Clock
 from keyrelay.config import Settings
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.gateway.forward import new_session
+from keyrelay.gateway.pipeline import Gateway
+from keyrelay.limits.memory import MemoryLimits
 from keyrelay.logs import request_id_var
+from keyrelay.metrics import Metrics
+from keyrelay.routing.table import RouteTable
 from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.usage.writer import UsageWriter
 
 log = logging.getLogger("keyrelay.app")
 _ADMIN_PREFIXES = ("/api/", "/openapi.json")
@@ -25,21 +31,45 @@ class KeyrelayApp:
         self._clock = clock
         self.admin = create_admin_app()
         self.runtime: Runtime | None = None
+        self.gateway: Gateway | None = None
+        self.writer: UsageWriter | None = None
+        self.metrics = Metrics()
 
     async def startup(self) -> None:
         """Open the store (migrating it), build services, start background work."""
         runtime = await open_runtime(self.settings, clock=self._clock)
         self.admin.state.runtime = runtime
         runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")
+        writer = UsageWriter(runtime.engine)
+        runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
+        limits = MemoryLimits(pending_for_key=writer.pending_for_key, pending_for_account=writer.pending_for_account)
+        self.session = new_session()
+        self.gateway = Gateway(
+            settings=self.settings,
+            cache=runtime.cache,
+            routes=RouteTable.from_settings(self.settings),
+            limits=limits,
+            writer=writer,
+            session=self.session,
+            metrics=self.metrics,
+            clock=runtime.clock,
+        )
+        self.writer = writer
         self.runtime = runtime
 
     async def shutdown(self) -> None:
         """Flush and close everything."""
-        if self.runtime is not None:
-            await self.runtime.close()
-            self.runtime = None
+        if self.runtime is None:
+            return
+        await self.runtime.tasks.close()
+        if self.writer is not None:
+            await self.writer.close()
+        await self.session.close()
+        await self.runtime.close()
+        self.runtime = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry: lifespan events and HTTP requests."""
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -60,10 +90,17 @@ class KeyrelayApp:
             err = GatewayError(ErrorType.PAYLOAD_TOO_LARGE, f"The request body exceeds {max_body} bytes.")
             await send_error(send, err, request_id)
             return
-        if path.startswith(_ADMIN_PREFIXES):
+        if path.startswith("/v1/") and self.gateway is not None:
+            await self.gateway(scope, receive, send, request_id)
+        elif path.startswith(_ADMIN_PREFIXES):
             await self.admin(scope, limit_body(receive, max_body), send)
         elif path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
+        elif path == "/metrics":
+            body = self.metrics.render()
+            ctype = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+            await send({"type": "http.response.start", "status": 200, "headers": [ctype]})
+            await send({"type": "http.response.body", "body": body})
         elif path == "/readyz":
             await self._ready(send)
         else:

@@ -52,3 +52,22 @@ class TaskGroup:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def watch_disconnect(receive: Callable[[], Awaitable[Any]]) -> asyncio.Task[None]:
+    """Cancel the calling task when the client disconnects (ASGI ``http.disconnect``).
+
+    Used while relaying a stream so that an abandoned client also cancels the upstream call.
+    The caller must cancel the returned watcher when it finishes normally.
+    """
+    owner = asyncio.current_task()
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                if owner is not None:
+                    owner.cancel()
+                return
+
+    return asyncio.create_task(watch(), name="disconnect-watch")

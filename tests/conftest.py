@@ -96,3 +96,13 @@ async def admin_key(server: RunningServer) -> str:
 async def mgmt_key(server: RunningServer) -> str:
     """A non-admin management key of alice@example.com."""
     return await make_management_key(server, "alice@example.com")
+
+
+async def make_api_key(server: RunningServer, email: str, **fields: object) -> str:
+    """Create an account (if needed) and an API key with the given fields; returns the plaintext."""
+    rt = server.runtime
+    account = await rt.accounts.get_by_email(email=email)
+    if account is None:
+        account = await rt.account_service.create_account(AccountCreate(email=email))
+    issued = await rt.key_service.create(account=account, spec=KeyCreate.model_validate({"name": "k", **fields}))
+    return issued.plaintext

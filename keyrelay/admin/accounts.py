@@ -85,7 +85,7 @@ async def list_accounts(
 ) -> AccountList:
     """Accounts in creation order."""
     runtime = runtime_of(request)
-    rows = await runtime.accounts.list(limit=page_size, offset=offset)
+    rows = await runtime.accounts.list_all(limit=page_size, offset=offset)
     return AccountList(data=[await _account_view(runtime, a) for a in rows])
 
 
@@ -114,7 +114,7 @@ async def create_group(body: GroupCreate, request: Request, _: AdminDep) -> Grou
 @router.get("/groups", response_model=GroupList, summary="List groups")
 async def list_groups(request: Request, _: AdminDep) -> GroupList:
     """All groups."""
-    return GroupList(data=[group_out(g) for g in await runtime_of(request).groups.list()])
+    return GroupList(data=[group_out(g) for g in await runtime_of(request).groups.list_all()])
 
 
 @router.get("/groups/{group_id}", response_model=GroupEnvelope, summary="Get a group")

@@ -23,14 +23,27 @@ def error_response(err: GatewayError) -> JSONResponse:
     return JSONResponse(err.to_body(request_id_var.get()), status_code=err.status, headers=headers)
 
 
-def _validation_error(exc: RequestValidationError) -> GatewayError:
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _validation_error(exc: RequestValidationError, content_type: str | None = None) -> GatewayError:
     first = exc.errors()[0]
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    raw_loc = tuple(first.get("loc", ()))
+    loc = [str(part) for part in raw_loc if part not in ("body", "query", "path")]
     field = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         return GatewayError(ErrorType.INVALID_REQUEST, "The request body is not valid JSON.", field="body")
     if first.get("type") == "missing" and not loc:
         return GatewayError(ErrorType.INVALID_REQUEST, "A JSON request body is required.", field="body")
+    if raw_loc == ("body",):
+        # The body as a whole is wrong: not sent as JSON, or JSON that is not an object.
+        if not _is_json(content_type):
+            message = "Send the request body as JSON with 'Content-Type: application/json'."
+        else:
+            message = "The request body must be a JSON object."
+        return GatewayError(ErrorType.INVALID_REQUEST, message, field="body")
     if first.get("type") == "extra_forbidden":
         return GatewayError(ErrorType.INVALID_REQUEST, f"{field}: unknown field", field=field)
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
@@ -54,11 +67,15 @@ def create_admin_app() -> FastAPI:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(_validation_error(exc))
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_validation_error(exc, request.headers.get("content-type")))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, GatewayError):
+            # FastAPI wraps errors raised while reading the body (e.g. the size limit on a chunked
+            # upload) in a generic 400; answer with the original error instead.
+            return error_response(exc.__cause__)
         kind = {404: ErrorType.NOT_FOUND, 405: ErrorType.METHOD_NOT_ALLOWED}.get(exc.status_code)
         err = GatewayError(kind or ErrorType.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
         return error_response(err)

@@ -62,7 +62,7 @@ async def list_keys(
         raise GatewayError(ErrorType.FORBIDDEN, "Only admin management keys may list other accounts' keys.")
     scope = account_id if account_id is not None else (None if manager.is_admin else manager.account_id)
     after = decode_token(page_token) if page_token else None
-    rows = await runtime.keys.list(
+    rows = await runtime.keys.list_all(
         account_id=scope, key_type=KeyType.REGULAR.value, limit=page_size + 1, after=after, offset=offset
     )
     more = len(rows) > page_size

@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from keyrelay.keys.spec import micros_to_usd
-from keyrelay.limits.periods import period_start
+from keyrelay.limits.periods import window_usage_micros
 from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
 
 
@@ -105,20 +105,24 @@ def _list(value: tuple[str, ...] | None) -> list[str] | None:
     return None if value is None else list(value)
 
 
-def window_usage_micros(record: KeyRecord, now: datetime) -> int:
-    """Spend in the key's current limit window (lifetime usage when the limit never resets)."""
-    start = period_start(record.limit_reset, now)
-    if start is None:
-        return record.usage_micros
-    if record.period_start is not None and record.period_start >= start:
-        return record.period_usage_micros
-    return 0
-
-
 def key_out(record: KeyRecord, now: datetime) -> KeyOut:
     """The API view of a key record at time ``now``."""
     limit = record.limit_micros
-    remaining = None if not limit else max(0, limit - window_usage_micros(record, now))
+    remaining = (
+        None
+        if not limit
+        else max(
+            0,
+            limit
+            - window_usage_micros(
+                limit_reset=record.limit_reset,
+                usage_micros=record.usage_micros,
+                period_usage_micros=record.period_usage_micros,
+                period=record.period_start,
+                now=now,
+            ),
+        )
+    )
     grace = record.prev_secret_expires_at
     return KeyOut(
         hash=record.hash,

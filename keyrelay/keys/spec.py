@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 MICROS_PER_USD = 1_000_000
 MAX_LIST_ITEMS = 1000
@@ -40,6 +40,8 @@ def normalise_cidr(value: str) -> str:
     """
     text = value.strip()
     try:
+        if "%" in text:  # an IPv6 zone id names a local interface, not a network
+            raise ValueError
         return str(ipaddress.ip_network(text, strict=False))
     except ValueError:
         raise ValueError(f"{value!r} is not a valid IPv4/IPv6 address or CIDR") from None
@@ -104,11 +106,13 @@ class _KeyFields(BaseModel):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    @model_validator(mode="after")
-    def _one_expiry(self) -> _KeyFields:
-        if self.expires_at is not None and self.expires_in_days:
+    @field_validator("expires_in_days")
+    @classmethod
+    def _one_expiry(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # A field (not model) validator so that the error names the field; expires_at is declared first.
+        if value is not None and info.data.get("expires_at") is not None:
             raise ValueError("give expires_at or expires_in_days, not both")
-        return self
+        return value
 
 
 class KeyCreate(_KeyFields):
@@ -123,12 +127,13 @@ class KeyUpdate(_KeyFields):
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
 
-    @model_validator(mode="after")
-    def _not_null(self) -> KeyUpdate:
-        for field in ("name", "disabled"):
-            if field in self.model_fields_set and getattr(self, field) is None:
-                raise ValueError(f"{field} cannot be null")
-        return self
+    @field_validator("name", "disabled")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Runs only for fields present in the body, so this rejects an explicit null.
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
 
 
 class KeyRotate(BaseModel):

@@ -35,3 +35,15 @@ def period_end(reset: str | None, now: datetime) -> datetime | None:
         return start + timedelta(days=7)
     year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
     return start.replace(year=year, month=month)
+
+
+def window_usage_micros(
+    *, limit_reset: str | None, usage_micros: int, period_usage_micros: int, period: datetime | None, now: datetime
+) -> int:
+    """Spend in the current limit window: lifetime usage for a cap that never resets, else the period's."""
+    start = period_start(limit_reset, now)
+    if start is None:
+        return usage_micros
+    if period is not None and period.astimezone(UTC) >= start:
+        return period_usage_micros
+    return 0

@@ -52,7 +52,9 @@ class AccountService:
         try:
             return await self._accounts.insert(values=values)
         except IntegrityError:
-            raise GatewayError(ErrorType.CONFLICT, f"an account with email {spec.email!r} exists", field="email")
+            raise GatewayError(
+                ErrorType.CONFLICT, f"an account with email {spec.email!r} exists", field="email"
+            ) from None
 
     async def update_account(self, account: AccountRecord, spec: AccountUpdate) -> AccountRecord:
         """Change group, balance or status; keys of the account see it on their next request."""
@@ -108,7 +110,7 @@ class AccountService:
         try:
             return await self._groups.insert(values=values)
         except IntegrityError:
-            raise GatewayError(ErrorType.CONFLICT, f"a group named {spec.name!r} exists", field="name")
+            raise GatewayError(ErrorType.CONFLICT, f"a group named {spec.name!r} exists", field="name") from None
 
     async def update_group(self, group: GroupRecord, spec: GroupUpdate) -> GroupRecord:
         """Change a group; keys of its accounts see the new defaults on their next request."""

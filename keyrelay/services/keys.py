@@ -33,6 +33,14 @@ class IssuedKey:
     warnings: tuple[str, ...] = ()
 
 
+def _rate_values(spec: KeyCreate | KeyUpdate) -> dict[str, int | None]:
+    """Columns for ``rate_limits``: null clears every window; an object changes only the windows it names."""
+    rates = spec.rate_limits
+    if rates is None:
+        return dict.fromkeys(_RATE_FIELDS)
+    return {name: getattr(rates, name) for name in _RATE_FIELDS if name in rates.model_fields_set}
+
+
 class KeyService:
     """Creates and changes keys; every change invalidates the cache."""
 
@@ -67,12 +75,7 @@ class KeyService:
             days = spec.expires_in_days
             values["expires_at"] = now + timedelta(days=days) if days else None
         if "rate_limits" in present:
-            rates = spec.rate_limits
-            for name in _RATE_FIELDS:
-                if rates is None:
-                    values[name] = None
-                elif name in rates.model_fields_set:
-                    values[name] = getattr(rates, name)
+            values.update(_rate_values(spec))
         for name in _LIST_FIELDS:
             if name in present:
                 values[name] = getattr(spec, name)

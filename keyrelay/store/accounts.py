@@ -32,7 +32,7 @@ class AccountRepository:
             row = (await conn.execute(stmt)).mappings().first()
         return to_record(AccountRecord, row) if row else None
 
-    async def list(self, *, limit: int, offset: int) -> list[AccountRecord]:
+    async def list_all(self, *, limit: int, offset: int) -> list[AccountRecord]:
         """Accounts in id order."""
         stmt = select(accounts).order_by(accounts.c.id).offset(offset).limit(limit)
         async with self._engine.connect() as conn:
@@ -89,7 +89,7 @@ class GroupRepository:
             row = (await conn.execute(select(groups).where(groups.c.name == name))).mappings().first()
         return to_record(GroupRecord, row) if row else None
 
-    async def list(self) -> list[GroupRecord]:
+    async def list_all(self) -> list[GroupRecord]:
         """All groups by name."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(groups).order_by(groups.c.name))).mappings().all()

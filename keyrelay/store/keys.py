@@ -40,7 +40,7 @@ class KeyRepository:
             row = (await conn.execute(stmt)).mappings().first()
         return to_record(KeyRecord, row) if row else None
 
-    async def list(
+    async def list_all(
         self,
         *,
         account_id: int | None,

@@ -12,7 +12,7 @@ from keyrelay.clock import ensure_utc
 T = TypeVar("T")
 
 
-def to_record(cls: type[T], row: Mapping[str, Any]) -> T:
+def to_record(cls: type[T], row: Mapping[Any, Any]) -> T:
     """Build a record dataclass from a row mapping with the same column names."""
     values: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]

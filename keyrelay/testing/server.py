@@ -36,7 +36,6 @@ async def running_server(settings: Settings, *, clock: Clock | None = None) -> A
     app = create_app(settings, clock=clock)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.ensure_future(server.serve())
     try:
         while not server.started:

@@ -1,0 +1,382 @@
+"""The ``keyrelay`` command: serve, migrate, demo, admin …, keys …. Parses input, calls services, prints.
+
+Commands that change keys or accounts write the database directly through the same services the
+API uses; running gateways pick the change up within their cache poll interval (1 s by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from keyrelay.config import ConfigError, Settings, load_settings
+from keyrelay.errors import GatewayError
+from keyrelay.keys.format import KeyType
+from keyrelay.keys.spec import KeyCreate, KeyUpdate, micros_to_usd
+from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.services.inputs import AccountCreate, GroupCreate
+from keyrelay.store.engine import UnsupportedDatabaseError
+from keyrelay.store.records import AccountRecord
+
+T = TypeVar("T")
+
+
+def _out(line: str = "") -> None:
+    click.echo(line)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def friendly(func: Callable[..., T]) -> Callable[..., T]:
+    """Turn user mistakes and unreachable services into one-line errors instead of tracebacks."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            _fail(f"{where}: {str(first['msg']).removeprefix('Value error, ')}", 2)
+        except GatewayError as exc:
+            _fail(exc.message)
+        except (UnsupportedDatabaseError, ArgumentError) as exc:
+            _fail(f"invalid database URL: {str(exc).splitlines()[0][:200]}", 2)
+        except (OperationalError, OSError) as exc:
+            _fail(f"cannot reach the database: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+        except DBAPIError as exc:
+            # e.g. PostgreSQL: the database or role does not exist.
+            _fail(f"database error: {str(exc.orig or exc).splitlines()[0][:200]}")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings_factory"]()
+    return settings
+
+
+def _with_runtime(ctx: click.Context, job: Callable[[Runtime], Awaitable[T]]) -> T:
+    settings = _settings(ctx)
+
+    async def run() -> T:
+        runtime = await open_runtime(settings)
+        try:
+            return await job(runtime)
+        finally:
+            await runtime.close()
+
+    return asyncio.run(run())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="keyrelay.yaml (or KEYRELAY_CONFIG).")
+@click.option("--database-url", help="Overrides KEYRELAY_DATABASE_URL.")
+@click.version_option(package_name="keyrelay")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, database_url: str | None) -> None:
+    """keyrelay: an LLM API gateway with per-key budgets, limits and access rules."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_file"] = config_file
+    ctx.obj["settings_factory"] = lambda **kw: load_settings(config_file, database_url=database_url, **kw)
+
+
+@cli.command()
+@click.option("--host", help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default 8080).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="keyrelay.yaml.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
+@click.pass_context
+@friendly
+def serve(ctx: click.Context, host: str | None, port: int | None, config_file: str | None, workers: int) -> None:
+    """Run the gateway."""
+    from keyrelay.server import serve_forever
+
+    factory = ctx.obj["settings_factory"]
+    if config_file:
+        ctx.obj["config_file"] = config_file
+        settings = load_settings(config_file, host=host, port=port, workers=workers)
+    else:
+        settings = factory(host=host, port=port, workers=workers)
+    if settings.workers > 1:
+        _fail(
+            "--workers above 1 needs shared limits and cache invalidation across processes (Redis), which this "
+            "version does not support yet; one worker would otherwise multiply every rate and spend limit by N. "
+            "Run several instances only once KEYRELAY_REDIS_URL support lands.",
+            2,
+        )
+    serve_forever(settings)
+
+
+@cli.command()
+@click.pass_context
+@friendly
+def migrate(ctx: click.Context) -> None:
+    """Apply database migrations (serve does this too at start-up)."""
+    settings = _settings(ctx)
+
+    async def job(_: Runtime) -> None:
+        return None
+
+    _with_runtime(ctx, job)
+    _out(f"database at {_safe_url(settings.database_url)} is up to date")
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.pass_context
+@friendly
+def demo(ctx: click.Context, port: int, host: str) -> None:
+    """Start the gateway with a built-in mock upstream and print a working demo key."""
+    from keyrelay.demo import run_demo
+
+    run_demo(ctx.obj["settings_factory"](), host=host, port=port)
+
+
+# --- admin -----------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def admin() -> None:
+    """Accounts, groups and management keys."""
+
+
+async def _account(runtime: Runtime, email: str) -> AccountRecord:
+    account = await runtime.accounts.get_by_email(email=email)
+    if account is None:
+        raise GatewayError(
+            _not_found(), f"no account with email {email!r}; create it with: keyrelay admin create-account {email}"
+        )
+    return account
+
+
+def _not_found() -> Any:
+    from keyrelay.errors import ErrorType
+
+    return ErrorType.NOT_FOUND
+
+
+@admin.command("create-account")
+@click.argument("email")
+@click.option("--group", help="Group name.")
+@click.option("--balance", type=Decimal, help="Prepaid balance in USD (default: unlimited).")
+@click.pass_context
+@friendly
+def create_account(ctx: click.Context, email: str, group: str | None, balance: Decimal | None) -> None:
+    """Create an account."""
+    spec = AccountCreate(email=email, group=group, balance=balance)
+
+    async def job(rt: Runtime) -> AccountRecord:
+        return await rt.account_service.create_account(spec)
+
+    account = _with_runtime(ctx, job)
+    bal = "unlimited" if account.balance_micros is None else f"${micros_to_usd(account.balance_micros):,.6f}"
+    _out(f"created account {account.id} {account.email} (balance {bal})")
+
+
+@admin.command("create-group")
+@click.argument("name")
+@click.option("--price-multiplier", type=Decimal, help="Multiplies every price for the group's accounts.")
+@click.option("--allowed-models", help="Comma-separated default model whitelist.")
+@click.pass_context
+@friendly
+def create_group(ctx: click.Context, name: str, price_multiplier: Decimal | None, allowed_models: str | None) -> None:
+    """Create a group."""
+    values: dict[str, Any] = {"name": name}
+    if price_multiplier is not None:
+        values["price_multiplier"] = price_multiplier
+    if allowed_models:
+        values["allowed_models"] = _csv(allowed_models)
+    spec = GroupCreate(**values)
+
+    async def job(rt: Runtime) -> str:
+        return (await rt.account_service.create_group(spec)).name
+
+    _out(f"created group {_with_runtime(ctx, job)}")
+
+
+@admin.command("create-management-key")
+@click.option("--account", "email", required=True, help="Owner's email.")
+@click.option("--admin", "is_admin", is_flag=True, help="May also manage accounts, groups and every key.")
+@click.option("--name", default="management", show_default=True)
+@click.pass_context
+@friendly
+def create_management_key(ctx: click.Context, email: str, is_admin: bool, name: str) -> None:
+    """Create a management key (printed once)."""
+    spec = KeyCreate(name=name)
+
+    async def job(rt: Runtime) -> str:
+        account = await _account(rt, email)
+        issued = await rt.key_service.create(account=account, spec=spec, key_type=KeyType.MANAGEMENT, is_admin=is_admin)
+        return issued.plaintext
+
+    plaintext = _with_runtime(ctx, job)
+    _out(plaintext)
+    click.echo("store this key now: it is not shown again", err=True)
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """API keys (works on the database directly)."""
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@keys.command("list")
+@click.option("--account", "email", help="Only this account's keys.")
+@click.pass_context
+@friendly
+def keys_list(ctx: click.Context, email: str | None) -> None:
+    """List API keys."""
+
+    async def job(rt: Runtime) -> list[str]:
+        account_id = (await _account(rt, email)).id if email else None
+        rows = await rt.keys.list_all(account_id=account_id, key_type=KeyType.REGULAR.value, limit=10_000)
+        lines = []
+        for r in rows:
+            limit = "-" if not r.limit_micros else f"${micros_to_usd(r.limit_micros):g}/{r.limit_reset or 'total'}"
+            state = "disabled" if r.disabled else "active"
+            lines.append(
+                f"{r.hash}  {r.display:<20} {r.name:<24} {state:<8} limit={limit} usage=${r.usage_micros / 1e6:g}"
+            )
+        return lines
+
+    lines = _with_runtime(ctx, job)
+    for line in lines:
+        _out(line)
+    if not lines:
+        _out("no keys")
+
+
+@keys.command("create")
+@click.option("--account", "email", required=True, help="Owner's email.")
+@click.option("--name", required=True)
+@click.option("--limit", type=Decimal, help="Spend limit in USD (0 = unlimited).")
+@click.option("--limit-reset", type=click.Choice(["daily", "weekly", "monthly"]))
+@click.option("--expires-in-days", type=int)
+@click.option("--allowed-models", help="Comma-separated model ids.")
+@click.option("--allowed-providers", help="Comma-separated provider names.")
+@click.option("--ip-allowlist", help="Comma-separated CIDRs.")
+@click.option("--ip-denylist", help="Comma-separated CIDRs.")
+@click.option("--rpm", type=int, help="Requests per minute.")
+@click.pass_context
+@friendly
+def keys_create(ctx: click.Context, email: str, **fields: Any) -> None:
+    """Create an API key (printed once)."""
+    values: dict[str, Any] = {k: v for k, v in fields.items() if v is not None and k != "rpm"}
+    for name in ("allowed_models", "allowed_providers", "ip_allowlist", "ip_denylist"):
+        if name in values:
+            values[name] = _csv(values[name])
+    if fields.get("rpm") is not None:
+        values["rate_limits"] = {"rpm": fields["rpm"]}
+    spec = KeyCreate(**values)
+
+    async def job(rt: Runtime) -> tuple[str, str, tuple[str, ...]]:
+        issued = await rt.key_service.create(account=await _account(rt, email), spec=spec)
+        return issued.plaintext, issued.record.hash, issued.warnings
+
+    plaintext, key_hash, warnings = _with_runtime(ctx, job)
+    _out(plaintext)
+    click.echo(f"hash {key_hash}; store this key now: it is not shown again", err=True)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _key_job(hash_: str, action: Callable[[Runtime, Any], Coroutine[Any, Any, T]]) -> Callable[[Runtime], Awaitable[T]]:
+    async def job(rt: Runtime) -> T:
+        record = await rt.keys.get(key_hash=hash_)
+        if record is None or record.key_type != KeyType.REGULAR.value:
+            raise GatewayError(_not_found(), f"no API key with hash {hash_!r} (see: keyrelay keys list)")
+        return await action(rt, record)
+
+    return job
+
+
+@keys.command("revoke")
+@click.argument("key_hash")
+@click.pass_context
+@friendly
+def keys_revoke(ctx: click.Context, key_hash: str) -> None:
+    """Delete an API key for good."""
+
+    async def action(rt: Runtime, record: Any) -> None:
+        await rt.key_service.revoke(record=record)
+
+    _with_runtime(ctx, _key_job(key_hash, action))
+    _out(f"revoked {key_hash}")
+
+
+@keys.command("rotate")
+@click.argument("key_hash")
+@click.option("--grace-seconds", type=click.IntRange(0, 30 * 86400), default=0, show_default=True)
+@click.pass_context
+@friendly
+def keys_rotate(ctx: click.Context, key_hash: str, grace_seconds: int) -> None:
+    """Give an API key a new secret (printed once); the old one works for --grace-seconds."""
+
+    async def action(rt: Runtime, record: Any) -> str:
+        return (await rt.key_service.rotate(record=record, grace_seconds=grace_seconds)).plaintext
+
+    _out(_with_runtime(ctx, _key_job(key_hash, action)))
+    click.echo("store this key now: it is not shown again", err=True)
+
+
+@keys.command("disable")
+@click.argument("key_hash")
+@click.pass_context
+@friendly
+def keys_disable(ctx: click.Context, key_hash: str) -> None:
+    """Disable an API key (reversible with keys enable)."""
+
+    async def action(rt: Runtime, record: Any) -> None:
+        await rt.key_service.update(record=record, spec=KeyUpdate(disabled=True))
+
+    _with_runtime(ctx, _key_job(key_hash, action))
+    _out(f"disabled {key_hash}")
+
+
+@keys.command("enable")
+@click.argument("key_hash")
+@click.pass_context
+@friendly
+def keys_enable(ctx: click.Context, key_hash: str) -> None:
+    """Re-enable a disabled API key."""
+
+    async def action(rt: Runtime, record: Any) -> None:
+        await rt.key_service.update(record=record, spec=KeyUpdate(disabled=False))
+
+    _with_runtime(ctx, _key_job(key_hash, action))
+    _out(f"enabled {key_hash}")
+
+
+def main() -> None:
+    """Entry point of the ``keyrelay`` script."""
+    cli(obj={})

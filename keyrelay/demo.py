@@ -1,0 +1,91 @@
+"""``keyrelay demo``: the gateway on the embedded defaults with a built-in mock upstream and a demo key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from decimal import Decimal
+
+import click
+import uvicorn
+
+from keyrelay.app import create_app
+from keyrelay.config import ModelConfig, ProviderConfig, Settings
+from keyrelay.keys.format import KeyType
+from keyrelay.keys.spec import KeyCreate
+from keyrelay.logs import setup_logging
+from keyrelay.runtime import Runtime
+from keyrelay.services.inputs import AccountCreate
+from keyrelay.testing.mock_upstream import MockOptions, MockUpstream
+
+DEMO_EMAIL = "demo@keyrelay.local"
+DEMO_MODELS = (
+    ModelConfig(id="gpt-4o-mini", input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60")),
+    ModelConfig(id="gpt-4o", input_per_mtok=Decimal("2.50"), output_per_mtok=Decimal("10.00")),
+    ModelConfig(id="text-embedding-3-small", input_per_mtok=Decimal("0.02")),
+)
+
+
+async def _issue_demo_keys(runtime: Runtime) -> tuple[str, str]:
+    account = await runtime.accounts.get_by_email(email=DEMO_EMAIL)
+    if account is None:
+        account = await runtime.account_service.create_account(AccountCreate(email=DEMO_EMAIL))
+    admin = await runtime.key_service.create(
+        account=account, spec=KeyCreate(name="demo-admin"), key_type=KeyType.MANAGEMENT, is_admin=True
+    )
+    spec = KeyCreate.model_validate(
+        {"name": "demo", "limit": 5, "limit_reset": "daily", "rate_limits": {"rpm": 600}, "expires_in_days": 30}
+    )
+    api = await runtime.key_service.create(account=account, spec=spec)
+    return admin.plaintext, api.plaintext
+
+
+def _banner(base: str, api_key: str, admin_key: str, database: str) -> str:
+    return f"""
+keyrelay demo is running on {base}  (database: {database}; Ctrl-C to stop)
+
+Demo API key (limit $5/day, 600 rpm, expires in 30 days):
+  {api_key}
+
+Try a chat completion:
+  curl {base}/v1/chat/completions \\
+    -H "Authorization: Bearer {api_key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}]}}'
+
+Admin management key:
+  {admin_key}
+
+Management API:   curl {base}/api/v1/keys -H "Authorization: Bearer {admin_key}"
+API reference:    {base}/api/docs   (OpenAPI: {base}/openapi.json)
+Your key's view:  curl {base}/v1/key -H "Authorization: Bearer {api_key}"
+Metrics:          {base}/metrics
+"""
+
+
+async def _run(settings: Settings, host: str, port: int) -> None:
+    async with MockUpstream(MockOptions(models=tuple(m.id for m in DEMO_MODELS))) as mock:
+        provider = ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=DEMO_MODELS)
+        settings = settings.model_copy(update={"providers": (*settings.providers, provider)})
+        app = create_app(settings)
+        config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False, log_config=None)
+        server = uvicorn.Server(config)
+        task = asyncio.ensure_future(server.serve())
+        while not server.started:
+            if task.done():
+                return task.result()
+            await asyncio.sleep(0.02)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        assert app.runtime is not None
+        admin_key, api_key = await _issue_demo_keys(app.runtime)
+        click.echo(_banner(f"http://{host}:{bound}", api_key, admin_key, settings.database_url))
+        sys.stdout.flush()
+        await task
+
+
+def run_demo(settings: Settings, *, host: str, port: int) -> None:
+    """Run the demo until Ctrl-C."""
+    setup_logging("warning", "text")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(settings, host, port))

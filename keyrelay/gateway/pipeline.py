@@ -1,0 +1,419 @@
+"""The LLM hot path: authenticate → authorize → admit → route → forward → settle → respond.
+
+Only this module knows the order of the stages. It does no database I/O in steady state: keys come
+from the in-process cache, limits are in memory, usage goes to the batched writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from keyrelay.asgi import Headers, Receive, Scope, Send, header, read_body, send_error, send_json
+from keyrelay.cache.keycache import KeyCache, Principal
+from keyrelay.clock import Clock
+from keyrelay.config import Settings
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.gateway.authorize import IPAddress, allowed_channels, authorize_key, channel_allowed, parse_ip
+from keyrelay.gateway.forward import (
+    UpstreamFailure,
+    classify_exception,
+    classify_status,
+    upstream_error_message,
+    upstream_headers,
+)
+from keyrelay.gateway.pricing import cost_micros
+from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
+from keyrelay.keys.hashing import key_hash
+from keyrelay.keys.spec import micros_to_usd
+from keyrelay.limits.memory import MemoryLimits, Reservation, WindowStatus
+from keyrelay.metrics import Metrics
+from keyrelay.protocols.openai import (
+    InboundRequest,
+    Operation,
+    StreamRelay,
+    Usage,
+    bearer_credential,
+    decode_request,
+    estimate_tokens,
+    response_usage,
+    upstream_body,
+)
+from keyrelay.routing.table import Channel, RouteTable
+from keyrelay.tasks import watch_disconnect
+from keyrelay.usage.writer import UsageRecord, UsageWriter
+
+_POST_ROUTES = {"/v1/chat/completions": Operation.CHAT, "/v1/embeddings": Operation.EMBEDDINGS}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one request, for settlement and the usage record."""
+
+    status: int = 0
+    error_type: str | None = None
+    channel: Channel | None = None
+    usage: Usage | None = None
+    ttft_ms: int | None = None
+    upstream_s: float = 0.0
+
+
+class Gateway:
+    """Serves /v1/* for OpenAI-speaking clients."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        cache: KeyCache,
+        routes: RouteTable,
+        limits: MemoryLimits,
+        writer: UsageWriter,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self._settings = settings
+        self._cache = cache
+        self._routes = routes
+        self._limits = limits
+        self._writer = writer
+        self._session = session
+        self._metrics = metrics
+        self._clock = clock
+        self._trusted = settings.trusted_proxy_networks
+
+    # --- edges -------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """Dispatch one /v1 request; every error leaves as the OpenAI-shaped JSON error body."""
+        started = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        principal: Principal | None = None
+        try:
+            principal = await self._authenticate(scope)
+            client_ip = self._client_ip(scope)
+            authorize_key(principal, client_ip, self._clock.now_utc())
+            if path in _POST_ROUTES:
+                if method != "POST":
+                    raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use POST for {path}.")
+                await self._llm(scope, receive, send, request_id, principal, client_ip, _POST_ROUTES[path], started)
+            elif method != "GET":
+                raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use GET for {path}.")
+            elif path == "/v1/models":
+                await send_json(send, 200, self._models(principal))
+            elif path.startswith("/v1/models/"):
+                await send_json(send, 200, self._model(principal, path.removeprefix("/v1/models/")))
+            elif path == "/v1/key":
+                await send_json(send, 200, self._key_info(principal))
+            else:
+                raise GatewayError(ErrorType.NOT_FOUND, f"No route for {method} {path}.")
+        except GatewayError as err:
+            overhead = (time.perf_counter() - started) * 1000
+            await send_error(send, err, request_id, [(b"x-keyrelay-overhead-ms", f"{overhead:.3f}".encode())])
+            name = principal.key.name if principal else "-"
+            self._metrics.requests.labels(name, "-", str(err.status), err.error_type.name).inc()
+
+    async def _authenticate(self, scope: Scope) -> Principal:
+        token = bearer_credential(header(scope, b"authorization"))
+        if token is None:
+            raise GatewayError(ErrorType.INVALID_API_KEY, "Send your key as 'Authorization: Bearer kr_live_...'.")
+        if key_type_of(token) is KeyType.MANAGEMENT:
+            raise GatewayError(
+                ErrorType.INVALID_API_KEY, "Management keys (kr_mgmt_) cannot call LLM endpoints; use a kr_live_ key."
+            )
+        if not looks_like_key(token):
+            raise GatewayError(ErrorType.INVALID_API_KEY)
+        principal = await self._cache.get(key_hash(token))
+        if principal is None or principal.key.key_type != KeyType.REGULAR.value:
+            raise GatewayError(ErrorType.INVALID_API_KEY)
+        return principal
+
+    def _client_ip(self, scope: Scope) -> IPAddress | None:
+        client = scope.get("client")
+        peer = parse_ip(client[0]) if client else None
+        if peer is None or not self._trusted or not any(peer in net for net in self._trusted):
+            return peer
+        forwarded = header(scope, b"x-forwarded-for")
+        if not forwarded:
+            return peer
+        # Walk right to left: the first address not belonging to a trusted proxy is the client.
+        for part in reversed(forwarded.decode("latin-1").split(",")):
+            ip = parse_ip(part.strip())
+            if ip is None:
+                return peer
+            if not any(ip in net for net in self._trusted):
+                return ip
+        return peer
+
+    # --- model listing and key info ----------------------------------------------------------------
+
+    def _models(self, principal: Principal) -> dict[str, Any]:
+        seen: dict[str, dict[str, Any]] = {}
+        for channel in self._routes.models:
+            if channel_allowed(principal, channel) and channel.model not in seen:
+                seen[channel.model] = {
+                    "id": channel.model,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": channel.provider,
+                }
+        return {"object": "list", "data": list(seen.values())}
+
+    def _model(self, principal: Principal, model: str) -> dict[str, Any]:
+        channels = [c for c in self._routes.channels(model) if channel_allowed(principal, c)]
+        if not channels:
+            raise _model_not_found(model)
+        return {"id": model, "object": "model", "created": 0, "owned_by": channels[0].provider}
+
+    def _key_info(self, principal: Principal) -> dict[str, Any]:
+        key, policy = principal.key, principal.policy
+        spent = self._limits.spent_micros(principal, self._clock.now_utc())
+        limit = policy.limit_micros
+        return {
+            "data": {
+                "name": key.name,
+                "label": key.display,
+                "limit": None if limit is None else micros_to_usd(limit),
+                "limit_remaining": None if limit is None else micros_to_usd(max(0, limit - spent)),
+                "limit_reset": policy.limit_reset,
+                "usage": micros_to_usd(key.usage_micros + self._writer.pending_for_key(key.hash)),
+                "rate_limits": {
+                    "rpm": policy.rpm,
+                    "per_5h": policy.per_5h,
+                    "per_1d": policy.per_1d,
+                    "per_7d": policy.per_7d,
+                },
+                "allowed_models": sorted(policy.allowed_models) if policy.allowed_models else None,
+                "allowed_providers": sorted(policy.allowed_providers) if policy.allowed_providers else None,
+                "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+            }
+        }
+
+    # --- chat and embeddings -----------------------------------------------------------------------
+
+    async def _llm(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        principal: Principal,
+        client_ip: IPAddress | None,
+        operation: Operation,
+        started: float,
+    ) -> None:
+        raw = await read_body(receive, self._settings.max_body_bytes)
+        request = decode_request(operation, raw)
+        channels = self._routes.channels(request.model)
+        if not channels:
+            raise _model_not_found(request.model)
+        channels = allowed_channels(principal, request.model, channels)
+        now = self._clock.now_utc()
+        max_out = (
+            request.max_output_tokens if request.max_output_tokens is not None else self._settings.default_max_tokens
+        )
+        multiplier = principal.policy.price_multiplier_ppm
+        max_cost = max(cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
+        reservation, window = self._limits.admit(principal, max_cost, now)
+        outcome = Outcome()
+        try:
+            if request.stream:
+                await self._stream(receive, send, request, channels, window, outcome, started)
+            else:
+                await self._unary(send, request, channels, window, outcome, started)
+        except GatewayError as err:
+            outcome.status, outcome.error_type = err.status, err.error_type.name
+            raise
+        except asyncio.CancelledError:
+            outcome.status, outcome.error_type = 499, "CLIENT_DISCONNECTED"
+            raise
+        finally:
+            self._settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
+
+    async def _call(self, channel: Channel, request: InboundRequest) -> aiohttp.ClientResponse:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=channel.connect_timeout_s, sock_read=channel.timeout_s)
+        return await self._session.post(
+            f"{channel.base_url}/{'embeddings' if request.operation is Operation.EMBEDDINGS else 'chat/completions'}",
+            data=upstream_body(request, channel.upstream_model),
+            headers=upstream_headers(channel, request.stream),
+            timeout=timeout,
+        )
+
+    async def _open(
+        self, request: InboundRequest, channels: tuple[Channel, ...], outcome: Outcome
+    ) -> aiohttp.ClientResponse:
+        """Try each channel in order until one answers 2xx; retryable failures move on."""
+        failure: UpstreamFailure | None = None
+        for channel in channels:
+            outcome.channel = channel
+            t0 = time.perf_counter()
+            try:
+                response = await self._call(channel, request)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                outcome.upstream_s += time.perf_counter() - t0
+                failure = classify_exception(exc)
+                continue
+            if response.status < 400:
+                outcome.upstream_s += time.perf_counter() - t0
+                return response
+            body = await response.read()
+            response.release()
+            outcome.upstream_s += time.perf_counter() - t0
+            failure = classify_status(
+                response.status, response.headers.get("retry-after"), upstream_error_message(body)
+            )
+            if not failure.retryable:
+                break
+        assert failure is not None
+        raise failure.error
+
+    def _headers(self, window: WindowStatus | None, overhead_ms: float, content_type: bytes) -> Headers:
+        headers: Headers = [(b"content-type", content_type), (b"x-keyrelay-overhead-ms", f"{overhead_ms:.3f}".encode())]
+        if window is not None:
+            headers += [
+                (b"x-ratelimit-limit-requests", str(window.limit).encode()),
+                (b"x-ratelimit-remaining-requests", str(window.remaining).encode()),
+                (b"x-ratelimit-reset-requests", f"{window.reset_s:.0f}s".encode()),
+            ]
+        return headers
+
+    async def _unary(
+        self,
+        send: Send,
+        request: InboundRequest,
+        channels: tuple[Channel, ...],
+        window: WindowStatus | None,
+        outcome: Outcome,
+        started: float,
+    ) -> None:
+        response = await self._open(request, channels, outcome)
+        t0 = time.perf_counter()
+        try:
+            payload = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise classify_exception(exc).error from exc
+        finally:
+            response.release()
+        outcome.upstream_s += time.perf_counter() - t0
+        usage, text_bytes = response_usage(payload)
+        if usage is None:
+            usage = Usage(estimate_tokens(len(request.raw)), estimate_tokens(text_bytes), estimated=True)
+        outcome.usage, outcome.status = usage, response.status
+        overhead = (time.perf_counter() - started - outcome.upstream_s) * 1000
+        headers = self._headers(window, overhead, b"application/json")
+        headers.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _stream(
+        self,
+        receive: Receive,
+        send: Send,
+        request: InboundRequest,
+        channels: tuple[Channel, ...],
+        window: WindowStatus | None,
+        outcome: Outcome,
+        started: float,
+    ) -> None:
+        response = await self._open(request, channels, outcome)
+        relay = StreamRelay(hide_usage_chunk=not request.client_wants_usage)
+        overhead = (time.perf_counter() - started - outcome.upstream_s) * 1000
+        outcome.status = response.status
+        headers = self._headers(window, overhead, b"text/event-stream")
+        headers.append((b"cache-control", b"no-cache"))
+        watcher = watch_disconnect(receive)
+        try:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            async for chunk in response.content.iter_any():
+                if outcome.ttft_ms is None:
+                    outcome.ttft_ms = round((time.perf_counter() - started) * 1000)
+                out = relay.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            await send({"type": "http.response.body", "body": relay.flush()})
+        except (aiohttp.ClientError, TimeoutError):
+            # Mid-stream upstream failure: the status line is already sent, so end the stream with an
+            # OpenAI-shaped error event; the partial usage is still billed.
+            outcome.error_type = ErrorType.UPSTREAM_ERROR.name
+            err = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream stream ended unexpectedly.")
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(err.to_body()) + b"\n\n"})
+        finally:
+            watcher.cancel()
+            response.close()
+            outcome.usage = relay.usage or Usage(
+                estimate_tokens(len(request.raw)), estimate_tokens(relay.content_bytes), estimated=True
+            )
+
+    # --- settlement --------------------------------------------------------------------------------
+
+    def _settle(
+        self,
+        principal: Principal,
+        request: InboundRequest,
+        reservation: Reservation,
+        outcome: Outcome,
+        request_id: str,
+        client_ip: IPAddress | None,
+        started: float,
+        now: Any,
+    ) -> None:
+        channel = outcome.channel
+        usage = outcome.usage or Usage(0, 0)
+        cost = (
+            cost_micros(channel, usage.prompt_tokens, usage.completion_tokens, principal.policy.price_multiplier_ppm)
+            if channel
+            else 0
+        )
+        self._limits.settle(reservation, cost)
+        elapsed = time.perf_counter() - started
+        key = principal.key
+        ip = str(client_ip) if client_ip else None
+        self._writer.enqueue(
+            UsageRecord(
+                request_id=request_id,
+                created_at=now,
+                key_hash=key.hash,
+                key_name=key.name,
+                account_id=principal.account.id,
+                limit_reset=principal.policy.limit_reset,
+                model=request.model,
+                provider=channel.provider if channel else None,
+                streamed=request.stream,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_micros=cost,
+                usage_estimated=usage.estimated,
+                status=outcome.status,
+                error_type=outcome.error_type,
+                latency_ms=round(elapsed * 1000),
+                ttft_ms=outcome.ttft_ms,
+                client_ip=ip,
+            )
+        )
+        self._writer.touch(key.hash, now, ip)
+        model = request.model
+        m = self._metrics
+        m.requests.labels(key.name, model, str(outcome.status), outcome.error_type or "").inc()
+        if usage.prompt_tokens:
+            m.tokens.labels(key.name, model, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            m.tokens.labels(key.name, model, "completion").inc(usage.completion_tokens)
+        if cost:
+            m.spend.labels(key.name, model).inc(cost / 1_000_000)
+        m.overhead.observe(max(0.0, elapsed - outcome.upstream_s))
+
+
+def _model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        ErrorType.MODEL_NOT_FOUND,
+        f"The model {model!r} does not exist or is not available to this key. "
+        "GET /v1/models lists the models this key may call.",
+        field="model",
+    )

@@ -1,0 +1,181 @@
+"""Usage records: a bounded in-memory queue flushed to the store in batches.
+
+Each flush, in one transaction, inserts the records, adds their cost to each key's lifetime and
+period usage, subtracts it from each account's balance, and writes coalesced ``last_used_*``.
+``close()`` flushes whatever is left, so a clean stop (SIGTERM) loses nothing. While records wait,
+``pending_for_key`` / ``pending_for_account`` tell the limits ledger what the store does not show yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, literal
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keyrelay.limits.periods import period_start
+from keyrelay.store.schema import accounts, keys, usage_records
+
+log = logging.getLogger("keyrelay.usage")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One request's accounting line."""
+
+    request_id: str
+    created_at: datetime
+    key_hash: str
+    key_name: str
+    account_id: int
+    limit_reset: str | None
+    model: str | None
+    provider: str | None
+    streamed: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    usage_estimated: bool
+    status: int
+    error_type: str | None
+    latency_ms: int | None
+    ttft_ms: int | None
+    client_ip: str | None
+
+    def row(self) -> dict[str, Any]:
+        """The usage_records row."""
+        return {
+            "request_id": self.request_id,
+            "created_at": self.created_at,
+            "key_hash": self.key_hash,
+            "key_name": self.key_name,
+            "account_id": self.account_id,
+            "model": self.model,
+            "provider": self.provider,
+            "streamed": self.streamed,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_micros": self.cost_micros,
+            "usage_estimated": self.usage_estimated,
+            "status": self.status,
+            "error_type": self.error_type,
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "client_ip": self.client_ip,
+        }
+
+
+class UsageWriter:
+    """Batches usage records and charges keys and accounts."""
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 2000) -> None:
+        self._engine = engine
+        self._queue: list[UsageRecord] = []
+        self._max_batch = max_batch
+        self._lock = asyncio.Lock()
+        self._pending_keys: dict[str, int] = {}
+        self._pending_accounts: dict[int, int] = {}
+        self._last_used: dict[str, tuple[datetime, str | None]] = {}
+
+    def enqueue(self, record: UsageRecord) -> None:
+        """Queue a record (no I/O); its cost counts as pending until flushed."""
+        self._queue.append(record)
+        if record.cost_micros:
+            self._pending_keys[record.key_hash] = self._pending_keys.get(record.key_hash, 0) + record.cost_micros
+            self._pending_accounts[record.account_id] = (
+                self._pending_accounts.get(record.account_id, 0) + record.cost_micros
+            )
+
+    def touch(self, key_hash: str, when: datetime, ip: str | None) -> None:
+        """Remember the latest use of a key; written at the next flush."""
+        self._last_used[key_hash] = (when, ip)
+
+    def pending_for_key(self, key_hash: str) -> int:
+        """Cost queued for a key but not yet in the store."""
+        return self._pending_keys.get(key_hash, 0)
+
+    def pending_for_account(self, account_id: int) -> int:
+        """Cost queued for an account but not yet in the store."""
+        return self._pending_accounts.get(account_id, 0)
+
+    @property
+    def queued(self) -> int:
+        """Records waiting to be written."""
+        return len(self._queue)
+
+    async def flush(self) -> int:
+        """Write everything queued; on failure the records stay queued for the next try."""
+        async with self._lock:
+            if not self._queue and not self._last_used:
+                return 0
+            batch = self._queue[: self._max_batch]
+            touched = self._last_used
+            self._last_used = {}
+            try:
+                await self._write(batch, touched)
+            except Exception:
+                for key_hash, value in touched.items():
+                    self._last_used.setdefault(key_hash, value)
+                raise
+            del self._queue[: len(batch)]
+            for record in batch:
+                if record.cost_micros:
+                    self._release(record)
+            return len(batch)
+
+    def _release(self, record: UsageRecord) -> None:
+        left = self._pending_keys.get(record.key_hash, 0) - record.cost_micros
+        if left > 0:
+            self._pending_keys[record.key_hash] = left
+        else:
+            self._pending_keys.pop(record.key_hash, None)
+        left = self._pending_accounts.get(record.account_id, 0) - record.cost_micros
+        if left > 0:
+            self._pending_accounts[record.account_id] = left
+        else:
+            self._pending_accounts.pop(record.account_id, None)
+
+    async def _write(self, batch: list[UsageRecord], touched: dict[str, tuple[datetime, str | None]]) -> None:
+        per_key: dict[tuple[str, datetime | None], int] = {}
+        per_account: dict[int, int] = {}
+        for record in batch:
+            if record.cost_micros:
+                period = period_start(record.limit_reset, record.created_at)
+                per_key[(record.key_hash, period)] = per_key.get((record.key_hash, period), 0) + record.cost_micros
+                per_account[record.account_id] = per_account.get(record.account_id, 0) + record.cost_micros
+        async with self._engine.begin() as conn:
+            if batch:
+                await conn.execute(usage_records.insert(), [r.row() for r in batch])
+            for (key_hash, period), cost in per_key.items():
+                values: dict[str, Any] = {"usage_micros": keys.c.usage_micros + cost}
+                if period is not None:
+                    values["period_usage_micros"] = case(
+                        (keys.c.period_start == period, keys.c.period_usage_micros + cost), else_=literal(cost)
+                    )
+                    values["period_start"] = period
+                await conn.execute(keys.update().where(keys.c.hash == key_hash).values(**values))
+            for account_id, cost in per_account.items():
+                await conn.execute(
+                    accounts.update()
+                    .where(accounts.c.id == account_id, accounts.c.balance_micros.is_not(None))
+                    .values(balance_micros=accounts.c.balance_micros - cost)
+                )
+            for key_hash, (used_at, ip) in touched.items():
+                await conn.execute(
+                    keys.update().where(keys.c.hash == key_hash).values(last_used_at=used_at, last_used_ip=ip)
+                )
+
+    async def close(self) -> None:
+        """Flush until empty (bounded attempts); called on shutdown."""
+        for _ in range(100):
+            if not self._queue and not self._last_used:
+                return
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("usage flush failed during shutdown; %d records not written", len(self._queue))
+                return
