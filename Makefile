@@ -38,7 +38,7 @@ serve: $(STAMP)
 	$(BIN)/keyrelay serve
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) keyrelay.egg-info .pytest_cache .mypy_cache .ruff_cache

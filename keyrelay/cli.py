@@ -100,7 +100,11 @@ def cli(ctx: click.Context, config_file: str | None, database_url: str | None) -
     """keyrelay: an LLM API gateway with per-key budgets, limits and access rules."""
     ctx.ensure_object(dict)
     ctx.obj["config_file"] = config_file
-    ctx.obj["settings_factory"] = lambda **kw: load_settings(config_file, database_url=database_url, **kw)
+
+    def factory(override_config: str | None = None, **kw: Any) -> Settings:
+        return load_settings(override_config or config_file, database_url=database_url, **kw)
+
+    ctx.obj["settings_factory"] = factory
 
 
 @cli.command()
@@ -114,12 +118,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, config_file: s
     """Run the gateway."""
     from keyrelay.server import serve_forever
 
-    factory = ctx.obj["settings_factory"]
-    if config_file:
-        ctx.obj["config_file"] = config_file
-        settings = load_settings(config_file, host=host, port=port, workers=workers)
-    else:
-        settings = factory(host=host, port=port, workers=workers)
+    settings = ctx.obj["settings_factory"](config_file, host=host, port=port, workers=workers)
     if settings.workers > 1:
         _fail(
             "--workers above 1 needs shared limits and cache invalidation across processes (Redis), which this "

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyrelay import __version__
-from keyrelay.admin import accounts, keys
+from keyrelay.admin import accounts, keys, usage
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.logs import request_id_var
 
@@ -61,6 +61,7 @@ def create_admin_app() -> FastAPI:
     )
     app.include_router(keys.router)
     app.include_router(accounts.router)
+    app.include_router(usage.router)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:

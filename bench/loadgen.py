@@ -1,0 +1,98 @@
+"""Closed-loop HTTP load generator (aiohttp): C connections for D seconds, prints one JSON line.
+
+Usage: python bench/loadgen.py URL KEY MODEL --stream 0|1 -c 32 -d 5 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+
+import aiohttp
+import orjson
+
+
+async def worker(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    stop: float,
+    warm_until: float,
+    lat: list[float],
+    counts: dict[str, int],
+) -> None:
+    while True:
+        t0 = time.perf_counter()
+        if t0 >= stop:
+            return
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                ok = resp.status == 200
+        except aiohttp.ClientError:
+            ok = False
+        t1 = time.perf_counter()
+        if t0 >= warm_until:
+            if ok:
+                lat.append(t1 - t0)
+                counts["ok"] += 1
+            else:
+                counts["err"] += 1
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("key")
+    parser.add_argument("model")
+    parser.add_argument("--stream", type=int, default=0)
+    parser.add_argument("-c", type=int, default=32)
+    parser.add_argument("-d", type=float, default=5)
+    parser.add_argument("--warmup", type=float, default=1)
+    args = parser.parse_args()
+    payload: dict[str, object] = {
+        "model": args.model,
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 64,
+    }
+    if args.stream:
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+    body = orjson.dumps(payload)
+    headers = {"authorization": f"Bearer {args.key}", "content-type": "application/json"}
+    lat: list[float] = []
+    counts = {"ok": 0, "err": 0}
+    start = time.perf_counter()
+    warm_until = start + args.warmup
+    stop = warm_until + args.d
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.c)) as session:
+        await asyncio.gather(
+            *(worker(session, args.url, body, headers, stop, warm_until, lat, counts) for _ in range(args.c))
+        )
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else 0.0
+
+    result = {
+        "req_s": counts["ok"] / args.d,
+        "errors": counts["err"],
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "mean_ms": statistics.fmean(lat) * 1000 if lat else 0.0,
+    }
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())

@@ -1,0 +1,49 @@
+"""Create the benchmark's API key with every limit and rule set, so every check runs on each request.
+
+Usage: python bench/make_key.py DATABASE_URL  → prints the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from keyrelay.config import Settings
+from keyrelay.keys.spec import KeyCreate
+from keyrelay.runtime import open_runtime
+from keyrelay.services.inputs import AccountCreate, GroupCreate
+
+
+async def main(url: str) -> None:
+    runtime = await open_runtime(Settings(database_url=url))
+    try:
+        group = await runtime.groups.get_by_name(name="bench")
+        if group is None:
+            await runtime.account_service.create_group(GroupCreate(name="bench", price_multiplier=1))
+        account = await runtime.accounts.get_by_email(email="bench@example.com")
+        if account is None:
+            account = await runtime.account_service.create_account(
+                AccountCreate(email="bench@example.com", group="bench", balance=1_000_000)
+            )
+        spec = KeyCreate.model_validate(
+            {
+                "name": "bench",
+                "limit": 1_000_000,
+                "limit_reset": "monthly",
+                "expires_in_days": 30,
+                "rate_limits": {"rpm": 10_000_000, "per_5h": 100_000_000, "per_1d": 100_000_000, "per_7d": 100_000_000},
+                "allowed_models": ["gpt-4o-mini", "gpt-4o-mini-paced"],
+                "allowed_providers": ["mock"],
+                "ip_allowlist": ["127.0.0.1", "::1"],
+                "ip_denylist": ["10.0.0.0/8"],
+                "region": "us",
+            }
+        )
+        issued = await runtime.key_service.create(account=account, spec=spec)
+        sys.stdout.write(issued.plaintext + "\n")
+    finally:
+        await runtime.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))

@@ -1,0 +1,150 @@
+"""`make bench`: the gateway against calling the mock upstream directly, in one run, on this machine.
+
+Starts keyrelay's mock upstream and one gateway worker (each its own process; pinned to CPUs when
+taskset exists), creates a key with every limit and rule set, then runs the load generator (a
+separate process) closed-loop against the mock directly and through the gateway, non-streaming
+and streaming. Prints a markdown table and appends it with the machine and date to
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: int, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else cmd
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def load(url: str, key: str, model: str, stream: bool, conns: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        pinned(
+            1,
+            [
+                PY,
+                str(ROOT / "bench" / "loadgen.py"),
+                url,
+                key,
+                model,
+                "--stream",
+                str(int(stream)),
+                "-c",
+                str(conns),
+                "-d",
+                str(seconds),
+            ],
+        ),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    seconds = float(os.environ.get("BENCH_SECONDS", "5"))
+    conns = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+    tmp = Path(tempfile.mkdtemp(prefix="keyrelay-bench-"))
+    mock_port, gw_port = free_port(), free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(
+            subprocess.Popen(pinned(1, [PY, "-m", "keyrelay.testing.mock_upstream", "--port", str(mock_port)]))
+        )
+        wait_http(f"http://127.0.0.1:{mock_port}/v1/models")
+        config = tmp / "keyrelay.yaml"
+        config.write_text((ROOT / "bench" / "keyrelay-bench.yaml").read_text().replace("18000", str(mock_port)))
+        db = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+        key = subprocess.run(
+            [PY, str(ROOT / "bench" / "make_key.py"), db], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        env = {**os.environ, "KEYRELAY_LOG_LEVEL": "warning"}
+        procs.append(
+            subprocess.Popen(
+                pinned(
+                    0,
+                    [
+                        PY,
+                        "-m",
+                        "keyrelay",
+                        "--database-url",
+                        db,
+                        "serve",
+                        "--port",
+                        str(gw_port),
+                        "--config",
+                        str(config),
+                    ],
+                ),
+                env=env,
+            )
+        )
+        wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+        rows = []
+        for stream in (False, True):
+            direct = load(
+                f"http://127.0.0.1:{mock_port}/v1/chat/completions", "x", "gpt-4o-mini", stream, conns, seconds
+            )
+            gateway = load(
+                f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, "gpt-4o-mini", stream, conns, seconds
+            )
+            rows.append((stream, direct, gateway))
+        lines = [
+            f"### make bench — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {conns} connections, {seconds:g} s",
+            "",
+            "| mode | direct req/s | gateway req/s | direct p50/p99 ms | gateway p50/p99 ms | added p50 ms | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for stream, d, g in rows:
+            lines.append(
+                f"| {'stream' if stream else 'non-stream'} | {d['req_s']:.0f} | {g['req_s']:.0f} | "
+                f"{d['p50_ms']:.2f}/{d['p99_ms']:.2f} | {g['p50_ms']:.2f}/{g['p99_ms']:.2f} | "
+                f"{g['p50_ms'] - d['p50_ms']:.2f} | {int(g['errors'])} |"
+            )
+        table = "\n".join(lines) + "\n"
+        sys.stdout.write(table)
+        with (ROOT / "docs" / "benchmarks.md").open("a") as fh:
+            fh.write("\n" + table)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=15)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
