@@ -69,7 +69,9 @@ async def _run(settings: Settings, host: str, port: int) -> None:
         provider = ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=DEMO_MODELS)
         settings = settings.model_copy(update={"providers": (*settings.providers, provider)})
         app = create_app(settings)
-        config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=False, log_config=None)
+        config = uvicorn.Config(
+            app, host=host, port=port, lifespan="on", access_log=False, log_config=None, proxy_headers=False
+        )
         server = uvicorn.Server(config)
         task = asyncio.ensure_future(server.serve())
         while not server.started:

@@ -20,6 +20,9 @@ def serve_forever(settings: Settings) -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
+        # keyrelay resolves X-Forwarded-For itself, only from KEYRELAY_TRUSTED_PROXIES; uvicorn's own
+        # proxy handling (which trusts 127.0.0.1 by default) would let local clients spoof their address.
+        proxy_headers=False,
         log_level=settings.log_level,
         log_config=None,
         server_header=False,

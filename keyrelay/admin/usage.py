@@ -75,7 +75,7 @@ async def usage(
     if start is not None and end is not None and end <= start:
         raise GatewayError(ErrorType.INVALID_REQUEST, "end must be after start", field="end")
     if key is not None:
-        record = await runtime.keys.get(key_hash=key)
+        record = await runtime.keys.get(key_hash=key, include_deleted=True)
         if record is None or not manager.can_see(record):
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.", field="key")
     repo = UsageRepository(runtime.engine)

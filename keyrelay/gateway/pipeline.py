@@ -174,7 +174,8 @@ class Gateway:
 
     def _key_info(self, principal: Principal) -> dict[str, Any]:
         key, policy = principal.key, principal.policy
-        spent = self._limits.spent_micros(principal, self._clock.now_utc())
+        now = self._clock.now_utc()
+        spent = self._limits.spent_micros(principal, now)
         limit = policy.limit_micros
         return {
             "data": {
@@ -183,7 +184,8 @@ class Gateway:
                 "limit": None if limit is None else micros_to_usd(limit),
                 "limit_remaining": None if limit is None else micros_to_usd(max(0, limit - spent)),
                 "limit_reset": policy.limit_reset,
-                "usage": micros_to_usd(key.usage_micros + self._writer.pending_for_key(key.hash)),
+                # Not key.usage_micros + pending: the cached record does not see what the writer has flushed.
+                "usage": micros_to_usd(self._limits.usage_micros(principal, now)),
                 "rate_limits": {
                     "rpm": policy.rpm,
                     "per_5h": policy.per_5h,

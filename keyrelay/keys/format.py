@@ -30,7 +30,7 @@ def generate(key_type: KeyType) -> str:
 
 def looks_like_key(candidate: str) -> bool:
     """Whether a string has the exact shape of a keyrelay key (cheap pre-check before hashing)."""
-    return _SHAPE.match(candidate) is not None
+    return _SHAPE.fullmatch(candidate) is not None  # fullmatch: "$" alone would accept a trailing newline
 
 
 def key_type_of(plaintext: str) -> KeyType | None:

@@ -11,14 +11,23 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 MICROS_PER_USD = 1_000_000
 MAX_LIST_ITEMS = 1000
 LimitReset = Literal["daily", "weekly", "monthly"]
 ModelId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ProviderName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Usd = Annotated[Decimal, Field(ge=0, le=Decimal(1_000_000_000), allow_inf_nan=False)]
+
+
+def _whole_micros(value: Decimal) -> Decimal:
+    if value != value.quantize(Decimal("0.000001")):
+        raise ValueError("at most 6 decimal places (1 micro-dollar)")
+    return value
+
+
+# Every USD amount (key limits, balances, group defaults) is stored as whole micro-dollars.
+Usd = Annotated[Decimal, Field(ge=0, le=Decimal(1_000_000_000), allow_inf_nan=False), AfterValidator(_whole_micros)]
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
@@ -72,13 +81,6 @@ class _KeyFields(BaseModel):
     ip_denylist: list[str] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
     region: str | None = None
     disabled: bool | None = None
-
-    @field_validator("limit")
-    @classmethod
-    def _micro_precision(cls, value: Decimal | None) -> Decimal | None:
-        if value is not None and value != value.quantize(Decimal("0.000001")):
-            raise ValueError("at most 6 decimal places (1 micro-dollar)")
-        return value
 
     @field_validator("ip_allowlist", "ip_denylist")
     @classmethod

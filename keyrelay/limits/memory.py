@@ -5,6 +5,12 @@ Request windows are sliding windows over 60 sub-buckets each (rpm: 1 s buckets, 
 Spend is reserved before the upstream call (the request's maximum cost) and settled afterwards
 to the actual cost, so concurrent requests cannot overshoot a limit. The ledgers start from the
 stored usage plus whatever the usage writer has not yet flushed.
+
+A key's ledger then counts every settled cost itself and never goes back to the store: the cache
+may hold several snapshots of one key (the two secrets of a rotated key, entries reloaded after an
+update) read before or after the usage writer charged the store, and starting over from one of them
+would forget or double charges. An account's ledger starts over only from a snapshot whose
+``updated_at`` is later (a top-up or a new balance; the usage writer never touches ``updated_at``).
 """
 
 from __future__ import annotations
@@ -47,10 +53,12 @@ class _Window:
 
 @dataclass(slots=True)
 class _Ledger:
-    source: object
+    version: datetime  # updated_at of the snapshot the ledger started from
     period: datetime | None
     spent: int
     reserved: int = 0
+    lifetime: int = 0  # keys: all-time usage
+    balance: int | None = None  # accounts: the balance of the snapshot (None = unlimited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +94,12 @@ class MemoryLimits:
 
     def _key_ledger(self, principal: Principal, now: datetime) -> _Ledger:
         key = principal.key
+        group = principal.group
+        # The group's defaults are part of the key's policy (e.g. its limit_reset).
+        version = max(key.updated_at, group.updated_at) if group is not None else key.updated_at
         period = period_start(principal.policy.limit_reset, now)
         ledger = self._keys.get(key.hash)
-        if ledger is None or ledger.source is not key or ledger.period != period:
+        if ledger is None:
             stored = window_usage_micros(
                 limit_reset=principal.policy.limit_reset,
                 usage_micros=key.usage_micros,
@@ -96,20 +107,31 @@ class MemoryLimits:
                 period=key.period_start,
                 now=now,
             )
-            reserved = ledger.reserved if ledger is not None else 0
-            fresh_period = ledger is not None and ledger.period != period and ledger.source is key
-            spent = 0 if fresh_period else stored + self._pending_for_key(key.hash)
-            ledger = _Ledger(source=key, period=period, spent=spent, reserved=reserved)
+            pending = self._pending_for_key(key.hash)
+            ledger = _Ledger(
+                version=version, period=period, spent=stored + pending, lifetime=key.usage_micros + pending
+            )
             self._keys[key.hash] = ledger
+        elif version >= ledger.version:  # an older snapshot's policy must not undo a newer one's
+            ledger.version = version
+            if period != ledger.period:
+                # A new calendar period, or a new kind of window (which the key service starts empty);
+                # a cap that never resets counts everything.
+                ledger.period = period
+                ledger.spent = ledger.lifetime if period is None else 0
         return ledger
 
     def _account_ledger(self, principal: Principal) -> _Ledger:
         account = principal.account
         ledger = self._accounts.get(account.id)
-        if ledger is None or ledger.source is not account:
-            spent = self._pending_for_account(account.id)
-            reserved = ledger.reserved if ledger is not None else 0
-            ledger = _Ledger(source=account, period=None, spent=spent, reserved=reserved)
+        if ledger is None or account.updated_at > ledger.version:
+            ledger = _Ledger(
+                version=account.updated_at,
+                period=None,
+                spent=self._pending_for_account(account.id),
+                reserved=ledger.reserved if ledger is not None else 0,
+                balance=account.balance_micros,
+            )
             self._accounts[account.id] = ledger
         return ledger
 
@@ -124,7 +146,7 @@ class MemoryLimits:
         """
         policy = principal.policy
         account_ledger = self._account_ledger(principal)
-        balance = principal.account.balance_micros
+        balance = account_ledger.balance
         if balance is not None and account_ledger.spent + account_ledger.reserved + max_cost_micros > balance:
             left = max(0, balance - account_ledger.spent - account_ledger.reserved)
             raise GatewayError(
@@ -179,9 +201,14 @@ class MemoryLimits:
         """Settled spend of the key in its current limit window (what ``limit_remaining`` is based on)."""
         return self._key_ledger(principal, now).spent
 
+    def usage_micros(self, principal: Principal, now: datetime) -> int:
+        """All-time usage of the key: stored, not yet flushed, and settled since (what ``usage`` shows)."""
+        return self._key_ledger(principal, now).lifetime
+
     def settle(self, reservation: Reservation, actual_micros: int) -> None:
         """Replace the held amount by the actual cost (0 releases it entirely)."""
         for ledger in (self._keys.get(reservation.key_hash), self._accounts.get(reservation.account_id)):
             if ledger is not None:
                 ledger.reserved = max(0, ledger.reserved - reservation.amount_micros)
                 ledger.spent += actual_micros
+                ledger.lifetime += actual_micros

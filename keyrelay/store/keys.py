@@ -20,9 +20,11 @@ class KeyRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def get(self, *, key_hash: str) -> KeyRecord | None:
-        """The live key whose stable ``hash`` is given."""
-        stmt = select(keys).where(keys.c.hash == key_hash, keys.c.deleted_at.is_(None))
+    async def get(self, *, key_hash: str, include_deleted: bool = False) -> KeyRecord | None:
+        """The key whose stable ``hash`` is given; deleted keys only when asked (for usage history)."""
+        stmt = select(keys).where(keys.c.hash == key_hash)
+        if not include_deleted:
+            stmt = stmt.where(keys.c.deleted_at.is_(None))
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
         return to_record(KeyRecord, row) if row else None

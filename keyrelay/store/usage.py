@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Date, case, cast, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -37,7 +37,8 @@ class UsageRepository:
     def _day(self) -> ColumnElement[str]:
         if self._engine.dialect.name == "sqlite":
             return func.date(usage_records.c.created_at)
-        return func.to_char(cast(usage_records.c.created_at, Date), "YYYY-MM-DD")
+        # Days are UTC days whatever the session time zone of the PostgreSQL connection.
+        return func.to_char(func.timezone("UTC", usage_records.c.created_at), "YYYY-MM-DD")
 
     async def totals(
         self,

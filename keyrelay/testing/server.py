@@ -34,7 +34,15 @@ class RunningServer:
 async def running_server(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[RunningServer]:
     """Start the gateway on 127.0.0.1:<free port> and stop it (with a clean shutdown) afterwards."""
     app = create_app(settings, clock=clock)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # as in production: keyrelay applies KEYRELAY_TRUSTED_PROXIES itself
+    )
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
     try:
