@@ -111,10 +111,10 @@ def cli(ctx: click.Context, config_file: str | None, database_url: str | None) -
 @click.option("--host", help="Interface to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default 8080).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="keyrelay.yaml.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (default 1, or KEYRELAY_WORKERS).")
 @click.pass_context
 @friendly
-def serve(ctx: click.Context, host: str | None, port: int | None, config_file: str | None, workers: int) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, config_file: str | None, workers: int | None) -> None:
     """Run the gateway."""
     from keyrelay.server import serve_forever
 
@@ -235,6 +235,48 @@ def create_management_key(ctx: click.Context, email: str, is_admin: bool, name: 
     plaintext = _with_runtime(ctx, job)
     _out(plaintext)
     click.echo("store this key now: it is not shown again", err=True)
+
+
+@admin.command("list-management-keys")
+@click.option("--account", "email", help="Only this account's management keys.")
+@click.pass_context
+@friendly
+def list_management_keys(ctx: click.Context, email: str | None) -> None:
+    """List management keys (hash, display form, name, admin flag)."""
+
+    async def job(rt: Runtime) -> list[str]:
+        account_id = (await _account(rt, email)).id if email else None
+        rows = await rt.keys.list_all(account_id=account_id, key_type=KeyType.MANAGEMENT.value, limit=10_000)
+        return [
+            f"{r.hash}  {r.display:<20} {r.name:<24} account={r.account_id} {'admin' if r.is_admin else 'scoped'}"
+            f"{' disabled' if r.disabled else ''}"
+            for r in rows
+        ]
+
+    lines = _with_runtime(ctx, job)
+    for line in lines:
+        _out(line)
+    if not lines:
+        _out("no management keys")
+
+
+@admin.command("revoke-management-key")
+@click.argument("key_hash")
+@click.pass_context
+@friendly
+def revoke_management_key(ctx: click.Context, key_hash: str) -> None:
+    """Delete a management key for good (running gateways stop accepting it within a second)."""
+
+    async def job(rt: Runtime) -> None:
+        record = await rt.keys.get(key_hash=key_hash)
+        if record is None or record.key_type != KeyType.MANAGEMENT.value:
+            raise GatewayError(
+                _not_found(), f"no management key with hash {key_hash!r} (see: admin list-management-keys)"
+            )
+        await rt.key_service.revoke(record=record)
+
+    _with_runtime(ctx, job)
+    _out(f"revoked {key_hash}")
 
 
 # --- keys ------------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class Outcome:
     usage: Usage | None = None
     ttft_ms: int | None = None
     upstream_s: float = 0.0
+    settled: bool = False  # counted in the metrics and the usage record
 
 
 class Gateway:
@@ -96,6 +97,7 @@ class Gateway:
         path: str = scope["path"]
         method: str = scope["method"]
         principal: Principal | None = None
+        outcome = Outcome()
         try:
             principal = await self._authenticate(scope)
             client_ip = self._client_ip(scope)
@@ -103,7 +105,8 @@ class Gateway:
             if path in _POST_ROUTES:
                 if method != "POST":
                     raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use POST for {path}.")
-                await self._llm(scope, receive, send, request_id, principal, client_ip, _POST_ROUTES[path], started)
+                operation = _POST_ROUTES[path]
+                await self._llm(scope, receive, send, request_id, principal, client_ip, operation, started, outcome)
             elif method != "GET":
                 raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use GET for {path}.")
             elif path == "/v1/models":
@@ -117,8 +120,9 @@ class Gateway:
         except GatewayError as err:
             overhead = (time.perf_counter() - started) * 1000
             await send_error(send, err, request_id, [(b"x-keyrelay-overhead-ms", f"{overhead:.3f}".encode())])
-            name = principal.key.name if principal else "-"
-            self._metrics.requests.labels(name, "-", str(err.status), err.error_type.name).inc()
+            if not outcome.settled:  # an admitted request was already counted, with its model, when settled
+                name = principal.key.name if principal else "-"
+                self._metrics.requests.labels(name, "-", str(err.status), err.error_type.name).inc()
 
     async def _authenticate(self, scope: Scope) -> Principal:
         token = bearer_credential(header(scope, b"authorization"))
@@ -210,6 +214,7 @@ class Gateway:
         client_ip: IPAddress | None,
         operation: Operation,
         started: float,
+        outcome: Outcome,
     ) -> None:
         raw = await read_body(receive, self._settings.max_body_bytes)
         request = decode_request(operation, raw)
@@ -224,7 +229,6 @@ class Gateway:
         multiplier = principal.policy.price_multiplier_ppm
         max_cost = max(cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
         reservation, window = self._limits.admit(principal, max_cost, now)
-        outcome = Outcome()
         try:
             if request.stream:
                 await self._stream(receive, send, request, channels, window, outcome, started)
@@ -366,6 +370,7 @@ class Gateway:
         started: float,
         now: Any,
     ) -> None:
+        outcome.settled = True
         channel = outcome.channel
         usage = outcome.usage or Usage(0, 0)
         cost = (

@@ -15,7 +15,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Policy:
     """Everything authorization and admission need, with inheritance already resolved.
 
-    ``None`` for a limit means unlimited (after inheritance), as does ``0`` from the user.
+    ``None`` for a limit means unlimited (after inheritance), as does ``0`` from the user. Request
+    windows and the spend limit inherit the group's default when the key leaves them empty; the
+    model and provider whitelists of the group are ceilings (see ``_pick_list``).
     """
 
     limit_micros: int | None
@@ -38,9 +40,17 @@ def _pick(own: int | None, default: int | None) -> int | None:
     return value or None  # 0 means "no limit"
 
 
-def _pick_list(own: tuple[str, ...] | None, default: tuple[str, ...] | None) -> frozenset[str] | None:
-    value = own if own is not None else default
-    return frozenset(value) if value else None
+def _pick_list(own: tuple[str, ...] | None, group: tuple[str, ...] | None) -> frozenset[str] | None:
+    """A whitelist: the group's list is a ceiling the key may narrow but never widen.
+
+    An empty or missing list on the key inherits the group's; with both set, the key gets their
+    intersection (which may be empty: then nothing is allowed, and requests say so).
+    """
+    if not own:
+        return frozenset(group) if group else None
+    if not group:
+        return frozenset(own)
+    return frozenset(own) & frozenset(group)
 
 
 def effective_policy(key: KeyRecord, group: GroupRecord | None) -> Policy:

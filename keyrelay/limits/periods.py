@@ -11,7 +11,7 @@ def period_start(reset: str | None, now: datetime) -> datetime | None:
     Raises:
         ValueError: Unknown reset name.
     """
-    now = now.astimezone(UTC)
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if reset is None:
         return None

@@ -1,0 +1,117 @@
+"""Shared helpers of the gateway tests: requests, error-body checks, usage records, breaking the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from keyrelay.services.inputs import AccountCreate
+from keyrelay.store.records import AccountRecord
+from keyrelay.store.schema import usage_records
+from keyrelay.testing.server import RunningServer
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 3}
+
+
+def auth(key: str) -> dict[str, str]:
+    """The Authorization header for a key."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def chat_body(**fields: Any) -> bytes:
+    """The exact bytes :func:`chat` sends: CHAT updated by ``fields``, compact JSON."""
+    return json.dumps({**CHAT, **fields}, separators=(",", ":")).encode()
+
+
+def max_cost_micros(body: bytes, max_tokens: int, input_micros: int = 150_000, output_micros: int = 600_000) -> int:
+    """What the gateway holds before the call: every body byte a prompt token, plus max_tokens (gpt-4o-mini)."""
+    return math.ceil((len(body) * input_micros + max_tokens * output_micros) / 1_000_000)
+
+
+async def chat(client: httpx.AsyncClient, key: str | None, **fields: Any) -> httpx.Response:
+    """POST /v1/chat/completions with CHAT updated by ``fields``."""
+    headers = {"content-type": "application/json", **(auth(key) if key else {})}
+    return await client.post("/v1/chat/completions", content=chat_body(**fields), headers=headers)
+
+
+def assert_error(
+    response: httpx.Response, status: int, error_type: str, *, source: str | None = None
+) -> dict[str, Any]:
+    """Check the shared error body (and x-request-id) and return its ``error`` object."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    err: dict[str, Any] = response.json()["error"]
+    assert err["type"] == error_type, err
+    assert err["code"] == status
+    assert isinstance(err["message"], str) and err["message"]
+    request_id = response.headers["x-request-id"]
+    assert request_id.startswith("req_")
+    assert err["request_id"] == request_id
+    if source is None:
+        assert "metadata" not in err
+    else:
+        assert err["metadata"] == {"limit_source": source}
+    return err
+
+
+async def make_account(server: RunningServer, email: str, **fields: Any) -> AccountRecord:
+    """Create an account directly through the account service."""
+    if "balance" in fields and fields["balance"] is not None:
+        fields["balance"] = Decimal(str(fields["balance"]))
+    return await server.runtime.account_service.create_account(AccountCreate(email=email, **fields))
+
+
+async def usage_rows(server: RunningServer, *request_ids: str, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """The usage records of these requests (in the given order), flushing the writer until all are stored."""
+    assert server.app.writer is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        await server.app.writer.flush()
+        stmt = select(usage_records).where(usage_records.c.request_id.in_(request_ids))
+        async with server.runtime.engine.connect() as conn:
+            rows = {r["request_id"]: dict(r) for r in (await conn.execute(stmt)).mappings()}
+        if len(rows) == len(request_ids) or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert set(rows) == set(request_ids), f"usage records missing for {set(request_ids) - set(rows)}"
+    return [rows[rid] for rid in request_ids]
+
+
+async def all_usage_rows(server: RunningServer) -> list[dict[str, Any]]:
+    """Every usage record, in insertion order (after a flush)."""
+    assert server.app.writer is not None
+    await server.app.writer.flush()
+    async with server.runtime.engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(select(usage_records).order_by(usage_records.c.id))).mappings()]
+
+
+async def break_store(database_url: str, pg_admin_dsn: str) -> None:
+    """Make the database really unreachable: drop the PostgreSQL database, or replace the SQLite file by a directory.
+
+    The caller then disposes the server's pool so that the next query opens a new connection.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        admin = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE "{url.database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        return
+    path = url.database
+    assert path
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    os.mkdir(path)  # SQLite cannot open a directory: every new connection fails
