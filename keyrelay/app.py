@@ -10,8 +10,8 @@ from keyrelay.asgi import Receive, Scope, Send, header, limit_body, new_request_
 from keyrelay.clock import Clock
 from keyrelay.config import Settings
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.gateway.forward import new_session
 from keyrelay.gateway.pipeline import Gateway
+from keyrelay.gateway.upstream_client import UpstreamPool
 from keyrelay.limits.memory import MemoryLimits
 from keyrelay.logs import request_id_var
 from keyrelay.metrics import Metrics
@@ -43,14 +43,14 @@ class KeyrelayApp:
         writer = UsageWriter(runtime.engine)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
         limits = MemoryLimits(pending_for_key=writer.pending_for_key, pending_for_account=writer.pending_for_account)
-        self.session = new_session()
+        self.pool = UpstreamPool()
         self.gateway = Gateway(
             settings=self.settings,
             cache=runtime.cache,
             routes=RouteTable.from_settings(self.settings),
             limits=limits,
             writer=writer,
-            session=self.session,
+            pool=self.pool,
             metrics=self.metrics,
             clock=runtime.clock,
         )
@@ -64,7 +64,7 @@ class KeyrelayApp:
         await self.runtime.tasks.close()
         if self.writer is not None:
             await self.writer.close()
-        await self.session.close()
+        self.pool.close()
         await self.runtime.close()
         self.runtime = None
 

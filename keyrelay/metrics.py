@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -33,6 +35,30 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=self.registry,
         )
+
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def count_request(self, key_name: str, model: str, status: int, error_type: str) -> None:
+        """Count one request (labelled children are cached: ``labels()`` is too slow per request)."""
+        self._child(self.requests, key_name, model, str(status), error_type).inc()
+
+    def count_usage(self, key_name: str, model: str, prompt: int, completion: int, cost_micros: int) -> None:
+        """Add one request's tokens and spend."""
+        if prompt:
+            self._child(self.tokens, key_name, model, "prompt").inc(prompt)
+        if completion:
+            self._child(self.tokens, key_name, model, "completion").inc(completion)
+        if cost_micros:
+            self._child(self.spend, key_name, model).inc(cost_micros / 1_000_000)
+
+    def _child(self, family: Counter, *labels: str) -> Any:
+        slot = (id(family), *labels)
+        child = self._children.get(slot)
+        if child is None:
+            if len(self._children) > 100_000:  # bound memory if label values are unbounded
+                self._children.clear()
+            child = self._children[slot] = family.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from datetime import datetime
 
@@ -16,6 +17,12 @@ def parse_ip(text: str | None) -> IPAddress | None:
     """An IP address, with IPv4-mapped IPv6 unwrapped; None when unparseable."""
     if not text:
         return None
+    return _parse_ip(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_ip(text: str) -> IPAddress | None:
+    # Clients come back from the same few addresses; ip_address() costs microseconds each time.
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:

@@ -1,11 +1,8 @@
-"""The outbound HTTP client: one pooled keep-alive aiohttp session per process, and failure classes."""
+"""Upstream call helpers: the provider credential headers and the mapping of failures to client errors."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-
-import aiohttp
 
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.routing.table import Channel
@@ -19,17 +16,6 @@ class UpstreamFailure(Exception):
 
     error: GatewayError
     retryable: bool
-
-
-def new_session() -> aiohttp.ClientSession:
-    """The shared upstream session (no total timeout: per-request timeouts are set per channel)."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-    )
 
 
 def upstream_headers(channel: Channel, stream: bool) -> dict[str, str]:
@@ -62,7 +48,7 @@ def classify_status(status: int, retry_after: str | None, message: str) -> Upstr
 
 def classify_exception(exc: BaseException) -> UpstreamFailure:
     """Map a transport failure before the first byte to the client-facing error."""
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError):
         return UpstreamFailure(GatewayError(ErrorType.UPSTREAM_TIMEOUT, "The upstream did not answer in time."), True)
     return UpstreamFailure(
         GatewayError(ErrorType.UPSTREAM_ERROR, f"Could not reach the upstream ({exc.__class__.__name__})."), True

@@ -7,11 +7,11 @@ from the in-process cache, limits are in memory, usage goes to the batched write
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from keyrelay.asgi import Headers, Receive, Scope, Send, header, read_body, send_error, send_json
@@ -28,6 +28,14 @@ from keyrelay.gateway.forward import (
     upstream_headers,
 )
 from keyrelay.gateway.pricing import cost_micros
+from keyrelay.gateway.upstream_client import (
+    Origin,
+    UpstreamConnectionError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    request_head,
+)
 from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
 from keyrelay.keys.spec import micros_to_usd
@@ -48,6 +56,7 @@ from keyrelay.routing.table import Channel, RouteTable
 from keyrelay.tasks import watch_disconnect
 from keyrelay.usage.writer import UsageRecord, UsageWriter
 
+log = logging.getLogger("keyrelay.gateway")
 _POST_ROUTES = {"/v1/chat/completions": Operation.CHAT, "/v1/embeddings": Operation.EMBEDDINGS}
 
 
@@ -62,6 +71,7 @@ class Outcome:
     ttft_ms: int | None = None
     upstream_s: float = 0.0
     settled: bool = False  # counted in the metrics and the usage record
+    started: bool = False  # the response status line has been sent
 
 
 class Gateway:
@@ -75,7 +85,7 @@ class Gateway:
         routes: RouteTable,
         limits: MemoryLimits,
         writer: UsageWriter,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         metrics: Metrics,
         clock: Clock,
     ) -> None:
@@ -84,7 +94,8 @@ class Gateway:
         self._routes = routes
         self._limits = limits
         self._writer = writer
-        self._session = session
+        self._pool = pool
+        self._targets: dict[tuple[str, Operation, bool], tuple[Origin, bytes]] = {}
         self._metrics = metrics
         self._clock = clock
         self._trusted = settings.trusted_proxy_networks
@@ -122,7 +133,13 @@ class Gateway:
             await send_error(send, err, request_id, [(b"x-keyrelay-overhead-ms", f"{overhead:.3f}".encode())])
             if not outcome.settled:  # an admitted request was already counted, with its model, when settled
                 name = principal.key.name if principal else "-"
-                self._metrics.requests.labels(name, "-", str(err.status), err.error_type.name).inc()
+                self._metrics.count_request(name, "-", err.status, err.error_type.name)
+                log_request(request_id, principal, method, path, err.status, err.error_type.name, started)
+        except Exception:
+            # Nothing else should escape; if it does, the client still gets the JSON body and request id.
+            log.exception("unexpected error in %s %s", method, path)
+            if not outcome.started:
+                await send_error(send, GatewayError(ErrorType.INTERNAL_ERROR), request_id)
 
     async def _authenticate(self, scope: Scope) -> Principal:
         token = bearer_credential(header(scope, b"authorization"))
@@ -243,18 +260,28 @@ class Gateway:
         finally:
             self._settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
 
-    async def _call(self, channel: Channel, request: InboundRequest) -> aiohttp.ClientResponse:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=channel.connect_timeout_s, sock_read=channel.timeout_s)
-        return await self._session.post(
-            f"{channel.base_url}/{'embeddings' if request.operation is Operation.EMBEDDINGS else 'chat/completions'}",
-            data=upstream_body(request, channel.upstream_model),
-            headers=upstream_headers(channel, request.stream),
-            timeout=timeout,
+    def _target(self, channel: Channel, operation: Operation, stream: bool) -> tuple[Origin, bytes]:
+        """Origin and prebuilt request head for a channel, built once and reused for every request."""
+        slot = (channel.qualified_name, operation, stream)
+        target = self._targets.get(slot)
+        if target is None:
+            origin = Origin.parse(channel.base_url)
+            path = "/embeddings" if operation is Operation.EMBEDDINGS else "/chat/completions"
+            target = (origin, request_head(origin, path, list(upstream_headers(channel, stream).items())))
+            self._targets[slot] = target
+        return target
+
+    async def _call(self, channel: Channel, request: InboundRequest) -> UpstreamResponse:
+        origin, head = self._target(channel, request.operation, request.stream)
+        return await self._pool.request(
+            origin,
+            head,
+            upstream_body(request, channel.upstream_model),
+            connect_timeout=channel.connect_timeout_s,
+            read_timeout=channel.timeout_s,
         )
 
-    async def _open(
-        self, request: InboundRequest, channels: tuple[Channel, ...], outcome: Outcome
-    ) -> aiohttp.ClientResponse:
+    async def _open(self, request: InboundRequest, channels: tuple[Channel, ...], outcome: Outcome) -> UpstreamResponse:
         """Try each channel in order until one answers 2xx; retryable failures move on."""
         failure: UpstreamFailure | None = None
         for channel in channels:
@@ -262,18 +289,23 @@ class Gateway:
             t0 = time.perf_counter()
             try:
                 response = await self._call(channel, request)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
                 outcome.upstream_s += time.perf_counter() - t0
                 failure = classify_exception(exc)
                 continue
             if response.status < 400:
                 outcome.upstream_s += time.perf_counter() - t0
                 return response
-            body = await response.read()
-            response.release()
+            try:
+                body = await response.read()
+            except (UpstreamConnectionError, UpstreamTimeoutError):
+                body = b""
+            finally:
+                response.release()
             outcome.upstream_s += time.perf_counter() - t0
+            retry_after = response.header(b"retry-after")
             failure = classify_status(
-                response.status, response.headers.get("retry-after"), upstream_error_message(body)
+                response.status, retry_after.decode("latin-1") if retry_after else None, upstream_error_message(body)
             )
             if not failure.retryable:
                 break
@@ -303,7 +335,7 @@ class Gateway:
         t0 = time.perf_counter()
         try:
             payload = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             raise classify_exception(exc).error from exc
         finally:
             response.release()
@@ -315,6 +347,7 @@ class Gateway:
         overhead = (time.perf_counter() - started - outcome.upstream_s) * 1000
         headers = self._headers(window, overhead, b"application/json")
         headers.append((b"content-length", str(len(payload)).encode()))
+        outcome.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -336,15 +369,16 @@ class Gateway:
         headers.append((b"cache-control", b"no-cache"))
         watcher = watch_disconnect(receive)
         try:
+            outcome.started = True
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            async for chunk in response.content.iter_any():
+            async for chunk in response.chunks():
                 if outcome.ttft_ms is None:
                     outcome.ttft_ms = round((time.perf_counter() - started) * 1000)
                 out = relay.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             await send({"type": "http.response.body", "body": relay.flush()})
-        except (aiohttp.ClientError, TimeoutError):
+        except (UpstreamConnectionError, UpstreamTimeoutError):
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
             # OpenAI-shaped error event; the partial usage is still billed.
             outcome.error_type = ErrorType.UPSTREAM_ERROR.name
@@ -352,7 +386,7 @@ class Gateway:
             await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(err.to_body()) + b"\n\n"})
         finally:
             watcher.cancel()
-            response.close()
+            response.release()
             outcome.usage = relay.usage or Usage(
                 estimate_tokens(len(request.raw)), estimate_tokens(relay.content_bytes), estimated=True
             )
@@ -407,14 +441,34 @@ class Gateway:
         self._writer.touch(key.hash, now, ip)
         model = request.model
         m = self._metrics
-        m.requests.labels(key.name, model, str(outcome.status), outcome.error_type or "").inc()
-        if usage.prompt_tokens:
-            m.tokens.labels(key.name, model, "prompt").inc(usage.prompt_tokens)
-        if usage.completion_tokens:
-            m.tokens.labels(key.name, model, "completion").inc(usage.completion_tokens)
-        if cost:
-            m.spend.labels(key.name, model).inc(cost / 1_000_000)
+        m.count_request(key.name, model, outcome.status, outcome.error_type or "")
+        m.count_usage(key.name, model, usage.prompt_tokens, usage.completion_tokens, cost)
         m.overhead.observe(max(0.0, elapsed - outcome.upstream_s))
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request %s key=%s (%s) model=%s provider=%s status=%s error=%s tokens=%d+%d cost_usd=%.6f ms=%d",
+                request_id,
+                key.name,
+                key.display,
+                model,
+                channel.provider if channel else "-",
+                outcome.status,
+                outcome.error_type or "-",
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                cost / 1_000_000,
+                round(elapsed * 1000),
+            )
+
+
+def log_request(
+    request_id: str, principal: Principal | None, method: str, path: str, status: int, error: str, started: float
+) -> None:
+    """The one log line of a request refused before it reached an upstream."""
+    if log.isEnabledFor(logging.INFO):
+        who = f"{principal.key.name} ({principal.key.display})" if principal else "-"
+        ms = round((time.perf_counter() - started) * 1000)
+        log.info("request %s key=%s %s %s status=%d error=%s ms=%d", request_id, who, method, path, status, error, ms)
 
 
 def _model_not_found(model: str) -> GatewayError:
