@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -56,6 +57,10 @@ class KeyrelayApp:
         )
         self.writer = writer
         self.runtime = runtime
+        # Everything built so far lives as long as the process: move it out of the collector's
+        # reach, so full collections stay short (they were ~80 ms pauses under load).
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(self) -> None:
         """Flush and close everything."""

@@ -54,20 +54,34 @@ class TaskGroup:
                 await task
 
 
-def watch_disconnect(receive: Callable[[], Awaitable[Any]]) -> asyncio.Task[None]:
-    """Cancel the calling task when the client disconnects (ASGI ``http.disconnect``).
+class DisconnectWatch:
+    """Cancels the calling task when the client disconnects (ASGI ``http.disconnect``).
 
-    Used while relaying a stream so that an abandoned client also cancels the upstream call.
-    The caller must cancel the returned watcher when it finishes normally.
+    Used while relaying a stream so that an abandoned client also cancels the upstream call. The
+    watching task starts only after ``delay`` seconds: most streams are over by then, and a task
+    per request would be a large share of a short stream's cost. ``stop()`` must be called when
+    the caller finishes.
     """
-    owner = asyncio.current_task()
 
-    async def watch() -> None:
+    def __init__(self, receive: Callable[[], Awaitable[Any]], delay: float = 0.2) -> None:
+        self._receive = receive
+        self._owner = asyncio.current_task()
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(delay, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="disconnect-watch")
+
+    async def _watch(self) -> None:
         while True:
-            message = await receive()
+            message = await self._receive()
             if message.get("type") == "http.disconnect":
-                if owner is not None:
-                    owner.cancel()
+                if self._owner is not None:
+                    self._owner.cancel()
                 return
 
-    return asyncio.create_task(watch(), name="disconnect-watch")
+    def stop(self) -> None:
+        """Stop watching."""
+        self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()

@@ -53,7 +53,7 @@ from keyrelay.protocols.openai import (
     upstream_body,
 )
 from keyrelay.routing.table import Channel, RouteTable
-from keyrelay.tasks import watch_disconnect
+from keyrelay.tasks import DisconnectWatch
 from keyrelay.usage.writer import UsageRecord, UsageWriter
 
 log = logging.getLogger("keyrelay.gateway")
@@ -367,7 +367,7 @@ class Gateway:
         outcome.status = response.status
         headers = self._headers(window, overhead, b"text/event-stream")
         headers.append((b"cache-control", b"no-cache"))
-        watcher = watch_disconnect(receive)
+        watcher = DisconnectWatch(receive)
         try:
             outcome.started = True
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -385,7 +385,7 @@ class Gateway:
             err = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream stream ended unexpectedly.")
             await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(err.to_body()) + b"\n\n"})
         finally:
-            watcher.cancel()
+            watcher.stop()
             response.release()
             outcome.usage = relay.usage or Usage(
                 estimate_tokens(len(request.raw)), estimate_tokens(relay.content_bytes), estimated=True

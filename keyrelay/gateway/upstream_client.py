@@ -159,8 +159,11 @@ class _Connection(asyncio.Protocol):
                 raise UpstreamTimeoutError("upstream read timed out") from None
             finally:
                 self._waiter = None
-        chunk = self.body.popleft()
-        self.buffered -= len(chunk)
+        # Hand over everything that has arrived in one piece: fewer, larger writes to the client
+        # cost less than one write per network read, and add no latency.
+        chunk = self.body.popleft() if len(self.body) == 1 else b"".join(self.body)
+        self.body.clear()
+        self.buffered = 0
         if self._paused and self.buffered < _HIGH_WATER // 2 and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()

