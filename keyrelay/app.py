@@ -6,15 +6,19 @@ import gc
 import logging
 from typing import Any
 
+from redis.asyncio import Redis
+
 from keyrelay.admin.app import create_admin_app
 from keyrelay.asgi import Receive, Scope, Send, header, limit_body, new_request_id, send_error, send_json
+from keyrelay.cache.fanout import RedisFanout
 from keyrelay.clock import Clock
-from keyrelay.config import Settings
+from keyrelay.config import Settings, load_settings
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.gateway.admit import Pending
 from keyrelay.gateway.pipeline import Gateway
 from keyrelay.gateway.upstream_client import UpstreamPool
-from keyrelay.limits.memory import MemoryLimits
-from keyrelay.logs import request_id_var
+from keyrelay.limits.factory import build_limits, redis_client
+from keyrelay.logs import request_id_var, setup_logging
 from keyrelay.metrics import Metrics
 from keyrelay.routing.table import RouteTable
 from keyrelay.runtime import Runtime, open_runtime
@@ -34,6 +38,7 @@ class KeyrelayApp:
         self.runtime: Runtime | None = None
         self.gateway: Gateway | None = None
         self.writer: UsageWriter | None = None
+        self.redis: Redis | None = None
         self.metrics = Metrics()
 
     async def startup(self) -> None:
@@ -43,13 +48,22 @@ class KeyrelayApp:
         runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")
         writer = UsageWriter(runtime.engine)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
-        limits = MemoryLimits(pending_for_key=writer.pending_for_key, pending_for_account=writer.pending_for_account)
+        self.redis = redis_client(self.settings)
+        self.limits = build_limits(self.settings, self.redis)
+        if self.redis is not None:
+            fanout = RedisFanout(self.redis, runtime.cache, prefix=self.settings.redis_prefix)
+            runtime.cache.on_invalidate = fanout.publish
+            runtime.tasks.spawn(fanout.run(), name="cache-fanout")
         self.pool = UpstreamPool()
         self.gateway = Gateway(
             settings=self.settings,
             cache=runtime.cache,
             routes=RouteTable.from_settings(self.settings),
-            limits=limits,
+            limits=self.limits,
+            pending=Pending(
+                key=writer.pending_for_key, account=writer.pending_for_account, group=writer.pending_for_group
+            ),
+            keys=runtime.keys,
             writer=writer,
             pool=self.pool,
             metrics=self.metrics,
@@ -70,6 +84,7 @@ class KeyrelayApp:
         if self.writer is not None:
             await self.writer.close()
         self.pool.close()
+        await self.limits.close()  # closes the shared Redis client too
         await self.runtime.close()
         self.runtime = None
 
@@ -123,7 +138,13 @@ class KeyrelayApp:
         except Exception:
             await send_json(send, 503, {"status": "unavailable", "store": "unreachable"})
             return
-        await send_json(send, 200, {"status": "ready", "store": "ok"})
+        if self.redis is not None:
+            try:
+                await self.redis.ping()
+            except Exception:
+                await send_json(send, 503, {"status": "unavailable", "store": "ok", "redis": "unreachable"})
+                return
+        await send_json(send, 200, {"status": "ready", "store": "ok", "redis": "ok" if self.redis else "unused"})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -156,3 +177,10 @@ def _with_request_id(send: Send, request_id: str) -> Send:
 def create_app(settings: Settings, *, clock: Clock | None = None) -> KeyrelayApp:
     """Build the ASGI application for these settings."""
     return KeyrelayApp(settings, clock=clock)
+
+
+def create_app_from_env() -> KeyrelayApp:
+    """Factory for worker processes (``serve --workers N``): settings from the environment the CLI exported."""
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    return KeyrelayApp(settings)

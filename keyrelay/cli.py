@@ -119,11 +119,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None, config_file: s
     from keyrelay.server import serve_forever
 
     settings = ctx.obj["settings_factory"](config_file, host=host, port=port, workers=workers)
-    if settings.workers > 1:
+    if settings.workers > 1 and not settings.redis_url:
         _fail(
-            "--workers above 1 needs shared limits and cache invalidation across processes (Redis), which this "
-            "version does not support yet; one worker would otherwise multiply every rate and spend limit by N. "
-            "Run several instances only once KEYRELAY_REDIS_URL support lands.",
+            f"--workers {settings.workers} needs KEYRELAY_REDIS_URL: without Redis each worker would keep its own "
+            "rate and spend counters (multiplying every limit by the number of workers) and its own key cache. "
+            "Set KEYRELAY_REDIS_URL, or run one worker.",
             2,
         )
     serve_forever(settings)

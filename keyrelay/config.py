@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     cache_poll_interval_s: float = Field(default=1.0, gt=0)
     usage_flush_interval_s: float = Field(default=1.0, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0, description="Output-token ceiling assumed without max_tokens.")
-    redis_url: str | None = None
+    redis_url: str | None = Field(default=None, description="Redis for shared limits and cache invalidation.")
+    redis_prefix: str = Field(default="keyrelay", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    limits_fail_open: bool = Field(default=False, description="Use local limits while Redis is unreachable.")
     providers: tuple[ProviderConfig, ...] = ()
 
     @classmethod
@@ -189,3 +191,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
+
+
+def export_env(settings: Settings) -> None:
+    """Put the settings into this process's environment for worker processes to read back.
+
+    ``serve --workers N`` starts N processes that each call ``load_settings()``; flags given on the
+    command line reach them this way. Providers are re-read from the same config file.
+    """
+    for name, value in settings.model_dump(exclude={"providers", "config"}).items():
+        if value is not None:
+            os.environ[f"KEYRELAY_{name.upper()}"] = str(value)
+    if settings.config is not None:
+        os.environ["KEYRELAY_CONFIG"] = str(settings.config)

@@ -5,15 +5,23 @@ from __future__ import annotations
 import uvicorn
 
 from keyrelay.app import create_app
-from keyrelay.config import Settings
+from keyrelay.config import Settings, export_env
 from keyrelay.logs import setup_logging
 
 
 def serve_forever(settings: Settings) -> None:
-    """Run one gateway process until SIGINT/SIGTERM."""
+    """Run the gateway (one process, or ``settings.workers`` processes) until SIGINT/SIGTERM."""
     setup_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        # Worker processes build their own app from the environment (uvicorn's factory mode).
+        export_env(settings)
+        target: object = "keyrelay.app:create_app_from_env"
+    else:
+        target = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        target,  # type: ignore[arg-type]
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         loop="uvloop",

@@ -108,19 +108,23 @@ async def update_account(account_id: int, body: AccountUpdate, request: Request,
 async def create_group(body: GroupCreate, request: Request, _: AdminDep) -> GroupEnvelope:
     """Create a group with default key limits."""
     runtime = runtime_of(request)
-    return GroupEnvelope(data=group_out(await runtime.account_service.create_group(body)))
+    group = await runtime.account_service.create_group(body)
+    return GroupEnvelope(data=group_out(group, runtime.clock.now_utc()))
 
 
 @router.get("/groups", response_model=GroupList, summary="List groups")
 async def list_groups(request: Request, _: AdminDep) -> GroupList:
     """All groups."""
-    return GroupList(data=[group_out(g) for g in await runtime_of(request).groups.list_all()])
+    runtime = runtime_of(request)
+    now = runtime.clock.now_utc()
+    return GroupList(data=[group_out(g, now) for g in await runtime.groups.list_all()])
 
 
 @router.get("/groups/{group_id}", response_model=GroupEnvelope, summary="Get a group")
 async def get_group(group_id: int, request: Request, _: AdminDep) -> GroupEnvelope:
     """One group."""
-    return GroupEnvelope(data=group_out(await _group(runtime_of(request), group_id)))
+    runtime = runtime_of(request)
+    return GroupEnvelope(data=group_out(await _group(runtime, group_id), runtime.clock.now_utc()))
 
 
 @router.patch("/groups/{group_id}", response_model=GroupEnvelope, summary="Update a group")
@@ -128,7 +132,7 @@ async def update_group(group_id: int, body: GroupUpdate, request: Request, _: Ad
     """Change a group's defaults; its accounts' keys see them at their next request."""
     runtime = runtime_of(request)
     group = await runtime.account_service.update_group(await _group(runtime, group_id), body)
-    return GroupEnvelope(data=group_out(group))
+    return GroupEnvelope(data=group_out(group, runtime_of(request).clock.now_utc()))
 
 
 @router.delete("/groups/{group_id}", summary="Delete a group")

@@ -18,6 +18,8 @@ class RateLimitsOut(BaseModel):
     per_5h: int | None
     per_1d: int | None
     per_7d: int | None
+    tpm: int | None = None
+    max_concurrent: int | None = None
 
 
 class KeyOut(BaseModel):
@@ -85,17 +87,21 @@ class GroupOut(BaseModel):
     default_rate_limits: RateLimitsOut
     allowed_models: list[str] | None
     allowed_providers: list[str] | None
+    quota: float | None
+    quota_reset: str | None
+    quota_used: float
     created_at: datetime
     updated_at: datetime
 
 
 class AccountOut(BaseModel):
-    """An account; ``balance`` null means unlimited."""
+    """An account: ``balance`` is the credit left (null = unlimited), ``spent`` everything charged so far."""
 
     id: int
     email: str
     status: str
     balance: float | None
+    spent: float
     group: str | None
     created_at: datetime
     updated_at: datetime
@@ -134,7 +140,14 @@ def key_out(record: KeyRecord, now: datetime) -> KeyOut:
         limit_remaining=None if remaining is None else micros_to_usd(remaining),
         limit_reset=record.limit_reset,
         usage=micros_to_usd(record.usage_micros),
-        rate_limits=RateLimitsOut(rpm=record.rpm, per_5h=record.per_5h, per_1d=record.per_1d, per_7d=record.per_7d),
+        rate_limits=RateLimitsOut(
+            rpm=record.rpm,
+            per_5h=record.per_5h,
+            per_1d=record.per_1d,
+            per_7d=record.per_7d,
+            tpm=record.tpm,
+            max_concurrent=record.max_concurrent,
+        ),
         allowed_providers=_list(record.allowed_providers),
         allowed_models=_list(record.allowed_models),
         ip_allowlist=_list(record.ip_allowlist),
@@ -150,7 +163,7 @@ def key_out(record: KeyRecord, now: datetime) -> KeyOut:
     )
 
 
-def group_out(group: GroupRecord) -> GroupOut:
+def group_out(group: GroupRecord, now: datetime) -> GroupOut:
     """The API view of a group."""
     return GroupOut(
         id=group.id,
@@ -160,7 +173,23 @@ def group_out(group: GroupRecord) -> GroupOut:
         default_limit=None if group.default_limit_micros is None else micros_to_usd(group.default_limit_micros),
         default_limit_reset=group.default_limit_reset,
         default_rate_limits=RateLimitsOut(
-            rpm=group.default_rpm, per_5h=group.default_per_5h, per_1d=group.default_per_1d, per_7d=group.default_per_7d
+            rpm=group.default_rpm,
+            per_5h=group.default_per_5h,
+            per_1d=group.default_per_1d,
+            per_7d=group.default_per_7d,
+            tpm=group.default_tpm,
+            max_concurrent=group.default_max_concurrent,
+        ),
+        quota=None if group.quota_micros is None else micros_to_usd(group.quota_micros),
+        quota_reset=group.quota_reset,
+        quota_used=micros_to_usd(
+            window_usage_micros(
+                limit_reset=group.quota_reset,
+                usage_micros=group.usage_micros,
+                period_usage_micros=group.period_usage_micros,
+                period=group.period_start,
+                now=now,
+            )
         ),
         allowed_models=_list(group.allowed_models),
         allowed_providers=_list(group.allowed_providers),
@@ -175,7 +204,8 @@ def account_out(account: AccountRecord, group_name: str | None) -> AccountOut:
         id=account.id,
         email=account.email,
         status=account.status,
-        balance=None if account.balance_micros is None else micros_to_usd(account.balance_micros),
+        balance=None if account.remaining_micros is None else micros_to_usd(account.remaining_micros),
+        spent=micros_to_usd(account.spent_micros),
         group=group_name,
         created_at=account.created_at,
         updated_at=account.updated_at,

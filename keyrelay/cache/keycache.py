@@ -41,6 +41,7 @@ class KeyCache:
         self._negative: set[str] = set()
         self._max_negative = max_negative
         self._generation = 0
+        self.on_invalidate: Callable[[str, str], None] | None = None  # cross-process fan-out hook
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -87,18 +88,25 @@ class KeyCache:
             if principal.group is not None:
                 self._by_group.get(principal.group.id, set()).discard(secret_hash)
 
-    def invalidate_key(self, key_hash: str) -> None:
+    def _broadcast(self, kind: str, ident: str, broadcast: bool) -> None:
+        if broadcast and self.on_invalidate is not None:
+            self.on_invalidate(kind, ident)
+
+    def invalidate_key(self, key_hash: str, *, broadcast: bool = True) -> None:
         """Forget every cached secret of one key (by its stable hash); also forget unknown-key memory."""
         self._drop(self._by_key.pop(key_hash, None))
         self._negative.clear()
+        self._broadcast("k", key_hash, broadcast)
 
-    def invalidate_account(self, account_id: int) -> None:
+    def invalidate_account(self, account_id: int, *, broadcast: bool = True) -> None:
         """Forget every cached key of one account."""
         self._drop(self._by_account.pop(account_id, None))
+        self._broadcast("a", str(account_id), broadcast)
 
-    def invalidate_group(self, group_id: int) -> None:
+    def invalidate_group(self, group_id: int, *, broadcast: bool = True) -> None:
         """Forget every cached key whose account is in one group."""
         self._drop(self._by_group.pop(group_id, None))
+        self._broadcast("g", str(group_id), broadcast)
 
     def clear(self) -> None:
         """Forget everything."""

@@ -56,15 +56,15 @@ class CacheSync:
         count = 0
         for change in await self._keys.changed_since(since=since):
             if self._fresh("k", change.ident, change.updated_at):
-                self._cache.invalidate_key(change.ident)
+                self._cache.invalidate_key(change.ident, broadcast=False)
                 count += 1
         for change in await self._accounts.changed_since(since=since):
             if self._fresh("a", change.ident, change.updated_at):
-                self._cache.invalidate_account(int(change.ident))
+                self._cache.invalidate_account(int(change.ident), broadcast=False)
                 count += 1
         for change in await self._groups.changed_since(since=since):
             if self._fresh("g", change.ident, change.updated_at):
-                self._cache.invalidate_group(int(change.ident))
+                self._cache.invalidate_group(int(change.ident), broadcast=False)
                 count += 1
         self._since = now - OVERLAP
         self._seen = {m: t for m, t in self._seen.items() if t >= self._since}

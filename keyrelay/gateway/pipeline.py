@@ -19,6 +19,7 @@ from keyrelay.cache.keycache import KeyCache, Principal
 from keyrelay.clock import Clock
 from keyrelay.config import Settings
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.gateway.admit import Pending, admission_request, spend_levels
 from keyrelay.gateway.authorize import IPAddress, allowed_channels, authorize_key, channel_allowed, parse_ip
 from keyrelay.gateway.forward import (
     UpstreamFailure,
@@ -39,7 +40,7 @@ from keyrelay.gateway.upstream_client import (
 from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
 from keyrelay.keys.spec import micros_to_usd
-from keyrelay.limits.memory import MemoryLimits, Reservation, WindowStatus
+from keyrelay.limits.backend import LimitsBackend, Reservation, WindowStatus
 from keyrelay.metrics import Metrics
 from keyrelay.protocols.openai import (
     InboundRequest,
@@ -53,6 +54,7 @@ from keyrelay.protocols.openai import (
     upstream_body,
 )
 from keyrelay.routing.table import Channel, RouteTable
+from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch
 from keyrelay.usage.writer import UsageRecord, UsageWriter
 
@@ -83,7 +85,9 @@ class Gateway:
         settings: Settings,
         cache: KeyCache,
         routes: RouteTable,
-        limits: MemoryLimits,
+        limits: LimitsBackend,
+        pending: Pending,
+        keys: KeyRepository,
         writer: UsageWriter,
         pool: UpstreamPool,
         metrics: Metrics,
@@ -93,6 +97,8 @@ class Gateway:
         self._cache = cache
         self._routes = routes
         self._limits = limits
+        self._pending = pending
+        self._keys = keys
         self._writer = writer
         self._pool = pool
         self._targets: dict[tuple[str, Operation, bool], tuple[Origin, bytes]] = {}
@@ -125,7 +131,7 @@ class Gateway:
             elif path.startswith("/v1/models/"):
                 await send_json(send, 200, self._model(principal, path.removeprefix("/v1/models/")))
             elif path == "/v1/key":
-                await send_json(send, 200, self._key_info(principal))
+                await send_json(send, 200, await self._key_info(principal))
             else:
                 raise GatewayError(ErrorType.NOT_FOUND, f"No route for {method} {path}.")
         except GatewayError as err:
@@ -193,11 +199,17 @@ class Gateway:
             raise _model_not_found(model)
         return {"id": model, "object": "model", "created": 0, "owned_by": channels[0].provider}
 
-    def _key_info(self, principal: Principal) -> dict[str, Any]:
+    async def _key_info(self, principal: Principal) -> dict[str, Any]:
+        # Not the hot path: one read of the key's stored usage is fine here (the cached copy is stale).
         key, policy = principal.key, principal.policy
         now = self._clock.now_utc()
-        spent = self._limits.spent_micros(principal, now)
         limit = policy.limit_micros
+        spent = 0
+        for level in spend_levels(principal, now, self._pending):
+            if level.scope == "key":
+                spent = await self._limits.spent(level)
+        stored = await self._keys.get(key_hash=key.hash)
+        usage = (stored.usage_micros if stored else key.usage_micros) + self._pending.key(key.hash)
         return {
             "data": {
                 "name": key.name,
@@ -205,13 +217,14 @@ class Gateway:
                 "limit": None if limit is None else micros_to_usd(limit),
                 "limit_remaining": None if limit is None else micros_to_usd(max(0, limit - spent)),
                 "limit_reset": policy.limit_reset,
-                # Not key.usage_micros + pending: the cached record does not see what the writer has flushed.
-                "usage": micros_to_usd(self._limits.usage_micros(principal, now)),
+                "usage": micros_to_usd(usage),
                 "rate_limits": {
                     "rpm": policy.rpm,
                     "per_5h": policy.per_5h,
                     "per_1d": policy.per_1d,
                     "per_7d": policy.per_7d,
+                    "tpm": policy.tpm,
+                    "max_concurrent": policy.max_concurrent,
                 },
                 "allowed_models": sorted(policy.allowed_models) if policy.allowed_models else None,
                 "allowed_providers": sorted(policy.allowed_providers) if policy.allowed_providers else None,
@@ -245,7 +258,17 @@ class Gateway:
         )
         multiplier = principal.policy.price_multiplier_ppm
         max_cost = max(cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
-        reservation, window = self._limits.admit(principal, max_cost, now)
+        admission = await self._limits.admit(
+            admission_request(
+                principal,
+                request_id=request_id,
+                now=now,
+                cost_micros=max_cost,
+                max_tokens=request.prompt_token_bound + max_out,
+                pending=self._pending,
+            )
+        )
+        reservation, window = admission.reservation, admission.window
         try:
             if request.stream:
                 await self._stream(receive, send, request, channels, window, outcome, started)
@@ -258,7 +281,7 @@ class Gateway:
             outcome.status, outcome.error_type = 499, "CLIENT_DISCONNECTED"
             raise
         finally:
-            self._settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
+            await self._settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
 
     def _target(self, channel: Channel, operation: Operation, stream: bool) -> tuple[Origin, bytes]:
         """Origin and prebuilt request head for a channel, built once and reused for every request."""
@@ -393,7 +416,7 @@ class Gateway:
 
     # --- settlement --------------------------------------------------------------------------------
 
-    def _settle(
+    async def _settle(
         self,
         principal: Principal,
         request: InboundRequest,
@@ -412,7 +435,9 @@ class Gateway:
             if channel
             else 0
         )
-        self._limits.settle(reservation, cost)
+        await self._limits.settle(
+            reservation, cost_micros=cost, tokens=usage.prompt_tokens + usage.completion_tokens, now=time.time()
+        )
         elapsed = time.perf_counter() - started
         key = principal.key
         ip = str(client_ip) if client_ip else None
@@ -424,6 +449,8 @@ class Gateway:
                 key_name=key.name,
                 account_id=principal.account.id,
                 limit_reset=principal.policy.limit_reset,
+                group_id=principal.group.id if principal.group else None,
+                group_quota_reset=principal.group.quota_reset if principal.group else None,
                 model=request.model,
                 provider=channel.provider if channel else None,
                 streamed=request.stream,

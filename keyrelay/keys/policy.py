@@ -26,6 +26,8 @@ class Policy:
     per_5h: int | None
     per_1d: int | None
     per_7d: int | None
+    tpm: int | None
+    max_concurrent: int | None
     allowed_models: frozenset[str] | None
     allowed_providers: frozenset[str] | None
     ip_allowlist: tuple[Network, ...]
@@ -64,6 +66,8 @@ def effective_policy(key: KeyRecord, group: GroupRecord | None) -> Policy:
         per_5h=_pick(key.per_5h, g.default_per_5h if g else None),
         per_1d=_pick(key.per_1d, g.default_per_1d if g else None),
         per_7d=_pick(key.per_7d, g.default_per_7d if g else None),
+        tpm=_pick(key.tpm, g.default_tpm if g else None),
+        max_concurrent=_pick(key.max_concurrent, g.default_max_concurrent if g else None),
         allowed_models=_pick_list(key.allowed_models, g.allowed_models if g else None),
         allowed_providers=_pick_list(key.allowed_providers, g.allowed_providers if g else None),
         ip_allowlist=tuple(ipaddress.ip_network(c, strict=False) for c in key.ip_allowlist or ()),

@@ -56,6 +56,9 @@ def normalise_cidr(value: str) -> str:
         raise ValueError(f"{value!r} is not a valid IPv4/IPv6 address or CIDR") from None
 
 
+RATE_FIELDS = ("rpm", "per_5h", "per_1d", "per_7d", "tpm", "max_concurrent")
+
+
 class RateLimits(BaseModel):
     """Request windows; None inherits the group default, 0 means no limit."""
 
@@ -65,6 +68,8 @@ class RateLimits(BaseModel):
     per_5h: int | None = Field(default=None, ge=0, le=1_000_000_000)
     per_1d: int | None = Field(default=None, ge=0, le=1_000_000_000)
     per_7d: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    tpm: int | None = Field(default=None, ge=0, le=1_000_000_000, description="Tokens per minute.")
+    max_concurrent: int | None = Field(default=None, ge=0, le=100_000, description="Requests in flight.")
 
 
 class _KeyFields(BaseModel):

@@ -9,12 +9,24 @@ from sqlalchemy.exc import IntegrityError
 from keyrelay.cache.keycache import KeyCache
 from keyrelay.clock import Clock
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.keys.spec import usd_to_micros
+from keyrelay.keys.spec import RATE_FIELDS, usd_to_micros
 from keyrelay.services.inputs import AccountCreate, AccountUpdate, GroupCreate, GroupUpdate
 from keyrelay.store.accounts import AccountRepository, GroupRepository
 from keyrelay.store.records import AccountRecord, GroupRecord
 
 PPM = 1_000_000
+
+
+def _default_rates(spec: GroupCreate | GroupUpdate) -> dict[str, int | None]:
+    """Columns for ``default_rate_limits``: null clears every window; an object changes only those it names."""
+    rates = spec.default_rate_limits
+    if rates is None:
+        return {f"default_{name}": None for name in RATE_FIELDS}
+    return {f"default_{name}": getattr(rates, name) for name in RATE_FIELDS if name in rates.model_fields_set}
+
+
+def _dedupe(value: list[str] | None) -> list[str] | None:
+    return None if value is None else list(dict.fromkeys(value))
 
 
 class AccountService:
@@ -63,7 +75,10 @@ class AccountService:
         if "group" in present:
             values["group_id"] = await self._group_id(spec.group)
         if "balance" in present:
-            values["balance_micros"] = None if spec.balance is None else usd_to_micros(spec.balance)
+            # ``balance`` is what should be left: the credit is that plus what was already spent.
+            values["balance_micros"] = (
+                None if spec.balance is None else usd_to_micros(spec.balance) + account.spent_micros
+            )
         if "status" in present:
             if spec.status is None:
                 raise GatewayError(ErrorType.INVALID_REQUEST, "status cannot be null", field="status")
@@ -81,23 +96,20 @@ class AccountService:
             if spec.name is None:
                 raise GatewayError(ErrorType.INVALID_REQUEST, "name cannot be null", field="name")
             values["name"] = spec.name
-        if "description" in present:
-            values["description"] = spec.description
+        for field in ("description", "default_limit_reset", "quota_reset"):
+            if field in present:
+                values[field] = getattr(spec, field)
+        for field, column in (("default_limit", "default_limit_micros"), ("quota", "quota_micros")):
+            if field in present:
+                amount = getattr(spec, field)
+                values[column] = None if amount is None else usd_to_micros(amount)
         if "price_multiplier" in present:
             values["price_multiplier_ppm"] = int((spec.price_multiplier or 1) * PPM)
-        if "default_limit" in present:
-            values["default_limit_micros"] = None if spec.default_limit is None else usd_to_micros(spec.default_limit)
-        if "default_limit_reset" in present:
-            values["default_limit_reset"] = spec.default_limit_reset
         if "default_rate_limits" in present:
-            rates = spec.default_rate_limits
-            for name in ("rpm", "per_5h", "per_1d", "per_7d"):
-                if rates is None or name in rates.model_fields_set:
-                    values[f"default_{name}"] = None if rates is None else getattr(rates, name)
+            values.update(_default_rates(spec))
         for name in ("allowed_models", "allowed_providers"):
             if name in present:
-                value = getattr(spec, name)
-                values[name] = None if value is None else list(dict.fromkeys(value))
+                values[name] = _dedupe(getattr(spec, name))
         return values
 
     async def create_group(self, spec: GroupCreate) -> GroupRecord:

@@ -48,6 +48,8 @@ class _GroupFields(BaseModel):
     default_rate_limits: RateLimits | None = None
     allowed_models: list[ModelId] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
     allowed_providers: list[ProviderName] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
+    quota: Usd | None = Field(default=None, description="Spend cap shared by every key of the group's accounts.")
+    quota_reset: LimitReset | None = None
 
 
 class GroupCreate(_GroupFields):

@@ -16,11 +16,11 @@ from keyrelay.clock import Clock
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.keys.format import KeyType, display_form, generate
 from keyrelay.keys.hashing import key_hash
-from keyrelay.keys.spec import KeyCreate, KeyUpdate, usd_to_micros
+from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate, usd_to_micros
 from keyrelay.store.keys import KeyRepository
 from keyrelay.store.records import AccountRecord, KeyRecord
 
-_RATE_FIELDS = ("rpm", "per_5h", "per_1d", "per_7d")
+_RATE_FIELDS = RATE_FIELDS
 _LIST_FIELDS = ("allowed_models", "allowed_providers", "ip_allowlist", "ip_denylist")
 
 

@@ -20,8 +20,15 @@ class GroupRecord:
     default_per_5h: int | None
     default_per_1d: int | None
     default_per_7d: int | None
+    default_tpm: int | None
+    default_max_concurrent: int | None
     allowed_models: tuple[str, ...] | None
     allowed_providers: tuple[str, ...] | None
+    quota_micros: int | None
+    quota_reset: str | None
+    usage_micros: int
+    period_usage_micros: int
+    period_start: datetime | None
     created_at: datetime
     updated_at: datetime
 
@@ -33,10 +40,16 @@ class AccountRecord:
     id: int
     email: str
     status: str
-    balance_micros: int | None
+    balance_micros: int | None  # credit granted; None = unlimited
+    spent_micros: int
     group_id: int | None
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def remaining_micros(self) -> int | None:
+        """Credit left as the store shows it (None = unlimited)."""
+        return None if self.balance_micros is None else self.balance_micros - self.spent_micros
 
     @property
     def active(self) -> bool:
@@ -68,6 +81,8 @@ class KeyRecord:
     per_5h: int | None
     per_1d: int | None
     per_7d: int | None
+    tpm: int | None
+    max_concurrent: int | None
     allowed_models: tuple[str, ...] | None
     allowed_providers: tuple[str, ...] | None
     ip_allowlist: tuple[str, ...] | None

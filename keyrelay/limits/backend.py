@@ -1,0 +1,152 @@
+"""The limits backend interface: one atomic admission per request, one settlement after it.
+
+A request is admitted only if every level has room: the account balance, the group quota, the key's
+spend limit, every request window, the tokens-per-minute window and the in-flight cap. Admission
+reserves the request's maximum cost (and maximum tokens) at every level in the same atomic step;
+a refused request changes nothing. Settlement replaces the reservation by the actual amounts.
+
+Two implementations share this contract and one test suite: ``memory`` (one process) and ``redis``
+(many processes; one Lua script call per admission).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from keyrelay.errors import ErrorType, GatewayError
+
+SpendScope = Literal["account", "group", "key"]
+RESERVATION_TTL_S = 3600  # a reservation whose request never settles (process died) expires after this
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLevel:
+    """One spend counter with a cap: the account balance, the group quota or the key limit.
+
+    ``counter`` names the period ("life" for a cap that never resets, else e.g. "daily:2026-11-23"),
+    so a new period starts from zero by itself. ``base_micros`` is what the store already shows as
+    spent in this period (plus what this process has not flushed yet); it seeds a counter the
+    backend has never seen.
+    """
+
+    scope: SpendScope
+    ident: str
+    counter: str
+    cap_micros: int
+    base_micros: int
+    resets_in_s: float | None  # seconds until the period ends; None for a lifetime counter
+
+    @property
+    def ttl_s(self) -> int | None:
+        """How long the counter must be kept: its period plus a day of slack."""
+        return None if self.resets_in_s is None else int(self.resets_in_s) + 86_400
+
+    @property
+    def name(self) -> str:
+        """The counter's unique name."""
+        return f"{self.scope}:{self.ident}:{self.counter}"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestWindow:
+    """A sliding request window: at most ``limit`` requests in any ``seconds``."""
+
+    name: str
+    seconds: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    """Everything one admission checks and reserves."""
+
+    key_hash: str
+    request_id: str
+    now: float  # epoch seconds
+    cost_micros: int
+    spend: tuple[SpendLevel, ...]
+    windows: tuple[RequestWindow, ...]
+    tpm: int | None
+    max_tokens: int
+    max_concurrent: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStatus:
+    """The tightest request window after admission, for the ``x-ratelimit-*`` headers."""
+
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What an admission holds until it is settled."""
+
+    ident: str
+    key_hash: str
+    spend: tuple[SpendLevel, ...]
+    cost_micros: int
+    tpm_bucket: int | None
+    max_tokens: int
+    concurrent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted request: its reservation and the tightest window."""
+
+    reservation: Reservation
+    window: WindowStatus | None
+
+
+class LimitsBackend(Protocol):
+    """Where limit counters live."""
+
+    async def admit(self, request: AdmissionRequest) -> Admission:
+        """Check every limit and reserve atomically; raise GatewayError (nothing held) when one is full."""
+        ...
+
+    async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float) -> None:
+        """Replace the reservation by the actual cost and tokens (0 releases it)."""
+        ...
+
+    async def spent(self, level: SpendLevel) -> int:
+        """Settled spend of a counter (seeded from ``base_micros`` if unseen)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+# --- refusals, shared by both backends so their errors are identical -------------------------------------
+
+
+def spend_refusal(level: SpendLevel, left: int, cost: int, retry_after: float | None) -> GatewayError:
+    """The error for a spend level without room for ``cost``."""
+    detail = f"${left / 1e6:.6f} left, this request may cost up to ${cost / 1e6:.6f}"
+    if level.scope == "account":
+        return GatewayError(
+            ErrorType.INSUFFICIENT_BALANCE, f"The account balance is exhausted: {detail}.", limit_source="account"
+        )
+    what = "group's quota" if level.scope == "group" else "key's spend limit"
+    return GatewayError(
+        ErrorType.API_KEY_QUOTA_EXHAUSTED,
+        f"The {what} is used up for this period: {detail} (lower max_tokens to fit).",
+        limit_source=level.scope,
+        retry_after=retry_after,
+    )
+
+
+def window_refusal(name: str, limit: int, retry_after: float) -> GatewayError:
+    """The error for a full request window, tokens-per-minute window or in-flight cap."""
+    if name == "max_concurrent":
+        message = f"This key already has {limit} requests in flight (max_concurrent)."
+    elif name == "tpm":
+        message = f"Token rate limit tpm={limit} reached for this key."
+    else:
+        message = f"Rate limit {name}={limit} reached for this key."
+    return GatewayError(ErrorType.RATE_LIMIT_EXCEEDED, message, retry_after=max(1.0, retry_after))

@@ -1,0 +1,156 @@
+-- admit_v1: check every limit of one request, then reserve; a refusal leaves no trace.
+-- Mirrors keyrelay/limits/windows.py and keyrelay/limits/memory.py. Bump the version in the file
+-- name on any change of behaviour. Replies are integers (Lua numbers are truncated by Redis).
+--
+-- KEYS: per spend level: its hash (spent, reserved, r:<id>) and its zset (<id> -> expiry);
+--       per request window: its hash (bucket -> count); then the tpm hash and the in-flight zset if used.
+-- ARGV: now, cost, levels, windows, tpm (0 = none), max_tokens, max_concurrent (0 = none),
+--       reservation id, reservation ttl, then per level: cap, base, ttl (-1 = none),
+--       then per window: seconds, limit.
+-- Reply: {0, tpm_bucket, tightest_limit, remaining, reset_ms}            admitted
+--        {1, level_index, micro-dollars left, 0, 0}                      spend level full
+--        {2, window_index, limit, retry_ms, 0}                           request window full
+--        {3, 0, tpm, retry_ms, 0}                                        token window full
+--        {4, 0, max_concurrent, 1000, 0}                                 too many in flight
+local BUCKETS = 60
+local now = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local nl = tonumber(ARGV[3])
+local nw = tonumber(ARGV[4])
+local tpm = tonumber(ARGV[5])
+local max_tokens = tonumber(ARGV[6])
+local max_conc = tonumber(ARGV[7])
+local rid = ARGV[8]
+local rttl = tonumber(ARGV[9])
+local a = 10
+local k = 1
+
+local function ms(seconds)
+  return math.ceil(seconds * 1000)
+end
+
+-- Sliding window over BUCKETS sub-buckets: drop expired buckets, count the rest, and say how long
+-- until `weight` more would fit under `limit`.
+local function window(key, seconds, limit)
+  local width = seconds / BUCKETS
+  local cur = math.floor(now / width)
+  local oldest = cur - BUCKETS + 1
+  local flat = redis.call('HGETALL', key)
+  local used = 0
+  local live = {}
+  for j = 1, #flat, 2 do
+    local idx = tonumber(flat[j])
+    local cnt = tonumber(flat[j + 1])
+    if idx < oldest then
+      redis.call('HDEL', key, flat[j])
+    else
+      used = used + cnt
+      live[#live + 1] = {idx, cnt}
+    end
+  end
+  table.sort(live, function(x, y) return x[1] < y[1] end)
+  local function retry(weight)
+    local excess = used + weight - limit
+    local freed = 0
+    for _, b in ipairs(live) do
+      freed = freed + b[2]
+      if freed >= excess then
+        local r = (b[1] + BUCKETS) * width - now
+        if r < 0 then r = 0 end
+        return r
+      end
+    end
+    return seconds
+  end
+  return cur, used, retry
+end
+
+local levels = {}
+for i = 1, nl do
+  local h, z = KEYS[k], KEYS[k + 1]
+  k = k + 2
+  local cap, base, ttl = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  -- Release reservations whose request never settled (its gateway process died).
+  local stale = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
+  for _, id in ipairs(stale) do
+    local amt = tonumber(redis.call('HGET', h, 'r:' .. id) or '0')
+    redis.call('HINCRBY', h, 'reserved', -amt)
+    redis.call('HDEL', h, 'r:' .. id)
+    redis.call('ZREM', z, id)
+  end
+  if redis.call('HSETNX', h, 'spent', base) == 1 then
+    redis.call('HSETNX', h, 'reserved', 0)
+    if ttl >= 0 then redis.call('EXPIRE', h, ttl) end
+  end
+  local spent = tonumber(redis.call('HGET', h, 'spent'))
+  local reserved = tonumber(redis.call('HGET', h, 'reserved') or '0')
+  if spent + reserved + cost > cap then
+    local left = cap - spent - reserved
+    if left < 0 then left = 0 end
+    return {1, i, left, 0, 0}
+  end
+  levels[i] = {h, z, ttl}
+end
+
+local tight_limit, tight_rem, tight_reset = -1, -1, 0
+local wins = {}
+for i = 1, nw do
+  local key = KEYS[k]
+  k = k + 1
+  local seconds, limit = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local cur, used, retry = window(key, seconds, limit)
+  if used + 1 > limit then
+    return {2, i, limit, ms(retry(1)), 0}
+  end
+  local rem = limit - used - 1
+  if tight_rem < 0 or rem < tight_rem then
+    tight_limit, tight_rem, tight_reset = limit, rem, retry(limit - used + 1)
+  end
+  wins[i] = {key, cur, seconds}
+end
+
+local tpm_key, tpm_bucket = nil, -1
+if tpm > 0 then
+  tpm_key = KEYS[k]
+  k = k + 1
+  local cur, used, retry = window(tpm_key, 60, tpm)
+  if used + max_tokens > tpm then
+    return {3, 0, tpm, ms(retry(max_tokens)), 0}
+  end
+  tpm_bucket = cur
+end
+
+local conc_key = nil
+if max_conc > 0 then
+  conc_key = KEYS[k]
+  k = k + 1
+  redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now)
+  if redis.call('ZCARD', conc_key) >= max_conc then
+    return {4, 0, max_conc, 1000, 0}
+  end
+end
+
+-- Every check passed: apply every change.
+for i = 1, nl do
+  local h, z, ttl = levels[i][1], levels[i][2], levels[i][3]
+  redis.call('HINCRBY', h, 'reserved', cost)
+  redis.call('HSET', h, 'r:' .. rid, cost)
+  redis.call('ZADD', z, now + rttl, rid)
+  redis.call('EXPIRE', z, rttl + 60)
+end
+for i = 1, nw do
+  local key, cur, seconds = wins[i][1], wins[i][2], wins[i][3]
+  redis.call('HINCRBY', key, cur, 1)
+  redis.call('EXPIRE', key, math.ceil(seconds + seconds / BUCKETS))
+end
+if tpm_key then
+  redis.call('HINCRBY', tpm_key, tpm_bucket, max_tokens)
+  redis.call('EXPIRE', tpm_key, 62)
+end
+if conc_key then
+  redis.call('ZADD', conc_key, now + rttl, rid)
+  redis.call('EXPIRE', conc_key, rttl + 60)
+end
+return {0, tpm_bucket, tight_limit, tight_rem, ms(tight_reset)}

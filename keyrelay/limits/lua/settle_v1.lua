@@ -1,0 +1,37 @@
+-- settle_v1: replace one reservation by the actual cost and tokens.
+-- KEYS: per spend level its hash and zset; then the tpm hash and the in-flight zset if used.
+-- ARGV: levels, reservation id, actual cost, tpm bucket (-1 = none), reserved tokens, actual tokens,
+--       in-flight (1/0).
+local nl = tonumber(ARGV[1])
+local rid = ARGV[2]
+local cost = tonumber(ARGV[3])
+local tpm_bucket = tonumber(ARGV[4])
+local reserved_tokens = tonumber(ARGV[5])
+local tokens = tonumber(ARGV[6])
+local conc = tonumber(ARGV[7])
+local k = 1
+for _ = 1, nl do
+  local h, z = KEYS[k], KEYS[k + 1]
+  k = k + 2
+  local amt = redis.call('HGET', h, 'r:' .. rid)
+  if amt then
+    redis.call('HINCRBY', h, 'reserved', -tonumber(amt))
+    redis.call('HDEL', h, 'r:' .. rid)
+    redis.call('ZREM', z, rid)
+  end
+  -- A counter whose period ended meanwhile is gone; the cost belongs to that period, not the next.
+  if cost > 0 and redis.call('EXISTS', h) == 1 then
+    redis.call('HINCRBY', h, 'spent', cost)
+  end
+end
+if tpm_bucket >= 0 then
+  local key = KEYS[k]
+  k = k + 1
+  if redis.call('HEXISTS', key, tpm_bucket) == 1 then
+    redis.call('HINCRBY', key, tpm_bucket, tokens - reserved_tokens)
+  end
+end
+if conc == 1 then
+  redis.call('ZREM', KEYS[k], rid)
+end
+return 1

@@ -1,0 +1,200 @@
+"""Redis limits backend: counters shared by every gateway process, one Lua script call per admission.
+
+Selected by ``KEYRELAY_REDIS_URL``. Counters and reservations live in Redis, so many processes and
+machines see one exact state, and a gateway restart keeps them. If Redis cannot be reached the
+request fails with 503 ``LIMITS_UNAVAILABLE`` (fail closed), unless ``KEYRELAY_LIMITS_FAIL_OPEN=1``,
+in which case this process falls back to its own in-memory limits until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.limits.backend import (
+    RESERVATION_TTL_S,
+    Admission,
+    AdmissionRequest,
+    Reservation,
+    SpendLevel,
+    WindowStatus,
+    spend_refusal,
+    window_refusal,
+)
+from keyrelay.limits.memory import MemoryLimits
+
+log = logging.getLogger("keyrelay.limits")
+_FALLBACK_PREFIX = "local:"
+
+
+def _script(name: str) -> str:
+    return resources.files("keyrelay.limits").joinpath(f"lua/{name}").read_text(encoding="utf-8")
+
+
+class RedisLimits:
+    """Limits backend on Redis (atomic Lua scripts, versioned by name)."""
+
+    def __init__(self, client: Redis, *, prefix: str = "keyrelay", fail_open: bool = False) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._fail_open = fail_open
+        self._fallback = MemoryLimits()
+        self._admit_src = _script("admit_v1.lua")
+        self._settle_src = _script("settle_v1.lua")
+        self._admit_sha: str | None = None
+        self._settle_sha: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "keyrelay", fail_open: bool = False) -> RedisLimits:
+        """A backend with its own connection pool."""
+        client = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=30)
+        return cls(client, prefix=prefix, fail_open=fail_open)
+
+    # --- key names ---------------------------------------------------------------------------------------
+    def _spend_keys(self, level: SpendLevel) -> list[str]:
+        base = f"{self._prefix}:spend:{level.name}"
+        return [base, base + ":resv"]
+
+    def _window_key(self, key_hash: str, name: str) -> str:
+        return f"{self._prefix}:win:{key_hash}:{name}"
+
+    def _flight_key(self, key_hash: str) -> str:
+        return f"{self._prefix}:flight:{key_hash}"
+
+    async def _run(self, which: str, keys: list[str], args: list[str | int | float]) -> list[int]:
+        sha = self._admit_sha if which == "admit" else self._settle_sha
+        source = self._admit_src if which == "admit" else self._settle_src
+        if sha is not None:
+            try:
+                reply: list[int] = await self._redis.evalsha(sha, len(keys), *keys, *args)
+                return reply
+            except NoScriptError:
+                pass  # Redis restarted and lost its script cache: load it again below.
+        sha = await self._redis.script_load(source)
+        if which == "admit":
+            self._admit_sha = sha
+        else:
+            self._settle_sha = sha
+        reply = await self._redis.evalsha(sha, len(keys), *keys, *args)
+        return reply
+
+    # --- LimitsBackend -------------------------------------------------------------------------------------
+    async def admit(self, request: AdmissionRequest) -> Admission:
+        """One EVALSHA: check and reserve everything, atomically."""
+        keys: list[str] = []
+        args: list[str | int | float] = [
+            repr(request.now),
+            request.cost_micros,
+            len(request.spend),
+            len(request.windows),
+            request.tpm or 0,
+            request.max_tokens,
+            request.max_concurrent or 0,
+            request.request_id,
+            RESERVATION_TTL_S,
+        ]
+        for level in request.spend:
+            keys += self._spend_keys(level)
+            args += [level.cap_micros, level.base_micros, -1 if level.ttl_s is None else level.ttl_s]
+        for window in request.windows:
+            keys.append(self._window_key(request.key_hash, window.name))
+            args += [window.seconds, window.limit]
+        if request.tpm:
+            keys.append(self._window_key(request.key_hash, "tpm"))
+        if request.max_concurrent:
+            keys.append(self._flight_key(request.key_hash))
+        try:
+            reply = [int(x) for x in await self._run("admit", keys, args)]
+        except (RedisError, OSError) as exc:
+            return await self._unavailable(request, exc)
+        code = reply[0]
+        if code == 1:
+            level = request.spend[reply[1] - 1]
+            raise spend_refusal(level, reply[2], request.cost_micros, level.resets_in_s)
+        if code == 2:
+            window = request.windows[reply[1] - 1]
+            raise window_refusal(window.name, window.limit, reply[3] / 1000)
+        if code == 3:
+            raise window_refusal("tpm", reply[2], reply[3] / 1000)
+        if code == 4:
+            raise window_refusal("max_concurrent", reply[2], reply[3] / 1000)
+        status = WindowStatus(limit=reply[2], remaining=reply[3], reset_s=reply[4] / 1000) if reply[2] >= 0 else None
+        reservation = Reservation(
+            ident=request.request_id,
+            key_hash=request.key_hash,
+            spend=request.spend,
+            cost_micros=request.cost_micros,
+            tpm_bucket=reply[1] if reply[1] >= 0 else None,
+            max_tokens=request.max_tokens if reply[1] >= 0 else 0,
+            concurrent=bool(request.max_concurrent),
+        )
+        return Admission(reservation=reservation, window=status)
+
+    async def _unavailable(self, request: AdmissionRequest, exc: BaseException) -> Admission:
+        if not self._fail_open:
+            log.warning("limits backend unreachable, refusing request: %s", exc)
+            raise GatewayError(
+                ErrorType.LIMITS_UNAVAILABLE, "The limits backend (Redis) is unreachable; try again shortly."
+            ) from exc
+        log.warning("limits backend unreachable, using this process's local limits (fail open): %s", exc)
+        admission = await self._fallback.admit(request)
+        local = admission.reservation
+        tagged = Reservation(
+            ident=_FALLBACK_PREFIX + local.ident,
+            key_hash=local.key_hash,
+            spend=local.spend,
+            cost_micros=local.cost_micros,
+            tpm_bucket=local.tpm_bucket,
+            max_tokens=local.max_tokens,
+            concurrent=local.concurrent,
+        )
+        return Admission(reservation=tagged, window=admission.window)
+
+    async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float) -> None:
+        """One EVALSHA; if Redis is away the reservation simply expires there later (never over-admits)."""
+        if reservation.ident.startswith(_FALLBACK_PREFIX):
+            await self._fallback.settle(reservation, cost_micros=cost_micros, tokens=tokens, now=now)
+            return
+        keys: list[str] = []
+        for level in reservation.spend:
+            keys += self._spend_keys(level)
+        if reservation.tpm_bucket is not None:
+            keys.append(self._window_key(reservation.key_hash, "tpm"))
+        if reservation.concurrent:
+            keys.append(self._flight_key(reservation.key_hash))
+        args: list[str | int | float] = [
+            len(reservation.spend),
+            reservation.ident,
+            cost_micros,
+            -1 if reservation.tpm_bucket is None else reservation.tpm_bucket,
+            reservation.max_tokens,
+            tokens,
+            1 if reservation.concurrent else 0,
+        ]
+        try:
+            await self._run("settle", keys, args)
+        except (RedisError, OSError):
+            log.exception("could not settle reservation %s; it expires in Redis by itself", reservation.ident)
+
+    async def spent(self, level: SpendLevel) -> int:
+        """Settled spend of a counter (its seed value if Redis has not seen it yet)."""
+        try:
+            value = await self._redis.hget(self._spend_keys(level)[0], "spent")
+        except (RedisError, OSError):
+            return await self._fallback.spent(level)
+        return level.base_micros if value is None else int(value)
+
+    async def ping(self) -> bool:
+        """Whether Redis answers."""
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()

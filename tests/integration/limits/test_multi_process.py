@@ -1,0 +1,200 @@
+"""Several gateway processes sharing Redis hold one rate limit and see each other's revocations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keyrelay.config import Settings
+from keyrelay.keys.format import KeyType
+from keyrelay.keys.spec import KeyCreate
+from keyrelay.runtime import open_runtime
+from keyrelay.services.inputs import AccountCreate
+from keyrelay.testing.mock_upstream import MockUpstream
+from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[MockUpstream]:
+    async with MockUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    try:
+        yield prefix
+    finally:
+        await drop_prefix(client, prefix)
+        await client.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(tmp_path: Path, mock: MockUpstream) -> Path:
+    path = tmp_path / "keyrelay.yaml"
+    path.write_text(
+        "providers:\n"
+        "  - name: mock\n"
+        "    kind: openai\n"
+        f"    base_url: {mock.base_url}\n"
+        "    models:\n"
+        "      - id: gpt-4o-mini\n"
+        "        input_per_mtok: 0.15\n"
+        "        output_per_mtok: 0.60\n"
+    )
+    return path
+
+
+@contextmanager
+def _gateways(env: dict[str, str], ports: list[int], extra: list[str] | None = None) -> Iterator[None]:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "keyrelay", "serve", "--port", str(port), *(extra or [])],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for port in ports
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+
+async def _ready(client: httpx.AsyncClient, port: int) -> None:
+    for _ in range(200):
+        try:
+            if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gateway on port {port} did not become ready")
+
+
+async def _setup(database_url: str) -> tuple[str, str, str]:
+    runtime = await open_runtime(Settings(database_url=database_url))
+    try:
+        account = await runtime.account_service.create_account(AccountCreate(email="multi@example.com"))
+        limited = await runtime.key_service.create(
+            account=account, spec=KeyCreate.model_validate({"name": "rpm50", "rate_limits": {"rpm": 50}})
+        )
+        victim = await runtime.key_service.create(account=account, spec=KeyCreate(name="victim"))
+        admin = await runtime.key_service.create(
+            account=account, spec=KeyCreate(name="admin"), key_type=KeyType.MANAGEMENT, is_admin=True
+        )
+        return limited.plaintext, victim.plaintext, admin.plaintext
+    finally:
+        await runtime.close()
+
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+async def test_two_processes_share_one_rate_limit_and_revocations(
+    tmp_path: Path, mock: MockUpstream, redis_prefix: str
+) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    limited, victim, admin = await _setup(database_url)
+    ports = [_free_port(), _free_port()]
+    env = {
+        "KEYRELAY_DATABASE_URL": database_url,
+        "KEYRELAY_REDIS_URL": REDIS_URL,
+        "KEYRELAY_REDIS_PREFIX": redis_prefix,
+        "KEYRELAY_CONFIG": str(_config(tmp_path, mock)),
+        "KEYRELAY_LOG_LEVEL": "warning",
+        # Far longer than the test: only the Redis fan-out can explain a revocation seen in time.
+        "KEYRELAY_CACHE_POLL_INTERVAL_S": "60",
+    }
+    with _gateways(env, ports):
+        async with httpx.AsyncClient(timeout=20) as client:
+            for port in ports:
+                await _ready(client, port)
+            headers = {"Authorization": f"Bearer {limited}"}
+            sends = [
+                client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers=headers)
+                for port in ports
+                for _ in range(100)
+            ]
+            statuses = [r.status_code for r in await asyncio.gather(*sends)]
+            assert statuses.count(200) == 50 and statuses.count(429) == 150
+
+            # Warm both caches with the victim key, revoke it through process A, use it on process B.
+            auth = {"Authorization": f"Bearer {victim}"}
+            for port in ports:
+                r = await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers=auth)
+                assert r.status_code == 200
+            mgmt = {"Authorization": f"Bearer {admin}"}
+            keys = (await client.get(f"http://127.0.0.1:{ports[0]}/api/v1/keys", headers=mgmt)).json()["data"]
+            victim_hash = next(k["hash"] for k in keys if k["name"] == "victim")
+            deleted = await client.delete(f"http://127.0.0.1:{ports[0]}/api/v1/keys/{victim_hash}", headers=mgmt)
+            assert deleted.status_code == 200
+            seen: int | None = None
+            for attempt in range(50):
+                r = await client.post(f"http://127.0.0.1:{ports[1]}/v1/chat/completions", json=CHAT, headers=auth)
+                if r.status_code == 401:
+                    seen = attempt
+                    break
+                await asyncio.sleep(0.01)
+            assert seen is not None and seen < 20, "process B kept accepting a key revoked on process A"
+
+
+async def test_workers_need_redis_and_work_with_it(tmp_path: Path, mock: MockUpstream, redis_prefix: str) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'workers.db'}"
+    limited, _, _ = await _setup(database_url)
+    base_env = {
+        **os.environ,
+        "KEYRELAY_DATABASE_URL": database_url,
+        "KEYRELAY_CONFIG": str(_config(tmp_path, mock)),
+        "KEYRELAY_LOG_LEVEL": "warning",
+    }
+    refused = subprocess.run(
+        [sys.executable, "-m", "keyrelay", "serve", "--workers", "2", "--port", str(_free_port())],
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "KEYRELAY_REDIS_URL" in refused.stderr and "Traceback" not in refused.stderr
+
+    port = _free_port()
+    env = {"KEYRELAY_REDIS_URL": REDIS_URL, "KEYRELAY_REDIS_PREFIX": redis_prefix}
+    with _gateways({**base_env, **env}, [port], ["--workers", "2"]):
+        async with httpx.AsyncClient(timeout=20) as client:
+            await _ready(client, port)
+            headers = {"Authorization": f"Bearer {limited}"}
+            sends = [
+                client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers=headers)
+                for _ in range(80)
+            ]
+            statuses = [r.status_code for r in await asyncio.gather(*sends)]
+            assert statuses.count(200) == 50 and statuses.count(429) == 30

@@ -1,0 +1,50 @@
+"""Both limits backends behind one fixture: every test here runs on memory and on Redis."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from keyrelay.limits.backend import LimitsBackend
+from keyrelay.limits.memory import MemoryLimits
+from keyrelay.limits.redis import RedisLimits
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_URL = os.environ.get("KEYRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+async def redis_client_or_skip() -> Redis:
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no Redis here"
+        await client.aclose()
+        message = f"Redis not reachable at {REDIS_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return client
+
+
+async def drop_prefix(client: Redis, prefix: str) -> None:
+    async for name in client.scan_iter(match=f"{prefix}:*", count=500):
+        await client.delete(name)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[LimitsBackend]:
+    if request.param == "memory":
+        yield MemoryLimits()
+        return
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    limits = RedisLimits(client, prefix=prefix)
+    try:
+        yield limits
+    finally:
+        await drop_prefix(client, prefix)
+        await client.aclose()

@@ -1,0 +1,169 @@
+"""One behaviour, two backends: admission, reservation, settlement, windows, tpm and in-flight caps."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.limits.backend import AdmissionRequest, LimitsBackend, RequestWindow, SpendLevel
+
+T0 = 1_800_000_000.0  # a fixed epoch second: the tests control time by passing `now`
+_ids = itertools.count()
+
+
+def level(scope: str = "key", cap: int = 1000, base: int = 0, counter: str = "life") -> SpendLevel:
+    return SpendLevel(
+        scope=scope,
+        ident="k1" if scope == "key" else "a1",
+        counter=counter,
+        cap_micros=cap,
+        base_micros=base,
+        resets_in_s=None,
+    )  # type: ignore[arg-type]
+
+
+def req(
+    now: float = T0,
+    cost: int = 100,
+    spend: tuple[SpendLevel, ...] = (),
+    windows: tuple[RequestWindow, ...] = (),
+    tpm: int | None = None,
+    max_tokens: int = 0,
+    max_concurrent: int | None = None,
+    key: str = "k1",
+) -> AdmissionRequest:
+    return AdmissionRequest(
+        key_hash=key,
+        request_id=f"r{next(_ids)}",
+        now=now,
+        cost_micros=cost,
+        spend=spend,
+        windows=windows,
+        tpm=tpm,
+        max_tokens=max_tokens,
+        max_concurrent=max_concurrent,
+    )
+
+
+async def refused(backend: LimitsBackend, request: AdmissionRequest) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        await backend.admit(request)
+    return info.value
+
+
+async def test_spend_reserve_then_settle(backend: LimitsBackend) -> None:
+    lvl = level(cap=1000)
+    a = await backend.admit(req(cost=600, spend=(lvl,)))
+    # 600 is held: another 600 does not fit, 400 does.
+    err = await refused(backend, req(cost=600, spend=(lvl,)))
+    assert err.error_type is ErrorType.API_KEY_QUOTA_EXHAUSTED and err.limit_source == "key"
+    b = await backend.admit(req(cost=400, spend=(lvl,)))
+    await backend.settle(a.reservation, cost_micros=100, tokens=0, now=T0)
+    await backend.settle(b.reservation, cost_micros=50, tokens=0, now=T0)
+    assert await backend.spent(lvl) == 150
+    # Settling released the unused 850: it can be reserved again.
+    await backend.admit(req(cost=850, spend=(lvl,)))
+    assert (await refused(backend, req(cost=1, spend=(lvl,)))).status == 429
+
+
+async def test_base_seeds_an_unseen_counter(backend: LimitsBackend) -> None:
+    lvl = level(cap=1000, base=950)
+    assert await backend.spent(lvl) == 950
+    await refused(backend, req(cost=60, spend=(lvl,)))
+    await backend.admit(req(cost=50, spend=(lvl,)))
+
+
+async def test_refusal_leaves_no_trace(backend: LimitsBackend) -> None:
+    key_level = level(cap=1000)
+    account = level(scope="account", cap=100)
+    rpm = RequestWindow("rpm", 60, 1)
+    # The account cannot afford it: nothing may be reserved at the key level or counted in the window.
+    err = await refused(backend, req(cost=500, spend=(account, key_level), windows=(rpm,)))
+    assert err.error_type is ErrorType.INSUFFICIENT_BALANCE and err.status == 402
+    await backend.admit(req(cost=1000, spend=(key_level,), windows=(rpm,)))
+
+
+async def test_levels_are_checked_in_order(backend: LimitsBackend) -> None:
+    account, group, key = level("account", cap=10), level("group", cap=10), level("key", cap=10)
+    assert (await refused(backend, req(cost=20, spend=(account, group, key)))).limit_source == "account"
+    assert (await refused(backend, req(cost=20, spend=(group, key)))).limit_source == "group"
+    assert (await refused(backend, req(cost=20, spend=(key,)))).limit_source == "key"
+
+
+async def test_request_window_slides(backend: LimitsBackend) -> None:
+    rpm = RequestWindow("rpm", 60, 3)
+    for i in range(3):
+        a = await backend.admit(req(now=T0 + i, windows=(rpm,)))
+        assert a.window is not None and a.window.remaining == 2 - i
+    err = await refused(backend, req(now=T0 + 10, windows=(rpm,)))
+    assert err.error_type is ErrorType.RATE_LIMIT_EXCEEDED
+    assert err.retry_after is not None and 49 <= err.retry_after <= 51  # the first request leaves at T0+60
+    await backend.admit(req(now=T0 + 61, windows=(rpm,)))
+
+
+async def test_tightest_window_in_headers(backend: LimitsBackend) -> None:
+    windows = (RequestWindow("rpm", 60, 100), RequestWindow("per_1d", 86_400, 2))
+    a = await backend.admit(req(windows=windows))
+    assert a.window is not None and (a.window.limit, a.window.remaining) == (2, 1)
+
+
+async def test_seven_day_window(backend: LimitsBackend) -> None:
+    week = RequestWindow("per_7d", 7 * 86_400, 2)
+    await backend.admit(req(now=T0, windows=(week,)))
+    await backend.admit(req(now=T0 + 3 * 86_400, windows=(week,)))
+    await refused(backend, req(now=T0 + 6 * 86_400, windows=(week,)))
+    await backend.admit(req(now=T0 + 7 * 86_400 + 3 * 3600, windows=(week,)))
+
+
+async def test_tpm_reserves_max_and_settles_actual(backend: LimitsBackend) -> None:
+    a = await backend.admit(req(tpm=1000, max_tokens=800))
+    await refused(backend, req(tpm=1000, max_tokens=300))
+    await backend.settle(a.reservation, cost_micros=0, tokens=100, now=T0)
+    await backend.admit(req(tpm=1000, max_tokens=900))
+    err = await refused(backend, req(tpm=1000, max_tokens=1))
+    assert "tpm" in err.message
+
+
+async def test_max_concurrent(backend: LimitsBackend) -> None:
+    a = await backend.admit(req(max_concurrent=2))
+    await backend.admit(req(max_concurrent=2))
+    err = await refused(backend, req(max_concurrent=2))
+    assert err.error_type is ErrorType.RATE_LIMIT_EXCEEDED and "max_concurrent" in err.message
+    await backend.settle(a.reservation, cost_micros=0, tokens=0, now=T0)
+    await backend.admit(req(max_concurrent=2))
+
+
+async def test_keys_do_not_share_windows(backend: LimitsBackend) -> None:
+    rpm = RequestWindow("rpm", 60, 1)
+    await backend.admit(req(windows=(rpm,), key="k1"))
+    await backend.admit(req(windows=(rpm,), key="k2"))
+
+
+async def test_new_period_counter_starts_from_its_base(backend: LimitsBackend) -> None:
+    day1 = SpendLevel("key", "k1", "daily:2027-01-01", 100, 0, 3600.0)
+    day2 = SpendLevel("key", "k1", "daily:2027-01-02", 100, 0, 3600.0)
+    a = await backend.admit(req(cost=100, spend=(day1,)))
+    await backend.settle(a.reservation, cost_micros=100, tokens=0, now=T0)
+    err = await refused(backend, req(cost=1, spend=(day1,)))
+    assert err.retry_after == 3600.0
+    await backend.admit(req(cost=100, spend=(day2,)))
+
+
+async def test_concurrent_admissions_never_overshoot(backend: LimitsBackend) -> None:
+    lvl = level(cap=10_000)
+
+    async def one() -> int:
+        try:
+            a = await backend.admit(req(cost=300, spend=(lvl,)))
+        except GatewayError:
+            return 0
+        await asyncio.sleep(0)
+        await backend.settle(a.reservation, cost_micros=300, tokens=0, now=T0)
+        return 300
+
+    charged = sum(await asyncio.gather(*(one() for _ in range(200))))
+    assert charged == await backend.spent(lvl) <= 10_000
+    assert charged >= 9_900 - 300  # and the limit was actually used, not refused early
