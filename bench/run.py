@@ -74,9 +74,26 @@ def load(url: str, key: str, model: str, stream: bool, conns: int, seconds: floa
     return result
 
 
+def redis_up(url: str) -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def gateway_cmd(db: str, port: int, config: Path) -> list[str]:
+    return pinned(
+        0, [PY, "-m", "keyrelay", "--database-url", db, "serve", "--port", str(port), "--config", str(config)]
+    )
+
+
 def main() -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "5"))
     conns = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+    redis_url = os.environ.get("KEYRELAY_REDIS_URL", "redis://127.0.0.1:6379/0")
+    backends = ["memory"] + (["redis"] if redis_up(redis_url) else [])
     tmp = Path(tempfile.mkdtemp(prefix="keyrelay-bench-"))
     mock_port, gw_port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
@@ -88,53 +105,48 @@ def main() -> None:
         config = tmp / "keyrelay.yaml"
         config.write_text((ROOT / "bench" / "keyrelay-bench.yaml").read_text().replace("18000", str(mock_port)))
         db = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
-        key = subprocess.run(
-            [PY, str(ROOT / "bench" / "make_key.py"), db], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        env = {**os.environ, "KEYRELAY_LOG_LEVEL": "warning"}
-        procs.append(
-            subprocess.Popen(
-                pinned(
-                    0,
-                    [
-                        PY,
-                        "-m",
-                        "keyrelay",
-                        "--database-url",
-                        db,
-                        "serve",
-                        "--port",
-                        str(gw_port),
-                        "--config",
-                        str(config),
-                    ],
-                ),
-                env=env,
-            )
-        )
-        wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+        make_key = [PY, str(ROOT / "bench" / "make_key.py"), db]
+        key = subprocess.run(make_key, check=True, capture_output=True, text=True).stdout.strip()
         rows = []
-        for stream in (False, True):
-            direct = load(
-                f"http://127.0.0.1:{mock_port}/v1/chat/completions", "x", "gpt-4o-mini", stream, conns, seconds
-            )
-            gateway = load(
-                f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, "gpt-4o-mini", stream, conns, seconds
-            )
-            rows.append((stream, direct, gateway))
+        for backend in backends:
+            env = {**os.environ, "KEYRELAY_LOG_LEVEL": "warning"}
+            env.pop("KEYRELAY_REDIS_URL", None)
+            if backend == "redis":
+                env["KEYRELAY_REDIS_URL"] = redis_url
+                env["KEYRELAY_REDIS_PREFIX"] = f"kr-bench-{os.getpid()}"
+            gateway_proc = subprocess.Popen(gateway_cmd(db, gw_port, config), env=env)
+            procs.append(gateway_proc)
+            wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+            for stream in (False, True):
+                direct_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+                gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+                direct = load(direct_url, "x", "gpt-4o-mini", stream, conns, seconds)
+                gateway = load(gateway_url, key, "gpt-4o-mini", stream, conns, seconds)
+                rows.append((backend, stream, direct, gateway))
+            gateway_proc.terminate()
+            gateway_proc.wait(timeout=15)
+            procs.remove(gateway_proc)
+        admission_cmd = [
+            PY,
+            str(ROOT / "bench" / "admission.py"),
+            *(["--redis", redis_url] if "redis" in backends else []),
+        ]
+        admission = subprocess.run(admission_cmd, check=True, capture_output=True, text=True).stdout
         lines = [
             f"### make bench — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {conns} connections, {seconds:g} s",
             "",
-            "| mode | direct req/s | gateway req/s | direct p50/p99 ms | gateway p50/p99 ms | added p50 ms | errors |",
-            "|---|---|---|---|---|---|---|",
+            "| limits | mode | direct req/s | gateway req/s | direct p50/p99 ms | gateway p50/p99 ms | added p50 ms "
+            "| errors |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for stream, d, g in rows:
+        for backend, stream, d, g in rows:
             lines.append(
-                f"| {'stream' if stream else 'non-stream'} | {d['req_s']:.0f} | {g['req_s']:.0f} | "
+                f"| {backend} | {'stream' if stream else 'non-stream'} | {d['req_s']:.0f} | {g['req_s']:.0f} | "
                 f"{d['p50_ms']:.2f}/{d['p99_ms']:.2f} | {g['p50_ms']:.2f}/{g['p99_ms']:.2f} | "
                 f"{g['p50_ms'] - d['p50_ms']:.2f} | {int(g['errors'])} |"
             )
+        lines += ["", "Admission alone (bench/admission.py, every limit set):", "", "```json", admission.strip(), "```"]
         table = "\n".join(lines) + "\n"
         sys.stdout.write(table)
         with (ROOT / "docs" / "benchmarks.md").open("a") as fh:

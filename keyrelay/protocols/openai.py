@@ -169,7 +169,11 @@ class StreamRelay:
             self._buffer = data
             return b""
         self._buffer = data[end + 2 :]
-        return self._scan(data[: end + 2])
+        out = self._scan(data[: end + 2])
+        if self._hide:
+            # Asking for usage makes OpenAI add "usage":null to every chunk; the client did not ask.
+            out = out.replace(b',"usage":null', b"")
+        return out
 
     def _count_content(self, event: bytes) -> None:
         # A cheap size tally for the no-usage estimate (two substring searches, no JSON parse);

@@ -13,6 +13,7 @@ from keyrelay.keys.spec import RATE_FIELDS, usd_to_micros
 from keyrelay.services.inputs import AccountCreate, AccountUpdate, GroupCreate, GroupUpdate
 from keyrelay.store.accounts import AccountRepository, GroupRepository
 from keyrelay.store.records import AccountRecord, GroupRecord
+from keyrelay.store.schema import accounts as accounts_table
 
 PPM = 1_000_000
 
@@ -76,8 +77,9 @@ class AccountService:
             values["group_id"] = await self._group_id(spec.group)
         if "balance" in present:
             # ``balance`` is what should be left: the credit is that plus what was already spent.
+            # Computed inside the UPDATE, so a usage flush committing meanwhile cannot eat the top-up.
             values["balance_micros"] = (
-                None if spec.balance is None else usd_to_micros(spec.balance) + account.spent_micros
+                None if spec.balance is None else accounts_table.c.spent_micros + usd_to_micros(spec.balance)
             )
         if "status" in present:
             if spec.status is None:

@@ -13,6 +13,7 @@ from keyrelay.store.records import KeyRecord
 from keyrelay.testing.server import RunningServer
 
 _ABSENT = object()
+NO_RATES = {"rpm": None, "per_5h": None, "per_1d": None, "per_7d": None, "tpm": None, "max_concurrent": None}
 
 
 def auth(key: str) -> dict[str, str]:
@@ -82,17 +83,18 @@ async def test_accounts(client: httpx.AsyncClient, admin_key: str) -> None:
     acct = await post(
         client, admin_key, "/api/v1/accounts", {"email": "bob@example.com", "group": "team", "balance": 25.5}
     )
-    assert set(acct) >= {"id", "email", "status", "balance", "group", "created_at", "updated_at"}
+    assert set(acct) >= {"id", "email", "status", "balance", "spent", "group", "created_at", "updated_at"}
     assert isinstance(acct["id"], int)
-    assert (acct["email"], acct["status"], acct["balance"], acct["group"]) == (
+    assert (acct["email"], acct["status"], acct["balance"], acct["spent"], acct["group"]) == (
         "bob@example.com",
         "active",
         25.5,
+        0,
         "team",
     )
     assert utc(acct["created_at"]) >= start - timedelta(seconds=1)
     unlimited = await post(client, admin_key, "/api/v1/accounts", {"email": "carol@example.com", "balance": None})
-    assert unlimited["balance"] is None and unlimited["group"] is None
+    assert unlimited["balance"] is None and unlimited["spent"] == 0 and unlimited["group"] is None
     inactive = await post(client, admin_key, "/api/v1/accounts", {"email": "dan@example.com", "status": "inactive"})
     assert inactive["status"] == "inactive" and inactive["balance"] is None
     zero = await post(client, admin_key, "/api/v1/accounts", {"email": "eve@example.com", "balance": 0})
@@ -136,10 +138,10 @@ async def test_accounts(client: httpx.AsyncClient, admin_key: str) -> None:
     url = f"/api/v1/accounts/{acct['id']}"
     assert (await client.get(url, headers=auth(admin_key))).json()["data"] == acct
     changed = await patch(client, admin_key, url, {"balance": 3.25, "status": "inactive"})
-    assert (changed["balance"], changed["status"], changed["group"]) == (3.25, "inactive", "team")
+    assert (changed["balance"], changed["spent"], changed["status"], changed["group"]) == (3.25, 0, "inactive", "team")
     assert utc(changed["updated_at"]) >= utc(acct["updated_at"])
     changed = await patch(client, admin_key, url, {"balance": None, "group": None, "status": "active"})
-    assert (changed["balance"], changed["status"], changed["group"]) == (None, "active", None)
+    assert (changed["balance"], changed["spent"], changed["status"], changed["group"]) == (None, 0, "active", None)
     assert (await patch(client, admin_key, url, {"group": "team"}))["group"] == "team"
     for body, param in [
         ({"status": None}, "status"),
@@ -174,12 +176,21 @@ async def test_groups(client: httpx.AsyncClient, admin_key: str) -> None:
     assert pro["name"] == "pro" and pro["description"] == "paying customers"
     assert pro["price_multiplier"] == 1.25
     assert pro["default_limit"] == 50 and pro["default_limit_reset"] == "monthly"
-    assert pro["default_rate_limits"] == {"rpm": 60, "per_5h": 500, "per_1d": 2000, "per_7d": 9000}
+    assert pro["default_rate_limits"] == {
+        "rpm": 60,
+        "per_5h": 500,
+        "per_1d": 2000,
+        "per_7d": 9000,
+        "tpm": None,
+        "max_concurrent": None,
+    }
     assert pro["allowed_models"] == ["gpt-4o"] and pro["allowed_providers"] == ["openai"]
+    assert (pro["quota"], pro["quota_reset"], pro["quota_used"]) == (None, None, 0)
     utc(pro["created_at"])
     basic = await post(client, admin_key, "/api/v1/groups", {"name": "basic"})
     assert basic["price_multiplier"] == 1 and basic["default_limit"] is None
-    assert basic["default_rate_limits"] == {"rpm": None, "per_5h": None, "per_1d": None, "per_7d": None}
+    assert basic["default_rate_limits"] == NO_RATES
+    assert (basic["quota"], basic["quota_reset"], basic["quota_used"]) == (None, None, 0)
 
     for bad, status, error_type, param in [
         ({"name": "pro"}, 409, "CONFLICT", "name"),
@@ -212,10 +223,17 @@ async def test_groups(client: httpx.AsyncClient, admin_key: str) -> None:
     assert (await client.get(url, headers=auth(admin_key))).json()["data"] == pro
 
     changed = await patch(client, admin_key, url, {"default_rate_limits": {"rpm": 120}, "price_multiplier": 2})
-    assert changed["default_rate_limits"] == {"rpm": 120, "per_5h": 500, "per_1d": 2000, "per_7d": 9000}
+    assert changed["default_rate_limits"] == {
+        "rpm": 120,
+        "per_5h": 500,
+        "per_1d": 2000,
+        "per_7d": 9000,
+        "tpm": None,
+        "max_concurrent": None,
+    }
     assert changed["price_multiplier"] == 2 and changed["default_limit"] == 50
     changed = await patch(client, admin_key, url, {"default_rate_limits": None, "allowed_models": None})
-    assert changed["default_rate_limits"] == {"rpm": None, "per_5h": None, "per_1d": None, "per_7d": None}
+    assert changed["default_rate_limits"] == NO_RATES
     assert changed["allowed_models"] is None and changed["allowed_providers"] == ["openai"]
     assert (await patch(client, admin_key, url, {"name": "premium"}))["name"] == "premium"
     for bad, status, error_type, param in [
@@ -289,6 +307,7 @@ async def test_keys_inherit_group_defaults(client: httpx.AsyncClient, server: Ru
     inherited = effective_policy(await _key_record(server, plain_hash), group_record)
     assert inherited.rpm == 60 and inherited.per_1d == 1000
     assert inherited.per_5h is None and inherited.per_7d is None
+    assert inherited.tpm is None and inherited.max_concurrent is None
     assert (inherited.limit_micros, inherited.limit_reset) == (25_000_000, "weekly")
     assert inherited.allowed_models == frozenset({"gpt-4o"})
     assert inherited.allowed_providers == frozenset({"openai"})
@@ -308,7 +327,7 @@ async def test_keys_inherit_group_defaults(client: httpx.AsyncClient, server: Ru
 
     # The key's own view shows its own (empty) fields, not the inherited values.
     r = await client.get(f"/api/v1/keys/{plain_hash}", headers=auth(admin_key))
-    assert r.json()["data"]["rate_limits"] == {"rpm": None, "per_5h": None, "per_1d": None, "per_7d": None}
+    assert r.json()["data"]["rate_limits"] == NO_RATES
     assert r.json()["data"]["limit"] is None
 
     # The live principal follows changes to the group and the account at once.
@@ -336,3 +355,111 @@ async def test_account_status_change_applies_to_its_keys_at_once(
     assert_error(await client.get("/api/v1/keys", headers=auth(mgmt_key)), 403, "USER_INACTIVE")
     await patch(client, admin_key, url, {"status": "active"})
     assert (await client.get("/api/v1/keys", headers=auth(mgmt_key))).status_code == 200
+
+
+async def test_group_quota_fields(client: httpx.AsyncClient, admin_key: str) -> None:
+    made = await post(client, admin_key, "/api/v1/groups", {"name": "capped", "quota": 12.5, "quota_reset": "monthly"})
+    assert (made["quota"], made["quota_reset"], made["quota_used"]) == (12.5, "monthly", 0)
+    url = f"/api/v1/groups/{made['id']}"
+    assert (await client.get(url, headers=auth(admin_key))).json()["data"] == made
+    assert (await client.get("/api/v1/groups", headers=auth(admin_key))).json()["data"] == [made]
+    for quota, reset in [("7.25", "daily"), (0.000001, "weekly"), (1_000_000_000, None), (0, None)]:
+        name = f"q-{reset}-{quota}"
+        out = await post(client, admin_key, "/api/v1/groups", {"name": name, "quota": quota, "quota_reset": reset})
+        assert (out["quota"], out["quota_reset"], out["quota_used"]) == (float(quota), reset, 0), name
+
+    # PATCH changes only the quota fields it names.
+    changed = await patch(client, admin_key, url, {"quota": 30})
+    assert (changed["quota"], changed["quota_reset"], changed["quota_used"]) == (30, "monthly", 0)
+    changed = await patch(client, admin_key, url, {"quota_reset": "weekly"})
+    assert (changed["quota"], changed["quota_reset"]) == (30, "weekly")
+    changed = await patch(client, admin_key, url, {"quota_reset": None})
+    assert (changed["quota"], changed["quota_reset"]) == (30, None)
+    changed = await patch(client, admin_key, url, {"quota": 0.123456, "quota_reset": "daily"})
+    assert (changed["quota"], changed["quota_reset"]) == (0.123456, "daily")
+    changed = await patch(client, admin_key, url, {"name": "still-capped", "description": "d"})
+    assert (changed["quota"], changed["quota_reset"], changed["quota_used"]) == (0.123456, "daily", 0)
+    changed = await patch(client, admin_key, url, {"quota": None})
+    assert (changed["quota"], changed["quota_reset"], changed["quota_used"]) == (None, "daily", 0)
+    assert (await client.get(url, headers=auth(admin_key))).json()["data"] == changed
+
+    bad_values: list[tuple[dict[str, Any], str]] = [
+        ({"quota": -1}, "quota"),
+        ({"quota": -0.000001}, "quota"),
+        ({"quota": 1.0000001}, "quota"),
+        ({"quota": 0.1234567}, "quota"),
+        ({"quota": 1_000_000_000.000001}, "quota"),
+        ({"quota": "lots"}, "quota"),
+        ({"quota_reset": "hourly"}, "quota_reset"),
+        ({"quota_reset": "Daily"}, "quota_reset"),
+        ({"quota_reset": ""}, "quota_reset"),
+        ({"quota_reset": 1}, "quota_reset"),
+        ({"quota_used": 5}, "quota_used"),  # read-only
+    ]
+    for bad, param in bad_values:
+        r = await client.post("/api/v1/groups", json={"name": "bad", **bad}, headers=auth(admin_key))
+        assert_error(r, 400, "INVALID_REQUEST", param)
+        assert param in r.json()["error"]["message"], r.text
+        r = await client.patch(url, json={"description": "changed", **bad}, headers=auth(admin_key))
+        assert_error(r, 400, "INVALID_REQUEST", param)
+    # Nothing was created, and the refused patches changed nothing (not even the valid field beside the bad one).
+    names = [g["name"] for g in (await client.get("/api/v1/groups", headers=auth(admin_key))).json()["data"]]
+    assert "bad" not in names
+    assert (await client.get(url, headers=auth(admin_key))).json()["data"] == changed
+
+
+async def test_group_tpm_and_max_concurrent_defaults(
+    client: httpx.AsyncClient, server: RunningServer, admin_key: str
+) -> None:
+    rates = {"rpm": 60, "per_5h": 500, "per_1d": 2000, "per_7d": 9000, "tpm": 40_000, "max_concurrent": 4}
+    group = await post(client, admin_key, "/api/v1/groups", {"name": "t", "default_rate_limits": rates})
+    assert group["default_rate_limits"] == rates
+    url = f"/api/v1/groups/{group['id']}"
+    assert (await client.get(url, headers=auth(admin_key))).json()["data"] == group
+
+    # Patching one window keeps the others.
+    changed = await patch(client, admin_key, url, {"default_rate_limits": {"tpm": 1000}})
+    assert changed["default_rate_limits"] == {**rates, "tpm": 1000}
+    changed = await patch(client, admin_key, url, {"default_rate_limits": {"max_concurrent": 0, "rpm": None}})
+    assert changed["default_rate_limits"] == {**rates, "tpm": 1000, "max_concurrent": 0, "rpm": None}
+    changed = await patch(client, admin_key, url, {"default_rate_limits": {}})
+    assert changed["default_rate_limits"] == {**rates, "tpm": 1000, "max_concurrent": 0, "rpm": None}
+    changed = await patch(
+        client, admin_key, url, {"default_rate_limits": {"tpm": 1_000_000_000, "max_concurrent": 100_000}}
+    )
+    assert changed["default_rate_limits"] == {**rates, "tpm": 1_000_000_000, "max_concurrent": 100_000, "rpm": None}
+
+    for bad, param in [
+        ({"tpm": -1}, "default_rate_limits.tpm"),
+        ({"tpm": 1_000_000_001}, "default_rate_limits.tpm"),
+        ({"tpm": 1.5}, "default_rate_limits.tpm"),
+        ({"tpm": "fast"}, "default_rate_limits.tpm"),
+        ({"max_concurrent": -1}, "default_rate_limits.max_concurrent"),
+        ({"max_concurrent": 100_001}, "default_rate_limits.max_concurrent"),
+        ({"max_concurrent": 2.5}, "default_rate_limits.max_concurrent"),
+        ({"tpm": 5, "max_concurrent": -3}, "default_rate_limits.max_concurrent"),
+    ]:
+        r = await client.post(
+            "/api/v1/groups", json={"name": "bad", "default_rate_limits": bad}, headers=auth(admin_key)
+        )
+        assert_error(r, 400, "INVALID_REQUEST", param)
+        r = await client.patch(url, json={"default_rate_limits": bad}, headers=auth(admin_key))
+        assert_error(r, 400, "INVALID_REQUEST", param)
+    assert (await client.get(url, headers=auth(admin_key))).json()["data"] == changed
+
+    # Keys inherit both from the group; a key's own value (0 = none) wins.
+    await patch(client, admin_key, url, {"default_rate_limits": {"tpm": 40_000, "max_concurrent": 4}})
+    await post(client, admin_key, "/api/v1/accounts", {"email": "t@example.com", "group": "t"})
+
+    async def key_policy(**body: Any) -> Any:
+        data = await post(client, admin_key, "/api/v1/keys", {"account": "t@example.com", **body})
+        record = await _key_record(server, data["hash"])
+        group_record = await server.runtime.groups.get(group_id=group["id"])
+        return data["rate_limits"], effective_policy(record, group_record)
+
+    shown, inherited = await key_policy(name="inherits")
+    assert shown == NO_RATES  # the key's own view: nothing set on the key itself
+    assert (inherited.tpm, inherited.max_concurrent, inherited.per_5h) == (40_000, 4, 500)
+    shown, own = await key_policy(name="own", rate_limits={"tpm": 0, "max_concurrent": 2})
+    assert shown == {**NO_RATES, "tpm": 0, "max_concurrent": 2}
+    assert (own.tpm, own.max_concurrent, own.per_5h) == (None, 2, 500)

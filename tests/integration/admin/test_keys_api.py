@@ -48,7 +48,7 @@ KEY_FIELDS = {
     "last_used_ip",
     "rotation_grace_until",
 }
-NO_RATES = {"rpm": None, "per_5h": None, "per_1d": None, "per_7d": None}
+NO_RATES = {"rpm": None, "per_5h": None, "per_1d": None, "per_7d": None, "tpm": None, "max_concurrent": None}
 _ABSENT = object()
 
 
@@ -155,7 +155,14 @@ async def test_create_with_every_field(client: httpx.AsyncClient, server: Runnin
         "limit": 150.25,
         "limit_reset": "monthly",
         "expires_at": "2031-06-30T12:00:00+02:00",
-        "rate_limits": {"rpm": 60, "per_5h": 1000, "per_1d": 5000, "per_7d": 20000},
+        "rate_limits": {
+            "rpm": 60,
+            "per_5h": 1000,
+            "per_1d": 5000,
+            "per_7d": 20000,
+            "tpm": 90000,
+            "max_concurrent": 8,
+        },
         "allowed_models": ["gpt-4o", "openai/gpt-4o-mini"],
         "allowed_providers": ["openai"],
         "ip_allowlist": ["10.0.0.0/8", "2001:db8::/32"],
@@ -185,7 +192,14 @@ async def test_create_with_every_field(client: httpx.AsyncClient, server: Runnin
     assert isinstance(data["limit_remaining"], int | float) and data["limit_remaining"] == 150.25
     assert data["limit_reset"] == "monthly"
     assert isinstance(data["usage"], int | float) and data["usage"] == 0
-    assert data["rate_limits"] == {"rpm": 60, "per_5h": 1000, "per_1d": 5000, "per_7d": 20000}
+    assert data["rate_limits"] == {
+        "rpm": 60,
+        "per_5h": 1000,
+        "per_1d": 5000,
+        "per_7d": 20000,
+        "tpm": 90000,
+        "max_concurrent": 8,
+    }
     assert data["allowed_models"] == ["gpt-4o", "openai/gpt-4o-mini"]
     assert data["allowed_providers"] == ["openai"]
     assert data["ip_allowlist"] == ["10.0.0.0/8", "2001:db8::/32"]
@@ -232,6 +246,54 @@ async def test_limit_values(client: httpx.AsyncClient, mgmt_key: str) -> None:
     assert big["limit"] == 1_000_000_000 and big["limit_reset"] == "weekly"
     lifetime = (await create(client, mgmt_key, name="cap", limit="12.5"))["data"]
     assert lifetime["limit"] == 12.5 and lifetime["limit_reset"] is None
+
+
+async def test_tpm_and_max_concurrent(client: httpx.AsyncClient, server: RunningServer, mgmt_key: str) -> None:
+    only_tpm = (await create(client, mgmt_key, name="tpm", rate_limits={"tpm": 120_000}))["data"]
+    assert only_tpm["rate_limits"] == {**NO_RATES, "tpm": 120_000}
+    only_conc = (await create(client, mgmt_key, name="conc", rate_limits={"max_concurrent": 3}))["data"]
+    assert only_conc["rate_limits"] == {**NO_RATES, "max_concurrent": 3}
+    top = {"tpm": 1_000_000_000, "max_concurrent": 100_000}
+    biggest = (await create(client, mgmt_key, name="max", rate_limits=top))["data"]
+    assert biggest["rate_limits"] == {**NO_RATES, **top}
+    zero = (await create(client, mgmt_key, name="zero", rate_limits={"tpm": 0, "max_concurrent": 0}))["data"]
+    assert zero["rate_limits"] == {**NO_RATES, "tpm": 0, "max_concurrent": 0}  # 0 = unlimited, stored as given
+    record = await server.runtime.keys.get(key_hash=only_tpm["hash"])
+    assert record is not None and (record.tpm, record.max_concurrent) == (120_000, None)
+
+    url = f"/api/v1/keys/{only_tpm['hash']}"
+
+    async def patch_rates(rates: dict[str, Any]) -> dict[str, Any]:
+        r = await client.patch(url, json={"rate_limits": rates}, headers=auth(mgmt_key))
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()["data"]["rate_limits"]
+        assert (await client.get(url, headers=auth(mgmt_key))).json()["data"]["rate_limits"] == out
+        return out
+
+    # Patching one window keeps the others, in both directions.
+    assert await patch_rates({"max_concurrent": 10}) == {**NO_RATES, "tpm": 120_000, "max_concurrent": 10}
+    assert await patch_rates({"rpm": 30}) == {**NO_RATES, "rpm": 30, "tpm": 120_000, "max_concurrent": 10}
+    assert await patch_rates({"tpm": 7}) == {**NO_RATES, "rpm": 30, "tpm": 7, "max_concurrent": 10}
+    assert await patch_rates({"tpm": None}) == {**NO_RATES, "rpm": 30, "max_concurrent": 10}
+
+    for rates, param in [
+        ({"tpm": -1}, "rate_limits.tpm"),
+        ({"tpm": 1_000_000_001}, "rate_limits.tpm"),
+        ({"max_concurrent": -1}, "rate_limits.max_concurrent"),
+        ({"max_concurrent": 100_001}, "rate_limits.max_concurrent"),
+    ]:
+        r = await client.post("/api/v1/keys", json={"name": "bad", "rate_limits": rates}, headers=auth(mgmt_key))
+        err = assert_error(r, 400, "INVALID_REQUEST", param)
+        assert param.split(".")[1] in err["message"], r.text
+        assert_error(
+            await client.patch(url, json={"rate_limits": rates}, headers=auth(mgmt_key)), 400, "INVALID_REQUEST", param
+        )
+    assert (await client.get(url, headers=auth(mgmt_key))).json()["data"]["rate_limits"] == {
+        **NO_RATES,
+        "rpm": 30,
+        "max_concurrent": 10,
+    }
+    assert "bad" not in {k["name"] for k in await list_all(client, mgmt_key)}
 
 
 async def test_expiry(client: httpx.AsyncClient, mgmt_key: str) -> None:
@@ -344,6 +406,37 @@ BAD_CREATE: list[tuple[str, dict[str, Any], int, str, object]] = [
         400,
         "INVALID_REQUEST",
         "rate_limits.per_7d",
+    ),
+    ("tpm negative", {"json": {"name": "x", "rate_limits": {"tpm": -1}}}, 400, "INVALID_REQUEST", "rate_limits.tpm"),
+    (
+        "tpm too large",
+        {"json": {"name": "x", "rate_limits": {"tpm": 1_000_000_001}}},
+        400,
+        "INVALID_REQUEST",
+        "rate_limits.tpm",
+    ),
+    ("tpm float", {"json": {"name": "x", "rate_limits": {"tpm": 0.5}}}, 400, "INVALID_REQUEST", "rate_limits.tpm"),
+    ("tpm text", {"json": {"name": "x", "rate_limits": {"tpm": "many"}}}, 400, "INVALID_REQUEST", "rate_limits.tpm"),
+    (
+        "max_concurrent negative",
+        {"json": {"name": "x", "rate_limits": {"max_concurrent": -1}}},
+        400,
+        "INVALID_REQUEST",
+        "rate_limits.max_concurrent",
+    ),
+    (
+        "max_concurrent too large",
+        {"json": {"name": "x", "rate_limits": {"max_concurrent": 100_001}}},
+        400,
+        "INVALID_REQUEST",
+        "rate_limits.max_concurrent",
+    ),
+    (
+        "max_concurrent float",
+        {"json": {"name": "x", "rate_limits": {"max_concurrent": 1.5}}},
+        400,
+        "INVALID_REQUEST",
+        "rate_limits.max_concurrent",
     ),
     (
         "rate subfield",
@@ -507,7 +600,7 @@ async def test_patch_every_field(client: httpx.AsyncClient, mgmt_key: str) -> No
             name="orig",
             limit=10,
             limit_reset="monthly",
-            rate_limits={"rpm": 1, "per_5h": 2, "per_1d": 3, "per_7d": 4},
+            rate_limits={"rpm": 1, "per_5h": 2, "per_1d": 3, "per_7d": 4, "tpm": 5, "max_concurrent": 6},
         )
     )["data"]
     key_hash = data["hash"]
@@ -531,10 +624,18 @@ async def test_patch_every_field(client: httpx.AsyncClient, mgmt_key: str) -> No
     assert (await patch({"limit_reset": "weekly"}))["limit_reset"] == "weekly"
 
     out = await patch({"rate_limits": {"rpm": 10}})
-    assert out["rate_limits"] == {"rpm": 10, "per_5h": 2, "per_1d": 3, "per_7d": 4}  # other windows kept
+    rates = {"rpm": 10, "per_5h": 2, "per_1d": 3, "per_7d": 4, "tpm": 5, "max_concurrent": 6}
+    assert out["rate_limits"] == rates  # other windows kept
     out = await patch({"rate_limits": {"per_1d": None, "per_7d": 0}})
-    assert out["rate_limits"] == {"rpm": 10, "per_5h": 2, "per_1d": None, "per_7d": 0}
-    assert (await patch({"rate_limits": {}}))["rate_limits"] == {"rpm": 10, "per_5h": 2, "per_1d": None, "per_7d": 0}
+    rates = {**rates, "per_1d": None, "per_7d": 0}
+    assert out["rate_limits"] == rates
+    out = await patch({"rate_limits": {"tpm": 50}})
+    rates = {**rates, "tpm": 50}
+    assert out["rate_limits"] == rates
+    out = await patch({"rate_limits": {"max_concurrent": None, "tpm": 0}})
+    rates = {**rates, "max_concurrent": None, "tpm": 0}
+    assert out["rate_limits"] == rates
+    assert (await patch({"rate_limits": {}}))["rate_limits"] == rates
     assert (await patch({"rate_limits": None}))["rate_limits"] == NO_RATES
 
     out = await patch({"allowed_models": ["gpt-4o"], "allowed_providers": ["openai", "azure"]})
@@ -584,6 +685,11 @@ async def test_patch_bad_input_changes_nothing(client: httpx.AsyncClient, mgmt_k
         ({"ip_denylist": ["::g"]}, "ip_denylist"),
         ({"rate_limits": {"rpm": -1}}, "rate_limits.rpm"),
         ({"rate_limits": {"per_hour": 5}}, "rate_limits.per_hour"),
+        ({"rate_limits": {"tpm": -1}}, "rate_limits.tpm"),
+        ({"rate_limits": {"tpm": 1_000_000_001}}, "rate_limits.tpm"),
+        ({"rate_limits": {"max_concurrent": -2}}, "rate_limits.max_concurrent"),
+        ({"rate_limits": {"max_concurrent": 100_001}}, "rate_limits.max_concurrent"),
+        ({"rate_limits": {"rpm": 5, "tpm": -1}}, "rate_limits.tpm"),  # the valid window is not applied either
         ({"region": "Mars Base"}, "region"),
         ({"account": "bob@example.com"}, "account"),
         ({"expires_at": "2030-01-01T00:00:00Z", "expires_in_days": 1}, "expires_in_days"),

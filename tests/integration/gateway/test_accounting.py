@@ -12,6 +12,7 @@ import socket
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -121,7 +122,7 @@ async def test_streams(server: RunningServer, client: httpx.AsyncClient, mock: M
     events = sse_events(plain.text)
     assert events[-1] == "[DONE]"
     chunks = [orjson.loads(e) for e in events[:-1]]
-    assert all(c["choices"] and c.get("usage") is None for c in chunks)
+    assert all(c["choices"] and "usage" not in c for c in chunks)
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "This is a"
     assert mock.requests[-1].body["stream_options"] == {"include_usage": True}
     # With include_usage the client gets the usage chunk, exactly as the upstream sent it.
@@ -229,7 +230,14 @@ async def test_what_a_key_sees(server: RunningServer, client: httpx.AsyncClient)
     assert info["name"] == "scoped"
     assert info["label"] == key[:8] + "..." + key[-4:]
     assert (info["limit"], info["limit_remaining"], info["limit_reset"], info["usage"]) == (2.5, 2.5, "weekly", 0)
-    assert info["rate_limits"] == {"rpm": 30, "per_5h": None, "per_1d": 1000, "per_7d": None}
+    assert info["rate_limits"] == {
+        "rpm": 30,
+        "per_5h": None,
+        "per_1d": 1000,
+        "per_7d": None,
+        "tpm": None,
+        "max_concurrent": None,
+    }
     assert info["allowed_models"] == ["gpt-4o", "mock/text-embedding-3-small"]
     assert info["allowed_providers"] is None and info["expires_at"] is not None
     assert key not in str(info)
@@ -402,6 +410,161 @@ async def test_account_balance_is_charged_once_per_flush(server: RunningServer, 
     rows = await all_usage_rows(server)
     assert len(rows) == 8
     fresh = await server.runtime.accounts.get(account_id=account.id)
-    assert fresh is not None and fresh.balance_micros == 10_000_000 - 8 * price(4, 3)
+    assert fresh is not None
+    # The credit granted is never rewritten by usage; what was spent is counted beside it.
+    assert (fresh.balance_micros, fresh.spent_micros) == (10_000_000, 8 * price(4, 3))
+    assert fresh.remaining_micros == 10_000_000 - 8 * price(4, 3)
     stored = await server.runtime.keys.get(key_hash=key_hash(key))
     assert stored is not None and stored.usage_micros == 8 * price(4, 3)
+
+
+# --- account balance and spend, group quota use, as the management API shows them -------------------------------
+
+
+async def _admin_get(client: httpx.AsyncClient, admin: str, url: str) -> dict[str, Any]:
+    r = await client.get(url, headers=auth(admin))
+    assert r.status_code == 200, r.text
+    data: dict[str, Any] = r.json()["data"]
+    return data
+
+
+async def _admin_send(client: httpx.AsyncClient, admin: str, method: str, url: str, body: dict[str, Any]) -> Any:
+    r = await client.request(method, url, json=body, headers=auth(admin))
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+async def _costs(server: RunningServer, responses: list[httpx.Response]) -> int:
+    """Total charged for these (successful) requests, after flushing them to the store."""
+    assert [r.status_code for r in responses] == [200] * len(responses), [r.text for r in responses]
+    rows = await usage_rows(server, *(r.headers["x-request-id"] for r in responses))
+    assert [row["cost_micros"] for row in rows] == [price(4, 3)] * len(rows)
+    return sum(row["cost_micros"] for row in rows)
+
+
+async def test_account_balance_and_spent_through_the_api(server: RunningServer, client: httpx.AsyncClient) -> None:
+    admin = await make_management_key(server, "root@example.com", admin=True)
+    created = (await _admin_send(client, admin, "POST", "/api/v1/accounts", {"email": "u@example.com", "balance": 1}))[
+        "data"
+    ]
+    assert (created["balance"], created["spent"]) == (1, 0)
+    url = f"/api/v1/accounts/{created['id']}"
+    key = (await _admin_send(client, admin, "POST", "/api/v1/keys", {"name": "k", "account": "u@example.com"}))["key"]
+
+    spent = await _costs(server, [await chat(client, key) for _ in range(3)])
+    assert spent == 3 * price(4, 3) > 0
+    after_traffic = await _admin_get(client, admin, url)
+    assert (after_traffic["balance"], after_traffic["spent"]) == ((1_000_000 - spent) / 1e6, spent / 1e6)
+    listed = (await client.get("/api/v1/accounts", headers=auth(admin))).json()["data"]
+    assert [a for a in listed if a["id"] == created["id"]] == [after_traffic]
+
+    # A top-up: PATCH sets what is left, so "left + 5" raises the balance by exactly 5 and leaves spent alone.
+    left = 1_000_000 - spent
+    topped = (await _admin_send(client, admin, "PATCH", url, {"balance": (left + 5_000_000) / 1e6}))["data"]
+    assert (topped["balance"], topped["spent"]) == ((left + 5_000_000) / 1e6, spent / 1e6)
+    assert await _admin_get(client, admin, url) == topped
+    record = await server.runtime.accounts.get(account_id=created["id"])
+    assert record is not None and (record.balance_micros, record.spent_micros) == (6_000_000, spent)
+
+    # Further traffic lowers the topped-up balance by exactly what it costs.
+    more = await _costs(server, [await chat(client, key) for _ in range(2)])
+    now = await _admin_get(client, admin, url)
+    assert (now["balance"], now["spent"]) == ((left + 5_000_000 - more) / 1e6, (spent + more) / 1e6)
+
+    # An unlimited account still counts what it spends; a balance set later is what is left from then on.
+    unlimited = (await _admin_send(client, admin, "PATCH", url, {"balance": None}))["data"]
+    assert (unlimited["balance"], unlimited["spent"]) == (None, (spent + more) / 1e6)
+    extra = await _costs(server, [await chat(client, key)])
+    total = spent + more + extra
+    assert (await _admin_get(client, admin, url))["spent"] == total / 1e6
+    assert (await _admin_get(client, admin, url))["balance"] is None
+    limited = (await _admin_send(client, admin, "PATCH", url, {"balance": 2}))["data"]
+    assert (limited["balance"], limited["spent"]) == (2, total / 1e6)
+
+    # Exhausted, then topped up: refused at 0, served again after the PATCH, at once.
+    empty = (await _admin_send(client, admin, "PATCH", url, {"balance": 0}))["data"]
+    assert (empty["balance"], empty["spent"]) == (0, total / 1e6)
+    assert_error(await chat(client, key), 402, "INSUFFICIENT_BALANCE", source="account")
+    refilled = (await _admin_send(client, admin, "PATCH", url, {"balance": 0.5}))["data"]
+    assert (refilled["balance"], refilled["spent"]) == (0.5, total / 1e6)
+    last = await _costs(server, [await chat(client, key)])
+    final = await _admin_get(client, admin, url)
+    assert (final["balance"], final["spent"]) == ((500_000 - last) / 1e6, (total + last) / 1e6)
+
+
+async def test_group_quota_used_follows_traffic(server: RunningServer, client: httpx.AsyncClient) -> None:
+    admin = await make_management_key(server, "root@example.com", admin=True)
+    body = {"name": "team", "quota": 10, "quota_reset": "monthly"}
+    team = (await _admin_send(client, admin, "POST", "/api/v1/groups", body))["data"]
+    assert (team["quota"], team["quota_reset"], team["quota_used"]) == (10, "monthly", 0)
+    other = (await _admin_send(client, admin, "POST", "/api/v1/groups", {"name": "other"}))["data"]
+    team_url, other_url = f"/api/v1/groups/{team['id']}", f"/api/v1/groups/{other['id']}"
+    keys: dict[str, str] = {}
+    for email, group in (("a@example.com", "team"), ("b@example.com", "team"), ("c@example.com", "other")):
+        await _admin_send(client, admin, "POST", "/api/v1/accounts", {"email": email, "group": group})
+        keys[email] = (await _admin_send(client, admin, "POST", "/api/v1/keys", {"name": "k", "account": email}))["key"]
+
+    # Every key of every account of the group adds to one figure; other groups are not touched.
+    used = await _costs(server, [await chat(client, keys["a@example.com"]), await chat(client, keys["b@example.com"])])
+    after = await _admin_get(client, admin, team_url)
+    assert after == {**team, "quota_used": used / 1e6, "updated_at": after["updated_at"]}
+    assert (await _admin_get(client, admin, other_url))["quota_used"] == 0
+
+    # A group without a quota still counts (lifetime, as it has no reset).
+    other_used = await _costs(server, [await chat(client, keys["c@example.com"]) for _ in range(3)])
+    assert (await _admin_get(client, admin, other_url))["quota_used"] == other_used / 1e6
+    assert (await _admin_get(client, admin, team_url))["quota_used"] == used / 1e6
+
+    # Changing the quota does not reset what was used; an account that leaves the group stops adding to it.
+    changed = (await _admin_send(client, admin, "PATCH", team_url, {"quota": 20}))["data"]
+    assert (changed["quota"], changed["quota_reset"], changed["quota_used"]) == (20, "monthly", used / 1e6)
+    account = await server.runtime.accounts.get_by_email(email="b@example.com")
+    assert account is not None
+    await _admin_send(client, admin, "PATCH", f"/api/v1/accounts/{account.id}", {"group": None})
+    await _costs(server, [await chat(client, keys["b@example.com"])])
+    assert (await _admin_get(client, admin, team_url))["quota_used"] == used / 1e6
+    more = await _costs(server, [await chat(client, keys["a@example.com"])])
+    assert (await _admin_get(client, admin, team_url))["quota_used"] == (used + more) / 1e6
+
+
+async def test_key_sees_its_effective_tpm_and_max_concurrent(server: RunningServer, client: httpx.AsyncClient) -> None:
+    admin = await make_management_key(server, "root@example.com", admin=True)
+    defaults = {"rpm": 100, "tpm": 50_000, "max_concurrent": 5}
+    group = (
+        await _admin_send(client, admin, "POST", "/api/v1/groups", {"name": "g", "default_rate_limits": defaults})
+    )["data"]
+    await _admin_send(client, admin, "POST", "/api/v1/accounts", {"email": "g@example.com", "group": "g"})
+
+    async def new_key(**fields: Any) -> str:
+        body = {"name": "k", "account": "g@example.com", **fields}
+        key: str = (await _admin_send(client, admin, "POST", "/api/v1/keys", body))["key"]
+        return key
+
+    async def seen(key: str) -> dict[str, Any]:
+        r = await client.get("/v1/key", headers=auth(key))
+        assert r.status_code == 200, r.text
+        rates: dict[str, Any] = r.json()["data"]["rate_limits"]
+        return rates
+
+    inherits = await new_key()
+    assert await seen(inherits) == {
+        "rpm": 100,
+        "per_5h": None,
+        "per_1d": None,
+        "per_7d": None,
+        "tpm": 50_000,
+        "max_concurrent": 5,
+    }
+    own = await new_key(rate_limits={"tpm": 1234, "max_concurrent": 0, "per_7d": 70})
+    assert await seen(own) == {
+        "rpm": 100,
+        "per_5h": None,
+        "per_1d": None,
+        "per_7d": 70,
+        "tpm": 1234,
+        "max_concurrent": None,
+    }
+    # A change to the group's defaults shows at the key's next request.
+    await _admin_send(client, admin, "PATCH", f"/api/v1/groups/{group['id']}", {"default_rate_limits": {"tpm": 9}})
+    assert (await seen(inherits))["tpm"] == 9 and (await seen(inherits))["max_concurrent"] == 5
+    assert (await seen(own))["tpm"] == 1234
