@@ -1,5 +1,8 @@
 """Create the benchmark's API key with every limit and rule set, so every check runs on each request.
 
+Account balance, group quota, key spend limit, all four request windows, tpm, max_concurrent, model
+and provider whitelists, IP allow and deny lists, region pin and expiry: all set, all generous.
+
 Usage: python bench/make_key.py DATABASE_URL  → prints the key.
 """
 
@@ -19,7 +22,9 @@ async def main(url: str) -> None:
     try:
         group = await runtime.groups.get_by_name(name="bench")
         if group is None:
-            await runtime.account_service.create_group(GroupCreate(name="bench", price_multiplier=1))
+            await runtime.account_service.create_group(
+                GroupCreate(name="bench", price_multiplier=1, quota=1_000_000, quota_reset="monthly")
+            )
         account = await runtime.accounts.get_by_email(email="bench@example.com")
         if account is None:
             account = await runtime.account_service.create_account(
@@ -31,7 +36,14 @@ async def main(url: str) -> None:
                 "limit": 1_000_000,
                 "limit_reset": "monthly",
                 "expires_in_days": 30,
-                "rate_limits": {"rpm": 10_000_000, "per_5h": 100_000_000, "per_1d": 100_000_000, "per_7d": 100_000_000},
+                "rate_limits": {
+                    "rpm": 10_000_000,
+                    "per_5h": 100_000_000,
+                    "per_1d": 100_000_000,
+                    "per_7d": 100_000_000,
+                    "tpm": 1_000_000_000,
+                    "max_concurrent": 100_000,
+                },
                 "allowed_models": ["gpt-4o-mini", "gpt-4o-mini-paced"],
                 "allowed_providers": ["mock"],
                 "ip_allowlist": ["127.0.0.1", "::1"],

@@ -43,13 +43,14 @@ class KeyrelayApp:
 
     async def startup(self) -> None:
         """Open the store (migrating it), build services, start background work."""
-        runtime = await open_runtime(self.settings, clock=self._clock)
+        runtime = await open_runtime(self.settings, clock=self._clock, migrate=self.settings.migrate_on_start)
         self.admin.state.runtime = runtime
         runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")
         writer = UsageWriter(runtime.engine)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
         self.redis = redis_client(self.settings)
         self.limits = build_limits(self.settings, self.redis)
+        runtime.tasks.every(1.0, self.limits.maintain, name="limits-maintenance")
         if self.redis is not None:
             fanout = RedisFanout(self.redis, runtime.cache, prefix=self.settings.redis_prefix)
             runtime.cache.on_invalidate = fanout.publish
@@ -142,7 +143,10 @@ class KeyrelayApp:
             try:
                 await self.redis.ping()
             except Exception:
-                await send_json(send, 503, {"status": "unavailable", "store": "ok", "redis": "unreachable"})
+                if self.settings.limits_fail_open:  # still serving, on local limits: keep taking traffic
+                    await send_json(send, 200, {"status": "degraded", "store": "ok", "redis": "unreachable"})
+                else:
+                    await send_json(send, 503, {"status": "unavailable", "store": "ok", "redis": "unreachable"})
                 return
         await send_json(send, 200, {"status": "ready", "store": "ok", "redis": "ok" if self.redis else "unused"})
 

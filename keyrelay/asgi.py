@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -39,7 +40,7 @@ async def send_error(send: Send, err: GatewayError, request_id: str | None, extr
     """Send a GatewayError as the shared JSON error body."""
     headers: Headers = list(extra or [])
     if err.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+        headers.append((b"retry-after", str(max(1, math.ceil(err.retry_after))).encode()))
     await send_json(send, err.status, err.to_body(request_id), headers)
 
 

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis for shared limits and cache invalidation.")
     redis_prefix: str = Field(default="keyrelay", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     limits_fail_open: bool = Field(default=False, description="Use local limits while Redis is unreachable.")
+    migrate_on_start: bool = Field(default=True, description="Apply migrations at start-up.")
     providers: tuple[ProviderConfig, ...] = ()
 
     @classmethod

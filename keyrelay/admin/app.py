@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +20,7 @@ log = logging.getLogger("keyrelay.admin")
 
 def error_response(err: GatewayError) -> JSONResponse:
     """The JSON error answer for a GatewayError, with Retry-After when known."""
-    headers = {"retry-after": str(max(1, round(err.retry_after)))} if err.retry_after is not None else None
+    headers = {"retry-after": str(max(1, math.ceil(err.retry_after)))} if err.retry_after is not None else None
     return JSONResponse(err.to_body(request_id_var.get()), status_code=err.status, headers=headers)
 
 

@@ -57,12 +57,14 @@ def authorize_key(principal: Principal, client_ip: IPAddress | None, now: dateti
             raise GatewayError(ErrorType.ACCESS_DENIED, f"Requests from {client_ip} are not allowed for this key.")
 
 
+def _names(rule: frozenset[str] | None, channel: Channel) -> bool:
+    return rule is None or channel.model in rule or channel.qualified_name in rule
+
+
 def channel_allowed(principal: Principal, channel: Channel) -> bool:
     """Whether the key's model, provider and region rules admit this channel."""
     policy = principal.policy
-    if policy.allowed_models is not None and not (
-        channel.model in policy.allowed_models or channel.qualified_name in policy.allowed_models
-    ):
+    if not (_names(policy.allowed_models, channel) and _names(policy.model_ceiling, channel)):
         return False
     if policy.allowed_providers is not None and channel.provider not in policy.allowed_providers:
         return False
@@ -80,9 +82,7 @@ def allowed_channels(principal: Principal, requested: str, channels: tuple[Chann
         return allowed
     policy = principal.policy
     channel = channels[0]
-    if policy.allowed_models is not None and not any(
-        c.model in policy.allowed_models or c.qualified_name in policy.allowed_models for c in channels
-    ):
+    if not any(_names(policy.allowed_models, c) and _names(policy.model_ceiling, c) for c in channels):
         raise GatewayError(ErrorType.ACCESS_DENIED, f"This key may not use model {requested!r}.")
     if policy.allowed_providers is not None and not any(c.provider in policy.allowed_providers for c in channels):
         raise GatewayError(ErrorType.ACCESS_DENIED, f"This key may not use provider {channel.provider!r}.")

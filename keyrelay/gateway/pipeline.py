@@ -1,7 +1,8 @@
 """The LLM hot path: authenticate → authorize → admit → route → forward → settle → respond.
 
 Only this module knows the order of the stages. It does no database I/O in steady state: keys come
-from the in-process cache, limits are in memory, usage goes to the batched writer.
+from the in-process cache, admission is one call to the limits backend (in memory, or one Redis
+round trip), usage goes to the batched writer.
 """
 
 from __future__ import annotations
@@ -199,6 +200,12 @@ class Gateway:
             raise _model_not_found(model)
         return {"id": model, "object": "model", "created": 0, "owned_by": channels[0].provider}
 
+    def _callable_models(self, principal: Principal) -> list[str] | None:
+        policy = principal.policy
+        if policy.allowed_models is None and policy.allowed_providers is None and policy.region is None:
+            return None  # unrestricted
+        return sorted({c.model for c in self._routes.models if channel_allowed(principal, c)})
+
     async def _key_info(self, principal: Principal) -> dict[str, Any]:
         # Not the hot path: one read of the key's stored usage is fine here (the cached copy is stale).
         key, policy = principal.key, principal.policy
@@ -226,7 +233,8 @@ class Gateway:
                     "tpm": policy.tpm,
                     "max_concurrent": policy.max_concurrent,
                 },
-                "allowed_models": sorted(policy.allowed_models) if policy.allowed_models else None,
+                # What this key can actually call, after its own list, its group's and the providers'.
+                "allowed_models": self._callable_models(principal),
                 "allowed_providers": sorted(policy.allowed_providers) if policy.allowed_providers else None,
                 "expires_at": key.expires_at.isoformat() if key.expires_at else None,
             }
@@ -253,9 +261,10 @@ class Gateway:
             raise _model_not_found(request.model)
         channels = allowed_channels(principal, request.model, channels)
         now = self._clock.now_utc()
-        max_out = (
+        per_choice = (
             request.max_output_tokens if request.max_output_tokens is not None else self._settings.default_max_tokens
         )
+        max_out = per_choice * request.choices
         multiplier = principal.policy.price_multiplier_ppm
         max_cost = max(cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
         admission = await self._limits.admit(

@@ -58,7 +58,8 @@ class Origin:
     def host_header(self) -> bytes:
         """The Host header value."""
         default = 443 if self.tls else 80
-        return (self.host if self.port == default else f"{self.host}:{self.port}").encode("idna")
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal goes in brackets
+        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
 
 
 class _Connection(asyncio.Protocol):

@@ -17,7 +17,9 @@ class Policy:
 
     ``None`` for a limit means unlimited (after inheritance), as does ``0`` from the user. Request
     windows and the spend limit inherit the group's default when the key leaves them empty; the
-    model and provider whitelists of the group are ceilings (see ``_pick_list``).
+    model and provider whitelists of the group are ceilings: a key's own model list is checked
+    together with the group's (``model_ceiling``), each entry matching a bare model id or a
+    ``provider/model`` name, and the provider lists are intersected (see ``_pick_list``).
     """
 
     limit_micros: int | None
@@ -29,6 +31,7 @@ class Policy:
     tpm: int | None
     max_concurrent: int | None
     allowed_models: frozenset[str] | None
+    model_ceiling: frozenset[str] | None  # the group's model list when the key narrows it with its own
     allowed_providers: frozenset[str] | None
     ip_allowlist: tuple[Network, ...]
     ip_denylist: tuple[Network, ...]
@@ -40,6 +43,10 @@ class Policy:
 def _pick(own: int | None, default: int | None) -> int | None:
     value = own if own is not None else default
     return value or None  # 0 means "no limit"
+
+
+def _as_set(value: tuple[str, ...] | None) -> frozenset[str] | None:
+    return frozenset(value) if value else None
 
 
 def _pick_list(own: tuple[str, ...] | None, group: tuple[str, ...] | None) -> frozenset[str] | None:
@@ -68,7 +75,8 @@ def effective_policy(key: KeyRecord, group: GroupRecord | None) -> Policy:
         per_7d=_pick(key.per_7d, g.default_per_7d if g else None),
         tpm=_pick(key.tpm, g.default_tpm if g else None),
         max_concurrent=_pick(key.max_concurrent, g.default_max_concurrent if g else None),
-        allowed_models=_pick_list(key.allowed_models, g.allowed_models if g else None),
+        allowed_models=frozenset(key.allowed_models or ()) or _as_set(g.allowed_models if g else None),
+        model_ceiling=_as_set(g.allowed_models if g else None) if key.allowed_models else None,
         allowed_providers=_pick_list(key.allowed_providers, g.allowed_providers if g else None),
         ip_allowlist=tuple(ipaddress.ip_network(c, strict=False) for c in key.ip_allowlist or ()),
         ip_denylist=tuple(ipaddress.ip_network(c, strict=False) for c in key.ip_denylist or ()),

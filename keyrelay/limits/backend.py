@@ -17,7 +17,9 @@ from typing import Literal, Protocol
 from keyrelay.errors import ErrorType, GatewayError
 
 SpendScope = Literal["account", "group", "key"]
-RESERVATION_TTL_S = 3600  # a reservation whose request never settles (process died) expires after this
+# A reservation whose request never settles (its process died) is released after this long; it must
+# outlast the longest request, so it is generous.
+RESERVATION_TTL_S = 3 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,10 @@ class LimitsBackend(Protocol):
         """Settled spend of a counter (seeded from ``base_micros`` if unseen)."""
         ...
 
+    async def maintain(self) -> None:
+        """Periodic housekeeping (run every second): expire old state, replay missed settlements."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -139,6 +145,17 @@ def spend_refusal(level: SpendLevel, left: int, cost: int, retry_after: float | 
         limit_source=level.scope,
         retry_after=retry_after,
     )
+
+
+def precheck(request: AdmissionRequest) -> None:
+    """Refuse a request that could never fit, whatever the counters say (so no retry would help)."""
+    if request.tpm and request.max_tokens > request.tpm:
+        raise GatewayError(
+            ErrorType.RATE_LIMIT_EXCEEDED,
+            f"This request alone may use up to {request.max_tokens} tokens (prompt bound plus max_tokens), more "
+            f"than this key's tpm={request.tpm}; set a lower max_tokens.",
+            retry_after=60,
+        )
 
 
 def window_refusal(name: str, limit: int, retry_after: float) -> GatewayError:

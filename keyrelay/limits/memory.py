@@ -7,6 +7,7 @@ without an ``await`` in between, so on one event loop it is atomic exactly like 
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 
 from keyrelay.limits import windows as w
@@ -16,6 +17,7 @@ from keyrelay.limits.backend import (
     Reservation,
     SpendLevel,
     WindowStatus,
+    precheck,
     spend_refusal,
     window_refusal,
 )
@@ -32,6 +34,7 @@ class _Spend:
 class _KeyState:
     windows: dict[str, dict[int, int]] = field(default_factory=dict)
     in_flight: int = 0
+    last_seen: float = 0.0
 
 
 class MemoryLimits:
@@ -56,6 +59,7 @@ class MemoryLimits:
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         """Check everything, then reserve everything (no await in between)."""
+        precheck(request)
         now = request.now
         self._admissions += 1
         if self._admissions % 10_000 == 0:
@@ -64,6 +68,7 @@ class MemoryLimits:
         key = self._keys.get(request.key_hash)
         if key is None:
             key = self._keys[request.key_hash] = _KeyState()
+        key.last_seen = now
         counted, tightest = self._check_windows(request, key)
         tpm_bucket = self._check_tpm(request, key)
         if request.max_concurrent and key.in_flight >= request.max_concurrent:
@@ -155,6 +160,18 @@ class MemoryLimits:
         """Settled spend of a counter."""
         state = self._spend.get(level.name)
         return level.base_micros if state is None else state.spent
+
+    async def maintain(self) -> None:
+        """Drop counters whose period is over and windows of keys idle for more than a week."""
+        now = time.time()
+        self._prune(now)
+        idle = [
+            key
+            for key, state in self._keys.items()
+            if not state.in_flight and now - state.last_seen > w.WINDOW_SECONDS["per_7d"]
+        ]
+        for key in idle:
+            del self._keys[key]
 
     async def close(self) -> None:
         """Nothing to release."""

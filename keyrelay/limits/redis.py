@@ -9,6 +9,8 @@ in which case this process falls back to its own in-memory limits until Redis an
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from importlib import resources
 
 from redis.asyncio import Redis
@@ -22,6 +24,7 @@ from keyrelay.limits.backend import (
     Reservation,
     SpendLevel,
     WindowStatus,
+    precheck,
     spend_refusal,
     window_refusal,
 )
@@ -47,6 +50,10 @@ class RedisLimits:
         self._settle_src = _script("settle_v1.lua")
         self._admit_sha: str | None = None
         self._settle_sha: str | None = None
+        # After a failure, skip Redis for a second instead of making every request wait for a timeout.
+        self._down_until = 0.0
+        # Settlements Redis did not get (and costs admitted locally while failing open), replayed later.
+        self._deferred: deque[tuple[list[str], list[str | int | float]]] = deque(maxlen=1_000_000)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "keyrelay", fail_open: bool = False) -> RedisLimits:
@@ -85,6 +92,7 @@ class RedisLimits:
     # --- LimitsBackend -------------------------------------------------------------------------------------
     async def admit(self, request: AdmissionRequest) -> Admission:
         """One EVALSHA: check and reserve everything, atomically."""
+        precheck(request)
         keys: list[str] = []
         args: list[str | int | float] = [
             repr(request.now),
@@ -107,9 +115,12 @@ class RedisLimits:
             keys.append(self._window_key(request.key_hash, "tpm"))
         if request.max_concurrent:
             keys.append(self._flight_key(request.key_hash))
+        if time.monotonic() < self._down_until:
+            return await self._unavailable(request, None)
         try:
             reply = [int(x) for x in await self._run("admit", keys, args)]
         except (RedisError, OSError) as exc:
+            self._down_until = time.monotonic() + 1.0
             return await self._unavailable(request, exc)
         code = reply[0]
         if code == 1:
@@ -134,13 +145,18 @@ class RedisLimits:
         )
         return Admission(reservation=reservation, window=status)
 
-    async def _unavailable(self, request: AdmissionRequest, exc: BaseException) -> Admission:
+    @property
+    def fail_open(self) -> bool:
+        """Whether requests are admitted on local limits while Redis is unreachable."""
+        return self._fail_open
+
+    async def _unavailable(self, request: AdmissionRequest, exc: BaseException | None) -> Admission:
+        if exc is not None:
+            log.warning("limits backend (Redis) unreachable: %s", exc)
         if not self._fail_open:
-            log.warning("limits backend unreachable, refusing request: %s", exc)
             raise GatewayError(
                 ErrorType.LIMITS_UNAVAILABLE, "The limits backend (Redis) is unreachable; try again shortly."
             ) from exc
-        log.warning("limits backend unreachable, using this process's local limits (fail open): %s", exc)
         admission = await self._fallback.admit(request)
         local = admission.reservation
         tagged = Reservation(
@@ -155,13 +171,16 @@ class RedisLimits:
         return Admission(reservation=tagged, window=admission.window)
 
     async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float) -> None:
-        """One EVALSHA; if Redis is away the reservation simply expires there later (never over-admits)."""
-        if reservation.ident.startswith(_FALLBACK_PREFIX):
-            await self._fallback.settle(reservation, cost_micros=cost_micros, tokens=tokens, now=now)
-            return
+        """One EVALSHA. If Redis is away, the settlement is kept and replayed by ``maintain``."""
         keys: list[str] = []
         for level in reservation.spend:
             keys += self._spend_keys(level)
+        if reservation.ident.startswith(_FALLBACK_PREFIX):
+            await self._fallback.settle(reservation, cost_micros=cost_micros, tokens=tokens, now=now)
+            if cost_micros and reservation.spend:
+                # Spend admitted locally must still reach the shared counters once Redis is back.
+                self._deferred.append((keys, [len(reservation.spend), "-", cost_micros, -1, 0, 0, 0]))
+            return
         if reservation.tpm_bucket is not None:
             keys.append(self._window_key(reservation.key_hash, "tpm"))
         if reservation.concurrent:
@@ -177,8 +196,24 @@ class RedisLimits:
         ]
         try:
             await self._run("settle", keys, args)
-        except (RedisError, OSError):
-            log.exception("could not settle reservation %s; it expires in Redis by itself", reservation.ident)
+        except (RedisError, OSError) as exc:
+            log.warning("could not settle reservation %s now, will retry: %s", reservation.ident, exc)
+            self._deferred.append((keys, args))
+
+    async def maintain(self) -> None:
+        """Replay settlements Redis missed, oldest first, until one fails again."""
+        while self._deferred:
+            keys, args = self._deferred[0]
+            try:
+                await self._run("settle", keys, args)
+            except (RedisError, OSError):
+                return
+            self._deferred.popleft()
+
+    @property
+    def deferred(self) -> int:
+        """Settlements waiting for Redis."""
+        return len(self._deferred)
 
     async def spent(self, level: SpendLevel) -> int:
         """Settled spend of a counter (its seed value if Redis has not seen it yet)."""

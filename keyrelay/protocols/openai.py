@@ -15,6 +15,8 @@ import orjson
 
 from keyrelay.errors import ErrorType, GatewayError
 
+IMAGE_TOKEN_BOUND = 2_000
+
 
 class Operation(StrEnum):
     """What an LLM endpoint does."""
@@ -43,11 +45,18 @@ class InboundRequest:
     max_output_tokens: int | None
     raw: bytes
     body: dict[str, Any]
+    choices: int = 1  # ``n``: every choice can produce max_output_tokens
 
     @property
     def prompt_token_bound(self) -> int:
-        """An upper bound on prompt tokens: a token is at least one byte, so the body's byte count bounds them."""
-        return len(self.raw)
+        """An upper bound on prompt tokens.
+
+        A text token is at least one byte, so the body's byte count bounds the text. An image part
+        is billed by its pixels, not its bytes: each counts as IMAGE_TOKEN_BOUND more (OpenAI's
+        largest high-detail image is below that). Audio input is not bounded this way (documented).
+        """
+        images = self.raw.count(b'"image_url"') if self.operation is Operation.CHAT else 0
+        return len(self.raw) + images * IMAGE_TOKEN_BOUND
 
 
 def bearer_credential(authorization: bytes | None) -> str | None:
@@ -97,7 +106,8 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
     stream = body.get("stream") is True
     options = body.get("stream_options")
     wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-    return InboundRequest(operation, model, stream, wants_usage, max_out, raw, body)
+    choices = _int_field(body, "n") or 1 if operation is Operation.CHAT else 1
+    return InboundRequest(operation, model, stream, wants_usage, max_out, raw, body, choices)
 
 
 def upstream_body(request: InboundRequest, upstream_model: str) -> bytes:

@@ -318,10 +318,12 @@ async def test_keys_inherit_group_defaults(client: httpx.AsyncClient, server: Ru
     assert own.per_1d is None  # 0 on the key: no limit, even though the group has one
     assert (own.limit_micros, own.limit_reset) == (3_000_000, "daily")
     # The group's whitelists are ceilings: a key may narrow them, never widen them.
-    assert own.allowed_models == frozenset() and own.allowed_providers == frozenset()
+    assert own.allowed_models == frozenset({"gpt-4o-mini"}) and own.model_ceiling == frozenset({"gpt-4o"})
+    assert own.allowed_providers == frozenset()  # provider lists are intersected
     narrow_hash, _ = await make(name="narrow", allowed_models=["gpt-4o", "gpt-4o-mini"], allowed_providers=[])
     narrow = effective_policy(await _key_record(server, narrow_hash), group_record)
-    assert narrow.allowed_models == frozenset({"gpt-4o"})
+    assert narrow.allowed_models == frozenset({"gpt-4o", "gpt-4o-mini"})
+    assert narrow.model_ceiling == frozenset({"gpt-4o"})
     assert narrow.allowed_providers == frozenset({"openai"})  # [] inherits the group's list
     assert own.price_multiplier_ppm == 1_500_000
 

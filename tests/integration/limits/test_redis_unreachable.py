@@ -56,3 +56,16 @@ async def test_fail_open_uses_local_limits(tmp_path: Path, mock: MockUpstream) -
             ]
             # Still limited, by this process's own counters.
             assert statuses == [200, 200, 429]
+
+
+async def test_readyz_stays_up_when_failing_open(tmp_path: Path, mock: MockUpstream) -> None:
+    async with (
+        running_server(_settings(tmp_path, mock, fail_open=True)) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=10) as client,
+    ):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {
+            "status": "degraded",
+            "store": "ok",
+            "redis": "unreachable",
+        }

@@ -1,0 +1,64 @@
+"""Redis going away mid-request: settlements and fail-open spend reach Redis once it is back."""
+
+from __future__ import annotations
+
+import secrets
+
+from redis.asyncio import Redis
+
+from keyrelay.limits.backend import AdmissionRequest, SpendLevel
+from keyrelay.limits.redis import RedisLimits
+from tests.unit.limits.conftest import drop_prefix, redis_client_or_skip
+
+DEAD = "redis://127.0.0.1:1/0"
+LEVEL = SpendLevel("key", "rk", "life", 10_000, 0, None)
+
+
+def req(i: int, cost: int = 1000) -> AdmissionRequest:
+    return AdmissionRequest("rk", f"r{i}", 1_800_000_000.0 + i, cost, (LEVEL,), (), None, 0, None)
+
+
+async def test_missed_settlement_is_replayed() -> None:
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    limits = RedisLimits(client, prefix=prefix)
+    dead = Redis.from_url(DEAD, socket_connect_timeout=0.5)
+    try:
+        admission = await limits.admit(req(1))
+        limits._redis = dead  # Redis becomes unreachable while the request runs
+        await limits.settle(admission.reservation, cost_micros=400, tokens=0, now=0)
+        assert limits.deferred == 1
+        await limits.maintain()
+        assert limits.deferred == 1  # still away: kept
+        limits._redis = client  # back
+        await limits.maintain()
+        assert limits.deferred == 0
+        assert await limits.spent(LEVEL) == 400
+        # The reservation was released too: 9600 left, not 8600.
+        await limits.admit(req(2, cost=9600))
+    finally:
+        await dead.aclose()
+        await drop_prefix(client, prefix)
+        await client.aclose()
+
+
+async def test_fail_open_spend_reaches_redis_later() -> None:
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    limits = RedisLimits(client, prefix=prefix, fail_open=True)
+    dead = Redis.from_url(DEAD, socket_connect_timeout=0.5)
+    try:
+        first = await limits.admit(req(1))  # seeds the shared counter
+        await limits.settle(first.reservation, cost_micros=1000, tokens=0, now=0)
+        limits._redis = dead
+        local = await limits.admit(req(2))  # admitted on local limits
+        assert local.reservation.ident.startswith("local:")
+        await limits.settle(local.reservation, cost_micros=700, tokens=0, now=0)
+        limits._redis = client
+        limits._down_until = 0.0
+        await limits.maintain()
+        assert await limits.spent(LEVEL) == 1700
+    finally:
+        await dead.aclose()
+        await drop_prefix(client, prefix)
+        await client.aclose()
