@@ -6,8 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from keyrelay.keys.spec import micros_to_usd
-from keyrelay.limits.periods import window_usage_micros
+from keyrelay.keys.spec import RATE_FIELDS, micros_to_usd
+from keyrelay.limits.periods import stored_usage
 from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
 
 
@@ -107,6 +107,10 @@ class AccountOut(BaseModel):
     updated_at: datetime
 
 
+def _rates(record: KeyRecord | GroupRecord, prefix: str) -> RateLimitsOut:
+    return RateLimitsOut(**{name: getattr(record, prefix + name) for name in RATE_FIELDS})
+
+
 def _list(value: tuple[str, ...] | None) -> list[str] | None:
     return None if value is None else list(value)
 
@@ -119,14 +123,7 @@ def key_out(record: KeyRecord, now: datetime) -> KeyOut:
         if not limit
         else max(
             0,
-            limit
-            - window_usage_micros(
-                limit_reset=record.limit_reset,
-                usage_micros=record.usage_micros,
-                period_usage_micros=record.period_usage_micros,
-                period=record.period_start,
-                now=now,
-            ),
+            limit - stored_usage(record, record.limit_reset, now),
         )
     )
     grace = record.prev_secret_expires_at
@@ -140,14 +137,7 @@ def key_out(record: KeyRecord, now: datetime) -> KeyOut:
         limit_remaining=None if remaining is None else micros_to_usd(remaining),
         limit_reset=record.limit_reset,
         usage=micros_to_usd(record.usage_micros),
-        rate_limits=RateLimitsOut(
-            rpm=record.rpm,
-            per_5h=record.per_5h,
-            per_1d=record.per_1d,
-            per_7d=record.per_7d,
-            tpm=record.tpm,
-            max_concurrent=record.max_concurrent,
-        ),
+        rate_limits=_rates(record, ""),
         allowed_providers=_list(record.allowed_providers),
         allowed_models=_list(record.allowed_models),
         ip_allowlist=_list(record.ip_allowlist),
@@ -172,25 +162,10 @@ def group_out(group: GroupRecord, now: datetime) -> GroupOut:
         price_multiplier=group.price_multiplier_ppm / 1_000_000,
         default_limit=None if group.default_limit_micros is None else micros_to_usd(group.default_limit_micros),
         default_limit_reset=group.default_limit_reset,
-        default_rate_limits=RateLimitsOut(
-            rpm=group.default_rpm,
-            per_5h=group.default_per_5h,
-            per_1d=group.default_per_1d,
-            per_7d=group.default_per_7d,
-            tpm=group.default_tpm,
-            max_concurrent=group.default_max_concurrent,
-        ),
+        default_rate_limits=_rates(group, "default_"),
         quota=None if group.quota_micros is None else micros_to_usd(group.quota_micros),
         quota_reset=group.quota_reset,
-        quota_used=micros_to_usd(
-            window_usage_micros(
-                limit_reset=group.quota_reset,
-                usage_micros=group.usage_micros,
-                period_usage_micros=group.period_usage_micros,
-                period=group.period_start,
-                now=now,
-            )
-        ),
+        quota_used=micros_to_usd(stored_usage(group, group.quota_reset, now)),
         allowed_models=_list(group.allowed_models),
         allowed_providers=_list(group.allowed_providers),
         created_at=group.created_at,

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from keyrelay.cache.keycache import Principal
 from keyrelay.limits.backend import AdmissionRequest, RequestWindow, SpendLevel
-from keyrelay.limits.periods import period_end, period_start, window_usage_micros
+from keyrelay.limits.periods import period_end, period_start, stored_usage
 from keyrelay.limits.windows import WINDOW_SECONDS
 
 _REQUEST_WINDOWS = ("rpm", "per_5h", "per_1d", "per_7d")
@@ -54,25 +54,13 @@ def spend_levels(principal: Principal, now: datetime, pending: Pending) -> tuple
         )
     if group is not None and group.quota_micros:
         counter, resets = _counter(group.quota_reset, now)
-        stored = window_usage_micros(
-            limit_reset=group.quota_reset,
-            usage_micros=group.usage_micros,
-            period_usage_micros=group.period_usage_micros,
-            period=group.period_start,
-            now=now,
-        )
+        stored = stored_usage(group, group.quota_reset, now)
         levels.append(
             SpendLevel("group", str(group.id), counter, group.quota_micros, stored + pending.group(group.id), resets)
         )
     if policy.limit_micros is not None:
         counter, resets = _counter(policy.limit_reset, now)
-        stored = window_usage_micros(
-            limit_reset=policy.limit_reset,
-            usage_micros=key.usage_micros,
-            period_usage_micros=key.period_usage_micros,
-            period=key.period_start,
-            now=now,
-        )
+        stored = stored_usage(key, policy.limit_reset, now)
         levels.append(SpendLevel("key", key.hash, counter, policy.limit_micros, stored + pending.key(key.hash), resets))
     return tuple(levels)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 
 def period_start(reset: str | None, now: datetime) -> datetime | None:
@@ -47,3 +48,27 @@ def window_usage_micros(
     if period is not None and period.astimezone(UTC) >= start:
         return period_usage_micros
     return 0
+
+
+class UsageCounters(Protocol):
+    """A stored record with lifetime and period usage (keys and groups)."""
+
+    @property
+    def usage_micros(self) -> int: ...  # noqa: D102
+
+    @property
+    def period_usage_micros(self) -> int: ...  # noqa: D102
+
+    @property
+    def period_start(self) -> datetime | None: ...  # noqa: D102
+
+
+def stored_usage(record: UsageCounters, reset: str | None, now: datetime) -> int:
+    """What a stored key or group has spent in the current window of ``reset``."""
+    return window_usage_micros(
+        limit_reset=reset,
+        usage_micros=record.usage_micros,
+        period_usage_micros=record.period_usage_micros,
+        period=record.period_start,
+        now=now,
+    )
