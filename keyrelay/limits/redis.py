@@ -14,7 +14,7 @@ from collections import deque
 from importlib import resources
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.limits.backend import (
@@ -206,8 +206,11 @@ class RedisLimits:
             keys, args = self._deferred[0]
             try:
                 await self._run("settle", keys, args)
+            except ResponseError:
+                # Redis answered but refused this one: retrying cannot help, and must not block the rest.
+                log.exception("dropping a settlement Redis refuses: keys=%s", keys)
             except (RedisError, OSError):
-                return
+                return  # still unreachable: try again at the next maintenance
             self._deferred.popleft()
 
     @property

@@ -75,7 +75,7 @@ for i = 1, nl do
   local stale = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
   for _, id in ipairs(stale) do
     local amt = tonumber(redis.call('HGET', h, 'r:' .. id) or '0')
-    redis.call('HINCRBY', h, 'reserved', -amt)
+    redis.call('HINCRBY', h, 'reserved', 0 - amt)  -- 0 - x, not -x: Lua's -0 reaches Redis as "-0", not an integer
     redis.call('HDEL', h, 'r:' .. id)
     redis.call('ZREM', z, id)
   end

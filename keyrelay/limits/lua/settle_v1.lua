@@ -15,7 +15,7 @@ for _ = 1, nl do
   k = k + 2
   local amt = redis.call('HGET', h, 'r:' .. rid)
   if amt then
-    redis.call('HINCRBY', h, 'reserved', -tonumber(amt))
+    redis.call('HINCRBY', h, 'reserved', 0 - tonumber(amt))  -- not -x: Lua's -0 is no integer to Redis
     redis.call('HDEL', h, 'r:' .. rid)
     redis.call('ZREM', z, rid)
   end
