@@ -99,7 +99,11 @@ class KeyrelayApp:
         request_id = new_request_id()
         token = request_id_var.set(request_id)
         try:
-            await self._http(scope, receive, _with_request_id(send, request_id), request_id)
+            if self.gateway is not None and scope["path"].startswith("/v1/"):
+                # The hot path adds x-request-id to its own headers: no per-message send wrapper.
+                await self.gateway(scope, receive, send, request_id)
+            else:
+                await self._http(scope, receive, _with_request_id(send, request_id), request_id)
         finally:
             request_id_var.reset(token)
 
@@ -111,9 +115,7 @@ class KeyrelayApp:
             err = GatewayError(ErrorType.PAYLOAD_TOO_LARGE, f"The request body exceeds {max_body} bytes.")
             await send_error(send, err, request_id)
             return
-        if path.startswith("/v1/") and self.gateway is not None:
-            await self.gateway(scope, receive, send, request_id)
-        elif path.startswith(_ADMIN_PREFIXES):
+        if path.startswith(_ADMIN_PREFIXES):
             await self.admin(scope, limit_body(receive, max_body), send)
         elif path == "/healthz":
             await send_json(send, 200, {"status": "ok"})

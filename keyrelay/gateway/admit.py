@@ -6,11 +6,15 @@ from collections.abc import Callable
 from datetime import datetime
 
 from keyrelay.cache.keycache import Principal
+from keyrelay.keys.policy import Policy
 from keyrelay.limits.backend import AdmissionRequest, RequestWindow, SpendLevel
 from keyrelay.limits.periods import period_end, period_start, stored_usage
 from keyrelay.limits.windows import WINDOW_SECONDS
+from keyrelay.store.records import GroupRecord, KeyRecord
 
 _REQUEST_WINDOWS = ("rpm", "per_5h", "per_1d", "per_7d")
+# id(policy) → (policy, its request windows); the policy is kept so its id cannot be reused meanwhile.
+_WINDOWS: dict[int, tuple[Policy, tuple[RequestWindow, ...]]] = {}
 
 
 class Pending:
@@ -28,13 +32,42 @@ class Pending:
         self.group = group
 
 
+# (reset, UTC day number) → (counter name, period end as epoch seconds). Periods only change at
+# midnight, so the calendar arithmetic runs once a day per reset kind instead of per request.
+_PERIODS: dict[tuple[str | None, int], tuple[str, float | None]] = {}
+
+
 def _counter(reset: str | None, now: datetime) -> tuple[str, float | None]:
-    start = period_start(reset, now)
-    if start is None:
+    if reset is None:
         return "life", None
-    end = period_end(reset, now)
-    assert end is not None
-    return f"{reset}:{start.date().isoformat()}", (end - now).total_seconds()
+    timestamp = now.timestamp()
+    slot = (reset, int(timestamp // 86_400))
+    cached = _PERIODS.get(slot)
+    if cached is None:
+        start, end = period_start(reset, now), period_end(reset, now)
+        assert start is not None and end is not None
+        if len(_PERIODS) > 64:
+            _PERIODS.clear()
+        cached = _PERIODS[slot] = (f"{reset}:{start.date().isoformat()}", end.timestamp())
+    name, end_ts = cached
+    return name, None if end_ts is None else end_ts - timestamp
+
+
+# (id(record), counter) → (record, what the record shows as spent in that period). A cached record
+# is an immutable snapshot, so this never changes for it; the record is kept so its id stays its own.
+_STORED: dict[tuple[int, str], tuple[object, int]] = {}
+
+
+def _stored(record: GroupRecord | KeyRecord, reset: str | None, counter: str, now: datetime) -> int:
+    slot = (id(record), counter)
+    hit = _STORED.get(slot)
+    if hit is not None and hit[0] is record:
+        return hit[1]
+    value = stored_usage(record, reset, now)
+    if len(_STORED) > 200_000:
+        _STORED.clear()
+    _STORED[slot] = (record, value)
+    return value
 
 
 def spend_levels(principal: Principal, now: datetime, pending: Pending) -> tuple[SpendLevel, ...]:
@@ -54,13 +87,13 @@ def spend_levels(principal: Principal, now: datetime, pending: Pending) -> tuple
         )
     if group is not None and group.quota_micros:
         counter, resets = _counter(group.quota_reset, now)
-        stored = stored_usage(group, group.quota_reset, now)
+        stored = _stored(group, group.quota_reset, counter, now)
         levels.append(
             SpendLevel("group", str(group.id), counter, group.quota_micros, stored + pending.group(group.id), resets)
         )
     if policy.limit_micros is not None:
         counter, resets = _counter(policy.limit_reset, now)
-        stored = stored_usage(key, policy.limit_reset, now)
+        stored = _stored(key, policy.limit_reset, counter, now)
         levels.append(SpendLevel("key", key.hash, counter, policy.limit_micros, stored + pending.key(key.hash), resets))
     return tuple(levels)
 
@@ -76,11 +109,17 @@ def admission_request(
 ) -> AdmissionRequest:
     """Everything the limits backend checks for one request, in one object."""
     policy = principal.policy
-    windows = tuple(
-        RequestWindow(name, WINDOW_SECONDS[name], limit)
-        for name in _REQUEST_WINDOWS
-        if (limit := getattr(policy, name))
-    )
+    cached = _WINDOWS.get(id(policy))
+    if cached is None or cached[0] is not policy:
+        windows = tuple(
+            RequestWindow(name, WINDOW_SECONDS[name], limit)
+            for name in _REQUEST_WINDOWS
+            if (limit := getattr(policy, name))
+        )
+        if len(_WINDOWS) > 100_000:
+            _WINDOWS.clear()
+        cached = _WINDOWS[id(policy)] = (policy, windows)
+    windows = cached[1]
     return AdmissionRequest(
         key_hash=principal.key.hash,
         request_id=request_id,

@@ -42,6 +42,7 @@ from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
 from keyrelay.keys.spec import micros_to_usd
 from keyrelay.limits.backend import LimitsBackend, Reservation, WindowStatus
+from keyrelay.logs import request_id_var
 from keyrelay.metrics import Metrics
 from keyrelay.protocols.openai import (
     InboundRequest,
@@ -128,16 +129,19 @@ class Gateway:
             elif method != "GET":
                 raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use GET for {path}.")
             elif path == "/v1/models":
-                await send_json(send, 200, self._models(principal))
+                await send_json(send, 200, self._models(principal), [(b"x-request-id", request_id.encode())])
             elif path.startswith("/v1/models/"):
-                await send_json(send, 200, self._model(principal, path.removeprefix("/v1/models/")))
+                model = self._model(principal, path.removeprefix("/v1/models/"))
+                await send_json(send, 200, model, [(b"x-request-id", request_id.encode())])
             elif path == "/v1/key":
-                await send_json(send, 200, await self._key_info(principal))
+                info = await self._key_info(principal)
+                await send_json(send, 200, info, [(b"x-request-id", request_id.encode())])
             else:
                 raise GatewayError(ErrorType.NOT_FOUND, f"No route for {method} {path}.")
         except GatewayError as err:
             overhead = (time.perf_counter() - started) * 1000
-            await send_error(send, err, request_id, [(b"x-keyrelay-overhead-ms", f"{overhead:.3f}".encode())])
+            extra = [(b"x-keyrelay-overhead-ms", f"{overhead:.3f}".encode()), (b"x-request-id", request_id.encode())]
+            await send_error(send, err, request_id, extra)
             if not outcome.settled:  # an admitted request was already counted, with its model, when settled
                 name = principal.key.name if principal else "-"
                 self._metrics.count_request(name, "-", err.status, err.error_type.name)
@@ -146,7 +150,8 @@ class Gateway:
             # Nothing else should escape; if it does, the client still gets the JSON body and request id.
             log.exception("unexpected error in %s %s", method, path)
             if not outcome.started:
-                await send_error(send, GatewayError(ErrorType.INTERNAL_ERROR), request_id)
+                extra = [(b"x-request-id", request_id.encode())]
+                await send_error(send, GatewayError(ErrorType.INTERNAL_ERROR), request_id, extra)
 
     async def _authenticate(self, scope: Scope) -> Principal:
         token = bearer_credential(header(scope, b"authorization"))
@@ -345,7 +350,11 @@ class Gateway:
         raise failure.error
 
     def _headers(self, window: WindowStatus | None, overhead_ms: float, content_type: bytes) -> Headers:
-        headers: Headers = [(b"content-type", content_type), (b"x-keyrelay-overhead-ms", f"{overhead_ms:.3f}".encode())]
+        headers: Headers = [
+            (b"content-type", content_type),
+            (b"x-keyrelay-overhead-ms", f"{overhead_ms:.3f}".encode()),
+            (b"x-request-id", (request_id_var.get() or "").encode()),
+        ]
         if window is not None:
             headers += [
                 (b"x-ratelimit-limit-requests", str(window.limit).encode()),

@@ -62,6 +62,11 @@ class Origin:
         return (host if self.port == default else f"{host}:{self.port}").encode("idna")
 
 
+def _expire(future: asyncio.Future[None], message: str) -> None:
+    if not future.done():
+        future.set_exception(UpstreamTimeoutError(message))
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; parses one response at a time."""
 
@@ -152,13 +157,13 @@ class _Connection(asyncio.Protocol):
                 return None
             if self.closed:
                 raise UpstreamConnectionError("upstream closed the connection mid-response")
-            self._waiter = self._loop.create_future()
+            waiter = self._waiter = self._loop.create_future()
+            # A timer handle, not asyncio.timeout(): this runs for every chunk and costs far less.
+            timer = self._loop.call_later(timeout, _expire, waiter, "upstream read timed out")
             try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            except TimeoutError:
-                raise UpstreamTimeoutError("upstream read timed out") from None
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         # Hand over everything that has arrived in one piece: fewer, larger writes to the client
         # cost less than one write per network read, and add no latency.
@@ -280,17 +285,20 @@ class UpstreamPool:
             if conn is None:
                 conn = await self._connect(origin, connect_timeout)
             conn.start(message)
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(read_timeout, _expire, conn.headers_done, "upstream did not answer in time")
             try:
-                async with asyncio.timeout(read_timeout):
-                    await conn.headers_done
-            except TimeoutError:
+                await conn.headers_done
+            except UpstreamTimeoutError:
                 conn.abort()
-                raise UpstreamTimeoutError("upstream did not answer in time") from None
+                raise
             except UpstreamConnectionError:
                 conn.abort()
                 if stale_candidate and not conn.got_bytes and attempt == 0:
                     continue
                 raise
+            finally:
+                timer.cancel()
             return UpstreamResponse(self, origin, conn, read_timeout)
         raise AssertionError("unreachable")
 

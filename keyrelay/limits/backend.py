@@ -17,12 +17,14 @@ from typing import Literal, Protocol
 from keyrelay.errors import ErrorType, GatewayError
 
 SpendScope = Literal["account", "group", "key"]
+# The value objects below are created for every request: plain slotted dataclasses (a frozen one
+# pays object.__setattr__ per field in __init__). Treat them as immutable all the same.
 # A reservation whose request never settles (its process died) is released after this long; it must
 # outlast the longest request, so it is generous.
 RESERVATION_TTL_S = 3 * 3600
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpendLevel:
     """One spend counter with a cap: the account balance, the group quota or the key limit.
 
@@ -50,7 +52,7 @@ class SpendLevel:
         return f"{self.scope}:{self.ident}:{self.counter}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestWindow:
     """A sliding request window: at most ``limit`` requests in any ``seconds``."""
 
@@ -59,7 +61,7 @@ class RequestWindow:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AdmissionRequest:
     """Everything one admission checks and reserves."""
 
@@ -74,7 +76,7 @@ class AdmissionRequest:
     max_concurrent: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowStatus:
     """The tightest request window after admission, for the ``x-ratelimit-*`` headers."""
 
@@ -83,7 +85,7 @@ class WindowStatus:
     reset_s: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reservation:
     """What an admission holds until it is settled."""
 
@@ -96,7 +98,7 @@ class Reservation:
     concurrent: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admission:
     """An admitted request: its reservation and the tightest window."""
 

@@ -32,7 +32,7 @@ class _Spend:
 
 @dataclass(slots=True)
 class _KeyState:
-    windows: dict[str, dict[int, int]] = field(default_factory=dict)
+    windows: dict[str, w.SlidingWindow] = field(default_factory=dict)
     in_flight: int = 0
     last_seen: float = 0.0
 
@@ -44,7 +44,6 @@ class MemoryLimits:
         self._spend: dict[str, _Spend] = {}
         self._keys: dict[str, _KeyState] = {}
         self._ids = itertools.count(1)
-        self._admissions = 0
 
     def _level(self, level: SpendLevel, now: float) -> _Spend:
         state = self._spend.get(level.name)
@@ -61,26 +60,24 @@ class MemoryLimits:
         """Check everything, then reserve everything (no await in between)."""
         precheck(request)
         now = request.now
-        self._admissions += 1
-        if self._admissions % 10_000 == 0:
-            self._prune(now)
         levels = self._check_spend(request)
         key = self._keys.get(request.key_hash)
         if key is None:
             key = self._keys[request.key_hash] = _KeyState()
         key.last_seen = now
         counted, tightest = self._check_windows(request, key)
-        tpm_bucket = self._check_tpm(request, key)
+        tpm = self._check_tpm(request, key)
         if request.max_concurrent and key.in_flight >= request.max_concurrent:
             raise window_refusal("max_concurrent", request.max_concurrent, 1.0)
         # Every check passed: apply every change.
         for state in levels:
             state.reserved += request.cost_micros
-        for buckets, current in counted:
-            buckets[current] = buckets.get(current, 0) + 1
-        if tpm_bucket is not None:
-            tpm_windows = key.windows["tpm"]
-            tpm_windows[tpm_bucket] = tpm_windows.get(tpm_bucket, 0) + request.max_tokens
+        for window in counted:
+            window.add(now, 1)
+        tpm_bucket: int | None = None
+        if tpm is not None:
+            tpm.add(now, request.max_tokens)
+            tpm_bucket = tpm.bucket(now)
         if request.max_concurrent:
             key.in_flight += 1
         reservation = Reservation(
@@ -98,7 +95,7 @@ class MemoryLimits:
         cost = request.cost_micros
         states = []
         for level in request.spend:
-            state = self._level(level, request.now)
+            state = self._spend.get(level.name) or self._level(level, request.now)
             if state.spent + state.reserved + cost > level.cap_micros:
                 left = max(0, level.cap_micros - state.spent - state.reserved)
                 raise spend_refusal(level, left, cost, level.resets_in_s)
@@ -107,35 +104,35 @@ class MemoryLimits:
 
     def _check_windows(
         self, request: AdmissionRequest, key: _KeyState
-    ) -> tuple[list[tuple[dict[int, int], int]], WindowStatus | None]:
+    ) -> tuple[list[w.SlidingWindow], WindowStatus | None]:
         now = request.now
-        tightest: WindowStatus | None = None
-        counted: list[tuple[dict[int, int], int]] = []
-        for window in request.windows:
-            buckets = key.windows.setdefault(window.name, {})
-            current = w.bucket_of(now, window.seconds)
-            w.prune(buckets, current)
-            used = w.live(buckets, current)
-            if used + 1 > window.limit:
-                wait = w.retry_after(buckets, current, window.seconds, now, window.limit, 1)
-                raise window_refusal(window.name, window.limit, wait)
-            reset = w.retry_after(buckets, current, window.seconds, now, window.limit, window.limit - used + 1)
-            status = WindowStatus(limit=window.limit, remaining=window.limit - used - 1, reset_s=reset)
-            if tightest is None or status.remaining < tightest.remaining:
-                tightest = status
-            counted.append((buckets, current))
-        return counted, tightest
+        tightest: tuple[int, int, w.SlidingWindow] | None = None
+        counted: list[w.SlidingWindow] = []
+        for spec in request.windows:
+            window = key.windows.get(spec.name)
+            if window is None:
+                window = key.windows[spec.name] = w.SlidingWindow(spec.seconds)
+            used = window.used(now)
+            if used + 1 > spec.limit:
+                raise window_refusal(spec.name, spec.limit, window.retry_after(now, spec.limit, 1))
+            remaining = spec.limit - used - 1
+            if tightest is None or remaining < tightest[1]:
+                tightest = (spec.limit, remaining, window)
+            counted.append(window)
+        if tightest is None:
+            return counted, None
+        limit, remaining, window = tightest
+        return counted, WindowStatus(limit=limit, remaining=remaining, reset_s=window.next_expiry(now))
 
-    def _check_tpm(self, request: AdmissionRequest, key: _KeyState) -> int | None:
+    def _check_tpm(self, request: AdmissionRequest, key: _KeyState) -> w.SlidingWindow | None:
         if not request.tpm:
             return None
-        buckets = key.windows.setdefault("tpm", {})
-        bucket = w.bucket_of(request.now, 60)
-        w.prune(buckets, bucket)
-        if w.live(buckets, bucket) + request.max_tokens > request.tpm:
-            wait = w.retry_after(buckets, bucket, 60, request.now, request.tpm, request.max_tokens)
-            raise window_refusal("tpm", request.tpm, wait)
-        return bucket
+        window = key.windows.get("tpm")
+        if window is None:
+            window = key.windows["tpm"] = w.SlidingWindow(w.WINDOW_SECONDS["tpm"])
+        if window.used(request.now) + request.max_tokens > request.tpm:
+            raise window_refusal("tpm", request.tpm, window.retry_after(request.now, request.tpm, request.max_tokens))
+        return window
 
     async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float) -> None:
         """Release the reservation and count the actual cost and tokens."""
@@ -148,11 +145,9 @@ class MemoryLimits:
         if key is None:
             return
         if reservation.tpm_bucket is not None:
-            buckets = key.windows.get("tpm", {})
-            if reservation.tpm_bucket in buckets:
-                buckets[reservation.tpm_bucket] = max(
-                    0, buckets[reservation.tpm_bucket] - reservation.max_tokens + tokens
-                )
+            window = key.windows.get("tpm")
+            if window is not None:
+                window.adjust(reservation.tpm_bucket, tokens - reservation.max_tokens)
         if reservation.concurrent:
             key.in_flight = max(0, key.in_flight - 1)
 

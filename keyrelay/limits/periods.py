@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -12,10 +13,16 @@ def period_start(reset: str | None, now: datetime) -> datetime | None:
     Raises:
         ValueError: Unknown reset name.
     """
-    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if reset is None:
         return None
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return _start_of(reset, now.toordinal())
+
+
+@functools.lru_cache(maxsize=256)
+def _start_of(reset: str, day: int) -> datetime:
+    # Called for every request and every usage record: the answer only changes once a day.
+    midnight = datetime.fromordinal(day).replace(tzinfo=UTC)
     if reset == "daily":
         return midnight
     if reset == "weekly":

@@ -11,6 +11,7 @@ script mirrors them line by line).
 from __future__ import annotations
 
 import math
+from collections import deque
 
 BUCKETS = 60
 
@@ -57,3 +58,69 @@ def retry_after(buckets: dict[int, int], current: int, seconds: int, now: float,
         if freed >= excess:
             return max(0.0, (index + BUCKETS) * width(seconds) - now)
     return float(seconds)  # the weight alone exceeds the limit: it never fits
+
+
+class SlidingWindow:
+    """The same arithmetic as the functions above, kept incrementally: O(1) amortised per request.
+
+    Buckets live in a deque, oldest first, with a running total, so counting does not walk 60
+    buckets on every request. The in-process backend uses this; the functions above are the
+    specification it is tested against.
+    """
+
+    __slots__ = ("_buckets", "_seconds", "_total", "_width")
+
+    def __init__(self, seconds: int) -> None:
+        self._seconds = seconds
+        self._width = seconds / BUCKETS
+        self._buckets: deque[list[int]] = deque()  # [index, count], oldest first
+        self._total = 0
+
+    def _advance(self, current: int) -> None:
+        oldest = current - BUCKETS + 1
+        buckets = self._buckets
+        while buckets and buckets[0][0] < oldest:
+            self._total -= buckets.popleft()[1]
+
+    def used(self, now: float) -> int:
+        """What the window holds at ``now``."""
+        self._advance(math.floor(now / self._width))
+        return self._total
+
+    def add(self, now: float, weight: int) -> None:
+        """Count ``weight`` at ``now`` (call ``used`` first for the same ``now``)."""
+        current = math.floor(now / self._width)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == current:
+            buckets[-1][1] += weight
+        else:
+            buckets.append([current, weight])
+        self._total += weight
+
+    def adjust(self, bucket: int, delta: int) -> None:
+        """Correct an earlier ``add`` in ``bucket`` (tpm settlement), if it is still in the window."""
+        for entry in self._buckets:
+            if entry[0] == bucket:
+                entry[1] = max(0, entry[1] + delta)
+                self._total = sum(e[1] for e in self._buckets)
+                return
+
+    def retry_after(self, now: float, limit: int, weight: int) -> float:
+        """Seconds until ``weight`` more fit under ``limit``."""
+        excess = self._total + weight - limit
+        freed = 0
+        for index, count in self._buckets:
+            freed += count
+            if freed >= excess:
+                return max(0.0, (index + BUCKETS) * self._width - now)
+        return float(self._seconds)
+
+    def next_expiry(self, now: float) -> float:
+        """Seconds until the oldest counted bucket leaves the window (the whole window if empty)."""
+        if not self._buckets:
+            return float(self._seconds)
+        return max(0.0, (self._buckets[0][0] + BUCKETS) * self._width - now)
+
+    def bucket(self, now: float) -> int:
+        """The bucket index of ``now``."""
+        return math.floor(now / self._width)

@@ -23,7 +23,7 @@ from keyrelay.store.schema import accounts, groups, keys, usage_records
 log = logging.getLogger("keyrelay.usage")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UsageRecord:
     """One request's accounting line."""
 
@@ -151,7 +151,7 @@ class UsageWriter:
         values = [getattr(record, name) for name in _COLUMNS]
         if self._sqlite:
             # SQLAlchemy's SQLite DATETIME storage format (UTC, no offset), so reads round-trip.
-            values[1] = record.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            values[1] = record.created_at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
         return tuple(values)
 
     def pending_for_key(self, key_hash: str) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 
+import pytest
 from redis.asyncio import Redis
 
+from keyrelay.errors import GatewayError
 from keyrelay.limits.backend import AdmissionRequest, SpendLevel
 from keyrelay.limits.redis import RedisLimits
 from tests.unit.limits.conftest import drop_prefix, redis_client_or_skip
@@ -60,5 +62,23 @@ async def test_fail_open_spend_reaches_redis_later() -> None:
         assert await limits.spent(LEVEL) == 1700
     finally:
         await dead.aclose()
+        await drop_prefix(client, prefix)
+        await client.aclose()
+
+
+async def test_counters_survive_a_gateway_restart() -> None:
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    try:
+        before = RedisLimits(client, prefix=prefix)
+        admission = await before.admit(req(1, cost=6000))
+        await before.settle(admission.reservation, cost_micros=6000, tokens=0, now=0)
+        # A new process: a new backend object on the same Redis sees the same counters.
+        after = RedisLimits(client, prefix=prefix)
+        assert await after.spent(LEVEL) == 6000
+        await after.admit(req(2, cost=4000))
+        with pytest.raises(GatewayError):
+            await after.admit(req(3, cost=1))
+    finally:
         await drop_prefix(client, prefix)
         await client.aclose()
