@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Any
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING, Any
 
 from keyrelay.admin.app import create_admin_app
 from keyrelay.asgi import Receive, Scope, Send, header, limit_body, new_request_id, send_error, send_json
-from keyrelay.cache.fanout import RedisFanout
 from keyrelay.clock import Clock
 from keyrelay.config import Settings, load_settings
 from keyrelay.errors import ErrorType, GatewayError
@@ -23,6 +20,9 @@ from keyrelay.metrics import Metrics
 from keyrelay.routing.table import RouteTable
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.usage.writer import UsageWriter
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("keyrelay.app")
 _ADMIN_PREFIXES = ("/api/", "/openapi.json")
@@ -52,6 +52,8 @@ class KeyrelayApp:
         self.limits = build_limits(self.settings, self.redis)
         runtime.tasks.every(1.0, self.limits.maintain, name="limits-maintenance")
         if self.redis is not None:
+            from keyrelay.cache.fanout import RedisFanout  # only with Redis: see limits/factory.py
+
             fanout = RedisFanout(self.redis, runtime.cache, prefix=self.settings.redis_prefix)
             runtime.cache.on_invalidate = fanout.publish
             runtime.tasks.spawn(fanout.run(), name="cache-fanout")
