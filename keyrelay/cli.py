@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from keyrelay.config import ConfigError, Settings, load_settings
 from keyrelay.errors import GatewayError
 from keyrelay.keys.format import KeyType
-from keyrelay.keys.spec import KeyCreate, KeyUpdate, micros_to_usd
+from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate, micros_to_usd
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.store.engine import UnsupportedDatabaseError
@@ -328,16 +328,23 @@ def keys_list(ctx: click.Context, email: str | None) -> None:
 @click.option("--ip-allowlist", help="Comma-separated CIDRs.")
 @click.option("--ip-denylist", help="Comma-separated CIDRs.")
 @click.option("--rpm", type=int, help="Requests per minute.")
+@click.option("--per-5h", type=int, help="Requests per 5 hours.")
+@click.option("--per-1d", type=int, help="Requests per day.")
+@click.option("--per-7d", type=int, help="Requests per 7 days.")
+@click.option("--tpm", type=int, help="Tokens per minute.")
+@click.option("--max-concurrent", type=int, help="Requests in flight.")
+@click.option("--region", help="Pin the key to providers of this region.")
 @click.pass_context
 @friendly
 def keys_create(ctx: click.Context, email: str, **fields: Any) -> None:
-    """Create an API key (printed once)."""
-    values: dict[str, Any] = {k: v for k, v in fields.items() if v is not None and k != "rpm"}
+    """Create an API key (printed once). Limits left out inherit the group's defaults."""
+    rates = {name: fields.pop(name) for name in RATE_FIELDS if fields.get(name) is not None}
+    values: dict[str, Any] = {k: v for k, v in fields.items() if v is not None and k not in RATE_FIELDS}
     for name in ("allowed_models", "allowed_providers", "ip_allowlist", "ip_denylist"):
         if name in values:
             values[name] = _csv(values[name])
-    if fields.get("rpm") is not None:
-        values["rate_limits"] = {"rpm": fields["rpm"]}
+    if rates:
+        values["rate_limits"] = rates
     spec = KeyCreate(**values)
 
     async def job(rt: Runtime) -> tuple[str, str, tuple[str, ...]]:

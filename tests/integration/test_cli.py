@@ -16,6 +16,7 @@ import httpx
 from keyrelay.config import Settings
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
+from keyrelay.runtime import open_runtime
 from keyrelay.testing.server import RunningServer, running_server
 
 KEY_SHAPE = re.compile(r"^kr_live_[A-Za-z0-9_-]{43}$")
@@ -261,3 +262,28 @@ async def test_unusable_database_is_a_friendly_error(tmp_path: Path) -> None:
     assert unsupported.code == 2 and "mysql" in unsupported.one_line_error()
     assert garbage.code == 2 and "database URL" in garbage.one_line_error()
     assert not (tmp_path / "no").exists()
+
+
+async def test_keys_create_sets_every_limit_flag(database_url: str, tmp_path: Path) -> None:
+    ok(await cli(database_url, "admin", "create-account", "flags@example.com", cwd=tmp_path))
+    plaintext = ok(
+        await cli(
+            database_url,
+            "keys", "create", "--account", "flags@example.com", "--name", "flagged",
+            "--limit", "2.5", "--limit-reset", "weekly", "--rpm", "5", "--per-5h", "50", "--per-1d", "100",
+            "--per-7d", "500", "--tpm", "1000", "--max-concurrent", "2", "--region", "eu",
+            cwd=tmp_path,
+        )
+    )  # fmt: skip
+    runtime = await open_runtime(Settings(database_url=database_url))
+    try:
+        record = await runtime.keys.get(key_hash=sha256(plaintext))
+    finally:
+        await runtime.close()
+    assert record is not None
+    assert (record.rpm, record.per_5h, record.per_1d, record.per_7d) == (5, 50, 100, 500)
+    assert (record.tpm, record.max_concurrent, record.region) == (1000, 2, "eu")
+    assert (record.limit_micros, record.limit_reset) == (2_500_000, "weekly")
+    bad = await cli(database_url, "keys", "create", "--account", "flags@example.com", "--name", "x", "--tpm", "-1",
+                    cwd=tmp_path)  # fmt: skip
+    assert bad.code == 2 and "rate_limits.tpm" in bad.one_line_error()
