@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -82,13 +83,32 @@ def _with_runtime(ctx: click.Context, job: Callable[[Runtime], Awaitable[T]]) ->
     settings = _settings(ctx)
 
     async def run() -> T:
-        runtime = await open_runtime(settings)
+        try:
+            runtime = await open_runtime(settings)
+        except BaseException:
+            await _let_sqlite_threads_finish()
+            raise
         try:
             return await job(runtime)
         finally:
             await runtime.close()
 
     return asyncio.run(run())
+
+
+async def _let_sqlite_threads_finish(timeout: float = 2.0) -> None:
+    """Wait (briefly) for aiosqlite worker threads to stop after a failed connect.
+
+    aiosqlite stops the thread of a connection that failed to open without waiting for it; if the
+    event loop closes first, that thread dies with a traceback on stderr. A friendly one-line error
+    should not be followed by one.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and any(
+        "_connection_worker_thread" in thread.name for thread in threading.enumerate()
+    ):
+        await asyncio.sleep(0.01)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

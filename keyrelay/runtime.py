@@ -57,7 +57,13 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrat
     clock = clock or SystemClock()
     engine = create_engine(settings.database_url)
     if migrate:
-        await upgrade_to_head(engine)
+        try:
+            await upgrade_to_head(engine)
+        except BaseException:
+            # Close the pool (and aiosqlite's worker thread) before the error travels up, so a CLI
+            # that exits on it leaves no thread to die noisily at interpreter shutdown.
+            await engine.dispose()
+            raise
     keys = KeyRepository(engine)
     accounts = AccountRepository(engine)
     groups = GroupRepository(engine)
