@@ -417,18 +417,21 @@ def keys_rotate(ctx: click.Context, key_hash: str, grace_seconds: int) -> None:
     click.echo("store this key now: it is not shown again", err=True)
 
 
+def _set_disabled(ctx: click.Context, key_hash: str, disabled: bool) -> None:
+    async def action(rt: Runtime, record: Any) -> None:
+        await rt.key_service.update(record=record, spec=KeyUpdate(disabled=disabled))
+
+    _with_runtime(ctx, _key_job(key_hash, action))
+    _out(f"{'disabled' if disabled else 'enabled'} {key_hash}")
+
+
 @keys.command("disable")
 @click.argument("key_hash")
 @click.pass_context
 @friendly
 def keys_disable(ctx: click.Context, key_hash: str) -> None:
     """Disable an API key (reversible with keys enable)."""
-
-    async def action(rt: Runtime, record: Any) -> None:
-        await rt.key_service.update(record=record, spec=KeyUpdate(disabled=True))
-
-    _with_runtime(ctx, _key_job(key_hash, action))
-    _out(f"disabled {key_hash}")
+    _set_disabled(ctx, key_hash, True)
 
 
 @keys.command("enable")
@@ -437,12 +440,7 @@ def keys_disable(ctx: click.Context, key_hash: str) -> None:
 @friendly
 def keys_enable(ctx: click.Context, key_hash: str) -> None:
     """Re-enable a disabled API key."""
-
-    async def action(rt: Runtime, record: Any) -> None:
-        await rt.key_service.update(record=record, spec=KeyUpdate(disabled=False))
-
-    _with_runtime(ctx, _key_job(key_hash, action))
-    _out(f"enabled {key_hash}")
+    _set_disabled(ctx, key_hash, False)
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
-from keyrelay.keys.format import KeyType
-from keyrelay.keys.spec import KeyCreate, KeyUpdate
-from keyrelay.services.inputs import AccountCreate, AccountUpdate
+from keyrelay.keys.spec import KeyUpdate
+from keyrelay.services.inputs import AccountUpdate
 from keyrelay.testing.server import RunningServer
+from tests.conftest import make_management_key
 
 KEY_SHAPE = re.compile(r"^kr_live_[A-Za-z0-9_-]{43}$")
 MGMT_SHAPE = re.compile(r"^kr_mgmt_[A-Za-z0-9_-]{43}$")
@@ -87,21 +87,10 @@ async def client(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def _management_key(server: RunningServer, email: str, *, admin: bool = False) -> str:
-    rt = server.runtime
-    account = await rt.accounts.get_by_email(email=email)
-    if account is None:
-        account = await rt.account_service.create_account(AccountCreate(email=email))
-    issued = await rt.key_service.create(
-        account=account, spec=KeyCreate(name=f"mgmt-{email}"), key_type=KeyType.MANAGEMENT, is_admin=admin
-    )
-    return issued.plaintext
-
-
 @pytest.fixture
 async def bob_key(server: RunningServer) -> str:
     """A non-admin management key of bob@example.com."""
-    return await _management_key(server, "bob@example.com")
+    return await make_management_key(server, "bob@example.com")
 
 
 def auth(key: str) -> dict[str, str]:
@@ -825,7 +814,7 @@ async def test_rotate(client: httpx.AsyncClient, server: RunningServer, mgmt_key
 
 async def test_rotated_management_key_grace_through_http(client: httpx.AsyncClient, server: RunningServer) -> None:
     rt = server.runtime
-    old = await _management_key(server, "carol@example.com")
+    old = await make_management_key(server, "carol@example.com")
     assert (await client.get("/api/v1/keys", headers=auth(old))).status_code == 200
     record = await rt.keys.get(key_hash=sha256(old))
     assert record is not None
