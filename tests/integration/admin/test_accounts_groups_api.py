@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from keyrelay.errors import ErrorType
 from keyrelay.keys.policy import effective_policy
 from keyrelay.store.records import KeyRecord
 from keyrelay.testing.server import RunningServer
@@ -31,7 +32,7 @@ def assert_error(r: httpx.Response, status: int, error_type: str, param: object 
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["type"] == error_type, r.text
-    assert err["code"] == status
+    assert err["code"] == ErrorType[error_type].code
     assert err["request_id"] == r.headers["x-request-id"]
     if param is not _ABSENT:
         assert err.get("param") == param, r.text

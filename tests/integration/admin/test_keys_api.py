@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
+from keyrelay.errors import ErrorType
 from keyrelay.keys.spec import KeyUpdate
 from keyrelay.services.inputs import AccountUpdate
 from keyrelay.testing.server import RunningServer
@@ -72,7 +73,8 @@ async def _check_response(response: httpx.Response) -> None:
     if response.status_code >= 400:
         await response.aread()
         err = response.json()["error"]
-        assert err["code"] == response.status_code
+        assert err["code"] == ErrorType[err["type"]].code
+        assert ErrorType[err["type"]].status == response.status_code or err["type"] == "UPSTREAM_ERROR"
         assert err["request_id"] == rid
         assert isinstance(err["message"], str) and err["message"]
         assert set(err) <= {"message", "type", "code", "param", "request_id", "metadata"}

@@ -14,6 +14,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from keyrelay.errors import ErrorType
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.records import AccountRecord
 from keyrelay.store.schema import usage_records
@@ -52,7 +53,7 @@ def assert_error(
     assert response.headers["content-type"].startswith("application/json")
     err: dict[str, Any] = response.json()["error"]
     assert err["type"] == error_type, err
-    assert err["code"] == status
+    assert err["code"] == ErrorType[error_type].code  # OpenAI's string code where one fits
     assert isinstance(err["message"], str) and err["message"]
     request_id = response.headers["x-request-id"]
     assert request_id.startswith("req_")

@@ -172,7 +172,7 @@ async def test_cut_stream_bills_partial_usage(server: RunningServer, client: htt
     events = sse_events(r.text)
     assert "[DONE]" not in events
     error = orjson.loads(events[-1])["error"]
-    assert error["type"] == "UPSTREAM_ERROR" and error["code"] == 502
+    assert error["type"] == "UPSTREAM_ERROR" and error["code"] == "upstream_error"
     content = "".join(orjson.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert content == "This is a "
     [row] = await usage_rows(server, r.headers["x-request-id"])
