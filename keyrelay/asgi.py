@@ -49,11 +49,13 @@ async def send_error(send: Send, err: GatewayError, request_id: str | None, extr
     headers: Headers = list(extra or [])
     if err.retry_after is not None:
         headers.append((b"retry-after", str(max(1, math.ceil(err.retry_after))).encode()))
+    if err.allow is not None:
+        headers.append((b"allow", err.allow.encode()))
     await send_json(send, err.status, err.to_body(request_id), headers)
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
-    """First value of a request header (name in lowercase)."""
+    """First value of a request header (name in lowercase); for a header that may repeat, see ``client_ip``."""
     for key, value in scope["headers"]:
         if key == name:
             return bytes(value)

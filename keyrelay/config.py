@@ -80,7 +80,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
-    trusted_proxies: str = Field(default="", description="Comma-separated CIDRs whose X-Forwarded-For is honoured.")
+    trusted_proxies: str = Field(default="", description="Comma-separated CIDRs whose forwarding header is honoured.")
+    trusted_proxy_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        default="x-forwarded-for", description="The header the trusted proxies maintain (the other one is ignored)."
+    )
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     cache_poll_interval_s: float = Field(default=1.0, gt=0)
     usage_flush_interval_s: float = Field(default=1.0, gt=0)

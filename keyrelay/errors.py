@@ -68,6 +68,7 @@ class GatewayError(Exception):
         retry_after: Seconds after which a retry may succeed (sets ``Retry-After``).
         status: Overrides the status for the few types that span several (502/503 upstream).
         code: Overrides ``error.code``, e.g. with an upstream's own code (``context_length_exceeded``).
+        allow: The methods a path accepts, for METHOD_NOT_ALLOWED (sent as ``Allow``, RFC 9110 §15.5.6).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class GatewayError(Exception):
         retry_after: float | None = None,
         status: int | None = None,
         code: str | None = None,
+        allow: str | None = None,
     ) -> None:
         self.error_type = error_type
         self.message = message or error_type.default_message
@@ -88,6 +90,7 @@ class GatewayError(Exception):
         self.retry_after = retry_after
         self.status = status or error_type.status
         self.code = code or error_type.code
+        self.allow = allow
         super().__init__(self.message)
 
     def to_body(self, request_id: str | None = None) -> dict[str, object]:

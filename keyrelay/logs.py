@@ -11,13 +11,51 @@ from datetime import UTC, datetime
 import orjson
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
-# Anything shaped like a keyrelay key, or a bearer token, is masked before a line is written.
-_SECRET = re.compile(r"(kr_(?:live|mgmt)_)[A-Za-z0-9_-]{8,}|(Bearer\s+)[^\s\"']+", re.IGNORECASE)
+# Anything shaped like a keyrelay key, a bearer token or a provider key is masked before a line is written
+# (and in upstream text relayed to clients): OpenAI and Anthropic ``sk-``, Groq ``gsk_``, xAI ``xai-``,
+# Google ``AIza`` keys, as their consoles issue them.
+_SECRET = re.compile(
+    r"(kr_(?:live|mgmt)_)[A-Za-z0-9_-]{8,}"
+    r"|((?:Bearer|Basic)\s+)[^\s\"',}]+"
+    r"|\b((?:sk|rk|pk|gsk|xai)[-_])[A-Za-z0-9_*.\-]{8,}"
+    r"|\b(AIza)[0-9A-Za-z_\-]{20,}",
+    re.IGNORECASE,
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    return next(g for g in match.groups() if g is not None) + "[REDACTED]"
 
 
 def redact(text: str) -> str:
-    """Mask key material in free text."""
-    return _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "[REDACTED]", text)
+    """Mask key material in free text (keyrelay keys, bearer tokens, provider-shaped keys)."""
+    return _SECRET.sub(_mask, text)
+
+
+class SecretScrubber:
+    """Removes known provider secrets, and anything shaped like a key, from text an upstream sent.
+
+    An upstream may echo the credential keyrelay sent it (``Incorrect API key provided: Bearer sk-...``);
+    that text must reach neither the client nor the logs. Besides the exact secrets, a run that starts
+    with the first 12 characters of one (a partly masked echo) is removed.
+    """
+
+    def __init__(self, secrets: list[str]) -> None:
+        known = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
+        parts = [re.escape(s) for s in known] + [re.escape(s[:12]) + r"[^\s\"',}]*" for s in known if len(s) > 12]
+        self._known = re.compile("|".join(parts)) if parts else None
+
+    def text(self, text: str) -> str:
+        """``text`` without secrets."""
+        if self._known is not None:
+            text = self._known.sub("[REDACTED]", text)
+        return redact(text)
+
+    def data(self, data: bytes) -> bytes:
+        """UTF-8 ``data`` without secrets (the same bytes when there is none)."""
+        text = data.decode("utf-8", "replace")
+        clean = self.text(text)
+        return data if clean == text else clean.encode()
 
 
 class RedactingFormatter(logging.Formatter):

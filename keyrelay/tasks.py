@@ -68,6 +68,8 @@ class DisconnectWatch:
         self._owner = asyncio.current_task()
         self._task: asyncio.Task[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(delay, self._start)
+        self._stopped = False
+        self.fired = False  # the owner was cancelled because the client disconnected
 
     def _start(self) -> None:
         self._task = asyncio.create_task(self._watch(), name="disconnect-watch")
@@ -76,12 +78,14 @@ class DisconnectWatch:
         while True:
             message = await self._receive()
             if message.get("type") == "http.disconnect":
-                if self._owner is not None:
+                if self._owner is not None and not self._stopped:
+                    self.fired = True
                     self._owner.cancel()
                 return
 
     def stop(self) -> None:
-        """Stop watching."""
+        """Stop watching; from now on a disconnect cancels nothing."""
+        self._stopped = True
         self._timer.cancel()
         if self._task is not None:
             self._task.cancel()

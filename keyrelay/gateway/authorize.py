@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from datetime import datetime
 
 from keyrelay.cache.keycache import Principal
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.routing.table import Channel
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parse_ip(text: str | None) -> IPAddress | None:
-    """An IP address, with IPv4-mapped IPv6 unwrapped; None when unparseable."""
-    if not text:
-        return None
-    return _parse_ip(text)
-
-
-@functools.lru_cache(maxsize=8192)
-def _parse_ip(text: str) -> IPAddress | None:
-    # Clients come back from the same few addresses; ip_address() costs microseconds each time.
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+from keyrelay.gateway.client_ip import IPAddress
+from keyrelay.routing.table import Channel, RouteTable
 
 
 def authorize_key(principal: Principal, client_ip: IPAddress | None, now: datetime) -> None:
@@ -57,32 +35,37 @@ def authorize_key(principal: Principal, client_ip: IPAddress | None, now: dateti
             raise GatewayError(ErrorType.ACCESS_DENIED, f"Requests from {client_ip} are not allowed for this key.")
 
 
-def _names(rule: frozenset[str] | None, channel: Channel) -> bool:
-    return rule is None or channel.model in rule or channel.qualified_name in rule
+def _admits(rule: frozenset[str] | None, channel: Channel, routes: RouteTable) -> bool:
+    # An entry admits exactly the channels its name resolves to (RouteTable.resolve), nothing else.
+    return rule is None or channel.qualified_name in routes.whitelisted(rule)
 
 
-def channel_allowed(principal: Principal, channel: Channel) -> bool:
+def channel_allowed(principal: Principal, channel: Channel, routes: RouteTable) -> bool:
     """Whether the key's model, provider and region rules admit this channel."""
     policy = principal.policy
-    if not (_names(policy.allowed_models, channel) and _names(policy.model_ceiling, channel)):
+    if not (_admits(policy.allowed_models, channel, routes) and _admits(policy.model_ceiling, channel, routes)):
         return False
     if policy.allowed_providers is not None and channel.provider not in policy.allowed_providers:
         return False
     return policy.region is None or channel.region == policy.region
 
 
-def allowed_channels(principal: Principal, requested: str, channels: tuple[Channel, ...]) -> tuple[Channel, ...]:
+def allowed_channels(
+    principal: Principal, requested: str, channels: tuple[Channel, ...], routes: RouteTable
+) -> tuple[Channel, ...]:
     """The channels this key may use for the requested model.
 
     Raises:
         GatewayError: ACCESS_DENIED naming the rule when no channel is allowed.
     """
-    allowed = tuple(c for c in channels if channel_allowed(principal, c))
+    allowed = tuple(c for c in channels if channel_allowed(principal, c, routes))
     if allowed:
         return allowed
     policy = principal.policy
     channel = channels[0]
-    if not any(_names(policy.allowed_models, c) and _names(policy.model_ceiling, c) for c in channels):
+    if not any(
+        _admits(policy.allowed_models, c, routes) and _admits(policy.model_ceiling, c, routes) for c in channels
+    ):
         raise GatewayError(ErrorType.ACCESS_DENIED, f"This key may not use model {requested!r}.")
     if policy.allowed_providers is not None and not any(c.provider in policy.allowed_providers for c in channels):
         raise GatewayError(ErrorType.ACCESS_DENIED, f"This key may not use provider {channel.provider!r}.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
+
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.routing.table import Channel
 
@@ -26,8 +28,12 @@ def upstream_headers(channel: Channel, stream: bool) -> dict[str, str]:
     return headers
 
 
-def classify_status(status: int, retry_after: str | None, message: str) -> UpstreamFailure:
-    """Map an upstream error status to the client-facing error and whether another channel may help."""
+def classify_status(status: int, retry_after: str | None, message: str, code: str | None = None) -> UpstreamFailure:
+    """Map an upstream error status to the client-facing error and whether another channel may help.
+
+    ``message`` must already be scrubbed of secrets (``SecretScrubber``); ``code`` is the upstream's own
+    ``error.code`` string (e.g. ``context_length_exceeded``), passed on for the client's refusals.
+    """
     safe = message[:500]
     if status == 429:
         seconds = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
@@ -39,10 +45,15 @@ def classify_status(status: int, retry_after: str | None, message: str) -> Upstr
         err = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream rejected the gateway's provider credentials.")
         return UpstreamFailure(err, True)
     if status >= 500 or status in RETRYABLE_STATUSES:
-        code = 503 if status == 503 else 502
-        err = GatewayError(ErrorType.UPSTREAM_ERROR, f"The upstream failed with HTTP {status}: {safe}", status=code)
+        err = GatewayError(
+            ErrorType.UPSTREAM_ERROR,
+            f"The upstream failed with HTTP {status}: {safe}",
+            status=503 if status == 503 else 502,
+        )
         return UpstreamFailure(err, True)
-    err = GatewayError(ErrorType.INVALID_REQUEST, f"The upstream refused the request (HTTP {status}): {safe}")
+    err = GatewayError(
+        ErrorType.INVALID_REQUEST, f"The upstream refused the request (HTTP {status}): {safe}", code=code
+    )
     return UpstreamFailure(err, False)
 
 
@@ -55,13 +66,17 @@ def classify_exception(exc: BaseException) -> UpstreamFailure:
     )
 
 
-def upstream_error_message(body: bytes) -> str:
-    """The upstream's own error message, if its body is OpenAI-shaped (never its headers or credentials)."""
-    import orjson
+def upstream_error(body: bytes) -> tuple[str, str | None]:
+    """The upstream's own error message and ``error.code`` string, if its body is OpenAI-shaped.
 
+    The message is raw upstream text: scrub it before it goes anywhere.
+    """
     try:
         data = orjson.loads(body)
-        message = data["error"]["message"]
-        return str(message)
-    except Exception:
-        return body[:200].decode("utf-8", "replace")
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace"), None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return body[:200].decode("utf-8", "replace"), None
+    code = error.get("code")
+    return str(error.get("message", ""))[:500], code if isinstance(code, str) and code.isidentifier() else None

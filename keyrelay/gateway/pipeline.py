@@ -20,15 +20,24 @@ from keyrelay.cache.keycache import KeyCache, Principal
 from keyrelay.clock import Clock
 from keyrelay.config import Settings
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.gateway.admit import Pending, admission_request, spend_levels
-from keyrelay.gateway.authorize import IPAddress, allowed_channels, authorize_key, channel_allowed, parse_ip
+from keyrelay.gateway.admit import Pending, admission_request
+from keyrelay.gateway.authorize import allowed_channels, authorize_key
+from keyrelay.gateway.client_ip import (
+    IPAddress,
+    client_address,
+    forwarded_for_hops,
+    joined_header,
+    parse_ip,
+    x_forwarded_for_hops,
+)
 from keyrelay.gateway.forward import (
     UpstreamFailure,
     classify_exception,
     classify_status,
-    upstream_error_message,
+    upstream_error,
     upstream_headers,
 )
+from keyrelay.gateway.key_view import key_info, list_models, model_not_found, retrieve_model
 from keyrelay.gateway.pricing import cost_micros
 from keyrelay.gateway.upstream_client import (
     Origin,
@@ -40,28 +49,43 @@ from keyrelay.gateway.upstream_client import (
 )
 from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
-from keyrelay.keys.spec import micros_to_usd
 from keyrelay.limits.backend import LimitsBackend, Reservation, WindowStatus
-from keyrelay.logs import request_id_var
+from keyrelay.logs import SecretScrubber, request_id_var
 from keyrelay.metrics import Metrics
-from keyrelay.protocols.openai import (
-    InboundRequest,
-    Operation,
-    StreamRelay,
-    Usage,
-    bearer_credential,
-    decode_request,
-    estimate_tokens,
-    response_usage,
-    upstream_body,
-)
+from keyrelay.protocols.openai import InboundRequest, Operation, bearer_credential, decode_request, upstream_body
+from keyrelay.protocols.openai_stream import StreamRelay, Usage, estimate_tokens, response_usage
 from keyrelay.routing.table import Channel, RouteTable
 from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch
 from keyrelay.usage.writer import UsageRecord, UsageWriter
 
 log = logging.getLogger("keyrelay.gateway")
-_POST_ROUTES = {"/v1/chat/completions": Operation.CHAT, "/v1/embeddings": Operation.EMBEDDINGS}
+# path → (the one method it accepts, the LLM operation it performs, or None for a read of the key's view)
+_ROUTES: dict[str, tuple[str, Operation | None]] = {
+    "/v1/chat/completions": ("POST", Operation.CHAT),
+    "/v1/embeddings": ("POST", Operation.EMBEDDINGS),
+    "/v1/models": ("GET", None),
+    "/v1/key": ("GET", None),
+}
+_MODEL_PREFIX = "/v1/models/"
+
+
+def route(method: str, path: str) -> Operation | None:
+    """The operation of a /v1 path; None for the GET routes.
+
+    Raises:
+        GatewayError: NOT_FOUND naming the path when there is no such route (whatever the method);
+            METHOD_NOT_ALLOWED with ``Allow`` for a known path and another method.
+    """
+    entry = _ROUTES.get(path)
+    if entry is None and path.startswith(_MODEL_PREFIX) and len(path) > len(_MODEL_PREFIX):
+        entry = ("GET", None)
+    if entry is None:
+        raise GatewayError(ErrorType.NOT_FOUND, f"No such endpoint: {path}. See the README for the /v1 routes.")
+    allowed, operation = entry
+    if method != allowed:
+        raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use {allowed} for {path}.", allow=allowed)
+    return operation
 
 
 @dataclass(slots=True)
@@ -74,6 +98,7 @@ class Outcome:
     usage: Usage | None = None
     ttft_ms: int | None = None
     upstream_s: float = 0.0
+    overhead_s: float | None = None  # keyrelay's own time before the first byte: the header and the metric
     settled: bool = False  # counted in the metrics and the usage record
     started: bool = False  # the response status line has been sent
 
@@ -107,6 +132,10 @@ class Gateway:
         self._metrics = metrics
         self._clock = clock
         self._trusted = settings.trusted_proxy_networks
+        self._forwarded = settings.trusted_proxy_header == "forwarded"
+        self._scrubber = SecretScrubber([c.api_key for c in routes.models if c.api_key])
+        for warning in routes.shadow_warnings():
+            log.warning("%s", warning)
 
     # --- edges -------------------------------------------------------------------------------------
 
@@ -117,41 +146,37 @@ class Gateway:
         method: str = scope["method"]
         principal: Principal | None = None
         outcome = Outcome()
+        rid = [(b"x-request-id", request_id.encode())]
         try:
+            operation = route(method, path)
             principal = await self._authenticate(scope)
             client_ip = self._client_ip(scope)
             authorize_key(principal, client_ip, self._clock.now_utc())
-            if path in _POST_ROUTES:
-                if method != "POST":
-                    raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use POST for {path}.")
-                operation = _POST_ROUTES[path]
+            if operation is not None:
                 await self._llm(scope, receive, send, request_id, principal, client_ip, operation, started, outcome)
-            elif method != "GET":
-                raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use GET for {path}.")
             elif path == "/v1/models":
-                await send_json(send, 200, self._models(principal), [(b"x-request-id", request_id.encode())])
-            elif path.startswith("/v1/models/"):
-                model = self._model(principal, path.removeprefix("/v1/models/"))
-                await send_json(send, 200, model, [(b"x-request-id", request_id.encode())])
+                await send_json(send, 200, list_models(principal, self._routes), rid)
             elif path == "/v1/key":
-                info = await self._key_info(principal)
-                await send_json(send, 200, info, [(b"x-request-id", request_id.encode())])
+                await send_json(send, 200, await self._key_info(principal), rid)
             else:
-                raise GatewayError(ErrorType.NOT_FOUND, f"No route for {method} {path}.")
+                model = retrieve_model(principal, self._routes, path.removeprefix(_MODEL_PREFIX))
+                await send_json(send, 200, model, rid)
         except GatewayError as err:
-            overhead = (time.perf_counter() - started) * 1000
-            extra = [(b"x-keyrelay-overhead-ms", f"{overhead:.3f}".encode()), (b"x-request-id", request_id.encode())]
+            overhead = outcome.overhead_s  # set when an admitted request failed: its upstream time is not ours
+            if overhead is None:
+                overhead = time.perf_counter() - started
+            extra = [(b"x-keyrelay-overhead-ms", f"{overhead * 1000:.3f}".encode()), *rid]
             await send_error(send, err, request_id, extra)
             if not outcome.settled:  # an admitted request was already counted, with its model, when settled
                 name = principal.key.name if principal else "-"
                 self._metrics.count_request(name, "-", err.status, err.error_type.name)
+                self._metrics.overhead.observe(overhead)
                 log_request(request_id, principal, method, path, err.status, err.error_type.name, started)
         except Exception:
             # Nothing else should escape; if it does, the client still gets the JSON body and request id.
             log.exception("unexpected error in %s %s", method, path)
             if not outcome.started:
-                extra = [(b"x-request-id", request_id.encode())]
-                await send_error(send, GatewayError(ErrorType.INTERNAL_ERROR), request_id, extra)
+                await send_error(send, GatewayError(ErrorType.INTERNAL_ERROR), request_id, rid)
 
     async def _authenticate(self, scope: Scope) -> Principal:
         token = bearer_credential(header(scope, b"authorization"))
@@ -169,81 +194,28 @@ class Gateway:
         return principal
 
     def _client_ip(self, scope: Scope) -> IPAddress | None:
+        """The client address: the TCP peer, or what the trusted proxies in front of it say (see ``client_ip``)."""
         client = scope.get("client")
         peer = parse_ip(client[0]) if client else None
         if peer is None or not self._trusted or not any(peer in net for net in self._trusted):
             return peer
-        forwarded = header(scope, b"x-forwarded-for")
-        if not forwarded:
-            return peer
-        # Walk right to left: the first address not belonging to a trusted proxy is the client.
-        for part in reversed(forwarded.decode("latin-1").split(",")):
-            ip = parse_ip(part.strip())
-            if ip is None:
-                return peer
-            if not any(ip in net for net in self._trusted):
-                return ip
-        return peer
-
-    # --- model listing and key info ----------------------------------------------------------------
-
-    def _models(self, principal: Principal) -> dict[str, Any]:
-        seen: dict[str, dict[str, Any]] = {}
-        for channel in self._routes.models:
-            if channel_allowed(principal, channel) and channel.model not in seen:
-                seen[channel.model] = {
-                    "id": channel.model,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": channel.provider,
-                }
-        return {"object": "list", "data": list(seen.values())}
-
-    def _model(self, principal: Principal, model: str) -> dict[str, Any]:
-        channels = [c for c in self._routes.channels(model) if channel_allowed(principal, c)]
-        if not channels:
-            raise _model_not_found(model)
-        return {"id": model, "object": "model", "created": 0, "owned_by": channels[0].provider}
-
-    def _callable_models(self, principal: Principal) -> list[str] | None:
-        policy = principal.policy
-        if policy.allowed_models is None and policy.allowed_providers is None and policy.region is None:
-            return None  # unrestricted
-        return sorted({c.model for c in self._routes.models if channel_allowed(principal, c)})
+        if self._forwarded:
+            value = joined_header(scope["headers"], b"forwarded")
+            hops = forwarded_for_hops(value) if value is not None else []
+        else:
+            value = joined_header(scope["headers"], b"x-forwarded-for")
+            hops = x_forwarded_for_hops(value) if value is not None else []
+        return client_address(peer, hops, self._trusted)
 
     async def _key_info(self, principal: Principal) -> dict[str, Any]:
-        # Not the hot path: one read of the key's stored usage is fine here (the cached copy is stale).
-        key, policy = principal.key, principal.policy
-        now = self._clock.now_utc()
-        limit = policy.limit_micros
-        spent = 0
-        for level in spend_levels(principal, now, self._pending):
-            if level.scope == "key":
-                spent = await self._limits.spent(level)
-        stored = await self._keys.get(key_hash=key.hash)
-        usage = (stored.usage_micros if stored else key.usage_micros) + self._pending.key(key.hash)
-        return {
-            "data": {
-                "name": key.name,
-                "label": key.display,
-                "limit": None if limit is None else micros_to_usd(limit),
-                "limit_remaining": None if limit is None else micros_to_usd(max(0, limit - spent)),
-                "limit_reset": policy.limit_reset,
-                "usage": micros_to_usd(usage),
-                "rate_limits": {
-                    "rpm": policy.rpm,
-                    "per_5h": policy.per_5h,
-                    "per_1d": policy.per_1d,
-                    "per_7d": policy.per_7d,
-                    "tpm": policy.tpm,
-                    "max_concurrent": policy.max_concurrent,
-                },
-                # What this key can actually call, after its own list, its group's and the providers'.
-                "allowed_models": self._callable_models(principal),
-                "allowed_providers": sorted(policy.allowed_providers) if policy.allowed_providers else None,
-                "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-            }
-        }
+        return await key_info(
+            principal,
+            routes=self._routes,
+            limits=self._limits,
+            keys=self._keys,
+            pending=self._pending,
+            now=self._clock.now_utc(),
+        )
 
     # --- chat and embeddings -----------------------------------------------------------------------
 
@@ -261,10 +233,10 @@ class Gateway:
     ) -> None:
         raw = await read_body(receive, self._settings.max_body_bytes)
         request = decode_request(operation, raw)
-        channels = self._routes.channels(request.model)
+        channels = self._routes.resolve(request.model)
         if not channels:
-            raise _model_not_found(request.model)
-        channels = allowed_channels(principal, request.model, channels)
+            raise model_not_found(request.model)
+        channels = allowed_channels(principal, request.model, channels, self._routes)
         now = self._clock.now_utc()
         per_choice = (
             request.max_output_tokens if request.max_output_tokens is not None else self._settings.default_max_tokens
@@ -290,6 +262,7 @@ class Gateway:
                 await self._unary(send, request, channels, window, outcome, started)
         except GatewayError as err:
             outcome.status, outcome.error_type = err.status, err.error_type.name
+            outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
             raise
         except asyncio.CancelledError:
             outcome.status, outcome.error_type = 499, "CLIENT_DISCONNECTED"
@@ -341,8 +314,10 @@ class Gateway:
                 response.release()
             outcome.upstream_s += time.perf_counter() - t0
             retry_after = response.header(b"retry-after")
+            message, code = upstream_error(body)
+            message = self._scrubber.text(message)
             failure = classify_status(
-                response.status, retry_after.decode("latin-1") if retry_after else None, upstream_error_message(body)
+                response.status, retry_after.decode("latin-1") if retry_after else None, message, code
             )
             if not failure.retryable:
                 break
@@ -381,12 +356,12 @@ class Gateway:
         finally:
             response.release()
         outcome.upstream_s += time.perf_counter() - t0
-        usage, text_bytes = response_usage(payload)
+        usage, output_bytes = response_usage(payload)
         if usage is None:
-            usage = Usage(estimate_tokens(len(request.raw)), estimate_tokens(text_bytes), estimated=True)
+            usage = Usage(estimate_tokens(len(request.raw)), estimate_tokens(output_bytes), estimated=True)
         outcome.usage, outcome.status = usage, response.status
-        overhead = (time.perf_counter() - started - outcome.upstream_s) * 1000
-        headers = self._headers(window, overhead, b"application/json")
+        outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
+        headers = self._headers(window, outcome.overhead_s * 1000, b"application/json")
         headers.append((b"content-length", str(len(payload)).encode()))
         outcome.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -403,12 +378,13 @@ class Gateway:
         started: float,
     ) -> None:
         response = await self._open(request, channels, outcome)
-        relay = StreamRelay(hide_usage_chunk=not request.client_wants_usage)
-        overhead = (time.perf_counter() - started - outcome.upstream_s) * 1000
+        relay = StreamRelay(hide_usage_chunk=not request.client_wants_usage, scrub=self._scrubber.data)
+        outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         outcome.status = response.status
-        headers = self._headers(window, overhead, b"text/event-stream")
+        headers = self._headers(window, outcome.overhead_s * 1000, b"text/event-stream")
         headers.append((b"cache-control", b"no-cache"))
         watcher = DisconnectWatch(receive)
+        failure: GatewayError | None = None
         try:
             outcome.started = True
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -418,18 +394,37 @@ class Gateway:
                 out = relay.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            await send({"type": "http.response.body", "body": relay.flush()})
-        except (UpstreamConnectionError, UpstreamTimeoutError):
+            rest = relay.flush()
+            if relay.error is not None:
+                # The upstream's own error event was relayed (scrubbed); the client has its explanation.
+                failure = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream sent an error event mid-stream.")
+            elif not relay.complete:
+                failure = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream stream ended before it was complete.")
+                rest += b"data: " + orjson.dumps(failure.to_body()) + b"\n\n"
+            await send({"type": "http.response.body", "body": rest})
+        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
             # OpenAI-shaped error event; the partial usage is still billed.
-            outcome.error_type = ErrorType.UPSTREAM_ERROR.name
-            err = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream stream ended unexpectedly.")
-            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(err.to_body()) + b"\n\n"})
+            kind = ErrorType.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeoutError) else ErrorType.UPSTREAM_ERROR
+            failure = GatewayError(kind, "The upstream stream ended unexpectedly.")
+            body = relay.flush() + b"data: " + orjson.dumps(failure.to_body()) + b"\n\n"
+            await send({"type": "http.response.body", "body": body})
+        except asyncio.CancelledError:
+            if not watcher.fired:
+                raise
+            # The client hung up: DisconnectWatch cancelled us to stop reading the upstream. That is
+            # normal; settle the partial usage and end quietly (status 499) instead of propagating.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            outcome.status, outcome.error_type = 499, "CLIENT_DISCONNECTED"
         finally:
             watcher.stop()
             response.release()
+            if failure is not None:
+                outcome.status, outcome.error_type = failure.status, failure.error_type.name
             outcome.usage = relay.usage or Usage(
-                estimate_tokens(len(request.raw)), estimate_tokens(relay.content_bytes), estimated=True
+                estimate_tokens(len(request.raw)), relay.output_tokens_estimate(), estimated=True
             )
 
     # --- settlement --------------------------------------------------------------------------------
@@ -488,7 +483,8 @@ class Gateway:
         m = self._metrics
         m.count_request(key.name, model, outcome.status, outcome.error_type or "")
         m.count_usage(key.name, model, usage.prompt_tokens, usage.completion_tokens, cost)
-        m.overhead.observe(max(0.0, elapsed - outcome.upstream_s))
+        if outcome.overhead_s is not None:  # the value of this request's x-keyrelay-overhead-ms header
+            m.overhead.observe(outcome.overhead_s)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "request %s key=%s (%s) model=%s provider=%s status=%s error=%s tokens=%d+%d cost_usd=%.6f ms=%d",
@@ -514,12 +510,3 @@ def log_request(
         who = f"{principal.key.name} ({principal.key.display})" if principal else "-"
         ms = round((time.perf_counter() - started) * 1000)
         log.info("request %s key=%s %s %s status=%d error=%s ms=%d", request_id, who, method, path, status, error, ms)
-
-
-def _model_not_found(model: str) -> GatewayError:
-    return GatewayError(
-        ErrorType.MODEL_NOT_FOUND,
-        f"The model {model!r} does not exist or is not available to this key. "
-        "GET /v1/models lists the models this key may call.",
-        field="model",
-    )

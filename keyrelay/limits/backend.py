@@ -160,10 +160,15 @@ def precheck(request: AdmissionRequest) -> None:
         )
 
 
-def window_refusal(name: str, limit: int, retry_after: float) -> GatewayError:
-    """The error for a full request window, tokens-per-minute window or in-flight cap."""
+def window_refusal(name: str, limit: int, retry_after: float, *, in_flight: int | None = None) -> GatewayError:
+    """The error for a full request window, tokens-per-minute window or in-flight cap.
+
+    ``in_flight`` is the number of the key's requests in flight when the cap refused this one.
+    """
     if name == "max_concurrent":
-        message = f"This key already has {limit} requests in flight (max_concurrent)."
+        count = limit if in_flight is None else in_flight
+        noun = "request" if count == 1 else "requests"
+        message = f"This key already has {count} {noun} in flight; its max_concurrent limit is {limit}."
     elif name == "tpm":
         message = f"Token rate limit tpm={limit} reached for this key."
     else:

@@ -68,7 +68,7 @@ class MemoryLimits:
         counted, tightest = self._check_windows(request, key)
         tpm = self._check_tpm(request, key)
         if request.max_concurrent and key.in_flight >= request.max_concurrent:
-            raise window_refusal("max_concurrent", request.max_concurrent, 1.0)
+            raise window_refusal("max_concurrent", request.max_concurrent, 1.0, in_flight=key.in_flight)
         # Every check passed: apply every change.
         for state in levels:
             state.reserved += request.cost_micros

@@ -46,7 +46,7 @@ class RedisLimits:
         self._prefix = prefix
         self._fail_open = fail_open
         self._fallback = MemoryLimits()
-        self._admit_src = _script("admit_v1.lua")
+        self._admit_src = _script("admit_v2.lua")
         self._settle_src = _script("settle_v1.lua")
         self._admit_sha: str | None = None
         self._settle_sha: str | None = None
@@ -132,7 +132,7 @@ class RedisLimits:
         if code == 3:
             raise window_refusal("tpm", reply[2], reply[3] / 1000)
         if code == 4:
-            raise window_refusal("max_concurrent", reply[2], reply[3] / 1000)
+            raise window_refusal("max_concurrent", reply[2], reply[3] / 1000, in_flight=reply[4])
         status = WindowStatus(limit=reply[2], remaining=reply[3], reset_s=reply[4] / 1000) if reply[2] >= 0 else None
         reservation = Reservation(
             ident=request.request_id,

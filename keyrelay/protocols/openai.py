@@ -6,8 +6,9 @@ must be rewritten or usage must be requested from the upstream for a stream.
 
 from __future__ import annotations
 
-import math
+import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -17,6 +18,10 @@ import orjson
 from keyrelay.errors import ErrorType, GatewayError
 
 IMAGE_TOKEN_BOUND = 2_000
+MAX_CHOICES = 128  # OpenAI's own bound on ``n`` (https://platform.openai.com/docs/api-reference/chat/create)
+# The fields keyrelay judges a request by (whitelist, price, cost bound, usage): each must appear once.
+_JUDGED = ("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n")
+_JUDGED_KEY = re.compile(rb'"(' + b"|".join(name.encode() for name in _JUDGED) + rb')"\s*:')
 
 
 class Operation(StrEnum):
@@ -24,15 +29,6 @@ class Operation(StrEnum):
 
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one request."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    estimated: bool = False
 
 
 @dataclass(slots=True)
@@ -71,13 +67,47 @@ def bearer_credential(authorization: bytes | None) -> str | None:
     return token.decode("latin-1") if token else None
 
 
-def _int_field(body: dict[str, Any], name: str) -> int | None:
+def _int_field(body: dict[str, Any], name: str, maximum: int | None = None) -> int | None:
     value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise GatewayError(ErrorType.INVALID_REQUEST, f"{name} must be a positive integer.", field=name)
+    if maximum is not None and value > maximum:
+        raise GatewayError(ErrorType.INVALID_REQUEST, f"{name} must be at most {maximum}.", field=name)
     return value
+
+
+def _top_level_duplicates(raw: bytes) -> list[str]:
+    """Judged field names that the top-level object of ``raw`` holds more than once."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        # Objects are built innermost first, so the last call is the top-level object.
+        counts = Counter(name for name, _ in items)
+        found[:] = [name for name in _JUDGED if counts[name] > 1]
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
+    return found
+
+
+def _refuse_duplicates(raw: bytes) -> None:
+    """Refuse a body whose judged fields appear twice (a JSON parser that keeps the first would disagree).
+
+    RFC 8259 §4 leaves duplicate names undefined; orjson keeps the last, some upstream parsers the first,
+    so the model keyrelay authorises and prices could differ from the one served. One C-level scan finds
+    candidates; only then is the body parsed again to see whether they are top-level duplicates.
+    """
+    seen = _JUDGED_KEY.findall(raw)
+    if len(seen) == len(set(seen)):
+        return
+    duplicates = _top_level_duplicates(raw)
+    if duplicates:
+        name = duplicates[0]
+        raise GatewayError(
+            ErrorType.INVALID_REQUEST, f"The request body holds the field {name!r} more than once.", field=name
+        )
 
 
 def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
@@ -92,6 +122,7 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
         raise GatewayError(ErrorType.INVALID_REQUEST, "The request body is not valid JSON.", field="body") from None
     if not isinstance(body, dict):
         raise GatewayError(ErrorType.INVALID_REQUEST, "The request body must be a JSON object.", field="body")
+    _refuse_duplicates(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(ErrorType.INVALID_REQUEST, "model is required (a string).", field="model")
@@ -104,10 +135,13 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
         if "input" not in body:
             raise GatewayError(ErrorType.INVALID_REQUEST, "input is required.", field="input")
         max_out = 0
-    stream = body.get("stream") is True
+    stream_value = body.get("stream")
+    if stream_value is not None and not isinstance(stream_value, bool):
+        raise GatewayError(ErrorType.INVALID_REQUEST, "stream must be true or false.", field="stream")
+    stream = stream_value is True
     options = body.get("stream_options")
     wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-    choices = _int_field(body, "n") or 1 if operation is Operation.CHAT else 1
+    choices = _int_field(body, "n", MAX_CHOICES) or 1 if operation is Operation.CHAT else 1
     return InboundRequest(operation, model, stream, wants_usage, max_out, raw, body, choices)
 
 
@@ -122,112 +156,3 @@ def upstream_body(request: InboundRequest, upstream_model: str) -> bytes:
         options = body.get("stream_options")
         body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return orjson.dumps(body)
-
-
-def response_usage(payload: bytes) -> tuple[Usage | None, int]:
-    """Usage from a non-streaming JSON answer, and the answer's text length (for estimates)."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None, len(payload)
-    if not isinstance(data, dict):
-        return None, len(payload)
-    usage = _usage_of(data.get("usage"))
-    if usage is not None:
-        return usage, 0
-    text = 0
-    for choice in data.get("choices") or ():
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            text += len(message["content"].encode())
-    return None, text
-
-
-def _usage_of(value: object) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    prompt = value.get("prompt_tokens")
-    completion = value.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(prompt, completion)
-
-
-def estimate_tokens(text_bytes: int) -> int:
-    """A conservative token estimate from UTF-8 byte count (about four bytes per token, rounded up)."""
-    return math.ceil(text_bytes / 4)
-
-
-# The text of a "content" string (escapes kept: a size estimate, not the decoded text).
-_CONTENT = re.compile(rb'"content":"((?:[^"\\]|\\.)*)"')
-
-
-class StreamRelay:
-    """Cuts an OpenAI SSE stream into events and notes usage and content size.
-
-    Hides the usage chunk when only the gateway asked for it. Frames split across network chunks
-    are reassembled before they are passed on.
-    """
-
-    def __init__(self, *, hide_usage_chunk: bool) -> None:
-        self._hide = hide_usage_chunk
-        self._buffer = b""
-        self.usage: Usage | None = None
-        self.content_bytes = 0
-        self.done = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Bytes to pass to the client for this network chunk (complete events only)."""
-        data = self._buffer + chunk if self._buffer else chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._buffer = data
-            return b""
-        self._buffer = data[end + 2 :]
-        complete = data[: end + 2]
-        if b'"usage":{' not in complete:
-            # The common case (every chunk but the last): relay the bytes as they are, after two C-level
-            # scans, one for the content size (the no-usage estimate) and one for the end marker.
-            self.content_bytes += sum(map(len, _CONTENT.findall(complete)))
-            if b"data: [DONE]" in complete:
-                self.done = True
-            return complete.replace(b',"usage":null', b"") if self._hide else complete
-        out = self._scan(complete)
-        if self._hide:
-            # Asking for usage makes OpenAI add "usage":null to every chunk; the client did not ask.
-            out = out.replace(b',"usage":null', b"")
-        return out
-
-    def _count_content(self, event: bytes) -> None:
-        self.content_bytes += sum(map(len, _CONTENT.findall(event)))
-
-    def _scan(self, events: bytes) -> bytes:
-        kept: list[bytes] = []
-        for event in events.split(b"\n\n"):
-            if not event:
-                continue
-            payload = event[6:] if event.startswith(b"data: ") else None
-            if payload is not None and b'"usage":{' in payload:
-                try:
-                    data = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    data = None
-                if isinstance(data, dict):
-                    usage = _usage_of(data.get("usage"))
-                    if usage is not None:
-                        self.usage = usage
-                    if self._hide and not data.get("choices"):
-                        continue
-                    if self._hide:
-                        data.pop("usage", None)
-                        event = b"data: " + orjson.dumps(data)
-            if event == b"data: [DONE]":
-                self.done = True
-            self._count_content(event)
-            kept.append(event + b"\n\n")
-        return b"".join(kept)
-
-    def flush(self) -> bytes:
-        """Whatever partial frame is left when the stream ends."""
-        rest, self._buffer = self._buffer, b""
-        return rest

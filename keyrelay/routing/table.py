@@ -1,7 +1,16 @@
 """Model name → ordered upstream channels, built once from the provider configuration.
 
-A client may name a model ``provider/model`` (exactly that channel) or bare ``model`` (every provider
-offering it, in configuration order, which is also the failover order).
+One resolution rule serves every place that reads a model name (routing, ``/v1/models`` and
+``/v1/models/{id}``, whitelist matching, pricing), through :meth:`RouteTable.resolve`:
+
+1. a model id that a provider offers, written exactly, means every provider offering that id (in
+   configuration order, which is also the failover order);
+2. otherwise ``provider/model`` means that provider's model.
+
+Exact ids come first because they are what ``/v1/models`` lists and what clients copy, and because
+ids that carry a vendor prefix are common (``openai/gpt-oss-20b`` on Groq, ``meta-llama/...`` on
+Together): a provider named like that prefix must not silently take such a name over. A
+``provider/model`` name hidden by an exact id this way is reported at start-up (``shadowed``).
 """
 
 from __future__ import annotations
@@ -54,24 +63,52 @@ def _channels_of(provider: ProviderConfig) -> list[Channel]:
 
 
 class RouteTable:
-    """Resolves a requested model to its channels in O(1)."""
+    """Resolves a requested model name to its channels in O(1); see the module docstring for the rule."""
 
     def __init__(self, providers: tuple[ProviderConfig, ...]) -> None:
-        self._routes: dict[str, tuple[Channel, ...]] = {}
-        bare: dict[str, list[Channel]] = {}
-        for provider in providers:
-            for channel in _channels_of(provider):
-                self._routes[channel.qualified_name] = (channel,)
-                bare.setdefault(channel.model, []).append(channel)
-        for model, channels in bare.items():
-            self._routes.setdefault(model, tuple(channels))
         self.models: tuple[Channel, ...] = tuple(c for p in providers for c in _channels_of(p))
+        exact: dict[str, list[Channel]] = {}
+        for channel in self.models:
+            exact.setdefault(channel.model, []).append(channel)
+        self._routes: dict[str, tuple[Channel, ...]] = {m: tuple(cs) for m, cs in exact.items()}
+        self.shadowed: tuple[tuple[str, Channel, tuple[Channel, ...]], ...] = ()
+        shadowed = []
+        for channel in self.models:
+            name = channel.qualified_name
+            if name in exact:
+                shadowed.append((name, channel, self._routes[name]))
+            else:
+                self._routes[name] = (channel,)
+        self.shadowed = tuple(shadowed)
+        self._whitelists: dict[frozenset[str], frozenset[str]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RouteTable:
         """The table for the configured providers."""
         return cls(settings.providers)
 
-    def channels(self, model: str) -> tuple[Channel, ...]:
-        """Channels for a requested model name; empty when unknown."""
+    def resolve(self, model: str) -> tuple[Channel, ...]:
+        """The channels a model name means, in failover order; empty when it means nothing."""
         return self._routes.get(model, ())
+
+    def whitelisted(self, names: frozenset[str]) -> frozenset[str]:
+        """Qualified names of the channels a whitelist admits: the union of what each entry resolves to.
+
+        Memoised per distinct list (a handful in practice; the memo is bounded all the same).
+        """
+        hit = self._whitelists.get(names)
+        if hit is None:
+            hit = frozenset(c.qualified_name for name in names for c in self.resolve(name))
+            if len(self._whitelists) >= 10_000:
+                self._whitelists.clear()
+            self._whitelists[names] = hit
+        return hit
+
+    def shadow_warnings(self) -> list[str]:
+        """One sentence per ``provider/model`` name that an exact model id of another provider takes."""
+        return [
+            f"model name {name!r} is the id of a model of provider(s) {', '.join(repr(c.provider) for c in owners)}, "
+            f"so it does not mean provider {channel.provider!r}'s model {channel.model!r}: call that one by its "
+            "bare id, or give one of them another id in keyrelay.yaml"
+            for name, channel, owners in self.shadowed
+        ]

@@ -23,7 +23,7 @@ from keyrelay.config import Settings
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.hashing import key_hash
 from keyrelay.keys.spec import KeyCreate
-from keyrelay.protocols.openai import estimate_tokens
+from keyrelay.protocols.openai_stream import estimate_tokens
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.testing.mock_upstream import MockUpstream, count_embedding_tokens, count_prompt_tokens
@@ -176,8 +176,9 @@ async def test_cut_stream_bills_partial_usage(server: RunningServer, client: htt
     content = "".join(orjson.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert content == "This is a "
     [row] = await usage_rows(server, r.headers["x-request-id"])
+    # The client saw 200 then an error event; the record says what happened (so the usage API counts an error).
     assert (row["status"], row["error_type"], row["streamed"], row["usage_estimated"]) == (
-        200,
+        502,
         "UPSTREAM_ERROR",
         True,
         True,
@@ -260,10 +261,13 @@ async def test_what_a_key_sees(server: RunningServer, client: httpx.AsyncClient)
 
 async def test_metrics(server: RunningServer, client: httpx.AsyncClient) -> None:
     key = await make_api_key(server, "a@example.com", name="metered")
-    assert (await chat(client, key)).status_code == 200
-    assert (await chat(client, key, model="gpt-4o-mini-fail-500")).status_code == 502
-    assert (await chat(client, "kr_live_" + "y" * 43)).status_code == 401
-    assert (await chat(client, key, model="nope")).status_code == 404
+    responses = [
+        await chat(client, key),
+        await chat(client, key, model="gpt-4o-mini-fail-500"),
+        await chat(client, "kr_live_" + "y" * 43),
+        await chat(client, key, model="nope"),
+    ]
+    assert [r.status_code for r in responses] == [200, 502, 401, 404]
     text = (await client.get("/metrics")).text
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and line[0] != "#"
@@ -281,7 +285,10 @@ async def test_metrics(server: RunningServer, client: httpx.AsyncClient) -> None
     assert samples['keyrelay_tokens_total{direction="prompt",key_name="metered",model="gpt-4o-mini"}'] == 4.0
     assert samples['keyrelay_tokens_total{direction="completion",key_name="metered",model="gpt-4o-mini"}'] == 3.0
     assert samples['keyrelay_spend_usd_total{key_name="metered",model="gpt-4o-mini"}'] == pytest.approx(3e-6)
-    assert samples["keyrelay_overhead_seconds_count"] == 2.0
+    # The overhead histogram observes, for every request, the value its x-keyrelay-overhead-ms header showed.
+    assert samples["keyrelay_overhead_seconds_count"] == 4.0
+    shown = sum(float(r.headers["x-keyrelay-overhead-ms"]) for r in responses) / 1000
+    assert samples["keyrelay_overhead_seconds_sum"] == pytest.approx(shown, abs=4 * 0.5e-6)
 
 
 # --- no key material in logs ----------------------------------------------------------------------------------------

@@ -7,19 +7,16 @@ from datetime import UTC, datetime
 import pytest
 
 from keyrelay.cache.keycache import Principal
+from keyrelay.config import ModelConfig, ProviderConfig
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.authorize import allowed_channels, channel_allowed
 from keyrelay.keys.policy import effective_policy
 from keyrelay.limits.backend import AdmissionRequest, precheck
 from keyrelay.protocols.openai import IMAGE_TOKEN_BOUND, Operation, decode_request
-from keyrelay.routing.table import Channel
+from keyrelay.routing.table import Channel, RouteTable
 from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
-
-
-def channel(provider: str, model: str) -> Channel:
-    return Channel(provider, "openai", "http://x/v1", None, model, model, 1, 1, None, 1.0, 1.0)
 
 
 def principal(key_models: tuple[str, ...] | None, group_models: tuple[str, ...] | None) -> Principal:
@@ -84,22 +81,58 @@ def principal(key_models: tuple[str, ...] | None, group_models: tuple[str, ...] 
     return Principal(key, account, group, effective_policy(key, group), via_previous_secret=False)
 
 
+def table(**providers: tuple[str, ...]) -> RouteTable:
+    return RouteTable(
+        tuple(
+            ProviderConfig(name=name, base_url="http://x/v1", models=tuple(ModelConfig(id=m) for m in models))
+            for name, models in providers.items()
+        )
+    )
+
+
 def test_group_list_is_a_ceiling_matched_by_meaning_not_spelling() -> None:
-    mini, big, other = channel("mock", "gpt-4o-mini"), channel("mock", "gpt-4o"), channel("alt", "gpt-4o-mini")
+    routes = table(mock=("gpt-4o-mini", "gpt-4o"), alt=("gpt-4o-mini",))
+    [mini] = routes.resolve("mock/gpt-4o-mini")
+    [big] = routes.resolve("mock/gpt-4o")
+    [other] = routes.resolve("alt/gpt-4o-mini")
+
+    def allowed(p: Principal, c: Channel) -> bool:
+        return channel_allowed(p, c, routes)
+
     # The key names the qualified form, the group the bare id: the same model, so it is allowed.
     p = principal(("mock/gpt-4o-mini",), ("gpt-4o-mini",))
-    assert channel_allowed(p, mini) and not channel_allowed(p, other) and not channel_allowed(p, big)
+    assert allowed(p, mini) and not allowed(p, other) and not allowed(p, big)
     # A key cannot widen its group's list.
     wide = principal(("gpt-4o",), ("gpt-4o-mini",))
-    assert not channel_allowed(wide, big)
+    assert not allowed(wide, big)
     with pytest.raises(GatewayError) as info:
-        allowed_channels(wide, "gpt-4o", (big,))
+        allowed_channels(wide, "gpt-4o", (big,), routes)
     assert info.value.error_type is ErrorType.ACCESS_DENIED and "gpt-4o" in info.value.message
     # No list on the key: the group's applies; no list anywhere: everything.
-    assert channel_allowed(principal(None, ("gpt-4o",)), big) and not channel_allowed(
-        principal(None, ("gpt-4o",)), mini
-    )
-    assert channel_allowed(principal(None, None), mini)
+    assert allowed(principal(None, ("gpt-4o",)), big) and not allowed(principal(None, ("gpt-4o",)), mini)
+    assert allowed(principal(None, None), mini)
+
+
+def test_one_resolution_rule_for_routing_and_whitelists() -> None:
+    # groq offers the id "openai/gpt-oss-20b"; provider "openai" offers "gpt-oss-20b". The exact id wins.
+    routes = table(groq=("openai/gpt-oss-20b",), openai=("gpt-oss-20b",), together=("meta-llama/Llama-3.3-70B",))
+    [served] = routes.resolve("openai/gpt-oss-20b")
+    assert served.provider == "groq" and served.upstream_model == "openai/gpt-oss-20b"
+    [bare] = routes.resolve("gpt-oss-20b")
+    assert bare.provider == "openai"
+    assert [c.provider for c in routes.resolve("meta-llama/Llama-3.3-70B")] == ["together"]
+    assert [c.provider for c in routes.resolve("together/meta-llama/Llama-3.3-70B")] == ["together"]
+    assert routes.resolve("groq/openai/gpt-oss-20b") == (served,)
+    # The hidden qualified name is reported, naming both providers and the name.
+    [warning] = routes.shadow_warnings()
+    assert "openai/gpt-oss-20b" in warning and "'groq'" in warning and "'openai'" in warning
+    # A key allowed only "openai/gpt-oss-20b" may call groq's model, not openai's bare gpt-oss-20b.
+    key = principal(("openai/gpt-oss-20b",), None)
+    assert channel_allowed(key, served, routes)
+    assert not channel_allowed(key, bare, routes)
+    with pytest.raises(GatewayError) as info:
+        allowed_channels(key, "gpt-oss-20b", routes.resolve("gpt-oss-20b"), routes)
+    assert info.value.error_type is ErrorType.ACCESS_DENIED
 
 
 def test_prompt_bound_counts_images_and_n() -> None:

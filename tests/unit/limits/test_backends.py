@@ -132,8 +132,12 @@ async def test_max_concurrent(backend: LimitsBackend) -> None:
     await backend.admit(req(max_concurrent=2))
     err = await refused(backend, req(max_concurrent=2))
     assert err.error_type is ErrorType.RATE_LIMIT_EXCEEDED and "max_concurrent" in err.message
+    assert "already has 2 requests in flight; its max_concurrent limit is 2" in err.message
     await backend.settle(a.reservation, cost_micros=0, tokens=0, now=T0)
     await backend.admit(req(max_concurrent=2))
+    # The limit lowered while requests are in flight: the message gives the count and the limit, each right.
+    err = await refused(backend, req(max_concurrent=1))
+    assert "already has 2 requests in flight; its max_concurrent limit is 1" in err.message
 
 
 async def test_keys_do_not_share_windows(backend: LimitsBackend) -> None:

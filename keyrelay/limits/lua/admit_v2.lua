@@ -1,4 +1,4 @@
--- admit_v1: check every limit of one request, then reserve; a refusal leaves no trace.
+-- admit_v2: check every limit of one request, then reserve; a refusal leaves no trace.
 -- Mirrors keyrelay/limits/windows.py and keyrelay/limits/memory.py. Bump the version in the file
 -- name on any change of behaviour. Replies are integers (Lua numbers are truncated by Redis).
 --
@@ -11,7 +11,7 @@
 --        {1, level_index, micro-dollars left, 0, 0}                      spend level full
 --        {2, window_index, limit, retry_ms, 0}                           request window full
 --        {3, 0, tpm, retry_ms, 0}                                        token window full
---        {4, 0, max_concurrent, 1000, 0}                                 too many in flight
+--        {4, 0, max_concurrent, 1000, in_flight}                         too many in flight (v2: the count)
 local BUCKETS = 60
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -127,8 +127,9 @@ if max_conc > 0 then
   conc_key = KEYS[k]
   k = k + 1
   redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now)
-  if redis.call('ZCARD', conc_key) >= max_conc then
-    return {4, 0, max_conc, 1000, 0}
+  local in_flight = redis.call('ZCARD', conc_key)
+  if in_flight >= max_conc then
+    return {4, 0, max_conc, 1000, in_flight}
   end
 end
 

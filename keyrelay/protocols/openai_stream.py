@@ -1,0 +1,232 @@
+"""Relaying an OpenAI Chat Completions SSE stream: framing, usage, hidden usage chunks, output estimates.
+
+The upstream's bytes go to the client as they are, event by event (``protocols.sse`` finds where each
+event ends, whatever the line endings). What the gateway needs from the stream is found with a few
+C-level scans of each network read, and events are parsed only where one matters: the usage chunk,
+``[DONE]``, an error event, and (only when the upstream never reports usage) the output to estimate.
+
+Wire format: https://platform.openai.com/docs/api-reference/chat-streaming (``chat.completion.chunk``;
+with ``stream_options.include_usage`` every chunk carries ``"usage": null`` and one last chunk with empty
+``choices`` carries the usage).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from keyrelay.protocols.sse import BOM, SSEDecoder, SSEEvent, parse_blocks
+
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*,\s*')
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
+_ERROR_KEY = re.compile(rb'"error"\s*:')
+_ESTIMATE_BATCH = 64 * 1024  # parse held events for the estimate once this many bytes wait
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one request (``estimated`` when the upstream reported none)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+
+def estimate_tokens(text_bytes: int) -> int:
+    """A token estimate from a UTF-8 byte count: about four bytes a token, rounded up (never 0 for text)."""
+    return math.ceil(text_bytes / 4)
+
+
+def usage_of(value: object) -> Usage | None:
+    """``Usage`` from an OpenAI ``usage`` object; None when it is absent or malformed."""
+    if not isinstance(value, dict):
+        return None
+    prompt = value.get("prompt_tokens")
+    completion = value.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int) or isinstance(prompt, bool):
+        return None
+    return Usage(prompt, completion)
+
+
+def _str_bytes(value: object) -> int:
+    return len(value.encode()) if isinstance(value, str) else 0
+
+
+def output_bytes(message: object) -> int:
+    """UTF-8 bytes of everything a model produced in one ``message`` or stream ``delta``.
+
+    Counts text (``content``, as a string or a list of text parts), ``refusal``, reasoning text
+    (``reasoning_content`` as DeepSeek sends it, ``reasoning`` as OpenRouter and vLLM do), the names and
+    arguments of ``tool_calls`` and of the legacy ``function_call``, and an audio ``transcript``.
+    """
+    if not isinstance(message, dict):
+        return 0
+    total = 0
+    content = message.get("content")
+    if isinstance(content, str):
+        total += len(content.encode())
+    elif isinstance(content, list):
+        total += sum(_str_bytes(part.get("text")) for part in content if isinstance(part, dict))
+    total += _str_bytes(message.get("refusal"))
+    total += _str_bytes(message.get("reasoning_content")) + _str_bytes(message.get("reasoning"))
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            total += _str_bytes(function.get("name")) + _str_bytes(function.get("arguments"))
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict):
+        total += _str_bytes(legacy.get("name")) + _str_bytes(legacy.get("arguments"))
+    audio = message.get("audio")
+    if isinstance(audio, dict):
+        total += _str_bytes(audio.get("transcript"))
+    return total
+
+
+def choices_output_bytes(chunk: object, part: str) -> int:
+    """Output bytes of every choice of a response (``part="message"``) or stream chunk (``part="delta"``)."""
+    if not isinstance(chunk, dict):
+        return 0
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return 0
+    return sum(output_bytes(choice.get(part)) for choice in choices if isinstance(choice, dict))
+
+
+def response_usage(payload: bytes) -> tuple[Usage | None, int]:
+    """Usage from a non-streaming JSON answer, or None and the bytes of its output (for an estimate)."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None, len(payload)
+    if not isinstance(data, dict):
+        return None, len(payload)
+    usage = usage_of(data.get("usage"))
+    if usage is not None:
+        return usage, 0
+    return None, choices_output_bytes(data, "message")
+
+
+class StreamRelay:
+    """Relays one OpenAI SSE stream from the upstream to the client; a new object per request.
+
+    Args:
+        hide_usage_chunk: The gateway asked the upstream for usage and the client did not: remove the
+            usage chunk and the ``"usage": null`` member of every other chunk.
+        scrub: Removes secrets from an upstream error event before it is relayed.
+
+    Attributes:
+        usage: The usage the upstream reported (None until its chunk arrives).
+        done: ``data: [DONE]`` was seen.
+        finished: A choice ended with a ``finish_reason``.
+        error: The message of an ``{"error": ...}`` event sent by the upstream mid-stream, if any.
+    """
+
+    def __init__(self, *, hide_usage_chunk: bool, scrub: Callable[[bytes], bytes] | None = None) -> None:
+        self._hide = hide_usage_chunk
+        self._scrub = scrub
+        self._sse = SSEDecoder()
+        self.usage: Usage | None = None
+        self.done = False
+        self.finished = False
+        self.error: str | None = None
+        self._held: list[bytes] = []  # blocks kept for an output estimate, until usage shows up
+        self._held_bytes = 0
+        self._output_bytes = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to pass to the client for one network read: every event it completed."""
+        blocks = self._sse.feed(chunk)
+        if not blocks:
+            return b""
+        if not self.finished and _FINISH.search(blocks):
+            self.finished = True
+        if self.usage is None:
+            self._held.append(blocks)
+            self._held_bytes += len(blocks)
+            if self._held_bytes > _ESTIMATE_BATCH:
+                self._count_held()
+        special = _USAGE_OBJECT.search(blocks) or b"[DONE]" in blocks or _ERROR_KEY.search(blocks)
+        if special:
+            return self._scan(blocks)
+        return _USAGE_NULL.sub(b"", blocks) if self._hide else blocks
+
+    def _scan(self, blocks: bytes) -> bytes:
+        """Event by event, for the read that holds the usage chunk, ``[DONE]`` or an error event."""
+        kept: list[bytes] = []
+        end = 0
+        for event in self._parse(blocks):
+            out = self._event(event)
+            # Keep everything between events (comments, blank lines) as it came.
+            start = blocks.find(event.raw, end)
+            kept.append(blocks[end:start])
+            kept.append(out)
+            end = start + len(event.raw)
+        kept.append(blocks[end:])
+        out_bytes = b"".join(kept)
+        return _USAGE_NULL.sub(b"", out_bytes) if self._hide else out_bytes
+
+    def _event(self, event: SSEEvent) -> bytes:
+        data = event.data.strip()
+        if data == b"[DONE]":
+            self.done = True
+            return event.raw
+        if not data.startswith(b"{"):
+            return event.raw
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return event.raw
+        if not isinstance(parsed, dict):
+            return event.raw
+        error = parsed.get("error")
+        if error is not None and "choices" not in parsed:
+            message = error.get("message") if isinstance(error, dict) else error
+            self.error = str(message)[:500] if message else "error event"
+            return self._scrub(event.raw) if self._scrub is not None else event.raw
+        usage = usage_of(parsed.get("usage"))
+        if usage is None:
+            return event.raw
+        self.usage = usage
+        self._held.clear()
+        self._held_bytes = 0
+        if not self._hide:
+            return event.raw
+        if not parsed.get("choices"):
+            return b""  # the usage-only chunk the client did not ask for
+        parsed.pop("usage", None)
+        return b"data: " + orjson.dumps(parsed) + b"\n\n"
+
+    def _parse(self, blocks: bytes) -> list[SSEEvent]:
+        return parse_blocks(blocks[len(BOM) :] if blocks.startswith(BOM) else blocks)[0]
+
+    def _count_held(self) -> None:
+        parsed_events = self._parse(b"".join(self._held))
+        self._held.clear()
+        self._held_bytes = 0
+        for event in parsed_events:
+            try:
+                chunk = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            self._output_bytes += choices_output_bytes(chunk, "delta")
+
+    def flush(self) -> bytes:
+        """Whatever partial event is left when the stream ends (passed on as it is)."""
+        return self._sse.flush()
+
+    def output_tokens_estimate(self) -> int:
+        """Estimated completion tokens from every output the stream carried (for streams without usage)."""
+        if self._held:
+            self._count_held()
+        return estimate_tokens(self._output_bytes)
+
+    @property
+    def complete(self) -> bool:
+        """The stream ended as OpenAI streams end: ``[DONE]``, or a finish reason (servers that omit ``[DONE]``)."""
+        return self.done or self.finished
