@@ -266,6 +266,26 @@ async def test_stream_that_stops_without_done_is_an_error(
     assert (row["status"], row["error_type"]) == (502, "UPSTREAM_ERROR")
 
 
+async def test_client_hanging_up_is_one_info_line(
+    server: RunningServer, client: httpx.AsyncClient, upstream: ScriptedUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = await make_api_key(server, "hangup@example.com")
+    events = frame(text_chunks(usage=False))
+    gate = Gate()  # never opened: the upstream holds the rest of the stream until the gateway gives up on it
+    upstream.queue(Script([*events[:2], gate, *events[2:]]))
+    caplog.set_level(logging.INFO)
+    async with client.stream("POST", "/v1/chat/completions", json=BODY, headers=auth(key)) as response:
+        await asyncio.wait_for(response.aiter_bytes().__anext__(), timeout=5)
+        request_id = response.headers["x-request-id"]
+    [row] = await usage_rows(server, request_id, timeout=10)
+    assert (row["status"], row["error_type"]) == (499, "CLIENT_DISCONNECTED")
+    assert row["completion_tokens"] == estimate_tokens(len("Hello"))
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    lines = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+    assert len(lines) == 1 and "status=499" in lines[0] and "CLIENT_DISCONNECTED" in lines[0], lines
+    gate.open()
+
+
 # --- 11. provider secrets echoed by an upstream are scrubbed everywhere --------------------------------------------
 
 
