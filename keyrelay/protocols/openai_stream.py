@@ -25,6 +25,8 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*,\s*')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 _ERROR_KEY = re.compile(rb'"error"\s*:')
+_SPECIAL = (_USAGE_OBJECT, _ERROR_KEY, re.compile(rb"\[DONE\]"))
+_DONE_LINE = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)  # LF or CRLF framing; CR-only takes the slow path
 _ESTIMATE_BATCH = 64 * 1024  # parse held events for the estimate once this many bytes wait
 
 
@@ -140,43 +142,79 @@ class StreamRelay:
         self._output_bytes = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        """The bytes to pass to the client for one network read: every event it completed."""
+        """The bytes to pass to the client for one network read: every event it completed.
+
+        Runs once per read on every stream, so it tests with C-level substring counts first and lets a
+        regular expression (any JSON spacing) or an event parse confirm only what those cannot rule out.
+        """
         blocks = self._sse.feed(chunk)
         if not blocks:
             return b""
-        if not self.finished and _FINISH.search(blocks):
-            self.finished = True
+        if self._hide:
+            blocks = blocks.replace(b',"usage":null', b"")
         if self.usage is None:
             self._held.append(blocks)
             self._held_bytes += len(blocks)
             if self._held_bytes > _ESTIMATE_BATCH:
                 self._count_held()
-        special = _USAGE_OBJECT.search(blocks) or b"[DONE]" in blocks or _ERROR_KEY.search(blocks)
-        if special:
+        if not self.finished:
+            finishes = blocks.count(b'"finish_reason"')
+            if finishes > blocks.count(b'"finish_reason":null') and _FINISH.search(blocks):
+                self.finished = True
+        usages = blocks.count(b'"usage"')
+        if (usages > (0 if self._hide else blocks.count(b'"usage":null')) and _USAGE_OBJECT.search(blocks)) or (
+            b'"error"' in blocks and _ERROR_KEY.search(blocks)
+        ):
             return self._scan(blocks)
-        return _USAGE_NULL.sub(b"", blocks) if self._hide else blocks
+        if b"[DONE]" in blocks:
+            if not _DONE_LINE.search(blocks):
+                return self._scan(blocks)
+            self.done = True
+        if usages and self._hide:
+            return _USAGE_NULL.sub(b"", blocks)  # "usage": null written with other spacing
+        return blocks
 
     def _scan(self, blocks: bytes) -> bytes:
-        """Event by event, for the read that holds the usage chunk, ``[DONE]`` or an error event."""
+        """Event by event where it matters: the usage chunk, ``[DONE]`` or an error event.
+
+        With LF framing only the blocks around a match are parsed; other framings parse every event.
+        """
+        out = self._blocks(blocks) if b"\r" in blocks else self._around_matches(blocks)
+        return _USAGE_NULL.sub(b"", out) if self._hide and b'"usage"' in out else out
+
+    def _around_matches(self, blocks: bytes) -> bytes:
+        """LF framing: pass only the blocks holding a match through :meth:`_blocks`."""
+        kept: list[bytes] = []
+        pos = 0
+        for at in sorted(match.start() for pattern in _SPECIAL for match in pattern.finditer(blocks)):
+            if at < pos:
+                continue  # inside a block already handled
+            start = blocks.rfind(b"\n\n", pos, at)
+            start = pos if start < 0 else start + 2
+            end = blocks.find(b"\n\n", at)
+            end = len(blocks) if end < 0 else end + 2
+            kept += (blocks[pos:start], self._blocks(blocks[start:end]))
+            pos = end
+        kept.append(blocks[pos:])
+        return b"".join(kept)
+
+    def _blocks(self, blocks: bytes) -> bytes:
+        """Complete blocks with each event passed through :meth:`_event`; bytes between events kept as they came."""
         kept: list[bytes] = []
         end = 0
         for event in self._parse(blocks):
-            out = self._event(event)
-            # Keep everything between events (comments, blank lines) as it came.
             start = blocks.find(event.raw, end)
-            kept.append(blocks[end:start])
-            kept.append(out)
+            kept += (blocks[end:start], self._event(event))
             end = start + len(event.raw)
         kept.append(blocks[end:])
-        out_bytes = b"".join(kept)
-        return _USAGE_NULL.sub(b"", out_bytes) if self._hide else out_bytes
+        return b"".join(kept)
 
     def _event(self, event: SSEEvent) -> bytes:
         data = event.data.strip()
         if data == b"[DONE]":
             self.done = True
             return event.raw
-        if not data.startswith(b"{"):
+        if not data.startswith(b"{") or not (_USAGE_OBJECT.search(data) or _ERROR_KEY.search(data)):
             return event.raw
         try:
             parsed = orjson.loads(data)
@@ -228,5 +266,8 @@ class StreamRelay:
 
     @property
     def complete(self) -> bool:
-        """The stream ended as OpenAI streams end: ``[DONE]``, or a finish reason (servers that omit ``[DONE]``)."""
-        return self.done or self.finished
+        """The stream ended as OpenAI streams end: ``[DONE]``, or a finish reason or the usage chunk that follows it.
+
+        (Some OpenAI-compatible servers omit ``[DONE]``.)
+        """
+        return self.done or self.finished or self.usage is not None

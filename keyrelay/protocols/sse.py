@@ -70,7 +70,7 @@ class SSEDecoder:
         if b"\r" not in buffer:
             # Common case, LF-only framing: one C-level search for the last blank line. The held bytes
             # had none, so a new one starts at most one byte before the new data.
-            end = buffer.rfind(b"\n\n", max(0, held - 1))
+            end = buffer.rfind(b"\n\n", held - 1 if held else 0)
             if end < 0:
                 self._buffer = buffer
                 return b""

@@ -132,7 +132,10 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[Expected]]:
             lines.append(b"event:" + draw(st.sampled_from([b"", b" "])) + event.encode())
         data = draw(st.lists(_text, min_size=1, max_size=3))
         for item in data:
-            lines.append(b"data:" + draw(st.sampled_from([b"", b" "])) + item)
+            space = draw(st.sampled_from([b"", b" "]))
+            if item.startswith(b" "):
+                space = b" "  # one space after the colon is dropped: keep the item's own
+            lines.append(b"data:" + space + item)
         if draw(st.booleans()):
             last_id = draw(_name)
             lines.append(b"id: " + last_id.encode())
@@ -149,7 +152,7 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[Expected]]:
     return out, expected
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(data=streams(), cuts=st.lists(st.integers(0, 400), max_size=8), bom=st.booleans())
 def test_any_stream_cut_anywhere_yields_the_same_events(
     data: tuple[bytes, list[Expected]], cuts: list[int], bom: bool

@@ -1,0 +1,99 @@
+"""The OpenAI stream relay: whatever the framing, spacing and slicing, the client sees the same events and usage."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens
+from keyrelay.protocols.sse import parse_blocks
+
+WORDS = ["Hel", "lo", " wor", "ld", "!"]
+USAGE = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+
+
+def chunks(with_usage: bool, error_at: int | None = None) -> list[dict[str, Any]]:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    extra = {"usage": None} if with_usage else {}
+    out: list[dict[str, Any]] = [
+        {**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}], **extra} for w in WORDS
+    ]
+    if error_at is not None:
+        return [*out[:error_at], {"error": {"message": "boom", "type": "server_error"}}]
+    out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra})
+    if with_usage:
+        out.append({**base, "choices": [], "usage": USAGE})
+    return out
+
+
+def encode(items: list[dict[str, Any]], ending: bytes, spaced: bool, done: bool = True) -> bytes:
+    separators = (", ", ": ") if spaced else (",", ":")
+    out = b"".join(b"data: " + json.dumps(c, separators=separators).encode() + ending * 2 for c in items)
+    return out + (b"data: [DONE]" + ending * 2 if done else b"")
+
+
+def relay(stream: bytes, cuts: list[int], hide: bool) -> tuple[StreamRelay, bytes]:
+    r = StreamRelay(hide_usage_chunk=hide)
+    out = []
+    previous = 0
+    for cut in [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]:
+        out.append(r.feed(stream[previous:cut]))
+        previous = cut
+    out.append(r.flush())
+    return r, b"".join(out)
+
+
+def client_view(relayed: bytes) -> list[Any]:
+    events, _ = parse_blocks(relayed)
+    return [e.data if e.data == b"[DONE]" else json.loads(e.data) for e in events]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ending=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    spaced=st.booleans(),
+    hide=st.booleans(),
+    cuts=st.lists(st.integers(0, 5000), max_size=12),
+)
+def test_any_slicing_same_events_and_usage(ending: bytes, spaced: bool, hide: bool, cuts: list[int]) -> None:
+    stream = encode(chunks(with_usage=True), ending, spaced)
+    r, relayed = relay(stream, cuts, hide)
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (7, 5) if r.usage else False
+    assert r.complete and r.error is None
+    view = client_view(relayed)
+    expected = [*chunks(with_usage=True), b"[DONE]"]
+    if hide:
+        # No usage chunk and no "usage" member: exactly what a client that did not ask would get from OpenAI.
+        expected = [*chunks(with_usage=False), b"[DONE]"]
+    assert view == expected
+    if not hide:
+        assert relayed == stream  # asked-for usage: the upstream's bytes, untouched
+
+
+def test_estimate_without_usage_counts_decoded_output() -> None:
+    r, _ = relay(encode(chunks(with_usage=False), b"\n", spaced=True), [13, 200], hide=True)
+    assert r.usage is None and r.complete
+    assert r.output_tokens_estimate() == estimate_tokens(len("".join(WORDS)))
+
+
+def test_error_event_before_usage_is_noticed() -> None:
+    r, relayed = relay(encode(chunks(with_usage=True, error_at=2), b"\n", spaced=False, done=False), [], hide=True)
+    assert r.error == "boom" and not r.complete
+    assert client_view(relayed)[-1] == {"error": {"message": "boom", "type": "server_error"}}
+
+
+def test_long_stream_without_usage_is_counted_in_batches() -> None:
+    piece = {"choices": [{"index": 0, "delta": {"content": "x" * 1000}, "finish_reason": None}]}
+    stream = encode([piece] * 200, b"\n", spaced=False)
+    r, _ = relay(stream, list(range(0, len(stream), 4096)), hide=False)
+    assert r.output_tokens_estimate() == estimate_tokens(200 * 1000)
+
+
+def test_scrubs_secrets_in_error_events() -> None:
+    error = b'data: {"error": {"message": "bad key Bearer sk-abcdefghijklmnop"}}\n\n'
+    r = StreamRelay(hide_usage_chunk=False, scrub=lambda data: data.replace(b"sk-abcdefghijklmnop", b"[REDACTED]"))
+    out = r.feed(error)
+    assert b"sk-abcdefghijklmnop" not in out and b"[REDACTED]" in out
