@@ -88,7 +88,12 @@ def _top_level_duplicates(raw: bytes) -> list[str]:
         found[:] = [name for name in _JUDGED if counts[name] > 1]
         return dict(items)
 
-    json.loads(raw, object_pairs_hook=pairs)
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        # orjson accepted the body; the stdlib parser may still give up on deep nesting. Judge it as orjson
+        # read it: refuse, since whether the names repeat at the top level cannot be told.
+        return [name for name in _JUDGED if raw.count(b'"' + name.encode() + b'"') > 1][:1] or ["body"]
     return found
 
 
