@@ -15,8 +15,8 @@ from keyrelay.gateway.client_ip import client_address, forwarded_for_hops, parse
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
-from tests.conftest import make_api_key
-from tests.integration.gateway.helpers import CHAT, assert_error, auth, chat, make_account, usage_rows
+from tests.conftest import PG_ADMIN_DSN, make_api_key
+from tests.integration.gateway.helpers import CHAT, assert_error, auth, break_store, chat, make_account, usage_rows
 
 # --- 7. routes: 404 for unknown paths whatever the method, 405 + Allow only for known ones -------------------------
 
@@ -260,3 +260,14 @@ async def test_list_meanings_are_the_same_everywhere(server: RunningServer, clie
     info = (await client.get("/v1/key", headers=auth(nothing))).json()["data"]
     assert info["allowed_models"] == [] and info["region"] == "nowhere"
     assert (await client.get("/v1/models", headers=auth(nothing))).json()["data"] == []
+
+
+async def test_key_view_with_the_store_down_is_503(
+    server: RunningServer, client: httpx.AsyncClient, database_url: str
+) -> None:
+    key = await make_api_key(server, "down@example.com", limit="1")
+    assert (await client.get("/v1/key", headers=auth(key))).status_code == 200  # cached now
+    await break_store(database_url, PG_ADMIN_DSN)
+    await server.runtime.engine.dispose()
+    err = assert_error(await client.get("/v1/key", headers=auth(key)), 503, "SERVICE_UNAVAILABLE")
+    assert "store" in err["message"]
