@@ -25,7 +25,8 @@ from keyrelay.gateway.authorize import IPAddress, allowed_channels, authorize_ke
 from keyrelay.gateway.forward import (
     UpstreamFailure,
     classify_exception,
-    classify_status,
+    classify_response,
+    log_transport_failure,
     upstream_error_message,
     upstream_headers,
 )
@@ -302,7 +303,7 @@ class Gateway:
         slot = (channel.qualified_name, operation, stream)
         target = self._targets.get(slot)
         if target is None:
-            origin = Origin.parse(channel.base_url)
+            origin = self._pool.origin(channel.base_url, ca_file=channel.tls_ca_file, verify=channel.tls_verify)
             path = "/embeddings" if operation is Operation.EMBEDDINGS else "/chat/completions"
             target = (origin, request_head(origin, path, list(upstream_headers(channel, stream).items())))
             self._targets[slot] = target
@@ -328,9 +329,9 @@ class Gateway:
                 response = await self._call(channel, request)
             except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
                 outcome.upstream_s += time.perf_counter() - t0
-                failure = classify_exception(exc)
+                failure = classify_exception(exc, channel)
                 continue
-            if response.status < 400:
+            if 200 <= response.status < 300:
                 outcome.upstream_s += time.perf_counter() - t0
                 return response
             try:
@@ -340,10 +341,7 @@ class Gateway:
             finally:
                 response.release()
             outcome.upstream_s += time.perf_counter() - t0
-            retry_after = response.header(b"retry-after")
-            failure = classify_status(
-                response.status, retry_after.decode("latin-1") if retry_after else None, upstream_error_message(body)
-            )
+            failure = classify_response(channel, response, upstream_error_message(body))
             if not failure.retryable:
                 break
         assert failure is not None
@@ -377,7 +375,7 @@ class Gateway:
         try:
             payload = await response.read()
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-            raise classify_exception(exc).error from exc
+            raise classify_exception(exc, outcome.channel).error from exc
         finally:
             response.release()
         outcome.upstream_s += time.perf_counter() - t0
@@ -419,9 +417,10 @@ class Gateway:
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             await send({"type": "http.response.body", "body": relay.flush()})
-        except (UpstreamConnectionError, UpstreamTimeoutError):
+        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
             # OpenAI-shaped error event; the partial usage is still billed.
+            log_transport_failure(exc, outcome.channel)
             outcome.error_type = ErrorType.UPSTREAM_ERROR.name
             err = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream stream ended unexpectedly.")
             await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(err.to_body()) + b"\n\n"})
