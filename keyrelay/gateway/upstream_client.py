@@ -36,7 +36,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -150,6 +150,15 @@ class Origin:
     base_path: str
     ssl_context: ssl.SSLContext | None = None
     proxy: Proxy | None = None
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Hashed twice per request (take an idle connection, give it back): compute it once.
+        fields = (self.host, self.port, self.tls, self.base_path, self.ssl_context, self.proxy)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, base_url: str) -> Origin:
@@ -431,6 +440,7 @@ class UpstreamPool:
         self._ssl = client_ssl_context(TlsSettings())  # the system store
         # One context per distinct TLS setting, shared by every origin that uses it.
         self._contexts: dict[TlsSettings, ssl.SSLContext] = {TlsSettings(): self._ssl}
+        self._origins: dict[Origin, Origin] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UpstreamPool:
@@ -475,7 +485,11 @@ class UpstreamPool:
             context = self._contexts.get(setting)
             if context is None:
                 context = self._contexts[setting] = client_ssl_context(setting)
-        return replace(origin, ssl_context=context, proxy=self._proxies.proxy_for(origin.host, origin.port, origin.tls))
+        origin = replace(
+            origin, ssl_context=context, proxy=self._proxies.proxy_for(origin.host, origin.port, origin.tls)
+        )
+        # One instance per distinct origin: the per-request dict lookups then match by identity.
+        return self._origins.setdefault(origin, origin)
 
     def _give_back(self, origin: Origin, conn: _Connection) -> None:
         idle = self._idle.setdefault(origin, [])
