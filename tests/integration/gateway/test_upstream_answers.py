@@ -28,6 +28,7 @@ from tests.http_servers import (
     is_stream_request,
     silent_server,
 )
+from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import CHAT, assert_error, auth, chat, usage_rows
 
 REDIRECTS = (300, 301, 302, 303, 304, 307, 308)  # every 3xx status RFC 9110 §15.4 defines
@@ -49,6 +50,11 @@ def _provider(name: str, base_url: str, *models: ModelConfig, **fields: object) 
     return ProviderConfig.model_validate(
         {"name": name, "base_url": base_url, "models": models or (ModelConfig(id="gpt-4o-mini"),), **values}
     ).model_copy(update={"api_key": SecretStr(SECRET)})
+
+
+@pytest.fixture
+def settings(tmp_path: Path, mock: MockUpstream) -> Settings:
+    return _settings(tmp_path, provider_for(mock))
 
 
 @pytest.fixture
@@ -122,6 +128,7 @@ async def test_each_transport_failure_is_named_to_the_client_and_logged(
     async with (
         ScriptedUpstream(lambda _h, _b: None) as hangs_up,
         ScriptedUpstream(lambda _h, _b: b"SSH-2.0-OpenSSH_9.6\r\n\r\n") as not_http,
+        ScriptedUpstream(lambda _h, _b: b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"id":') as cut_body,
         silent_server() as silent_port,
     ):
         cases = {
@@ -130,6 +137,8 @@ async def test_each_transport_failure_is_named_to_the_client_and_logged(
             "nxdomain": ("https://upstream.invalid/v1", "name resolution failed", "upstream.invalid:443"),
             "hangs-up": (hangs_up.base_url, "closed before the answer was complete", "closed the connection"),
             "not-http": (not_http.base_url, "not valid HTTP", "invalid HTTP response"),
+            # The status line and headers came, the body was cut: the failure surfaces while reading it.
+            "cut-body": (cut_body.base_url, "closed before the answer was complete", "closed the connection"),
             "no-tls": (f"https://127.0.0.1:{silent_port}/v1", "Connecting to the upstream timed out", "timed out"),
         }
         providers = [
@@ -153,6 +162,18 @@ async def test_each_transport_failure_is_named_to_the_client_and_logged(
                 host = host if ":" in host else f"{host}:443"
                 assert f"upstream {name} at {host}" in line and cause in line, line
             assert SECRET not in caplog_warnings.text
+
+
+async def test_a_stream_cut_midway_is_logged_with_its_cause(
+    server: RunningServer, client: httpx.AsyncClient, mock: MockUpstream, caplog_warnings: pytest.LogCaptureFixture
+) -> None:
+    key = await make_api_key(server, "a@example.com")
+    r = await client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "gpt-4o-mini-cut-stream", "stream": True}, headers=auth(key)
+    )
+    assert r.status_code == 200 and '"error"' in r.text  # the status line had gone out: an error event ends it
+    [line] = _warnings(caplog_warnings)
+    assert f"upstream mock at 127.0.0.1:{mock.port} failed: connection_closed: upstream closed the connection" in line
 
 
 # --- bodies delimited by the connection closing ---------------------------------------------------------------------
