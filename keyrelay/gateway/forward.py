@@ -104,7 +104,7 @@ def classify_response(channel: Channel, response: UpstreamResponse, message: str
 
 
 def classify_exception(exc: BaseException, channel: Channel | None) -> UpstreamFailure:
-    """Map a transport failure before the first byte to the client-facing error, and log its cause.
+    """Map a transport failure (connecting, or reading the answer) to the client-facing error; log its cause.
 
     Args:
         exc: ``UpstreamConnectionError`` or ``UpstreamTimeoutError`` (its ``reason`` says the kind).
