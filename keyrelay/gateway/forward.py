@@ -7,12 +7,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.gateway.upstream_client import (
-    TransportFailure,
-    UpstreamConnectionError,
-    UpstreamResponse,
-    UpstreamTimeoutError,
-)
+from keyrelay.gateway.upstream_client import UpstreamResponse
+from keyrelay.gateway.upstream_errors import TransportFailure, UpstreamConnectionError, UpstreamTimeoutError
 from keyrelay.routing.table import Channel
 
 log = logging.getLogger("keyrelay.upstream")

@@ -28,16 +28,12 @@ terms a client can be told (certificate rejected, connection refused, name not r
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import re
-import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -45,6 +41,13 @@ import httptools
 
 from keyrelay.config import ConfigError
 from keyrelay.gateway.proxy import Proxy, ProxyRules
+from keyrelay.gateway.upstream_errors import (
+    TransportFailure,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
+    connect_reason,
+    describe,
+)
 from keyrelay.tls import TlsSettings, client_ssl_context
 
 if TYPE_CHECKING:
@@ -53,85 +56,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("keyrelay.upstream")
 _HIGH_WATER = 1 << 20  # pause reading when this much response body is buffered and unread
 _MAX_TUNNEL_RESPONSE = 16 * 1024  # a proxy's answer to CONNECT is a status line and a few headers
-
-
-class TransportFailure(StrEnum):
-    """What kind of transport failure happened (no secrets, no addresses): told to the client in words."""
-
-    TLS_CERTIFICATE = "tls_certificate"  # certificate not trusted, expired, or not for this host name
-    TLS_HANDSHAKE = "tls_handshake"  # any other TLS failure (protocol version, cipher, not TLS at all)
-    CONNECTION_REFUSED = "connection_refused"
-    NAME_RESOLUTION = "name_resolution"
-    UNREACHABLE = "unreachable"  # no route to the network or host
-    CONNECT_FAILED = "connect_failed"  # another failure while connecting
-    CONNECTION_CLOSED = "connection_closed"  # closed or reset before the answer was complete
-    INVALID_RESPONSE = "invalid_response"  # not a valid HTTP/1.1 answer
-    PROXY_REFUSED = "proxy_refused"  # the HTTP proxy answered CONNECT with a non-2xx status
-    CONNECT_TIMEOUT = "connect_timeout"
-    READ_TIMEOUT = "read_timeout"
-
-
 _INVALID = TransportFailure.INVALID_RESPONSE
-
-
-class UpstreamConnectionError(ConnectionError):
-    """The upstream could not be reached or dropped the connection.
-
-    Attributes:
-        reason: The kind of failure.
-    """
-
-    def __init__(self, message: str, reason: TransportFailure = TransportFailure.CONNECTION_CLOSED) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class UpstreamTimeoutError(TimeoutError):
-    """The upstream did not connect, or did not send the next bytes, in time.
-
-    Attributes:
-        reason: ``CONNECT_TIMEOUT`` or ``READ_TIMEOUT``.
-    """
-
-    def __init__(self, message: str, reason: TransportFailure = TransportFailure.READ_TIMEOUT) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-_ERRNO_IN_TEXT = re.compile(r"\[Errno (-?\d+)\]")
-
-
-def _connect_reason(exc: OSError) -> TransportFailure:
-    """Classify a failure to connect (``OSError`` from ``create_connection``, ``start_tls`` or the resolver)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return TransportFailure.TLS_CERTIFICATE
-    if isinstance(exc, ssl.SSLError):
-        return TransportFailure.TLS_HANDSHAKE
-    if isinstance(exc, socket.gaierror):
-        return TransportFailure.NAME_RESOLUTION
-    code = exc.errno
-    if code is None:
-        # Several addresses all failed: asyncio raises "Multiple exceptions: [Errno 111] ..., [Errno 111] ...".
-        codes = {int(c) for c in _ERRNO_IN_TEXT.findall(str(exc))}
-        code = codes.pop() if len(codes) == 1 else None
-    if code == errno.ECONNREFUSED:
-        return TransportFailure.CONNECTION_REFUSED
-    if code in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
-        return TransportFailure.UNREACHABLE
-    if code in (errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE):
-        return TransportFailure.CONNECTION_CLOSED
-    return TransportFailure.CONNECT_FAILED
-
-
-def _describe(exc: BaseException) -> str:
-    """The OS or TLS library's own words for a failure (no addresses of ours beyond what it says)."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"{exc.reason}: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or exc.__class__.__name__
+__all__ = [  # the failure types are part of this module's interface
+    "Origin",
+    "TransportFailure",
+    "UpstreamConnectionError",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "UpstreamTimeoutError",
+    "request_head",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +153,7 @@ class _TunnelHandshake(asyncio.Protocol):
             self.done.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        detail = f": {_describe(exc)}" if exc is not None else ""
+        detail = f": {describe(exc)}" if exc is not None else ""
         self._set(UpstreamConnectionError(f"proxy {self.proxy.address} closed the connection{detail}"))
 
     def _set(self, exc: Exception) -> None:
@@ -271,7 +205,7 @@ class _Connection(asyncio.Protocol):
             self.keep_alive = False
             self._wake()
             return
-        detail = f": {_describe(exc)}" if exc is not None else ""
+        detail = f": {describe(exc)}" if exc is not None else ""
         self._fail(UpstreamConnectionError(f"upstream closed the connection{detail}"))
 
     def _delimited_by_close(self) -> bool:
@@ -527,7 +461,7 @@ class UpstreamPool:
             raise
         except OSError as exc:
             raise UpstreamConnectionError(
-                f"cannot connect to {origin.address}{via}: {_describe(exc)}", _connect_reason(exc)
+                f"cannot connect to {origin.address}{via}: {describe(exc)}", connect_reason(exc)
             ) from None
         return conn
 
