@@ -43,6 +43,8 @@ class KeyrelayApp:
 
     async def startup(self) -> None:
         """Open the store (migrating it), build services, start background work."""
+        # First: a bad CA file or proxy stops start-up before anything is opened. TLS contexts are built here, once.
+        self.pool = UpstreamPool.from_settings(self.settings)
         runtime = await open_runtime(self.settings, clock=self._clock, migrate=self.settings.migrate_on_start)
         self.admin.state.runtime = runtime
         runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")
@@ -57,7 +59,6 @@ class KeyrelayApp:
             fanout = RedisFanout(self.redis, runtime.cache, prefix=self.settings.redis_prefix)
             runtime.cache.on_invalidate = fanout.publish
             runtime.tasks.spawn(fanout.run(), name="cache-fanout")
-        self.pool = UpstreamPool()
         self.gateway = Gateway(
             settings=self.settings,
             cache=runtime.cache,

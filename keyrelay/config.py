@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from keyrelay.tls import TlsConfigError, TlsSettings, client_ssl_context
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./keyrelay.db"
 MICROS_PER_USD = 1_000_000
@@ -58,6 +62,10 @@ class ProviderConfig(BaseModel):
     region: str | None = None
     timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    tls_ca_file: str | None = Field(
+        default=None, min_length=1, description="PEM bundle trusted for this provider instead of the system store."
+    )
+    tls_verify: bool = Field(default=True, description="False skips the certificate check (a start-up warning).")
     models: tuple[ModelConfig, ...] = ()
 
     @field_validator("base_url")
@@ -66,6 +74,21 @@ class ProviderConfig(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ProviderConfig:
+        if self.tls_ca_file is None and self.tls_verify:
+            return self
+        if not self.base_url.startswith("https://"):
+            raise ValueError(f"provider {self.name!r}: tls_ca_file and tls_verify apply only to an https:// base_url")
+        if self.tls_ca_file is not None and not self.tls_verify:
+            raise ValueError(f"provider {self.name!r}: tls_ca_file has no effect with tls_verify: false; keep one")
+        if self.tls_ca_file is not None:
+            try:  # read it now, so that a bad file stops start-up with this message
+                client_ssl_context(TlsSettings(self.tls_ca_file))
+            except TlsConfigError as exc:
+                raise ValueError(f"provider {self.name!r}: {exc}") from None
+        return self
 
 
 class Settings(BaseSettings):
@@ -92,6 +115,10 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="keyrelay", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     limits_fail_open: bool = Field(default=False, description="Use local limits while Redis is unreachable.")
     migrate_on_start: bool = Field(default=True, description="Apply migrations at start-up.")
+    # Also read from the standard HTTPS_PROXY / HTTP_PROXY / NO_PROXY (see _StandardProxyVariables).
+    https_proxy: str | None = Field(default=None, description="HTTP proxy for https:// upstreams (CONNECT tunnel).")
+    http_proxy: str | None = Field(default=None, description="HTTP proxy for http:// upstreams.")
+    no_proxy: str | None = Field(default=None, description="Hosts reached without the proxy, comma-separated.")
     providers: tuple[ProviderConfig, ...] = ()
 
     @classmethod
@@ -103,8 +130,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment variables win over values passed in (which come from keyrelay.yaml)."""
-        return (env_settings, init_settings)
+        """``KEYRELAY_*`` variables win over values passed in (keyrelay.yaml), then the standard proxy variables."""
+        return (env_settings, init_settings, _StandardProxyVariables(settings_cls))
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -133,6 +160,25 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """Whether the store is an SQLite file."""
         return self.database_url.startswith("sqlite")
+
+
+class _StandardProxyVariables(PydanticBaseSettingsSource):
+    """``https_proxy``, ``http_proxy`` and ``no_proxy`` as curl and Python's urllib read them.
+
+    ``urllib.request.getproxies_environment``: either case, the lowercase name winning; an empty lowercase
+    variable unsets; ``HTTP_PROXY`` is ignored when ``REQUEST_METHOD`` is set (a CGI environment, where
+    a client's ``Proxy:`` header becomes ``HTTP_PROXY``; CVE-2016-1000110).
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: ``__call__`` reads the three variables at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The proxy settings found in the environment."""
+        found = urllib.request.getproxies_environment()
+        names = {"https": "https_proxy", "http": "http_proxy", "no": "no_proxy"}
+        return {field: found[key] for key, field in names.items() if found.get(key)}
 
 
 def _split_csv(value: str) -> list[str]:
@@ -181,7 +227,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+        raise ConfigError(f"invalid setting {where}: {str(first['msg']).removeprefix('Value error, ')}") from None
     return settings
 
 
@@ -203,7 +249,9 @@ def export_env(settings: Settings) -> None:
     ``serve --workers N`` starts N processes that each call ``load_settings()``; flags given on the
     command line reach them this way. Providers are re-read from the same config file.
     """
-    for name, value in settings.model_dump(exclude={"providers", "config"}).items():
+    # The proxy settings reach the workers through the inherited environment, like every other variable.
+    proxies = {"https_proxy", "http_proxy", "no_proxy"}
+    for name, value in settings.model_dump(exclude={"providers", "config", *proxies}).items():
         if value is not None:
             os.environ[f"KEYRELAY_{name.upper()}"] = str(value)
     if settings.config is not None:

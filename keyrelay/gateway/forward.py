@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.gateway.upstream_client import UpstreamResponse
+from keyrelay.gateway.upstream_errors import TransportFailure, UpstreamConnectionError, UpstreamTimeoutError
 from keyrelay.routing.table import Channel
 
+log = logging.getLogger("keyrelay.upstream")
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+# What the client is told about a transport failure: the kind, in words, without addresses or library text.
+_CONNECT_WORDS: dict[TransportFailure, str] = {
+    TransportFailure.TLS_CERTIFICATE: "TLS certificate verification failed",
+    TransportFailure.TLS_HANDSHAKE: "the TLS handshake failed",
+    TransportFailure.CONNECTION_REFUSED: "connection refused",
+    TransportFailure.NAME_RESOLUTION: "name resolution failed",
+    TransportFailure.UNREACHABLE: "network or host unreachable",
+    TransportFailure.CONNECT_FAILED: "the connection failed",
+    TransportFailure.PROXY_REFUSED: "the HTTP proxy refused to open a tunnel to it",
+}
+_EXCHANGE_WORDS: dict[TransportFailure, str] = {
+    TransportFailure.CONNECTION_CLOSED: "the connection was closed before the answer was complete",
+    TransportFailure.INVALID_RESPONSE: "its answer was not valid HTTP",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +49,21 @@ def upstream_headers(channel: Channel, stream: bool) -> dict[str, str]:
 
 
 def classify_status(status: int, retry_after: str | None, message: str, code: str | None = None) -> UpstreamFailure:
-    """Map an upstream error status to the client-facing error and whether another channel may help.
+    """Map a non-2xx upstream status to the client-facing error and whether another channel may help.
 
     ``message`` must already be scrubbed of secrets (``SecretScrubber``); ``code`` is the upstream's own
     ``error.code`` string (e.g. ``context_length_exceeded``), passed on for the client's refusals.
+    A 3xx (or any status below 400) is an upstream failure: keyrelay never follows redirects, because
+    a redirected POST would carry the provider credential to another host.
     """
     safe = message[:500]
+    if status < 400:
+        err = GatewayError(
+            ErrorType.UPSTREAM_ERROR,
+            f"The upstream answered HTTP {status} instead of a result (keyrelay does not follow redirects).",
+            status=502,
+        )
+        return UpstreamFailure(err, True)
     if status == 429:
         seconds = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
         err = GatewayError(
@@ -57,13 +86,73 @@ def classify_status(status: int, retry_after: str | None, message: str, code: st
     return UpstreamFailure(err, False)
 
 
-def classify_exception(exc: BaseException) -> UpstreamFailure:
-    """Map a transport failure before the first byte to the client-facing error."""
-    if isinstance(exc, TimeoutError):
-        return UpstreamFailure(GatewayError(ErrorType.UPSTREAM_TIMEOUT, "The upstream did not answer in time."), True)
-    return UpstreamFailure(
-        GatewayError(ErrorType.UPSTREAM_ERROR, f"Could not reach the upstream ({exc.__class__.__name__})."), True
-    )
+def classify_response(
+    channel: Channel, response: UpstreamResponse, message: str, code: str | None = None
+) -> UpstreamFailure:
+    """Map a non-2xx answer of ``channel`` to the client-facing error; a redirect is logged with its Location.
+
+    Args:
+        channel: The channel that answered.
+        response: The answer (status and headers; its body already read).
+        message: The upstream's own error text, already scrubbed of secrets, for the client message.
+        code: The upstream's own ``error.code`` string, if any.
+    """
+    status = response.status
+    if 300 <= status < 400:
+        location = response.header(b"location")
+        log.warning(
+            "upstream %s at %s answered HTTP %d redirecting to %s: not followed, trying the next channel if any",
+            channel.provider,
+            _host(channel),
+            status,
+            location.decode("latin-1")[:500] if location is not None else "(no Location)",
+        )
+    retry_after = response.header(b"retry-after")
+    return classify_status(status, retry_after.decode("latin-1") if retry_after else None, message, code)
+
+
+def classify_exception(exc: BaseException, channel: Channel | None) -> UpstreamFailure:
+    """Map a transport failure (connecting, or reading the answer) to the client-facing error; log its cause.
+
+    Args:
+        exc: ``UpstreamConnectionError`` or ``UpstreamTimeoutError`` (its ``reason`` says the kind).
+        channel: The channel being tried (named in the log line).
+
+    Returns:
+        ``UPSTREAM_TIMEOUT`` (504) for timeouts, else ``UPSTREAM_ERROR`` (502) whose message names the kind of
+        failure in words ("TLS certificate verification failed", "connection refused", ...); always retryable.
+    """
+    log_transport_failure(exc, channel)
+    reason = _reason(exc)
+    if reason is TransportFailure.CONNECT_TIMEOUT:
+        err = GatewayError(ErrorType.UPSTREAM_TIMEOUT, "Connecting to the upstream timed out.")
+    elif isinstance(exc, TimeoutError):
+        err = GatewayError(ErrorType.UPSTREAM_TIMEOUT, "The upstream did not answer in time.")
+    elif reason in _CONNECT_WORDS:
+        err = GatewayError(ErrorType.UPSTREAM_ERROR, f"Could not reach the upstream: {_CONNECT_WORDS[reason]}.")
+    else:
+        words = _EXCHANGE_WORDS.get(reason, "the connection failed") if reason else "the connection failed"
+        err = GatewayError(ErrorType.UPSTREAM_ERROR, f"The upstream connection failed: {words}.")
+    return UpstreamFailure(err, True)
+
+
+def log_transport_failure(exc: BaseException, channel: Channel | None) -> None:
+    """One WARNING line: provider, host, kind and the OS or TLS library's own text (never a credential)."""
+    reason = _reason(exc) or exc.__class__.__name__
+    provider, host = (channel.provider, _host(channel)) if channel is not None else ("-", "-")
+    log.warning("upstream %s at %s failed: %s: %s", provider, host, reason, exc)
+
+
+def _reason(exc: BaseException) -> TransportFailure | None:
+    return exc.reason if isinstance(exc, UpstreamConnectionError | UpstreamTimeoutError) else None
+
+
+def _host(channel: Channel) -> str:
+    """``host:port`` of a channel's base URL (never its user info or path)."""
+    parts = urlsplit(channel.base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def upstream_error(body: bytes) -> tuple[str, str | None]:

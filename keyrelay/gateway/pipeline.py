@@ -33,7 +33,8 @@ from keyrelay.gateway.client_ip import (
 from keyrelay.gateway.forward import (
     UpstreamFailure,
     classify_exception,
-    classify_status,
+    classify_response,
+    log_transport_failure,
     upstream_error,
     upstream_headers,
 )
@@ -275,7 +276,7 @@ class Gateway:
         slot = (channel.qualified_name, operation, stream)
         target = self._targets.get(slot)
         if target is None:
-            origin = Origin.parse(channel.base_url)
+            origin = self._pool.origin(channel.base_url, ca_file=channel.tls_ca_file, verify=channel.tls_verify)
             path = "/embeddings" if operation is Operation.EMBEDDINGS else "/chat/completions"
             target = (origin, request_head(origin, path, list(upstream_headers(channel, stream).items())))
             self._targets[slot] = target
@@ -301,9 +302,9 @@ class Gateway:
                 response = await self._call(channel, request)
             except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
                 outcome.upstream_s += time.perf_counter() - t0
-                failure = classify_exception(exc)
+                failure = classify_exception(exc, channel)
                 continue
-            if response.status < 400:
+            if 200 <= response.status < 300:
                 outcome.upstream_s += time.perf_counter() - t0
                 return response
             try:
@@ -313,12 +314,8 @@ class Gateway:
             finally:
                 response.release()
             outcome.upstream_s += time.perf_counter() - t0
-            retry_after = response.header(b"retry-after")
             message, code = upstream_error(body)
-            message = self._scrubber.text(message)
-            failure = classify_status(
-                response.status, retry_after.decode("latin-1") if retry_after else None, message, code
-            )
+            failure = classify_response(channel, response, self._scrubber.text(message), code)
             if not failure.retryable:
                 break
         assert failure is not None
@@ -352,7 +349,7 @@ class Gateway:
         try:
             payload = await response.read()
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-            raise classify_exception(exc).error from exc
+            raise classify_exception(exc, outcome.channel).error from exc
         finally:
             response.release()
         outcome.upstream_s += time.perf_counter() - t0
@@ -405,6 +402,7 @@ class Gateway:
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
             # OpenAI-shaped error event; the partial usage is still billed.
+            log_transport_failure(exc, outcome.channel)
             kind = ErrorType.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeoutError) else ErrorType.UPSTREAM_ERROR
             failure = GatewayError(kind, "The upstream stream ended unexpectedly.")
             body = relay.flush() + b"data: " + orjson.dumps(failure.to_body()) + b"\n\n"

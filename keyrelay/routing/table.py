@@ -35,6 +35,8 @@ class Channel:
     region: str | None
     timeout_s: float
     connect_timeout_s: float
+    tls_ca_file: str | None = None  # PEM bundle trusted instead of the system store
+    tls_verify: bool = True
 
     @property
     def qualified_name(self) -> str:
@@ -57,6 +59,8 @@ def _channels_of(provider: ProviderConfig) -> list[Channel]:
             region=provider.region,
             timeout_s=provider.timeout_s,
             connect_timeout_s=provider.connect_timeout_s,
+            tls_ca_file=provider.tls_ca_file,
+            tls_verify=provider.tls_verify,
         )
         for m in provider.models
     ]

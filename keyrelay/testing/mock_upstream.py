@@ -22,8 +22,11 @@ Token-counting rule (documented so that tests can compute expected usage):
   arrays.
 
 Fault injection is chosen per request through the model name (substring match), see :func:`create_mock_app`:
-``fail-429``, ``fail-500``, ``fail-503``, ``fail-400``, ``slow-ttfb``, ``hang``, ``cut-stream``, ``no-usage`` and
-``paced``. Every request received is recorded (bounded) in :attr:`MockState.requests`.
+``fail-429``, ``fail-500``, ``fail-503``, ``fail-400``, ``redirect-3NN`` (that 3xx status with a ``Location``),
+``slow-ttfb``, ``hang``, ``cut-stream``, ``no-usage`` and ``paced``. Every request received is recorded (bounded)
+in :attr:`MockState.requests`.
+
+Given an :class:`ssl.SSLContext`, :class:`MockUpstream` serves HTTPS instead of HTTP (for TLS tests).
 
 The server can run inside the current event loop (:class:`MockUpstream`, an async context manager), in a daemon
 thread with its own loop (:func:`run_in_thread`, for synchronous tests), or from the command line
@@ -41,7 +44,9 @@ import hashlib
 import itertools
 import math
 import os
+import re
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -92,6 +97,8 @@ FAULT_HANG: Final = "hang"
 FAULT_CUT_STREAM: Final = "cut-stream"
 FAULT_NO_USAGE: Final = "no-usage"
 FAULT_PACED: Final = "paced"
+FAULT_REDIRECT: Final = re.compile(r"redirect-(3\d\d)")
+REDIRECT_LOCATION: Final = "https://moved.upstream.example/v1"
 
 _PACED_FIRST_S: Final = 0.020
 _PACED_GAP_S: Final = 0.005
@@ -334,6 +341,17 @@ def _fault_error(model: str) -> web.Response | None:
         )
     if FAULT_400 in model:
         return _invalid_request(f"Invalid request for model {model}. (keyrelay mock fault injection)")
+    redirect = FAULT_REDIRECT.search(model)
+    if redirect is not None:
+        # As a web server answers a moved endpoint (e.g. http:// to https://): an HTML body, or none for 304.
+        status = int(redirect.group(1))
+        body = None if status == 304 else b"<html><body>Moved</body></html>"
+        return web.Response(
+            status=status,
+            body=body,
+            content_type=None if body is None else "text/html",
+            headers={"location": REDIRECT_LOCATION},
+        )
     return None
 
 
@@ -774,15 +792,24 @@ class MockUpstream:
     1 s shutdown timeout. An instance can be started once.
     """
 
-    def __init__(self, options: MockOptions | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        options: MockOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         """Prepare (but do not start) the server.
 
         Args:
             options: Configuration; defaults to ``MockOptions()``.
             host: Interface to bind.
             port: TCP port; 0 picks a free port (see :attr:`port` once started).
+            ssl_context: A server-side TLS context (certificate loaded): serve HTTPS instead of HTTP.
         """
         self.options = options if options is not None else MockOptions()
+        self.ssl_context = ssl_context
         self.app = create_mock_app(self.options)
         self.state = self.app[MOCK_KEY]
         self.host = host
@@ -805,13 +832,14 @@ class MockUpstream:
 
     @property
     def origin(self) -> str:
-        """``http://HOST:PORT`` (no trailing slash)."""
+        """``http://HOST:PORT``, or ``https://`` with an SSL context (no trailing slash)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
-        """The OpenAI base URL, ``http://HOST:PORT/v1``."""
+        """The OpenAI base URL, ``http(s)://HOST:PORT/v1``."""
         return f"{self.origin}/v1"
 
     async def start(self) -> None:
@@ -828,7 +856,7 @@ class MockUpstream:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._requested_port)
+            site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self.ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
