@@ -66,7 +66,16 @@ Metrics:          {base}/metrics
 """
 
 
-async def _run(settings: Settings, sock: socket.socket) -> None:
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> int:
+    """Serve until stopped; the exit code uvicorn chose if the start-up failed (it has logged why), else 0."""
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:  # raised inside this task it would escape the event loop with a traceback
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+async def _run(settings: Settings, sock: socket.socket) -> int:
     async with MockUpstream(MockOptions(models=tuple(m.id for m in DEMO_MODELS))) as mock:
         provider = ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=DEMO_MODELS)
         settings = settings.model_copy(update={"providers": (*settings.providers, provider)})
@@ -76,7 +85,7 @@ async def _run(settings: Settings, sock: socket.socket) -> None:
             app, host=settings.host, port=bound, lifespan="on", access_log=False, log_config=None, proxy_headers=False
         )
         server = uvicorn.Server(config)
-        task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        task = asyncio.ensure_future(_serve(server, sock))
         while not server.started:
             if task.done():
                 return task.result()
@@ -86,7 +95,7 @@ async def _run(settings: Settings, sock: socket.socket) -> None:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         click.echo(_banner(f"http://{host}:{bound}", api_key, admin_key, settings.database_url))
         sys.stdout.flush()
-        await task
+        return await task
 
 
 def run_demo(settings: Settings) -> None:
@@ -98,5 +107,8 @@ def run_demo(settings: Settings) -> None:
     """
     setup_logging("warning", "text")
     sock = bind_listener(settings.host, settings.port)
+    code = 0
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(settings, sock))
+        code = asyncio.run(_run(settings, sock))
+    if code:
+        sys.exit(code)

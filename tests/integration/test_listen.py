@@ -96,3 +96,28 @@ def test_make_demo_honours_port(busy_port: int, tmp_path: Path) -> None:
     assert "error: cannot listen on 127.0.0.1:" + str(busy_port) + ": address already in use" in result.stderr
     assert "Traceback" not in result.stderr and "uvicorn" not in result.stderr
     assert not (tmp_path / "kr.db").exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_failed_start_up_is_exit_3_without_traceback(command: str, tmp_path: Path) -> None:
+    # The database refuses connections: the application's start-up fails after the port was bound.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keyrelay",
+            "--database-url",
+            "postgresql://kr:pw@127.0.0.1:1/kr",
+            command,
+            "--port",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == EXIT_CANNOT_START, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "start-up failed" in result.stderr
