@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Any
 
 import uvicorn
@@ -16,7 +17,20 @@ from keyrelay.logs import setup_logging
 from keyrelay.store.engine import create_engine
 from keyrelay.store.migrate import upgrade_to_head
 
-log = logging.getLogger("keyrelay.server")
+
+class _Server(uvicorn.Server):
+    """uvicorn's server on a socket bound beforehand, still logging where it runs once it has started.
+
+    uvicorn says "Uvicorn running on ..." only when it binds the address itself; operators and
+    tests wait for that line, so it is kept, in uvicorn's own words and logger.
+    """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and sockets:
+            host, port = self.config.host, sockets[0].getsockname()[1]
+            where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", where)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -73,8 +87,7 @@ def serve_forever(settings: Settings) -> None:
     sock = bind_listener(settings.host, settings.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(create_app(settings), host=settings.host, port=port, **_uvicorn_options(settings))
-    server = uvicorn.Server(config)
-    log.info("listening on http://%s:%d", f"[{settings.host}]" if ":" in settings.host else settings.host, port)
+    server = _Server(config)
     # uvicorn exits with code 3 itself when the application's start-up fails (after logging why). After a
     # graceful shutdown it raises the signal that asked for it again: Ctrl-C arrives here as KeyboardInterrupt.
     with contextlib.suppress(KeyboardInterrupt):
