@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# PORT=9000 make demo (or make demo PORT=9000) listens on another port; KEYRELAY_PORT works as well.
 demo: $(STAMP)
-	$(BIN)/keyrelay demo
+	$(BIN)/keyrelay demo $(if $(PORT),--port $(PORT))
 
 test: lint pytest
 

@@ -23,6 +23,7 @@ from keyrelay.config import ConfigError, Settings, load_settings
 from keyrelay.errors import GatewayError
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate, micros_to_usd
+from keyrelay.listen import ListenError
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.store.engine import UnsupportedDatabaseError
@@ -30,12 +31,17 @@ from keyrelay.store.records import AccountRecord
 
 T = TypeVar("T")
 
+# Exit codes, documented in the README's CLI section.
+EXIT_FAILED = 1  # the command could not be carried out: database unreachable, no such key, conflict
+EXIT_BAD_INPUT = 2  # bad input or configuration (click's own usage errors exit with 2 as well)
+EXIT_CANNOT_START = 3  # serve or demo could not start: cannot listen on the address, or start-up failed
+
 
 def _out(line: str = "") -> None:
     click.echo(line)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = EXIT_FAILED) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -55,15 +61,17 @@ def friendly(func: Callable[..., T]) -> Callable[..., T]:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            _fail(str(exc), 2)
+            _fail(str(exc), EXIT_BAD_INPUT)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            _fail(f"{where}: {str(first['msg']).removeprefix('Value error, ')}", 2)
+            _fail(f"{where}: {str(first['msg']).removeprefix('Value error, ')}", EXIT_BAD_INPUT)
         except GatewayError as exc:
             _fail(exc.message)
+        except ListenError as exc:
+            _fail(str(exc), EXIT_CANNOT_START)
         except (UnsupportedDatabaseError, ArgumentError) as exc:
-            _fail(f"invalid database URL: {str(exc).splitlines()[0][:200]}", 2)
+            _fail(f"invalid database URL: {str(exc).splitlines()[0][:200]}", EXIT_BAD_INPUT)
         except (OperationalError, OSError) as exc:
             _fail(f"cannot reach the database: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
         except DBAPIError as exc:
@@ -144,7 +152,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, config_file: s
             f"--workers {settings.workers} needs KEYRELAY_REDIS_URL: without Redis each worker would keep its own "
             "rate and spend counters (multiplying every limit by the number of workers) and its own key cache. "
             "Set KEYRELAY_REDIS_URL, or run one worker.",
-            2,
+            EXIT_BAD_INPUT,
         )
     serve_forever(settings)
 
@@ -164,15 +172,15 @@ def migrate(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on (default 8080, or KEYRELAY_PORT).")
+@click.option("--host", help="Interface to listen on (default 127.0.0.1, or KEYRELAY_HOST).")
 @click.pass_context
 @friendly
-def demo(ctx: click.Context, port: int, host: str) -> None:
+def demo(ctx: click.Context, port: int | None, host: str | None) -> None:
     """Start the gateway with a built-in mock upstream and print a working demo key."""
     from keyrelay.demo import run_demo
 
-    run_demo(ctx.obj["settings_factory"](), host=host, port=port)
+    run_demo(ctx.obj["settings_factory"](host=host, port=port))
 
 
 # --- admin -----------------------------------------------------------------------------------------------

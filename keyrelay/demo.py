@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 from decimal import Decimal
 
@@ -14,6 +15,7 @@ from keyrelay.app import create_app
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
+from keyrelay.listen import bind_listener
 from keyrelay.logs import setup_logging
 from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate
@@ -64,30 +66,49 @@ Metrics:          {base}/metrics
 """
 
 
-async def _run(settings: Settings, host: str, port: int) -> None:
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> int:
+    """Serve until stopped; the exit code uvicorn chose if the start-up failed (it has logged why), else 0."""
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:  # raised inside this task it would escape the event loop with a traceback
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+async def _run(settings: Settings, sock: socket.socket) -> int:
     async with MockUpstream(MockOptions(models=tuple(m.id for m in DEMO_MODELS))) as mock:
         provider = ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=DEMO_MODELS)
         settings = settings.model_copy(update={"providers": (*settings.providers, provider)})
         app = create_app(settings)
+        bound = sock.getsockname()[1]
         config = uvicorn.Config(
-            app, host=host, port=port, lifespan="on", access_log=False, log_config=None, proxy_headers=False
+            app, host=settings.host, port=bound, lifespan="on", access_log=False, log_config=None, proxy_headers=False
         )
         server = uvicorn.Server(config)
-        task = asyncio.ensure_future(server.serve())
+        task = asyncio.ensure_future(_serve(server, sock))
         while not server.started:
             if task.done():
                 return task.result()
             await asyncio.sleep(0.02)
-        bound = server.servers[0].sockets[0].getsockname()[1]
         assert app.runtime is not None
         admin_key, api_key = await _issue_demo_keys(app.runtime)
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
         click.echo(_banner(f"http://{host}:{bound}", api_key, admin_key, settings.database_url))
         sys.stdout.flush()
-        await task
+        return await task
 
 
-def run_demo(settings: Settings, *, host: str, port: int) -> None:
-    """Run the demo until Ctrl-C."""
+def run_demo(settings: Settings) -> None:
+    """Run the demo on ``settings.host:settings.port`` until Ctrl-C.
+
+    Raises:
+        ListenError: The address cannot be listened on (checked before anything starts).
+        SystemExit: With code 3 when the application's start-up failed (uvicorn logs why).
+    """
     setup_logging("warning", "text")
+    sock = bind_listener(settings.host, settings.port)
+    code = 0
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(settings, host, port))
+        code = asyncio.run(_run(settings, sock))
+    if code:
+        sys.exit(code)
