@@ -52,6 +52,13 @@ def known_models(settings: Settings) -> frozenset[str]:
     return frozenset(names)
 
 
+def known_regions(settings: Settings) -> frozenset[str] | None:
+    """The regions the configured providers serve; None when no provider is configured."""
+    if not settings.providers:
+        return None
+    return frozenset(p.region for p in settings.providers if p.region is not None)
+
+
 async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
     """Connect to the store (applying migrations) and build the services."""
     clock = clock or SystemClock()
@@ -77,6 +84,12 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrat
         groups=groups,
         cache=cache,
         cache_sync=CacheSync(cache=cache, keys=keys, accounts=accounts, groups=groups, clock=clock),
-        key_service=KeyService(keys=keys, cache=cache, clock=clock, known_models=known_models(settings)),
+        key_service=KeyService(
+            keys=keys,
+            cache=cache,
+            clock=clock,
+            known_models=known_models(settings),
+            known_regions=known_regions(settings),
+        ),
         account_service=AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock),
     )
