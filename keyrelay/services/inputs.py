@@ -25,7 +25,7 @@ def _email(value: str) -> str:
 
 Email = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=3, max_length=320),
+    StringConstraints(strip_whitespace=True, max_length=320),
     Storable,
     AfterValidator(_email),
     Field(json_schema_extra={"pattern": "^[^@\\s\\u0000]+@[^@\\s\\u0000]+$"}),
