@@ -35,6 +35,12 @@ def _out(line: str = "") -> None:
     click.echo(line)
 
 
+def _warn(warnings: tuple[str, ...]) -> None:
+    """Print the services' warnings (accepted input that cannot work yet) on stderr, one per line."""
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -247,14 +253,15 @@ def create_management_key(ctx: click.Context, email: str, is_admin: bool, name: 
     """Create a management key (printed once)."""
     spec = KeyCreate(name=name)
 
-    async def job(rt: Runtime) -> str:
+    async def job(rt: Runtime) -> tuple[str, tuple[str, ...]]:
         account = await _account(rt, email)
         issued = await rt.key_service.create(account=account, spec=spec, key_type=KeyType.MANAGEMENT, is_admin=is_admin)
-        return issued.plaintext
+        return issued.plaintext, issued.warnings
 
-    plaintext = _with_runtime(ctx, job)
+    plaintext, warnings = _with_runtime(ctx, job)
     _out(plaintext)
     click.echo("store this key now: it is not shown again", err=True)
+    _warn(warnings)
 
 
 @admin.command("list-management-keys")
@@ -374,8 +381,7 @@ def keys_create(ctx: click.Context, email: str, **fields: Any) -> None:
     plaintext, key_hash, warnings = _with_runtime(ctx, job)
     _out(plaintext)
     click.echo(f"hash {key_hash}; store this key now: it is not shown again", err=True)
-    for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+    _warn(warnings)
 
 
 def _key_job(hash_: str, action: Callable[[Runtime, Any], Coroutine[Any, Any, T]]) -> Callable[[Runtime], Awaitable[T]]:
@@ -418,11 +424,13 @@ def keys_rotate(ctx: click.Context, key_hash: str, grace_seconds: int) -> None:
 
 
 def _set_disabled(ctx: click.Context, key_hash: str, disabled: bool) -> None:
-    async def action(rt: Runtime, record: Any) -> None:
-        await rt.key_service.update(record=record, spec=KeyUpdate(disabled=disabled))
+    async def action(rt: Runtime, record: Any) -> tuple[str, ...]:
+        _, warnings = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=disabled))
+        return warnings
 
-    _with_runtime(ctx, _key_job(key_hash, action))
+    warnings = _with_runtime(ctx, _key_job(key_hash, action))
     _out(f"{'disabled' if disabled else 'enabled'} {key_hash}")
+    _warn(warnings)
 
 
 @keys.command("disable")

@@ -120,6 +120,10 @@ async def test_accounts(client: httpx.AsyncClient, admin_key: str) -> None:
     ]:
         r = await client.post("/api/v1/accounts", json=body, headers=auth(admin_key))
         assert_error(r, status, error_type, param)
+        if param == "email" and status == 400 and body:
+            # Says what an email must look like, not which regular expression it failed.
+            message = r.json()["error"]["message"]
+            assert "name@example.com" in message and "pattern" not in message and "\\s" not in message, message
 
     r = await client.get("/api/v1/accounts", headers=auth(admin_key))
     emails = [a["email"] for a in r.json()["data"]]

@@ -13,12 +13,14 @@ import pytest
 from pydantic import SecretStr
 
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
+from keyrelay.errors import GatewayError
 from keyrelay.keys.hashing import key_hash
 from keyrelay.keys.spec import KeyUpdate
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountUpdate
+from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
-from keyrelay.testing.server import RunningServer
+from keyrelay.testing.server import RunningServer, running_server
 from tests.conftest import PG_ADMIN_DSN, make_api_key, make_management_key
 from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import (
@@ -72,16 +74,26 @@ async def test_disabled_key(server: RunningServer, client: httpx.AsyncClient, mo
     assert mock.requests == []
 
 
-async def test_expired_key(server: RunningServer, client: httpx.AsyncClient) -> None:
-    now = datetime.now(UTC)
-    past = await make_api_key(server, "a@example.com", expires_at=(now - timedelta(hours=1)).isoformat())
-    assert_error(await chat(client, past), 401, "API_KEY_EXPIRED")
-    # A key that expires while it sits in the cache is refused from that moment on.
-    expiry = datetime.now(UTC) + timedelta(seconds=0.5)
-    soon = await make_api_key(server, "a@example.com", expires_at=expiry.isoformat())
-    assert (await chat(client, soon)).status_code == 200
-    await asyncio.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 0.05)
-    assert_error(await chat(client, soon), 401, "API_KEY_EXPIRED")
+async def test_expired_key(settings: Settings, mock: MockUpstream) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    async with (
+        running_server(settings, clock=clock) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=10) as client,
+    ):
+        # A key works until its expiry and is refused from that instant on, also while it sits in the cache.
+        expiry = clock.now_utc() + timedelta(hours=1)
+        key = await make_api_key(server, "a@example.com", expires_at=expiry.isoformat())
+        assert (await chat(client, key)).status_code == 200
+        clock.advance(3600 - 0.001)
+        assert (await chat(client, key)).status_code == 200
+        clock.advance(0.001)
+        assert_error(await chat(client, key), 401, "API_KEY_EXPIRED")
+        assert_error(await client.get("/v1/models", headers=auth(key)), 401, "API_KEY_EXPIRED")
+        assert len(mock.requests) == 2
+        # A key cannot be made already expired: it would be dead on arrival.
+        with pytest.raises(GatewayError) as refused:
+            await make_api_key(server, "a@example.com", expires_at=(clock.now_utc() - timedelta(hours=1)).isoformat())
+        assert refused.value.field == "expires_at"
 
 
 # --- 403 ------------------------------------------------------------------------------------------------------------
