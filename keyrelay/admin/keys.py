@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from keyrelay.admin.auth import Manager, require_manager, runtime_of
 from keyrelay.admin.openapi import COMMON_ERRORS, errors
@@ -19,6 +19,10 @@ from keyrelay.store.records import AccountRecord, KeyRecord
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"], responses=errors(*COMMON_ERRORS))
 ManagerDep = Annotated[Manager, Depends(require_manager)]
+# Any other text names no key: 404 like an unknown hash (the document states the shape, the API does not 400).
+KeyHash = Annotated[
+    str, Path(description="The key's hash (hex SHA-256).", json_schema_extra={"pattern": "^[0-9a-f]{64}$"})
+]
 MAX_OFFSET = 1_000_000
 
 
@@ -77,7 +81,7 @@ async def list_keys(
 
 
 @router.get("/{key_hash}", response_model=KeyEnvelope, summary="Get one API key", responses=errors(404))
-async def get_key(key_hash: str, request: Request, manager: ManagerDep) -> KeyEnvelope:
+async def get_key(key_hash: KeyHash, request: Request, manager: ManagerDep) -> KeyEnvelope:
     """One key by its ``hash``."""
     runtime = runtime_of(request)
     record = await _visible_key(runtime, manager, key_hash)
@@ -85,7 +89,7 @@ async def get_key(key_hash: str, request: Request, manager: ManagerDep) -> KeyEn
 
 
 @router.patch("/{key_hash}", response_model=KeyEnvelope, summary="Update an API key", responses=errors(400, 404))
-async def update_key(key_hash: str, body: KeyUpdate, request: Request, manager: ManagerDep) -> KeyEnvelope:
+async def update_key(key_hash: KeyHash, body: KeyUpdate, request: Request, manager: ManagerDep) -> KeyEnvelope:
     """Change the fields present in the body; null resets a limit field to the group default."""
     runtime = runtime_of(request)
     record = await _visible_key(runtime, manager, key_hash)
@@ -96,7 +100,9 @@ async def update_key(key_hash: str, body: KeyUpdate, request: Request, manager: 
 @router.post(
     "/{key_hash}/rotate", response_model=KeyIssued, summary="Rotate an API key's secret", responses=errors(400, 404)
 )
-async def rotate_key(key_hash: str, request: Request, manager: ManagerDep, body: KeyRotate | None = None) -> KeyIssued:
+async def rotate_key(
+    key_hash: KeyHash, request: Request, manager: ManagerDep, body: KeyRotate | None = None
+) -> KeyIssued:
     """New secret, same record; the old secret keeps working for ``grace_seconds``."""
     runtime = runtime_of(request)
     record = await _visible_key(runtime, manager, key_hash)
@@ -105,7 +111,7 @@ async def rotate_key(key_hash: str, request: Request, manager: ManagerDep, body:
 
 
 @router.delete("/{key_hash}", response_model=KeyDeleted, summary="Delete an API key", responses=errors(404))
-async def delete_key(key_hash: str, request: Request, manager: ManagerDep) -> KeyDeleted:
+async def delete_key(key_hash: KeyHash, request: Request, manager: ManagerDep) -> KeyDeleted:
     """Immediate and final: the next request with this key fails."""
     runtime = runtime_of(request)
     record = await _visible_key(runtime, manager, key_hash)
