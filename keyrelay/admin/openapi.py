@@ -48,9 +48,18 @@ def install_openapi(app: FastAPI) -> None:
             for operations in doc.get("paths", {}).values():
                 for operation in operations.values():
                     operation.get("responses", {}).pop("422", None)
-            schemas = doc.get("components", {}).get("schemas", {})
+            components = doc.setdefault("components", {})
             for name in _FASTAPI_VALIDATION:
-                schemas.pop(name, None)
+                components.get("schemas", {}).pop(name, None)
+            # Every operation needs a management key (require_manager); /openapi.json itself is not listed.
+            components["securitySchemes"] = {
+                "managementKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A management key: 'Authorization: Bearer kr_mgmt_...'.",
+                }
+            }
+            doc["security"] = [{"managementKey": []}]
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -294,6 +294,12 @@ async def test_openapi_declares_what_the_api_answers(client: httpx.AsyncClient) 
         for status, response in responses.items():
             if status.startswith(("4", "5")):
                 assert response["content"]["application/json"]["schema"] == error_ref, (method, path, status)
+    assert doc["security"] == [{"managementKey": []}]
+    assert doc["components"]["securitySchemes"]["managementKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A management key: 'Authorization: Bearer kr_mgmt_...'.",
+    }
     # Amounts are JSON numbers, not numeric strings.
     for model, field in (("KeyCreate", "limit"), ("AccountCreate", "balance"), ("GroupCreate", "price_multiplier")):
         branches = schemas[model]["properties"][field]["anyOf"]
