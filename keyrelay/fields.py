@@ -61,7 +61,6 @@ class _Storable:
 
 
 Storable = _Storable()
-Text = Annotated[str, Storable]
 
 
 def parse_timestamp(value: object) -> datetime:

@@ -88,6 +88,11 @@ def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONRespons
         allow = allowed_methods(request.app.router.routes, request.scope)
         message = f"{request.method} is not allowed on {path}; use {', '.join(allow)}."
         return error_response(GatewayError(ErrorType.METHOD_NOT_ALLOWED, message), headers={"allow": ", ".join(allow)})
+    if exc.status_code == 400:
+        # FastAPI's answer to a body its JSON parser gave up on (invalid UTF-8, nesting too deep).
+        return error_response(
+            GatewayError(ErrorType.INVALID_REQUEST, "The request body is not valid JSON.", field="body")
+        )
     err = GatewayError(ErrorType.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
     return error_response(err, headers=exc.headers)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import StringConstraints
 
 from keyrelay.admin.auth import Manager, require_manager, runtime_of
 from keyrelay.admin.openapi import COMMON_ERRORS, errors
 from keyrelay.admin.pagination import decode_token, encode_token
 from keyrelay.admin.schemas import KeyDeleted, KeyEnvelope, KeyIssued, KeyPage, key_out
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.fields import RowId, Text, is_key_hash
+from keyrelay.fields import RowId, Storable, is_key_hash
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate, KeyRotate, KeyUpdate
 from keyrelay.runtime import Runtime
@@ -60,7 +61,7 @@ async def list_keys(
     request: Request,
     manager: ManagerDep,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
-    page_token: Annotated[Text | None, Query(max_length=512)] = None,
+    page_token: Annotated[Annotated[str, StringConstraints(max_length=512), Storable] | None, Query()] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     account_id: Annotated[RowId | None, Query(description="Admin only: one account's keys.")] = None,
 ) -> KeyPage:

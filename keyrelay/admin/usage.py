@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 
 from keyrelay.admin.auth import Manager, require_manager, runtime_of
 from keyrelay.admin.openapi import COMMON_ERRORS, errors
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.fields import Text, Timestamp, is_key_hash
+from keyrelay.fields import Storable, Timestamp, is_key_hash
 from keyrelay.keys.spec import micros_to_usd
 from keyrelay.store.usage import UsageRepository, UsageTotals
 
@@ -58,8 +58,10 @@ def _row(t: UsageTotals) -> UsageRow:
 async def usage(
     request: Request,
     manager: Annotated[Manager, Depends(require_manager)],
-    key: Annotated[Text | None, Query(description="A key's hash.", max_length=64)] = None,
-    model: Annotated[Text | None, Query(max_length=200)] = None,
+    key: Annotated[
+        Annotated[str, StringConstraints(max_length=64), Storable] | None, Query(description="A key's hash.")
+    ] = None,
+    model: Annotated[Annotated[str, StringConstraints(max_length=200), Storable] | None, Query()] = None,
     start: Annotated[Timestamp | None, Query(description="Inclusive, ISO 8601 (UTC if no offset).")] = None,
     end: Annotated[Timestamp | None, Query(description="Exclusive, ISO 8601 (UTC if no offset).")] = None,
     group_by: Annotated[Literal["day", "model", "key"] | None, Query()] = None,

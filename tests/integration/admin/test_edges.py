@@ -153,6 +153,11 @@ async def test_every_bound_is_a_400_naming_the_field_and_changes_nothing(
         r = await client.request(method, url, json=body, headers=headers)
         error_of(r, 400, "INVALID_REQUEST", param)
         assert local_port(r) == port, f"{method} {url}: the connection was dropped"
+    # Bodies the JSON parser gives up on: nested too deep, not UTF-8.
+    for raw in (b"[" * 100_000, b'{"name": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", b'{"name": "\xff"}'):
+        r = await client.post("/api/v1/keys", content=raw, headers={**headers, "content-type": "application/json"})
+        error_of(r, 400, "INVALID_REQUEST", "body")
+        assert local_port(r) == port
     # A path segment that cannot be a key hash names no key.
     error_of(await client.get("/api/v1/keys/%00", headers=headers), 404, "NOT_FOUND")
     error_of(await client.get("/api/v1/usage?key=not-a-hash", headers=headers), 404, "NOT_FOUND", "key")
