@@ -134,7 +134,13 @@ class KeyService:
         key_type: KeyType = KeyType.REGULAR,
         is_admin: bool = False,
     ) -> IssuedKey:
-        """Issue a new key for an account; the plaintext is returned once and never stored."""
+        """Issue a new key for an account; the plaintext is returned once and never stored.
+
+        The answer's ``warnings`` name accepted input that cannot work yet (unknown models, unserved region).
+
+        Raises:
+            GatewayError: INVALID_REQUEST naming ``expires_at`` when it is not after the clock's now.
+        """
         now = self._clock.now_utc()
         plaintext = generate(key_type)
         secret_hash = key_hash(plaintext)
@@ -158,7 +164,15 @@ class KeyService:
         return IssuedKey(record=record, plaintext=plaintext, warnings=self._warnings(spec, set(spec.model_fields_set)))
 
     async def update(self, *, record: KeyRecord, spec: KeyUpdate) -> tuple[KeyRecord, tuple[str, ...]]:
-        """Apply the fields present in ``spec``; absent fields stay as they are."""
+        """Apply the fields present in ``spec``; absent fields stay as they are.
+
+        Returns:
+            The updated record and the warnings about the fields set (as for ``create``).
+
+        Raises:
+            GatewayError: INVALID_REQUEST naming ``expires_at`` when it is set to a time not after the clock's
+                now; NOT_FOUND when the key is gone.
+        """
         values = self._field_values(spec, set(spec.model_fields_set))
         if "limit_reset" in values and values["limit_reset"] != record.limit_reset:
             # A new window kind starts a fresh period.

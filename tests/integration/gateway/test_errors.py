@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -217,7 +218,7 @@ async def test_insufficient_balance(server: RunningServer, client: httpx.AsyncCl
     assert mock.requests == []
     # A balance that covers one request's maximum cost but not a second one once the first (2 µ$) is charged.
     worst = max_cost_micros(chat_body(max_tokens=1), 1)
-    await make_account(server, "tight@example.com", balance=f"{(worst + 1) / 1e6:.6f}")
+    await make_account(server, "tight@example.com", balance=Decimal(f"{(worst + 1) / 1e6:.6f}"))
     tight = await make_api_key(server, "tight@example.com")
     assert (await chat(client, tight, max_tokens=1)).status_code == 200
     assert_error(await chat(client, tight, max_tokens=1), 402, "INSUFFICIENT_BALANCE", source="account")
@@ -230,7 +231,7 @@ async def test_insufficient_balance(server: RunningServer, client: httpx.AsyncCl
 async def test_balance_holds_when_keys_alternate(server: RunningServer, client: httpx.AsyncClient) -> None:
     """Two keys of one account, cached at different times (before and after charges reached the store)."""
     worst = max_cost_micros(chat_body(max_tokens=1), 1)
-    await make_account(server, "shared@example.com", balance=f"{(worst + 5) / 1e6:.6f}")
+    await make_account(server, "shared@example.com", balance=Decimal(f"{(worst + 5) / 1e6:.6f}"))
     first = await make_api_key(server, "shared@example.com")
     second = await make_api_key(server, "shared@example.com")
     statuses = []
@@ -247,7 +248,7 @@ async def test_key_limit_holds_across_both_secrets_of_a_rotated_key(
     server: RunningServer, client: httpx.AsyncClient
 ) -> None:
     worst = max_cost_micros(chat_body(max_tokens=1), 1)
-    old = await make_api_key(server, "a@example.com", limit=f"{(worst + 5) / 1e6:.6f}")
+    old = await make_api_key(server, "a@example.com", limit=Decimal(f"{(worst + 5) / 1e6:.6f}"))
     mgmt = await make_management_key(server, "a@example.com")
     assert (await chat(client, old, max_tokens=1)).status_code == 200
     r = await client.post(f"/api/v1/keys/{key_hash(old)}/rotate", json={"grace_seconds": 600}, headers=auth(mgmt))
@@ -264,7 +265,7 @@ async def test_key_limit_holds_across_both_secrets_of_a_rotated_key(
 async def test_key_quota_exhausted(server: RunningServer, client: httpx.AsyncClient, mock: MockUpstream) -> None:
     # The limit covers the worst case of one request, but not of a second one after the first really cost 2 µ$.
     worst = max_cost_micros(chat_body(max_tokens=1), 1)
-    key = await make_api_key(server, "a@example.com", limit=f"{(worst + 1) / 1e6:.6f}", limit_reset="daily")
+    key = await make_api_key(server, "a@example.com", limit=Decimal(f"{(worst + 1) / 1e6:.6f}"), limit_reset="daily")
     assert (await chat(client, key, max_tokens=1)).status_code == 200
     r = await chat(client, key, max_tokens=1)
     err = assert_error(r, 429, "API_KEY_QUOTA_EXHAUSTED", source="key")
@@ -272,7 +273,7 @@ async def test_key_quota_exhausted(server: RunningServer, client: httpx.AsyncCli
     midnight = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     assert abs(int(r.headers["retry-after"]) - (midnight - datetime.now(UTC)).total_seconds()) < 5
     # Another key of the same account is not affected; a lifetime cap has no Retry-After.
-    other = await make_api_key(server, "a@example.com", limit="0.000001")
+    other = await make_api_key(server, "a@example.com", limit=Decimal("0.000001"))
     r = await chat(client, other, max_tokens=1)
     assert_error(r, 429, "API_KEY_QUOTA_EXHAUSTED", source="key")
     assert "retry-after" not in r.headers
