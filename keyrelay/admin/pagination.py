@@ -27,10 +27,10 @@ def decode_token(token: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = orjson.loads(raw)
-        created_at, key_hash = parse_timestamp(data["c"]), data["h"]
         # Decoded values go into a query: hold them to what we encode (a forged token must not reach
-        # the store with a value it cannot hold).
-        if not isinstance(data["c"], str) or not isinstance(key_hash, str) or not is_key_hash(key_hash):
+        # the store with a time or text it cannot hold).
+        created_at, key_hash = parse_timestamp(data["c"]), data["h"]
+        if not isinstance(key_hash, str) or not is_key_hash(key_hash):
             raise ValueError
         return created_at, key_hash
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
