@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate, micros_to_usd
 from keyrelay.listen import ListenError
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
-from keyrelay.store.engine import UnsupportedDatabaseError
+from keyrelay.store.engine import UnsupportedDatabaseError, sqlite_threads_finished
 from keyrelay.store.records import AccountRecord
 
 T = TypeVar("T")
@@ -39,6 +38,12 @@ EXIT_CANNOT_START = 3  # serve or demo could not start: cannot listen on the add
 
 def _out(line: str = "") -> None:
     click.echo(line)
+
+
+def _warn(warnings: tuple[str, ...]) -> None:
+    """Print the services' warnings (accepted input that cannot work yet) on stderr, one per line."""
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> None:
@@ -94,7 +99,7 @@ def _with_runtime(ctx: click.Context, job: Callable[[Runtime], Awaitable[T]]) ->
         try:
             runtime = await open_runtime(settings)
         except BaseException:
-            await _let_sqlite_threads_finish()
+            await sqlite_threads_finished()
             raise
         try:
             return await job(runtime)
@@ -102,21 +107,6 @@ def _with_runtime(ctx: click.Context, job: Callable[[Runtime], Awaitable[T]]) ->
             await runtime.close()
 
     return asyncio.run(run())
-
-
-async def _let_sqlite_threads_finish(timeout: float = 2.0) -> None:
-    """Wait (briefly) for aiosqlite worker threads to stop after a failed connect.
-
-    aiosqlite stops the thread of a connection that failed to open without waiting for it; if the
-    event loop closes first, that thread dies with a traceback on stderr. A friendly one-line error
-    should not be followed by one.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline and any(
-        "_connection_worker_thread" in thread.name for thread in threading.enumerate()
-    ):
-        await asyncio.sleep(0.01)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -255,14 +245,15 @@ def create_management_key(ctx: click.Context, email: str, is_admin: bool, name: 
     """Create a management key (printed once)."""
     spec = KeyCreate(name=name)
 
-    async def job(rt: Runtime) -> str:
+    async def job(rt: Runtime) -> tuple[str, tuple[str, ...]]:
         account = await _account(rt, email)
         issued = await rt.key_service.create(account=account, spec=spec, key_type=KeyType.MANAGEMENT, is_admin=is_admin)
-        return issued.plaintext
+        return issued.plaintext, issued.warnings
 
-    plaintext = _with_runtime(ctx, job)
+    plaintext, warnings = _with_runtime(ctx, job)
     _out(plaintext)
     click.echo("store this key now: it is not shown again", err=True)
+    _warn(warnings)
 
 
 @admin.command("list-management-keys")
@@ -382,8 +373,7 @@ def keys_create(ctx: click.Context, email: str, **fields: Any) -> None:
     plaintext, key_hash, warnings = _with_runtime(ctx, job)
     _out(plaintext)
     click.echo(f"hash {key_hash}; store this key now: it is not shown again", err=True)
-    for warning in warnings:
-        click.echo(f"warning: {warning}", err=True)
+    _warn(warnings)
 
 
 def _key_job(hash_: str, action: Callable[[Runtime, Any], Coroutine[Any, Any, T]]) -> Callable[[Runtime], Awaitable[T]]:
@@ -426,11 +416,13 @@ def keys_rotate(ctx: click.Context, key_hash: str, grace_seconds: int) -> None:
 
 
 def _set_disabled(ctx: click.Context, key_hash: str, disabled: bool) -> None:
-    async def action(rt: Runtime, record: Any) -> None:
-        await rt.key_service.update(record=record, spec=KeyUpdate(disabled=disabled))
+    async def action(rt: Runtime, record: Any) -> tuple[str, ...]:
+        _, warnings = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=disabled))
+        return warnings
 
-    _with_runtime(ctx, _key_job(key_hash, action))
+    warnings = _with_runtime(ctx, _key_job(key_hash, action))
     _out(f"{'disabled' if disabled else 'enabled'} {key_hash}")
+    _warn(warnings)
 
 
 @keys.command("disable")

@@ -14,7 +14,7 @@ from keyrelay.config import Settings
 from keyrelay.services.accounts import AccountService
 from keyrelay.services.keys import KeyService
 from keyrelay.store.accounts import AccountRepository, GroupRepository
-from keyrelay.store.engine import create_engine
+from keyrelay.store.engine import create_engine, sqlite_threads_finished
 from keyrelay.store.keys import KeyRepository
 from keyrelay.store.migrate import upgrade_to_head
 from keyrelay.tasks import TaskGroup
@@ -40,6 +40,7 @@ class Runtime:
         """Stop background work and release the database pool."""
         await self.tasks.close()
         await self.engine.dispose()
+        await sqlite_threads_finished()  # a connect that failed (store down) may still be winding down
 
 
 def known_models(settings: Settings) -> frozenset[str]:
@@ -50,6 +51,13 @@ def known_models(settings: Settings) -> frozenset[str]:
             names.add(model.id)
             names.add(f"{provider.name}/{model.id}")
     return frozenset(names)
+
+
+def known_regions(settings: Settings) -> frozenset[str] | None:
+    """The regions the configured providers serve; None when no provider is configured."""
+    if not settings.providers:
+        return None
+    return frozenset(p.region for p in settings.providers if p.region is not None)
 
 
 async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
@@ -77,6 +85,12 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrat
         groups=groups,
         cache=cache,
         cache_sync=CacheSync(cache=cache, keys=keys, accounts=accounts, groups=groups, clock=clock),
-        key_service=KeyService(keys=keys, cache=cache, clock=clock, known_models=known_models(settings)),
+        key_service=KeyService(
+            keys=keys,
+            cache=cache,
+            clock=clock,
+            known_models=known_models(settings),
+            known_regions=known_regions(settings),
+        ),
         account_service=AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock),
     )

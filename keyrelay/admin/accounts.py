@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
 
 from keyrelay.admin.auth import Manager, require_manager, runtime_of
+from keyrelay.admin.openapi import COMMON_ERRORS, errors
 from keyrelay.admin.schemas import AccountOut, GroupOut, account_out, group_out
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.fields import RowId
 from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate, AccountUpdate, GroupCreate, GroupUpdate
 from keyrelay.store.records import AccountRecord, GroupRecord
@@ -22,7 +24,10 @@ async def require_admin(manager: Annotated[Manager, Depends(require_manager)]) -
 
 
 AdminDep = Annotated[Manager, Depends(require_admin)]
-router = APIRouter(prefix="/api/v1", tags=["accounts and groups"])
+AccountId = Annotated[RowId, Path()]
+GroupId = Annotated[RowId, Path()]
+router = APIRouter(prefix="/api/v1", tags=["accounts and groups"], responses=errors(*COMMON_ERRORS))
+MAX_OFFSET = 1_000_000
 
 
 class AccountEnvelope(BaseModel):
@@ -49,6 +54,19 @@ class GroupList(BaseModel):
     data: list[GroupOut]
 
 
+class GroupDeletedOut(BaseModel):
+    """What was deleted."""
+
+    id: int
+    deleted: bool
+
+
+class GroupDeleted(BaseModel):
+    """Answer to DELETE: ``{"data": {"id": ..., "deleted": true}}``."""
+
+    data: GroupDeletedOut
+
+
 async def _account_view(runtime: Runtime, account: AccountRecord) -> AccountOut:
     group = await runtime.groups.get(group_id=account.group_id) if account.group_id is not None else None
     return account_out(account, group.name if group else None)
@@ -68,7 +86,13 @@ async def _group(runtime: Runtime, group_id: int) -> GroupRecord:
     return group
 
 
-@router.post("/accounts", status_code=201, response_model=AccountEnvelope, summary="Create an account")
+@router.post(
+    "/accounts",
+    status_code=201,
+    response_model=AccountEnvelope,
+    summary="Create an account",
+    responses=errors(400, 409),
+)
 async def create_account(body: AccountCreate, request: Request, _: AdminDep) -> AccountEnvelope:
     """Create an account (balance null = unlimited)."""
     runtime = runtime_of(request)
@@ -76,12 +100,12 @@ async def create_account(body: AccountCreate, request: Request, _: AdminDep) -> 
     return AccountEnvelope(data=await _account_view(runtime, account))
 
 
-@router.get("/accounts", response_model=AccountList, summary="List accounts")
+@router.get("/accounts", response_model=AccountList, summary="List accounts", responses=errors(400))
 async def list_accounts(
     request: Request,
     _: AdminDep,
     page_size: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> AccountList:
     """Accounts in creation order."""
     runtime = runtime_of(request)
@@ -89,22 +113,28 @@ async def list_accounts(
     return AccountList(data=[await _account_view(runtime, a) for a in rows])
 
 
-@router.get("/accounts/{account_id}", response_model=AccountEnvelope, summary="Get an account")
-async def get_account(account_id: int, request: Request, _: AdminDep) -> AccountEnvelope:
+@router.get(
+    "/accounts/{account_id}", response_model=AccountEnvelope, summary="Get an account", responses=errors(400, 404)
+)
+async def get_account(account_id: AccountId, request: Request, _: AdminDep) -> AccountEnvelope:
     """One account."""
     runtime = runtime_of(request)
     return AccountEnvelope(data=await _account_view(runtime, await _account(runtime, account_id)))
 
 
-@router.patch("/accounts/{account_id}", response_model=AccountEnvelope, summary="Update an account")
-async def update_account(account_id: int, body: AccountUpdate, request: Request, _: AdminDep) -> AccountEnvelope:
+@router.patch(
+    "/accounts/{account_id}", response_model=AccountEnvelope, summary="Update an account", responses=errors(400, 404)
+)
+async def update_account(account_id: AccountId, body: AccountUpdate, request: Request, _: AdminDep) -> AccountEnvelope:
     """Change status, balance or group; takes effect on the account's keys at their next request."""
     runtime = runtime_of(request)
     account = await runtime.account_service.update_account(await _account(runtime, account_id), body)
     return AccountEnvelope(data=await _account_view(runtime, account))
 
 
-@router.post("/groups", status_code=201, response_model=GroupEnvelope, summary="Create a group")
+@router.post(
+    "/groups", status_code=201, response_model=GroupEnvelope, summary="Create a group", responses=errors(400, 409)
+)
 async def create_group(body: GroupCreate, request: Request, _: AdminDep) -> GroupEnvelope:
     """Create a group with default key limits."""
     runtime = runtime_of(request)
@@ -120,25 +150,29 @@ async def list_groups(request: Request, _: AdminDep) -> GroupList:
     return GroupList(data=[group_out(g, now) for g in await runtime.groups.list_all()])
 
 
-@router.get("/groups/{group_id}", response_model=GroupEnvelope, summary="Get a group")
-async def get_group(group_id: int, request: Request, _: AdminDep) -> GroupEnvelope:
+@router.get("/groups/{group_id}", response_model=GroupEnvelope, summary="Get a group", responses=errors(400, 404))
+async def get_group(group_id: GroupId, request: Request, _: AdminDep) -> GroupEnvelope:
     """One group."""
     runtime = runtime_of(request)
     return GroupEnvelope(data=group_out(await _group(runtime, group_id), runtime.clock.now_utc()))
 
 
-@router.patch("/groups/{group_id}", response_model=GroupEnvelope, summary="Update a group")
-async def update_group(group_id: int, body: GroupUpdate, request: Request, _: AdminDep) -> GroupEnvelope:
+@router.patch(
+    "/groups/{group_id}", response_model=GroupEnvelope, summary="Update a group", responses=errors(400, 404, 409)
+)
+async def update_group(group_id: GroupId, body: GroupUpdate, request: Request, _: AdminDep) -> GroupEnvelope:
     """Change a group's defaults; its accounts' keys see them at their next request."""
     runtime = runtime_of(request)
     group = await runtime.account_service.update_group(await _group(runtime, group_id), body)
     return GroupEnvelope(data=group_out(group, runtime_of(request).clock.now_utc()))
 
 
-@router.delete("/groups/{group_id}", summary="Delete a group")
-async def delete_group(group_id: int, request: Request, _: AdminDep) -> dict[str, object]:
+@router.delete(
+    "/groups/{group_id}", response_model=GroupDeleted, summary="Delete a group", responses=errors(400, 404, 409)
+)
+async def delete_group(group_id: GroupId, request: Request, _: AdminDep) -> GroupDeleted:
     """Delete a group no account belongs to (409 otherwise)."""
     runtime = runtime_of(request)
     group = await _group(runtime, group_id)
     await runtime.account_service.delete_group(group)
-    return {"data": {"id": group.id, "deleted": True}}
+    return GroupDeleted(data=GroupDeletedOut(id=group.id, deleted=True))

@@ -1,27 +1,39 @@
-"""The management API application: routers, OpenAPI document and the JSON error mapping."""
+"""The management API application: routers, OpenAPI document and the JSON error mapping.
+
+Every answer is the shared JSON error body on failure: unknown paths (404 naming the path), known paths
+with another method (405 with ``Allow``), invalid input (400 naming the field), store failures (503).
+No error closes the client's keep-alive connection.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from keyrelay import __version__
 from keyrelay.admin import accounts, keys, usage
+from keyrelay.admin.openapi import install_openapi
+from keyrelay.asgi import Receive, Scope, Send, send_error
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.logs import request_id_var
 
 log = logging.getLogger("keyrelay.admin")
 
 
-def error_response(err: GatewayError) -> JSONResponse:
+def error_response(err: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The JSON error answer for a GatewayError, with Retry-After when known."""
-    headers = {"retry-after": str(max(1, math.ceil(err.retry_after)))} if err.retry_after is not None else None
-    return JSONResponse(err.to_body(request_id_var.get()), status_code=err.status, headers=headers)
+    out = dict(headers or {})
+    if err.retry_after is not None:
+        out["retry-after"] = str(max(1, math.ceil(err.retry_after)))
+    return JSONResponse(err.to_body(request_id_var.get()), status_code=err.status, headers=out or None)
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -51,6 +63,69 @@ def _validation_error(exc: RequestValidationError, content_type: str | None = No
     return GatewayError(ErrorType.INVALID_REQUEST, f"{field}: {message}" if field else message, field=field)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route serves at the request's path, sorted (for the ``Allow`` header).
+
+    Asks each route whether it would take the request with each method: FastAPI makes one route per
+    method (so the 405 Starlette raises names only the first route's methods) and nests included routers.
+    """
+    allowed = []
+    for method in _METHODS:
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
+def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    path = request.url.path
+    if exc.status_code == 404:
+        return error_response(GatewayError(ErrorType.NOT_FOUND, f"No route for {path}."))
+    if exc.status_code == 405:
+        allow = allowed_methods(request.app.router.routes, request.scope)
+        message = f"{request.method} is not allowed on {path}; use {', '.join(allow)}."
+        return error_response(GatewayError(ErrorType.METHOD_NOT_ALLOWED, message), headers={"allow": ", ".join(allow)})
+    if exc.status_code == 400:
+        # FastAPI's answer to a body its JSON parser gave up on (invalid UTF-8, nesting too deep).
+        return error_response(
+            GatewayError(ErrorType.INVALID_REQUEST, "The request body is not valid JSON.", field="body")
+        )
+    err = GatewayError(ErrorType.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
+    return error_response(err, headers=exc.headers)
+
+
+class _AnswerEveryError:
+    """ASGI middleware: an unexpected exception becomes a 500 JSON answer and goes no further.
+
+    Starlette's outermost ServerErrorMiddleware answers and then re-raises, which makes uvicorn drop the
+    keep-alive connection; this sits inside it, so an unexpected error is logged once and the connection
+    stays usable.
+    """
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(message: dict[str, object] | object) -> None:
+            nonlocal started
+            if isinstance(message, dict) and message.get("type") == "http.response.start":
+                started = True
+            await send(message)  # type: ignore[arg-type]
+
+        try:
+            await self.app(scope, receive, tracking_send)  # type: ignore[operator]
+        except Exception as exc:
+            log.error("unhandled error in management API", exc_info=exc)
+            if started or scope["type"] != "http":
+                raise
+            await send_error(send, GatewayError(ErrorType.INTERNAL_ERROR), request_id_var.get())
+
+
 def create_admin_app() -> FastAPI:
     """The FastAPI app serving /api/v1 and /openapi.json; ``state.runtime`` is set at start-up."""
     app = FastAPI(
@@ -63,6 +138,8 @@ def create_admin_app() -> FastAPI:
     app.include_router(keys.router)
     app.include_router(accounts.router)
     app.include_router(usage.router)
+    install_openapi(app)
+    app.add_middleware(_AnswerEveryError)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
@@ -73,18 +150,22 @@ def create_admin_app() -> FastAPI:
         return error_response(_validation_error(exc, request.headers.get("content-type")))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, GatewayError):
             # FastAPI wraps errors raised while reading the body (e.g. the size limit on a chunked
             # upload) in a generic 400; answer with the original error instead.
             return error_response(exc.__cause__)
-        kind = {404: ErrorType.NOT_FOUND, 405: ErrorType.METHOD_NOT_ALLOWED}.get(exc.status_code)
-        err = GatewayError(kind or ErrorType.INVALID_REQUEST, str(exc.detail), status=exc.status_code)
-        return error_response(err)
+        return _routing_error(request, exc)
 
-    @app.exception_handler(Exception)
-    async def _crash(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error in management API", exc_info=exc)
-        return error_response(GatewayError(ErrorType.INTERNAL_ERROR))
+    @app.exception_handler(SQLAlchemyError)
+    @app.exception_handler(OSError)
+    async def _store_down(_: Request, exc: Exception) -> JSONResponse:
+        # A store failure (unreachable, timed out, refused the statement) is the service being
+        # unavailable, never a client error and never a crash. The message names no value.
+        cause = getattr(exc, "orig", None) or exc
+        log.warning("store error on the management API: %s: %s", type(cause).__name__, str(cause).split("\n")[0][:200])
+        return error_response(
+            GatewayError(ErrorType.SERVICE_UNAVAILABLE, "The store is unreachable; try again shortly.")
+        )
 
     return app

@@ -9,6 +9,7 @@ import orjson
 
 from keyrelay.clock import ensure_utc
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.fields import is_key_hash, parse_timestamp
 
 
 def encode_token(created_at: datetime, key_hash: str) -> str:
@@ -26,6 +27,11 @@ def decode_token(token: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = orjson.loads(raw)
-        return ensure_utc(datetime.fromisoformat(data["c"])), str(data["h"])
+        # Decoded values go into a query: hold them to what we encode (a forged token must not reach
+        # the store with a time or text it cannot hold).
+        created_at, key_hash = parse_timestamp(data["c"]), data["h"]
+        if not isinstance(key_hash, str) or not is_key_hash(key_hash):
+            raise ValueError
+        return created_at, key_hash
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         raise GatewayError(ErrorType.INVALID_REQUEST, "page_token is not valid", field="page_token") from None

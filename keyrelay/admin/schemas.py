@@ -4,11 +4,32 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from keyrelay.errors import ErrorType
 from keyrelay.keys.spec import RATE_FIELDS, micros_to_usd
 from keyrelay.limits.periods import stored_usage
 from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of every error answer (keyrelay.errors.GatewayError.to_body)."""
+
+    message: str = Field(description="A sentence for people; never a secret.")
+    type: str = Field(
+        description="keyrelay's error type; fixes the HTTP status.",
+        json_schema_extra={"enum": [t.name for t in ErrorType]},
+    )
+    code: str = Field(description="OpenAI's string code where one fits, else a lowercase name of the type.")
+    param: str | None = Field(default=None, description="The request field at fault, when there is one.")
+    request_id: str = Field(description="Also sent as the x-request-id header.")
+    metadata: dict[str, str] | None = Field(default=None, description="e.g. limit_source for quota errors.")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer of keyrelay: ``{"error": {...}}``."""
+
+    error: ErrorDetail
 
 
 class RateLimitsOut(BaseModel):

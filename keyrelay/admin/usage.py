@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 
 from keyrelay.admin.auth import Manager, require_manager, runtime_of
+from keyrelay.admin.openapi import COMMON_ERRORS, errors
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.fields import Storable, Timestamp, is_key_hash
 from keyrelay.keys.spec import micros_to_usd
 from keyrelay.store.usage import UsageRepository, UsageTotals
 
-router = APIRouter(prefix="/api/v1", tags=["usage"])
+router = APIRouter(prefix="/api/v1", tags=["usage"], responses=errors(*COMMON_ERRORS))
 
 
 class UsageRow(BaseModel):
@@ -53,29 +54,24 @@ def _row(t: UsageTotals) -> UsageRow:
     )
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-@router.get("/usage", response_model=UsageEnvelope, summary="Usage totals")
+@router.get("/usage", response_model=UsageEnvelope, summary="Usage totals", responses=errors(400, 404))
 async def usage(
     request: Request,
     manager: Annotated[Manager, Depends(require_manager)],
-    key: Annotated[str | None, Query(description="A key's hash.", max_length=64)] = None,
-    model: Annotated[str | None, Query(max_length=200)] = None,
-    start: Annotated[datetime | None, Query(description="Inclusive, ISO 8601 (UTC if no offset).")] = None,
-    end: Annotated[datetime | None, Query(description="Exclusive, ISO 8601 (UTC if no offset).")] = None,
+    key: Annotated[
+        Annotated[str, StringConstraints(max_length=64), Storable] | None, Query(description="A key's hash.")
+    ] = None,
+    model: Annotated[Annotated[str, StringConstraints(max_length=200), Storable] | None, Query()] = None,
+    start: Annotated[Timestamp | None, Query(description="Inclusive, ISO 8601 (UTC if no offset).")] = None,
+    end: Annotated[Timestamp | None, Query(description="Exclusive, ISO 8601 (UTC if no offset).")] = None,
     group_by: Annotated[Literal["day", "model", "key"] | None, Query()] = None,
 ) -> UsageEnvelope:
     """Requests, tokens and cost, filtered by key, model and time range; optionally grouped."""
     runtime = runtime_of(request)
-    start, end = _utc(start), _utc(end)
     if start is not None and end is not None and end <= start:
         raise GatewayError(ErrorType.INVALID_REQUEST, "end must be after start", field="end")
     if key is not None:
-        record = await runtime.keys.get(key_hash=key, include_deleted=True)
+        record = await runtime.keys.get(key_hash=key, include_deleted=True) if is_key_hash(key) else None
         if record is None or not manager.can_see(record):
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.", field="key")
     repo = UsageRepository(runtime.engine)

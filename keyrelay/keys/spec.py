@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+
+from keyrelay.fields import NumberOnly, Storable, StrictInput, Timestamp, json_number
 
 MICROS_PER_USD = 1_000_000
 MAX_LIST_ITEMS = 1000
 LimitReset = Literal["daily", "weekly", "monthly"]
-ModelId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-ProviderName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+ModelId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Storable]
+ProviderName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), Storable]
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=100), Storable]
 
 
 def _whole_micros(value: Decimal) -> Decimal:
@@ -26,9 +36,15 @@ def _whole_micros(value: Decimal) -> Decimal:
     return value
 
 
-# Every USD amount (key limits, balances, group defaults) is stored as whole micro-dollars.
-Usd = Annotated[Decimal, Field(ge=0, le=Decimal(1_000_000_000), allow_inf_nan=False), AfterValidator(_whole_micros)]
-_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+# Every USD amount (key limits, balances, group defaults) is a JSON number, stored as whole micro-dollars.
+Usd = Annotated[
+    Decimal,
+    Field(ge=0, le=Decimal(1_000_000_000), allow_inf_nan=False),
+    BeforeValidator(json_number),
+    NumberOnly,
+    AfterValidator(_whole_micros),
+]
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # fullmatch: "$" alone would admit a final newline
 
 
 def usd_to_micros(value: Decimal) -> int:
@@ -59,10 +75,8 @@ def normalise_cidr(value: str) -> str:
 RATE_FIELDS = ("rpm", "per_5h", "per_1d", "per_7d", "tpm", "max_concurrent")
 
 
-class RateLimits(BaseModel):
+class RateLimits(StrictInput):
     """Request windows; None inherits the group default, 0 means no limit."""
-
-    model_config = ConfigDict(extra="forbid")
 
     rpm: int | None = Field(default=None, ge=0, le=10_000_000)
     per_5h: int | None = Field(default=None, ge=0, le=1_000_000_000)
@@ -72,19 +86,19 @@ class RateLimits(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=0, le=100_000, description="Requests in flight.")
 
 
-class _KeyFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+class _KeyFields(StrictInput):
+    model_config = ConfigDict(str_strip_whitespace=True)
 
     limit: Usd | None = None
     limit_reset: LimitReset | None = None
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = Field(default=None, description="ISO 8601; UTC when no offset. In the future.")
     expires_in_days: int | None = Field(default=None, ge=0, le=36_500)
     rate_limits: RateLimits | None = None
     allowed_models: list[ModelId] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
     allowed_providers: list[ProviderName] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
     ip_allowlist: list[str] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
     ip_denylist: list[str] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
-    region: str | None = None
+    region: str | None = Field(default=None, json_schema_extra={"pattern": _REGION.pattern})
     disabled: bool | None = None
 
     @field_validator("ip_allowlist", "ip_denylist")
@@ -102,16 +116,9 @@ class _KeyFields(BaseModel):
     @field_validator("region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
-        if value is not None and not _REGION.match(value):
+        if value is not None and not _REGION.fullmatch(value):
             raise ValueError("lowercase letters, digits and '-', at most 32 characters")
         return value
-
-    @field_validator("expires_at")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     @field_validator("expires_in_days")
     @classmethod
@@ -125,14 +132,16 @@ class _KeyFields(BaseModel):
 class KeyCreate(_KeyFields):
     """Body of ``POST /api/v1/keys``."""
 
-    name: str = Field(min_length=1, max_length=100)
-    account: str | None = Field(default=None, description="Owner's email (admin management keys only).")
+    name: KeyName
+    account: Annotated[str, Storable] | None = Field(
+        default=None, description="Owner's email (admin management keys only)."
+    )
 
 
 class KeyUpdate(_KeyFields):
     """Body of ``PATCH /api/v1/keys/{hash}``: only the fields present change; null clears to inherit."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=100)
+    name: KeyName | None = None
 
     @field_validator("name", "disabled")
     @classmethod
@@ -143,9 +152,7 @@ class KeyUpdate(_KeyFields):
         return value
 
 
-class KeyRotate(BaseModel):
+class KeyRotate(StrictInput):
     """Body of ``POST /api/v1/keys/{hash}/rotate``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     grace_seconds: int = Field(default=0, ge=0, le=30 * 86_400)

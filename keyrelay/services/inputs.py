@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
 
+from keyrelay.fields import NumberOnly, Storable, StrictInput, json_number
 from keyrelay.keys.spec import MAX_LIST_ITEMS, LimitReset, ModelId, ProviderName, RateLimits, Usd
 
+# Deliberately loose (RFC 5322 allows far more than any check here would): one "@" with text on both
+# sides and no whitespace. The account is an identifier, not a mailbox keyrelay writes to.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+EMAIL_RULE = "must be an email address such as name@example.com: one '@' with text on both sides, no spaces"
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.fullmatch(value):
+        raise ValueError(EMAIL_RULE)
+    return value
+
+
 Email = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    str,
+    StringConstraints(strip_whitespace=True, max_length=320),
+    Storable,
+    AfterValidator(_email),
+    Field(json_schema_extra={"pattern": "^[^@\\s\\u0000]+@[^@\\s\\u0000]+$"}),
 ]
-GroupName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+GroupName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), Storable]
 AccountStatus = Literal["active", "inactive"]
-Multiplier = Annotated[Decimal, Field(gt=0, le=1000, decimal_places=6, allow_inf_nan=False)]
+Multiplier = Annotated[
+    Decimal,
+    Field(gt=0, le=1000, decimal_places=6, allow_inf_nan=False),
+    BeforeValidator(json_number),
+    NumberOnly,
+]
 
 
-class AccountCreate(BaseModel):
+class AccountCreate(StrictInput):
     """Body of ``POST /api/v1/accounts``; ``balance`` null means unlimited."""
-
-    model_config = ConfigDict(extra="forbid")
 
     email: Email
     group: GroupName | None = None
@@ -28,20 +49,16 @@ class AccountCreate(BaseModel):
     status: AccountStatus = "active"
 
 
-class AccountUpdate(BaseModel):
+class AccountUpdate(StrictInput):
     """Body of ``PATCH /api/v1/accounts/{id}``: only present fields change."""
-
-    model_config = ConfigDict(extra="forbid")
 
     group: GroupName | None = None
     balance: Usd | None = None
     status: AccountStatus | None = None
 
 
-class _GroupFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    description: str | None = Field(default=None, max_length=500)
+class _GroupFields(StrictInput):
+    description: Annotated[str, Storable] | None = Field(default=None, max_length=500)
     price_multiplier: Multiplier | None = None
     default_limit: Usd | None = None
     default_limit_reset: LimitReset | None = None

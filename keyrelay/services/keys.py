@@ -8,7 +8,7 @@ take effect on the very next request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from keyrelay.cache.keycache import KeyCache
@@ -45,18 +45,59 @@ class KeyService:
     """Creates and changes keys; every change invalidates the cache."""
 
     def __init__(
-        self, *, keys: KeyRepository, cache: KeyCache | None, clock: Clock, known_models: frozenset[str]
+        self,
+        *,
+        keys: KeyRepository,
+        cache: KeyCache | None,
+        clock: Clock,
+        known_models: frozenset[str],
+        known_regions: frozenset[str] | None = None,
     ) -> None:
+        """Build the service.
+
+        Args:
+            keys: The key repository.
+            cache: The key cache to invalidate after each write (None in tools without one).
+            clock: The source of ``now`` for timestamps and the expiry rule.
+            known_models: Model ids the configured providers offer; empty when none are configured.
+            known_regions: Regions the configured providers serve; None when no provider is configured
+                (then no region is judged, as no model is judged without providers).
+        """
         self._keys = keys
         self._cache = cache
         self._clock = clock
         self._known_models = known_models
+        self._known_regions = known_regions
 
-    def _warnings(self, allowed_models: list[str] | None) -> tuple[str, ...]:
-        if not allowed_models or not self._known_models:
-            return ()
-        unknown = [m for m in allowed_models if m not in self._known_models]
-        return tuple(f"allowed_models: {m!r} is not offered by any configured provider" for m in unknown)
+    def _warnings(self, spec: KeyCreate | KeyUpdate, present: set[str]) -> tuple[str, ...]:
+        """What is accepted but cannot work yet: models and regions no configured provider serves."""
+        warnings: list[str] = []
+        if "allowed_models" in present and spec.allowed_models and self._known_models:
+            unknown = [m for m in spec.allowed_models if m not in self._known_models]
+            warnings.extend(f"allowed_models: {m!r} is not offered by any configured provider" for m in unknown)
+        region = spec.region if "region" in present else None
+        if region is not None and self._known_regions is not None and region not in self._known_regions:
+            served = ", ".join(sorted(self._known_regions)) or "none"
+            warnings.append(
+                f"region: no configured provider serves region {region!r} (regions served: {served}); "
+                "the key cannot make requests until one does"
+            )
+        return tuple(warnings)
+
+    def _check_expiry(self, values: dict[str, Any], now: datetime) -> None:
+        """Refuse an ``expires_at`` that is not in the future: such a key would be dead on arrival.
+
+        Raises:
+            GatewayError: INVALID_REQUEST naming ``expires_at``.
+        """
+        expires_at = values.get("expires_at")
+        if expires_at is not None and expires_at <= now:
+            raise GatewayError(
+                ErrorType.INVALID_REQUEST,
+                f"expires_at: must be in the future (it is {expires_at.isoformat()}, now is {now.isoformat()}); "
+                "to stop a key now, disable or delete it",
+                field="expires_at",
+            )
 
     def _field_values(self, spec: KeyCreate | KeyUpdate, present: set[str]) -> dict[str, Any]:
         now = self._clock.now_utc()
@@ -81,6 +122,8 @@ class KeyService:
                 values[name] = getattr(spec, name)
         if "region" in present:
             values["region"] = spec.region
+        if "expires_at" in present:
+            self._check_expiry(values, now)
         return values
 
     async def create(
@@ -91,7 +134,13 @@ class KeyService:
         key_type: KeyType = KeyType.REGULAR,
         is_admin: bool = False,
     ) -> IssuedKey:
-        """Issue a new key for an account; the plaintext is returned once and never stored."""
+        """Issue a new key for an account; the plaintext is returned once and never stored.
+
+        The answer's ``warnings`` name accepted input that cannot work yet (unknown models, unserved region).
+
+        Raises:
+            GatewayError: INVALID_REQUEST naming ``expires_at`` when it is not after the clock's now.
+        """
         now = self._clock.now_utc()
         plaintext = generate(key_type)
         secret_hash = key_hash(plaintext)
@@ -112,10 +161,18 @@ class KeyService:
         record = await self._keys.insert(values=values)
         if self._cache is not None:
             self._cache.invalidate_key(record.hash)
-        return IssuedKey(record=record, plaintext=plaintext, warnings=self._warnings(spec.allowed_models))
+        return IssuedKey(record=record, plaintext=plaintext, warnings=self._warnings(spec, set(spec.model_fields_set)))
 
     async def update(self, *, record: KeyRecord, spec: KeyUpdate) -> tuple[KeyRecord, tuple[str, ...]]:
-        """Apply the fields present in ``spec``; absent fields stay as they are."""
+        """Apply the fields present in ``spec``; absent fields stay as they are.
+
+        Returns:
+            The updated record and the warnings about the fields set (as for ``create``).
+
+        Raises:
+            GatewayError: INVALID_REQUEST naming ``expires_at`` when it is set to a time not after the clock's
+                now; NOT_FOUND when the key is gone.
+        """
         values = self._field_values(spec, set(spec.model_fields_set))
         if "limit_reset" in values and values["limit_reset"] != record.limit_reset:
             # A new window kind starts a fresh period.
@@ -127,7 +184,7 @@ class KeyService:
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
         if self._cache is not None:
             self._cache.invalidate_key(record.hash)
-        return updated, self._warnings(spec.allowed_models if "allowed_models" in spec.model_fields_set else None)
+        return updated, self._warnings(spec, set(spec.model_fields_set))
 
     async def rotate(self, *, record: KeyRecord, grace_seconds: int) -> IssuedKey:
         """Replace the secret, keeping the record; the old secret works for ``grace_seconds`` more."""

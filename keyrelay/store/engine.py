@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 from sqlalchemy import event
@@ -43,3 +45,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+async def sqlite_threads_finished(timeout: float = 2.0) -> None:
+    """Wait (briefly, polling) for aiosqlite worker threads to stop, e.g. after a failed connect.
+
+    aiosqlite stops the thread of a connection that failed to open without waiting for it; if the
+    event loop closes first, that thread dies with a traceback on stderr ("Event loop is closed").
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and any(
+        "_connection_worker_thread" in thread.name for thread in threading.enumerate()
+    ):
+        await asyncio.sleep(0.01)

@@ -20,6 +20,10 @@ from sqlalchemy import (
     Table,
 )
 
+# The largest value of an ``Integer`` column on PostgreSQL (INTEGER is 32-bit): the bound of every row
+# id and count a client may send (``keyrelay.fields``).
+INT32_MAX = 2**31 - 1
+
 # SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 

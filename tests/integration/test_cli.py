@@ -287,3 +287,36 @@ async def test_keys_create_sets_every_limit_flag(database_url: str, tmp_path: Pa
     bad = await cli(database_url, "keys", "create", "--account", "flags@example.com", "--name", "x", "--tpm", "-1",
                     cwd=tmp_path)  # fmt: skip
     assert bad.code == 2 and "rate_limits.tpm" in bad.one_line_error()
+
+
+async def test_cli_prints_every_warning_of_the_services(database_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "keyrelay.yaml"
+    config.write_text(
+        "providers:\n"
+        "  - name: openai\n"
+        "    base_url: http://127.0.0.1:9\n"
+        "    region: us\n"
+        "    models:\n"
+        "      - id: gpt-4o\n",
+        encoding="utf-8",
+    )
+    ok(await cli(database_url, "--config", str(config), "admin", "create-account", "w@example.com", cwd=tmp_path))
+    create = ["--config", str(config), "keys", "create", "--account", "w@example.com"]
+    made = await cli(database_url, *create, "--name", "w", "--region", "eu", "--allowed-models", "gpt-9", cwd=tmp_path)
+    assert KEY_SHAPE.match(ok(made)), made.out  # stdout stays exactly the key
+    warnings = [line for line in made.err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, made.err
+    assert any("region" in w and "'eu'" in w for w in warnings), made.err
+    assert any("allowed_models" in w and "'gpt-9'" in w for w in warnings), made.err
+    clean = await cli(
+        database_url, *create, "--name", "c", "--region", "us", "--allowed-models", "gpt-4o", cwd=tmp_path
+    )
+    assert KEY_SHAPE.match(ok(clean)) and "warning" not in clean.err, clean.err
+
+
+async def test_create_account_says_what_an_email_looks_like(database_url: str, tmp_path: Path) -> None:
+    bad = await cli(database_url, "admin", "create-account", "not-an-email", cwd=tmp_path)
+    assert bad.code == 2 and bad.out == ""
+    line = bad.one_line_error()
+    assert "email" in line and "name@example.com" in line, line
+    assert "pattern" not in line and "^" not in line and "\\s" not in line, line  # no raw regex

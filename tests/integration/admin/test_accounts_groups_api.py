@@ -120,6 +120,10 @@ async def test_accounts(client: httpx.AsyncClient, admin_key: str) -> None:
     ]:
         r = await client.post("/api/v1/accounts", json=body, headers=auth(admin_key))
         assert_error(r, status, error_type, param)
+        if param == "email" and status == 400 and body:
+            # Says what an email must look like, not which regular expression it failed.
+            message = r.json()["error"]["message"]
+            assert "name@example.com" in message and "pattern" not in message and "\\s" not in message, message
 
     r = await client.get("/api/v1/accounts", headers=auth(admin_key))
     emails = [a["email"] for a in r.json()["data"]]
@@ -366,7 +370,7 @@ async def test_group_quota_fields(client: httpx.AsyncClient, admin_key: str) -> 
     url = f"/api/v1/groups/{made['id']}"
     assert (await client.get(url, headers=auth(admin_key))).json()["data"] == made
     assert (await client.get("/api/v1/groups", headers=auth(admin_key))).json()["data"] == [made]
-    for quota, reset in [("7.25", "daily"), (0.000001, "weekly"), (1_000_000_000, None), (0, None)]:
+    for quota, reset in [(7.25, "daily"), (0.000001, "weekly"), (1_000_000_000, None), (0, None)]:
         name = f"q-{reset}-{quota}"
         out = await post(client, admin_key, "/api/v1/groups", {"name": name, "quota": quota, "quota_reset": reset})
         assert (out["quota"], out["quota_reset"], out["quota_used"]) == (float(quota), reset, 0), name
@@ -393,6 +397,8 @@ async def test_group_quota_fields(client: httpx.AsyncClient, admin_key: str) -> 
         ({"quota": 0.1234567}, "quota"),
         ({"quota": 1_000_000_000.000001}, "quota"),
         ({"quota": "lots"}, "quota"),
+        ({"quota": "7.25"}, "quota"),  # JSON types are strict: a numeric string is not a number
+        ({"quota": True}, "quota"),
         ({"quota_reset": "hourly"}, "quota_reset"),
         ({"quota_reset": "Daily"}, "quota_reset"),
         ({"quota_reset": ""}, "quota_reset"),

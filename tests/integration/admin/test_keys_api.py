@@ -9,17 +9,18 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
 
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
-from keyrelay.errors import ErrorType
-from keyrelay.keys.spec import KeyUpdate
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.keys.spec import KeyCreate, KeyUpdate
 from keyrelay.services.inputs import AccountUpdate
-from keyrelay.testing.server import RunningServer
+from keyrelay.testing.clock import FakeClock
+from keyrelay.testing.server import RunningServer, running_server
 from tests.conftest import make_management_key
 
 KEY_SHAPE = re.compile(r"^kr_live_[A-Za-z0-9_-]{43}$")
@@ -62,6 +63,7 @@ def settings(database_url: str) -> Settings:
     provider = ProviderConfig(
         name="openai",
         base_url="http://127.0.0.1:9",
+        region="eu-west-1",
         models=(ModelConfig(id="gpt-4o"), ModelConfig(id="gpt-4o-mini")),
     )
     return Settings(database_url=database_url, cache_poll_interval_s=0.2, log_level="warning", providers=(provider,))
@@ -235,7 +237,7 @@ async def test_limit_values(client: httpx.AsyncClient, mgmt_key: str) -> None:
     assert unlimited["limit"] == 0 and unlimited["limit_remaining"] is None  # 0 = no limit
     big = (await create(client, mgmt_key, name="big", limit=1_000_000_000, limit_reset="weekly"))["data"]
     assert big["limit"] == 1_000_000_000 and big["limit_reset"] == "weekly"
-    lifetime = (await create(client, mgmt_key, name="cap", limit="12.5"))["data"]
+    lifetime = (await create(client, mgmt_key, name="cap", limit=12.5))["data"]
     assert lifetime["limit"] == 12.5 and lifetime["limit_reset"] is None
 
 
@@ -369,6 +371,66 @@ BAD_CREATE: list[tuple[str, dict[str, Any], int, str, object]] = [
     ),
     ("deny garbage", {"json": {"name": "x", "ip_denylist": ["1.2.3"]}}, 400, "INVALID_REQUEST", "ip_denylist"),
     ("negative limit", {"json": {"name": "x", "limit": -1}}, 400, "INVALID_REQUEST", "limit"),
+    # JSON types are strict: no string, boolean or float stands in for another type.
+    ("limit string", {"json": {"name": "x", "limit": "5"}}, 400, "INVALID_REQUEST", "limit"),
+    ("limit bool", {"json": {"name": "x", "limit": True}}, 400, "INVALID_REQUEST", "limit"),
+    ("disabled yes", {"json": {"name": "x", "disabled": "yes"}}, 400, "INVALID_REQUEST", "disabled"),
+    ("disabled 1", {"json": {"name": "x", "disabled": 1}}, 400, "INVALID_REQUEST", "disabled"),
+    (
+        "max_concurrent false",
+        {"json": {"name": "x", "rate_limits": {"max_concurrent": False}}},
+        400,
+        "INVALID_REQUEST",
+        "rate_limits.max_concurrent",
+    ),
+    ("rpm string", {"json": {"name": "x", "rate_limits": {"rpm": "5"}}}, 400, "INVALID_REQUEST", "rate_limits.rpm"),
+    ("rpm 5.0", {"json": {"name": "x", "rate_limits": {"rpm": 5.0}}}, 400, "INVALID_REQUEST", "rate_limits.rpm"),
+    ("days string", {"json": {"name": "x", "expires_in_days": "7"}}, 400, "INVALID_REQUEST", "expires_in_days"),
+    ("name number", {"json": {"name": 5}}, 400, "INVALID_REQUEST", "name"),
+    ("expires_at number", {"json": {"name": "x", "expires_at": 1e10}}, 400, "INVALID_REQUEST", "expires_at"),
+    ("expires_at 0.5", {"json": {"name": "x", "expires_at": "0.5"}}, 400, "INVALID_REQUEST", "expires_at"),
+    # Dates every store and every UTC offset can hold; nothing in the past.
+    (
+        "expires_at past year 9999",
+        {"json": {"name": "x", "expires_at": "9999-12-31T23:59:59-14:00"}},
+        400,
+        "INVALID_REQUEST",
+        "expires_at",
+    ),
+    (
+        "expires_at year 1",
+        {"json": {"name": "x", "expires_at": "0001-01-01T00:00:00+14:00"}},
+        400,
+        "INVALID_REQUEST",
+        "expires_at",
+    ),
+    (
+        "expires_at past",
+        {"json": {"name": "x", "expires_at": "2020-01-01T00:00:00Z"}},
+        400,
+        "INVALID_REQUEST",
+        "expires_at",
+    ),
+    # Text every store can hold: no NUL (PostgreSQL refuses it), no unpaired surrogate.
+    ("name NUL", {"json": {"name": "a\u0000b"}}, 400, "INVALID_REQUEST", "name"),
+    (
+        "name surrogate",
+        {"content": b'{"name": "a\\ud800b"}', "headers": {"content-type": "application/json"}},
+        400,
+        "INVALID_REQUEST",
+        "name",
+    ),
+    ("model NUL", {"json": {"name": "x", "allowed_models": ["gpt\u0000"]}}, 400, "INVALID_REQUEST", "allowed_models.0"),
+    (
+        "provider NUL",
+        {"json": {"name": "x", "allowed_providers": ["\u0000"]}},
+        400,
+        "INVALID_REQUEST",
+        "allowed_providers.0",
+    ),
+    ("region NUL", {"json": {"name": "x", "region": "eu\u0000"}}, 400, "INVALID_REQUEST", "region"),
+    ("account NUL", {"json": {"name": "x", "account": "a\u0000@example.com"}}, 400, "INVALID_REQUEST", "account"),
+    ("ip NUL", {"json": {"name": "x", "ip_allowlist": ["10.0.0.1\u0000"]}}, 400, "INVALID_REQUEST", "ip_allowlist"),
     ("tiny negative", {"json": {"name": "x", "limit": -0.000001}}, 400, "INVALID_REQUEST", "limit"),
     ("7 decimals", {"json": {"name": "x", "limit": 1.0000001}}, 400, "INVALID_REQUEST", "limit"),
     ("huge limit", {"json": {"name": "x", "limit": 1e12}}, 400, "INVALID_REQUEST", "limit"),
@@ -906,38 +968,102 @@ async def test_bad_credentials_are_401(client: httpx.AsyncClient, mgmt_key: str)
     assert [k["name"] for k in await list_all(client, mgmt_key)] == ["llm"]
 
 
-async def test_management_key_states(client: httpx.AsyncClient, server: RunningServer, mgmt_key: str) -> None:
-    rt = server.runtime
-    record = await rt.keys.get(key_hash=sha256(mgmt_key))
-    assert record is not None
-    account = await rt.accounts.get(account_id=record.account_id)
-    assert account is not None
+async def test_management_key_states(settings: Settings) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    async with (
+        running_server(settings, clock=clock) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=10, event_hooks={"response": [_check_response]}) as client,
+    ):
+        mgmt_key = await make_management_key(server, "alice@example.com")
+        rt = server.runtime
+        record = await rt.keys.get(key_hash=sha256(mgmt_key))
+        assert record is not None
+        account = await rt.accounts.get(account_id=record.account_id)
+        assert account is not None
 
-    async def status() -> httpx.Response:
-        return await client.get("/api/v1/keys", headers=auth(mgmt_key))
+        async def status() -> httpx.Response:
+            return await client.get("/api/v1/keys", headers=auth(mgmt_key))
 
-    assert (await status()).status_code == 200  # cached from here on
-    record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=True))
-    assert_error(await status(), 401, "API_KEY_DISABLED")
-    record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=False))
-    assert (await status()).status_code == 200
+        assert (await status()).status_code == 200  # cached from here on
+        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=True))
+        assert_error(await status(), 401, "API_KEY_DISABLED")
+        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=False))
+        assert (await status()).status_code == 200
 
-    past = datetime.now(UTC) - timedelta(seconds=1)
-    record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(expires_at=past))
-    assert_error(await status(), 401, "API_KEY_EXPIRED")
-    record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(expires_in_days=1))
-    assert (await status()).status_code == 200
+        # A key that expires in a minute works until the clock passes that minute.
+        soon = clock.now_utc() + timedelta(minutes=1)
+        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(expires_at=soon))
+        assert (await status()).status_code == 200
+        clock.advance(60)
+        assert_error(await status(), 401, "API_KEY_EXPIRED")
+        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(expires_in_days=1))
+        assert (await status()).status_code == 200
 
-    account = await rt.account_service.update_account(account, AccountUpdate(status="inactive"))
-    assert_error(await status(), 403, "USER_INACTIVE")
-    r = await client.post("/api/v1/keys", json={"name": "x"}, headers=auth(mgmt_key))
-    assert_error(r, 403, "USER_INACTIVE")
-    await rt.account_service.update_account(account, AccountUpdate(status="active"))
-    assert (await status()).status_code == 200
-    assert await list_all(client, mgmt_key) == []  # the refused create made nothing
+        account = await rt.account_service.update_account(account, AccountUpdate(status="inactive"))
+        assert_error(await status(), 403, "USER_INACTIVE")
+        r = await client.post("/api/v1/keys", json={"name": "x"}, headers=auth(mgmt_key))
+        assert_error(r, 403, "USER_INACTIVE")
+        await rt.account_service.update_account(account, AccountUpdate(status="active"))
+        assert (await status()).status_code == 200
+        assert await list_all(client, mgmt_key) == []  # the refused create made nothing
 
-    await rt.key_service.revoke(record=record)
-    assert_error(await status(), 401, "INVALID_API_KEY")
+        await rt.key_service.revoke(record=record)
+        assert_error(await status(), 401, "INVALID_API_KEY")
+
+
+async def test_expires_at_must_be_in_the_future(settings: Settings) -> None:
+    """A key that is expired when made is dead on arrival: refused on create and update, by the service itself."""
+    clock = FakeClock(datetime(2030, 6, 1, 12, 0, tzinfo=UTC))
+    async with (
+        running_server(settings, clock=clock) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=10, event_hooks={"response": [_check_response]}) as client,
+    ):
+        key = await make_management_key(server, "alice@example.com")
+        headers = auth(key)
+        now = clock.now_utc()
+        for past in (now, now - timedelta(microseconds=1), now - timedelta(days=400), datetime(2001, 1, 1, tzinfo=UTC)):
+            for stamp in (past.isoformat(), past.astimezone(timezone(timedelta(hours=-14))).isoformat()):
+                r = await client.post("/api/v1/keys", json={"name": "dead", "expires_at": stamp}, headers=headers)
+                err = assert_error(r, 400, "INVALID_REQUEST", "expires_at")
+                assert "future" in err["message"], r.text
+        assert await list_all(client, key) == []
+
+        later = now + timedelta(microseconds=1)
+        made = (await create(client, key, name="live", expires_at=later.isoformat()))["data"]
+        assert utc(made["expires_at"]) == later
+        url = f"/api/v1/keys/{made['hash']}"
+        r = await client.patch(url, json={"expires_at": now.isoformat(), "name": "renamed"}, headers=headers)
+        assert_error(r, 400, "INVALID_REQUEST", "expires_at")
+        assert (await client.get(url, headers=headers)).json()["data"] == made  # nothing changed
+        # Changing other fields of a key that has since expired stays possible.
+        clock.advance(1)
+        r = await client.patch(url, json={"name": "renamed"}, headers=headers)
+        assert r.status_code == 200, r.text
+
+        # The rule lives in the single write path, so the CLI and the dashboard get it too.
+        alice = await server.runtime.accounts.get_by_email(email="alice@example.com")
+        assert alice is not None
+        with pytest.raises(GatewayError) as caught:
+            await server.runtime.key_service.create(account=alice, spec=KeyCreate(name="x", expires_at=now))
+        assert caught.value.field == "expires_at" and caught.value.status == 400
+
+
+async def test_region_no_provider_serves_is_accepted_with_a_warning(client: httpx.AsyncClient, mgmt_key: str) -> None:
+    served = await create(client, mgmt_key, name="eu", region="eu-west-1")
+    assert served["warnings"] == []
+    out = await create(client, mgmt_key, name="mars", region="mars-1", allowed_models=["gpt-9"])
+    assert out["data"]["region"] == "mars-1"
+    region_warnings = [w for w in out["warnings"] if w.startswith("region:")]
+    assert len(region_warnings) == 1 and "'mars-1'" in region_warnings[0] and "eu-west-1" in region_warnings[0]
+    assert any("gpt-9" in w for w in out["warnings"])  # both kinds are reported together
+
+    url = f"/api/v1/keys/{served['data']['hash']}"
+    r = await client.patch(url, json={"region": "ap-south-1"}, headers=auth(mgmt_key))
+    assert r.status_code == 200, r.text
+    assert [w.split(":")[0] for w in r.json()["warnings"]] == ["region"]
+    for body in ({"name": "renamed"}, {"region": None}, {"region": "eu-west-1"}):
+        r = await client.patch(url, json=body, headers=auth(mgmt_key))
+        assert r.status_code == 200 and r.json()["warnings"] == [], r.text
 
 
 # --- misc ------------------------------------------------------------------------------------------------

@@ -55,8 +55,8 @@ def sse_events(text: str) -> list[str]:
 
 
 async def test_usage_record_and_charging(server: RunningServer, client: httpx.AsyncClient, mock: MockUpstream) -> None:
-    account = await make_account(server, "payer@example.com", balance="1")
-    key = await make_api_key(server, "payer@example.com", name="billing-key", limit="5")
+    account = await make_account(server, "payer@example.com", balance=Decimal("1"))
+    key = await make_api_key(server, "payer@example.com", name="billing-key", limit=Decimal("5"))
     admin = await make_management_key(server, "root@example.com", admin=True)
     small = await chat(client, key)  # max_tokens 3
     assert small.status_code == 200, small.text
@@ -221,7 +221,7 @@ async def test_what_a_key_sees(server: RunningServer, client: httpx.AsyncClient)
         server,
         "a@example.com",
         name="scoped",
-        limit="2.5",
+        limit=Decimal("2.5"),
         limit_reset="weekly",
         rate_limits={"rpm": 30, "per_1d": 1000},
         allowed_models=["gpt-4o", "mock/text-embedding-3-small"],
@@ -408,7 +408,7 @@ async def test_no_key_plaintext_in_server_stderr(database_url: str, mock: MockUp
 
 async def test_account_balance_is_charged_once_per_flush(server: RunningServer, client: httpx.AsyncClient) -> None:
     """Flushing twice (or concurrently with new requests) never charges a record twice."""
-    account = await make_account(server, "p@example.com", balance="10")
+    account = await make_account(server, "p@example.com", balance=Decimal("10"))
     key = await make_api_key(server, "p@example.com")
     responses = await asyncio.gather(*(chat(client, key) for _ in range(8)))
     assert [r.status_code for r in responses] == [200] * 8

@@ -7,18 +7,21 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
+from keyrelay.errors import GatewayError
 from keyrelay.keys.hashing import key_hash
 from keyrelay.keys.spec import KeyUpdate
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountUpdate
+from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
-from keyrelay.testing.server import RunningServer
+from keyrelay.testing.server import RunningServer, running_server
 from tests.conftest import PG_ADMIN_DSN, make_api_key, make_management_key
 from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import (
@@ -72,16 +75,26 @@ async def test_disabled_key(server: RunningServer, client: httpx.AsyncClient, mo
     assert mock.requests == []
 
 
-async def test_expired_key(server: RunningServer, client: httpx.AsyncClient) -> None:
-    now = datetime.now(UTC)
-    past = await make_api_key(server, "a@example.com", expires_at=(now - timedelta(hours=1)).isoformat())
-    assert_error(await chat(client, past), 401, "API_KEY_EXPIRED")
-    # A key that expires while it sits in the cache is refused from that moment on.
-    expiry = datetime.now(UTC) + timedelta(seconds=0.5)
-    soon = await make_api_key(server, "a@example.com", expires_at=expiry.isoformat())
-    assert (await chat(client, soon)).status_code == 200
-    await asyncio.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 0.05)
-    assert_error(await chat(client, soon), 401, "API_KEY_EXPIRED")
+async def test_expired_key(settings: Settings, mock: MockUpstream) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    async with (
+        running_server(settings, clock=clock) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=10) as client,
+    ):
+        # A key works until its expiry and is refused from that instant on, also while it sits in the cache.
+        expiry = clock.now_utc() + timedelta(hours=1)
+        key = await make_api_key(server, "a@example.com", expires_at=expiry.isoformat())
+        assert (await chat(client, key)).status_code == 200
+        clock.advance(3600 - 0.001)
+        assert (await chat(client, key)).status_code == 200
+        clock.advance(0.001)
+        assert_error(await chat(client, key), 401, "API_KEY_EXPIRED")
+        assert_error(await client.get("/v1/models", headers=auth(key)), 401, "API_KEY_EXPIRED")
+        assert len(mock.requests) == 2
+        # A key cannot be made already expired: it would be dead on arrival.
+        with pytest.raises(GatewayError) as refused:
+            await make_api_key(server, "a@example.com", expires_at=(clock.now_utc() - timedelta(hours=1)).isoformat())
+        assert refused.value.field == "expires_at"
 
 
 # --- 403 ------------------------------------------------------------------------------------------------------------
@@ -205,7 +218,7 @@ async def test_insufficient_balance(server: RunningServer, client: httpx.AsyncCl
     assert mock.requests == []
     # A balance that covers one request's maximum cost but not a second one once the first (2 µ$) is charged.
     worst = max_cost_micros(chat_body(max_tokens=1), 1)
-    await make_account(server, "tight@example.com", balance=f"{(worst + 1) / 1e6:.6f}")
+    await make_account(server, "tight@example.com", balance=Decimal(f"{(worst + 1) / 1e6:.6f}"))
     tight = await make_api_key(server, "tight@example.com")
     assert (await chat(client, tight, max_tokens=1)).status_code == 200
     assert_error(await chat(client, tight, max_tokens=1), 402, "INSUFFICIENT_BALANCE", source="account")
@@ -218,7 +231,7 @@ async def test_insufficient_balance(server: RunningServer, client: httpx.AsyncCl
 async def test_balance_holds_when_keys_alternate(server: RunningServer, client: httpx.AsyncClient) -> None:
     """Two keys of one account, cached at different times (before and after charges reached the store)."""
     worst = max_cost_micros(chat_body(max_tokens=1), 1)
-    await make_account(server, "shared@example.com", balance=f"{(worst + 5) / 1e6:.6f}")
+    await make_account(server, "shared@example.com", balance=Decimal(f"{(worst + 5) / 1e6:.6f}"))
     first = await make_api_key(server, "shared@example.com")
     second = await make_api_key(server, "shared@example.com")
     statuses = []
@@ -235,7 +248,7 @@ async def test_key_limit_holds_across_both_secrets_of_a_rotated_key(
     server: RunningServer, client: httpx.AsyncClient
 ) -> None:
     worst = max_cost_micros(chat_body(max_tokens=1), 1)
-    old = await make_api_key(server, "a@example.com", limit=f"{(worst + 5) / 1e6:.6f}")
+    old = await make_api_key(server, "a@example.com", limit=Decimal(f"{(worst + 5) / 1e6:.6f}"))
     mgmt = await make_management_key(server, "a@example.com")
     assert (await chat(client, old, max_tokens=1)).status_code == 200
     r = await client.post(f"/api/v1/keys/{key_hash(old)}/rotate", json={"grace_seconds": 600}, headers=auth(mgmt))
@@ -252,7 +265,7 @@ async def test_key_limit_holds_across_both_secrets_of_a_rotated_key(
 async def test_key_quota_exhausted(server: RunningServer, client: httpx.AsyncClient, mock: MockUpstream) -> None:
     # The limit covers the worst case of one request, but not of a second one after the first really cost 2 µ$.
     worst = max_cost_micros(chat_body(max_tokens=1), 1)
-    key = await make_api_key(server, "a@example.com", limit=f"{(worst + 1) / 1e6:.6f}", limit_reset="daily")
+    key = await make_api_key(server, "a@example.com", limit=Decimal(f"{(worst + 1) / 1e6:.6f}"), limit_reset="daily")
     assert (await chat(client, key, max_tokens=1)).status_code == 200
     r = await chat(client, key, max_tokens=1)
     err = assert_error(r, 429, "API_KEY_QUOTA_EXHAUSTED", source="key")
@@ -260,7 +273,7 @@ async def test_key_quota_exhausted(server: RunningServer, client: httpx.AsyncCli
     midnight = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     assert abs(int(r.headers["retry-after"]) - (midnight - datetime.now(UTC)).total_seconds()) < 5
     # Another key of the same account is not affected; a lifetime cap has no Retry-After.
-    other = await make_api_key(server, "a@example.com", limit="0.000001")
+    other = await make_api_key(server, "a@example.com", limit=Decimal("0.000001"))
     r = await chat(client, other, max_tokens=1)
     assert_error(r, 429, "API_KEY_QUOTA_EXHAUSTED", source="key")
     assert "retry-after" not in r.headers

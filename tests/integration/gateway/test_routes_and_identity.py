@@ -265,7 +265,7 @@ async def test_list_meanings_are_the_same_everywhere(server: RunningServer, clie
 async def test_key_view_with_the_store_down_is_503(
     server: RunningServer, client: httpx.AsyncClient, database_url: str
 ) -> None:
-    key = await make_api_key(server, "down@example.com", limit="1")
+    key = await make_api_key(server, "down@example.com", limit=1)
     assert (await client.get("/v1/key", headers=auth(key))).status_code == 200  # cached now
     await break_store(database_url, PG_ADMIN_DSN)
     await server.runtime.engine.dispose()
