@@ -106,7 +106,6 @@ class KeyService:
             "created_at": now,
             "updated_at": now,
             "usage_micros": 0,
-            "period_usage_micros": 0,
         }
         values.update(self._field_values(spec, set(spec.model_fields_set) | {"name"}))
         record = await self._keys.insert(values=values)
@@ -116,11 +115,10 @@ class KeyService:
 
     async def update(self, *, record: KeyRecord, spec: KeyUpdate) -> tuple[KeyRecord, tuple[str, ...]]:
         """Apply the fields present in ``spec``; absent fields stay as they are."""
+        # A new limit_reset needs no reset here: the spend ledger keeps each reset kind's periods apart,
+        # so the new kind's current period counts only what was admitted under that kind (as the limits
+        # backends' counters, named by kind and period, do).
         values = self._field_values(spec, set(spec.model_fields_set))
-        if "limit_reset" in values and values["limit_reset"] != record.limit_reset:
-            # A new window kind starts a fresh period.
-            values["period_usage_micros"] = 0
-            values["period_start"] = None
         values["updated_at"] = self._clock.now_utc()
         updated = await self._keys.update(key_hash=record.hash, values=values)
         if updated is None:

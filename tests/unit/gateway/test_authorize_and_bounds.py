@@ -52,8 +52,7 @@ def principal(key_models: tuple[str, ...] | None, group_models: tuple[str, ...] 
         None,
         None,
         0,
-        0,
-        None,
+        {},
         None,
         None,
     )
@@ -75,8 +74,7 @@ def principal(key_models: tuple[str, ...] | None, group_models: tuple[str, ...] 
         None,
         None,
         0,
-        0,
-        None,
+        {},
         NOW,
         NOW,
     )
