@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -29,7 +29,7 @@ class GroupRecord:
     quota_reset: str | None
     usage_micros: int
     # Spend of the latest stored quota period of each reset kind, by counter name ("daily:2026-11-23").
-    period_usage: Mapping[str, int]
+    period_usage: Mapping[str, int] = field(hash=False)
     created_at: datetime
     updated_at: datetime
 
@@ -91,7 +91,7 @@ class KeyRecord:
     region: str | None
     usage_micros: int
     # Spend of the latest stored limit period of each reset kind, by counter name ("daily:2026-11-23").
-    period_usage: Mapping[str, int]
+    period_usage: Mapping[str, int] = field(hash=False)
     last_used_at: datetime | None
     last_used_ip: str | None
 
