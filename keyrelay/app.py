@@ -64,9 +64,7 @@ class KeyrelayApp:
             cache=runtime.cache,
             routes=RouteTable.from_settings(self.settings),
             limits=self.limits,
-            pending=Pending(
-                key=writer.pending_for_key, account=writer.pending_for_account, group=writer.pending_for_group
-            ),
+            pending=Pending(writer.pending),
             keys=runtime.keys,
             writer=writer,
             pool=self.pool,

@@ -8,7 +8,7 @@ from datetime import datetime
 from keyrelay.cache.keycache import Principal
 from keyrelay.keys.policy import Policy
 from keyrelay.limits.backend import AdmissionRequest, RequestWindow, SpendLevel
-from keyrelay.limits.periods import period_end, period_start, stored_usage
+from keyrelay.limits.periods import counter_name, period_end, period_start, stored_usage
 from keyrelay.limits.windows import WINDOW_SECONDS
 from keyrelay.store.records import GroupRecord, KeyRecord
 
@@ -18,18 +18,18 @@ _WINDOWS: dict[int, tuple[Policy, tuple[RequestWindow, ...]]] = {}
 
 
 class Pending:
-    """What the usage writer has charged but not yet written, per key, account and group."""
+    """What the usage writer has charged but not yet written, per spend counter.
 
-    def __init__(
-        self,
-        *,
-        key: Callable[[str], int],
-        account: Callable[[int], int],
-        group: Callable[[int], int],
-    ) -> None:
-        self.key = key
-        self.account = account
-        self.group = group
+    ``spend(scope, ident, counter)`` names a counter as a ``SpendLevel`` does ("key", key hash, "daily:2026-11-23");
+    a record's cost is pending on the counters of the periods it was admitted in, and on the lifetime ones.
+    """
+
+    def __init__(self, spend: Callable[[str, str, str], int]) -> None:
+        self.spend = spend
+
+    def key(self, key_hash: str) -> int:
+        """Lifetime cost pending for a key."""
+        return self.spend("key", key_hash, "life")
 
 
 # (reset, UTC day number) → (counter name, period end as epoch seconds). Periods only change at
@@ -48,7 +48,7 @@ def _counter(reset: str | None, now: datetime) -> tuple[str, float | None]:
         assert start is not None and end is not None
         if len(_PERIODS) > 64:
             _PERIODS.clear()
-        cached = _PERIODS[slot] = (f"{reset}:{start.date().isoformat()}", end.timestamp())
+        cached = _PERIODS[slot] = (counter_name(reset, start), end.timestamp())
     name, end_ts = cached
     return name, None if end_ts is None else end_ts - timestamp
 
@@ -81,20 +81,21 @@ def spend_levels(principal: Principal, now: datetime, pending: Pending) -> tuple
                 ident=str(account.id),
                 counter="life",
                 cap_micros=account.balance_micros,
-                base_micros=account.spent_micros + pending.account(account.id),
+                base_micros=account.spent_micros + pending.spend("account", str(account.id), "life"),
                 resets_in_s=None,
             )
         )
+    # A level's base is its period's spend only: the store's figure for that period plus what is pending
+    # for it. A late record of an earlier period is pending on that period's counter, not on this one.
     if group is not None and group.quota_micros:
         counter, resets = _counter(group.quota_reset, now)
-        stored = _stored(group, group.quota_reset, counter, now)
-        levels.append(
-            SpendLevel("group", str(group.id), counter, group.quota_micros, stored + pending.group(group.id), resets)
-        )
+        ident = str(group.id)
+        base = _stored(group, group.quota_reset, counter, now) + pending.spend("group", ident, counter)
+        levels.append(SpendLevel("group", ident, counter, group.quota_micros, base, resets))
     if policy.limit_micros is not None:
         counter, resets = _counter(policy.limit_reset, now)
-        stored = _stored(key, policy.limit_reset, counter, now)
-        levels.append(SpendLevel("key", key.hash, counter, policy.limit_micros, stored + pending.key(key.hash), resets))
+        base = _stored(key, policy.limit_reset, counter, now) + pending.spend("key", key.hash, counter)
+        levels.append(SpendLevel("key", key.hash, counter, policy.limit_micros, base, resets))
     return tuple(levels)
 
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -51,6 +52,7 @@ from keyrelay.gateway.upstream_client import (
 from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
 from keyrelay.limits.backend import LimitsBackend, Reservation, WindowStatus
+from keyrelay.limits.periods import spend_period
 from keyrelay.logs import SecretScrubber, request_id_var
 from keyrelay.metrics import Metrics
 from keyrelay.protocols.openai import InboundRequest, Operation, bearer_credential, decode_request, upstream_body
@@ -269,6 +271,7 @@ class Gateway:
             outcome.status, outcome.error_type = 499, "CLIENT_DISCONNECTED"
             raise
         finally:
+            # Settled against the admission time: the charge belongs to the periods the reservation was held in.
             await self._settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
 
     def _target(self, channel: Channel, operation: Operation, stream: bool) -> tuple[Origin, bytes]:
@@ -436,7 +439,7 @@ class Gateway:
         request_id: str,
         client_ip: IPAddress | None,
         started: float,
-        now: Any,
+        admitted_at: datetime,
     ) -> None:
         outcome.settled = True
         channel = outcome.channel
@@ -455,13 +458,13 @@ class Gateway:
         self._writer.enqueue(
             UsageRecord(
                 request_id=request_id,
-                created_at=now,
+                created_at=admitted_at,
                 key_hash=key.hash,
                 key_name=key.name,
                 account_id=principal.account.id,
-                limit_reset=principal.policy.limit_reset,
+                key_period=spend_period(principal.policy.limit_reset, admitted_at),
                 group_id=principal.group.id if principal.group else None,
-                group_quota_reset=principal.group.quota_reset if principal.group else None,
+                group_period=spend_period(principal.group.quota_reset, admitted_at) if principal.group else None,
                 model=request.model,
                 provider=channel.provider if channel else None,
                 streamed=request.stream,
@@ -476,7 +479,7 @@ class Gateway:
                 client_ip=ip,
             )
         )
-        self._writer.touch(key.hash, now, ip)
+        self._writer.touch(key.hash, admitted_at, ip)
         model = request.model
         m = self._metrics
         m.count_request(key.name, model, outcome.status, outcome.error_type or "")

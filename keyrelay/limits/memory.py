@@ -7,7 +7,6 @@ without an ``await`` in between, so on one event loop it is atomic exactly like 
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field
 
 from keyrelay.limits import windows as w
@@ -44,6 +43,10 @@ class MemoryLimits:
         self._spend: dict[str, _Spend] = {}
         self._keys: dict[str, _KeyState] = {}
         self._ids = itertools.count(1)
+        # The latest admission time seen: housekeeping measures age on the clock admissions use (the
+        # gateway's injected clock), never on the wall clock, so a counter is dropped only once its
+        # period is over by that clock.
+        self._now = 0.0
 
     def _level(self, level: SpendLevel, now: float) -> _Spend:
         state = self._spend.get(level.name)
@@ -60,6 +63,7 @@ class MemoryLimits:
         """Check everything, then reserve everything (no await in between)."""
         precheck(request)
         now = request.now
+        self._now = max(self._now, now)
         levels = self._check_spend(request)
         key = self._keys.get(request.key_hash)
         if key is None:
@@ -157,8 +161,8 @@ class MemoryLimits:
         return level.base_micros if state is None else state.spent
 
     async def maintain(self) -> None:
-        """Drop counters whose period is over and windows of keys idle for more than a week."""
-        now = time.time()
+        """Drop counters whose period is over and windows of keys idle for more than a week (admission clock)."""
+        now = self._now
         self._prune(now)
         idle = [
             key

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -45,37 +47,66 @@ def period_end(reset: str | None, now: datetime) -> datetime | None:
     return start.replace(year=year, month=month)
 
 
-def window_usage_micros(
-    *, limit_reset: str | None, usage_micros: int, period_usage_micros: int, period: datetime | None, now: datetime
-) -> int:
-    """Spend in the current limit window: lifetime usage for a cap that never resets, else the period's."""
-    start = period_start(limit_reset, now)
-    if start is None:
-        return usage_micros
-    if period is not None and period.astimezone(UTC) >= start:
-        return period_usage_micros
-    return 0
+def counter_name(reset: str, start: datetime) -> str:
+    """The name of one period's spend counter, e.g. ``"daily:2026-11-23"``.
+
+    The limits backends (``SpendLevel.counter``), the usage writer and the store's spend ledger all name a
+    period this way, so a charge reaches the same period everywhere.
+    """
+    return f"{reset}:{start.date().isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
+class SpendPeriod:
+    """One calendar spend period: its reset kind and its start (UTC)."""
+
+    reset: str
+    start: datetime
+
+    @property
+    def counter(self) -> str:
+        """The period's counter name (see :func:`counter_name`)."""
+        return counter_name(self.reset, self.start)
+
+
+def spend_period(reset: str | None, at: datetime) -> SpendPeriod | None:
+    """The period of ``reset`` that contains ``at``; None for a lifetime cap.
+
+    A request's charge belongs to the period of its admission (``at`` = the admission time): the one its
+    reservation was held in. It is added to that period's counter only, however late it is written.
+
+    Raises:
+        ValueError: Unknown reset name.
+    """
+    if reset is None:
+        return None
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return _period_of(reset, at.toordinal())
+
+
+@functools.lru_cache(maxsize=256)
+def _period_of(reset: str, day: int) -> SpendPeriod:
+    # One object per period and kind: every usage record of a day shares it.
+    return SpendPeriod(reset, _start_of(reset, day))
 
 
 class UsageCounters(Protocol):
-    """A stored record with lifetime and period usage (keys and groups)."""
+    """A stored key or group: lifetime usage and the spend of its latest stored period of each reset kind."""
 
     @property
     def usage_micros(self) -> int: ...  # noqa: D102
 
     @property
-    def period_usage_micros(self) -> int: ...  # noqa: D102
-
-    @property
-    def period_start(self) -> datetime | None: ...  # noqa: D102
+    def period_usage(self) -> Mapping[str, int]: ...  # noqa: D102
 
 
 def stored_usage(record: UsageCounters, reset: str | None, now: datetime) -> int:
-    """What a stored key or group has spent in the current window of ``reset``."""
-    return window_usage_micros(
-        limit_reset=reset,
-        usage_micros=record.usage_micros,
-        period_usage_micros=record.period_usage_micros,
-        period=record.period_start,
-        now=now,
-    )
+    """What a stored key or group has spent in the window of ``reset`` containing ``now`` (micro-dollars).
+
+    Lifetime usage for a cap that never resets; else the stored spend of the current period, 0 when the
+    store has none for it (a new period starts from zero by itself).
+    """
+    period = spend_period(reset, now)
+    if period is None:
+        return record.usage_micros
+    return record.period_usage.get(period.counter, 0)

@@ -155,7 +155,6 @@ class KeyService:
             "created_at": now,
             "updated_at": now,
             "usage_micros": 0,
-            "period_usage_micros": 0,
         }
         values.update(self._field_values(spec, set(spec.model_fields_set) | {"name"}))
         record = await self._keys.insert(values=values)
@@ -173,11 +172,10 @@ class KeyService:
             GatewayError: INVALID_REQUEST naming ``expires_at`` when it is set to a time not after the clock's
                 now; NOT_FOUND when the key is gone.
         """
+        # A new limit_reset needs no reset here: the spend ledger keeps each reset kind's periods apart,
+        # so the new kind's current period counts only what was admitted under that kind (as the limits
+        # backends' counters, named by kind and period, do).
         values = self._field_values(spec, set(spec.model_fields_set))
-        if "limit_reset" in values and values["limit_reset"] != record.limit_reset:
-            # A new window kind starts a fresh period.
-            values["period_usage_micros"] = 0
-            values["period_start"] = None
         values["updated_at"] = self._clock.now_utc()
         updated = await self._keys.update(key_hash=record.hash, values=values)
         if updated is None:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import RowMapping, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.store.records import AccountRecord, Change, GroupRecord
 from keyrelay.store.rows import to_record
-from keyrelay.store.schema import accounts, groups, keys
+from keyrelay.store.schema import accounts, groups, keys, spend_periods
+from keyrelay.store.spend import latest_periods
+
+
+async def _group_records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[GroupRecord]:
+    """Group records with their latest period spend from the ledger (one more query for all of them)."""
+    periods = await latest_periods(conn, scope="group", idents=[str(r["id"]) for r in rows])
+    return [to_record(GroupRecord, r, period_usage=periods.get(str(r["id"]), {})) for r in rows]
 
 
 class AccountRepository:
@@ -81,19 +89,19 @@ class GroupRepository:
         """One group by id."""
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(groups).where(groups.c.id == group_id))).mappings().first()
-        return to_record(GroupRecord, row) if row else None
+            return (await _group_records(conn, [row]))[0] if row else None
 
     async def get_by_name(self, *, name: str) -> GroupRecord | None:
         """One group by name."""
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(groups).where(groups.c.name == name))).mappings().first()
-        return to_record(GroupRecord, row) if row else None
+            return (await _group_records(conn, [row]))[0] if row else None
 
     async def list_all(self) -> list[GroupRecord]:
         """All groups by name."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(groups).order_by(groups.c.name))).mappings().all()
-        return [to_record(GroupRecord, r) for r in rows]
+            return await _group_records(conn, rows)
 
     async def insert(self, *, values: dict[str, Any]) -> GroupRecord:
         """Insert a group and return it."""
@@ -101,7 +109,7 @@ class GroupRepository:
             result = await conn.execute(groups.insert().values(**values).returning(groups.c.id))
             new_id = result.scalar_one()
             row = (await conn.execute(select(groups).where(groups.c.id == new_id))).mappings().one()
-        return to_record(GroupRecord, row)
+            return (await _group_records(conn, [row]))[0]
 
     async def update(self, *, group_id: int, values: dict[str, Any]) -> GroupRecord | None:
         """Update a group; None if it does not exist."""
@@ -110,12 +118,18 @@ class GroupRepository:
             if result.rowcount == 0:
                 return None
             row = (await conn.execute(select(groups).where(groups.c.id == group_id))).mappings().one()
-        return to_record(GroupRecord, row)
+            return (await _group_records(conn, [row]))[0]
 
     async def delete(self, *, group_id: int) -> bool:
-        """Delete a group that no account uses; False when it does not exist."""
+        """Delete a group that no account uses, with its period spend; False when it does not exist.
+
+        SQLite may give a later group the same id again, which must not inherit this group's spend.
+        """
         async with self._engine.begin() as conn:
             result = await conn.execute(groups.delete().where(groups.c.id == group_id))
+            await conn.execute(
+                spend_periods.delete().where(spend_periods.c.scope == "group", spend_periods.c.ident == str(group_id))
+            )
         return bool(result.rowcount)
 
     async def member_count(self, *, group_id: int) -> int:

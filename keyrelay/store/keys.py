@@ -6,12 +6,19 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import RowMapping, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.store.records import Change, KeyRecord
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import keys
+from keyrelay.store.spend import latest_periods
+
+
+async def _records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[KeyRecord]:
+    """Key records with their latest period spend from the ledger (one more query for all of them)."""
+    periods = await latest_periods(conn, scope="key", idents=[r["hash"] for r in rows])
+    return [to_record(KeyRecord, r, period_usage=periods.get(r["hash"], {})) for r in rows]
 
 
 class KeyRepository:
@@ -27,7 +34,7 @@ class KeyRepository:
             stmt = stmt.where(keys.c.deleted_at.is_(None))
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
-        return to_record(KeyRecord, row) if row else None
+            return (await _records(conn, [row]))[0] if row else None
 
     async def find_by_secret(self, *, secret_hash: str, now: datetime) -> KeyRecord | None:
         """The live key whose current secret, or previous secret within its grace period, hashes to this."""
@@ -40,7 +47,7 @@ class KeyRepository:
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
-        return to_record(KeyRecord, row) if row else None
+            return (await _records(conn, [row]))[0] if row else None
 
     async def list_all(
         self,
@@ -63,7 +70,7 @@ class KeyRepository:
         stmt = stmt.order_by(keys.c.created_at.desc(), keys.c.hash.desc()).offset(offset).limit(limit)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).mappings().all()
-        return [to_record(KeyRecord, r) for r in rows]
+            return await _records(conn, rows)
 
     async def count(self, *, account_id: int | None, key_type: str) -> int:
         """Number of live keys of a type (optionally of one account)."""
@@ -78,7 +85,7 @@ class KeyRepository:
         async with self._engine.begin() as conn:
             await conn.execute(keys.insert().values(**values))
             row = (await conn.execute(select(keys).where(keys.c.hash == values["hash"]))).mappings().one()
-        return to_record(KeyRecord, row)
+            return (await _records(conn, [row]))[0]
 
     async def update(self, *, key_hash: str, values: dict[str, Any]) -> KeyRecord | None:
         """Update a live key; None when it does not exist (or is deleted)."""
@@ -89,7 +96,7 @@ class KeyRepository:
             if result.rowcount == 0:
                 return None
             row = (await conn.execute(select(keys).where(keys.c.hash == key_hash))).mappings().one()
-        return to_record(KeyRecord, row)
+            return (await _records(conn, [row]))[0]
 
     async def changed_since(self, *, since: datetime) -> list[Change]:
         """Keys (deleted ones included) whose row changed at or after ``since``; secrets as idents."""

@@ -48,13 +48,41 @@ async def upgrade_to_head(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision on the given engine."""
     if await _current_revision(engine) == head_revision():
         return
+    await migrate_to(engine, "head")
 
-    def _upgrade(connection: Connection) -> None:
+
+async def migrate_to(engine: AsyncEngine, revision: str, *, downgrade: bool = False) -> None:
+    """Upgrade (or downgrade) the schema to ``revision`` ("head", "0002", ...) in one transaction.
+
+    Raises:
+        RuntimeError: On SQLite, the migration left rows whose foreign keys point nowhere (rolled back).
+        sqlalchemy.exc.SQLAlchemyError: The store failed (rolled back).
+    """
+
+    def _run(connection: Connection) -> None:
         from alembic import command
 
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+        (command.downgrade if downgrade else command.upgrade)(cfg, revision)
 
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            await conn.run_sync(_run)
+        return
+    # SQLite changes a column by copying the table, and dropping the old copy of a table that other
+    # rows reference (groups) fails while foreign keys are enforced. Alembic's recipe: switch them off
+    # for the migration (only possible outside a transaction), check them before committing, and
+    # switch them back on for the pooled connection.
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        try:
+            await conn.run_sync(_run)
+            broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+            if broken:
+                raise RuntimeError(f"migration left rows with broken foreign keys: {broken[:5]}")
+            await conn.commit()
+        finally:
+            await conn.rollback()
+            await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await conn.commit()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -27,8 +28,8 @@ class GroupRecord:
     quota_micros: int | None
     quota_reset: str | None
     usage_micros: int
-    period_usage_micros: int
-    period_start: datetime | None
+    # Spend of the latest stored quota period of each reset kind, by counter name ("daily:2026-11-23").
+    period_usage: Mapping[str, int] = field(hash=False)
     created_at: datetime
     updated_at: datetime
 
@@ -89,8 +90,8 @@ class KeyRecord:
     ip_denylist: tuple[str, ...] | None
     region: str | None
     usage_micros: int
-    period_usage_micros: int
-    period_start: datetime | None
+    # Spend of the latest stored limit period of each reset kind, by counter name ("daily:2026-11-23").
+    period_usage: Mapping[str, int] = field(hash=False)
     last_used_at: datetime | None
     last_used_ip: str | None
 

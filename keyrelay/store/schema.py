@@ -2,6 +2,7 @@
 
 Money is integer micro-dollars (``*_micros``); the group price multiplier is parts per million.
 Timestamps are timezone-aware UTC (SQLite stores them naive; the repositories re-attach UTC).
+Period spend of keys and groups lives in ``spend_periods``, one row per period (see there).
 """
 
 from __future__ import annotations
@@ -61,8 +62,6 @@ groups = Table(
     Column("quota_micros", BigInteger, nullable=True),
     Column("quota_reset", String(16), nullable=True),
     Column("usage_micros", BigInteger, nullable=False, default=0, server_default="0"),
-    Column("period_usage_micros", BigInteger, nullable=False, default=0, server_default="0"),
-    _ts("period_start"),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
     Index("ix_groups_updated_at", "updated_at"),
@@ -115,13 +114,24 @@ keys = Table(
     Column("ip_denylist", JSON, nullable=True),
     Column("region", String(32), nullable=True),
     Column("usage_micros", BigInteger, nullable=False, default=0),
-    Column("period_usage_micros", BigInteger, nullable=False, default=0),
-    _ts("period_start"),
     _ts("last_used_at"),
     Column("last_used_ip", String(45), nullable=True),
     Index("ix_keys_account_created", "account_id", "created_at"),
     Index("ix_keys_prev_secret_hash", "prev_secret_hash"),
     Index("ix_keys_updated_at", "updated_at"),
+)
+
+# The spend ledger: what each key and group spent in each calendar period (daily, weekly, monthly), in the
+# period its requests were admitted in. Rows are only ever added to, so a late usage record can never
+# rewrite a newer period. Lifetime usage stays on the keys and groups rows (``usage_micros``).
+spend_periods = Table(
+    "spend_periods",
+    metadata,
+    Column("scope", String(8), primary_key=True),  # "key" | "group"
+    Column("ident", String(64), primary_key=True),  # key hash | group id
+    Column("reset", String(16), primary_key=True),  # "daily" | "weekly" | "monthly"
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("usage_micros", BigInteger, nullable=False),
 )
 
 usage_records = Table(

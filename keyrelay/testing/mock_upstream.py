@@ -23,8 +23,8 @@ Token-counting rule (documented so that tests can compute expected usage):
 
 Fault injection is chosen per request through the model name (substring match), see :func:`create_mock_app`:
 ``fail-429``, ``fail-500``, ``fail-503``, ``fail-400``, ``redirect-3NN`` (that 3xx status with a ``Location``),
-``slow-ttfb``, ``hang``, ``cut-stream``, ``no-usage`` and ``paced``. Every request received is recorded (bounded)
-in :attr:`MockState.requests`.
+``slow-ttfb``, ``hang``, ``held``, ``cut-stream``, ``no-usage`` and ``paced``. Every request received is
+recorded (bounded) in :attr:`MockState.requests`.
 
 Given an :class:`ssl.SSLContext`, :class:`MockUpstream` serves HTTPS instead of HTTP (for TLS tests).
 
@@ -94,6 +94,7 @@ FAULT_503: Final = "fail-503"
 FAULT_400: Final = "fail-400"
 FAULT_SLOW_TTFB: Final = "slow-ttfb"
 FAULT_HANG: Final = "hang"
+FAULT_HELD: Final = "held"
 FAULT_CUT_STREAM: Final = "cut-stream"
 FAULT_NO_USAGE: Final = "no-usage"
 FAULT_PACED: Final = "paced"
@@ -467,21 +468,33 @@ class MockState:
     Attributes:
         options: The live :class:`MockOptions`.
         requests: The last ``options.max_recorded`` requests received, oldest first.
+        held: One gate per ``held`` request received, in arrival order; see :meth:`release`.
     """
 
     def __init__(self, options: MockOptions) -> None:
         """Create the state for ``options``."""
         self.options = options
         self.requests: list[RecordedRequest] = []
+        self.held: list[asyncio.Event] = []
         self._closing = asyncio.Event()
+
+    def release(self, index: int) -> None:
+        """Let the ``held`` request number ``index`` (arrival order, from 0) answer normally.
+
+        Raises:
+            IndexError: No such held request has arrived yet.
+        """
+        self.held[index].set()
 
     def clear_requests(self) -> None:
         """Forget every recorded request."""
         self.requests.clear()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
-        """Release hanging handlers so that shutdown never waits for them."""
+        """Release hanging and held handlers so that shutdown never waits for them."""
         self._closing.set()
+        for gate in self.held:
+            gate.set()
 
     # -- common prologue -----------------------------------------------------------------------------------------------
 
@@ -532,9 +545,17 @@ class MockState:
         return body, None
 
     async def _pre_answer_faults(self, request: web.Request, model: str) -> web.StreamResponse | None:
-        """Apply the ``slow-ttfb``, ``hang`` and ``fail-*`` faults; return the response to send instead, if any."""
+        """Apply the ``slow-ttfb``, ``hang``, ``held`` and ``fail-*`` faults; return the response to send instead."""
         if FAULT_SLOW_TTFB in model:
             await asyncio.sleep(self.options.slow_ms / 1000)
+        if FAULT_HELD in model:
+            # Answer only once the test releases this request (or drop it when the server shuts down),
+            # so a test decides when a request finishes without sleeping.
+            gate = asyncio.Event()
+            self.held.append(gate)
+            await gate.wait()
+            if self._closing.is_set():
+                return _abort_connection(request)
         if FAULT_HANG in model:
             # Never answer: wait for the server to shut down (a client disconnect cancels this handler when the
             # runner uses handler_cancellation, as MockUpstream does), then drop the connection.
@@ -753,6 +774,8 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
     * ``fail-500`` / ``fail-503`` -> 500 / 503 ``server_error``; ``fail-400`` -> 400 ``invalid_request_error``;
     * ``slow-ttfb`` -> waits ``options.slow_ms`` before answering;
     * ``hang`` -> never answers (until the client disconnects or the server shuts down);
+    * ``held`` -> answers normally once the test calls :meth:`MockState.release` for it (requests are numbered
+      in arrival order in :attr:`MockState.held`); dropped if the server shuts down first;
     * ``cut-stream`` -> streaming: role chunk + 3 content chunks, then the connection is aborted without
       ``[DONE]``; non-streaming: the connection is aborted without a response;
     * ``no-usage`` -> no ``usage`` in the JSON answer, no usage chunk (nor ``"usage": null``) in streams;

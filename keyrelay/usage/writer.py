@@ -1,9 +1,11 @@
 """Usage records: an in-memory queue flushed to the store in small batches.
 
 Each flush, in one transaction, inserts the records, adds their cost to each key's and group's
-lifetime and period usage and to each account's ``spent_micros``, and writes coalesced ``last_used_*``.
-``close()`` flushes whatever is left, so a clean stop (SIGTERM) loses nothing. While records wait,
-``pending_for_key`` / ``pending_for_account`` tell the limits ledger what the store does not show yet.
+lifetime usage and to each account's ``spent_micros``, adds it to the spend of the key's and group's
+period of ADMISSION in the spend ledger (whenever the record is written: a request admitted at 23:59:59
+and finished after midnight is the old day's, as its reservation was), and writes coalesced
+``last_used_*``. ``close()`` flushes whatever is left, so a clean stop (SIGTERM) loses nothing. While
+records wait, ``pending`` tells the limits backends what the store does not show yet, per spend counter.
 """
 
 from __future__ import annotations
@@ -14,27 +16,54 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, case, literal
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keyrelay.limits.periods import period_start
+from keyrelay.limits.periods import SpendPeriod
 from keyrelay.store.schema import accounts, groups, keys, usage_records
+from keyrelay.store.spend import PeriodCharge, add_charges
 
 log = logging.getLogger("keyrelay.usage")
 
 
+# A spend counter as the limits backends name it: (scope, ident, counter), counter "life" or "daily:2026-11-23".
+SpendCounter = tuple[str, str, str]
+
+_CHARGE_KEY = (
+    keys.update()
+    .where(keys.c.hash == bindparam("b_ident"))
+    .values(usage_micros=keys.c.usage_micros + bindparam("b_cost"))
+)
+_CHARGE_GROUP = (
+    groups.update()
+    .where(groups.c.id == bindparam("b_ident"))
+    .values(usage_micros=groups.c.usage_micros + bindparam("b_cost"))
+)
+# spent_micros only: the credit (balance_micros) is the administrator's, never rewritten here.
+_CHARGE_ACCOUNT = (
+    accounts.update()
+    .where(accounts.c.id == bindparam("b_ident"))
+    .values(spent_micros=accounts.c.spent_micros + bindparam("b_cost"))
+)
+
+
 @dataclass(slots=True)
 class UsageRecord:
-    """One request's accounting line."""
+    """One request's accounting line.
+
+    ``created_at`` is the admission time, and ``key_period`` / ``group_period`` are the spend periods the
+    request was admitted in (None for a key or group whose spend never resets): the ones its reservation
+    was held against, and the only ones its cost is added to.
+    """
 
     request_id: str
     created_at: datetime
     key_hash: str
     key_name: str
     account_id: int
-    limit_reset: str | None
+    key_period: SpendPeriod | None
     group_id: int | None
-    group_quota_reset: str | None
+    group_period: SpendPeriod | None
     model: str | None
     provider: str | None
     streamed: bool
@@ -102,15 +131,17 @@ def _insert_sql(paramstyle: str) -> str | None:
     return f"INSERT INTO usage_records ({', '.join(_COLUMNS)}) VALUES ({marks})"
 
 
-def _charge(table: Table, period: datetime | None, cost: int) -> dict[str, Any]:
-    """Column updates adding ``cost`` to lifetime usage and to the usage of ``period`` (restarting it if new)."""
-    values: dict[str, Any] = {"usage_micros": table.c.usage_micros + cost}
-    if period is not None:
-        values["period_usage_micros"] = case(
-            (table.c.period_start == period, table.c.period_usage_micros + cost), else_=literal(cost)
-        )
-        values["period_start"] = period
-    return values
+def counters_of(record: UsageRecord) -> list[SpendCounter]:
+    """Every spend counter a record's cost adds to: lifetime of key, account and group, and their periods."""
+    out: list[SpendCounter] = [("key", record.key_hash, "life"), ("account", str(record.account_id), "life")]
+    if record.key_period is not None:
+        out.append(("key", record.key_hash, record.key_period.counter))
+    if record.group_id is not None:
+        group = str(record.group_id)
+        out.append(("group", group, "life"))
+        if record.group_period is not None:
+            out.append(("group", group, record.group_period.counter))
+    return out
 
 
 class UsageWriter:
@@ -121,9 +152,7 @@ class UsageWriter:
         self._queue: list[UsageRecord] = []
         self._max_batch = max_batch
         self._lock = asyncio.Lock()
-        self._pending_keys: dict[str, int] = {}
-        self._pending_accounts: dict[int, int] = {}
-        self._pending_groups: dict[int, int] = {}
+        self._pending: dict[SpendCounter, int] = {}
         self._last_used: dict[str, tuple[datetime, str | None]] = {}
         # Records go in with one precompiled driver-level executemany: SQLAlchemy's per-row bind
         # processing cost ~11 µs a record on the event loop (measured), a 20 ms stall per 2000 records.
@@ -131,17 +160,13 @@ class UsageWriter:
         self._sqlite = engine.dialect.name == "sqlite"
 
     def enqueue(self, record: UsageRecord) -> None:
-        """Queue a record (no I/O); its cost counts as pending until flushed."""
+        """Queue a record (no I/O); its cost counts as pending on each of its counters until flushed."""
         self._queue.append(record)
-        if record.cost_micros:
-            self._pending_keys[record.key_hash] = self._pending_keys.get(record.key_hash, 0) + record.cost_micros
-            self._pending_accounts[record.account_id] = (
-                self._pending_accounts.get(record.account_id, 0) + record.cost_micros
-            )
-            if record.group_id is not None:
-                self._pending_groups[record.group_id] = (
-                    self._pending_groups.get(record.group_id, 0) + record.cost_micros
-                )
+        cost = record.cost_micros
+        if cost:
+            pending = self._pending
+            for counter in counters_of(record):
+                pending[counter] = pending.get(counter, 0) + cost
 
     def touch(self, key_hash: str, when: datetime, ip: str | None) -> None:
         """Remember the latest use of a key; written at the next flush."""
@@ -154,17 +179,15 @@ class UsageWriter:
             values[1] = record.created_at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
         return tuple(values)
 
-    def pending_for_key(self, key_hash: str) -> int:
-        """Cost queued for a key but not yet in the store."""
-        return self._pending_keys.get(key_hash, 0)
+    def pending(self, scope: str, ident: str, counter: str) -> int:
+        """Cost queued for one spend counter but not yet in the store (micro-dollars).
 
-    def pending_for_account(self, account_id: int) -> int:
-        """Cost queued for an account but not yet in the store."""
-        return self._pending_accounts.get(account_id, 0)
-
-    def pending_for_group(self, group_id: int) -> int:
-        """Cost queued for a group but not yet in the store."""
-        return self._pending_groups.get(group_id, 0)
+        Args:
+            scope: "key", "account" or "group".
+            ident: The key hash, or the account or group id as text.
+            counter: "life" (lifetime) or a period's counter name ("daily:2026-11-23").
+        """
+        return self._pending.get((scope, ident, counter), 0)
 
     @property
     def queued(self) -> int:
@@ -203,56 +226,45 @@ class UsageWriter:
             return len(batch)
 
     def _release(self, record: UsageRecord) -> None:
-        left = self._pending_keys.get(record.key_hash, 0) - record.cost_micros
-        if left > 0:
-            self._pending_keys[record.key_hash] = left
-        else:
-            self._pending_keys.pop(record.key_hash, None)
-        left = self._pending_accounts.get(record.account_id, 0) - record.cost_micros
-        if left > 0:
-            self._pending_accounts[record.account_id] = left
-        else:
-            self._pending_accounts.pop(record.account_id, None)
-        if record.group_id is not None:
-            left = self._pending_groups.get(record.group_id, 0) - record.cost_micros
+        pending = self._pending
+        for counter in counters_of(record):
+            left = pending.get(counter, 0) - record.cost_micros
             if left > 0:
-                self._pending_groups[record.group_id] = left
+                pending[counter] = left
             else:
-                self._pending_groups.pop(record.group_id, None)
+                pending.pop(counter, None)
 
     async def _write(self, batch: list[UsageRecord], touched: dict[str, tuple[datetime, str | None]]) -> None:
-        per_key: dict[tuple[str, datetime | None], int] = {}
-        per_group: dict[tuple[int, datetime | None], int] = {}
+        per_key: dict[str, int] = {}
+        per_group: dict[int, int] = {}
         per_account: dict[int, int] = {}
+        per_period: dict[tuple[str, str, str, datetime], int] = {}
         for record in batch:
             cost = record.cost_micros
             if not cost:
                 continue
-            slot = (record.key_hash, period_start(record.limit_reset, record.created_at))
-            per_key[slot] = per_key.get(slot, 0) + cost
+            per_key[record.key_hash] = per_key.get(record.key_hash, 0) + cost
             per_account[record.account_id] = per_account.get(record.account_id, 0) + cost
+            if record.key_period is not None:
+                slot = ("key", record.key_hash, record.key_period.reset, record.key_period.start)
+                per_period[slot] = per_period.get(slot, 0) + cost
             if record.group_id is not None:
-                gslot = (record.group_id, period_start(record.group_quota_reset, record.created_at))
-                per_group[gslot] = per_group.get(gslot, 0) + cost
+                per_group[record.group_id] = per_group.get(record.group_id, 0) + cost
+                if record.group_period is not None:
+                    gslot = ("group", str(record.group_id), record.group_period.reset, record.group_period.start)
+                    per_period[gslot] = per_period.get(gslot, 0) + cost
         async with self._engine.begin() as conn:
             if batch:
                 if self._insert_sql is not None:
                     await conn.exec_driver_sql(self._insert_sql, [self._as_tuple(r) for r in batch])
                 else:
                     await conn.execute(usage_records.insert(), [r.row() for r in batch])
-            for (key_hash, period), cost in per_key.items():
-                await conn.execute(keys.update().where(keys.c.hash == key_hash).values(**_charge(keys, period, cost)))
-            for (group_id, period), cost in per_group.items():
-                await conn.execute(
-                    groups.update().where(groups.c.id == group_id).values(**_charge(groups, period, cost))
-                )
-            for account_id, cost in per_account.items():
-                # spent_micros only: the credit (balance_micros) is the administrator's, never rewritten here.
-                await conn.execute(
-                    accounts.update()
-                    .where(accounts.c.id == account_id)
-                    .values(spent_micros=accounts.c.spent_micros + cost)
-                )
+            # Rows are charged in sorted order, so two processes flushing at once lock them in the same order.
+            for stmt, amounts in ((_CHARGE_KEY, per_key), (_CHARGE_GROUP, per_group), (_CHARGE_ACCOUNT, per_account)):
+                if amounts:
+                    await conn.execute(stmt, [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())])
+            # Each cost goes to the period of its admission only; no statement restarts or lowers a period.
+            await add_charges(conn, [PeriodCharge(*slot, cost) for slot, cost in sorted(per_period.items())])
             for key_hash, (used_at, ip) in touched.items():
                 await conn.execute(
                     keys.update().where(keys.c.hash == key_hash).values(last_used_at=used_at, last_used_ip=ip)

@@ -19,6 +19,7 @@ from keyrelay.config import ModelConfig, ProviderConfig, Settings
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.keys.spec import KeyCreate, KeyUpdate
 from keyrelay.services.inputs import AccountUpdate
+from keyrelay.store.spend import PeriodCharge, add_charges
 from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.server import RunningServer, running_server
 from tests.conftest import make_management_key
@@ -795,13 +796,22 @@ async def test_limit_remaining_follows_the_current_window(
 ) -> None:
     lifetime = (await create(client, mgmt_key, name="life", limit=10))["data"]
     daily = (await create(client, mgmt_key, name="day", limit=10, limit_reset="daily"))["data"]
+    stale = (await create(client, mgmt_key, name="stale", limit=10, limit_reset="daily"))["data"]
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    monday = today - timedelta(days=today.weekday())
     keys = server.runtime.keys
     await keys.update(key_hash=lifetime["hash"], values={"usage_micros": 2_500_000})
-    await keys.update(
-        key_hash=daily["hash"],
-        values={"usage_micros": 9_000_000, "period_usage_micros": 1_250_000, "period_start": today},
-    )
+    await keys.update(key_hash=daily["hash"], values={"usage_micros": 9_000_000})
+    async with server.runtime.engine.begin() as conn:
+        await add_charges(
+            conn,
+            [
+                PeriodCharge("key", daily["hash"], "daily", today - timedelta(days=1), 4_000_000),
+                PeriodCharge("key", daily["hash"], "daily", today, 1_250_000),
+                PeriodCharge("key", daily["hash"], "weekly", monday, 3_000_000),  # another reset kind's period
+                PeriodCharge("key", stale["hash"], "daily", today - timedelta(days=1), 6_000_000),
+            ],
+        )
 
     async def view(key_hash: str) -> dict[str, Any]:
         r = await client.get(f"/api/v1/keys/{key_hash}", headers=auth(mgmt_key))
@@ -810,11 +820,11 @@ async def test_limit_remaining_follows_the_current_window(
 
     life = await view(lifetime["hash"])
     assert (life["usage"], life["limit_remaining"]) == (2.5, 7.5)
+    # Only today's daily spend counts: not yesterday's, not the week's.
     day = await view(daily["hash"])
     assert (day["usage"], day["limit_remaining"]) == (9.0, 8.75)
     # Spend recorded in an earlier day does not count against today.
-    await keys.update(key_hash=daily["hash"], values={"period_start": today - timedelta(days=1)})
-    assert (await view(daily["hash"]))["limit_remaining"] == 10
+    assert (await view(stale["hash"]))["limit_remaining"] == 10
     # Over-spent: remaining is floored at zero.
     await keys.update(key_hash=lifetime["hash"], values={"usage_micros": 11_000_000})
     assert (await view(lifetime["hash"]))["limit_remaining"] == 0

@@ -49,8 +49,7 @@ def principal(key_models: tuple[str, ...] | None, group_models: tuple[str, ...] 
         None,
         None,
         0,
-        0,
-        None,
+        {},
         None,
         None,
     )
@@ -72,8 +71,7 @@ def principal(key_models: tuple[str, ...] | None, group_models: tuple[str, ...] 
         None,
         None,
         0,
-        0,
-        None,
+        {},
         NOW,
         NOW,
     )

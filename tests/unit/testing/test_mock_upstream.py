@@ -399,6 +399,35 @@ async def test_fault_hang_times_out_and_stop_is_fast(mock: MockUpstream, client:
     assert isinstance(stop_seconds, float) and stop_seconds < 0.5
 
 
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_fault_held_answers_when_released_in_any_order(mock: MockUpstream, client: openai.AsyncOpenAI) -> None:
+    first = asyncio.ensure_future(client.chat.completions.create(model="gpt-held", messages=USER_HI, max_tokens=1))
+    await _until(lambda: len(mock.state.held) == 1)
+    second = asyncio.ensure_future(client.chat.completions.create(model="gpt-held", messages=USER_HI, max_tokens=2))
+    await _until(lambda: len(mock.state.held) == 2)
+    mock.state.release(1)
+    assert (await second).usage.completion_tokens == 2  # type: ignore[union-attr]
+    assert not first.done()
+    mock.state.release(0)
+    assert (await first).usage.completion_tokens == 1  # type: ignore[union-attr]
+    with pytest.raises(IndexError):
+        mock.state.release(2)
+
+    # A held request still waiting when the server stops is dropped, and the stop does not wait for it.
+    late = asyncio.ensure_future(client.chat.completions.create(model="gpt-held", messages=USER_HI))
+    await _until(lambda: len(mock.state.held) == 3)
+    await mock.stop()
+    with pytest.raises(openai.APIConnectionError):
+        await late
+
+
 @pytest.mark.asyncio
 async def test_fault_slow_ttfb_and_global_delay(mock: MockUpstream, client: openai.AsyncOpenAI) -> None:
     started = time.perf_counter()

@@ -1,0 +1,106 @@
+"""The spend ledger (``spend_periods``): each key's and group's spend per calendar period, only ever added to.
+
+A charge is added to the row of the period its request was admitted in, created if new (an upsert, so
+two gateway processes charging the same new period at once cannot collide). No statement ever sets or
+restarts a period's figure, so a late usage record cannot rewrite a newer period and no stored counter
+goes backwards. Readers want the current period; they get the latest stored period of each reset kind,
+and :func:`keyrelay.limits.periods.stored_usage` tells whether it is the current one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Executable, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from keyrelay.clock import ensure_utc
+from keyrelay.limits.periods import counter_name
+from keyrelay.store.schema import spend_periods
+
+_PK = ["scope", "ident", "reset", "period_start"]
+_ADD = spend_periods.c.usage_micros  # the row's current figure, which the charge is added to
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PeriodCharge:
+    """Micro-dollars to add to one key's or group's spend in one period (a row of the ledger)."""
+
+    scope: str  # "key" | "group"
+    ident: str  # key hash | group id
+    reset: str
+    period_start: datetime
+    cost_micros: int
+
+
+async def add_charges(conn: AsyncConnection, charges: Sequence[PeriodCharge]) -> None:
+    """Add each charge to its period's row (created at 0 if new), in one ``executemany``.
+
+    Callers pass at most one charge per row (the upsert cannot touch a row twice in one statement) and
+    in a fixed order (sorted), so concurrent flushes of two processes lock rows in the same order.
+
+    Raises:
+        NotImplementedError: A database other than SQLite or PostgreSQL.
+        sqlalchemy.exc.SQLAlchemyError: The store failed; nothing was added.
+    """
+    if not charges:
+        return
+    name = conn.dialect.name
+    upsert: Executable
+    if name == "sqlite":
+        lite = sqlite.insert(spend_periods)
+        upsert = lite.on_conflict_do_update(
+            index_elements=_PK, set_={"usage_micros": _ADD + lite.excluded.usage_micros}
+        )
+    elif name == "postgresql":
+        pg = postgresql.insert(spend_periods)
+        upsert = pg.on_conflict_do_update(index_elements=_PK, set_={"usage_micros": _ADD + pg.excluded.usage_micros})
+    else:  # pragma: no cover - the engine only accepts these two
+        raise NotImplementedError(f"no spend ledger upsert for {name}")
+    await conn.execute(
+        upsert,
+        [
+            {
+                "scope": c.scope,
+                "ident": c.ident,
+                "reset": c.reset,
+                "period_start": c.period_start,
+                "usage_micros": c.cost_micros,
+            }
+            for c in charges
+        ],
+    )
+
+
+async def latest_periods(conn: AsyncConnection, *, scope: str, idents: Sequence[str]) -> dict[str, dict[str, int]]:
+    """The latest stored period of each reset kind, per ident: ``{ident: {counter name: micro-dollars}}``.
+
+    Idents without any stored period are absent. One indexed query (the primary key serves the
+    correlated ``max``).
+    """
+    if not idents:
+        return {}
+    newer = spend_periods.alias("newer")
+    latest = (
+        select(func.max(newer.c.period_start))
+        .where(
+            newer.c.scope == spend_periods.c.scope,
+            newer.c.ident == spend_periods.c.ident,
+            newer.c.reset == spend_periods.c.reset,
+        )
+        .scalar_subquery()
+    )
+    stmt = select(
+        spend_periods.c.ident, spend_periods.c.reset, spend_periods.c.period_start, spend_periods.c.usage_micros
+    ).where(
+        spend_periods.c.scope == scope,
+        spend_periods.c.ident.in_(list(dict.fromkeys(idents))),
+        spend_periods.c.period_start == latest,
+    )
+    out: dict[str, dict[str, int]] = {}
+    for row in (await conn.execute(stmt)).all():
+        out.setdefault(row.ident, {})[counter_name(row.reset, ensure_utc(row.period_start))] = int(row.usage_micros)
+    return out
