@@ -37,6 +37,12 @@ def _ts(name: str, nullable: bool = True) -> Column[object]:
     return Column(name, DateTime(timezone=True), nullable=nullable)
 
 
+def _version() -> Column[object]:
+    # Bumped by every write through a repository's ``update`` (never by usage bookkeeping): the cache
+    # poller compares it with the version of a cached entry, so it evicts only what is really stale.
+    return Column("version", Integer, nullable=False, default=1, server_default="1")
+
+
 groups = Table(
     "groups",
     metadata,
@@ -61,6 +67,7 @@ groups = Table(
     _ts("period_start"),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    _version(),
     Index("ix_groups_updated_at", "updated_at"),
 )
 
@@ -77,6 +84,7 @@ accounts = Table(
     Column("group_id", Integer, ForeignKey("groups.id"), nullable=True),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    _version(),
     Index("ix_accounts_updated_at", "updated_at"),
 )
 
@@ -95,6 +103,7 @@ keys = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    _version(),
     _ts("expires_at"),
     _ts("deleted_at"),
     Column("limit_micros", BigInteger, nullable=True),

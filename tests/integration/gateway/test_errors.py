@@ -440,9 +440,13 @@ async def test_store_down_is_503_not_401(
 ) -> None:
     cached = await make_api_key(server, "a@example.com")
     assert (await chat(client, cached)).status_code == 200  # now in the key cache
+    # The store poll that sees the key's row as just changed (it was written a moment ago) keeps the cached entry:
+    # nothing newer is in the store. Run here explicitly, so the poll that once evicted it runs on every run.
+    assert await server.runtime.cache_sync.poll_once() == 0
     not_cached = await make_api_key(server, "a@example.com")
     await break_store(database_url, PG_ADMIN_DSN)
     await server.runtime.engine.dispose()
+    assert await server.runtime.cache_sync.poll_once() == 0  # a poll during the outage evicts nothing
     for key in (not_cached, "kr_live_" + secrets.token_urlsafe(32)):
         err = assert_error(await chat(client, key), 503, "SERVICE_UNAVAILABLE")
         assert "store" in err["message"]
