@@ -103,6 +103,10 @@ class KeyCache:
             self._store(secret_hash, principal)
         return principal
 
+    def peek(self, secret_hash: str) -> Principal | None:
+        """The cached principal for a secret hash, or None when it is not cached (never loads)."""
+        return self._entries.get(secret_hash)
+
     def _store(self, secret_hash: str, principal: Principal) -> None:
         self._entries[secret_hash] = principal
         self._by_key.setdefault(principal.key.hash, set()).add(secret_hash)

@@ -44,15 +44,16 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
+
+from keyrelay.clock import Clock, SystemClock
 
 __all__ = [
     "DEFAULT_EMBEDDING_DIMENSIONS",
@@ -128,6 +129,10 @@ class MockOptions:
         models: Model ids listed by ``GET /v1/models`` (chat/embeddings accept any model id).
         reply_words: Number of words of the (cycled) deterministic reply when no token limit applies.
         max_recorded: How many received requests are kept in :attr:`MockState.requests`.
+        clock: Source of the ``created`` timestamps (whole seconds since the epoch); a test may pass a FakeClock.
+        sleep: Every pause the mock makes (``delay_ms``, ``slow-ttfb``, the ``paced`` gaps) is ``await sleep(s)``
+            with ``s`` in seconds. A test may pass ``FakeClock.sleep`` (time passes at once on the fake clock)
+            or its own function to observe the pauses or hold the mock at one.
     """
 
     delay_ms: float = 0
@@ -136,6 +141,8 @@ class MockOptions:
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
     reply_words: int = len(_REPLY_WORDS)
     max_recorded: int = 1000
+    clock: Clock = field(default_factory=SystemClock)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +411,7 @@ def _chat_sse_frames(
     usage: dict[str, Any] | None,
     null_usage: bool,
     cut: bool,
+    created: int,
 ) -> Iterator[bytes]:
     """Generate the SSE frames of a streamed chat completion, lazily (one ``data:`` frame per chunk).
 
@@ -411,7 +419,6 @@ def _chat_sse_frames(
     chunk carries ``"usage": null`` when ``null_usage``. With ``cut``, stops after the role chunk and 3 content chunks.
     """
     chunk_id = f"chatcmpl-{_new_id()}"
-    created = int(time.time())
 
     def frame(choices: list[dict[str, Any]], usage_value: dict[str, Any] | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -457,6 +464,9 @@ class MockState:
         self.requests: list[RecordedRequest] = []
         self._closing = asyncio.Event()
 
+    def _created(self) -> int:
+        return int(self.options.clock.now_utc().timestamp())
+
     def clear_requests(self) -> None:
         """Forget every recorded request."""
         self.requests.clear()
@@ -497,7 +507,7 @@ class MockState:
         body = await self._receive(request)
         options = self.options
         if options.delay_ms > 0:
-            await asyncio.sleep(options.delay_ms / 1000)
+            await options.sleep(options.delay_ms / 1000)
         expected = options.expected_key
         if expected is not None:
             header = request.headers.get("Authorization")
@@ -516,7 +526,7 @@ class MockState:
     async def _pre_answer_faults(self, request: web.Request, model: str) -> web.StreamResponse | None:
         """Apply the ``slow-ttfb``, ``hang`` and ``fail-*`` faults; return the response to send instead, if any."""
         if FAULT_SLOW_TTFB in model:
-            await asyncio.sleep(self.options.slow_ms / 1000)
+            await self.options.sleep(self.options.slow_ms / 1000)
         if FAULT_HANG in model:
             # Never answer: wait for the server to shut down (a client disconnect cancels this handler when the
             # runner uses handler_cancellation, as MockUpstream does), then drop the connection.
@@ -561,7 +571,7 @@ class MockState:
         completion: dict[str, Any] = {
             "id": f"chatcmpl-{_new_id()}",
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": self._created(),
             "model": model,
             "choices": [
                 {
@@ -591,7 +601,13 @@ class MockState:
         """Write the ``chat.completion.chunk`` SSE frames one by one, then ``data: [DONE]``."""
         cut = FAULT_CUT_STREAM in model
         frames = _chat_sse_frames(
-            model=model, words=words, finish_reason=finish_reason, usage=usage, null_usage=null_usage, cut=cut
+            model=model,
+            words=words,
+            finish_reason=finish_reason,
+            usage=usage,
+            null_usage=null_usage,
+            cut=cut,
+            created=self._created(),
         )
         response = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": f"req_{_new_id()}"})
         await response.prepare(request)
@@ -599,7 +615,7 @@ class MockState:
         try:
             for data in frames:
                 if pause:
-                    await asyncio.sleep(pause)
+                    await self.options.sleep(pause)
                     pause = _PACED_GAP_S
                 await response.write(data)
             if cut:
