@@ -1,15 +1,18 @@
 """In-process key cache: secret hash → Principal (key, account, group, effective policy).
 
 Filled on first use from the store, then served from memory: the hot path does no database I/O in
-steady state. Writes through ``services`` invalidate entries at once; ``CacheSync`` picks up writes
-made by other processes within its poll interval. Unknown hashes are remembered (bounded) so that a
-spray of bad keys cannot turn into a spray of database queries.
+steady state, so cached keys keep working while the store is down. Writes through ``services``
+invalidate entries at once; ``CacheSync`` evicts, within its poll interval, the entries that writes
+made by other processes have made stale, comparing row versions. Unknown hashes are remembered
+(bounded) so that a spray of bad keys cannot turn into a spray of database queries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from keyrelay.keys.policy import Policy
 from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
@@ -27,6 +30,36 @@ class Principal:
 
 
 Loader = Callable[[str], Awaitable[Principal | None]]
+Ident = TypeVar("Ident", str, int)
+
+
+class _Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+def _is_stale(cached: _Versioned | None, version: int, updated_at: datetime) -> bool:
+    """Whether a cached row is older than the row now in the store (its ``version`` and ``updated_at``).
+
+    A lower version is older. At the same version a different ``updated_at`` means a writer that does not
+    bump versions changed the row (a process still on the release before versions). A higher cached version
+    is newer than what the poll read (this process wrote and reloaded it meanwhile): not stale.
+    """
+    if cached is None:
+        return False
+    return cached.version < version or (cached.version == version and cached.updated_at != updated_at)
+
+
+def _unindex(index: dict[Ident, set[str]], ident: Ident, secret_hash: str) -> None:
+    members = index.get(ident)
+    if members is None:
+        return
+    members.discard(secret_hash)
+    if not members:
+        del index[ident]
 
 
 class KeyCache:
@@ -70,6 +103,10 @@ class KeyCache:
             self._store(secret_hash, principal)
         return principal
 
+    def peek(self, secret_hash: str) -> Principal | None:
+        """The cached principal for a secret hash, or None when it is not cached (never loads)."""
+        return self._entries.get(secret_hash)
+
     def _store(self, secret_hash: str, principal: Principal) -> None:
         self._entries[secret_hash] = principal
         self._by_key.setdefault(principal.key.hash, set()).add(secret_hash)
@@ -83,10 +120,23 @@ class KeyCache:
             principal = self._entries.pop(secret_hash, None)
             if principal is None:
                 continue
-            self._by_key.get(principal.key.hash, set()).discard(secret_hash)
-            self._by_account.get(principal.account.id, set()).discard(secret_hash)
+            _unindex(self._by_key, principal.key.hash, secret_hash)
+            _unindex(self._by_account, principal.account.id, secret_hash)
             if principal.group is not None:
-                self._by_group.get(principal.group.id, set()).discard(secret_hash)
+                _unindex(self._by_group, principal.group.id, secret_hash)
+
+    def _evict_stale(
+        self,
+        index: dict[Ident, set[str]],
+        ident: Ident,
+        row_of: Callable[[Principal], _Versioned | None],
+        version: int,
+        updated_at: datetime,
+    ) -> int:
+        stale = {h for h in index.get(ident, ()) if _is_stale(row_of(self._entries[h]), version, updated_at)}
+        if stale:
+            self._drop(stale)
+        return len(stale)
 
     def _broadcast(self, kind: str, ident: str, broadcast: bool) -> None:
         if broadcast and self.on_invalidate is not None:
@@ -107,6 +157,30 @@ class KeyCache:
         """Forget every cached key whose account is in one group."""
         self._drop(self._by_group.pop(group_id, None))
         self._broadcast("g", str(group_id), broadcast)
+
+    def evict_stale_key(self, key_hash: str, *, version: int, updated_at: datetime, secrets: Iterable[str] = ()) -> int:
+        """Forget the cached secrets of a key that were loaded from an older row than the store's.
+
+        Args:
+            key_hash: The key's stable hash.
+            version: The key row's version in the store now.
+            updated_at: The key row's ``updated_at`` in the store now (UTC).
+            secrets: The key's current and previous secret hashes in the store now: no longer unknown, so they
+                leave the unknown-key memory (and only they: it is not cleared for an unrelated change).
+
+        Returns:
+            How many cached secrets were forgotten (0 when every cached one is current).
+        """
+        self._negative.difference_update(secrets)
+        return self._evict_stale(self._by_key, key_hash, lambda p: p.key, version, updated_at)
+
+    def evict_stale_account(self, account_id: int, *, version: int, updated_at: datetime) -> int:
+        """Forget the cached keys of an account that were loaded with an older account row; returns how many."""
+        return self._evict_stale(self._by_account, account_id, lambda p: p.account, version, updated_at)
+
+    def evict_stale_group(self, group_id: int, *, version: int, updated_at: datetime) -> int:
+        """Forget the cached keys of a group's accounts that were loaded with an older group row; returns how many."""
+        return self._evict_stale(self._by_group, group_id, lambda p: p.group, version, updated_at)
 
     def clear(self) -> None:
         """Forget everything."""

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import RowMapping, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from keyrelay.clock import ensure_utc
 from keyrelay.store.records import AccountRecord, Change, GroupRecord
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import accounts, groups, keys, spend_periods
@@ -56,9 +57,11 @@ class AccountRepository:
         return to_record(AccountRecord, row)
 
     async def update(self, *, account_id: int, values: dict[str, Any]) -> AccountRecord | None:
-        """Update an account; None if it does not exist."""
+        """Update an account and bump its version; None if it does not exist."""
         async with self._engine.begin() as conn:
-            result = await conn.execute(accounts.update().where(accounts.c.id == account_id).values(**values))
+            result = await conn.execute(
+                accounts.update().where(accounts.c.id == account_id).values(**values, version=accounts.c.version + 1)
+            )
             if result.rowcount == 0:
                 return None
             row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).mappings().one()
@@ -66,10 +69,10 @@ class AccountRepository:
 
     async def changed_since(self, *, since: datetime) -> list[Change]:
         """Accounts whose row changed at or after ``since``."""
-        stmt = select(accounts.c.id, accounts.c.updated_at).where(accounts.c.updated_at >= since)
+        stmt = select(accounts.c.id, accounts.c.version, accounts.c.updated_at).where(accounts.c.updated_at >= since)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [Change(ident=str(r.id), updated_at=r.updated_at) for r in rows]
+        return [Change(ident=str(r.id), version=r.version, updated_at=ensure_utc(r.updated_at)) for r in rows]
 
     async def key_hashes(self, *, account_ids: list[int]) -> list[str]:
         """Current and previous secret hashes of every key of these accounts."""
@@ -112,9 +115,11 @@ class GroupRepository:
             return (await _group_records(conn, [row]))[0]
 
     async def update(self, *, group_id: int, values: dict[str, Any]) -> GroupRecord | None:
-        """Update a group; None if it does not exist."""
+        """Update a group and bump its version; None if it does not exist."""
         async with self._engine.begin() as conn:
-            result = await conn.execute(groups.update().where(groups.c.id == group_id).values(**values))
+            result = await conn.execute(
+                groups.update().where(groups.c.id == group_id).values(**values, version=groups.c.version + 1)
+            )
             if result.rowcount == 0:
                 return None
             row = (await conn.execute(select(groups).where(groups.c.id == group_id))).mappings().one()
@@ -140,7 +145,7 @@ class GroupRepository:
 
     async def changed_since(self, *, since: datetime) -> list[Change]:
         """Groups whose row changed at or after ``since``."""
-        stmt = select(groups.c.id, groups.c.updated_at).where(groups.c.updated_at >= since)
+        stmt = select(groups.c.id, groups.c.version, groups.c.updated_at).where(groups.c.updated_at >= since)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [Change(ident=str(r.id), updated_at=r.updated_at) for r in rows]
+        return [Change(ident=str(r.id), version=r.version, updated_at=ensure_utc(r.updated_at)) for r in rows]

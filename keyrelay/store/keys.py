@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import RowMapping, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from keyrelay.clock import ensure_utc
 from keyrelay.store.records import Change, KeyRecord
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import keys
@@ -88,10 +89,12 @@ class KeyRepository:
             return (await _records(conn, [row]))[0]
 
     async def update(self, *, key_hash: str, values: dict[str, Any]) -> KeyRecord | None:
-        """Update a live key; None when it does not exist (or is deleted)."""
+        """Update a live key and bump its version; None when it does not exist (or is deleted)."""
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                keys.update().where(keys.c.hash == key_hash, keys.c.deleted_at.is_(None)).values(**values)
+                keys.update()
+                .where(keys.c.hash == key_hash, keys.c.deleted_at.is_(None))
+                .values(**values, version=keys.c.version + 1)
             )
             if result.rowcount == 0:
                 return None
@@ -99,16 +102,20 @@ class KeyRepository:
             return (await _records(conn, [row]))[0]
 
     async def changed_since(self, *, since: datetime) -> list[Change]:
-        """Keys (deleted ones included) whose row changed at or after ``since``; secrets as idents."""
-        stmt = select(keys.c.hash, keys.c.secret_hash, keys.c.prev_secret_hash, keys.c.updated_at).where(
-            keys.c.updated_at >= since
-        )
+        """Keys (deleted ones included) whose row changed at or after ``since``, with versions and secret hashes."""
+        columns = (keys.c.hash, keys.c.secret_hash, keys.c.prev_secret_hash, keys.c.version, keys.c.updated_at)
+        stmt = select(*columns).where(keys.c.updated_at >= since)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        out: list[Change] = []
-        for row in rows:
-            out.append(Change(ident=row.hash, updated_at=row.updated_at))
-        return out
+        return [
+            Change(
+                ident=row.hash,
+                version=row.version,
+                updated_at=ensure_utc(row.updated_at),
+                secrets=(row.secret_hash, row.prev_secret_hash) if row.prev_secret_hash else (row.secret_hash,),
+            )
+            for row in rows
+        ]
 
     async def secret_hashes_of(self, *, key_hashes: Sequence[str]) -> list[str]:
         """Every current and previous secret hash of the given keys (for cache invalidation)."""

@@ -32,6 +32,7 @@ class GroupRecord:
     period_usage: Mapping[str, int] = field(hash=False)
     created_at: datetime
     updated_at: datetime
+    version: int = 1  # bumped by every write (see store/schema.py); the cache compares it
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class AccountRecord:
     group_id: int | None
     created_at: datetime
     updated_at: datetime
+    version: int = 1  # bumped by every write (see store/schema.py); the cache compares it
 
     @property
     def remaining_micros(self) -> int | None:
@@ -94,11 +96,23 @@ class KeyRecord:
     period_usage: Mapping[str, int] = field(hash=False)
     last_used_at: datetime | None
     last_used_ip: str | None
+    version: int = 1  # bumped by every write (see store/schema.py); the cache compares it
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A row that changed since a point in time, as seen by the cache poller."""
+    """A row that changed since a point in time, as seen by the cache poller.
+
+    Attributes:
+        ident: The row's identity: a key's stable hash, or an account or group id as text.
+        version: The row's version now; a cached entry of a lower version is stale.
+        updated_at: The row's ``updated_at`` (UTC); at an equal version, a cached entry that read another one is
+            stale too (a writer that does not bump the version, such as a process still on the previous release).
+        secrets: For a key, its current and previous secret hashes (the cache remembers unknown secrets, and a
+            secret that a key now has is no longer unknown); empty for accounts and groups.
+    """
 
     ident: str
+    version: int
     updated_at: datetime
+    secrets: tuple[str, ...] = ()

@@ -42,6 +42,12 @@ def _ts(name: str, nullable: bool = True) -> Column[object]:
     return Column(name, DateTime(timezone=True), nullable=nullable)
 
 
+def _version() -> Column[object]:
+    # Bumped by every write through a repository's ``update`` (never by usage bookkeeping): the cache
+    # poller compares it with the version of a cached entry, so it evicts only what is really stale.
+    return Column("version", Integer, nullable=False, default=1, server_default="1")
+
+
 groups = Table(
     "groups",
     metadata,
@@ -64,6 +70,7 @@ groups = Table(
     Column("usage_micros", BigInteger, nullable=False, default=0, server_default="0"),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    _version(),
     Index("ix_groups_updated_at", "updated_at"),
 )
 
@@ -80,6 +87,7 @@ accounts = Table(
     Column("group_id", Integer, ForeignKey("groups.id"), nullable=True),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    _version(),
     Index("ix_accounts_updated_at", "updated_at"),
 )
 
@@ -98,6 +106,7 @@ keys = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    _version(),
     _ts("expires_at"),
     _ts("deleted_at"),
     Column("limit_micros", BigInteger, nullable=True),

@@ -49,15 +49,16 @@ import signal
 import ssl
 import sys
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
+
+from keyrelay.clock import Clock, SystemClock
 
 __all__ = [
     "DEFAULT_EMBEDDING_DIMENSIONS",
@@ -136,6 +137,10 @@ class MockOptions:
         models: Model ids listed by ``GET /v1/models`` (chat/embeddings accept any model id).
         reply_words: Number of words of the (cycled) deterministic reply when no token limit applies.
         max_recorded: How many received requests are kept in :attr:`MockState.requests`.
+        clock: Source of the ``created`` timestamps (whole seconds since the epoch); a test may pass a FakeClock.
+        sleep: Every pause the mock makes (``delay_ms``, ``slow-ttfb``, the ``paced`` gaps) is ``await sleep(s)``
+            with ``s`` in seconds. A test may pass ``FakeClock.sleep`` (time passes at once on the fake clock)
+            or its own function to observe the pauses or hold the mock at one.
     """
 
     delay_ms: float = 0
@@ -144,6 +149,8 @@ class MockOptions:
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
     reply_words: int = len(_REPLY_WORDS)
     max_recorded: int = 1000
+    clock: Clock = field(default_factory=SystemClock)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +430,7 @@ def _chat_sse_frames(
     usage: dict[str, Any] | None,
     null_usage: bool,
     cut: bool,
+    created: int,
 ) -> Iterator[bytes]:
     """Generate the SSE frames of a streamed chat completion, lazily (one ``data:`` frame per chunk).
 
@@ -430,7 +438,6 @@ def _chat_sse_frames(
     chunk carries ``"usage": null`` when ``null_usage``. With ``cut``, stops after the role chunk and 3 content chunks.
     """
     chunk_id = f"chatcmpl-{_new_id()}"
-    created = int(time.time())
 
     def frame(choices: list[dict[str, Any]], usage_value: dict[str, Any] | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -486,6 +493,9 @@ class MockState:
         """
         self.held[index].set()
 
+    def _created(self) -> int:
+        return int(self.options.clock.now_utc().timestamp())
+
     def clear_requests(self) -> None:
         """Forget every recorded request."""
         self.requests.clear()
@@ -528,7 +538,7 @@ class MockState:
         body = await self._receive(request)
         options = self.options
         if options.delay_ms > 0:
-            await asyncio.sleep(options.delay_ms / 1000)
+            await options.sleep(options.delay_ms / 1000)
         expected = options.expected_key
         if expected is not None:
             header = request.headers.get("Authorization")
@@ -547,7 +557,7 @@ class MockState:
     async def _pre_answer_faults(self, request: web.Request, model: str) -> web.StreamResponse | None:
         """Apply the ``slow-ttfb``, ``hang``, ``held`` and ``fail-*`` faults; return the response to send instead."""
         if FAULT_SLOW_TTFB in model:
-            await asyncio.sleep(self.options.slow_ms / 1000)
+            await self.options.sleep(self.options.slow_ms / 1000)
         if FAULT_HELD in model:
             # Answer only once the test releases this request (or drop it when the server shuts down),
             # so a test decides when a request finishes without sleeping.
@@ -600,7 +610,7 @@ class MockState:
         completion: dict[str, Any] = {
             "id": f"chatcmpl-{_new_id()}",
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": self._created(),
             "model": model,
             "choices": [
                 {
@@ -630,7 +640,13 @@ class MockState:
         """Write the ``chat.completion.chunk`` SSE frames one by one, then ``data: [DONE]``."""
         cut = FAULT_CUT_STREAM in model
         frames = _chat_sse_frames(
-            model=model, words=words, finish_reason=finish_reason, usage=usage, null_usage=null_usage, cut=cut
+            model=model,
+            words=words,
+            finish_reason=finish_reason,
+            usage=usage,
+            null_usage=null_usage,
+            cut=cut,
+            created=self._created(),
         )
         response = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": f"req_{_new_id()}"})
         await response.prepare(request)
@@ -638,7 +654,7 @@ class MockState:
         try:
             for data in frames:
                 if pause:
-                    await asyncio.sleep(pause)
+                    await self.options.sleep(pause)
                     pause = _PACED_GAP_S
                 await response.write(data)
             if cut:

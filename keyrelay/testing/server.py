@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -30,9 +31,27 @@ class RunningServer:
         return self.app.runtime
 
 
+def _sqlite_worker_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+
+async def _let_sqlite_threads_end(started_before: set[threading.Thread], timeout: float = 5.0) -> None:
+    """Wait (bounded, never failing) until the aiosqlite worker threads started since ``started_before`` end.
+
+    aiosqlite stops the worker thread of a connection that failed to open (a store outage) without waiting for
+    it; if the test's event loop closed first, that thread would die with a traceback, and pytest would report it
+    against whichever test runs next.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while _sqlite_worker_threads() - started_before and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
 async def running_server(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[RunningServer]:
     """Start the gateway on 127.0.0.1:<free port> and stop it (with a clean shutdown) afterwards."""
+    sqlite_threads = _sqlite_worker_threads()
     app = create_app(settings, clock=clock)
     config = uvicorn.Config(
         app,
@@ -56,3 +75,4 @@ async def running_server(settings: Settings, *, clock: Clock | None = None) -> A
     finally:
         server.should_exit = True
         await task
+        await _let_sqlite_threads_end(sqlite_threads)

@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,14 +126,6 @@ async def test_admin_bootstrap(database_url: str, settings: Settings, tmp_path: 
         assert record is not None and record.key_type == "management" and record.is_admin
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], seconds: float = 3.0) -> None:
-    """Wait for a gateway to pick up a change made by another process (cache poll interval is 0.2 s)."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "change not picked up by the running gateway"
-        await asyncio.sleep(0.05)
-
-
 async def _admin_key(srv: RunningServer) -> str:
     account = await srv.runtime.accounts.get_by_email(email="dev@example.com")
     assert account is not None
@@ -191,6 +182,9 @@ async def test_key_lifecycle(database_url: str, settings: Settings, tmp_path: Pa
     async with running_server(settings) as srv:
         admin = await _admin_key(srv)
         cache = srv.runtime.cache
+        # The gateway learns of the CLI's writes from its store poll. It runs every 0.2 s by itself; each check
+        # below runs one explicitly first, so it sees the state right after a poll on every run.
+        poll = srv.runtime.cache_sync.poll_once
         async with httpx.AsyncClient(
             base_url=srv.base_url, timeout=10, headers={"Authorization": f"Bearer {admin}"}
         ) as client:
@@ -215,7 +209,8 @@ async def test_key_lifecycle(database_url: str, settings: Settings, tmp_path: Pa
                 p = await cache.get(key_hash)
                 return p is not None and p.key.disabled
 
-            await _eventually(cached_disabled)
+            await poll()
+            assert await cached_disabled()
 
             assert ok(await cli(database_url, "keys", "enable", key_hash, cwd=tmp_path)) == f"enabled {key_hash}"
             assert (await view()).json()["data"]["disabled"] is False
@@ -231,7 +226,8 @@ async def test_key_lifecycle(database_url: str, settings: Settings, tmp_path: Pa
                 old, new = await cache.get(key_hash), await cache.get(sha256(new_key))
                 return old is not None and old.via_previous_secret and new is not None
 
-            await _eventually(both_work)
+            await poll()
+            assert await both_work()
 
             assert ok(await cli(database_url, "keys", "revoke", key_hash, cwd=tmp_path)) == f"revoked {key_hash}"
             assert (await view()).status_code == 404
@@ -239,7 +235,8 @@ async def test_key_lifecycle(database_url: str, settings: Settings, tmp_path: Pa
             async def gone() -> bool:
                 return await cache.get(sha256(new_key)) is None and await cache.get(key_hash) is None
 
-            await _eventually(gone)
+            await poll()
+            assert await gone()
 
     after, again = await asyncio.gather(
         cli(database_url, "keys", "list", cwd=tmp_path),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from keyrelay.errors import ErrorType
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.records import AccountRecord
 from keyrelay.store.schema import usage_records
+from keyrelay.testing.poll import poll_until
 from keyrelay.testing.server import RunningServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -72,20 +72,20 @@ async def make_account(server: RunningServer, email: str, **fields: Any) -> Acco
     return await server.runtime.account_service.create_account(AccountCreate(email=email, **fields))
 
 
-async def usage_rows(server: RunningServer, *request_ids: str, timeout: float = 3.0) -> list[dict[str, Any]]:
+async def usage_rows(server: RunningServer, *request_ids: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The usage records of these requests (in the given order), flushing the writer until all are stored."""
-    assert server.app.writer is not None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        await server.app.writer.flush()
-        stmt = select(usage_records).where(usage_records.c.request_id.in_(request_ids))
+    writer = server.app.writer
+    assert writer is not None
+    stmt = select(usage_records).where(usage_records.c.request_id.in_(request_ids))
+
+    async def stored() -> dict[str, dict[str, Any]]:
+        await writer.flush()
         async with server.runtime.engine.connect() as conn:
-            rows = {r["request_id"]: dict(r) for r in (await conn.execute(stmt)).mappings()}
-        if len(rows) == len(request_ids) or loop.time() > deadline:
-            break
-        await asyncio.sleep(0.02)
-    assert set(rows) == set(request_ids), f"usage records missing for {set(request_ids) - set(rows)}"
+            return {r["request_id"]: dict(r) for r in (await conn.execute(stmt)).mappings()}
+
+    rows = await poll_until(
+        stored, lambda found: set(found) == set(request_ids), what="usage records stored", timeout=timeout
+    )
     return [rows[rid] for rid in request_ids]
 
 

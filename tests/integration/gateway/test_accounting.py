@@ -27,6 +27,7 @@ from keyrelay.protocols.openai_stream import estimate_tokens
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.testing.mock_upstream import MockUpstream, count_embedding_tokens, count_prompt_tokens
+from keyrelay.testing.poll import poll_until
 from keyrelay.testing.server import RunningServer
 from tests.conftest import make_api_key, make_management_key
 from tests.integration.gateway.helpers import (
@@ -40,6 +41,7 @@ from tests.integration.gateway.helpers import (
     make_account,
     usage_rows,
 )
+from tests.serving import wait_until_serving
 
 IN_MICROS, OUT_MICROS = 150_000, 600_000  # gpt-4o-mini: $0.15 / $0.60 per million tokens
 SECRET = re.compile(r"kr_(?:live|mgmt)_[A-Za-z0-9_-]{43}")
@@ -379,17 +381,15 @@ async def test_no_key_plaintext_in_server_stderr(database_url: str, mock: MockUp
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base) as c:
-            for _ in range(300):
-                try:
-                    if (await c.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.returncode is None, "keyrelay serve exited during start-up"
-                await asyncio.sleep(0.05)
+        await wait_until_serving(f"{base}/healthz", exited=lambda: proc.returncode is not None)
         seen = await _exercise(base, api_key, mgmt_key, admin_key)
-        await asyncio.sleep(0.3)  # let the usage flush run and log
+        # The periodic usage flush runs (and logs) in the server: wait until its records are in the store.
+        async with httpx.AsyncClient(base_url=base, headers=auth(admin_key)) as c:
+            await poll_until(
+                lambda: c.get("/api/v1/usage"),
+                lambda r: r.status_code == 200 and r.json()["data"]["total"]["requests"] >= 3,
+                what="the server's usage flush",
+            )
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

@@ -19,6 +19,7 @@ from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.schema import usage_records
 from keyrelay.testing.mock_upstream import MockUpstream
+from tests.serving import wait_until_serving
 
 
 def _free_port() -> int:
@@ -51,13 +52,8 @@ async def test_sigterm_flushes_every_usage_record(tmp_path: Path, mock: MockUpst
         [sys.executable, "-m", "keyrelay", "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE
     )
     try:
+        await wait_until_serving(f"http://127.0.0.1:{port}/healthz", exited=lambda: proc.poll() is not None)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            for _ in range(200):
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
             body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
             headers = {"Authorization": f"Bearer {key}"}
             sends = [client.post("/v1/chat/completions", json=body, headers=headers) for _ in range(40)]

@@ -10,8 +10,8 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.typedefs import Handler
 from openai.types.chat import ChatCompletionMessageParam
 
+from keyrelay.testing import mock_upstream
+from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import (
     MOCK_KEY,
     REPLY_TEXT,
@@ -36,6 +39,7 @@ from keyrelay.testing.mock_upstream import (
     reply_words,
     run_in_thread,
 )
+from keyrelay.testing.poll import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 USER_HI: list[ChatCompletionMessageParam] = [
@@ -90,14 +94,16 @@ def _chunks(frames: list[bytes]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.asyncio
-async def test_chat_non_streaming(client: openai.AsyncOpenAI) -> None:
+async def test_chat_non_streaming(mock: MockUpstream, client: openai.AsyncOpenAI) -> None:
+    clock = FakeClock(datetime(2026, 3, 4, 5, 6, 7, 800_000, tzinfo=UTC))
+    mock.options.clock = clock
     raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=USER_HI)
     assert raw.headers["x-request-id"].startswith("req_")
     completion = raw.parse()
     assert completion.id.startswith("chatcmpl-")
     assert completion.object == "chat.completion"
     assert completion.model == "gpt-4o-mini"
-    assert abs(completion.created - time.time()) < 5
+    assert completion.created == int(clock.now_utc().timestamp())  # whole seconds, as OpenAI's
     assert completion.system_fingerprint
     choice = completion.choices[0]
     assert choice.index == 0
@@ -383,20 +389,30 @@ async def test_fault_cut_stream(client: openai.AsyncOpenAI) -> None:
 
 
 @pytest.mark.asyncio
-async def test_fault_hang_times_out_and_stop_is_fast(mock: MockUpstream, client: openai.AsyncOpenAI) -> None:
-    with pytest.raises(openai.APITimeoutError):
-        await client.with_options(timeout=0.2).chat.completions.create(model="hang", messages=USER_HI)
+async def test_fault_hang_times_out_and_stop_releases_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Were the hanging handler left to the server's shutdown timeout (an hour here), stop() would not return
+    # before the test's deadline: it must release the handler itself.
+    monkeypatch.setattr(mock_upstream, "_SHUTDOWN_TIMEOUT_S", 3600.0)
+    async with (
+        MockUpstream() as mock,
+        openai.AsyncOpenAI(base_url=mock.base_url, api_key="x", max_retries=0, timeout=60.0) as client,
+    ):
+        with pytest.raises(openai.APITimeoutError):
+            await client.with_options(timeout=0.2).chat.completions.create(model="hang", messages=USER_HI)
 
-    async def stop_soon() -> float:
-        await asyncio.sleep(0.1)
-        started = time.perf_counter()
-        await mock.stop()
-        return time.perf_counter() - started
+        async def stop_once_hanging() -> None:
+            await wait_until(
+                lambda: any(r.body and r.body["model"] == "gpt-hang" for r in mock.requests),
+                what="the hanging request reached the mock",
+            )
+            await mock.stop()
 
-    request = client.chat.completions.create(model="gpt-hang", messages=USER_HI)
-    outcome, stop_seconds = await asyncio.gather(request, stop_soon(), return_exceptions=True)
-    assert isinstance(outcome, openai.APIConnectionError)
-    assert isinstance(stop_seconds, float) and stop_seconds < 0.5
+        request = client.chat.completions.create(model="gpt-hang", messages=USER_HI)
+        async with asyncio.timeout(10):
+            outcome, stopped = await asyncio.gather(request, stop_once_hanging(), return_exceptions=True)
+        # The connection was dropped by the stopping server, not given up by the client.
+        assert isinstance(outcome, openai.APIConnectionError) and not isinstance(outcome, openai.APITimeoutError)
+        assert stopped is None
 
 
 async def _until(condition: Any, timeout: float = 5.0) -> None:
@@ -430,14 +446,18 @@ async def test_fault_held_answers_when_released_in_any_order(mock: MockUpstream,
 
 @pytest.mark.asyncio
 async def test_fault_slow_ttfb_and_global_delay(mock: MockUpstream, client: openai.AsyncOpenAI) -> None:
-    started = time.perf_counter()
+    clock = FakeClock()
+    mock.options.sleep = clock.sleep  # the mock's pauses pass on the fake clock, at once
+    started = clock.monotonic()
     await client.chat.completions.create(model="slow-ttfb", messages=USER_HI)
-    assert time.perf_counter() - started >= 0.1  # slow_ms=100 in the fixture
+    assert clock.monotonic() - started == pytest.approx(0.1)  # slow_ms=100 in the fixture
+    await client.chat.completions.create(model="gpt-4o-mini", messages=USER_HI)
+    assert clock.monotonic() - started == pytest.approx(0.1)  # no pause for other models
 
     mock.options.delay_ms = 60
-    started = time.perf_counter()
+    started = clock.monotonic()
     await client.models.list()
-    assert time.perf_counter() - started >= 0.06
+    assert clock.monotonic() - started == pytest.approx(0.06)
 
 
 @pytest.mark.asyncio
@@ -465,13 +485,28 @@ async def test_fault_no_usage(client: openai.AsyncOpenAI, http: httpx.AsyncClien
 
 
 @pytest.mark.asyncio
-async def test_fault_paced_streams_incrementally(client: openai.AsyncOpenAI) -> None:
-    started = time.perf_counter()
-    stream = await client.chat.completions.create(model="paced", messages=USER_HI, stream=True)
-    arrivals = [time.perf_counter() async for _ in stream]
-    assert arrivals[0] - started >= 0.02
-    # 10 more chunks after the first, 5 ms apart, delivered as they are written (not buffered).
-    assert arrivals[-1] - arrivals[0] >= 0.045
+async def test_fault_paced_streams_incrementally(mock: MockUpstream, client: openai.AsyncOpenAI) -> None:
+    pauses: list[float] = []
+    received = asyncio.Event()
+
+    async def pause(seconds: float) -> None:
+        # Before each chunk after the first, hold the mock until the client has the previous one: a mock that
+        # buffered its stream would never let the client see a chunk, and the test would hit its deadline.
+        if pauses:
+            await received.wait()
+            received.clear()
+        pauses.append(seconds)
+
+    mock.options.sleep = pause
+    chunks = 0
+    async with asyncio.timeout(10):
+        stream = await client.chat.completions.create(model="paced", messages=USER_HI, stream=True)
+        async for _ in stream:
+            chunks += 1
+            received.set()
+    # 20 ms before the first chunk, then 5 ms before each of the others (role, 9 words, finish: 11 chunks).
+    assert chunks == 11
+    assert pauses == [0.02] + [0.005] * 10
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -584,7 +619,18 @@ async def test_client_abandoning_a_stream_is_quiet(client: openai.AsyncOpenAI) -
 @pytest.mark.asyncio
 async def test_create_mock_app_under_aiohttp_test_server() -> None:
     """Served by a plain runner (no handler cancellation): abandoned streams and hangs still end quietly."""
-    async with TestServer(create_mock_app(MockOptions())) as server:
+    app = create_mock_app(MockOptions())
+    finished: list[str] = []
+
+    @web.middleware
+    async def note_finished(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            finished.append(request.path)
+
+    app.middlewares.append(note_finished)
+    async with TestServer(app) as server:
         base_url = str(server.make_url("/v1"))
         async with openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=5.0) as sdk:
             stream = await sdk.chat.completions.create(model="paced", messages=USER_HI, stream=True)
@@ -593,6 +639,7 @@ async def test_create_mock_app_under_aiohttp_test_server() -> None:
             await stream.close()
             with pytest.raises(openai.APITimeoutError):
                 await sdk.with_options(timeout=0.1).chat.completions.create(model="hang", messages=USER_HI)
-            await asyncio.sleep(0.1)  # let the abandoned paced stream hit the closed connection
+            # The abandoned paced stream ends by itself, writing to the closed connection (no handler cancellation).
+            await wait_until(lambda: "/v1/chat/completions" in finished, what="the abandoned stream's handler ended")
             completion = await sdk.chat.completions.create(model="gpt-4o", messages=USER_HI)
             assert completion.model == "gpt-4o"
