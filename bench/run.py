@@ -74,6 +74,25 @@ def load(url: str, key: str, model: str, stream: bool, conns: int, seconds: floa
     return result
 
 
+def ttfb(url: str, key: str, model: str) -> dict[str, float]:
+    """Median and p90 time to first byte of paced streams, one request at a time (bench/ttfb.py)."""
+    out = subprocess.run(
+        pinned(1, [PY, str(ROOT / "bench" / "ttfb.py"), url, key, model]),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+FRAMINGS = (
+    ("LF", "gpt-4o-mini-paced"),
+    ("CRLF", "gpt-4o-mini-paced-framing-crlf"),
+    ("CR", "gpt-4o-mini-paced-framing-cr"),
+)
+
+
 def redis_up(url: str) -> bool:
     try:
         import redis
@@ -108,6 +127,7 @@ def main() -> None:
         make_key = [PY, str(ROOT / "bench" / "make_key.py"), db]
         key = subprocess.run(make_key, check=True, capture_output=True, text=True).stdout.strip()
         rows = []
+        firsts = []
         for backend in backends:
             env = {**os.environ, "KEYRELAY_LOG_LEVEL": "warning"}
             env.pop("KEYRELAY_REDIS_URL", None)
@@ -123,6 +143,9 @@ def main() -> None:
                 direct = load(direct_url, "x", "gpt-4o-mini", stream, conns, seconds)
                 gateway = load(gateway_url, key, "gpt-4o-mini", stream, conns, seconds)
                 rows.append((backend, stream, direct, gateway))
+            if backend == "memory":
+                for framing, model in FRAMINGS:
+                    firsts.append((framing, ttfb(direct_url, "x", model), ttfb(gateway_url, key, model)))
             gateway_proc.terminate()
             gateway_proc.wait(timeout=15)
             procs.remove(gateway_proc)
@@ -145,6 +168,19 @@ def main() -> None:
                 f"| {backend} | {'stream' if stream else 'non-stream'} | {d['req_s']:.0f} | {g['req_s']:.0f} | "
                 f"{d['p50_ms']:.2f}/{d['p99_ms']:.2f} | {g['p50_ms']:.2f}/{g['p99_ms']:.2f} | "
                 f"{g['p50_ms'] - d['p50_ms']:.2f} | {int(g['errors'])} |"
+            )
+        lines += [
+            "",
+            "Time to first byte of a paced stream (20 ms to the first event), one request at a time, by the "
+            "upstream's SSE line endings (bench/ttfb.py, memory limits):",
+            "",
+            "| framing | direct p50/p90 ms | gateway p50/p90 ms | added p50 ms |",
+            "|---|---|---|---|",
+        ]
+        for framing, d, g in firsts:
+            lines.append(
+                f"| {framing} | {d['p50_ms']:.2f}/{d['p90_ms']:.2f} | {g['p50_ms']:.2f}/{g['p90_ms']:.2f} | "
+                f"{g['p50_ms'] - d['p50_ms']:.2f} |"
             )
         lines += ["", "Admission alone (bench/admission.py, every limit set):", "", "```json", admission.strip(), "```"]
         table = "\n".join(lines) + "\n"

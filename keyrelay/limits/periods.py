@@ -15,10 +15,8 @@ def period_start(reset: str | None, now: datetime) -> datetime | None:
     Raises:
         ValueError: Unknown reset name.
     """
-    if reset is None:
-        return None
-    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    return _start_of(reset, now.toordinal())
+    period = spend_period(reset, now)
+    return None if period is None else period.start
 
 
 @functools.lru_cache(maxsize=256)

@@ -23,8 +23,9 @@ Token-counting rule (documented so that tests can compute expected usage):
 
 Fault injection is chosen per request through the model name (substring match), see :func:`create_mock_app`:
 ``fail-429``, ``fail-500``, ``fail-503``, ``fail-400``, ``redirect-3NN`` (that 3xx status with a ``Location``),
-``slow-ttfb``, ``hang``, ``held``, ``cut-stream``, ``no-usage`` and ``paced``. Every request received is
-recorded (bounded) in :attr:`MockState.requests`.
+``slow-ttfb``, ``hang``, ``held``, ``cut-stream``, ``no-usage`` and ``paced``; ``framing-crlf`` and ``framing-cr``
+end every SSE line with CRLF or a lone CR instead of LF. Every request received is recorded (bounded) in
+:attr:`MockState.requests`.
 
 Given an :class:`ssl.SSLContext`, :class:`MockUpstream` serves HTTPS instead of HTTP (for TLS tests).
 
@@ -99,6 +100,8 @@ FAULT_HELD: Final = "held"
 FAULT_CUT_STREAM: Final = "cut-stream"
 FAULT_NO_USAGE: Final = "no-usage"
 FAULT_PACED: Final = "paced"
+# SSE line endings other than LF, chosen by the model name (valid SSE, and the default of several servers).
+FRAMING: Final = (("framing-crlf", b"\r\n"), ("framing-cr", b"\r"))
 FAULT_REDIRECT: Final = re.compile(r"redirect-(3\d\d)")
 REDIRECT_LOCATION: Final = "https://moved.upstream.example/v1"
 
@@ -651,15 +654,16 @@ class MockState:
         response = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": f"req_{_new_id()}"})
         await response.prepare(request)
         pause = _PACED_FIRST_S if FAULT_PACED in model else 0.0
+        ending = next((end for name, end in FRAMING if name in model), b"\n")
         try:
             for data in frames:
                 if pause:
                     await self.options.sleep(pause)
                     pause = _PACED_GAP_S
-                await response.write(data)
+                await response.write(data if ending == b"\n" else data.replace(b"\n", ending))
             if cut:
                 return _abort_connection(request)
-            await response.write(_SSE_DONE)
+            await response.write(_SSE_DONE if ending == b"\n" else _SSE_DONE.replace(b"\n", ending))
         except ConnectionError:
             pass  # The client went away mid-stream; aiohttp's own write_eof then fails quietly.
         return response

@@ -643,3 +643,15 @@ async def test_create_mock_app_under_aiohttp_test_server() -> None:
             await wait_until(lambda: "/v1/chat/completions" in finished, what="the abandoned stream's handler ended")
             completion = await sdk.chat.completions.create(model="gpt-4o", messages=USER_HI)
             assert completion.model == "gpt-4o"
+
+
+@pytest.mark.parametrize(("model", "ending"), [("x-framing-crlf", b"\r\n"), ("x-framing-cr", b"\r")])
+async def test_framing_line_endings(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient, model: str, ending: bytes
+) -> None:
+    body = {"model": model, "messages": USER_HI, "stream": True}
+    raw = (await http.post("/v1/chat/completions", json=body)).content
+    assert raw.endswith(b"data: [DONE]" + ending * 2)
+    assert b"\n" not in raw.replace(b"\r\n", b"") if ending == b"\r\n" else b"\n" not in raw
+    stream = await client.chat.completions.create(model=model, messages=USER_HI, stream=True)
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == REPLY_TEXT
