@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh database per test on SQLite and PostgreSQL, a running gateway, a test CA."""
+"""Shared fixtures: a fresh database per test (SQLite and PostgreSQL), a running gateway, a mock upstream, a test CA."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from keyrelay.config import Settings
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.services.inputs import AccountCreate
+from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -53,6 +54,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         admin = await asyncpg.connect(PG_ADMIN_DSN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[MockUpstream]:
+    """A mock OpenAI upstream (keyrelay.testing.mock_upstream) with default options, over plain HTTP."""
+    async with MockUpstream() as upstream:
+        yield upstream
 
 
 @pytest.fixture(scope="session")

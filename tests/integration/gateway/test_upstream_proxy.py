@@ -36,14 +36,8 @@ async def https_mock(ca: trustme.CA) -> AsyncIterator[MockUpstream]:
 
 
 @pytest.fixture
-async def http_mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream() as mock:
-        yield mock
-
-
-@pytest.fixture
-async def proxy(https_mock: MockUpstream, http_mock: MockUpstream) -> AsyncIterator[ForwardProxy]:
-    hosts = {"upstream.test:443": ("127.0.0.1", https_mock.port), "upstream.test:8000": ("127.0.0.1", http_mock.port)}
+async def proxy(https_mock: MockUpstream, mock: MockUpstream) -> AsyncIterator[ForwardProxy]:
+    hosts = {"upstream.test:443": ("127.0.0.1", https_mock.port), "upstream.test:8000": ("127.0.0.1", mock.port)}
     async with ForwardProxy(hosts=hosts, credentials=CREDENTIALS) as forward_proxy:
         yield forward_proxy
 
@@ -58,7 +52,7 @@ async def test_https_proxy_from_the_environment_tunnels_with_connect(
     caplog: pytest.LogCaptureFixture,
     proxy: ForwardProxy,
     https_mock: MockUpstream,
-    http_mock: MockUpstream,
+    mock: MockUpstream,
     ca_file: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="keyrelay")
@@ -67,7 +61,7 @@ async def test_https_proxy_from_the_environment_tunnels_with_connect(
     settings = sqlite_settings(
         tmp_path,
         provider_config("far", "https://upstream.test/v1", tls_ca_file=ca_file),
-        provider_config("near", http_mock.base_url),  # loopback: always direct
+        provider_config("near", mock.base_url),  # loopback: always direct
     )
     assert settings.https_proxy == _proxy_url(proxy)
     async with running_server(settings) as server, httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
@@ -78,7 +72,7 @@ async def test_https_proxy_from_the_environment_tunnels_with_connect(
         assert (await chat(client, key, model="near/gpt-4o-mini")).status_code == 200
     assert proxy.connects == ["upstream.test:443"]  # one tunnel, reused; "near" never went through the proxy
     assert proxy.authorizations == [CREDENTIALS]
-    assert len(https_mock.requests) == 2 and len(http_mock.requests) == 1
+    assert len(https_mock.requests) == 2 and len(mock.requests) == 1
     # TLS ran end to end inside the tunnel: the upstream saw its own host name and none of the proxy's headers.
     assert all(q.headers["host"] == "upstream.test" for q in https_mock.requests)
     assert all("proxy-authorization" not in q.headers for q in https_mock.requests)
@@ -86,9 +80,7 @@ async def test_https_proxy_from_the_environment_tunnels_with_connect(
     assert PASSWORD not in caplog.text and "p%40ss" not in caplog.text
 
 
-async def test_http_proxy_gets_absolute_form_requests(
-    tmp_path: Path, proxy: ForwardProxy, http_mock: MockUpstream
-) -> None:
+async def test_http_proxy_gets_absolute_form_requests(tmp_path: Path, proxy: ForwardProxy, mock: MockUpstream) -> None:
     settings = sqlite_settings(
         tmp_path, provider_config("far", "http://upstream.test:8000/v1"), http_proxy=_proxy_url(proxy)
     )
@@ -98,7 +90,7 @@ async def test_http_proxy_gets_absolute_form_requests(
         assert r.status_code == 200, r.text
     assert proxy.forwarded == [b"POST http://upstream.test:8000/v1/chat/completions HTTP/1.1"]
     assert proxy.authorizations == [CREDENTIALS]
-    assert http_mock.requests[0].path == "/v1/chat/completions"
+    assert mock.requests[0].path == "/v1/chat/completions"
 
 
 @pytest.mark.parametrize("no_proxy", ["upstream.test", ".test", "example.com, upstream.test:443", "*"])
@@ -136,12 +128,10 @@ async def test_a_proxy_refusing_the_tunnel(
     assert "wrong-secret" not in caplog.text
 
 
-async def test_an_unusable_proxy_stops_start_up_only_where_it_applies(tmp_path: Path, http_mock: MockUpstream) -> None:
+async def test_an_unusable_proxy_stops_start_up_only_where_it_applies(tmp_path: Path, mock: MockUpstream) -> None:
     socks = "socks5://relay:hunter2@proxy.example:1080"
     # Only a loopback provider: the proxy applies to nothing, the gateway starts.
-    async with running_server(
-        sqlite_settings(tmp_path, provider_config("near", http_mock.base_url), https_proxy=socks)
-    ):
+    async with running_server(sqlite_settings(tmp_path, provider_config("near", mock.base_url), https_proxy=socks)):
         pass
     app = create_app(sqlite_settings(tmp_path, provider_config("far", "https://api.example.com/v1"), https_proxy=socks))
     with pytest.raises(ConfigError) as info:
