@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh database per test on SQLite and PostgreSQL, and a running gateway."""
+"""Shared fixtures: a fresh database per test (SQLite and PostgreSQL), a running gateway, a mock upstream, a test CA."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import trustme
 
 from keyrelay.config import Settings
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.services.inputs import AccountCreate
+from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -52,6 +54,27 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         admin = await asyncpg.connect(PG_ADMIN_DSN)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[MockUpstream]:
+    """A mock OpenAI upstream (keyrelay.testing.mock_upstream) with default options, over plain HTTP."""
+    async with MockUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A test certificate authority: the system store does not trust it (see tests.http_servers.server_context)."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    """The path of a PEM file holding the test CA's certificate (``tls_ca_file``)."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
 
 
 @pytest.fixture

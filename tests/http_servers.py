@@ -2,6 +2,7 @@
 
 Both speak over real sockets; the scripted upstream writes exactly the bytes a test gives it, so a test can send
 answers that aiohttp's mock never would (a body delimited by connection close, interim 1xx answers, garbage).
+TLS servers get their certificates from a test CA (trustme): see :func:`server_context`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,56 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Self
 
 import orjson
+import trustme
 
 Answer = Callable[[bytes, bytes], bytes | None]  # (request head, request body) -> raw answer (None: close silently)
 
 
+def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    """A server-side TLS context holding a certificate for ``names`` (host names or IP addresses) issued by ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
+
+
+@dataclass(kw_only=True)
+class _Listener:
+    """A TCP (or TLS) server on 127.0.0.1 at a free port, as an async context manager.
+
+    A subclass serves each connection in ``_handle`` and lists in ``_open`` every stream it opens (accepted or
+    dialled); leaving the context closes the server and aborts all of them, so no test waits on a peer.
+    """
+
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _open: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """The server-side TLS context; None serves plain TCP."""
+        return None
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self._tls())
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._open:
+            writer.transport.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
 @dataclass
-class ScriptedUpstream:
+class ScriptedUpstream(_Listener):
     """A TCP (or TLS) server that reads one HTTP/1.1 request at a time and writes the scripted raw answer.
 
     After each answer the connection is closed when ``close_after_answer`` (the answer's body then ends
@@ -31,9 +74,9 @@ class ScriptedUpstream:
     ssl_context: ssl.SSLContext | None = None
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)  # request heads, in order
-    port: int = 0
-    _server: asyncio.Server | None = None
-    _open: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        return self.ssl_context
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -72,19 +115,6 @@ class ScriptedUpstream:
                 writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-
-    async def __aenter__(self) -> ScriptedUpstream:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ssl_context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._open:
-            writer.transport.abort()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
 
     @property
     def base_url(self) -> str:
@@ -147,7 +177,7 @@ def is_stream_request(body: bytes) -> bool:
 
 
 @dataclass
-class ForwardProxy:
+class ForwardProxy(_Listener):
     """An HTTP forward proxy: ``CONNECT`` tunnels and absolute-form requests, with optional Basic credentials.
 
     ``hosts`` maps the authorities the proxy resolves itself (``upstream.test:443``) to local addresses, so a
@@ -161,9 +191,6 @@ class ForwardProxy:
     connects: list[str] = field(default_factory=list)  # CONNECT authorities, in order
     forwarded: list[bytes] = field(default_factory=list)  # absolute-form request lines, in order
     authorizations: list[bytes | None] = field(default_factory=list)  # Proxy-Authorization of each request
-    port: int = 0
-    _server: asyncio.Server | None = None
-    _open: list[asyncio.StreamWriter] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -238,34 +265,15 @@ class ForwardProxy:
                     writer.write_eof()
                 writer.close()
 
-    async def __aenter__(self) -> ForwardProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._open:
-            writer.transport.abort()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 2)
+@dataclass
+class _Silent(_Listener):
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.append(writer)  # held open, never answered
 
 
 @contextlib.asynccontextmanager
 async def silent_server() -> AsyncIterator[int]:
     """A server that accepts connections and never sends a byte; yields its port."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        for writer in held:
-            writer.transport.abort()
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
+    async with _Silent() as server:
+        yield server.port

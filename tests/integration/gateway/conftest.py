@@ -1,19 +1,11 @@
-"""Gateway fixtures: a mock OpenAI upstream and a gateway configured to use it."""
+"""Gateway fixtures: a gateway configured to use the mock OpenAI upstream (``mock``, from tests/conftest.py)."""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 import pytest
 
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
 from keyrelay.testing.mock_upstream import MockUpstream
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream() as upstream:
-        yield upstream
 
 
 def provider_for(mock: MockUpstream, name: str = "mock", region: str | None = "us") -> ProviderConfig:

@@ -1,4 +1,4 @@
-"""Shared helpers of the gateway tests: requests, error-body checks, usage records, breaking the store."""
+"""Shared helpers of the gateway tests: settings, requests, error-body checks, usage records, breaking the store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 import os
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,6 +14,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from keyrelay.config import ModelConfig, ProviderConfig, Settings
 from keyrelay.errors import ErrorType
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.records import AccountRecord
@@ -22,6 +24,33 @@ from keyrelay.testing.server import RunningServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 3}
+
+
+def sqlite_settings(tmp_path: Path, *providers: ProviderConfig, **fields: Any) -> Settings:
+    """Settings for a gateway on a fresh SQLite file in ``tmp_path``, for tests in which the store plays no part.
+
+    ``fields`` add or override settings (``https_proxy=...``); the environment is read as ``keyrelay serve`` reads it.
+    """
+    values: dict[str, Any] = {
+        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'keyrelay.db'}",
+        "cache_poll_interval_s": 0.2,
+        "usage_flush_interval_s": 0.1,
+        "log_level": "warning",
+        "providers": providers,
+        **fields,
+    }
+    return Settings(**values)
+
+
+def provider_config(name: str, base_url: str, *models: ModelConfig, **fields: Any) -> ProviderConfig:
+    """A provider validated as one read from a config file: ``models`` (default: gpt-4o-mini), 5 s timeouts.
+
+    ``fields`` add or override provider settings (``tls_ca_file``, ``timeout_s``, ...).
+    """
+    values: dict[str, Any] = {"timeout_s": 5, "connect_timeout_s": 5, **fields}
+    return ProviderConfig.model_validate(
+        {"name": name, "base_url": base_url, "models": models or (ModelConfig(id="gpt-4o-mini"),), **values}
+    )
 
 
 def auth(key: str) -> dict[str, str]:

@@ -29,32 +29,28 @@ from tests.http_servers import (
     silent_server,
 )
 from tests.integration.gateway.conftest import provider_for
-from tests.integration.gateway.helpers import CHAT, assert_error, auth, chat, usage_rows
+from tests.integration.gateway.helpers import (
+    CHAT,
+    assert_error,
+    auth,
+    chat,
+    provider_config,
+    sqlite_settings,
+    usage_rows,
+)
 
 REDIRECTS = (300, 301, 302, 303, 304, 307, 308)  # every 3xx status RFC 9110 §15.4 defines
 SECRET = "sk-provider-secret-never-logged"
 
 
-def _settings(tmp_path: Path, *providers: ProviderConfig) -> Settings:
-    return Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'keyrelay.db'}",
-        cache_poll_interval_s=0.2,
-        usage_flush_interval_s=0.1,
-        log_level="warning",
-        providers=providers,
-    )
-
-
 def _provider(name: str, base_url: str, *models: ModelConfig, **fields: object) -> ProviderConfig:
-    values: dict[str, object] = {"timeout_s": 2, "connect_timeout_s": 2, **fields}
-    return ProviderConfig.model_validate(
-        {"name": name, "base_url": base_url, "models": models or (ModelConfig(id="gpt-4o-mini"),), **values}
-    ).model_copy(update={"api_key": SecretStr(SECRET)})
+    provider = provider_config(name, base_url, *models, **{"timeout_s": 2, "connect_timeout_s": 2, **fields})
+    return provider.model_copy(update={"api_key": SecretStr(SECRET)})
 
 
 @pytest.fixture
 def settings(tmp_path: Path, mock: MockUpstream) -> Settings:
-    return _settings(tmp_path, provider_for(mock))
+    return sqlite_settings(tmp_path, provider_for(mock))
 
 
 @pytest.fixture
@@ -76,7 +72,7 @@ class TestRedirects:
         moved = [ModelConfig(id=f"r{status}", upstream_id=f"gpt-4o-mini-redirect-{status}") for status in REDIRECTS]
         # "moved" serves gpt-4o-mini through a redirecting endpoint and comes first: failover must pass it by.
         moved.append(ModelConfig(id="gpt-4o-mini", upstream_id="gpt-4o-mini-redirect-301"))
-        return _settings(tmp_path, _provider("moved", mock.base_url, *moved), _provider("mock", mock.base_url))
+        return sqlite_settings(tmp_path, _provider("moved", mock.base_url, *moved), _provider("mock", mock.base_url))
 
     @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
     async def test_every_redirect_is_a_502_and_is_logged_with_its_location(
@@ -146,7 +142,7 @@ async def test_each_transport_failure_is_named_to_the_client_and_logged(
             for name, (url, _, _) in cases.items()
         ]
         async with (
-            running_server(_settings(tmp_path, *providers)) as server,
+            running_server(sqlite_settings(tmp_path, *providers)) as server,
             httpx.AsyncClient(base_url=server.base_url, timeout=60) as client,
         ):
             key = await make_api_key(server, "a@example.com")
@@ -191,7 +187,7 @@ async def close_delimited_upstream() -> AsyncIterator[ScriptedUpstream]:
 
 
 async def test_a_body_delimited_by_close_is_served(tmp_path: Path, close_delimited_upstream: ScriptedUpstream) -> None:
-    settings = _settings(tmp_path, _provider("plain", close_delimited_upstream.base_url))
+    settings = sqlite_settings(tmp_path, _provider("plain", close_delimited_upstream.base_url))
     async with (
         running_server(settings) as server,
         httpx.AsyncClient(base_url=server.base_url, timeout=10) as client,

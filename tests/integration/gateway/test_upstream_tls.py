@@ -6,11 +6,8 @@ not trust it; the store plays no part, so these run on SQLite only.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import ssl
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,56 +17,31 @@ import trustme
 import yaml
 from pydantic import ValidationError
 
-from keyrelay.config import ConfigError, ModelConfig, ProviderConfig, Settings, load_settings
+from keyrelay.config import ConfigError, ModelConfig, ProviderConfig, load_settings
 from keyrelay.gateway.upstream_client import UpstreamPool
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import running_server
 from tests.conftest import make_api_key
-from tests.integration.gateway.helpers import CHAT, assert_error, auth, chat, usage_rows
+from tests.http_servers import server_context
+from tests.integration.gateway.helpers import assert_error, auth, chat, provider_config, sqlite_settings, usage_rows
+from tests.serving import serve_until_exit
 
 MODELS = (ModelConfig(id="gpt-4o-mini"), ModelConfig(id="text-embedding-3-small"))
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    path = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-def _server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(context)
-    return context
-
-
 @pytest.fixture
 async def https_mock(ca: trustme.CA) -> AsyncIterator[MockUpstream]:
-    async with MockUpstream(ssl_context=_server_context(ca, "127.0.0.1")) as mock:
+    async with MockUpstream(ssl_context=server_context(ca, "127.0.0.1")) as mock:
         yield mock
 
 
-def _settings(tmp_path: Path, *providers: ProviderConfig) -> Settings:
-    return Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'keyrelay.db'}",
-        usage_flush_interval_s=0.1,
-        log_level="warning",
-        providers=providers,
-    )
-
-
 def _provider(name: str, base_url: str, **tls: object) -> ProviderConfig:
-    return ProviderConfig.model_validate({"name": name, "base_url": base_url, "models": MODELS, "timeout_s": 5, **tls})
+    return provider_config(name, base_url, *MODELS, **tls)
 
 
 async def test_private_ca_trusted_per_provider(tmp_path: Path, https_mock: MockUpstream, ca_file: str) -> None:
     # The same HTTPS upstream twice: "private" trusts the test CA, "system" only the system store.
-    settings = _settings(
+    settings = sqlite_settings(
         tmp_path,
         _provider("private", https_mock.base_url, tls_ca_file=ca_file),
         _provider("system", https_mock.base_url),
@@ -78,11 +50,7 @@ async def test_private_ca_trusted_per_provider(tmp_path: Path, https_mock: MockU
         key = await make_api_key(server, "a@example.com")
         r = await chat(client, key, model="private/gpt-4o-mini")
         assert r.status_code == 200, r.text
-        r = await client.post(
-            "/v1/chat/completions",
-            json={**CHAT, "model": "private/gpt-4o-mini", "stream": True},
-            headers=auth(key),
-        )
+        r = await chat(client, key, model="private/gpt-4o-mini", stream=True)
         assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
         r = await client.post(
             "/v1/embeddings", json={"model": "private/text-embedding-3-small", "input": "hi"}, headers=auth(key)
@@ -97,7 +65,7 @@ async def test_an_untrusted_certificate_is_a_clear_error(
     tmp_path: Path, https_mock: MockUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="keyrelay")
-    settings = _settings(tmp_path, _provider("private", https_mock.base_url))  # no tls_ca_file
+    settings = sqlite_settings(tmp_path, _provider("private", https_mock.base_url))  # no tls_ca_file
     async with running_server(settings) as server, httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
         key = await make_api_key(server, "a@example.com")
         caplog.clear()
@@ -113,8 +81,8 @@ async def test_an_untrusted_certificate_is_a_clear_error(
 
 
 async def test_a_certificate_for_another_name_is_refused(tmp_path: Path, ca: trustme.CA, ca_file: str) -> None:
-    async with MockUpstream(ssl_context=_server_context(ca, "not-this-host.example")) as mock:
-        settings = _settings(tmp_path, _provider("private", mock.base_url, tls_ca_file=ca_file))
+    async with MockUpstream(ssl_context=server_context(ca, "not-this-host.example")) as mock:
+        settings = sqlite_settings(tmp_path, _provider("private", mock.base_url, tls_ca_file=ca_file))
         async with (
             running_server(settings) as server,
             httpx.AsyncClient(base_url=server.base_url, timeout=10) as client,
@@ -128,7 +96,7 @@ async def test_tls_verify_false_works_and_warns_at_start_up(
     tmp_path: Path, https_mock: MockUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="keyrelay")
-    settings = _settings(
+    settings = sqlite_settings(
         tmp_path,
         _provider("lab-vllm", https_mock.base_url, tls_verify=False),
         _provider("checked", https_mock.base_url),
@@ -188,7 +156,7 @@ def test_unusable_tls_settings_stop_start_up(
 
 def test_ca_file_gone_by_start_up(tmp_path: Path, ca_file: str) -> None:
     # Validated when the settings were read, removed before the gateway started: start-up still says why.
-    settings = _settings(tmp_path, _provider("private", "https://vllm.internal:8443/v1", tls_ca_file=ca_file))
+    settings = sqlite_settings(tmp_path, _provider("private", "https://vllm.internal:8443/v1", tls_ca_file=ca_file))
     os.remove(ca_file)
     with pytest.raises(ConfigError, match=r"^provider 'private': tls_ca_file .*: no such file$"):
         UpstreamPool.from_settings(settings)
@@ -196,25 +164,8 @@ def test_ca_file_gone_by_start_up(tmp_path: Path, ca_file: str) -> None:
 
 async def test_serve_with_a_missing_ca_file_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     config = _yaml(tmp_path, tls_ca_file=str(tmp_path / "missing.pem"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYRELAY_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "keyrelay",
-        "--database-url",
-        f"sqlite+aiosqlite:///{tmp_path / 'keyrelay.db'}",
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=tmp_path,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode == 2
-    assert err.decode().strip() == (
+    code, err = await serve_until_exit(tmp_path, config)
+    assert code == 2
+    assert err.strip() == (
         f"error: invalid setting providers.0: provider 'private': tls_ca_file {tmp_path}/missing.pem: no such file"
     )

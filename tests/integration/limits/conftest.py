@@ -13,12 +13,6 @@ from tests.integration.gateway.conftest import provider_for
 from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
 
 
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream() as upstream:
-        yield upstream
-
-
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def limits_env(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
     """Settings overrides selecting the limits backend (a fresh Redis key prefix per test)."""

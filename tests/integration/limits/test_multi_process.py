@@ -29,12 +29,6 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
 async def redis_prefix() -> AsyncIterator[str]:
     client = await redis_client_or_skip()
     prefix = f"kr-test-{secrets.token_hex(6)}"

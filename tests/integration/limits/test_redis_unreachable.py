@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from keyrelay.config import Settings
 from keyrelay.testing.mock_upstream import MockUpstream
@@ -16,12 +14,6 @@ from tests.integration.gateway.conftest import provider_for
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream() as upstream:
-        yield upstream
 
 
 def _settings(tmp_path: Path, mock: MockUpstream, fail_open: bool) -> Settings:

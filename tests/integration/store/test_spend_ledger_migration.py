@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, Integer, MetaData, String, Table, inspect, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import TypeEngine
 
 from keyrelay.clock import ensure_utc
 from keyrelay.store.accounts import GroupRepository
@@ -27,68 +28,50 @@ MONDAY_23 = DAY_23 = datetime(2026, 11, 23, tzinfo=UTC)  # a Monday: the start o
 
 # The 0002 tables, only the columns these rows need (the types bind datetimes as each store keeps them).
 old = MetaData()
-old_groups = Table(
-    "groups",
-    old,
-    Column("id", Integer, primary_key=True),
-    Column("name", String),
-    Column("price_multiplier_ppm", BigInteger),
-    Column("default_limit_reset", String),
-    Column("quota_micros", BigInteger),
-    Column("quota_reset", String),
-    Column("usage_micros", BigInteger),
-    Column("period_usage_micros", BigInteger),
-    Column("period_start", DateTime(timezone=True)),
-    Column("created_at", DateTime(timezone=True)),
-    Column("updated_at", DateTime(timezone=True)),
+Kind = type[TypeEngine[Any]] | TypeEngine[Any]
+STAMP = DateTime(timezone=True)
+STAMPED: dict[str, Kind] = {"created_at": STAMP, "updated_at": STAMP}
+PERIOD: dict[str, Kind] = {"usage_micros": BigInteger, "period_usage_micros": BigInteger, "period_start": STAMP}
+
+
+def _table(table_name: str, /, **columns: Kind) -> Table:
+    """A table of ``old`` with these columns, in order; the first is the primary key."""
+    first = next(iter(columns))
+    return Table(table_name, old, *(Column(name, kind, primary_key=name == first) for name, kind in columns.items()))
+
+
+old_groups = _table(
+    "groups", id=Integer, name=String, price_multiplier_ppm=BigInteger, default_limit_reset=String,
+    quota_micros=BigInteger, quota_reset=String, **PERIOD, **STAMPED,
+)  # fmt: skip
+old_accounts = _table(
+    "accounts", id=Integer, email=String, status=String, spent_micros=BigInteger, group_id=Integer, **STAMPED
 )
-old_accounts = Table(
-    "accounts",
-    old,
-    Column("id", Integer, primary_key=True),
-    Column("email", String),
-    Column("status", String),
-    Column("spent_micros", BigInteger),
-    Column("group_id", Integer),
-    Column("created_at", DateTime(timezone=True)),
-    Column("updated_at", DateTime(timezone=True)),
-)
-old_keys = Table(
-    "keys",
-    old,
-    Column("hash", String, primary_key=True),
-    Column("secret_hash", String),
-    Column("display", String),
-    Column("key_type", String),
-    Column("is_admin", Boolean),
-    Column("name", String),
-    Column("account_id", Integer),
-    Column("disabled", Boolean),
-    Column("limit_micros", BigInteger),
-    Column("limit_reset", String),
-    Column("usage_micros", BigInteger),
-    Column("period_usage_micros", BigInteger),
-    Column("period_start", DateTime(timezone=True)),
-    Column("created_at", DateTime(timezone=True)),
-    Column("updated_at", DateTime(timezone=True)),
-)
+old_keys = _table(
+    "keys", hash=String, secret_hash=String, display=String, key_type=String, is_admin=Boolean, name=String,
+    account_id=Integer, disabled=Boolean, limit_micros=BigInteger, limit_reset=String, **PERIOD, **STAMPED,
+)  # fmt: skip
+
+# Row values every row of a kind shares: created and updated at T; never charged.
+AT_T = {"created_at": T, "updated_at": T}
+UNCHARGED = {"usage_micros": 0, "period_usage_micros": 0, "period_start": None}
 
 
 def group(ident: int, name: str, **fields: Any) -> dict[str, Any]:
-    base = {
+    defaults = {
         "price_multiplier_ppm": 1_000_000,
         "default_limit_reset": None,
         "quota_micros": None,
         "quota_reset": None,
-        "usage_micros": 0,
-        "period_usage_micros": 0,
-        "period_start": None,
     }
-    return {"id": ident, "name": name, "created_at": T, "updated_at": T, **base, **fields}
+    return {"id": ident, "name": name, **defaults, **UNCHARGED, **AT_T, **fields}
+
+
+def account(ident: int, email: str, group_id: int | None) -> dict[str, Any]:
+    return {"id": ident, "email": email, "status": "active", "spent_micros": 0, "group_id": group_id, **AT_T}
 
 
 def key(name: str, account_id: int, **fields: Any) -> dict[str, Any]:
-    base = {"limit_micros": None, "limit_reset": None, "usage_micros": 0, "period_usage_micros": 0}
     return {
         "hash": name * 8,
         "secret_hash": name * 8,
@@ -98,10 +81,10 @@ def key(name: str, account_id: int, **fields: Any) -> dict[str, Any]:
         "name": name,
         "account_id": account_id,
         "disabled": False,
-        "period_start": None,
-        "created_at": T,
-        "updated_at": T,
-        **base,
+        "limit_micros": None,
+        "limit_reset": None,
+        **UNCHARGED,
+        **AT_T,
         **fields,
     }
 
@@ -119,15 +102,7 @@ async def test_period_pairs_become_ledger_rows_and_back(database_url: str) -> No
                     group(2, "loose", usage_micros=40, period_usage_micros=40, period_start=DAY_23),  # no quota kind
                 ],
             )  # fmt: skip
-            await conn.execute(
-                old_accounts.insert(),
-                [
-                    {"id": 1, "email": "a@x.io", "status": "active", "spent_micros": 0, "group_id": 1,
-                     "created_at": T, "updated_at": T},
-                    {"id": 2, "email": "b@x.io", "status": "active", "spent_micros": 0, "group_id": None,
-                     "created_at": T, "updated_at": T},
-                ],
-            )  # fmt: skip
+            await conn.execute(old_accounts.insert(), [account(1, "a@x.io", 1), account(2, "b@x.io", None)])
             await conn.execute(
                 old_keys.insert(),
                 [
@@ -166,11 +141,7 @@ async def test_period_pairs_become_ledger_rows_and_back(database_url: str) -> No
         # Foreign keys are enforced again once the migration is over.
         with pytest.raises(IntegrityError):
             async with engine.begin() as conn:
-                await conn.execute(
-                    old_accounts.insert(),
-                    {"id": 3, "email": "c@x.io", "status": "active", "spent_micros": 0, "group_id": 99,
-                     "created_at": T, "updated_at": T},
-                )  # fmt: skip
+                await conn.execute(old_accounts.insert(), account(3, "c@x.io", 99))
 
         await migrate_to(engine, "0002", downgrade=True)
         async with engine.connect() as conn:
