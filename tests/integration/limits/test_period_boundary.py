@@ -9,7 +9,6 @@ gateway reloads must all stay the new day's own spend, so the key never spends m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -21,6 +20,7 @@ from keyrelay.keys.hashing import key_hash
 from keyrelay.store.schema import usage_records
 from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
+from keyrelay.testing.poll import wait_until
 from keyrelay.testing.server import RunningServer, running_server
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import make_api_key, make_management_key
@@ -46,14 +46,6 @@ def settings_for(database_url: str, mock: MockUpstream, limits_env: dict[str, st
         providers=(provider,),
         **limits_env,  # type: ignore[arg-type]
     )
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def views(client: httpx.AsyncClient, key: str, admin: str, group_id: int) -> tuple[float, float, float]:
@@ -102,7 +94,7 @@ async def test_late_record_never_resets_the_new_day(
 
         # 23:59:59: admitted, reserved against the old day, and still in flight at midnight.
         late = asyncio.ensure_future(chat(client, key, model="gpt-4o-mini-held", max_tokens=9))
-        await until(lambda: len(mock.state.held) == 1)
+        await wait_until(lambda: len(mock.state.held) == 1, what="the held request arrived")
         clock.advance(2)
 
         # 00:00:01: the new day's first requests finish and are written first.

@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import shutil
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -44,6 +43,7 @@ from keyrelay.store.migrate import upgrade_to_head
 from keyrelay.store.schema import accounts, groups, keys, spend_periods
 from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
+from keyrelay.testing.poll import wait_until
 from keyrelay.usage.writer import UsageWriter
 from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import auth, chat, chat_body, max_cost_micros
@@ -325,7 +325,11 @@ class Run:
         )
         gate = len(self.mock.state.held)
         task = asyncio.ensure_future(chat(self.http, self.plaintexts[index], model=HELD, max_tokens=max_tokens))
-        await until(lambda: task.done() or len(self.mock.state.held) > gate)
+        await wait_until(
+            lambda: task.done() or len(self.mock.state.held) > gate,
+            what="the request settled or is held",
+            interval=0.005,
+        )
         if task.done():
             r = task.result()
             assert refused is not None, f"refused but the reference has room: {r.status_code} {r.text}"
@@ -405,14 +409,6 @@ class Run:
 
     def key_limits(self, index: int) -> tuple[int | None, str | None]:
         return self.config.key_limits[index][0], self.key_reset(index)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 async def get(client: httpx.AsyncClient, url: str, key: str) -> dict[str, Any]:

@@ -415,19 +415,12 @@ async def test_fault_hang_times_out_and_stop_releases_it(monkeypatch: pytest.Mon
         assert stopped is None
 
 
-async def _until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.asyncio
 async def test_fault_held_answers_when_released_in_any_order(mock: MockUpstream, client: openai.AsyncOpenAI) -> None:
     first = asyncio.ensure_future(client.chat.completions.create(model="gpt-held", messages=USER_HI, max_tokens=1))
-    await _until(lambda: len(mock.state.held) == 1)
+    await wait_until(lambda: len(mock.state.held) == 1, what="the held requests arrived")
     second = asyncio.ensure_future(client.chat.completions.create(model="gpt-held", messages=USER_HI, max_tokens=2))
-    await _until(lambda: len(mock.state.held) == 2)
+    await wait_until(lambda: len(mock.state.held) == 2, what="the held requests arrived")
     mock.state.release(1)
     assert (await second).usage.completion_tokens == 2  # type: ignore[union-attr]
     assert not first.done()
@@ -438,7 +431,7 @@ async def test_fault_held_answers_when_released_in_any_order(mock: MockUpstream,
 
     # A held request still waiting when the server stops is dropped, and the stop does not wait for it.
     late = asyncio.ensure_future(client.chat.completions.create(model="gpt-held", messages=USER_HI))
-    await _until(lambda: len(mock.state.held) == 3)
+    await wait_until(lambda: len(mock.state.held) == 3, what="the held requests arrived")
     await mock.stop()
     with pytest.raises(openai.APIConnectionError):
         await late
