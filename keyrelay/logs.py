@@ -44,6 +44,19 @@ class SecretScrubber:
         known = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
         parts = [re.escape(s) for s in known] + [re.escape(s[:12]) + r"[^\s\"',}]*" for s in known if len(s) > 12]
         self._known = re.compile("|".join(parts)) if parts else None
+        self._known_bytes = re.compile("|".join(parts).encode()) if parts else None
+        self._probes = tuple(s[:12].encode() for s in known)
+
+    def known(self, data: bytes) -> bytes:
+        """``data`` without the known provider secrets; the same object when none occurs.
+
+        For answers relayed as they are (model output, stream events): text merely shaped like a key
+        stays, since a model may well write ``sk-...`` in an answer. The common case costs one substring
+        search per secret.
+        """
+        if self._known_bytes is None or not any(probe in data for probe in self._probes):
+            return data
+        return self._known_bytes.sub(b"[REDACTED]", data)
 
     def text(self, text: str) -> str:
         """``text`` without secrets."""

@@ -156,9 +156,10 @@ def _host(channel: Channel) -> str:
 
 
 def upstream_error(body: bytes) -> tuple[str, str | None]:
-    """The upstream's own error message and ``error.code`` string, if its body is OpenAI-shaped.
+    """The upstream's own error message (cut to 500 characters) and ``error.code`` string.
 
-    The message is raw upstream text: scrub it before it goes anywhere.
+    Pass a body already scrubbed of secrets (``SecretScrubber.data``): the message is cut here, and a secret
+    cut in two could no longer be recognised.
     """
     try:
         data = orjson.loads(body)

@@ -317,8 +317,9 @@ class Gateway:
             finally:
                 response.release()
             outcome.upstream_s += time.perf_counter() - t0
-            message, code = upstream_error(body)
-            failure = classify_response(channel, response, self._scrubber.text(message), code)
+            # Scrubbed whole, before anything is cut from it: a secret cut in two could not be recognised.
+            message, code = upstream_error(self._scrubber.data(body))
+            failure = classify_response(channel, response, message, code)
             if not failure.retryable:
                 break
         assert failure is not None
@@ -356,6 +357,7 @@ class Gateway:
         finally:
             response.release()
         outcome.upstream_s += time.perf_counter() - t0
+        payload = self._scrubber.known(payload)  # an answer may echo the gateway's provider secret
         usage, output_bytes = response_usage(payload)
         if usage is None:
             usage = Usage(estimate_tokens(len(request.raw)), estimate_tokens(output_bytes), estimated=True)
@@ -378,7 +380,14 @@ class Gateway:
         started: float,
     ) -> None:
         response = await self._open(request, channels, outcome)
-        relay = StreamRelay(hide_usage_chunk=not request.client_wants_usage, scrub=self._scrubber.data)
+        content_type = response.header(b"content-type")
+        if content_type is not None and not content_type.lower().startswith(b"text/event-stream"):
+            await self._not_a_stream(request, response, content_type, outcome)
+        relay = StreamRelay(
+            hide_usage_chunk=not request.client_wants_usage,
+            scrub=self._scrubber.data,
+            scrub_known=self._scrubber.known,
+        )
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         outcome.status = response.status
         headers = self._headers(window, outcome.overhead_s * 1000, b"text/event-stream")
@@ -394,7 +403,7 @@ class Gateway:
                 out = relay.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            rest = relay.flush()
+            rest = relay.end(clean=True)
             if relay.error is not None:
                 # The upstream's own error event was relayed (scrubbed); the client has its explanation.
                 failure = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream sent an error event mid-stream.")
@@ -408,7 +417,7 @@ class Gateway:
             log_transport_failure(exc, outcome.channel)
             kind = ErrorType.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeoutError) else ErrorType.UPSTREAM_ERROR
             failure = GatewayError(kind, "The upstream stream ended unexpectedly.")
-            body = relay.flush() + b"data: " + orjson.dumps(failure.to_body()) + b"\n\n"
+            body = relay.end(clean=False) + b"data: " + orjson.dumps(failure.to_body()) + b"\n\n"
             await send({"type": "http.response.body", "body": body})
         except asyncio.CancelledError:
             if not watcher.fired:
@@ -427,6 +436,29 @@ class Gateway:
             outcome.usage = relay.usage or Usage(
                 estimate_tokens(len(request.raw)), relay.output_tokens_estimate(), estimated=True
             )
+
+    async def _not_a_stream(
+        self, request: InboundRequest, response: UpstreamResponse, content_type: bytes, outcome: Outcome
+    ) -> None:
+        """A stream request answered with a whole body (e.g. JSON): bill what it reports, and fail the request.
+
+        Raises:
+            GatewayError: UPSTREAM_ERROR (502), not retried: the upstream did the work, and another channel
+                would be billed for it again.
+        """
+        try:
+            payload = await response.read()
+        except (UpstreamConnectionError, UpstreamTimeoutError):
+            payload = b""
+        finally:
+            response.release()
+        usage, output_bytes = response_usage(payload)
+        outcome.usage = usage or Usage(estimate_tokens(len(request.raw)), estimate_tokens(output_bytes), estimated=True)
+        kind = content_type.decode("latin-1").split(";")[0].strip()[:100]
+        raise GatewayError(
+            ErrorType.UPSTREAM_ERROR,
+            f"The upstream answered this stream request with {kind!r} instead of an event stream.",
+        )
 
     # --- settlement --------------------------------------------------------------------------------
 

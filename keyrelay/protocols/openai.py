@@ -52,8 +52,27 @@ class InboundRequest:
         is billed by its pixels, not its bytes: each counts as IMAGE_TOKEN_BOUND more (OpenAI's
         largest high-detail image is below that). Audio input is not bounded this way (documented).
         """
-        images = self.raw.count(b'"image_url"') if self.operation is Operation.CHAT else 0
+        if self.operation is not Operation.CHAT:
+            return len(self.raw)
+        if b"\\u" in self.raw:  # a key may be written with escapes ("image_\\u0075rl"): count parsed keys
+            images = _count_key(self.body.get("messages"), "image_url")
+        else:
+            images = self.raw.count(b'"image_url"')
         return len(self.raw) + images * IMAGE_TOKEN_BOUND
+
+
+def _count_key(value: object, name: str) -> int:
+    """How many objects inside ``value`` (a parsed JSON value) hold the key ``name`` (iterative: any depth)."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += name in item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def bearer_credential(authorization: bytes | None) -> str | None:
@@ -98,15 +117,18 @@ def _top_level_duplicates(raw: bytes) -> list[str]:
 
 
 def _refuse_duplicates(raw: bytes) -> None:
-    """Refuse a body whose judged fields appear twice (a JSON parser that keeps the first would disagree).
+    r"""Refuse a body whose judged fields appear twice (a JSON parser that keeps the first would disagree).
 
     RFC 8259 §4 leaves duplicate names undefined; orjson keeps the last, some upstream parsers the first,
     so the model keyrelay authorises and prices could differ from the one served. One C-level scan finds
-    candidates; only then is the body parsed again to see whether they are top-level duplicates.
+    candidates; only then is the body parsed again to see whether they are top-level duplicates. A body
+    with escapes (``"mod\u0065l"``, written with a backslash-u escape, is the name ``model`` too) is always
+    checked by parsing.
     """
-    seen = _JUDGED_KEY.findall(raw)
-    if len(seen) == len(set(seen)):
-        return
+    if b"\\u" not in raw:
+        seen = _JUDGED_KEY.findall(raw)
+        if len(seen) == len(set(seen)):
+            return
     duplicates = _top_level_duplicates(raw)
     if duplicates:
         name = duplicates[0]
@@ -135,7 +157,9 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise GatewayError(ErrorType.INVALID_REQUEST, "messages must be a non-empty array.", field="messages")
-        max_out = _int_field(body, "max_completion_tokens") or _int_field(body, "max_tokens")
+        # Both may be sent, and an upstream may read either: bound by the larger.
+        limits = [v for v in (_int_field(body, "max_completion_tokens"), _int_field(body, "max_tokens")) if v]
+        max_out = max(limits) if limits else None
     else:
         if "input" not in body:
             raise GatewayError(ErrorType.INVALID_REQUEST, "input is required.", field="input")

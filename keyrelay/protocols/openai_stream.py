@@ -24,8 +24,8 @@ from keyrelay.protocols.sse import BOM, SSEDecoder, SSEEvent, parse_blocks
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*,\s*')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
-_ERROR_KEY = re.compile(rb'"error"\s*:')
-_SPECIAL = (_USAGE_OBJECT, _ERROR_KEY, re.compile(rb"\[DONE\]"))
+_ERROR_KEY = re.compile(rb'"error"\s*:|(?:^|[\r\n])event: ?error\b')
+_SPECIAL = (_USAGE_OBJECT, _ERROR_KEY, re.compile(rb"\[DONE\]"))  # what makes a block worth parsing
 _DONE_LINE = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)  # LF or CRLF framing; CR-only takes the slow path
 _ESTIMATE_BATCH = 64 * 1024  # parse held events for the estimate once this many bytes wait
 
@@ -37,6 +37,17 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+
+
+def _whole(data: bytes) -> bool:
+    """An event's data is ``[DONE]`` or complete JSON."""
+    if data.strip() == b"[DONE]":
+        return True
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def estimate_tokens(text_bytes: int) -> int:
@@ -120,7 +131,8 @@ class StreamRelay:
     Args:
         hide_usage_chunk: The gateway asked the upstream for usage and the client did not: remove the
             usage chunk and the ``"usage": null`` member of every other chunk.
-        scrub: Removes secrets from an upstream error event before it is relayed.
+        scrub: Removes secrets, and anything shaped like a key, from an upstream error event before it is relayed.
+        scrub_known: Removes the known provider secrets from every block relayed (model output may echo one).
 
     Attributes:
         usage: The usage the upstream reported (None until its chunk arrives).
@@ -129,9 +141,16 @@ class StreamRelay:
         error: The message of an ``{"error": ...}`` event sent by the upstream mid-stream, if any.
     """
 
-    def __init__(self, *, hide_usage_chunk: bool, scrub: Callable[[bytes], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        hide_usage_chunk: bool,
+        scrub: Callable[[bytes], bytes] | None = None,
+        scrub_known: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self._hide = hide_usage_chunk
         self._scrub = scrub
+        self._scrub_known = scrub_known
         self._sse = SSEDecoder()
         self.usage: Usage | None = None
         self.done = False
@@ -150,6 +169,8 @@ class StreamRelay:
         blocks = self._sse.feed(chunk)
         if not blocks:
             return b""
+        if self._scrub_known is not None:
+            blocks = self._scrub_known(blocks)  # whole blocks: a secret is never split across two reads here
         if self._hide:
             blocks = blocks.replace(b',"usage":null', b"")
         if self.usage is None:
@@ -163,7 +184,7 @@ class StreamRelay:
                 self.finished = True
         usages = blocks.count(b'"usage"')
         if (usages > (0 if self._hide else blocks.count(b'"usage":null')) and _USAGE_OBJECT.search(blocks)) or (
-            b'"error"' in blocks and _ERROR_KEY.search(blocks)
+            b"error" in blocks and _ERROR_KEY.search(blocks)
         ):
             return self._scan(blocks)
         if b"[DONE]" in blocks:
@@ -214,6 +235,9 @@ class StreamRelay:
         if data == b"[DONE]":
             self.done = True
             return event.raw
+        if event.event == "error":  # a named error event, whatever its data
+            self.error = data[:500].decode("utf-8", "replace") or "error event"
+            return self._scrub(event.raw) if self._scrub is not None else event.raw
         if not data.startswith(b"{") or not (_USAGE_OBJECT.search(data) or _ERROR_KEY.search(data)):
             return event.raw
         try:
@@ -223,7 +247,7 @@ class StreamRelay:
         if not isinstance(parsed, dict):
             return event.raw
         error = parsed.get("error")
-        if error is not None and "choices" not in parsed:
+        if error is not None and not parsed.get("choices"):
             message = error.get("message") if isinstance(error, dict) else error
             self.error = str(message)[:500] if message else "error event"
             return self._scrub(event.raw) if self._scrub is not None else event.raw
@@ -254,9 +278,20 @@ class StreamRelay:
                 continue
             self._output_bytes += choices_output_bytes(chunk, "delta")
 
-    def flush(self) -> bytes:
-        """Whatever partial event is left when the stream ends (passed on as it is)."""
-        return self._sse.flush()
+    def end(self, *, clean: bool) -> bytes:
+        """The bytes to send when the upstream stream is over, after the last :meth:`feed`.
+
+        A last event left without its blank line is completed and passed on when the stream ended cleanly and
+        the event is whole (``data: [DONE]`` or complete JSON; some servers end that way). Otherwise (a cut
+        mid-event) it is dropped: a client would choke on half an event, and an error event follows instead.
+        """
+        rest = self._sse.flush()
+        if not clean or not rest.strip():
+            return b""
+        events, _ = parse_blocks(rest + b"\n\n")
+        if not events or not all(_whole(event.data) for event in events):
+            return b""
+        return self.feed(rest + b"\n\n")
 
     def output_tokens_estimate(self) -> int:
         """Estimated completion tokens from every output the stream carried (for streams without usage)."""

@@ -378,3 +378,98 @@ async def test_n_is_bounded(server: RunningServer, client: httpx.AsyncClient, up
     r = await client.post("/v1/chat/completions", json={**BODY, "stream": "yes"}, headers=auth(key))
     assert assert_error(r, 400, "INVALID_REQUEST")["param"] == "stream"
     assert upstream.received == []
+
+
+# --- review findings: escapes, secrets on every path, streams that end oddly ----------------------------------------
+
+
+async def test_escaped_duplicate_names_are_refused(
+    server: RunningServer, client: httpx.AsyncClient, upstream: ScriptedUpstream
+) -> None:
+    key = await make_api_key(server, "escaped@example.com", allowed_models=["gpt-4o-mini"])
+    for raw in (
+        rb'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"mod\u0065l":"gpt-4o-mini"}',
+        rb'{"model":"gpt-4o-mini","stream":false,"messages":[{"role":"user","content":"hi"}],"\u0073tream":true}',
+    ):
+        r = await client.post(
+            "/v1/chat/completions", content=raw, headers={**auth(key), "content-type": "application/json"}
+        )
+        assert "more than once" in assert_error(r, 400, "INVALID_REQUEST")["message"]
+    assert upstream.received == []
+
+
+async def test_known_secret_is_scrubbed_from_answers_and_every_stream_event(
+    server: RunningServer, client: httpx.AsyncClient, upstream: ScriptedUpstream
+) -> None:
+    key = await make_api_key(server, "echo2@example.com")
+    answer = {
+        "id": "c",
+        "object": "chat.completion",
+        "choices": [],
+        "error": {"message": f"Bearer {SECRET}"},
+        "usage": USAGE,
+    }
+    upstream.queue(Script([dumps(answer, False)], headers={"Content-Type": "application/json"}, chunked=False))
+    r = await client.post("/v1/chat/completions", json={**BODY, "stream": False}, headers=auth(key))
+    assert r.status_code == 200 and SECRET[:12] not in r.text and "[REDACTED]" in r.text
+    assert int(r.headers["content-length"]) == len(r.content)
+    shapes = [
+        b"event: error\ndata: upstream error: auth Bearer " + SECRET.encode() + b"\n\n",
+        b'data: {"type":"error","message":"denied for ' + SECRET.encode() + b'"}\n\n',
+        b'data: {"choices":[],"error":{"message":"' + SECRET[:30].encode() + b'"}}\n\n',
+    ]
+    for shape in shapes:
+        upstream.queue(Script([*frame(text_chunks(usage=False))[:2], shape]))
+        r = await client.post("/v1/chat/completions", json=BODY, headers=auth(key))
+        assert r.status_code == 200
+        assert SECRET[:12] not in r.text, r.text
+        [row] = await usage_rows(server, r.headers["x-request-id"])
+        assert (row["status"], row["error_type"]) == (502, "UPSTREAM_ERROR")
+
+
+async def test_cut_mid_event_ends_with_a_readable_error_event(
+    server: RunningServer, upstream: ScriptedUpstream
+) -> None:
+    key = await make_api_key(server, "cut@example.com")
+    events = frame(text_chunks(usage=False))
+    upstream.queue(Script([*events[:3], events[3][:25]]))  # the fourth event stops mid-JSON, then a clean end
+    sdk = openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    text = ""
+    async with sdk:
+        with pytest.raises(openai.APIError) as info:
+            async for part in await sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+            ):
+                text += part.choices[0].delta.content or ""
+    assert text == "Hello there"  # what was complete reached the client
+    assert "ended before it was complete" in str(info.value)
+
+
+async def test_last_event_without_its_blank_line_is_completed(
+    server: RunningServer, client: httpx.AsyncClient, upstream: ScriptedUpstream
+) -> None:
+    key = await make_api_key(server, "nodone@example.com")
+    upstream.queue(Script([*frame(text_chunks(usage=True))[:-1], b"data: [DONE]\n"]))
+    r = await client.post("/v1/chat/completions", json=BODY, headers=auth(key))
+    assert r.text.endswith("data: [DONE]\n\n\n") and '"error"' not in r.text
+    [row] = await usage_rows(server, r.headers["x-request-id"])
+    assert (row["status"], row["completion_tokens"]) == (200, 31)
+
+
+async def test_json_answer_to_a_stream_request_is_billed_and_refused(
+    server: RunningServer, client: httpx.AsyncClient, upstream: ScriptedUpstream
+) -> None:
+    key = await make_api_key(server, "notsse@example.com")
+    answer = {
+        "id": "c",
+        "object": "chat.completion",
+        "choices": [],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 400},
+    }
+    upstream.queue(Script([dumps(answer, True)], headers={"Content-Type": "application/json"}, chunked=False))
+    r = await client.post("/v1/chat/completions", json=BODY, headers=auth(key))
+    err = assert_error(r, 502, "UPSTREAM_ERROR")
+    assert "application/json" in err["message"]
+    [row] = await usage_rows(server, r.headers["x-request-id"])
+    assert (row["completion_tokens"], row["usage_estimated"], row["status"]) == (400, False, 502)
+    assert len(upstream.received) == 1  # not retried elsewhere: the work was done and is billed once

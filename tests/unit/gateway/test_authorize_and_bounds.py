@@ -155,3 +155,13 @@ def test_request_larger_than_tpm_says_so() -> None:
     with pytest.raises(GatewayError) as info:
         precheck(request)
     assert info.value.status == 429 and "lower max_tokens" in info.value.message
+
+
+def test_bounds_read_escaped_names_and_the_larger_token_limit() -> None:
+    escaped = (
+        rb'{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"},'
+        rb'{"type":"image_url","image_\u0075rl":{"url":"https://x/a.png"}}]}]}'
+    )
+    assert decode_request(Operation.CHAT, escaped).prompt_token_bound >= len(escaped) + IMAGE_TOKEN_BOUND
+    both = b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":1,"max_tokens":900}'
+    assert decode_request(Operation.CHAT, both).max_output_tokens == 900
