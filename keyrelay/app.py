@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keyrelay.app")
 _ADMIN_PREFIXES = ("/api/", "/openapi.json")
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class KeyrelayApp:
@@ -118,6 +119,9 @@ class KeyrelayApp:
             return
         if path.startswith(_ADMIN_PREFIXES):
             await self.admin(scope, limit_body(receive, max_body), send)
+        elif path in _PROBES and scope["method"] not in ("GET", "HEAD"):
+            err = GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use GET for {path}.", allow="GET, HEAD")
+            await send_error(send, err, request_id)
         elif path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
         elif path == "/metrics":

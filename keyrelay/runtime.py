@@ -91,6 +91,7 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrat
             clock=clock,
             known_models=known_models(settings),
             known_regions=known_regions(settings),
+            known_providers=frozenset(p.name for p in settings.providers) or None,
         ),
         account_service=AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock),
     )

@@ -134,6 +134,9 @@ def create_admin_app() -> FastAPI:
         description="Create, scope, rotate and revoke keyrelay API keys; manage accounts and groups.",
         docs_url="/api/docs",
         redoc_url=None,
+        # No 307 to the slash-less path (an empty body, and an absolute http:// Location behind TLS): a path
+        # with a trailing slash is an unknown path, answered with the JSON 404 that names it.
+        redirect_slashes=False,
     )
     app.include_router(keys.router)
     app.include_router(accounts.router)

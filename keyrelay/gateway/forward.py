@@ -14,6 +14,7 @@ from keyrelay.gateway.upstream_errors import TransportFailure, UpstreamConnectio
 from keyrelay.routing.table import Channel
 
 log = logging.getLogger("keyrelay.upstream")
+MAX_RETRY_AFTER_S = 86_400.0  # the longest upstream Retry-After passed on to a client: one day
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 # What the client is told about a transport failure: the kind, in words, without addresses or library text.
@@ -66,6 +67,8 @@ def classify_status(status: int, retry_after: str | None, message: str, code: st
         return UpstreamFailure(err, True)
     if status == 429:
         seconds = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
+        if seconds is not None:
+            seconds = min(seconds, MAX_RETRY_AFTER_S)  # an upstream's absurd wait is not passed on as is
         err = GatewayError(
             ErrorType.UPSTREAM_RATE_LIMITED, f"The upstream is rate limiting: {safe}", retry_after=seconds
         )

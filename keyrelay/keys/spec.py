@@ -60,6 +60,9 @@ def micros_to_usd(value: int) -> float:
 def normalise_cidr(value: str) -> str:
     """A CIDR rule in canonical form; a bare address becomes /32 or /128.
 
+    A network inside ``::ffff:0:0/96`` (IPv4-mapped IPv6, RFC 4291 §2.5.5.2) becomes the IPv4 network it
+    maps: client addresses are matched as IPv4 once unwrapped, so the mapped form could never match.
+
     Raises:
         ValueError: Not an IPv4/IPv6 address or network.
     """
@@ -67,9 +70,14 @@ def normalise_cidr(value: str) -> str:
     try:
         if "%" in text:  # an IPv6 zone id names a local interface, not a network
             raise ValueError
-        return str(ipaddress.ip_network(text, strict=False))
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"{value!r} is not a valid IPv4/IPv6 address or CIDR") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return str(ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False))
+    return str(network)
 
 
 RATE_FIELDS = ("rpm", "per_5h", "per_1d", "per_7d", "tpm", "max_concurrent")
@@ -104,14 +112,17 @@ class _KeyFields(StrictInput):
     @field_validator("ip_allowlist", "ip_denylist")
     @classmethod
     def _cidrs(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
+        # [] and null mean the same (no rule); they are stored, and shown, as null.
+        if not value:
             return None
         return list(dict.fromkeys(normalise_cidr(v) for v in value))
 
     @field_validator("allowed_models", "allowed_providers")
     @classmethod
     def _dedupe(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else list(dict.fromkeys(value))
+        # [] means "no list of its own", like null: stored and shown as null, so that in every answer null
+        # means no restriction and an empty list means nothing is allowed (GET /v1/key).
+        return list(dict.fromkeys(value)) if value else None
 
     @field_validator("region")
     @classmethod

@@ -6,7 +6,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, field_validator
 
 from keyrelay.fields import NumberOnly, Storable, StrictInput, json_number
 from keyrelay.keys.spec import MAX_LIST_ITEMS, LimitReset, ModelId, ProviderName, RateLimits, Usd
@@ -67,6 +67,12 @@ class _GroupFields(StrictInput):
     allowed_providers: list[ProviderName] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
     quota: Usd | None = Field(default=None, description="Spend cap shared by every key of the group's accounts.")
     quota_reset: LimitReset | None = None
+
+    @field_validator("allowed_models", "allowed_providers")
+    @classmethod
+    def _no_list_is_null(cls, value: list[str] | None) -> list[str] | None:
+        # [] and null both mean no ceiling: stored and shown as null (one meaning everywhere).
+        return list(dict.fromkeys(value)) if value else None
 
 
 class GroupCreate(_GroupFields):

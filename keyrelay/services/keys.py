@@ -52,6 +52,7 @@ class KeyService:
         clock: Clock,
         known_models: frozenset[str],
         known_regions: frozenset[str] | None = None,
+        known_providers: frozenset[str] | None = None,
     ) -> None:
         """Build the service.
 
@@ -62,19 +63,24 @@ class KeyService:
             known_models: Model ids the configured providers offer; empty when none are configured.
             known_regions: Regions the configured providers serve; None when no provider is configured
                 (then no region is judged, as no model is judged without providers).
+            known_providers: Names of the configured providers; None when none is configured.
         """
         self._keys = keys
         self._cache = cache
         self._clock = clock
         self._known_models = known_models
         self._known_regions = known_regions
+        self._known_providers = known_providers
 
     def _warnings(self, spec: KeyCreate | KeyUpdate, present: set[str]) -> tuple[str, ...]:
-        """What is accepted but cannot work yet: models and regions no configured provider serves."""
+        """What is accepted but cannot work yet: models, providers and regions no configured provider serves."""
         warnings: list[str] = []
         if "allowed_models" in present and spec.allowed_models and self._known_models:
             unknown = [m for m in spec.allowed_models if m not in self._known_models]
             warnings.extend(f"allowed_models: {m!r} is not offered by any configured provider" for m in unknown)
+        if "allowed_providers" in present and spec.allowed_providers and self._known_providers:
+            strangers = [p for p in spec.allowed_providers if p not in self._known_providers]
+            warnings.extend(f"allowed_providers: {p!r} is not a configured provider" for p in strangers)
         region = spec.region if "region" in present else None
         if region is not None and self._known_regions is not None and region not in self._known_regions:
             served = ", ".join(sorted(self._known_regions)) or "none"

@@ -334,7 +334,7 @@ async def test_ip_rules_are_normalised(client: httpx.AsyncClient, mgmt_key: str)
     ]
     assert data["ip_denylist"] == ["::1/128", "10.0.0.1/32", "0.0.0.0/0", "::/0"]  # duplicates collapse
     empty = (await create(client, mgmt_key, name="empty", ip_allowlist=[], ip_denylist=[]))["data"]
-    assert empty["ip_allowlist"] == [] and empty["ip_denylist"] == []
+    assert empty["ip_allowlist"] is None and empty["ip_denylist"] is None  # [] means no rule, shown as null
 
 
 # (case name, request kwargs for client.post, status, error type, param or _ABSENT)
@@ -1139,3 +1139,14 @@ async def test_every_response_has_a_fresh_request_id(client: httpx.AsyncClient, 
     ids = [r.headers["x-request-id"] for r in responses]
     assert len(set(ids)) == len(ids)
     assert_error(responses[3], 405, "METHOD_NOT_ALLOWED")
+
+
+async def test_empty_lists_mean_no_restriction_and_are_shown_as_null(client: httpx.AsyncClient, mgmt_key: str) -> None:
+    body = {"name": "lists", "allowed_models": [], "allowed_providers": [], "ip_allowlist": [], "ip_denylist": []}
+    r = await client.post("/api/v1/keys", json=body, headers=auth(mgmt_key))
+    assert r.status_code == 201, r.text
+    data = r.json()["data"]
+    assert [data[f] for f in ("allowed_models", "allowed_providers", "ip_allowlist", "ip_denylist")] == [None] * 4
+    # An unknown provider is accepted with a warning, as unknown models and regions are.
+    r = await client.patch(f"/api/v1/keys/{data['hash']}", json={"allowed_providers": ["nope"]}, headers=auth(mgmt_key))
+    assert r.status_code == 200 and r.json()["warnings"] == ["allowed_providers: 'nope' is not a configured provider"]

@@ -271,3 +271,14 @@ async def test_key_view_with_the_store_down_is_503(
     await server.runtime.engine.dispose()
     err = assert_error(await client.get("/v1/key", headers=auth(key)), 503, "SERVICE_UNAVAILABLE")
     assert "store" in err["message"]
+
+
+async def test_probes_and_trailing_slashes(server: RunningServer, client: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        r = await client.post(path)
+        assert_error(r, 405, "METHOD_NOT_ALLOWED")
+        assert r.headers["allow"] == "GET, HEAD"
+        assert (await client.get(path)).status_code == 200
+    r = await client.get("/api/v1/keys/")
+    err = assert_error(r, 404, "NOT_FOUND")
+    assert "/api/v1/keys/" in err["message"] and "location" not in r.headers

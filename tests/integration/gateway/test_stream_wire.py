@@ -473,3 +473,15 @@ async def test_json_answer_to_a_stream_request_is_billed_and_refused(
     [row] = await usage_rows(server, r.headers["x-request-id"])
     assert (row["completion_tokens"], row["usage_estimated"], row["status"]) == (400, False, 502)
     assert len(upstream.received) == 1  # not retried elsewhere: the work was done and is billed once
+
+
+async def test_absurd_upstream_retry_after_is_capped(
+    server: RunningServer, client: httpx.AsyncClient, upstream: ScriptedUpstream
+) -> None:
+    key = await make_api_key(server, "wait@example.com")
+    body = dumps({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}, False)
+    headers = {"Content-Type": "application/json", "Retry-After": "99999999999999999999"}
+    upstream.queue(Script([body], status=429, headers=headers, chunked=False))
+    r = await client.post("/v1/chat/completions", json={**BODY, "stream": False}, headers=auth(key))
+    assert_error(r, 429, "UPSTREAM_RATE_LIMITED")
+    assert r.headers["retry-after"] == "86400"

@@ -133,9 +133,18 @@ def test_normalise_cidr_rejects(bad: str) -> None:
 @PROPERTY
 @given(st.ip_addresses())
 def test_bare_address_is_a_single_host_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    width = 32 if address.version == 4 else 128
-    assert normalise_cidr(str(address)) == f"{address}/{width}"
-    assert normalise_cidr(address.exploded) == f"{address}/{width}"
+    host = _as_matched(address)
+    width = 32 if host.version == 4 else 128
+    assert normalise_cidr(str(address)) == f"{host}/{width}"
+    assert normalise_cidr(address.exploded) == f"{host}/{width}"
+
+
+def _as_matched(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address as client addresses are matched: IPv4-mapped IPv6 unwrapped to IPv4."""
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped if mapped is not None else address
 
 
 @PROPERTY
@@ -146,7 +155,11 @@ def test_normalised_network_contains_the_address_and_is_stable(
     prefix = data.draw(st.integers(0, address.max_prefixlen))
     normal = normalise_cidr(f"{address}/{prefix}")
     network = ipaddress.ip_network(normal)
-    assert address in network and network.prefixlen == prefix
+    host = _as_matched(address)
+    if host is not address and prefix >= 96:  # an IPv4-mapped rule is stored as the IPv4 network it maps
+        assert host in network and network.prefixlen == prefix - 96
+    else:
+        assert address in network and network.prefixlen == prefix
     assert normalise_cidr(normal) == normal
 
 
@@ -323,3 +336,13 @@ def test_period_contains_now(reset: str, now: datetime) -> None:
         assert start.weekday() == 0 and end - start == timedelta(days=7)
     else:
         assert start.day == 1 and end.day == 1 and timedelta(days=28) <= end - start <= timedelta(days=31)
+
+
+def test_ipv4_mapped_rules_become_ipv4() -> None:
+    # Client addresses are unwrapped to IPv4 before matching: a mapped rule must be stored as the IPv4 it maps.
+    from keyrelay.keys.spec import normalise_cidr
+
+    assert normalise_cidr("::ffff:1.2.3.4/128") == "1.2.3.4/32"
+    assert normalise_cidr("::ffff:10.0.0.0/104") == "10.0.0.0/8"
+    assert normalise_cidr("::ffff:0:0/96") == "0.0.0.0/0"
+    assert normalise_cidr("2001:db8::/32") == "2001:db8::/32"

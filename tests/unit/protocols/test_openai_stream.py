@@ -42,7 +42,7 @@ def relay(stream: bytes, cuts: list[int], hide: bool) -> tuple[StreamRelay, byte
     for cut in [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]:
         out.append(r.feed(stream[previous:cut]))
         previous = cut
-    out.append(r.flush())
+    out.append(r.end(clean=True))
     return r, b"".join(out)
 
 
@@ -97,3 +97,15 @@ def test_scrubs_secrets_in_error_events() -> None:
     r = StreamRelay(hide_usage_chunk=False, scrub=lambda data: data.replace(b"sk-abcdefghijklmnop", b"[REDACTED]"))
     out = r.feed(error)
     assert b"sk-abcdefghijklmnop" not in out and b"[REDACTED]" in out
+
+
+def test_end_completes_a_whole_last_event_and_drops_a_cut_one() -> None:
+    whole = StreamRelay(hide_usage_chunk=False)
+    assert whole.feed(b'data: {"choices":[]}\n\ndata: [DONE]') == b'data: {"choices":[]}\n\n'
+    assert whole.end(clean=True) == b"data: [DONE]\n\n" and whole.done
+    cut = StreamRelay(hide_usage_chunk=False)
+    cut.feed(b'data: {"choices":[{"delta":{"content":"Hel')
+    assert cut.end(clean=True) == b"" and not cut.complete  # half an event is never passed on
+    reset = StreamRelay(hide_usage_chunk=False)
+    reset.feed(b"data: [DONE]")
+    assert reset.end(clean=False) == b""  # the connection failed: nothing after it is trusted
