@@ -130,7 +130,22 @@ class _NumberOnly:
 
 
 NumberOnly = _NumberOnly()
-RowId = Annotated[int, Field(ge=1, le=INT32_MAX)]
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def digits_only(value: object) -> object:
+    """Refuse an integer written in a path or query string as anything but ASCII digits (``1.0``, `` 1``, ``+1``).
+
+    Raises:
+        ValueError: Text that is not plain ASCII digits.
+    """
+    if isinstance(value, str) and not _DIGITS.match(value):
+        raise ValueError("must be a whole number written with the digits 0-9 only")
+    return value
+
+
+RowId = Annotated[int, BeforeValidator(digits_only), Field(ge=1, le=INT32_MAX)]
+Count = Annotated[int, BeforeValidator(digits_only)]  # a query-string integer (bounds set where it is used)
 
 
 def is_key_hash(value: str) -> bool:

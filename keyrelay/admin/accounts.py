@@ -11,7 +11,7 @@ from keyrelay.admin.auth import Manager, require_manager, runtime_of
 from keyrelay.admin.openapi import COMMON_ERRORS, errors
 from keyrelay.admin.schemas import AccountOut, GroupOut, account_out, group_out
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.fields import RowId
+from keyrelay.fields import Count, RowId
 from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate, AccountUpdate, GroupCreate, GroupUpdate
 from keyrelay.store.records import AccountRecord, GroupRecord
@@ -104,8 +104,8 @@ async def create_account(body: AccountCreate, request: Request, _: AdminDep) -> 
 async def list_accounts(
     request: Request,
     _: AdminDep,
-    page_size: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    page_size: Annotated[Count, Query(ge=1, le=500)] = 100,
+    offset: Annotated[Count, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> AccountList:
     """Accounts in creation order."""
     runtime = runtime_of(request)

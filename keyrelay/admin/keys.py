@@ -12,7 +12,7 @@ from keyrelay.admin.openapi import COMMON_ERRORS, errors
 from keyrelay.admin.pagination import decode_token, encode_token
 from keyrelay.admin.schemas import KeyDeleted, KeyEnvelope, KeyIssued, KeyPage, key_out
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.fields import RowId, Storable, is_key_hash
+from keyrelay.fields import Count, RowId, Storable, is_key_hash
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate, KeyRotate, KeyUpdate
 from keyrelay.runtime import Runtime
@@ -60,9 +60,9 @@ async def create_key(body: KeyCreate, request: Request, manager: ManagerDep) -> 
 async def list_keys(
     request: Request,
     manager: ManagerDep,
-    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
+    page_size: Annotated[Count, Query(ge=1, le=100)] = 20,
     page_token: Annotated[Annotated[str, StringConstraints(max_length=512), Storable] | None, Query()] = None,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    offset: Annotated[Count, Query(ge=0, le=MAX_OFFSET)] = 0,
     account_id: Annotated[RowId | None, Query(description="Admin only: one account's keys.")] = None,
 ) -> KeyPage:
     """Newest first. Follow ``next_page_token`` until it is null; ``offset`` skips keys."""

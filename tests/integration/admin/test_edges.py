@@ -106,6 +106,12 @@ async def test_every_bound_is_a_400_naming_the_field_and_changes_nothing(
         ("GET", "/api/v1/accounts?offset=2.4e30", None, "offset"),
         ("GET", f"/api/v1/accounts?offset={BIG}", None, "offset"),
         ("GET", "/api/v1/accounts?page_size=99999999999999999999", None, "page_size"),
+        # Integers in paths and query strings are plain digits: no "1.0", " 1" or "+1".
+        ("GET", "/api/v1/accounts/%201", None, "account_id"),
+        ("GET", "/api/v1/accounts/1.0", None, "account_id"),
+        ("GET", "/api/v1/keys?account_id=1.0", None, "account_id"),
+        ("GET", "/api/v1/keys?offset=+1", None, "offset"),
+        ("GET", "/api/v1/keys?page_size=%2010", None, "page_size"),
         # Dates every store and every UTC offset can hold.
         ("POST", "/api/v1/keys", {"name": "x", "expires_at": FAR}, "expires_at"),
         ("PATCH", f"/api/v1/keys/{key}", {"expires_at": FAR}, "expires_at"),
