@@ -44,7 +44,12 @@ async def main(url: str) -> None:
                     "tpm": 1_000_000_000,
                     "max_concurrent": 100_000,
                 },
-                "allowed_models": ["gpt-4o-mini", "gpt-4o-mini-paced"],
+                "allowed_models": [
+                    "gpt-4o-mini",
+                    "gpt-4o-mini-paced",
+                    "gpt-4o-mini-paced-framing-crlf",
+                    "gpt-4o-mini-paced-framing-cr",
+                ],
                 "allowed_providers": ["mock"],
                 "ip_allowlist": ["127.0.0.1", "::1"],
                 "ip_denylist": ["10.0.0.0/8"],

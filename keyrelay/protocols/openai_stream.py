@@ -24,8 +24,10 @@ from keyrelay.protocols.sse import BOM, SSEDecoder, SSEEvent, parse_blocks
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*,\s*')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
-_ERROR_KEY = re.compile(rb'"error"\s*:|(?:^|[\r\n])event: ?error\b')
-_SPECIAL = (_USAGE_OBJECT, _ERROR_KEY, re.compile(rb"\[DONE\]"))  # what makes a block worth parsing
+_ERROR_KEY = re.compile(rb'"error"\s*:')
+_ERROR_EVENT = re.compile(rb"event: ?error\b")  # an "event: error" line (each pattern opens with a literal: fast)
+# What makes a block worth parsing, each with a literal that must occur first (a C-level test).
+_SPECIAL = ((b'"usage"', _USAGE_OBJECT), (b"error", _ERROR_KEY), (b"error", _ERROR_EVENT), (b"[DONE]", None))
 _DONE_LINE = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)  # LF or CRLF framing; CR-only takes the slow path
 _ESTIMATE_BATCH = 64 * 1024  # parse held events for the estimate once this many bytes wait
 
@@ -37,6 +39,16 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+
+
+def _occurrences(data: bytes, literal: bytes) -> list[int]:
+    """Every offset where ``literal`` occurs in ``data``."""
+    found: list[int] = []
+    at = data.find(literal)
+    while at >= 0:
+        found.append(at)
+        at = data.find(literal, at + 1)
+    return found
 
 
 def _whole(data: bytes) -> bool:
@@ -184,7 +196,7 @@ class StreamRelay:
                 self.finished = True
         usages = blocks.count(b'"usage"')
         if (usages > (0 if self._hide else blocks.count(b'"usage":null')) and _USAGE_OBJECT.search(blocks)) or (
-            b"error" in blocks and _ERROR_KEY.search(blocks)
+            b"error" in blocks and (_ERROR_KEY.search(blocks) or _ERROR_EVENT.search(blocks))
         ):
             return self._scan(blocks)
         if b"[DONE]" in blocks:
@@ -207,7 +219,14 @@ class StreamRelay:
         """LF framing: pass only the blocks holding a match through :meth:`_blocks`."""
         kept: list[bytes] = []
         pos = 0
-        for at in sorted(match.start() for pattern in _SPECIAL for match in pattern.finditer(blocks)):
+        starts: list[int] = []
+        for literal, pattern in _SPECIAL:
+            if literal in blocks:
+                if pattern is None:
+                    starts += _occurrences(blocks, literal)
+                else:
+                    starts += [match.start() for match in pattern.finditer(blocks)]
+        for at in sorted(starts):
             if at < pos:
                 continue  # inside a block already handled
             start = blocks.rfind(b"\n\n", pos, at)
