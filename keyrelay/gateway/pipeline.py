@@ -407,7 +407,7 @@ class Gateway:
             if relay.error is not None:
                 # The upstream's own error event was relayed (scrubbed); the client has its explanation.
                 failure = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream sent an error event mid-stream.")
-            elif not relay.complete:
+            elif not relay.complete():
                 failure = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream stream ended before it was complete.")
                 rest += b"data: " + orjson.dumps(failure.to_body()) + b"\n\n"
             await send({"type": "http.response.body", "body": rest})

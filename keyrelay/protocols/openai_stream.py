@@ -149,7 +149,7 @@ class StreamRelay:
     Attributes:
         usage: The usage the upstream reported (None until its chunk arrives).
         done: ``data: [DONE]`` was seen.
-        finished: A choice ended with a ``finish_reason``.
+        finished: A choice ended with a ``finish_reason`` (known once :meth:`complete` has been asked).
         error: The message of an ``{"error": ...}`` event sent by the upstream mid-stream, if any.
     """
 
@@ -175,8 +175,9 @@ class StreamRelay:
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to pass to the client for one network read: every event it completed.
 
-        Runs once per read on every stream, so it tests with C-level substring counts first and lets a
+        Runs once per read on every stream, so it tests with C-level substring searches first and lets a
         regular expression (any JSON spacing) or an event parse confirm only what those cannot rule out.
+        Finish reasons are only looked for when the stream ends without ``[DONE]`` or usage (``complete``).
         """
         blocks = self._sse.feed(chunk)
         if not blocks:
@@ -190,12 +191,8 @@ class StreamRelay:
             self._held_bytes += len(blocks)
             if self._held_bytes > _ESTIMATE_BATCH:
                 self._count_held()
-        if not self.finished:
-            finishes = blocks.count(b'"finish_reason"')
-            if finishes > blocks.count(b'"finish_reason":null') and _FINISH.search(blocks):
-                self.finished = True
-        usages = blocks.count(b'"usage"')
-        if (usages > (0 if self._hide else blocks.count(b'"usage":null')) and _USAGE_OBJECT.search(blocks)) or (
+        has_usage = b'"usage"' in blocks
+        if (has_usage and _USAGE_OBJECT.search(blocks)) or (
             b"error" in blocks and (_ERROR_KEY.search(blocks) or _ERROR_EVENT.search(blocks))
         ):
             return self._scan(blocks)
@@ -203,7 +200,7 @@ class StreamRelay:
             if not _DONE_LINE.search(blocks):
                 return self._scan(blocks)
             self.done = True
-        if usages and self._hide:
+        if has_usage and self._hide:
             return _USAGE_NULL.sub(b"", blocks)  # "usage": null written with other spacing
         return blocks
 
@@ -296,6 +293,9 @@ class StreamRelay:
             except orjson.JSONDecodeError:
                 continue
             self._output_bytes += choices_output_bytes(chunk, "delta")
+            choices = chunk.get("choices") if isinstance(chunk, dict) else None
+            if isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+                self.finished = True
 
     def end(self, *, clean: bool) -> bytes:
         """The bytes to send when the upstream stream is over, after the last :meth:`feed`.
@@ -318,10 +318,14 @@ class StreamRelay:
             self._count_held()
         return estimate_tokens(self._output_bytes)
 
-    @property
     def complete(self) -> bool:
         """The stream ended as OpenAI streams end: ``[DONE]``, or a finish reason or the usage chunk that follows it.
 
-        (Some OpenAI-compatible servers omit ``[DONE]``.)
+        (Some OpenAI-compatible servers omit ``[DONE]``.) Call it once the stream is over: the finish reason is
+        read from the events kept for the output estimate, which exist only while no usage has arrived.
         """
-        return self.done or self.finished or self.usage is not None
+        if self.done or self.usage is not None:
+            return True
+        if self._held:
+            self._count_held()
+        return self.finished

@@ -62,7 +62,7 @@ def test_any_slicing_same_events_and_usage(ending: bytes, spaced: bool, hide: bo
     stream = encode(chunks(with_usage=True), ending, spaced)
     r, relayed = relay(stream, cuts, hide)
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (7, 5) if r.usage else False
-    assert r.complete and r.error is None
+    assert r.complete() and r.error is None
     view = client_view(relayed)
     expected = [*chunks(with_usage=True), b"[DONE]"]
     if hide:
@@ -75,13 +75,13 @@ def test_any_slicing_same_events_and_usage(ending: bytes, spaced: bool, hide: bo
 
 def test_estimate_without_usage_counts_decoded_output() -> None:
     r, _ = relay(encode(chunks(with_usage=False), b"\n", spaced=True), [13, 200], hide=True)
-    assert r.usage is None and r.complete
+    assert r.usage is None and r.complete()
     assert r.output_tokens_estimate() == estimate_tokens(len("".join(WORDS)))
 
 
 def test_error_event_before_usage_is_noticed() -> None:
     r, relayed = relay(encode(chunks(with_usage=True, error_at=2), b"\n", spaced=False, done=False), [], hide=True)
-    assert r.error == "boom" and not r.complete
+    assert r.error == "boom" and not r.complete()
     assert client_view(relayed)[-1] == {"error": {"message": "boom", "type": "server_error"}}
 
 
@@ -105,7 +105,7 @@ def test_end_completes_a_whole_last_event_and_drops_a_cut_one() -> None:
     assert whole.end(clean=True) == b"data: [DONE]\n\n" and whole.done
     cut = StreamRelay(hide_usage_chunk=False)
     cut.feed(b'data: {"choices":[{"delta":{"content":"Hel')
-    assert cut.end(clean=True) == b"" and not cut.complete  # half an event is never passed on
+    assert cut.end(clean=True) == b"" and not cut.complete()  # half an event is never passed on
     reset = StreamRelay(hide_usage_chunk=False)
     reset.feed(b"data: [DONE]")
     assert reset.end(clean=False) == b""  # the connection failed: nothing after it is trusted
