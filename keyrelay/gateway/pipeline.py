@@ -86,8 +86,9 @@ def route(method: str, path: str) -> Operation | None:
     if entry is None:
         raise GatewayError(ErrorType.NOT_FOUND, f"No such endpoint: {path}. See the README for the /v1 routes.")
     allowed, operation = entry
-    if method != allowed:
-        raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use {allowed} for {path}.", allow=allowed)
+    if method != allowed and not (method == "HEAD" and allowed == "GET"):  # HEAD is GET without the body
+        allow = "GET, HEAD" if allowed == "GET" else allowed
+        raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use {allowed} for {path}.", allow=allow)
     return operation
 
 

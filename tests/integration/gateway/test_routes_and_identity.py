@@ -47,9 +47,9 @@ async def test_unknown_path_is_404_naming_it(
     [
         ("GET", "/v1/chat/completions", "POST"),
         ("PUT", "/v1/embeddings", "POST"),
-        ("POST", "/v1/models", "GET"),
-        ("DELETE", "/v1/models/gpt-4o-mini", "GET"),
-        ("POST", "/v1/key", "GET"),
+        ("POST", "/v1/models", "GET, HEAD"),
+        ("DELETE", "/v1/models/gpt-4o-mini", "GET, HEAD"),
+        ("POST", "/v1/key", "GET, HEAD"),
     ],
 )
 async def test_wrong_method_is_405_with_allow(
@@ -57,7 +57,14 @@ async def test_wrong_method_is_405_with_allow(
 ) -> None:
     r = await client.request(method, path)
     err = assert_error(r, 405, "METHOD_NOT_ALLOWED")
-    assert r.headers["allow"] == allow and allow in err["message"]
+    assert r.headers["allow"] == allow and allow.split(",")[0] in err["message"]
+
+
+async def test_head_is_get_without_a_body(server: RunningServer, client: httpx.AsyncClient) -> None:
+    key = await make_api_key(server, "head@example.com")
+    for path in ("/v1/models", "/v1/key", "/v1/models/gpt-4o-mini"):
+        r = await client.head(path, headers=auth(key))
+        assert r.status_code == 200 and r.content == b"", path
 
 
 async def test_openai_string_codes(server: RunningServer, client: httpx.AsyncClient) -> None:
