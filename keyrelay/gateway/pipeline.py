@@ -55,8 +55,9 @@ from keyrelay.limits.backend import LimitsBackend, Reservation, WindowStatus
 from keyrelay.limits.periods import spend_period
 from keyrelay.logs import SecretScrubber, request_id_var
 from keyrelay.metrics import Metrics
+from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.openai import InboundRequest, Operation, bearer_credential, decode_request, upstream_body
-from keyrelay.protocols.openai_stream import StreamRelay, Usage, estimate_tokens, response_usage
+from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens, response_usage
 from keyrelay.routing.table import Channel, RouteTable
 from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch

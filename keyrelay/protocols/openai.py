@@ -9,56 +9,26 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import orjson
 
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName
 
-IMAGE_TOKEN_BOUND = 2_000
+__all__ = ["IMAGE_TOKEN_BOUND", "InboundRequest", "Operation", "bearer_credential", "decode_request", "upstream_body"]
+
 MAX_CHOICES = 128  # OpenAI's own bound on ``n`` (https://platform.openai.com/docs/api-reference/chat/create)
 # The fields keyrelay judges a request by (whitelist, price, cost bound, usage): each must appear once.
 _JUDGED = ("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n")
 _JUDGED_KEY = re.compile(rb'"(' + b"|".join(name.encode() for name in _JUDGED) + rb')"\s*:')
 
 
-class Operation(StrEnum):
-    """What an LLM endpoint does."""
-
-    CHAT = "chat"
-    EMBEDDINGS = "embeddings"
-
-
-@dataclass(slots=True)
-class InboundRequest:
-    """What the pipeline needs from a client request body."""
-
-    operation: Operation
-    model: str
-    stream: bool
-    client_wants_usage: bool
-    max_output_tokens: int | None
-    raw: bytes
-    body: dict[str, Any]
-    choices: int = 1  # ``n``: every choice can produce max_output_tokens
-
-    @property
-    def prompt_token_bound(self) -> int:
-        """An upper bound on prompt tokens.
-
-        A text token is at least one byte, so the body's byte count bounds the text. An image part
-        is billed by its pixels, not its bytes: each counts as IMAGE_TOKEN_BOUND more (OpenAI's
-        largest high-detail image is below that). Audio input is not bounded this way (documented).
-        """
-        if self.operation is not Operation.CHAT:
-            return len(self.raw)
-        if b"\\u" in self.raw:  # a key may be written with escapes ("image_\\u0075rl"): count parsed keys
-            images = _count_key(self.body.get("messages"), "image_url")
-        else:
-            images = self.raw.count(b'"image_url"')
-        return len(self.raw) + images * IMAGE_TOKEN_BOUND
+def image_parts(raw: bytes, body: dict[str, Any]) -> int:
+    """How many ``image_url`` parts a chat body holds (keys written with escapes are counted parsed)."""
+    if b"\\u" in raw:  # a key may be written with escapes ("image_\\u0075rl"): count parsed keys
+        return _count_key(body.get("messages"), "image_url")
+    return raw.count(b'"image_url"')
 
 
 def _count_key(value: object, name: str) -> int:
@@ -171,7 +141,10 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
     options = body.get("stream_options")
     wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     choices = _int_field(body, "n", MAX_CHOICES) or 1 if operation is Operation.CHAT else 1
-    return InboundRequest(operation, model, stream, wants_usage, max_out, raw, body, choices)
+    images = image_parts(raw, body) if operation is Operation.CHAT else 0
+    return InboundRequest(
+        operation, model, stream, wants_usage, max_out, raw, body, choices, images, ProtocolName.OPENAI
+    )
 
 
 def upstream_body(request: InboundRequest, upstream_model: str) -> bytes:

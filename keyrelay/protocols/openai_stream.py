@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import orjson
 
+from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.sse import BOM, SSEDecoder, SSEEvent, parse_blocks
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -30,15 +30,6 @@ _ERROR_EVENT = re.compile(rb"event: ?error\b")  # an "event: error" line (each p
 _SPECIAL = ((b'"usage"', _USAGE_OBJECT), (b"error", _ERROR_KEY), (b"error", _ERROR_EVENT), (b"[DONE]", None))
 _DONE_LINE = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)  # LF or CRLF framing; CR-only takes the slow path
 _ESTIMATE_BATCH = 64 * 1024  # parse held events for the estimate once this many bytes wait
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one request (``estimated`` when the upstream reported none)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    estimated: bool = False
 
 
 def _occurrences(data: bytes, literal: bytes) -> list[int]:
