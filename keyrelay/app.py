@@ -101,7 +101,7 @@ class KeyrelayApp:
         request_id = new_request_id()
         token = request_id_var.set(request_id)
         try:
-            if self.gateway is not None and scope["path"].startswith("/v1/"):
+            if self.gateway is not None and scope["path"].startswith(("/v1/", "/v1beta/")):
                 # The hot path adds x-request-id to its own headers: no per-message send wrapper.
                 await self.gateway(scope, receive, send, request_id)
             else:

@@ -37,11 +37,25 @@ class ModelConfig(BaseModel):
     upstream_id: str | None = Field(default=None, description="Model id sent upstream; defaults to id.")
     input_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
     output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0, description="Default: the input price.")
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0, description="Default: the input price.")
 
     @property
     def input_micros_per_mtok(self) -> int:
         """Input price in micro-dollars per million tokens."""
         return int(self.input_per_mtok * MICROS_PER_USD)
+
+    @property
+    def cache_read_micros_per_mtok(self) -> int:
+        """Price of input tokens read from a prompt cache, micro-dollars per million (default: input price)."""
+        price = self.cache_read_per_mtok if self.cache_read_per_mtok is not None else self.input_per_mtok
+        return int(price * MICROS_PER_USD)
+
+    @property
+    def cache_write_micros_per_mtok(self) -> int:
+        """Price of input tokens written to a prompt cache, micro-dollars per million (default: input price)."""
+        price = self.cache_write_per_mtok if self.cache_write_per_mtok is not None else self.input_per_mtok
+        return int(price * MICROS_PER_USD)
 
     @property
     def output_micros_per_mtok(self) -> int:
@@ -55,7 +69,7 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["openai", "openai-compatible"] = "openai"
+    kind: Literal["openai", "openai-compatible", "anthropic", "gemini"] = "openai"
     base_url: str = Field(min_length=1)
     api_key_env: str | None = None
     api_key: SecretStr | None = Field(default=None, description="Filled from api_key_env at load; never from the file.")

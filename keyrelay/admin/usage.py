@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from keyrelay.admin.auth import Manager, require_manager, runtime_of
 from keyrelay.admin.openapi import COMMON_ERRORS, errors
@@ -26,6 +26,9 @@ class UsageRow(BaseModel):
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    cache_read_tokens: int = Field(description="Part of prompt_tokens read from a prompt cache.")
+    cache_write_tokens: int = Field(description="Part of prompt_tokens written to a prompt cache.")
+    reasoning_tokens: int = Field(description="Part of completion_tokens spent reasoning.")
     cost: float
 
 
@@ -50,6 +53,9 @@ def _row(t: UsageTotals) -> UsageRow:
         errors=t.errors,
         prompt_tokens=t.prompt_tokens,
         completion_tokens=t.completion_tokens,
+        cache_read_tokens=t.cache_read_tokens,
+        cache_write_tokens=t.cache_write_tokens,
+        reasoning_tokens=t.reasoning_tokens,
         cost=micros_to_usd(t.cost_micros),
     )
 
@@ -64,7 +70,7 @@ async def usage(
     model: Annotated[Annotated[str, StringConstraints(max_length=200), Storable] | None, Query()] = None,
     start: Annotated[Timestamp | None, Query(description="Inclusive, ISO 8601 (UTC if no offset).")] = None,
     end: Annotated[Timestamp | None, Query(description="Exclusive, ISO 8601 (UTC if no offset).")] = None,
-    group_by: Annotated[Literal["day", "model", "key"] | None, Query()] = None,
+    group_by: Annotated[Literal["day", "model", "key", "protocol", "provider"] | None, Query()] = None,
 ) -> UsageEnvelope:
     """Requests, tokens and cost, filtered by key, model and time range; optionally grouped."""
     runtime = runtime_of(request)
@@ -77,7 +83,7 @@ async def usage(
     repo = UsageRepository(runtime.engine)
     scope = None if manager.is_admin else manager.account_id
 
-    async def totals(by: Literal["day", "model", "key"] | None) -> list[UsageTotals]:
+    async def totals(by: Literal["day", "model", "key", "protocol", "provider"] | None) -> list[UsageTotals]:
         return await repo.totals(account_id=scope, key_hash=key, model=model, start=start, end=end, group_by=by)
 
     total = (await totals(None))[0]

@@ -46,6 +46,47 @@ def list_models(principal: Principal, routes: RouteTable) -> dict[str, Any]:
     return {"object": "list", "data": list(data.values())}
 
 
+def anthropic_models(openai_list: dict[str, Any]) -> dict[str, Any]:
+    """The model list in Anthropic's shape (https://docs.anthropic.com/en/api/models-list), one page."""
+    data = [
+        {"type": "model", "id": m["id"], "display_name": m["id"], "created_at": "1970-01-01T00:00:00Z"}
+        for m in openai_list["data"]
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
+
+
+def anthropic_model(openai_model: dict[str, Any]) -> dict[str, Any]:
+    """One model in Anthropic's shape (https://docs.anthropic.com/en/api/models)."""
+    model = openai_model["id"]
+    return {"type": "model", "id": model, "display_name": model, "created_at": "1970-01-01T00:00:00Z"}
+
+
+_GEMINI_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+
+
+def gemini_model(openai_model: dict[str, Any]) -> dict[str, Any]:
+    """One model in Gemini's ``Model`` shape (https://ai.google.dev/api/models#Model)."""
+    model = openai_model["id"]
+    return {
+        "name": f"models/{model}",
+        "baseModelId": model,
+        "version": "001",
+        "displayName": model,
+        "description": f"{model}, served by keyrelay",
+        "supportedGenerationMethods": _GEMINI_METHODS,
+    }
+
+
+def gemini_models(openai_list: dict[str, Any]) -> dict[str, Any]:
+    """The model list in Gemini's shape (https://ai.google.dev/api/models#method:-models.list), one page."""
+    return {"models": [gemini_model(m) for m in openai_list["data"]]}
+
+
 def retrieve_model(principal: Principal, routes: RouteTable, model: str) -> dict[str, Any]:
     """``GET /v1/models/{model}``: the model as the key would be served it.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from keyrelay.asgi import Headers, Receive, Scope, Send, header, read_body, send_error, send_json
+from keyrelay.asgi import Headers, Receive, Scope, Send, read_body
 from keyrelay.cache.keycache import KeyCache, Principal
 from keyrelay.clock import Clock
 from keyrelay.config import Settings
@@ -36,11 +37,20 @@ from keyrelay.gateway.forward import (
     classify_exception,
     classify_response,
     log_transport_failure,
-    upstream_error,
-    upstream_headers,
 )
-from keyrelay.gateway.key_view import key_info, list_models, model_not_found, retrieve_model
-from keyrelay.gateway.pricing import cost_micros
+from keyrelay.gateway.key_view import (
+    anthropic_model,
+    anthropic_models,
+    gemini_model,
+    gemini_models,
+    key_info,
+    list_models,
+    model_not_found,
+    retrieve_model,
+)
+from keyrelay.gateway.pricing import cost_micros, max_cost_micros
+from keyrelay.gateway.relays import OpenAIRelay, PassthroughRelay, Relay, TranslatingRelay
+from keyrelay.gateway.routes import Read, Route, error_protocol, match
 from keyrelay.gateway.upstream_client import (
     Origin,
     UpstreamConnectionError,
@@ -49,48 +59,66 @@ from keyrelay.gateway.upstream_client import (
     UpstreamTimeoutError,
     request_head,
 )
+from keyrelay.gateway.wires import INBOUND, OUTBOUND, Inbound, anthropic_head_lines, anthropic_headers
 from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
 from keyrelay.limits.backend import LimitsBackend, Reservation, WindowStatus
 from keyrelay.limits.periods import spend_period
 from keyrelay.logs import SecretScrubber, request_id_var
 from keyrelay.metrics import Metrics
-from keyrelay.protocols.canonical import Usage
-from keyrelay.protocols.openai import InboundRequest, Operation, bearer_credential, decode_request, upstream_body
-from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens, response_usage
+from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName
+from keyrelay.protocols.canonical import ChatRequest, Usage
+from keyrelay.protocols.openai_stream import estimate_tokens, response_usage
 from keyrelay.routing.table import Channel, RouteTable
 from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch
 from keyrelay.usage.writer import UsageRecord, UsageWriter
 
 log = logging.getLogger("keyrelay.gateway")
-# path → (the one method it accepts, the LLM operation it performs, or None for a read of the key's view)
-_ROUTES: dict[str, tuple[str, Operation | None]] = {
-    "/v1/chat/completions": ("POST", Operation.CHAT),
-    "/v1/embeddings": ("POST", Operation.EMBEDDINGS),
-    "/v1/models": ("GET", None),
-    "/v1/key": ("GET", None),
+_CREDENTIAL_HINT = {
+    ProtocolName.OPENAI: "Send your key as 'Authorization: Bearer kr_live_...'.",
+    ProtocolName.ANTHROPIC: "Send your key as 'x-api-key: kr_live_...' or 'Authorization: Bearer kr_live_...'.",
+    ProtocolName.GEMINI: "Send your key as 'x-goog-api-key: kr_live_...' or the key query parameter.",
 }
-_MODEL_PREFIX = "/v1/models/"
 
 
-def route(method: str, path: str) -> Operation | None:
-    """The operation of a /v1 path; None for the GET routes.
+class RelayedError(GatewayError):
+    """An upstream's own error answer, relayed unmodified (scrubbed of keyrelay's provider secrets).
 
-    Raises:
-        GatewayError: NOT_FOUND naming the path when there is no such route (whatever the method);
-            METHOD_NOT_ALLOWED with ``Allow`` for a known path and another method.
+    Used on same-wire passthroughs of the Anthropic and Gemini wires, whose clients match on the
+    provider's own wording (Claude Code compacts its context on "prompt is too long"); ``error_type`` is
+    keyrelay's reading of it, for metrics, the usage record and the ``x-keyrelay-error-type`` header.
     """
-    entry = _ROUTES.get(path)
-    if entry is None and path.startswith(_MODEL_PREFIX) and len(path) > len(_MODEL_PREFIX):
-        entry = ("GET", None)
-    if entry is None:
-        raise GatewayError(ErrorType.NOT_FOUND, f"No such endpoint: {path}. See the README for the /v1 routes.")
-    allowed, operation = entry
-    if method != allowed and not (method == "HEAD" and allowed == "GET"):  # HEAD is GET without the body
-        allow = "GET, HEAD" if allowed == "GET" else allowed
-        raise GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use {allowed} for {path}.", allow=allow)
-    return operation
+
+    def __init__(self, error: GatewayError, body: bytes, content_type: bytes) -> None:
+        super().__init__(error.error_type, error.message, status=error.status, retry_after=error.retry_after)
+        self.body = body
+        self.content_type = content_type
+
+
+@dataclass(slots=True)
+class Call:
+    """One LLM request as the forwarding stages see it: the judged request and what it was sent with."""
+
+    request: InboundRequest
+    inbound: Inbound
+    sse: bool  # Gemini: the client asked for ?alt=sse (else a JSON-array stream)
+    anthropic_headers: list[tuple[str, str]]  # anthropic-version and anthropic-beta, for Anthropic upstreams
+    canonical: ChatRequest | None = None
+
+    def same_wire(self, channel: Channel) -> bool:
+        """Whether ``channel`` speaks the client's wire (then the call is a passthrough)."""
+        wire = channel.wire
+        if wire is not self.request.protocol:
+            return False
+        # A Gemini JSON-array stream is read from the upstream as SSE and re-encoded.
+        return not (wire is ProtocolName.GEMINI and self.request.stream and not self.sse)
+
+    def to_canonical(self) -> ChatRequest:
+        """The canonical request, translated once on first use."""
+        if self.canonical is None:
+            self.canonical = self.inbound.to_canonical(self.request)
+        return self.canonical
 
 
 @dataclass(slots=True)
@@ -145,33 +173,41 @@ class Gateway:
     # --- edges -------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        """Dispatch one /v1 request; every error leaves as the OpenAI-shaped JSON error body."""
+        """Dispatch one LLM-route request; every error leaves in the shape of the client's wire."""
         started = time.perf_counter()
         path: str = scope["path"]
         method: str = scope["method"]
+        headers: Headers = scope["headers"]
+        query: bytes = scope.get("query_string", b"")
         principal: Principal | None = None
         outcome = Outcome()
+        protocol = ProtocolName.OPENAI
         rid = [(b"x-request-id", request_id.encode())]
         try:
-            operation = route(method, path)
-            principal = await self._authenticate(scope)
+            try:
+                route = match(method, path, headers, query)
+            except GatewayError:
+                protocol = error_protocol(path, headers, query)
+                raise
+            protocol = route.protocol
+            inbound = INBOUND[protocol]
+            principal = await self._authenticate(inbound, headers, query)
             client_ip = self._client_ip(scope)
             authorize_key(principal, client_ip, self._clock.now_utc())
-            if operation is not None:
-                await self._llm(scope, receive, send, request_id, principal, client_ip, operation, started, outcome)
-            elif path == "/v1/models":
-                await send_json(send, 200, list_models(principal, self._routes), rid)
-            elif path == "/v1/key":
-                await send_json(send, 200, await self._key_info(principal), rid)
+            if route.operation is Operation.COUNT_TOKENS:
+                await self._count_tokens(receive, send, inbound, route, principal, headers, outcome, rid)
+            elif route.operation is not None:
+                await self._llm(scope, receive, send, request_id, principal, client_ip, route, started, outcome)
+            elif route.read is Read.KEY:
+                await _send_json(send, 200, await self._key_info(principal), rid)
             else:
-                model = retrieve_model(principal, self._routes, path.removeprefix(_MODEL_PREFIX))
-                await send_json(send, 200, model, rid)
+                await _send_json(send, 200, self._read(principal, route), rid)
         except GatewayError as err:
             overhead = outcome.overhead_s  # set when an admitted request failed: its upstream time is not ours
             if overhead is None:
                 overhead = time.perf_counter() - started
             extra = [(b"x-keyrelay-overhead-ms", f"{overhead * 1000:.3f}".encode()), *rid]
-            await send_error(send, err, request_id, extra)
+            await self._send_error(send, err, protocol, request_id, extra)
             if not outcome.settled:  # an admitted request was already counted, with its model, when settled
                 name = principal.key.name if principal else "-"
                 self._metrics.count_request(name, "-", err.status, err.error_type.name)
@@ -181,12 +217,30 @@ class Gateway:
             # Nothing else should escape; if it does, the client still gets the JSON body and request id.
             log.exception("unexpected error in %s %s", method, path)
             if not outcome.started:
-                await send_error(send, GatewayError(ErrorType.INTERNAL_ERROR), request_id, rid)
+                await self._send_error(send, GatewayError(ErrorType.INTERNAL_ERROR), protocol, request_id, rid)
 
-    async def _authenticate(self, scope: Scope) -> Principal:
-        token = bearer_credential(header(scope, b"authorization"))
+    async def _send_error(
+        self, send: Send, err: GatewayError, protocol: ProtocolName, request_id: str, extra: Headers
+    ) -> None:
+        """The error answer in the client's wire (or the upstream's own body, for a relayed error)."""
+        headers: Headers = list(extra)
+        if err.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, math.ceil(err.retry_after))).encode()))
+        if err.allow is not None:
+            headers.append((b"allow", err.allow.encode()))
+        if isinstance(err, RelayedError):
+            body, content_type = err.body, err.content_type
+            headers.append((b"x-keyrelay-error-type", err.error_type.name.encode()))
+        else:
+            body, content_type = INBOUND[protocol].encode_error(err, request_id), b"application/json"
+        headers += [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _authenticate(self, inbound: Inbound, headers: Headers, query: bytes) -> Principal:
+        token = inbound.credential(headers, query)
         if token is None:
-            raise GatewayError(ErrorType.INVALID_API_KEY, "Send your key as 'Authorization: Bearer kr_live_...'.")
+            raise GatewayError(ErrorType.INVALID_API_KEY, _CREDENTIAL_HINT[inbound.name])
         if key_type_of(token) is KeyType.MANAGEMENT:
             raise GatewayError(
                 ErrorType.INVALID_API_KEY, "Management keys (kr_mgmt_) cannot call LLM endpoints; use a kr_live_ key."
@@ -212,6 +266,24 @@ class Gateway:
             hops = x_forwarded_for_hops(value) if value is not None else []
         return client_address(peer, hops, self._trusted)
 
+    def _read(self, principal: Principal, route: Route) -> dict[str, Any]:
+        """A GET route's answer, in the route's wire (``/v1/key`` is keyrelay's own)."""
+        protocol = route.protocol
+        if route.read is Read.MODELS:
+            listing = list_models(principal, self._routes)
+            if protocol is ProtocolName.ANTHROPIC:
+                return anthropic_models(listing)
+            return gemini_models(listing) if protocol is ProtocolName.GEMINI else listing
+        if route.read is Read.MODEL:
+            name = route.model or ""
+            if protocol is ProtocolName.GEMINI:
+                name = name.removeprefix("models/")
+            model = retrieve_model(principal, self._routes, name)
+            if protocol is ProtocolName.ANTHROPIC:
+                return anthropic_model(model)
+            return gemini_model(model) if protocol is ProtocolName.GEMINI else model
+        raise AssertionError("/v1/key is answered by _key_info")
+
     async def _key_info(self, principal: Principal) -> dict[str, Any]:
         return await key_info(
             principal,
@@ -221,6 +293,47 @@ class Gateway:
             pending=self._pending,
             now=self._clock.now_utc(),
         )
+
+    # --- token counting ----------------------------------------------------------------------------
+
+    async def _count_tokens(
+        self,
+        receive: Receive,
+        send: Send,
+        inbound: Inbound,
+        route: Route,
+        principal: Principal,
+        headers: Headers,
+        outcome: Outcome,
+        rid: Headers,
+    ) -> None:
+        """``count_tokens`` / ``countTokens``: authorized like a call, never admitted, billed or windowed.
+
+        Forwarded to the first allowed channel of the client's wire, if the model has one; otherwise a
+        local estimate: about four bytes a token over the whole request body (which over-counts text by
+        its JSON syntax) plus ``IMAGE_TOKEN_BOUND`` per image, never 0.
+        """
+        raw = await read_body(receive, self._settings.max_body_bytes)
+        request = inbound.decode(Operation.COUNT_TOKENS, raw, route.model, False)
+        channels = self._routes.resolve(request.model)
+        if not channels:
+            raise model_not_found(request.model)
+        channels = allowed_channels(principal, request.model, channels, self._routes)
+        same = tuple(c for c in channels if c.wire is inbound.name)
+        if not same:
+            tokens = max(1, estimate_tokens(len(raw))) + request.images * IMAGE_TOKEN_BOUND
+            await _send_json(send, 200, inbound.count_tokens_body(tokens), rid)
+            return
+        call = Call(request, inbound, sse=False, anthropic_headers=anthropic_headers(headers))
+        response = await self._open(call, same, outcome)
+        try:
+            payload = await response.read()
+        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
+            raise classify_exception(exc, outcome.channel).error from exc
+        finally:
+            response.release()
+        payload = self._scrubber.known(payload)
+        await _send_json(send, response.status, payload, rid)
 
     # --- chat and embeddings -----------------------------------------------------------------------
 
@@ -232,12 +345,14 @@ class Gateway:
         request_id: str,
         principal: Principal,
         client_ip: IPAddress | None,
-        operation: Operation,
+        route: Route,
         started: float,
         outcome: Outcome,
     ) -> None:
+        assert route.operation is not None
         raw = await read_body(receive, self._settings.max_body_bytes)
-        request = decode_request(operation, raw)
+        inbound = INBOUND[route.protocol]
+        request = inbound.decode(route.operation, raw, route.model, route.stream)
         channels = self._routes.resolve(request.model)
         if not channels:
             raise model_not_found(request.model)
@@ -248,7 +363,7 @@ class Gateway:
         )
         max_out = per_choice * request.choices
         multiplier = principal.policy.price_multiplier_ppm
-        max_cost = max(cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
+        max_cost = max(max_cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
         admission = await self._limits.admit(
             admission_request(
                 principal,
@@ -260,11 +375,14 @@ class Gateway:
             )
         )
         reservation, window = admission.reservation, admission.window
+        headers: Headers = scope["headers"]
+        sse = route.protocol is not ProtocolName.GEMINI or b"alt=sse" in scope.get("query_string", b"")
+        call = Call(request, inbound, sse=sse, anthropic_headers=anthropic_headers(headers))
         try:
             if request.stream:
-                await self._stream(receive, send, request, channels, window, outcome, started)
+                await self._stream(receive, send, call, channels, window, outcome, started)
             else:
-                await self._unary(send, request, channels, window, outcome, started)
+                await self._unary(send, call, channels, window, outcome, started)
         except GatewayError as err:
             outcome.status, outcome.error_type = err.status, err.error_type.name
             outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
@@ -282,32 +400,52 @@ class Gateway:
         target = self._targets.get(slot)
         if target is None:
             origin = self._pool.origin(channel.base_url, ca_file=channel.tls_ca_file, verify=channel.tls_verify)
-            path = "/embeddings" if operation is Operation.EMBEDDINGS else "/chat/completions"
-            target = (origin, request_head(origin, path, list(upstream_headers(channel, stream).items())))
+            out = OUTBOUND[channel.wire]
+            path = out.path(operation, stream, channel.upstream_model)
+            accept = "text/event-stream" if stream else "application/json"
+            headers = [
+                ("content-type", "application/json"),
+                ("accept", accept),
+                *out.credential_headers(channel.api_key),
+            ]
+            target = (origin, request_head(origin, path, headers))
             self._targets[slot] = target
         return target
 
-    async def _call(self, channel: Channel, request: InboundRequest) -> UpstreamResponse:
+    async def _call(self, channel: Channel, call: Call) -> UpstreamResponse:
+        request = call.request
         origin, head = self._target(channel, request.operation, request.stream)
+        out = OUTBOUND[channel.wire]
+        if call.same_wire(channel):
+            body = out.passthrough_body(request, channel.upstream_model)
+        else:
+            canonical = call.to_canonical()
+            if channel.wire is ProtocolName.ANTHROPIC and canonical.max_tokens is None:
+                canonical.max_tokens = self._settings.default_max_tokens  # Anthropic requires max_tokens
+            body = out.build(canonical, channel.upstream_model)
+        if channel.wire is ProtocolName.ANTHROPIC:
+            head += anthropic_head_lines(call.anthropic_headers, same_wire=request.protocol is ProtocolName.ANTHROPIC)
         return await self._pool.request(
-            origin,
-            head,
-            upstream_body(request, channel.upstream_model),
-            connect_timeout=channel.connect_timeout_s,
-            read_timeout=channel.timeout_s,
+            origin, head, body, connect_timeout=channel.connect_timeout_s, read_timeout=channel.timeout_s
         )
 
-    async def _open(self, request: InboundRequest, channels: tuple[Channel, ...], outcome: Outcome) -> UpstreamResponse:
-        """Try each channel in order until one answers 2xx; retryable failures move on."""
+    async def _open(self, call: Call, channels: tuple[Channel, ...], outcome: Outcome) -> UpstreamResponse:
+        """Try each channel in order until one answers 2xx; retryable failures move on.
+
+        Raises:
+            RelayedError: the last upstream's own error answer, on a same-wire Anthropic or Gemini call.
+            GatewayError: the last failure, mapped to keyrelay's error types.
+        """
         failure: UpstreamFailure | None = None
+        relayed: RelayedError | None = None
         for channel in channels:
             outcome.channel = channel
             t0 = time.perf_counter()
             try:
-                response = await self._call(channel, request)
+                response = await self._call(channel, call)
             except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
                 outcome.upstream_s += time.perf_counter() - t0
-                failure = classify_exception(exc, channel)
+                failure, relayed = classify_exception(exc, channel), None
                 continue
             if 200 <= response.status < 300:
                 outcome.upstream_s += time.perf_counter() - t0
@@ -320,12 +458,26 @@ class Gateway:
                 response.release()
             outcome.upstream_s += time.perf_counter() - t0
             # Scrubbed whole, before anything is cut from it: a secret cut in two could not be recognised.
-            message, code = upstream_error(self._scrubber.data(body))
+            body = self._scrubber.data(body)
+            message, code = OUTBOUND[channel.wire].error(body)
+            if channel.wire is not ProtocolName.OPENAI:
+                code = None  # only OpenAI's codes are passed on in keyrelay's body (error.code)
             failure = classify_response(channel, response, message, code)
+            relayed = None
+            # A same-wire error is relayed as the upstream wrote it, except an answer about the gateway's own
+            # provider credential (401, 403): that is not the client's fault, and keyrelay's error says so.
+            if (
+                call.same_wire(channel)
+                and channel.wire is not ProtocolName.OPENAI
+                and response.status >= 400
+                and response.status not in (401, 403)
+            ):
+                content_type = response.header(b"content-type") or b"application/json"
+                relayed = RelayedError(failure.error, body, content_type)
             if not failure.retryable:
                 break
         assert failure is not None
-        raise failure.error
+        raise relayed if relayed is not None else failure.error
 
     def _headers(self, window: WindowStatus | None, overhead_ms: float, content_type: bytes) -> Headers:
         headers: Headers = [
@@ -344,13 +496,14 @@ class Gateway:
     async def _unary(
         self,
         send: Send,
-        request: InboundRequest,
+        call: Call,
         channels: tuple[Channel, ...],
         window: WindowStatus | None,
         outcome: Outcome,
         started: float,
     ) -> None:
-        response = await self._open(request, channels, outcome)
+        request = call.request
+        response = await self._open(call, channels, outcome)
         t0 = time.perf_counter()
         try:
             payload = await response.read()
@@ -360,39 +513,61 @@ class Gateway:
             response.release()
         outcome.upstream_s += time.perf_counter() - t0
         payload = self._scrubber.known(payload)  # an answer may echo the gateway's provider secret
-        usage, output_bytes = response_usage(payload)
+        channel = outcome.channel
+        assert channel is not None
+        status = response.status
+        usage: Usage | None
+        if not call.same_wire(channel):
+            answer = OUTBOUND[channel.wire].decode_response(payload)
+            usage = answer.usage
+            output_bytes = len(payload)
+            payload = call.inbound.encode_response(answer, call.to_canonical())
+            status = 200
+        elif channel.wire is ProtocolName.OPENAI:
+            usage, output_bytes = response_usage(payload)
+        else:
+            usage, output_bytes = OUTBOUND[channel.wire].body_usage(payload), len(payload)
         if usage is None:
             usage = Usage(estimate_tokens(len(request.raw)), estimate_tokens(output_bytes), estimated=True)
-        outcome.usage, outcome.status = usage, response.status
+        outcome.usage, outcome.status = usage, status
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         headers = self._headers(window, outcome.overhead_s * 1000, b"application/json")
         headers.append((b"content-length", str(len(payload)).encode()))
         outcome.started = True
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     async def _stream(
         self,
         receive: Receive,
         send: Send,
-        request: InboundRequest,
+        call: Call,
         channels: tuple[Channel, ...],
         window: WindowStatus | None,
         outcome: Outcome,
         started: float,
     ) -> None:
-        response = await self._open(request, channels, outcome)
+        response = await self._open(call, channels, outcome)
         content_type = response.header(b"content-type")
         if content_type is not None and not content_type.lower().startswith(b"text/event-stream"):
-            await self._not_a_stream(request, response, content_type, outcome)
-        relay = StreamRelay(
-            hide_usage_chunk=not request.client_wants_usage,
-            scrub=self._scrubber.data,
-            scrub_known=self._scrubber.known,
-        )
+            await self._not_a_stream(call, response, content_type, outcome)
+        channel = outcome.channel
+        assert channel is not None
+        relay: Relay
+        if call.same_wire(channel) and channel.wire is ProtocolName.OPENAI:
+            relay = OpenAIRelay(call.request, self._scrubber)
+        elif call.same_wire(channel):
+            relay = PassthroughRelay(call.inbound, OUTBOUND[channel.wire].stream_decoder(), self._scrubber)
+        else:
+            request = call.request
+            encoder = call.inbound.stream_encoder(
+                call.to_canonical(), request, request_id_var.get() or "", estimate_tokens(request.prompt_token_bound)
+            )
+            relay = TranslatingRelay(OUTBOUND[channel.wire].stream_decoder(), encoder, self._scrubber)
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         outcome.status = response.status
-        headers = self._headers(window, outcome.overhead_s * 1000, b"text/event-stream")
+        sse = call.sse
+        headers = self._headers(window, outcome.overhead_s * 1000, b"text/event-stream" if sse else b"application/json")
         headers.append((b"cache-control", b"no-cache"))
         watcher = DisconnectWatch(receive)
         failure: GatewayError | None = None
@@ -405,22 +580,15 @@ class Gateway:
                 out = relay.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            rest = relay.end(clean=True)
-            if relay.error is not None:
-                # The upstream's own error event was relayed (scrubbed); the client has its explanation.
-                failure = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream sent an error event mid-stream.")
-            elif not relay.complete():
-                failure = GatewayError(ErrorType.UPSTREAM_ERROR, "The upstream stream ended before it was complete.")
-                rest += b"data: " + orjson.dumps(failure.to_body()) + b"\n\n"
+            rest, failure = relay.end()
             await send({"type": "http.response.body", "body": rest})
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
-            # OpenAI-shaped error event; the partial usage is still billed.
+            # error event in the client's wire; the partial usage is still billed.
             log_transport_failure(exc, outcome.channel)
             kind = ErrorType.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeoutError) else ErrorType.UPSTREAM_ERROR
             failure = GatewayError(kind, "The upstream stream ended unexpectedly.")
-            body = relay.end(clean=False) + b"data: " + orjson.dumps(failure.to_body()) + b"\n\n"
-            await send({"type": "http.response.body", "body": body})
+            await send({"type": "http.response.body", "body": relay.fail(failure)})
         except asyncio.CancelledError:
             if not watcher.fired:
                 raise
@@ -435,12 +603,12 @@ class Gateway:
             response.release()
             if failure is not None:
                 outcome.status, outcome.error_type = failure.status, failure.error_type.name
-            outcome.usage = relay.usage or Usage(
-                estimate_tokens(len(request.raw)), relay.output_tokens_estimate(), estimated=True
+            outcome.usage = relay.usage() or Usage(
+                estimate_tokens(len(call.request.raw)), relay.output_tokens_estimate(), estimated=True
             )
 
     async def _not_a_stream(
-        self, request: InboundRequest, response: UpstreamResponse, content_type: bytes, outcome: Outcome
+        self, call: Call, response: UpstreamResponse, content_type: bytes, outcome: Outcome
     ) -> None:
         """A stream request answered with a whole body (e.g. JSON): bill what it reports, and fail the request.
 
@@ -454,7 +622,12 @@ class Gateway:
             payload = b""
         finally:
             response.release()
-        usage, output_bytes = response_usage(payload)
+        channel = outcome.channel
+        if channel is None or channel.wire is ProtocolName.OPENAI:
+            usage, output_bytes = response_usage(payload)
+        else:
+            usage, output_bytes = OUTBOUND[channel.wire].body_usage(payload), len(payload)
+        request = call.request
         outcome.usage = usage or Usage(estimate_tokens(len(request.raw)), estimate_tokens(output_bytes), estimated=True)
         kind = content_type.decode("latin-1").split(";")[0].strip()[:100]
         raise GatewayError(
@@ -478,11 +651,7 @@ class Gateway:
         outcome.settled = True
         channel = outcome.channel
         usage = outcome.usage or Usage(0, 0)
-        cost = (
-            cost_micros(channel, usage.prompt_tokens, usage.completion_tokens, principal.policy.price_multiplier_ppm)
-            if channel
-            else 0
-        )
+        cost = cost_micros(channel, usage, principal.policy.price_multiplier_ppm) if channel else 0
         await self._limits.settle(
             reservation, cost_micros=cost, tokens=usage.prompt_tokens + usage.completion_tokens, now=time.time()
         )
@@ -504,6 +673,11 @@ class Gateway:
                 streamed=request.stream,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                protocol=request.protocol.value,
+                upstream_kind=channel.kind if channel else None,
                 cost_micros=cost,
                 usage_estimated=usage.estimated,
                 status=outcome.status,
@@ -545,3 +719,15 @@ def log_request(
         who = f"{principal.key.name} ({principal.key.display})" if principal else "-"
         ms = round((time.perf_counter() - started) * 1000)
         log.info("request %s key=%s %s %s status=%d error=%s ms=%d", request_id, who, method, path, status, error, ms)
+
+
+async def _send_json(send: Send, status: int, body: object, headers: Headers) -> None:
+    """A complete JSON answer: ``body`` as bytes already encoded, or a value to encode."""
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    out: Headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": payload})

@@ -18,6 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keyrelay.config import ProviderConfig, Settings
+from keyrelay.protocols.base import ProtocolName
+
+_WIRES = {
+    "openai": ProtocolName.OPENAI,
+    "openai-compatible": ProtocolName.OPENAI,
+    "anthropic": ProtocolName.ANTHROPIC,
+    "gemini": ProtocolName.GEMINI,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +45,13 @@ class Channel:
     connect_timeout_s: float
     tls_ca_file: str | None = None  # PEM bundle trusted instead of the system store
     tls_verify: bool = True
+    cache_read_micros_per_mtok: int = 0
+    cache_write_micros_per_mtok: int = 0
+
+    @property
+    def wire(self) -> ProtocolName:
+        """The wire this channel's upstream speaks (``openai-compatible`` speaks OpenAI's)."""
+        return _WIRES[self.kind]
 
     @property
     def qualified_name(self) -> str:
@@ -61,6 +76,8 @@ def _channels_of(provider: ProviderConfig) -> list[Channel]:
             connect_timeout_s=provider.connect_timeout_s,
             tls_ca_file=provider.tls_ca_file,
             tls_verify=provider.tls_verify,
+            cache_read_micros_per_mtok=m.cache_read_micros_per_mtok,
+            cache_write_micros_per_mtok=m.cache_write_micros_per_mtok,
         )
         for m in provider.models
     ]

@@ -157,6 +157,11 @@ usage_records = Table(
     Column("streamed", Boolean, nullable=False, default=False),
     Column("prompt_tokens", Integer, nullable=False, default=0),
     Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cache_read_tokens", Integer, nullable=False, default=0, server_default="0"),  # part of prompt_tokens
+    Column("cache_write_tokens", Integer, nullable=False, default=0, server_default="0"),  # part of prompt_tokens
+    Column("reasoning_tokens", Integer, nullable=False, default=0, server_default="0"),  # part of completion_tokens
+    Column("protocol", String(16), nullable=False, default="openai", server_default="openai"),  # the client's wire
+    Column("upstream_kind", String(32), nullable=True),  # the provider kind that served it
     Column("cost_micros", BigInteger, nullable=False, default=0),
     Column("usage_estimated", Boolean, nullable=False, default=False),
     Column("status", Integer, nullable=False),

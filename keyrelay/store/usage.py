@@ -12,7 +12,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from keyrelay.store.schema import usage_records
 
-GroupBy = Literal["day", "model", "key"]
+GroupBy = Literal["day", "model", "key", "protocol", "provider"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,9 @@ class UsageTotals:
     prompt_tokens: int
     completion_tokens: int
     cost_micros: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class UsageRepository:
@@ -59,12 +62,19 @@ class UsageRepository:
             group_col = func.coalesce(c.model, "")
         elif group_by == "key":
             group_col = c.key_hash
+        elif group_by == "protocol":
+            group_col = c.protocol
+        elif group_by == "provider":
+            group_col = func.coalesce(c.provider, "")
         columns = [
             func.count().label("requests"),
             func.coalesce(func.sum(case((c.status >= 400, 1), else_=0)), 0).label("errors"),
             func.coalesce(func.sum(c.prompt_tokens), 0).label("prompt_tokens"),
             func.coalesce(func.sum(c.completion_tokens), 0).label("completion_tokens"),
             func.coalesce(func.sum(c.cost_micros), 0).label("cost_micros"),
+            func.coalesce(func.sum(c.cache_read_tokens), 0).label("cache_read_tokens"),
+            func.coalesce(func.sum(c.cache_write_tokens), 0).label("cache_write_tokens"),
+            func.coalesce(func.sum(c.reasoning_tokens), 0).label("reasoning_tokens"),
             func.max(c.key_name).label("key_name"),
         ]
         stmt = select(*(([group_col.label("grp")] if group_col is not None else []) + columns))
@@ -91,6 +101,9 @@ class UsageRepository:
                 prompt_tokens=int(r["prompt_tokens"]),
                 completion_tokens=int(r["completion_tokens"]),
                 cost_micros=int(r["cost_micros"]),
+                cache_read_tokens=int(r["cache_read_tokens"]),
+                cache_write_tokens=int(r["cache_write_tokens"]),
+                reasoning_tokens=int(r["reasoning_tokens"]),
             )
             for r in rows
         ]

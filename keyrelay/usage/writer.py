@@ -76,6 +76,11 @@ class UsageRecord:
     latency_ms: int | None
     ttft_ms: int | None
     client_ip: str | None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    protocol: str = "openai"
+    upstream_kind: str | None = None
 
     def row(self) -> dict[str, Any]:
         """The usage_records row."""
@@ -97,6 +102,11 @@ class UsageRecord:
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
             "client_ip": self.client_ip,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "protocol": self.protocol,
+            "upstream_kind": self.upstream_kind,
         }
 
 
@@ -118,6 +128,11 @@ _COLUMNS = (
     "latency_ms",
     "ttft_ms",
     "client_ip",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "protocol",
+    "upstream_kind",
 )
 
 

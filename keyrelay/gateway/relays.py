@@ -1,0 +1,184 @@
+"""Stream relays: how an upstream's stream reaches the client, for each pairing of wires.
+
+- ``OpenAIRelay``: OpenAI in and out, the fast path (``protocols.openai_stream.StreamRelay``).
+- ``PassthroughRelay``: Anthropic or Gemini in and out. The upstream's bytes go on as they are (scrubbed
+  of the gateway's provider secrets); a decoder reads usage, completeness and error events beside them.
+- ``TranslatingRelay``: different wires. The upstream's decoder turns bytes into canonical events and the
+  client's encoder turns them into the client's wire.
+
+Every relay ends a stream that did not complete with an error event in the client's wire, and reports
+the usage seen (partial usage is billed).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import orjson
+
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.gateway.wires import Inbound
+from keyrelay.logs import SecretScrubber, request_id_var
+from keyrelay.protocols.base import InboundRequest, StreamDecoder, StreamEncoder
+from keyrelay.protocols.canonical import StreamError, StreamEvent, Usage
+from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens
+
+_ERROR_EVENT = "The upstream sent an error event mid-stream."
+_INCOMPLETE = "The upstream stream ended before it was complete."
+
+
+class Relay(Protocol):
+    """What the pipeline asks of a relay, once per network read and once at the end."""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send the client for this upstream read."""
+        ...
+
+    def end(self) -> tuple[bytes, GatewayError | None]:
+        """The upstream closed the stream: the last bytes, and the failure if the stream was not complete."""
+        ...
+
+    def fail(self, err: GatewayError) -> bytes:
+        """The upstream connection failed mid-stream: the closing bytes, ending with ``err`` as an event."""
+        ...
+
+    def usage(self) -> Usage | None:
+        """The usage the upstream reported (None if none)."""
+        ...
+
+    def output_tokens_estimate(self) -> int:
+        """Output tokens estimated from what was relayed, for a stream that reported no usage."""
+        ...
+
+
+class OpenAIRelay:
+    """OpenAI client, OpenAI upstream: ``StreamRelay`` with its usage hiding and error events."""
+
+    def __init__(self, request: InboundRequest, scrubber: SecretScrubber) -> None:
+        self._relay = StreamRelay(
+            hide_usage_chunk=not request.client_wants_usage, scrub=scrubber.data, scrub_known=scrubber.known
+        )
+
+    def feed(self, chunk: bytes) -> bytes:
+        """See ``Relay.feed``."""
+        return self._relay.feed(chunk)
+
+    def end(self) -> tuple[bytes, GatewayError | None]:
+        """See ``Relay.end``."""
+        relay = self._relay
+        rest = relay.end(clean=True)
+        if relay.error is not None:
+            # The upstream's own error event was relayed (scrubbed); the client has its explanation.
+            return rest, GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT)
+        if not relay.complete():
+            failure = GatewayError(ErrorType.UPSTREAM_ERROR, _INCOMPLETE)
+            return rest + b"data: " + orjson.dumps(failure.to_body()) + b"\n\n", failure
+        return rest, None
+
+    def fail(self, err: GatewayError) -> bytes:
+        """See ``Relay.fail``."""
+        return self._relay.end(clean=False) + b"data: " + orjson.dumps(err.to_body()) + b"\n\n"
+
+    def usage(self) -> Usage | None:
+        """See ``Relay.usage``."""
+        return self._relay.usage
+
+    def output_tokens_estimate(self) -> int:
+        """See ``Relay.output_tokens_estimate``."""
+        return self._relay.output_tokens_estimate()
+
+
+def _has_error(events: list[StreamEvent]) -> StreamError | None:
+    for event in events:
+        if isinstance(event, StreamError):
+            return event
+    return None
+
+
+class PassthroughRelay:
+    """Anthropic or Gemini on both sides: the upstream's bytes unmodified, a decoder reading beside them."""
+
+    def __init__(self, inbound: Inbound, decoder: StreamDecoder, scrubber: SecretScrubber) -> None:
+        self._inbound = inbound
+        self._decoder = decoder
+        self._scrub = scrubber.known
+        self._errored = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """See ``Relay.feed``."""
+        if _has_error(self._decoder.feed(chunk)) is not None:
+            self._errored = True
+        return self._scrub(chunk)
+
+    def end(self) -> tuple[bytes, GatewayError | None]:
+        """See ``Relay.end``."""
+        if _has_error(self._decoder.end()) is not None or self._errored:
+            return b"", GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT)
+        if not self._decoder.complete:
+            failure = GatewayError(ErrorType.UPSTREAM_ERROR, _INCOMPLETE)
+            return self._inbound.stream_error(failure, request_id_var.get()), failure
+        return b"", None
+
+    def fail(self, err: GatewayError) -> bytes:
+        """See ``Relay.fail``."""
+        return self._inbound.stream_error(err, request_id_var.get())
+
+    def usage(self) -> Usage | None:
+        """See ``Relay.usage``."""
+        return self._decoder.usage
+
+    def output_tokens_estimate(self) -> int:
+        """See ``Relay.output_tokens_estimate``."""
+        return estimate_tokens(self._decoder.output_bytes)
+
+
+class TranslatingRelay:
+    """Different wires: upstream bytes → canonical events → the client's wire."""
+
+    def __init__(self, decoder: StreamDecoder, encoder: StreamEncoder, scrubber: SecretScrubber) -> None:
+        self._decoder = decoder
+        self._encoder = encoder
+        self._scrub = scrubber.known
+        self._failure: GatewayError | None = None
+
+    def _encode(self, events: list[StreamEvent]) -> bytes:
+        error = _has_error(events)
+        if error is None:
+            return self._encoder.events(events)
+        before = events[: events.index(error)]
+        self._failure = GatewayError(ErrorType.UPSTREAM_ERROR, f"The upstream failed mid-stream: {error.message}")
+        return self._encoder.events(before) + self._encoder.error(self._failure)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """See ``Relay.feed``."""
+        if self._failure is not None:
+            self._decoder.feed(chunk)  # the client's stream is closed; the rest is read only for its usage
+            return b""
+        return self._encode(self._decoder.feed(self._scrub(chunk)))
+
+    def end(self) -> tuple[bytes, GatewayError | None]:
+        """See ``Relay.end``."""
+        if self._failure is not None:
+            self._decoder.end()
+            return b"", self._failure
+        out = self._encode(self._decoder.end())
+        if self._failure is not None:
+            return out, self._failure
+        if not self._decoder.complete:
+            failure = GatewayError(ErrorType.UPSTREAM_ERROR, _INCOMPLETE)
+            return out + self._encoder.error(failure), failure
+        return out + self._encoder.end(self._decoder.usage), None
+
+    def fail(self, err: GatewayError) -> bytes:
+        """See ``Relay.fail``."""
+        if self._failure is not None:
+            return b""
+        return self._encoder.error(err)
+
+    def usage(self) -> Usage | None:
+        """See ``Relay.usage``."""
+        return self._decoder.usage
+
+    def output_tokens_estimate(self) -> int:
+        """See ``Relay.output_tokens_estimate``."""
+        return estimate_tokens(self._decoder.output_bytes)

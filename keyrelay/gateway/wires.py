@@ -1,0 +1,274 @@
+"""The three wires as the pipeline uses them: explicit tables of inbound protocols and outbound adapters.
+
+An ``Inbound`` is what the gateway needs from a client's wire (credential, judging, translation to
+canonical, encoding answers, streams and errors); an ``Outbound`` what it needs to call an upstream of a
+wire (paths, headers, bodies, decoding answers and streams, usage and error bodies). Same wire in and out
+is a passthrough: the client's body goes upstream with only the model id rewritten, and the upstream's
+bytes come back as they are; only a pair of different wires translates through the canonical types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from keyrelay.errors import GatewayError
+from keyrelay.protocols import anthropic as anthropic_in
+from keyrelay.protocols import gemini as gemini_in
+from keyrelay.protocols import openai as openai_in
+from keyrelay.protocols import openai_translate
+from keyrelay.protocols.base import InboundRequest, Operation, ProtocolName, StreamDecoder, StreamEncoder
+from keyrelay.protocols.canonical import ChatRequest, ChatResponse, Usage
+from keyrelay.providers import anthropic as anthropic_out
+from keyrelay.providers import gemini as gemini_out
+from keyrelay.providers import openai as openai_out
+
+Headers = list[tuple[bytes, bytes]]
+ANTHROPIC_VERSION = "2023-06-01"  # sent to Anthropic upstreams when the client sent none
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A client wire."""
+
+    name: ProtocolName
+    credential: Callable[[Headers, bytes], str | None]
+    decode: Callable[[Operation, bytes, str | None, bool], InboundRequest]
+    to_canonical: Callable[[InboundRequest], ChatRequest]
+    encode_response: Callable[[ChatResponse, ChatRequest], bytes]
+    stream_encoder: Callable[[ChatRequest, InboundRequest, str, int], StreamEncoder]
+    encode_error: Callable[[GatewayError, str | None], bytes]
+    stream_error: Callable[[GatewayError, str | None], bytes]  # one in-stream error frame, for passthroughs
+    count_tokens_body: Callable[[int], bytes]  # the answer of a local token estimate
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """An upstream wire."""
+
+    name: ProtocolName
+    path: Callable[[Operation, bool, str], str]  # operation, stream, upstream model → path under base_url
+    credential_headers: Callable[[str | None], list[tuple[str, str]]]
+    passthrough_body: Callable[[InboundRequest, str], bytes]  # same wire: the client's body, model rewritten
+    build: Callable[[ChatRequest, str], bytes]  # another wire: the canonical request translated
+    decode_response: Callable[[bytes], ChatResponse]
+    stream_decoder: Callable[[], StreamDecoder]
+    body_usage: Callable[[bytes], Usage | None]  # usage of a whole answer (a passthrough relays it untouched)
+    error: Callable[[bytes], tuple[str, str | None]]  # an error body's message (scrubbed first) and type
+
+
+# --- inbound --------------------------------------------------------------------------------------
+
+
+def _openai_credential(headers: Headers, query: bytes) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            return openai_in.bearer_credential(value)
+    return None
+
+
+def _openai_decode(operation: Operation, raw: bytes, model: str | None, stream: bool) -> InboundRequest:
+    return openai_in.decode_request(operation, raw)
+
+
+def _openai_encoder(canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int) -> Any:
+    return openai_translate.OpenAIStreamEncoder(canonical, model=request.model, response_id=response_id)
+
+
+def _openai_error(err: GatewayError, request_id: str | None) -> bytes:
+    return orjson.dumps(err.to_body(request_id))
+
+
+def _openai_stream_error(err: GatewayError, request_id: str | None) -> bytes:
+    return b"data: " + orjson.dumps(err.to_body(request_id)) + b"\n\n"
+
+
+def _anthropic_decode(operation: Operation, raw: bytes, model: str | None, stream: bool) -> InboundRequest:
+    return anthropic_in.decode_request(operation, raw)
+
+
+def _anthropic_encoder(
+    canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int
+) -> StreamEncoder:
+    return anthropic_in.AnthropicStreamEncoder(
+        canonical, model=request.model, response_id=response_id, input_tokens_estimate=input_estimate
+    )
+
+
+def _anthropic_stream_error(err: GatewayError, request_id: str | None) -> bytes:
+    return b"event: error\ndata: " + anthropic_in.encode_error(err, request_id) + b"\n\n"
+
+
+def _gemini_decode(operation: Operation, raw: bytes, model: str | None, stream: bool) -> InboundRequest:
+    return gemini_in.decode_request(operation, raw, model or "", stream=stream)
+
+
+def _gemini_encoder(
+    canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int
+) -> StreamEncoder:
+    return gemini_in.GeminiStreamEncoder(canonical, model=request.model, response_id=response_id, sse=True)
+
+
+def _gemini_stream_error(err: GatewayError, request_id: str | None) -> bytes:
+    return b"data: " + gemini_in.encode_error(err, request_id) + b"\r\n\r\n"
+
+
+INBOUND: dict[ProtocolName, Inbound] = {
+    ProtocolName.OPENAI: Inbound(
+        ProtocolName.OPENAI,
+        _openai_credential,
+        _openai_decode,
+        openai_translate.openai_to_canonical,
+        openai_translate.canonical_to_openai_response,
+        _openai_encoder,
+        _openai_error,
+        _openai_stream_error,
+        lambda tokens: orjson.dumps({"prompt_tokens": tokens}),
+    ),
+    ProtocolName.ANTHROPIC: Inbound(
+        ProtocolName.ANTHROPIC,
+        anthropic_in.credential,
+        _anthropic_decode,
+        anthropic_in.anthropic_to_canonical,
+        anthropic_in.canonical_to_anthropic_response,
+        _anthropic_encoder,
+        anthropic_in.encode_error,
+        _anthropic_stream_error,
+        lambda tokens: orjson.dumps({"input_tokens": tokens}),
+    ),
+    ProtocolName.GEMINI: Inbound(
+        ProtocolName.GEMINI,
+        gemini_in.credential,
+        _gemini_decode,
+        gemini_in.gemini_to_canonical,
+        gemini_in.canonical_to_gemini_response,
+        _gemini_encoder,
+        gemini_in.encode_error,
+        _gemini_stream_error,
+        lambda tokens: orjson.dumps({"totalTokens": tokens}),
+    ),
+}
+
+
+# --- outbound -------------------------------------------------------------------------------------
+
+
+def _openai_path(operation: Operation, stream: bool, model: str) -> str:
+    return "/embeddings" if operation is Operation.EMBEDDINGS else "/chat/completions"
+
+
+def _bearer(secret: str | None) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {secret}")] if secret else []
+
+
+def _openai_body_usage(payload: bytes) -> Usage | None:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return openai_out.openai_usage(data.get("usage")) if isinstance(data, dict) else None
+
+
+def _anthropic_path(operation: Operation, stream: bool, model: str) -> str:
+    return "/messages/count_tokens" if operation is Operation.COUNT_TOKENS else "/messages"
+
+
+def _anthropic_credential(secret: str | None) -> list[tuple[str, str]]:
+    return [("x-api-key", secret)] if secret else []
+
+
+def _with_model(request: InboundRequest, upstream_model: str) -> bytes:
+    """The client's JSON body with ``model`` rewritten (the raw bytes when it is already right)."""
+    if request.body.get("model") == upstream_model:
+        return request.raw
+    return orjson.dumps({**request.body, "model": upstream_model})
+
+
+def _anthropic_body_usage(payload: bytes) -> Usage | None:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return anthropic_out.anthropic_usage(data.get("usage")) if isinstance(data, dict) else None
+
+
+def _gemini_path(operation: Operation, stream: bool, model: str) -> str:
+    if operation is Operation.COUNT_TOKENS:
+        return f"/models/{model}:countTokens"
+    return f"/models/{model}:streamGenerateContent?alt=sse" if stream else f"/models/{model}:generateContent"
+
+
+def _gemini_credential(secret: str | None) -> list[tuple[str, str]]:
+    return [("x-goog-api-key", secret)] if secret else []
+
+
+def _gemini_body_usage(payload: bytes) -> Usage | None:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return gemini_out.gemini_usage(data.get("usageMetadata")) if isinstance(data, dict) else None
+
+
+OUTBOUND: dict[ProtocolName, Outbound] = {
+    ProtocolName.OPENAI: Outbound(
+        ProtocolName.OPENAI,
+        _openai_path,
+        _bearer,
+        openai_in.upstream_body,
+        openai_out.canonical_to_openai_request,
+        openai_out.openai_response_to_canonical,
+        openai_out.OpenAIStreamDecoder,
+        _openai_body_usage,
+        openai_out.upstream_error,
+    ),
+    ProtocolName.ANTHROPIC: Outbound(
+        ProtocolName.ANTHROPIC,
+        _anthropic_path,
+        _anthropic_credential,
+        _with_model,
+        anthropic_out.canonical_to_anthropic_request,
+        anthropic_out.anthropic_response_to_canonical,
+        anthropic_out.AnthropicStreamDecoder,
+        _anthropic_body_usage,
+        anthropic_out.upstream_error,
+    ),
+    ProtocolName.GEMINI: Outbound(
+        ProtocolName.GEMINI,
+        _gemini_path,
+        _gemini_credential,
+        lambda request, model: request.raw,  # the model is in the path
+        gemini_out.canonical_to_gemini_request,
+        gemini_out.gemini_response_to_canonical,
+        gemini_out.GeminiStreamDecoder,
+        _gemini_body_usage,
+        gemini_out.upstream_error,
+    ),
+}
+
+
+def anthropic_headers(headers: Headers) -> list[tuple[str, str]]:
+    """The client's ``anthropic-version`` and ``anthropic-beta`` headers (every line, in order)."""
+    found: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name in (b"anthropic-version", b"anthropic-beta"):
+            found.append((name.decode(), value.decode("latin-1")))
+    return found
+
+
+def anthropic_head_lines(client: list[tuple[str, str]], *, same_wire: bool) -> bytes:
+    """Header lines for a call to an Anthropic upstream.
+
+    The client's version (or ``ANTHROPIC_VERSION``) and, from an Anthropic client only, its beta flags.
+    Never sent to other kinds of upstream.
+    """
+    version = next((value for name, value in client if name == "anthropic-version"), ANTHROPIC_VERSION)
+    lines = [f"anthropic-version: {version}\r\n".encode("latin-1")]
+    if same_wire:
+        lines += [
+            f"anthropic-beta: {value}\r\n".encode("latin-1") for name, value in client if name == "anthropic-beta"
+        ]
+    return b"".join(lines)
