@@ -294,8 +294,7 @@ def gemini_response_to_canonical(payload: bytes) -> ChatResponse:
         usage,
     )
     if not isinstance(candidates, list) or not candidates:
-        feedback = field(body, "promptFeedback")
-        if isinstance(feedback, dict) and field(feedback, "blockReason"):
+        if _blocked(body):
             response.stop_reason = StopReason.CONTENT_FILTER
             return response
         raise _bad("no candidates.")
@@ -306,6 +305,12 @@ def gemini_response_to_canonical(payload: bytes) -> ChatResponse:
     has_calls = any(isinstance(part, ToolCallPart) for part in response.parts)
     response.stop_reason = stop_reason(field(candidate, "finishReason"), has_calls)
     return response
+
+
+def _blocked(data: dict[str, Any]) -> bool:
+    """The prompt was blocked (``promptFeedback.blockReason``): Gemini sends no candidate at all."""
+    feedback = field(data, "promptFeedback")
+    return isinstance(feedback, dict) and bool(field(feedback, "blockReason"))
 
 
 def upstream_error(body: bytes) -> tuple[str, str | None]:
@@ -457,7 +462,7 @@ class GeminiStreamDecoder:
                 self._close(out)
                 out.append(Finish(reason))
                 self._complete = True
-        elif field(data, "promptFeedback") is not None and not self._complete:
+        elif _blocked(data) and not self._complete:
             self._close(out)
             out.append(Finish(StopReason.CONTENT_FILTER))  # the prompt was blocked: no candidate at all
             self._complete = True

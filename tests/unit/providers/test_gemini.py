@@ -418,3 +418,12 @@ def test_any_json_anywhere_in_an_answer_is_an_answer_or_an_upstream_error(path: 
         assert err.error_type is ErrorType.UPSTREAM_ERROR
     decoder = GeminiStreamDecoder()
     decoder.feed(b"data: " + payload + b"\n\n")  # never raises: errors become StreamError events
+
+
+def test_a_blocked_prompt_ends_a_stream_with_content_filter() -> None:
+    blocked = (DATA / "safety_blocked.response.json").read_bytes().replace(b"\n", b"")
+    decoder, events = decode_stream(b"data: " + blocked + b"\r\n\r\n", [])
+    assert decoder.complete and events[-1] == Finish(StopReason.CONTENT_FILTER)
+    feedback_only = b'data: {"promptFeedback": {"safetyRatings": []}, "usageMetadata": {"promptTokenCount": 3}}\n\n'
+    decoder, events = decode_stream(feedback_only, [])
+    assert not decoder.complete and not any(isinstance(e, Finish) for e in events)
