@@ -1,0 +1,1 @@
+"""Outbound wires: what keyrelay sends to upstreams and reads back from them."""
