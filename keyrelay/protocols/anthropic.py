@@ -363,7 +363,9 @@ def _system_parts(value: object, field: str) -> list[TextPart]:
         block = _object(item, f"{field}[{i}]")
         if block.get("type") != "text":
             raise _invalid(f"{field}[{i}] must be a text block.", f"{field}[{i}]")
-        parts.append(text_from_block(block, f"{field}[{i}]"))
+        part = text_from_block(block, f"{field}[{i}]")
+        if part.text:  # an empty system text says nothing (and Anthropic refuses empty text blocks)
+            parts.append(part)
     return parts
 
 
