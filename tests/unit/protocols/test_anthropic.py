@@ -175,7 +175,10 @@ def test_malformed_bodies_are_refused_naming_the_field(body: bytes, field: str) 
 
 
 def test_a_repeated_key_inside_a_message_is_not_a_duplicate() -> None:
-    body = b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text", "text": "model"}]}]}'
+    body = (
+        b'{"model": "m", "max_tokens": 5,'
+        b' "messages": [{"role": "user", "content": [{"type": "text", "text": "model", "model": 1}]}]}'
+    )
     assert decode_request(Operation.CHAT, body).model == "m"
 
 
