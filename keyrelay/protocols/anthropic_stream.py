@@ -100,8 +100,16 @@ class AnthropicStreamEncoder:
         else:
             block = {"type": "tool_use", "id": part.id, "name": part.name, "input": {}}
         out = _frame(b"content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+        # A start that already holds content (canonical starts are empty, but a decoder may fill them).
         if isinstance(part, ToolCallPart) and part.arguments:
             out += self._delta(index, {"type": "input_json_delta", "partial_json": part.arguments})
+        elif isinstance(part, TextPart) and part.text:
+            out += self._delta(index, {"type": "text_delta", "text": part.text})
+        elif isinstance(part, ThinkingPart) and part.redacted is None:
+            if part.text:
+                out += self._delta(index, {"type": "thinking_delta", "thinking": part.text})
+            if part.signature:
+                out += self._delta(index, {"type": "signature_delta", "signature": part.signature})
         return out
 
     @staticmethod

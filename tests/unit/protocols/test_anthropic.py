@@ -695,3 +695,22 @@ def test_error_body_per_status_raises_the_matching_sdk_error(
     assert type(caught.value) is sdk_error
     assert isinstance(caught.value, anthropic.APIStatusError) and caught.value.status_code == err.status
     assert "Something is wrong." in str(caught.value)
+
+
+def test_encoder_emits_content_a_block_start_already_holds() -> None:
+    encoder = AnthropicStreamEncoder(REQUEST, "x", 1)
+    out = encoder.events(
+        [
+            BlockStart(0, ThinkingPart("pondered", "sig")),
+            BlockStop(0),
+            BlockStart(1, TextPart("Hi")),
+            BlockStop(1),
+            BlockStart(2, ToolCallPart("t", "f", '{"k": true}')),
+            BlockStop(2),
+        ]
+    )
+    message = final_message(out + encoder.end(None))
+    assert message.content[0].type == "thinking"
+    assert (message.content[0].thinking, message.content[0].signature) == ("pondered", "sig")
+    assert message.content[1].type == "text" and message.content[1].text == "Hi"
+    assert message.content[2].type == "tool_use" and message.content[2].input == {"k": True}
