@@ -1,1 +1,1 @@
-"""Outbound: what upstreams speak."""
+"""Outbound wires: what keyrelay sends to upstreams and reads back from them."""
