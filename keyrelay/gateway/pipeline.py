@@ -36,7 +36,6 @@ from keyrelay.gateway.forward import (
     classify_exception,
     classify_response,
     log_transport_failure,
-    upstream_error,
     upstream_headers,
 )
 from keyrelay.gateway.key_view import key_info, list_models, model_not_found, retrieve_model
@@ -58,6 +57,7 @@ from keyrelay.metrics import Metrics
 from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.openai import InboundRequest, Operation, bearer_credential, decode_request, upstream_body
 from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens, response_usage
+from keyrelay.providers.openai import upstream_error
 from keyrelay.routing.table import Channel, RouteTable
 from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch

@@ -1,0 +1,1 @@
+"""Outbound: what upstreams speak."""
