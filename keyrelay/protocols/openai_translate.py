@@ -386,7 +386,7 @@ def _stop(value: object) -> list[str]:
 def _reasoning(value: object) -> Reasoning | None:
     if value is None:
         return None
-    if value not in _EFFORTS:
+    if not isinstance(value, str) or value not in _EFFORTS:
         raise _invalid(f"reasoning_effort must be one of {', '.join(sorted(_EFFORTS))}.", "reasoning_effort")
     return Reasoning(effort=str(value))
 
@@ -445,7 +445,7 @@ def openai_to_canonical(request: InboundRequest) -> ChatRequest:
         top_k=_positive(body, "top_k"),  # an extension of vLLM and other OpenAI-compatible servers
         stop=_stop(body.get("stop")),
         stream=stream is True,
-        include_usage=stream is True and _include_usage(body),
+        include_usage=_include_usage(body) and stream is True,
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         reasoning=_reasoning(body.get("reasoning_effort")),
