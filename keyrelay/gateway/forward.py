@@ -6,8 +6,6 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import orjson
-
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.upstream_client import UpstreamResponse
 from keyrelay.gateway.upstream_errors import TransportFailure, UpstreamConnectionError, UpstreamTimeoutError
@@ -39,14 +37,6 @@ class UpstreamFailure(Exception):
 
     error: GatewayError
     retryable: bool
-
-
-def upstream_headers(channel: Channel, stream: bool) -> dict[str, str]:
-    """Headers for the upstream call: the provider's own credential, never the client's key."""
-    headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
-    if channel.api_key:
-        headers["authorization"] = f"Bearer {channel.api_key}"
-    return headers
 
 
 def classify_status(status: int, retry_after: str | None, message: str, code: str | None = None) -> UpstreamFailure:
@@ -156,20 +146,3 @@ def _host(channel: Channel) -> str:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname or "?"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def upstream_error(body: bytes) -> tuple[str, str | None]:
-    """The upstream's own error message (cut to 500 characters) and ``error.code`` string.
-
-    Pass a body already scrubbed of secrets (``SecretScrubber.data``): the message is cut here, and a secret
-    cut in two could no longer be recognised.
-    """
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace"), None
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return body[:200].decode("utf-8", "replace"), None
-    code = error.get("code")
-    return str(error.get("message", ""))[:500], code if isinstance(code, str) and code.isidentifier() else None

@@ -561,7 +561,11 @@ class Gateway:
         else:
             request = call.request
             encoder = call.inbound.stream_encoder(
-                call.to_canonical(), request, request_id_var.get() or "", estimate_tokens(request.prompt_token_bound)
+                call.to_canonical(),
+                request,
+                request_id_var.get() or "",
+                estimate_tokens(request.prompt_token_bound),
+                call.sse,
             )
             relay = TranslatingRelay(OUTBOUND[channel.wire].stream_decoder(), encoder, self._scrubber)
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -19,12 +18,14 @@ from keyrelay.errors import GatewayError
 from keyrelay.protocols import anthropic as anthropic_in
 from keyrelay.protocols import gemini as gemini_in
 from keyrelay.protocols import openai as openai_in
-from keyrelay.protocols import openai_translate
+from keyrelay.protocols import openai_encode, openai_translate
+from keyrelay.protocols.anthropic_stream import AnthropicStreamEncoder
 from keyrelay.protocols.base import InboundRequest, Operation, ProtocolName, StreamDecoder, StreamEncoder
 from keyrelay.protocols.canonical import ChatRequest, ChatResponse, Usage
 from keyrelay.providers import anthropic as anthropic_out
 from keyrelay.providers import gemini as gemini_out
 from keyrelay.providers import openai as openai_out
+from keyrelay.providers.openai_decode import OpenAIStreamDecoder
 
 Headers = list[tuple[bytes, bytes]]
 ANTHROPIC_VERSION = "2023-06-01"  # sent to Anthropic upstreams when the client sent none
@@ -39,7 +40,8 @@ class Inbound:
     decode: Callable[[Operation, bytes, str | None, bool], InboundRequest]
     to_canonical: Callable[[InboundRequest], ChatRequest]
     encode_response: Callable[[ChatResponse, ChatRequest], bytes]
-    stream_encoder: Callable[[ChatRequest, InboundRequest, str, int], StreamEncoder]
+    # (canonical request, judged request, response id, input-token estimate, SSE or not) → a fresh encoder
+    stream_encoder: Callable[[ChatRequest, InboundRequest, str, int, bool], StreamEncoder]
     encode_error: Callable[[GatewayError, str | None], bytes]
     stream_error: Callable[[GatewayError, str | None], bytes]  # one in-stream error frame, for passthroughs
     count_tokens_body: Callable[[int], bytes]  # the answer of a local token estimate
@@ -74,12 +76,10 @@ def _openai_decode(operation: Operation, raw: bytes, model: str | None, stream: 
     return openai_in.decode_request(operation, raw)
 
 
-def _openai_encoder(canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int) -> Any:
-    return openai_translate.OpenAIStreamEncoder(canonical, model=request.model, response_id=response_id)
-
-
-def _openai_error(err: GatewayError, request_id: str | None) -> bytes:
-    return orjson.dumps(err.to_body(request_id))
+def _openai_encoder(
+    canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int, sse: bool
+) -> StreamEncoder:
+    return openai_encode.OpenAIStreamEncoder(canonical, response_id)
 
 
 def _openai_stream_error(err: GatewayError, request_id: str | None) -> bytes:
@@ -91,11 +91,9 @@ def _anthropic_decode(operation: Operation, raw: bytes, model: str | None, strea
 
 
 def _anthropic_encoder(
-    canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int
+    canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int, sse: bool
 ) -> StreamEncoder:
-    return anthropic_in.AnthropicStreamEncoder(
-        canonical, model=request.model, response_id=response_id, input_tokens_estimate=input_estimate
-    )
+    return AnthropicStreamEncoder(canonical, response_id, input_estimate)
 
 
 def _anthropic_stream_error(err: GatewayError, request_id: str | None) -> bytes:
@@ -107,9 +105,9 @@ def _gemini_decode(operation: Operation, raw: bytes, model: str | None, stream: 
 
 
 def _gemini_encoder(
-    canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int
+    canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int, sse: bool
 ) -> StreamEncoder:
-    return gemini_in.GeminiStreamEncoder(canonical, model=request.model, response_id=response_id, sse=True)
+    return gemini_in.GeminiStreamEncoder(canonical, response_id, request.model, sse=sse)
 
 
 def _gemini_stream_error(err: GatewayError, request_id: str | None) -> bytes:
@@ -122,9 +120,9 @@ INBOUND: dict[ProtocolName, Inbound] = {
         _openai_credential,
         _openai_decode,
         openai_translate.openai_to_canonical,
-        openai_translate.canonical_to_openai_response,
+        openai_encode.canonical_to_openai_response,
         _openai_encoder,
-        _openai_error,
+        openai_encode.encode_error,
         _openai_stream_error,
         lambda tokens: orjson.dumps({"prompt_tokens": tokens}),
     ),
@@ -221,7 +219,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         openai_in.upstream_body,
         openai_out.canonical_to_openai_request,
         openai_out.openai_response_to_canonical,
-        openai_out.OpenAIStreamDecoder,
+        OpenAIStreamDecoder,
         _openai_body_usage,
         openai_out.upstream_error,
     ),
