@@ -1,6 +1,8 @@
 """Closed-loop HTTP load generator (aiohttp): C connections for D seconds, prints one JSON line.
 
-Usage: python bench/loadgen.py URL KEY MODEL --stream 0|1 -c 32 -d 5 --warmup 1
+Usage: python bench/loadgen.py URL KEY MODEL --stream 0|1 -c 32 -d 5 --warmup 1 --wire openai|anthropic
+
+``--wire anthropic`` sends Anthropic Messages bodies (to a /v1/messages URL) with ``x-api-key``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ async def main() -> None:
     parser.add_argument("-c", type=int, default=32)
     parser.add_argument("-d", type=float, default=5)
     parser.add_argument("--warmup", type=float, default=1)
+    parser.add_argument("--wire", choices=("openai", "anthropic"), default="openai")
     args = parser.parse_args()
     payload: dict[str, object] = {
         "model": args.model,
@@ -62,9 +65,13 @@ async def main() -> None:
     }
     if args.stream:
         payload["stream"] = True
-        payload["stream_options"] = {"include_usage": True}
+        if args.wire == "openai":
+            payload["stream_options"] = {"include_usage": True}
     body = orjson.dumps(payload)
-    headers = {"authorization": f"Bearer {args.key}", "content-type": "application/json"}
+    if args.wire == "anthropic":
+        headers = {"x-api-key": args.key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+    else:
+        headers = {"authorization": f"Bearer {args.key}", "content-type": "application/json"}
     lat: list[float] = []
     counts = {"ok": 0, "err": 0, "all": 0}
     start = time.perf_counter()

@@ -48,7 +48,9 @@ def wait_http(url: str, timeout: float = 20) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def load(url: str, key: str, model: str, stream: bool, conns: int, seconds: float) -> dict[str, float]:
+def load(
+    url: str, key: str, model: str, stream: bool, conns: int, seconds: float, wire: str = "openai"
+) -> dict[str, float]:
     out = subprocess.run(
         pinned(
             1,
@@ -64,6 +66,8 @@ def load(url: str, key: str, model: str, stream: bool, conns: int, seconds: floa
                 str(conns),
                 "-d",
                 str(seconds),
+                "--wire",
+                wire,
             ],
         ),
         check=True,
@@ -90,6 +94,16 @@ FRAMINGS = (
     ("LF", "gpt-4o-mini-paced"),
     ("CRLF", "gpt-4o-mini-paced-framing-crlf"),
     ("CR", "gpt-4o-mini-paced-framing-cr"),
+)
+
+
+# Other wires, with in-process limits: (label, client wire, gateway path, model, upstream wire's direct path).
+# The direct run calls the mock's endpoint of the wire the upstream speaks, so each ratio compares the gateway
+# with calling the same upstream directly.
+WIRE_SCENARIOS = (
+    ("Anthropic passthrough", "anthropic", "/v1/messages", "claude-bench", "anthropic", "/v1/messages"),
+    ("OpenAI → Anthropic", "openai", "/v1/chat/completions", "claude-bench", "anthropic", "/v1/messages"),
+    ("Anthropic → OpenAI", "anthropic", "/v1/messages", "gpt-4o-mini", "openai", "/v1/chat/completions"),
 )
 
 
@@ -136,6 +150,7 @@ def main() -> None:
         make_key = [PY, str(ROOT / "bench" / "make_key.py"), db]
         key = subprocess.run(make_key, check=True, capture_output=True, text=True).stdout.strip()
         rows = []
+        wire_rows: list[tuple[str, bool, dict[str, float], dict[str, float]]] = []
         firsts = []
         for backend in backends:
             env = {**os.environ, "KEYRELAY_LOG_LEVEL": "warning"}
@@ -159,6 +174,16 @@ def main() -> None:
                 # The gateway's own CPU per request: steadier than req/s on a machine shared with others.
                 gateway["cpu_us"] = (cpu_seconds(gateway_proc.pid) - before) / max(1, gateway["requests"]) * 1e6
                 rows.append((backend, stream, direct, gateway))
+            if backend == "memory":
+                for label, wire, path, model, direct_wire, direct_path in WIRE_SCENARIOS:
+                    for stream in (False, True):
+                        url = f"http://127.0.0.1:{mock_port}{direct_path}"
+                        direct = load(url, "x", model, stream, conns, seconds, direct_wire)
+                        before = cpu_seconds(gateway_proc.pid)
+                        url = f"http://127.0.0.1:{gw_port}{path}"
+                        gateway = load(url, key, model, stream, conns, seconds, wire)
+                        gateway["cpu_us"] = (cpu_seconds(gateway_proc.pid) - before) / max(1, gateway["requests"]) * 1e6
+                        wire_rows.append((label, stream, direct, gateway))
             gateway_proc.terminate()
             gateway_proc.wait(timeout=15)
             procs.remove(gateway_proc)
@@ -181,6 +206,20 @@ def main() -> None:
                 f"| {backend} | {'stream' if stream else 'non-stream'} | {d['req_s']:.0f} | {g['req_s']:.0f} | "
                 f"{d['p50_ms']:.2f}/{d['p99_ms']:.2f} | {g['p50_ms']:.2f}/{g['p99_ms']:.2f} | "
                 f"{g['p50_ms'] - d['p50_ms']:.2f} | {g['cpu_us']:.0f} | {int(g['errors'])} |"
+            )
+        lines += [
+            "",
+            "Other wires (memory limits), each against calling the same upstream wire of the mock directly:",
+            "",
+            "| path | mode | direct req/s | gateway req/s | ratio | gateway p50/p99 ms | gateway CPU µs/request "
+            "| errors |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for label, stream, d, g in wire_rows:
+            lines.append(
+                f"| {label} | {'stream' if stream else 'non-stream'} | {d['req_s']:.0f} | {g['req_s']:.0f} | "
+                f"{g['req_s'] / max(d['req_s'], 1):.2f} | {g['p50_ms']:.2f}/{g['p99_ms']:.2f} | {g['cpu_us']:.0f} | "
+                f"{int(g['errors'])} |"
             )
         lines += [
             "",

@@ -102,21 +102,23 @@ def match(method: str, path: str, headers: list[tuple[bytes, bytes]], query: byt
         _require(method, "POST", path)
         return route
     for prefix in _GEMINI_PREFIXES:
-        if path.startswith(prefix):
-            rest = path[len(prefix) :]
-            model, colon, action = rest.rpartition(":")
-            if colon:
-                entry = _GEMINI_METHODS.get(action)
-                if entry is None or not model or "/" in model:
-                    break
-                _require(method, "POST", path)
-                operation, stream = entry
-                return Route(ProtocolName.GEMINI, operation, model=model, stream=stream)
-            if rest and "/" not in rest:
-                _require(method, "GET", path)
-                protocol = ProtocolName.GEMINI if prefix == "/v1beta/models/" else _read_protocol(headers, query)
-                return Route(protocol, read=Read.MODEL, model=rest)
-            break
+        if not path.startswith(prefix):
+            continue
+        rest = path[len(prefix) :]
+        model, colon, action = rest.rpartition(":")
+        entry = _GEMINI_METHODS.get(action) if colon else None
+        if entry is not None and model and "/" not in model:
+            _require(method, "POST", path)
+            operation, stream = entry
+            return Route(ProtocolName.GEMINI, operation, model=model, stream=stream)
+        # A model to read. OpenAI ids may hold "/" and ":" ("meta-llama/...", "ft:gpt-4o-mini:org::id"); Gemini's hold
+        # neither. A POST here is a Gemini method keyrelay does not serve.
+        gemini = prefix == "/v1beta/models/"
+        if rest and not (gemini and "/" in rest) and not (method == "POST" and colon):
+            _require(method, "GET", path)
+            protocol = ProtocolName.GEMINI if gemini else _read_protocol(headers, query)
+            return Route(protocol, read=Read.MODEL, model=rest)
+        break
     if path in ("/v1/models", "/v1beta/models"):
         _require(method, "GET", path)
         protocol = ProtocolName.GEMINI if path == "/v1beta/models" else _read_protocol(headers, query)

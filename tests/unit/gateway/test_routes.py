@@ -36,6 +36,12 @@ OPENAI, ANTHROPIC, GEMINI = ProtocolName.OPENAI, ProtocolName.ANTHROPIC, Protoco
         ("GET", "/v1beta/models", Route(GEMINI, read=Read.MODELS)),
         ("GET", "/v1beta/models/gemini-2.5-flash", Route(GEMINI, read=Read.MODEL, model="gemini-2.5-flash")),
         ("GET", "/v1/key", Route(OPENAI, read=Read.KEY)),
+        (
+            "GET",
+            "/v1/models/meta-llama/Llama-3.3-70B",
+            Route(OPENAI, read=Read.MODEL, model="meta-llama/Llama-3.3-70B"),
+        ),
+        ("GET", "/v1/models/ft:gpt-4o-mini:org::abc", Route(OPENAI, read=Read.MODEL, model="ft:gpt-4o-mini:org::abc")),
     ],
 )
 def test_routes(method: str, path: str, expected: Route) -> None:
@@ -60,6 +66,7 @@ def test_model_listing_answers_in_the_wire_the_client_speaks() -> None:
         "/v1beta/models/a/b:generateContent",
         "/v1beta/models/a/b",
         "/v1beta/other",
+        "/v1/models/ft:gpt-4o-mini:org::abc",
     ],
 )
 def test_unknown_paths_are_404_naming_the_path(path: str) -> None:
