@@ -2,8 +2,10 @@
 
 One small, fast :mod:`aiohttp.web` application speaks each provider's HTTP wire format the way the real API does,
 so that the official SDKs (``openai``, ``anthropic``, ``google-genai``) and keyrelay itself can talk to it
-unchanged. One module per wire: :mod:`.openai` (and :mod:`.embeddings`), with the shared machinery in
-:mod:`.core` and the serving in :mod:`.server`.
+unchanged. One module per wire -- :mod:`.openai` (with :mod:`.openai_chat` and :mod:`.embeddings`),
+:mod:`.anthropic` and :mod:`.gemini` -- all served on one port, with what the model answers in :mod:`.behaviour`
+(the same on every wire: tool calls, tool results, thinking, cache tokens, stop and length cuts), the shared
+machinery in :mod:`.core` and the serving in :mod:`.server`.
 
 Replies are deterministic: the assistant text is :data:`REPLY_TEXT` cycled word by word to
 :attr:`MockOptions.reply_words` words (9 by default, i.e. exactly :data:`REPLY_TEXT`), cut short by
@@ -17,7 +19,12 @@ Token-counting rule (documented so that tests can compute expected usage):
 * embedding prompt tokens = sum over inputs of ``ceil(utf8_bytes / 4)`` for strings, ``len(tokens)`` for token
   arrays.
 
-Fault injection is chosen per request through the model name (substring match), see :func:`create_mock_app`.
+Faults and behaviours are chosen per request through the model name (substring match), on every wire in that
+wire's shape: ``fail-NNN`` (any 4xx/5xx status; ``fail-429`` carries ``retry-after: 1``), ``prompt-too-long``,
+``redirect-3NN``, ``slow-ttfb``, ``hang``, ``held``, ``cut-stream``, ``stream-error`` (the wire's in-stream error
+after 3 content deltas), ``no-usage`` (OpenAI and Gemini), ``paced``, ``framing-crlf`` / ``framing-cr``, and the
+behaviours ``parallel``, ``cache-hit``, ``cache-write``, ``safety``, ``blocked-prompt``; see
+:func:`create_mock_app` and :mod:`.behaviour`.
 Every request received is recorded (bounded) in :attr:`MockState.requests`.
 
 Given an :class:`ssl.SSLContext`, :class:`MockUpstream` serves HTTPS instead of HTTP (for TLS tests).
@@ -43,7 +50,8 @@ from keyrelay.testing.mock_upstream.embeddings import (
     count_embedding_tokens,
     embedding_vector,
 )
-from keyrelay.testing.mock_upstream.openai import SYSTEM_FINGERPRINT, count_prompt_tokens
+from keyrelay.testing.mock_upstream.openai import count_prompt_tokens
+from keyrelay.testing.mock_upstream.openai_chat import SYSTEM_FINGERPRINT
 from keyrelay.testing.mock_upstream.server import (
     DEFAULT_CLI_PORT,
     MOCK_KEY,

@@ -10,33 +10,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
 from aiohttp import web
 
+from keyrelay.testing.mock_upstream.behaviour import plan_reply
 from keyrelay.testing.mock_upstream.core import (
-    CUT_STREAM_CONTENT_CHUNKS,
     FAULT_400,
     FAULT_429,
     FAULT_500,
     FAULT_503,
     FAULT_CUT_STREAM,
     FAULT_NO_USAGE,
+    FAULT_PROMPT_TOO_LONG,
+    FAULT_STREAM_ERROR,
     MockOptions,
     MockState,
     abort_connection,
+    fault_status,
     json_response,
-    new_id,
     redirect_fault,
-    reply_words,
     text_tokens,
 )
+from keyrelay.testing.mock_upstream.openai_chat import chunk_frames, completion, openai_turn
 
-SYSTEM_FINGERPRINT: Final = "fp_kr0mock01"
 MODEL_CREATED: Final = 1_700_000_000
+_ERROR_TYPES: Final = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error"}
 SSE_DONE: Final = b"data: [DONE]\n\n"
 BAD_JSON_MESSAGE: Final = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library "
@@ -76,27 +76,6 @@ def count_prompt_tokens(messages: list[Any]) -> int:
         if isinstance(message, dict):
             total += _content_bytes(message.get("content"))
     return text_tokens(total, len(messages))
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """Build a chat ``usage`` object as OpenAI sends it."""
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Responses
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _error(
@@ -142,6 +121,17 @@ def _fault_error(model: str) -> web.Response | None:
         )
     if FAULT_400 in model:
         return invalid_request(f"Invalid request for model {model}. (keyrelay mock fault injection)")
+    if FAULT_PROMPT_TOO_LONG in model:
+        return invalid_request(
+            "This model's maximum context length is 128000 tokens. However, your messages resulted in 200001 tokens. "
+            "Please reduce the length of the messages.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    status = fault_status(model)
+    if status is not None:
+        kind = "server_error" if status >= 500 else _ERROR_TYPES.get(status, "invalid_request_error")
+        return _error(status, f"Mock failure {status} for model {model}. (keyrelay mock fault injection)", kind)
     return redirect_fault(model)
 
 
@@ -204,53 +194,6 @@ def _parse_chat_request(body: Any) -> _ChatRequest | web.Response:
     return _ChatRequest(model=model, messages=messages, limit=limit, stream=stream, include_usage=include_usage)
 
 
-def _chat_sse_frames(
-    *,
-    model: str,
-    words: list[str],
-    finish_reason: str,
-    usage: dict[str, Any] | None,
-    null_usage: bool,
-    cut: bool,
-    created: int,
-) -> Iterator[bytes]:
-    """Generate the SSE frames of a streamed chat completion, lazily (one ``data:`` frame per chunk).
-
-    Role chunk, one content chunk per word, finish chunk, then the usage-only chunk when ``usage`` is given. Every
-    chunk carries ``"usage": null`` when ``null_usage``. With ``cut``, stops after the role chunk and 3 content chunks.
-    """
-    chunk_id = f"chatcmpl-{new_id()}"
-
-    def frame(choices: list[dict[str, Any]], usage_value: dict[str, Any] | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": chunk_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": choices,
-        }
-        if null_usage or usage_value is not None:
-            chunk["usage"] = usage_value
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-    def choice(delta: dict[str, Any], reason: str | None = None) -> list[dict[str, Any]]:
-        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]
-
-    yield frame(choice({"role": "assistant", "content": "", "refusal": None}))
-    last = len(words) - 1
-    for index, word in enumerate(words):
-        if cut and index == CUT_STREAM_CONTENT_CHUNKS:
-            return
-        yield frame(choice({"content": word if index == last else word + " "}))
-    if cut:
-        return
-    yield frame(choice({}, finish_reason))
-    if usage is not None:
-        yield frame([], usage)
-
-
 def _model_object(model: str) -> dict[str, Any]:
     """Build one ``model`` object."""
     return {"id": model, "object": "model", "created": MODEL_CREATED, "owned_by": "system"}
@@ -308,68 +251,26 @@ class OpenAIWire:
         fault = await self.pre_answer_faults(request, model)
         if fault is not None:
             return fault
-
-        word_count = self.options.reply_words
-        finish_reason = "stop"
-        if parsed.limit is not None and parsed.limit < word_count:
-            word_count = parsed.limit
-            finish_reason = "length"
-        words = reply_words(word_count)
+        prompt = count_prompt_tokens(parsed.messages)
+        turn = openai_turn(model, body, parsed.messages, parsed.limit, prompt, self.options.reply_words)
+        plan = plan_reply(turn)
         no_usage = FAULT_NO_USAGE in model
-        usage = None if no_usage else _usage(count_prompt_tokens(parsed.messages), len(words))
-        if parsed.stream:
-            return await self._stream_chat(
-                request,
-                model=model,
-                words=words,
-                finish_reason=finish_reason,
-                usage=usage if parsed.include_usage else None,
-                null_usage=parsed.include_usage and not no_usage,
-            )
-        if FAULT_CUT_STREAM in model:
-            return abort_connection(request)
-        completion: dict[str, Any] = {
-            "id": f"chatcmpl-{new_id()}",
-            "object": "chat.completion",
-            "created": self.state.created(),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": " ".join(words), "refusal": None, "annotations": []},
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
-            ],
-        }
-        if usage is not None:
-            completion["usage"] = usage
-        completion["service_tier"] = "default"
-        completion["system_fingerprint"] = SYSTEM_FINGERPRINT
-        return json_response(completion)
-
-    async def _stream_chat(
-        self,
-        request: web.Request,
-        *,
-        model: str,
-        words: list[str],
-        finish_reason: str,
-        usage: dict[str, Any] | None,
-        null_usage: bool,
-    ) -> web.StreamResponse:
-        """Write the ``chat.completion.chunk`` SSE frames one by one, then ``data: [DONE]``."""
         cut = FAULT_CUT_STREAM in model
-        frames = _chat_sse_frames(
-            model=model,
-            words=words,
-            finish_reason=finish_reason,
-            usage=usage,
-            null_usage=null_usage,
-            cut=cut,
-            created=self.state.created(),
-        )
-        return await self.state.write_stream(request, model, frames, cut=cut, tail=SSE_DONE)
+        if parsed.stream:
+            error = FAULT_STREAM_ERROR in model
+            frames = chunk_frames(
+                model,
+                plan,
+                self.state.created(),
+                include_usage=parsed.include_usage and not no_usage,
+                null_usage=parsed.include_usage and not no_usage,
+                cut=cut,
+                error=error,
+            )
+            return await self.state.write_stream(request, model, frames, cut=cut, tail=b"" if error else SSE_DONE)
+        if cut:
+            return abort_connection(request)
+        return json_response(completion(model, plan, self.state.created(), usage=not no_usage))
 
     # -- models --------------------------------------------------------------------------------------------------------
 

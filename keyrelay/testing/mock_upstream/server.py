@@ -20,8 +20,10 @@ from typing import Final
 
 from aiohttp import web
 
+from keyrelay.testing.mock_upstream.anthropic import AnthropicWire
 from keyrelay.testing.mock_upstream.core import MockOptions, MockState, RecordedRequest
 from keyrelay.testing.mock_upstream.embeddings import EmbeddingsHandler
+from keyrelay.testing.mock_upstream.gemini import GeminiWire
 from keyrelay.testing.mock_upstream.openai import OpenAIWire
 
 DEFAULT_CLI_PORT: Final = 8099
@@ -35,6 +37,32 @@ def _shutdown_timeout() -> float:
     return float(getattr(mock_upstream, "_SHUTDOWN_TIMEOUT_S", SHUTDOWN_TIMEOUT_S))
 
 
+class _ModelsByWire:
+    """``GET /v1/models[/{id}]``, shared by three wires.
+
+    Anthropic's shape when the request carries ``anthropic-version``, Gemini's when it carries ``x-goog-api-key`` or
+    ``?key=``, else OpenAI's.
+    """
+
+    def __init__(self, openai: OpenAIWire, anthropic: AnthropicWire, gemini: GeminiWire) -> None:
+        self._openai, self._anthropic, self._gemini = openai, anthropic, gemini
+
+    def _wire(self, request: web.Request) -> OpenAIWire | AnthropicWire | GeminiWire:
+        if "anthropic-version" in request.headers:
+            return self._anthropic
+        if "x-goog-api-key" in request.headers or "key" in request.query:
+            return self._gemini
+        return self._openai
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        """List the models in the caller's wire's shape."""
+        return await self._wire(request).list_models(request)
+
+    async def retrieve_model(self, request: web.Request) -> web.StreamResponse:
+        """Describe one model in the caller's wire's shape."""
+        return await self._wire(request).retrieve_model(request)
+
+
 MOCK_KEY: Final = web.AppKey("keyrelay_mock", MockState)
 """Typed application key of the :class:`MockState` (``app[MOCK_KEY]``)."""
 
@@ -43,6 +71,11 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
     """Create the mock OpenAI application.
 
     The state is available as ``app[MOCK_KEY]`` (typed) and, for convenience, ``app["mock"]``.
+
+    Routes: OpenAI ``/v1/chat/completions``, ``/v1/embeddings``; Anthropic ``/v1/messages``,
+    ``/v1/messages/count_tokens``; Gemini ``/{v1beta|v1}/models/{model}:{generateContent|streamGenerateContent|
+    countTokens}`` and ``GET /v1beta/models[/{model}]``; ``GET /v1/models[/{id}]`` answers in Anthropic's shape when
+    the request carries ``anthropic-version``, Gemini's with ``x-goog-api-key`` or ``?key=``, else OpenAI's.
 
     Fault injection, by substring of the requested model id (chat and embeddings):
 
@@ -55,7 +88,14 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
     * ``cut-stream`` -> streaming: role chunk + 3 content chunks, then the connection is aborted without
       ``[DONE]``; non-streaming: the connection is aborted without a response;
     * ``no-usage`` -> no ``usage`` in the JSON answer, no usage chunk (nor ``"usage": null``) in streams;
-    * ``paced`` -> streams with 20 ms before the first chunk and 5 ms between chunks.
+    * ``paced`` -> streams with 20 ms before the first chunk and 5 ms between chunks;
+    * ``fail-NNN`` (any other 4xx/5xx) -> that status in the wire's error shape (Anthropic ``fail-529`` is
+      ``overloaded_error``); ``prompt-too-long`` -> the wire's context-length 400;
+    * ``stream-error`` -> streaming: 3 content deltas, then the wire's in-stream error (OpenAI ``data: {"error"}``
+      without ``[DONE]``, Anthropic ``event: error`` ``overloaded_error``, Gemini a ``{"error"}`` 503 chunk).
+
+    The same names work on the Anthropic and Gemini routes, in their error shapes; :mod:`.behaviour` lists the
+    names that change the answer (``parallel``, ``cache-hit``, ``cache-write``, ``safety``, ``blocked-prompt``).
 
     Args:
         options: Configuration; defaults to ``MockOptions()``.
@@ -70,11 +110,17 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
         # Plain-string key kept for convenience (``app["mock"]``); aiohttp recommends AppKey instances.
         warnings.simplefilter("ignore", web.NotAppKeyWarning)
         app["mock"] = state
-    openai = OpenAIWire(state)
+    openai, anthropic, gemini = OpenAIWire(state), AnthropicWire(state), GeminiWire(state)
+    models = _ModelsByWire(openai, anthropic, gemini)
     app.router.add_post("/v1/chat/completions", openai.chat_completions)
     app.router.add_post("/v1/embeddings", EmbeddingsHandler(openai).embeddings)
-    app.router.add_get("/v1/models", openai.list_models, allow_head=False)
-    app.router.add_get("/v1/models/{model:.+}", openai.retrieve_model, allow_head=False)
+    app.router.add_post("/v1/messages", anthropic.messages)
+    app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)
+    app.router.add_post(r"/{version:v1beta|v1}/models/{model:[^/:]+}:{method:[A-Za-z]+}", gemini.model_action)
+    app.router.add_get("/v1beta/models", gemini.list_models, allow_head=False)
+    app.router.add_get("/v1beta/models/{model:[^/:]+}", gemini.retrieve_model, allow_head=False)
+    app.router.add_get("/v1/models", models.list_models, allow_head=False)
+    app.router.add_get("/v1/models/{model:.+}", models.retrieve_model, allow_head=False)
     app.router.add_route("*", "/{tail:.*}", openai.not_found)
     app.on_shutdown.append(state.on_shutdown)
     return app
