@@ -27,6 +27,17 @@ DEMO_MODELS = (
     ModelConfig(id="gpt-4o", input_per_mtok=Decimal("2.50"), output_per_mtok=Decimal("10.00")),
     ModelConfig(id="text-embedding-3-small", input_per_mtok=Decimal("0.02")),
 )
+# The same mock speaks Anthropic Messages and Gemini generateContent as well.
+ANTHROPIC_MODELS = (
+    ModelConfig(
+        id="claude-sonnet-4-5",
+        input_per_mtok=Decimal("3.00"),
+        output_per_mtok=Decimal("15.00"),
+        cache_read_per_mtok=Decimal("0.30"),
+        cache_write_per_mtok=Decimal("3.75"),
+    ),
+)
+GEMINI_MODELS = (ModelConfig(id="gemini-2.5-flash", input_per_mtok=Decimal("0.30"), output_per_mtok=Decimal("2.50")),)
 
 
 async def _issue_demo_keys(runtime: Runtime) -> tuple[str, str]:
@@ -56,6 +67,13 @@ Try a chat completion:
     -H "Content-Type: application/json" \\
     -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}]}}'
 
+The same key speaks Anthropic and Gemini, to any model (claude-sonnet-4-5 and gemini-2.5-flash are served by an
+Anthropic and a Gemini upstream here):
+  curl {base}/v1/messages -H "x-api-key: {api_key}" -H "Content-Type: application/json" \\
+    -d '{{"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{{"role":"user","content":"hi"}}]}}'
+  curl {base}/v1beta/models/gemini-2.5-flash:generateContent -H "x-goog-api-key: {api_key}" \\
+    -H "Content-Type: application/json" -d '{{"contents":[{{"parts":[{{"text":"hi"}}]}}]}}'
+
 Admin management key:
   {admin_key}
 
@@ -76,9 +94,16 @@ async def _serve(server: uvicorn.Server, sock: socket.socket) -> int:
 
 
 async def _run(settings: Settings, sock: socket.socket) -> int:
-    async with MockUpstream(MockOptions(models=tuple(m.id for m in DEMO_MODELS))) as mock:
-        provider = ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=DEMO_MODELS)
-        settings = settings.model_copy(update={"providers": (*settings.providers, provider)})
+    ids = tuple(m.id for m in (*DEMO_MODELS, *ANTHROPIC_MODELS, *GEMINI_MODELS))
+    async with MockUpstream(MockOptions(models=ids)) as mock:
+        providers = (
+            ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=DEMO_MODELS),
+            ProviderConfig(
+                name="mock-anthropic", kind="anthropic", base_url=f"{mock.origin}/v1", models=ANTHROPIC_MODELS
+            ),
+            ProviderConfig(name="mock-gemini", kind="gemini", base_url=f"{mock.origin}/v1beta", models=GEMINI_MODELS),
+        )
+        settings = settings.model_copy(update={"providers": (*settings.providers, *providers)})
         app = create_app(settings)
         bound = sock.getsockname()[1]
         config = uvicorn.Config(

@@ -196,6 +196,7 @@ class Gateway:
             authorize_key(principal, client_ip, self._clock.now_utc())
             if route.operation is Operation.COUNT_TOKENS:
                 await self._count_tokens(receive, send, inbound, route, principal, headers, outcome, rid)
+                log_request(request_id, principal, method, path, 200, "-", started)  # not billed: no record
             elif route.operation is not None:
                 await self._llm(scope, receive, send, request_id, principal, client_ip, route, started, outcome)
             elif route.read is Read.KEY:
@@ -377,7 +378,9 @@ class Gateway:
         reservation, window = admission.reservation, admission.window
         headers: Headers = scope["headers"]
         sse = route.protocol is not ProtocolName.GEMINI or b"alt=sse" in scope.get("query_string", b"")
-        call = Call(request, inbound, sse=sse, anthropic_headers=anthropic_headers(headers))
+        # Only an Anthropic client's own version and beta flags are forwarded (to Anthropic upstreams).
+        client_headers = anthropic_headers(headers) if route.protocol is ProtocolName.ANTHROPIC else []
+        call = Call(request, inbound, sse=sse, anthropic_headers=client_headers)
         try:
             if request.stream:
                 await self._stream(receive, send, call, channels, window, outcome, started)
