@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 
@@ -13,12 +14,12 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'keyrelay.db'}"
 
 
-def sse_frames(body: bytes) -> list[tuple[str | None, Any]]:
-    """The (event name, parsed data) of each SSE frame of ``body`` (any line ending), in order.
+def sse_frames(raw: bytes) -> list[tuple[str | None, Any]]:
+    """The (event name, parsed data) of each SSE frame of ``raw`` (any line ending), in order.
 
     A ``data`` that is not JSON (``[DONE]``) is kept as a string.
     """
-    text = body.decode().replace("\r\n", "\n").replace("\r", "\n")
+    text = raw.decode().replace("\r\n", "\n").replace("\r", "\n")
     frames: list[tuple[str | None, Any]] = []
     for block in text.split("\n\n"):
         event: str | None = None
@@ -90,3 +91,43 @@ def message_delta(frames: list[tuple[str | None, Any]]) -> dict[str, Any]:
     """The last ``message_delta`` event of an Anthropic stream."""
     found: dict[str, Any] = [data for name, data in frames if name == "message_delta"][-1]
     return found
+
+
+def credential(wire: str, key: str) -> dict[str, str]:
+    """The headers that carry ``key`` in ``wire`` (and Anthropic's version header)."""
+    if wire == "openai":
+        return {"authorization": f"Bearer {key}"}
+    if wire == "anthropic":
+        return {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    return {"x-goog-api-key": key}
+
+
+def url(wire: str, model: str, *, stream: bool = False) -> str:
+    """The path of a chat call in ``wire`` (Gemini streams as SSE)."""
+    if wire == "openai":
+        return "/v1/chat/completions"
+    if wire == "anthropic":
+        return "/v1/messages"
+    return (
+        f"/v1beta/models/{model}:streamGenerateContent?alt=sse" if stream else f"/v1beta/models/{model}:generateContent"
+    )
+
+
+def body(wire: str, model: str, *, stream: bool = False, text: str = "hi") -> dict[str, Any]:
+    """A minimal chat request in ``wire``: one user message, at most 5 output tokens."""
+    if wire == "openai":
+        out: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 5}
+        return {**out, "stream": True, "stream_options": {"include_usage": True}} if stream else out
+    if wire == "anthropic":
+        out = {"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": text}]}
+        return {**out, "stream": True} if stream else out
+    return {"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": {"maxOutputTokens": 5}}
+
+
+async def call(
+    client: httpx.AsyncClient, wire: str, key: str, model: str, *, stream: bool = False, text: str = "hi"
+) -> httpx.Response:
+    """A minimal chat call in ``wire`` (see :func:`body`)."""
+    headers = {"content-type": "application/json", **credential(wire, key)}
+    payload = orjson.dumps(body(wire, model, stream=stream, text=text))
+    return await client.post(url(wire, model, stream=stream), content=payload, headers=headers)

@@ -30,7 +30,7 @@ from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
 from tests.conftest import make_api_key
 from tests.integration.gateway.helpers import make_account, usage_rows
-from tests.integration.protocols.session_helpers import sqlite_url, sse_frames
+from tests.integration.protocols.session_helpers import body, call, credential, sqlite_url, sse_frames, url
 
 WIRES = ("openai", "anthropic", "gemini")
 MAX_BODY = 64 * 1024
@@ -85,45 +85,6 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def settings(database_url: str, mock: MockUpstream, settings: Settings) -> Settings:
     return settings.model_copy(update={"max_body_bytes": MAX_BODY})
-
-
-# --- requests in each wire ------------------------------------------------------------------------------------------
-
-
-def credential(wire: str, key: str) -> dict[str, str]:
-    if wire == "openai":
-        return {"authorization": f"Bearer {key}"}
-    if wire == "anthropic":
-        return {"x-api-key": key, "anthropic-version": "2023-06-01"}
-    return {"x-goog-api-key": key}
-
-
-def url(wire: str, model: str, *, stream: bool = False) -> str:
-    if wire == "openai":
-        return "/v1/chat/completions"
-    if wire == "anthropic":
-        return "/v1/messages"
-    return (
-        f"/v1beta/models/{model}:streamGenerateContent?alt=sse" if stream else f"/v1beta/models/{model}:generateContent"
-    )
-
-
-def body(wire: str, model: str, *, stream: bool = False, text: str = "hi") -> dict[str, Any]:
-    if wire == "openai":
-        out: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 5}
-        return {**out, "stream": True, "stream_options": {"include_usage": True}} if stream else out
-    if wire == "anthropic":
-        out = {"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": text}]}
-        return {**out, "stream": True} if stream else out
-    return {"contents": [{"role": "user", "parts": [{"text": text}]}], "generationConfig": {"maxOutputTokens": 5}}
-
-
-async def call(
-    client: httpx.AsyncClient, wire: str, key: str, model: str, *, stream: bool = False, text: str = "hi"
-) -> httpx.Response:
-    headers = {"content-type": "application/json", **credential(wire, key)}
-    payload = orjson.dumps(body(wire, model, stream=stream, text=text))
-    return await client.post(url(wire, model, stream=stream), content=payload, headers=headers)
 
 
 def check_error(response: httpx.Response, wire: str, status: int, error_type: str, *, source: str | None = None) -> str:
