@@ -58,15 +58,31 @@ def estimate_tokens(text_bytes: int) -> int:
     return math.ceil(text_bytes / 4)
 
 
+def _detail(details: object, name: str, most: int) -> int:
+    """A count inside ``prompt_tokens_details`` / ``completion_tokens_details`` (0 when absent), at most ``most``."""
+    value = details.get(name) if isinstance(details, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return 0
+    return min(value, most)
+
+
 def usage_of(value: object) -> Usage | None:
-    """``Usage`` from an OpenAI ``usage`` object; None when it is absent or malformed."""
+    """``Usage`` from an OpenAI ``usage`` object; None when it is absent or malformed.
+
+    With the parts of it that are priced apart: ``prompt_tokens_details.cached_tokens`` (and
+    ``cache_write_tokens`` where a server reports it) and ``completion_tokens_details.reasoning_tokens``.
+    """
     if not isinstance(value, dict):
         return None
     prompt = value.get("prompt_tokens")
     completion = value.get("completion_tokens", 0)
     if not isinstance(prompt, int) or not isinstance(completion, int) or isinstance(prompt, bool):
         return None
-    return Usage(prompt, completion)
+    prompt_details = value.get("prompt_tokens_details")
+    cached = _detail(prompt_details, "cached_tokens", prompt)
+    written = _detail(prompt_details, "cache_write_tokens", prompt - cached)
+    reasoning = _detail(value.get("completion_tokens_details"), "reasoning_tokens", completion)
+    return Usage(prompt, completion, False, cached, written, reasoning)
 
 
 def _str_bytes(value: object) -> int:

@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens
+from keyrelay.protocols.canonical import Usage
+from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens, response_usage
 from keyrelay.protocols.sse import parse_blocks
 
 WORDS = ["Hel", "lo", " wor", "ld", "!"]
@@ -109,3 +110,30 @@ def test_end_completes_a_whole_last_event_and_drops_a_cut_one() -> None:
     reset = StreamRelay(hide_usage_chunk=False)
     reset.feed(b"data: [DONE]")
     assert reset.end(clean=False) == b""  # the connection failed: nothing after it is trusted
+
+
+DETAILED = {
+    "prompt_tokens": 100,
+    "completion_tokens": 40,
+    "total_tokens": 140,
+    "prompt_tokens_details": {"cached_tokens": 60, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 30, "audio_tokens": 0},
+}
+
+
+def test_passthrough_usage_keeps_cached_and_reasoning_tokens() -> None:
+    # They are priced apart (cache reads at the cache price): an OpenAI passthrough must not lose them.
+    expected = Usage(100, 40, cache_read_tokens=60, reasoning_tokens=30)
+    items = chunks(with_usage=True)
+    items[-1]["usage"] = DETAILED
+    r, _ = relay(encode(items, b"\n", spaced=False), [], hide=False)
+    assert r.usage == expected
+    assert response_usage(json.dumps({"choices": [], "usage": DETAILED}).encode()) == (expected, 0)
+    # A cache write where a server reports one; parts never exceed their totals; junk details are none.
+    odd = {**DETAILED, "prompt_tokens_details": {"cached_tokens": 90, "cache_write_tokens": 30}}
+    odd["completion_tokens_details"] = {"reasoning_tokens": 99}
+    assert response_usage(json.dumps({"usage": odd}).encode())[0] == Usage(
+        100, 40, cache_read_tokens=90, cache_write_tokens=10, reasoning_tokens=40
+    )
+    junk = {**DETAILED, "prompt_tokens_details": {"cached_tokens": True}, "completion_tokens_details": [1]}
+    assert response_usage(json.dumps({"usage": junk}).encode())[0] == Usage(100, 40)
