@@ -55,6 +55,9 @@ async def test_usage_totals_and_groups(server: RunningServer, client: httpx.Asyn
         "errors": 0,
         "prompt_tokens": 0,
         "completion_tokens": 0,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
         "cost": 0.0,
     }
 
