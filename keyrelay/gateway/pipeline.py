@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -423,8 +423,8 @@ class Gateway:
             body = out.passthrough_body(request, channel.upstream_model)
         else:
             canonical = call.to_canonical()
-            if channel.wire is ProtocolName.ANTHROPIC and canonical.max_tokens is None:
-                canonical.max_tokens = self._settings.default_max_tokens  # Anthropic requires max_tokens
+            if channel.wire is ProtocolName.ANTHROPIC:
+                canonical = _with_output_limit(canonical, self._settings.default_max_tokens)
             body = out.build(canonical, channel.upstream_model)
         if channel.wire is ProtocolName.ANTHROPIC:
             head += anthropic_head_lines(call.anthropic_headers, same_wire=request.protocol is ProtocolName.ANTHROPIC)
@@ -726,6 +726,21 @@ def log_request(
         who = f"{principal.key.name} ({principal.key.display})" if principal else "-"
         ms = round((time.perf_counter() - started) * 1000)
         log.info("request %s key=%s %s %s status=%d error=%s ms=%d", request_id, who, method, path, status, error, ms)
+
+
+def _with_output_limit(canonical: ChatRequest, default_max_tokens: int) -> ChatRequest:
+    """The request with the output limit Anthropic requires: the client's, else the default ceiling.
+
+    With the default ceiling (the client gave none, as Gemini CLI does), a thinking budget at or above it is
+    lowered to one token below it: Anthropic needs the budget below ``max_tokens``, and the ceiling is what
+    keyrelay reserved the cost for.
+    """
+    if canonical.max_tokens is not None:
+        return canonical
+    reasoning = canonical.reasoning
+    if reasoning is not None and reasoning.budget_tokens is not None and reasoning.budget_tokens >= default_max_tokens:
+        reasoning = replace(reasoning, budget_tokens=default_max_tokens - 1)
+    return replace(canonical, max_tokens=default_max_tokens, reasoning=reasoning)
 
 
 async def _send_json(send: Send, status: int, body: object, headers: Headers) -> None:
