@@ -92,6 +92,7 @@ class Reply:
     calls: list[Call] = field(default_factory=list)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    early_prompt_tokens: int | None = None  # Anthropic's message_start input usage
 
 
 class Client(Protocol):
@@ -195,7 +196,13 @@ class AnthropicClient:
         else:
             async with self.sdk.messages.stream(model=model, messages=self.history, max_tokens=1024, **extra) as events:
                 reply = Reply(header(events.response.headers, "x-request-id"))
-                streamed_text = "".join([text async for text in events.text_stream])
+                pieces = []
+                async for event in events:
+                    if event.type == "message_start":
+                        reply.early_prompt_tokens = event.message.usage.input_tokens
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        pieces.append(event.delta.text)
+                streamed_text = "".join(pieces)
                 message = await events.get_final_message()
         blocks: list[dict[str, Any]] = []
         for block in message.content:
@@ -311,15 +318,33 @@ def model_for(kind: str, variant: str = "") -> str:
     return f"{UPSTREAMS[kind]}-model" + (f"-{variant}" if variant else "")
 
 
-async def check_record(server: RunningServer, reply: Reply, sdk: str, kind: str, *, streamed: bool) -> None:
-    """The usage record: the client's wire, the provider's kind, the mock's token counts and their price."""
+def output_tokens(reply: Reply) -> int:
+    """What the mock counts for this reply: a token per text word, ``ceil(len(name + arguments) / 4)`` per call."""
+    if reply.calls:
+        return sum(math.ceil(len(c.name + json.dumps(c.arguments, separators=(",", ":"))) / 4) for c in reply.calls)
+    return len(reply.text.split(" "))
+
+
+async def check_usage(
+    server: RunningServer, mock: MockUpstream, reply: Reply, sdk: str, kind: str, *, streamed: bool
+) -> None:
+    """The usage the client saw and the usage record: the mock's counts of what the upstream received, priced.
+
+    The record also names the client's wire (``protocol``) and the provider's kind (``upstream_kind``).
+    """
+    prompt, completion = prompt_tokens_seen_by(kind, mock.requests[-1].body), output_tokens(reply)
+    assert (reply.prompt_tokens, reply.completion_tokens) == (prompt, completion)
+    if sdk == "anthropic" and streamed:
+        # message_start: the upstream's input count when it reports one that early (Anthropic and Gemini do),
+        # else an estimate (OpenAI reports usage at the end)
+        assert reply.early_prompt_tokens == prompt or kind == "openai", reply.early_prompt_tokens
     (row,) = await usage_rows(server, reply.request_id)
     assert row["status"] == 200
     assert (row["protocol"], row["upstream_kind"], row["provider"]) == (sdk, kind, KINDS[UPSTREAMS[kind]][0])
     assert row["streamed"] is streamed
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (PROMPT_TOKENS, REPLY_TOKENS)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, completion)
     assert row["usage_estimated"] is False
-    assert row["cost_micros"] == PROMPT_TOKENS * IN_MICROS + REPLY_TOKENS * OUT_MICROS
+    assert row["cost_micros"] == prompt * IN_MICROS + completion * OUT_MICROS
 
 
 def upstream_exchange(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
@@ -354,7 +379,7 @@ async def test_plain(make_client: Any, server: RunningServer, mock: MockUpstream
     assert (reply.text, reply.stop, reply.calls) == (REPLY_TEXT, NATURAL_STOP[sdk], [])
     assert (reply.prompt_tokens, reply.completion_tokens) == (PROMPT_TOKENS, REPLY_TOKENS)
     assert prompt_tokens_seen_by(kind, mock.requests[-1].body) == PROMPT_TOKENS  # the translation added nothing
-    await check_record(server, reply, sdk, kind, streamed=False)
+    await check_usage(server, mock, reply, sdk, kind, streamed=False)
 
 
 @pytest.mark.parametrize(("sdk", "kind"), CELLS)
@@ -364,34 +389,44 @@ async def test_stream(make_client: Any, server: RunningServer, mock: MockUpstrea
     assert (reply.text, reply.stop, reply.calls) == (REPLY_TEXT, NATURAL_STOP[sdk], [])
     assert (reply.prompt_tokens, reply.completion_tokens) == (PROMPT_TOKENS, REPLY_TOKENS)
     assert prompt_tokens_seen_by(kind, mock.requests[-1].body) == PROMPT_TOKENS
-    await check_record(server, reply, sdk, kind, streamed=True)
+    await check_usage(server, mock, reply, sdk, kind, streamed=True)
 
 
-async def tool_round_trip(client: Client, mock: MockUpstream, sdk: str, kind: str, *, stream: bool) -> None:
+async def tool_round_trip(
+    client: Client, server: RunningServer, mock: MockUpstream, sdk: str, kind: str, *, stream: bool
+) -> None:
     reply = await client.send(model_for(kind), stream=stream, tools=TOOLS)
-    assert reply.stop == TOOL_STOP[sdk]
+    assert reply.stop == TOOL_STOP[sdk] and reply.text == ""
     assert [(c.name, c.arguments) for c in reply.calls] == [(WEATHER["name"], WEATHER["arguments"])]
     if sdk != "gemini":
         assert reply.calls[0].id
+    await check_usage(server, mock, reply, sdk, kind, streamed=stream)
     client.answer(reply, [str(WEATHER["result"])])
     final = await client.send(model_for(kind), stream=stream, tools=TOOLS)
     assert final.stop == NATURAL_STOP[sdk] and final.calls == []
     assert final.text.startswith("The tool returned: ") and str(WEATHER["result"]) in final.text, final.text
     assert len(upstream_exchange(kind, mock.requests[-1].body)) == 1
+    await check_usage(server, mock, final, sdk, kind, streamed=stream)
 
 
 @pytest.mark.parametrize(("sdk", "kind"), CELLS)
-async def test_tool_call_then_result(make_client: Any, mock: MockUpstream, sdk: str, kind: str) -> None:
-    await tool_round_trip(make_client(sdk), mock, sdk, kind, stream=False)
+async def test_tool_call_then_result(
+    make_client: Any, server: RunningServer, mock: MockUpstream, sdk: str, kind: str
+) -> None:
+    await tool_round_trip(make_client(sdk), server, mock, sdk, kind, stream=False)
 
 
 @pytest.mark.parametrize(("sdk", "kind"), CELLS)
-async def test_tool_call_then_result_streaming(make_client: Any, mock: MockUpstream, sdk: str, kind: str) -> None:
-    await tool_round_trip(make_client(sdk), mock, sdk, kind, stream=True)
+async def test_tool_call_then_result_streaming(
+    make_client: Any, server: RunningServer, mock: MockUpstream, sdk: str, kind: str
+) -> None:
+    await tool_round_trip(make_client(sdk), server, mock, sdk, kind, stream=True)
 
 
 @pytest.mark.parametrize(("sdk", "kind"), CELLS)
-async def test_parallel_tool_calls_streaming(make_client: Any, mock: MockUpstream, sdk: str, kind: str) -> None:
+async def test_parallel_tool_calls_streaming(
+    make_client: Any, server: RunningServer, mock: MockUpstream, sdk: str, kind: str
+) -> None:
     client: Client = make_client(sdk)
     model = model_for(kind, "parallel")
     reply = await client.send(model, stream=True, tools=TOOLS)
@@ -400,6 +435,7 @@ async def test_parallel_tool_calls_streaming(make_client: Any, mock: MockUpstrea
     ids = [c.id for c in reply.calls]
     if sdk != "gemini" or ids[0] is not None:
         assert all(ids) and len(set(ids)) == 2, ids
+    await check_usage(server, mock, reply, sdk, kind, streamed=True)
     client.answer(reply, [str(t["result"]) for t in TOOLS])
     final = await client.send(model, stream=True, tools=TOOLS)
     assert final.stop == NATURAL_STOP[sdk] and final.calls == []
@@ -407,3 +443,4 @@ async def test_parallel_tool_calls_streaming(make_client: Any, mock: MockUpstrea
     pairs = upstream_exchange(kind, mock.requests[-1].body)
     assert len(pairs) == 2 and all(call == result for call, result in pairs), pairs
     assert len({call for call, _ in pairs}) == 2
+    await check_usage(server, mock, final, sdk, kind, streamed=True)
