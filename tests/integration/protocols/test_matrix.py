@@ -93,6 +93,7 @@ class Reply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     early_prompt_tokens: int | None = None  # Anthropic's message_start input usage
+    models: set[str | None] = field(default_factory=set)  # the model named by the answer (every chunk)
 
 
 class Client(Protocol):
@@ -133,6 +134,7 @@ class OpenAIClient:
             r = raw.parse()
             message = r.choices[0].message
             reply = Reply(header(raw.headers, "x-request-id"), message.content or "", r.choices[0].finish_reason)
+            reply.models.add(r.model)
             for tc in message.tool_calls or []:
                 assert tc.type == "function"
                 reply.calls.append(Call(tc.id, tc.function.name, json.loads(tc.function.arguments)))
@@ -146,6 +148,7 @@ class OpenAIClient:
         reply = Reply(header(chunks.response.headers, "x-request-id"))
         calls: dict[int, dict[str, Any]] = {}
         async for chunk in chunks:
+            reply.models.add(chunk.model)
             if chunk.usage is not None:
                 reply.prompt_tokens, reply.completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
             for choice in chunk.choices:
@@ -217,6 +220,7 @@ class AnthropicClient:
         if streamed_text is not None:
             assert streamed_text == reply.text
         reply.stop = message.stop_reason
+        reply.models.add(message.model)
         usage = message.usage
         cached = (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
         reply.prompt_tokens, reply.completion_tokens = usage.input_tokens + cached, usage.output_tokens
@@ -258,6 +262,7 @@ class GeminiClient:
         reply = Reply(header(responses[0].sdk_http_response.headers or {}, "x-request-id"))
         parts: list[types.Part] = []
         for response in responses:
+            reply.models.add(response.model_version)
             for candidate in response.candidates or []:
                 if candidate.finish_reason is not None:
                     assert reply.stop is None, "a second finish reason"
@@ -325,13 +330,18 @@ def output_tokens(reply: Reply) -> int:
     return len(reply.text.split(" "))
 
 
-async def check_usage(
-    server: RunningServer, mock: MockUpstream, reply: Reply, sdk: str, kind: str, *, streamed: bool
+async def check_answer(
+    server: RunningServer, mock: MockUpstream, reply: Reply, sdk: str, kind: str, model: str, *, streamed: bool
 ) -> None:
-    """The usage the client saw and the usage record: the mock's counts of what the upstream received, priced.
+    """The model the answer names, the usage the client saw and the usage record.
 
-    The record also names the client's wire (``protocol``) and the provider's kind (``upstream_kind``).
+    The answer names the upstream's model id in a passthrough (the upstream's bytes) and the client's model name
+    when translated, streamed or not. The usage is the mock's count of what the upstream received; the record
+    also names the client's wire (``protocol``) and the provider's kind (``upstream_kind``), and prices it.
     """
+    prefix = UPSTREAMS[kind]
+    upstream_model = model.replace(f"{prefix}-model", KINDS[prefix][3])
+    assert reply.models == {upstream_model if sdk == kind else model}
     prompt, completion = prompt_tokens_seen_by(kind, mock.requests[-1].body), output_tokens(reply)
     assert (reply.prompt_tokens, reply.completion_tokens) == (prompt, completion)
     if sdk == "anthropic" and streamed:
@@ -379,7 +389,7 @@ async def test_plain(make_client: Any, server: RunningServer, mock: MockUpstream
     assert (reply.text, reply.stop, reply.calls) == (REPLY_TEXT, NATURAL_STOP[sdk], [])
     assert (reply.prompt_tokens, reply.completion_tokens) == (PROMPT_TOKENS, REPLY_TOKENS)
     assert prompt_tokens_seen_by(kind, mock.requests[-1].body) == PROMPT_TOKENS  # the translation added nothing
-    await check_usage(server, mock, reply, sdk, kind, streamed=False)
+    await check_answer(server, mock, reply, sdk, kind, model_for(kind), streamed=False)
 
 
 @pytest.mark.parametrize(("sdk", "kind"), CELLS)
@@ -389,7 +399,7 @@ async def test_stream(make_client: Any, server: RunningServer, mock: MockUpstrea
     assert (reply.text, reply.stop, reply.calls) == (REPLY_TEXT, NATURAL_STOP[sdk], [])
     assert (reply.prompt_tokens, reply.completion_tokens) == (PROMPT_TOKENS, REPLY_TOKENS)
     assert prompt_tokens_seen_by(kind, mock.requests[-1].body) == PROMPT_TOKENS
-    await check_usage(server, mock, reply, sdk, kind, streamed=True)
+    await check_answer(server, mock, reply, sdk, kind, model_for(kind), streamed=True)
 
 
 async def tool_round_trip(
@@ -400,13 +410,13 @@ async def tool_round_trip(
     assert [(c.name, c.arguments) for c in reply.calls] == [(WEATHER["name"], WEATHER["arguments"])]
     if sdk != "gemini":
         assert reply.calls[0].id
-    await check_usage(server, mock, reply, sdk, kind, streamed=stream)
+    await check_answer(server, mock, reply, sdk, kind, model_for(kind), streamed=stream)
     client.answer(reply, [str(WEATHER["result"])])
     final = await client.send(model_for(kind), stream=stream, tools=TOOLS)
     assert final.stop == NATURAL_STOP[sdk] and final.calls == []
     assert final.text.startswith("The tool returned: ") and str(WEATHER["result"]) in final.text, final.text
     assert len(upstream_exchange(kind, mock.requests[-1].body)) == 1
-    await check_usage(server, mock, final, sdk, kind, streamed=stream)
+    await check_answer(server, mock, final, sdk, kind, model_for(kind), streamed=stream)
 
 
 @pytest.mark.parametrize(("sdk", "kind"), CELLS)
@@ -435,7 +445,7 @@ async def test_parallel_tool_calls_streaming(
     ids = [c.id for c in reply.calls]
     if sdk != "gemini" or ids[0] is not None:
         assert all(ids) and len(set(ids)) == 2, ids
-    await check_usage(server, mock, reply, sdk, kind, streamed=True)
+    await check_answer(server, mock, reply, sdk, kind, model, streamed=True)
     client.answer(reply, [str(t["result"]) for t in TOOLS])
     final = await client.send(model, stream=True, tools=TOOLS)
     assert final.stop == NATURAL_STOP[sdk] and final.calls == []
@@ -443,4 +453,4 @@ async def test_parallel_tool_calls_streaming(
     pairs = upstream_exchange(kind, mock.requests[-1].body)
     assert len(pairs) == 2 and all(call == result for call, result in pairs), pairs
     assert len({call for call, _ in pairs}) == 2
-    await check_usage(server, mock, final, sdk, kind, streamed=True)
+    await check_answer(server, mock, final, sdk, kind, model, streamed=True)
