@@ -45,7 +45,12 @@ WEATHER = {
     "description": "The weather in a city for some days.",
     "schema": {
         "type": "object",
-        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "properties": {
+            "city": {"type": "string"},
+            "days": {"type": "integer"},
+            "units": {"type": ["string", "null"], "enum": ["c", "f"]},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 0},
+        },
         "required": ["city", "days"],
     },
     "arguments": {"city": "x", "days": 1},
@@ -59,6 +64,23 @@ CLOCK = {
     "result": "noon in x",
 }
 TOOLS = (WEATHER, CLOCK)
+# The same schemas in Gemini's own Schema form (OpenAPI subset: capital types, nullable), which the genai client
+# sends in the streamed tool flows; keyrelay converts it to the JSON Schema above for other upstreams.
+GEMINI_SCHEMAS = {
+    "get_weather": types.Schema(
+        type=types.Type.OBJECT,
+        properties={
+            "city": types.Schema(type=types.Type.STRING),
+            "days": types.Schema(type=types.Type.INTEGER),
+            "units": types.Schema(type=types.Type.STRING, enum=["c", "f"], nullable=True),
+            "tags": types.Schema(type=types.Type.ARRAY, items=types.Schema(type=types.Type.STRING), min_items=0),
+        },
+        required=["city", "days"],
+    ),
+    "get_time": types.Schema(
+        type=types.Type.OBJECT, properties={"zone": types.Schema(type=types.Type.STRING)}, required=["zone"]
+    ),
+}
 
 SDKS = ("openai", "anthropic", "gemini")
 UPSTREAMS = {"openai": "oa", "anthropic": "an", "gemini": "ge"}  # upstream kind -> client model prefix (conftest)
@@ -87,6 +109,7 @@ class Reply:
     """One model turn as the client SDK saw it."""
 
     request_id: str
+    streamed: bool = False
     text: str = ""
     stop: str | None = None
     calls: list[Call] = field(default_factory=list)
@@ -133,7 +156,7 @@ class OpenAIClient:
             raw = await self.sdk.chat.completions.with_raw_response.create(model=model, messages=self.history, **extra)
             r = raw.parse()
             message = r.choices[0].message
-            reply = Reply(header(raw.headers, "x-request-id"), message.content or "", r.choices[0].finish_reason)
+            reply = Reply(header(raw.headers, "x-request-id"), False, message.content or "", r.choices[0].finish_reason)
             reply.models.add(r.model)
             for tc in message.tool_calls or []:
                 assert tc.type == "function"
@@ -145,7 +168,7 @@ class OpenAIClient:
         chunks = await self.sdk.chat.completions.create(
             model=model, messages=self.history, stream=True, stream_options={"include_usage": True}, **extra
         )
-        reply = Reply(header(chunks.response.headers, "x-request-id"))
+        reply = Reply(header(chunks.response.headers, "x-request-id"), True)
         calls: dict[int, dict[str, Any]] = {}
         async for chunk in chunks:
             reply.models.add(chunk.model)
@@ -175,7 +198,9 @@ class OpenAIClient:
 
     def answer(self, reply: Reply, results: list[str]) -> None:
         for call, result in zip(reply.calls, results, strict=True):
-            self.history.append({"role": "tool", "tool_call_id": call.id, "content": result})
+            # after a stream, the content as text parts (both forms are OpenAI's)
+            content: Any = [{"type": "text", "text": result}] if reply.streamed else result
+            self.history.append({"role": "tool", "tool_call_id": call.id, "content": content})
 
 
 class AnthropicClient:
@@ -198,7 +223,7 @@ class AnthropicClient:
             streamed_text = None
         else:
             async with self.sdk.messages.stream(model=model, messages=self.history, max_tokens=1024, **extra) as events:
-                reply = Reply(header(events.response.headers, "x-request-id"))
+                reply = Reply(header(events.response.headers, "x-request-id"), True)
                 pieces = []
                 async for event in events:
                     if event.type == "message_start":
@@ -229,7 +254,10 @@ class AnthropicClient:
 
     def answer(self, reply: Reply, results: list[str]) -> None:
         content = [
-            {"type": "tool_result", "tool_use_id": call.id, "content": result}
+            # after a stream, the content as text blocks (both forms are Anthropic's)
+            {"type": "tool_result", "tool_use_id": call.id, "content": [{"type": "text", "text": result}]}
+            if reply.streamed
+            else {"type": "tool_result", "tool_use_id": call.id, "content": result}
             for call, result in zip(reply.calls, results, strict=True)
         ]
         self.history.append({"role": "user", "content": content})
@@ -245,6 +273,10 @@ class GeminiClient:
         if tools:
             declarations = [
                 types.FunctionDeclaration(
+                    name=t["name"], description=t["description"], parameters=GEMINI_SCHEMAS[t["name"]]
+                )
+                if stream
+                else types.FunctionDeclaration(
                     name=t["name"], description=t["description"], parameters_json_schema=t["schema"]
                 )
                 for t in tools
@@ -259,7 +291,7 @@ class GeminiClient:
                 r async for r in await models.generate_content_stream(model=model, contents=self.history, config=config)
             ]
         assert responses and responses[0].sdk_http_response is not None
-        reply = Reply(header(responses[0].sdk_http_response.headers or {}, "x-request-id"))
+        reply = Reply(header(responses[0].sdk_http_response.headers or {}, "x-request-id"), stream)
         parts: list[types.Part] = []
         for response in responses:
             reply.models.add(response.model_version)
@@ -374,6 +406,17 @@ def upstream_exchange(kind: str, body: dict[str, Any]) -> list[tuple[Any, Any]]:
     return list(zip(calls, results, strict=True))
 
 
+def upstream_schemas(kind: str, body: dict[str, Any]) -> list[Any]:
+    """The tools' parameter schemas the upstream received."""
+    if kind == "openai":
+        return [t["function"]["parameters"] for t in body["tools"]]
+    if kind == "anthropic":
+        return [t["input_schema"] for t in body["tools"]]
+    keys = ("parametersJsonSchema", "parameters_json_schema", "parameters")  # the genai SDK sends snake_case
+    declarations = [d for t in body["tools"] for d in t["functionDeclarations"]]
+    return [next(d[k] for k in keys if k in d) for d in declarations]
+
+
 def prompt_tokens_seen_by(kind: str, body: dict[str, Any]) -> int:
     if kind == "openai":
         return count_prompt_tokens(body["messages"])
@@ -407,6 +450,11 @@ async def tool_round_trip(
 ) -> None:
     reply = await client.send(model_for(kind), stream=stream, tools=TOOLS)
     assert reply.stop == TOOL_STOP[sdk] and reply.text == ""
+    schemas = upstream_schemas(kind, mock.requests[-1].body)
+    if sdk == kind == "gemini" and stream:  # the passthrough keeps the Schema form the client sent
+        assert [schema["type"] for schema in schemas] == ["OBJECT", "OBJECT"]
+    else:
+        assert schemas == [t["schema"] for t in TOOLS]
     assert [(c.name, c.arguments) for c in reply.calls] == [(WEATHER["name"], WEATHER["arguments"])]
     if sdk != "gemini":
         assert reply.calls[0].id
