@@ -1,8 +1,11 @@
 """The 3x3 matrix: the official openai, anthropic and google-genai SDKs through keyrelay to each upstream kind.
 
 Every cell (client SDK x upstream kind, ids like ``anthropic-to-gemini``) runs plain text, streamed text, a tool
-call (non-streaming and streaming) followed by a tool-result turn in the client's own wire, and streamed parallel
-tool calls, each answered. Same wire is keyrelay's passthrough; different wires go through the canonical types.
+call (non-streaming and streaming) followed by a tool-result turn in the client's own wire, and parallel tool
+calls (whole and streamed), each answered. Same wire is keyrelay's passthrough; different wires go through the
+canonical types. Each answer is checked for the model it names, its usage (the mock's count of what the upstream
+received) and its usage record (client wire, upstream kind, tokens, cost); each tool-result turn for reaching the
+upstream as the answer to the right call, and the tools' schemas for reaching it as JSON Schema.
 
 What the mock answers (keyrelay.testing.mock_upstream.behaviour): :data:`REPLY_TEXT`, 9 words, one token each;
 prompt tokens ``ceil(bytes / 4) + 3 * messages``; a tool call's arguments built from its schema's required
