@@ -190,7 +190,7 @@ def canonical_to_gemini_response(resp: ChatResponse, request: ChatRequest) -> by
     body: dict[str, Any] = {"candidates": [candidate]}
     if resp.usage is not None:
         body["usageMetadata"] = usage_metadata(resp.usage)
-    body["modelVersion"] = resp.model or request.model
+    body["modelVersion"] = request.model  # the client's model name, as in streams and the other wires' answers
     body["responseId"] = resp.id
     return orjson.dumps(body)
 

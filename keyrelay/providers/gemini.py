@@ -443,7 +443,9 @@ class GeminiStreamDecoder:
             response_id, model = field(data, "responseId"), field(data, "modelVersion")
             out.append(
                 MessageStart(
-                    response_id if isinstance(response_id, str) else "", model if isinstance(model, str) else ""
+                    response_id if isinstance(response_id, str) else "",
+                    model if isinstance(model, str) else "",
+                    gemini_usage(field(data, "usageMetadata")),  # Gemini counts the prompt from the first chunk
                 )
             )
         candidates = data.get("candidates")

@@ -345,7 +345,9 @@ def test_an_answer_parses_with_the_sdk() -> None:
         Usage(10, 20, cache_read_tokens=4, reasoning_tokens=5),
     )
     parsed = sdk(canonical_to_gemini_response(resp, CHAT))
-    assert parsed.text == "Hello" and parsed.response_id == "r1" and parsed.model_version == "claude-x"
+    # the client's model name, not the upstream's ("claude-x"): as in a stream (GeminiStreamEncoder's model, the
+    # client's) and in the OpenAI and Anthropic wires' translated answers
+    assert parsed.text == "Hello" and parsed.response_id == "r1" and parsed.model_version == "gemini-2.5-flash"
     assert parsed.function_calls is not None
     assert [(c.id, c.name, c.args) for c in parsed.function_calls] == [("c1", "f", {"a": 1})]
     candidate = parsed.candidates[0] if parsed.candidates else None

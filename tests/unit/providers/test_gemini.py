@@ -289,6 +289,15 @@ def test_answer_and_stream_agree(case: str) -> None:
     assert isinstance(events[0], MessageStart) and events[0].id == answer.id and events[0].model == answer.model
 
 
+def test_stream_start_carries_the_first_chunks_usage() -> None:
+    # Anthropic clients read the input usage from message_start: Gemini reports it in its first chunk.
+    _, events = decode_stream((DATA / "plain.sse").read_bytes(), [])
+    assert isinstance(events[0], MessageStart) and events[0].usage == Usage(8, 4)
+    chunk = {"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "index": 0}]}
+    _, events = decode_stream(b"data: " + orjson.dumps(chunk) + b"\n\n", [])
+    assert isinstance(events[0], MessageStart) and events[0].usage is None
+
+
 def test_plain_answer() -> None:
     answer = gemini_response_to_canonical((DATA / "plain.response.json").read_bytes())
     assert answer == ChatResponse(
