@@ -3,7 +3,11 @@
 Starts keyrelay's mock upstream and one gateway worker (each its own process; pinned to CPUs when
 taskset exists), creates a key with every limit and rule set, then runs the load generator (a
 separate process) closed-loop against the mock directly and through the gateway, non-streaming
-and streaming. Prints a markdown table and appends it with the machine and date to
+and streaming; then the Anthropic passthrough and translated paths (OpenAI → Anthropic, Anthropic →
+OpenAI), and the referee's bare passthrough proxy (../shared/bench/passthrough.py, when present) on the
+same mock. Since the mock and the load generator share one CPU and often limit req/s, each gateway path is
+also compared with the referee by CPU time per request: referee µs ÷ path µs is the throughput ratio the
+two would have on one saturated core. Prints a markdown table and appends it with the machine and date to
 docs/benchmarks.md.
 """
 
@@ -25,6 +29,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# The referee's bare passthrough proxy (../shared/bench), measured in the same run when it is there.
+REFEREE = Path(os.environ.get("BENCH_REFEREE_PASSTHROUGH", ROOT.parent / "shared" / "bench" / "passthrough.py"))
 
 
 def free_port() -> int:
@@ -125,6 +131,29 @@ def redis_up(url: str) -> bool:
         return False
 
 
+def referee_rows(mock_port: int, conns: int, seconds: float) -> dict[bool, dict[str, float]]:
+    """The referee passthrough (an aiohttp proxy checking a key in a dict) on the same mock: CPU per request."""
+    if not REFEREE.exists():
+        return {}
+    port = free_port()
+    cmd = [PY, str(REFEREE), "--port", str(port), "--upstream", f"http://127.0.0.1:{mock_port}", "--parse"]
+    proc = subprocess.Popen(pinned(0, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows: dict[bool, dict[str, float]] = {}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        for stream in (False, True):
+            before = cpu_seconds(proc.pid)
+            result = load(
+                f"http://127.0.0.1:{port}/v1/chat/completions", "sk-pass-1", "gpt-4o-mini", stream, conns, seconds
+            )
+            result["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(1, result["requests"]) * 1e6
+            rows[stream] = result
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    return rows
+
+
 def gateway_cmd(db: str, port: int, config: Path) -> list[str]:
     return pinned(
         0, [PY, "-m", "keyrelay", "--database-url", db, "serve", "--port", str(port), "--config", str(config)]
@@ -187,6 +216,7 @@ def main() -> None:
             gateway_proc.terminate()
             gateway_proc.wait(timeout=15)
             procs.remove(gateway_proc)
+        referee = referee_rows(mock_port, conns, seconds)
         admission_cmd = [
             PY,
             str(ROOT / "bench" / "admission.py"),
@@ -198,27 +228,39 @@ def main() -> None:
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {conns} connections, {seconds:g} s",
             "",
             "| limits | mode | direct req/s | gateway req/s | direct p50/p99 ms | gateway p50/p99 ms | added p50 ms "
-            "| gateway CPU µs/request | errors |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| gateway CPU µs/request | ÷ referee CPU | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
+
+        def vs_referee(stream: bool, cpu_us: float) -> str:
+            """Referee CPU per request ÷ this path's: its throughput ratio on one saturated core."""
+            ref = referee.get(stream)
+            return f"{ref['cpu_us'] / cpu_us:.2f}×" if ref and cpu_us else "–"
+
         for backend, stream, d, g in rows:
             lines.append(
                 f"| {backend} | {'stream' if stream else 'non-stream'} | {d['req_s']:.0f} | {g['req_s']:.0f} | "
                 f"{d['p50_ms']:.2f}/{d['p99_ms']:.2f} | {g['p50_ms']:.2f}/{g['p99_ms']:.2f} | "
-                f"{g['p50_ms'] - d['p50_ms']:.2f} | {g['cpu_us']:.0f} | {int(g['errors'])} |"
+                f"{g['p50_ms'] - d['p50_ms']:.2f} | {g['cpu_us']:.0f} | {vs_referee(stream, g['cpu_us'])} | "
+                f"{int(g['errors'])} |"
+            )
+        for stream, r in referee.items():
+            lines.append(
+                f"| referee passthrough | {'stream' if stream else 'non-stream'} | – | {r['req_s']:.0f} | – | "
+                f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f} | – | {r['cpu_us']:.0f} | 1.00× | {int(r['errors'])} |"
             )
         lines += [
             "",
             "Other wires (memory limits), each against calling the same upstream wire of the mock directly:",
             "",
-            "| path | mode | direct req/s | gateway req/s | ratio | gateway p50/p99 ms | gateway CPU µs/request "
-            "| errors |",
+            "| path | mode | direct req/s | gateway req/s | gateway p50/p99 ms | gateway CPU µs/request "
+            "| ÷ referee CPU | errors |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for label, stream, d, g in wire_rows:
             lines.append(
                 f"| {label} | {'stream' if stream else 'non-stream'} | {d['req_s']:.0f} | {g['req_s']:.0f} | "
-                f"{g['req_s'] / max(d['req_s'], 1):.2f} | {g['p50_ms']:.2f}/{g['p99_ms']:.2f} | {g['cpu_us']:.0f} | "
+                f"{g['p50_ms']:.2f}/{g['p99_ms']:.2f} | {g['cpu_us']:.0f} | {vs_referee(stream, g['cpu_us'])} | "
                 f"{int(g['errors'])} |"
             )
         lines += [

@@ -15,7 +15,7 @@ Together): a provider named like that prefix must not silently take such a name 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from keyrelay.config import ProviderConfig, Settings
 from keyrelay.protocols.base import ProtocolName
@@ -47,11 +47,10 @@ class Channel:
     tls_verify: bool = True
     cache_read_micros_per_mtok: int = 0
     cache_write_micros_per_mtok: int = 0
+    wire: ProtocolName = field(init=False)  # the wire the upstream speaks (``openai-compatible`` speaks OpenAI's)
 
-    @property
-    def wire(self) -> ProtocolName:
-        """The wire this channel's upstream speaks (``openai-compatible`` speaks OpenAI's)."""
-        return _WIRES[self.kind]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire", _WIRES[self.kind])  # read on every request: computed once
 
     @property
     def qualified_name(self) -> str:
