@@ -9,9 +9,6 @@ Wire format: https://docs.anthropic.com/en/api/messages, errors: https://docs.an
 
 from __future__ import annotations
 
-import json
-import re
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -35,6 +32,7 @@ from keyrelay.protocols.canonical import (
     ToolResultPart,
     Usage,
 )
+from keyrelay.protocols.judged import JudgedFields
 
 __all__ = [
     "STOP_REASONS",
@@ -48,8 +46,7 @@ __all__ = [
 ]
 
 # The fields keyrelay judges a request by (whitelist, price, cost bound, image bound): each must appear once.
-_JUDGED = ("model", "stream", "max_tokens", "messages")
-_JUDGED_KEY = re.compile(rb'"(' + b"|".join(name.encode() for name in _JUDGED) + rb')"\s*:')
+_JUDGED = JudgedFields(("model", "stream", "max_tokens", "messages"))
 
 # Top-level request fields the translation understands. Anything else (service_tier, container,
 # mcp_servers, output_config, context_management, inference_geo, speed, top-level cache_control, ...)
@@ -152,36 +149,6 @@ def image_blocks(raw: bytes, body: dict[str, Any]) -> int:
     return raw.count(b'"image"') + raw.count(b'"document"')
 
 
-def _top_level_duplicates(raw: bytes) -> list[str]:
-    """Judged field names that the top-level object of ``raw`` holds more than once."""
-    found: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        # Objects are built innermost first, so the last call is the top-level object.
-        counts = Counter(name for name, _ in items)
-        found[:] = [name for name in _JUDGED if counts[name] > 1]
-        return dict(items)
-
-    try:
-        json.loads(raw, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
-        # orjson accepted the body, the stdlib parser gave up (deep nesting): refuse, it cannot be told.
-        return [name for name in _JUDGED if raw.count(b'"' + name.encode() + b'"') > 1][:1] or ["body"]
-    return found
-
-
-def _refuse_duplicates(raw: bytes) -> None:
-    """Refuse a body whose judged fields appear twice (see ``protocols.openai._refuse_duplicates``)."""
-    if b"\\u" not in raw:
-        seen = _JUDGED_KEY.findall(raw)
-        if len(seen) == len(set(seen)):
-            return
-    duplicates = _top_level_duplicates(raw)
-    if duplicates:
-        name = duplicates[0]
-        raise _invalid(f"The request body holds the field {name!r} more than once.", name)
-
-
 def decode_request(operation: Operation, raw: bytes, model: str | None = None) -> InboundRequest:
     """Parse and judge a Messages (CHAT) or count_tokens (COUNT_TOKENS) body.
 
@@ -197,7 +164,7 @@ def decode_request(operation: Operation, raw: bytes, model: str | None = None) -
         raise _invalid("The request body is not valid JSON.", "body") from None
     if not isinstance(body, dict):
         raise _invalid("The request body must be a JSON object.", "body")
-    _refuse_duplicates(raw)
+    _JUDGED.refuse_duplicates(raw)
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise _invalid("model is required (a string).", "model")

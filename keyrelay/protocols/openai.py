@@ -6,22 +6,19 @@ must be rewritten or usage must be requested from the upstream for a stream.
 
 from __future__ import annotations
 
-import json
-import re
-from collections import Counter
 from typing import Any
 
 import orjson
 
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName
+from keyrelay.protocols.judged import JudgedFields
 
 __all__ = ["IMAGE_TOKEN_BOUND", "InboundRequest", "Operation", "bearer_credential", "decode_request", "upstream_body"]
 
 MAX_CHOICES = 128  # OpenAI's own bound on ``n`` (https://platform.openai.com/docs/api-reference/chat/create)
 # The fields keyrelay judges a request by (whitelist, price, cost bound, usage): each must appear once.
-_JUDGED = ("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n")
-_JUDGED_KEY = re.compile(rb'"(' + b"|".join(name.encode() for name in _JUDGED) + rb')"\s*:')
+_JUDGED = JudgedFields(("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n"))
 
 
 def image_parts(raw: bytes, body: dict[str, Any]) -> int:
@@ -67,46 +64,6 @@ def _int_field(body: dict[str, Any], name: str, maximum: int | None = None) -> i
     return value
 
 
-def _top_level_duplicates(raw: bytes) -> list[str]:
-    """Judged field names that the top-level object of ``raw`` holds more than once."""
-    found: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        # Objects are built innermost first, so the last call is the top-level object.
-        counts = Counter(name for name, _ in items)
-        found[:] = [name for name in _JUDGED if counts[name] > 1]
-        return dict(items)
-
-    try:
-        json.loads(raw, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
-        # orjson accepted the body; the stdlib parser may still give up on deep nesting. Judge it as orjson
-        # read it: refuse, since whether the names repeat at the top level cannot be told.
-        return [name for name in _JUDGED if raw.count(b'"' + name.encode() + b'"') > 1][:1] or ["body"]
-    return found
-
-
-def _refuse_duplicates(raw: bytes) -> None:
-    r"""Refuse a body whose judged fields appear twice (a JSON parser that keeps the first would disagree).
-
-    RFC 8259 §4 leaves duplicate names undefined; orjson keeps the last, some upstream parsers the first,
-    so the model keyrelay authorises and prices could differ from the one served. One C-level scan finds
-    candidates; only then is the body parsed again to see whether they are top-level duplicates. A body
-    with escapes (``"mod\u0065l"``, written with a backslash-u escape, is the name ``model`` too) is always
-    checked by parsing.
-    """
-    if b"\\u" not in raw:
-        seen = _JUDGED_KEY.findall(raw)
-        if len(seen) == len(set(seen)):
-            return
-    duplicates = _top_level_duplicates(raw)
-    if duplicates:
-        name = duplicates[0]
-        raise GatewayError(
-            ErrorType.INVALID_REQUEST, f"The request body holds the field {name!r} more than once.", field=name
-        )
-
-
 def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
     """Parse and check a chat or embeddings request body.
 
@@ -119,7 +76,7 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
         raise GatewayError(ErrorType.INVALID_REQUEST, "The request body is not valid JSON.", field="body") from None
     if not isinstance(body, dict):
         raise GatewayError(ErrorType.INVALID_REQUEST, "The request body must be a JSON object.", field="body")
-    _refuse_duplicates(raw)
+    _JUDGED.refuse_duplicates(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(ErrorType.INVALID_REQUEST, "model is required (a string).", field="model")
