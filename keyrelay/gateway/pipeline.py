@@ -587,7 +587,7 @@ class Gateway:
                 out = relay.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            rest, failure = relay.end()
+            rest, failure = relay.close()
             await send({"type": "http.response.body", "body": rest})
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
@@ -610,7 +610,7 @@ class Gateway:
             response.release()
             if failure is not None:
                 outcome.status, outcome.error_type = failure.status, failure.error_type.name
-            outcome.usage = relay.usage() or Usage(
+            outcome.usage = relay.usage or Usage(
                 estimate_tokens(len(call.request.raw)), relay.output_tokens_estimate(), estimated=True
             )
 

@@ -34,7 +34,7 @@ class Relay(Protocol):
         """The bytes to send the client for this upstream read."""
         ...
 
-    def end(self) -> tuple[bytes, GatewayError | None]:
+    def close(self) -> tuple[bytes, GatewayError | None]:
         """The upstream closed the stream: the last bytes, and the failure if the stream was not complete."""
         ...
 
@@ -42,6 +42,7 @@ class Relay(Protocol):
         """The upstream connection failed mid-stream: the closing bytes, ending with ``err`` as an event."""
         ...
 
+    @property
     def usage(self) -> Usage | None:
         """The usage the upstream reported (None if none)."""
         ...
@@ -51,41 +52,31 @@ class Relay(Protocol):
         ...
 
 
-class OpenAIRelay:
-    """OpenAI client, OpenAI upstream: ``StreamRelay`` with its usage hiding and error events."""
+class OpenAIRelay(StreamRelay):
+    """OpenAI client, OpenAI upstream: ``StreamRelay`` itself, with its usage hiding and error events.
+
+    A subclass rather than a wrapper: no call in between per network read on the fast path.
+    """
 
     def __init__(self, request: InboundRequest, scrubber: SecretScrubber) -> None:
-        self._relay = StreamRelay(
+        super().__init__(
             hide_usage_chunk=not request.client_wants_usage, scrub=scrubber.data, scrub_known=scrubber.known
         )
 
-    def feed(self, chunk: bytes) -> bytes:
-        """See ``Relay.feed``."""
-        return self._relay.feed(chunk)
-
-    def end(self) -> tuple[bytes, GatewayError | None]:
-        """See ``Relay.end``."""
-        relay = self._relay
-        rest = relay.end(clean=True)
-        if relay.error is not None:
+    def close(self) -> tuple[bytes, GatewayError | None]:
+        """See ``Relay.close``."""
+        rest = self.end(clean=True)
+        if self.error is not None:
             # The upstream's own error event was relayed (scrubbed); the client has its explanation.
             return rest, GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT)
-        if not relay.complete():
+        if not self.complete():
             failure = GatewayError(ErrorType.UPSTREAM_ERROR, _INCOMPLETE)
             return rest + b"data: " + orjson.dumps(failure.to_body()) + b"\n\n", failure
         return rest, None
 
     def fail(self, err: GatewayError) -> bytes:
         """See ``Relay.fail``."""
-        return self._relay.end(clean=False) + b"data: " + orjson.dumps(err.to_body()) + b"\n\n"
-
-    def usage(self) -> Usage | None:
-        """See ``Relay.usage``."""
-        return self._relay.usage
-
-    def output_tokens_estimate(self) -> int:
-        """See ``Relay.output_tokens_estimate``."""
-        return self._relay.output_tokens_estimate()
+        return self.end(clean=False) + b"data: " + orjson.dumps(err.to_body()) + b"\n\n"
 
 
 def _has_error(events: list[StreamEvent]) -> StreamError | None:
@@ -110,8 +101,8 @@ class PassthroughRelay:
             self._errored = True
         return self._scrub(chunk)
 
-    def end(self) -> tuple[bytes, GatewayError | None]:
-        """See ``Relay.end``."""
+    def close(self) -> tuple[bytes, GatewayError | None]:
+        """See ``Relay.close``."""
         if _has_error(self._decoder.end()) is not None or self._errored:
             return b"", GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT)
         if not self._decoder.complete:
@@ -123,6 +114,7 @@ class PassthroughRelay:
         """See ``Relay.fail``."""
         return self._inbound.stream_error(err, request_id_var.get())
 
+    @property
     def usage(self) -> Usage | None:
         """See ``Relay.usage``."""
         return self._decoder.usage
@@ -156,8 +148,8 @@ class TranslatingRelay:
             return b""
         return self._encode(self._decoder.feed(self._scrub(chunk)))
 
-    def end(self) -> tuple[bytes, GatewayError | None]:
-        """See ``Relay.end``."""
+    def close(self) -> tuple[bytes, GatewayError | None]:
+        """See ``Relay.close``."""
         if self._failure is not None:
             self._decoder.end()
             return b"", self._failure
@@ -175,6 +167,7 @@ class TranslatingRelay:
             return b""
         return self._encoder.error(err)
 
+    @property
     def usage(self) -> Usage | None:
         """See ``Relay.usage``."""
         return self._decoder.usage
