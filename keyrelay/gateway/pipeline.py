@@ -425,7 +425,7 @@ class Gateway:
             canonical = call.to_canonical()
             if channel.wire is ProtocolName.ANTHROPIC:
                 canonical = _with_output_limit(canonical, self._settings.default_max_tokens)
-            body = out.build(canonical, channel.upstream_model)
+            body = out.build(canonical, channel.upstream_model, channel.kind)
         if channel.wire is ProtocolName.ANTHROPIC:
             head += anthropic_head_lines(call.anthropic_headers, same_wire=request.protocol is ProtocolName.ANTHROPIC)
         return await self._pool.request(

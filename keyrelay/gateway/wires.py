@@ -55,7 +55,7 @@ class Outbound:
     path: Callable[[Operation, bool, str], str]  # operation, stream, upstream model → path under base_url
     credential_headers: Callable[[str | None], list[tuple[str, str]]]
     passthrough_body: Callable[[InboundRequest, str], bytes]  # same wire: the client's body, model rewritten
-    build: Callable[[ChatRequest, str], bytes]  # another wire: the canonical request translated
+    build: Callable[[ChatRequest, str, str], bytes]  # another wire: (canonical request, upstream model, kind)
     decode_response: Callable[[bytes], ChatResponse]
     stream_decoder: Callable[[], StreamDecoder]
     body_usage: Callable[[bytes], Usage | None]  # usage of a whole answer (a passthrough relays it untouched)
@@ -158,6 +158,10 @@ def _openai_path(operation: Operation, stream: bool, model: str) -> str:
     return "/embeddings" if operation is Operation.EMBEDDINGS else "/chat/completions"
 
 
+def _openai_build(req: ChatRequest, upstream_model: str, kind: str) -> bytes:
+    return openai_out.canonical_to_openai_request(req, upstream_model, extensions=kind == "openai-compatible")
+
+
 def _bearer(secret: str | None) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {secret}")] if secret else []
 
@@ -217,7 +221,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         _openai_path,
         _bearer,
         openai_in.upstream_body,
-        openai_out.canonical_to_openai_request,
+        _openai_build,
         openai_out.openai_response_to_canonical,
         OpenAIStreamDecoder,
         _openai_body_usage,
@@ -228,7 +232,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         _anthropic_path,
         _anthropic_credential,
         _with_model,
-        anthropic_out.canonical_to_anthropic_request,
+        lambda req, model, kind: anthropic_out.canonical_to_anthropic_request(req, model),
         anthropic_out.anthropic_response_to_canonical,
         anthropic_out.AnthropicStreamDecoder,
         _anthropic_body_usage,
@@ -239,7 +243,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         _gemini_path,
         _gemini_credential,
         lambda request, model: request.raw,  # the model is in the path
-        gemini_out.canonical_to_gemini_request,
+        lambda req, model, kind: gemini_out.canonical_to_gemini_request(req, model),
         gemini_out.gemini_response_to_canonical,
         gemini_out.GeminiStreamDecoder,
         _gemini_body_usage,

@@ -167,14 +167,20 @@ def _tool_choice(choice: ToolChoice) -> object:
     return choice.mode
 
 
-def canonical_to_openai_request(req: ChatRequest, upstream_model: str) -> bytes:
+def canonical_to_openai_request(req: ChatRequest, upstream_model: str, *, extensions: bool = False) -> bytes:
     """The Chat Completions body for an OpenAI(-compatible) upstream.
 
+    Args:
+        req: The canonical request.
+        upstream_model: The model id the upstream knows.
+        extensions: The upstream is ``openai-compatible``: ``top_k`` is sent as the ``top_k`` extension field
+            that vLLM, SGLang and llama.cpp read. OpenAI itself refuses unknown fields.
+
     Raises:
-        GatewayError: INVALID_REQUEST naming the field OpenAI cannot express (``top_k``, ``n`` above 1,
-            an image in a tool result).
+        GatewayError: INVALID_REQUEST naming the field OpenAI cannot express (``top_k`` toward ``openai``,
+            ``n`` above 1, an image in a tool result).
     """
-    if req.top_k is not None:
+    if req.top_k is not None and not extensions:
         raise _invalid("top_k is not supported when this model is served by an OpenAI upstream.", "top_k")
     if req.n != 1:
         raise _invalid("More than one choice is not supported when translating to an OpenAI upstream.", "n")
@@ -187,6 +193,8 @@ def canonical_to_openai_request(req: ChatRequest, upstream_model: str) -> bytes:
         body["response_format"] = req.response_format
     if req.user is not None:
         body["user"] = req.user
+    if req.top_k is not None:
+        body["top_k"] = req.top_k
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # keyrelay bills by the usage chunk

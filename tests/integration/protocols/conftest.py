@@ -2,8 +2,8 @@
 provider of each kind on it.
 
 Model names a client uses: ``oa-model`` (an ``openai`` provider), ``an-model`` (``anthropic``) and ``ge-model``
-(``gemini``); each with ``-<behaviour>`` variants (``parallel``, ``cache-hit``, ``stream-error``, ...) that the
-mock reads from the upstream model id.
+(``gemini``), each with ``-<behaviour>`` variants (``parallel``, ``cache-hit``, ``stream-error``, ...) that the
+mock reads from the upstream model id; and ``oc-model`` (``openai-compatible``, no variants).
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ def provider(mock: MockUpstream, short: str) -> ProviderConfig:
     )
 
 
+def compatible(mock: MockUpstream) -> ProviderConfig:
+    """An ``openai-compatible`` provider (vLLM, SGLang, ...): model ``oc-model`` on the mock's OpenAI wire."""
+    model = ModelConfig(id="oc-model", upstream_id="gpt-4o-mini", **PRICES)
+    return ProviderConfig(
+        name="oc", kind="openai-compatible", base_url=f"{mock.origin}/v1", models=(model,), timeout_s=5
+    )
+
+
 @pytest.fixture
 def settings(database_url: str, mock: MockUpstream) -> Settings:
     return Settings(
@@ -54,7 +62,7 @@ def settings(database_url: str, mock: MockUpstream) -> Settings:
         cache_poll_interval_s=0.2,
         usage_flush_interval_s=0.1,
         log_level="warning",
-        providers=tuple(provider(mock, short) for short in KINDS),
+        providers=(*(provider(mock, short) for short in KINDS), compatible(mock)),
     )
 
 

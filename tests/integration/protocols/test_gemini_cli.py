@@ -269,6 +269,16 @@ async def test_session_against_anthropic_is_translated(
     assert rows[0]["completion_tokens"] == last["usageMetadata"]["candidatesTokenCount"]
 
 
+async def test_top_k_goes_to_an_openai_compatible_upstream_as_its_extension(
+    server: RunningServer, client: httpx.AsyncClient, mock: MockUpstream, key: str
+) -> None:
+    """vLLM, SGLang and llama.cpp read ``top_k``: Gemini CLI's topK reaches them (OpenAI itself is refused below)."""
+    frames = sse_chunks(await stream(client, key, "oc-model", first_turn()))
+    parts_and_end(frames)
+    [sent] = mock.requests
+    assert (sent.body["top_k"], sent.body["temperature"], sent.body["top_p"]) == (64, 0, 1)
+
+
 async def test_top_k_toward_openai_is_refused(
     server: RunningServer, client: httpx.AsyncClient, mock: MockUpstream, key: str
 ) -> None:

@@ -398,3 +398,14 @@ def test_request_refusals_name_the_field(req: ChatRequest, field: str) -> None:
 )
 def test_budget_to_effort_table(reasoning: Reasoning, effort: str | None) -> None:
     assert effort_for_budget(reasoning) == effort
+
+
+def test_top_k_is_the_extension_field_for_openai_compatible_upstreams() -> None:
+    """``top_k`` is refused toward OpenAI itself, and sent as vLLM's ``top_k`` toward an openai-compatible one."""
+    req = _request(top_k=40)
+    with pytest.raises(GatewayError) as caught:
+        canonical_to_openai_request(req, "m")
+    assert caught.value.field == "top_k"
+    body = orjson.loads(canonical_to_openai_request(req, "m", extensions=True))
+    assert body["top_k"] == 40
+    assert "top_k" not in orjson.loads(canonical_to_openai_request(_request(), "m", extensions=True))
