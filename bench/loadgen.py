@@ -2,7 +2,8 @@
 
 Usage: python bench/loadgen.py URL KEY MODEL --stream 0|1 -c 32 -d 5 --warmup 1 --wire openai|anthropic
 
-``--wire anthropic`` sends Anthropic Messages bodies (to a /v1/messages URL) with ``x-api-key``.
+``--wire anthropic`` sends Anthropic Messages bodies (to a /v1/messages URL) with ``x-api-key``; ``--wire gemini``
+sends Gemini generateContent bodies with ``x-goog-api-key`` (the URL names the model and the method; MODEL is unused).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ async def main() -> None:
     parser.add_argument("-c", type=int, default=32)
     parser.add_argument("-d", type=float, default=5)
     parser.add_argument("--warmup", type=float, default=1)
-    parser.add_argument("--wire", choices=("openai", "anthropic"), default="openai")
+    parser.add_argument("--wire", choices=("openai", "anthropic", "gemini"), default="openai")
     args = parser.parse_args()
     payload: dict[str, object] = {
         "model": args.model,
@@ -67,8 +68,15 @@ async def main() -> None:
         payload["stream"] = True
         if args.wire == "openai":
             payload["stream_options"] = {"include_usage": True}
+    if args.wire == "gemini":
+        payload = {
+            "contents": [{"role": "user", "parts": [{"text": "Say hi."}]}],
+            "generationConfig": {"maxOutputTokens": 64},
+        }
     body = orjson.dumps(payload)
-    if args.wire == "anthropic":
+    if args.wire == "gemini":
+        headers = {"x-goog-api-key": args.key, "content-type": "application/json"}
+    elif args.wire == "anthropic":
         headers = {"x-api-key": args.key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
     else:
         headers = {"authorization": f"Bearer {args.key}", "content-type": "application/json"}

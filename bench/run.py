@@ -3,12 +3,12 @@
 Starts keyrelay's mock upstream and one gateway worker (each its own process; pinned to CPUs when
 taskset exists), creates a key with every limit and rule set, then runs the load generator (a
 separate process) closed-loop against the mock directly and through the gateway, non-streaming
-and streaming; then the Anthropic passthrough and translated paths (OpenAI → Anthropic, Anthropic →
-OpenAI), and the referee's bare passthrough proxy (../shared/bench/passthrough.py, when present) on the
-same mock. Since the mock and the load generator share one CPU and often limit req/s, each gateway path is
-also compared with the referee by CPU time per request: referee µs ÷ path µs is the throughput ratio the
-two would have on one saturated core. Prints a markdown table and appends it with the machine and date to
-docs/benchmarks.md.
+and streaming; then the other wires: the Anthropic and Gemini passthroughs and the translated paths
+(OpenAI → Anthropic, OpenAI → Gemini, Anthropic → OpenAI, Gemini → OpenAI); then the referee's bare
+passthrough proxy (../shared/bench/passthrough.py, when present) on the same mock. Since the mock and the
+load generator share one CPU and often limit req/s, each gateway path is also compared with the referee
+by CPU time per request: referee µs ÷ path µs is the throughput ratio the two would have on one saturated
+core. Prints a markdown table and appends it with the machine and date to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -106,11 +106,29 @@ FRAMINGS = (
 # Other wires, with in-process limits: (label, client wire, gateway path, model, upstream wire's direct path).
 # The direct run calls the mock's endpoint of the wire the upstream speaks, so each ratio compares the gateway
 # with calling the same upstream directly.
+# A Gemini path names its model and method: {method} is generateContent, or streamGenerateContent?alt=sse.
+GEMINI_GATEWAY = "/v1beta/models/gemini-bench:{method}"
+GEMINI_DIRECT = "/v1beta/models/gemini-2.5-flash:{method}"
 WIRE_SCENARIOS = (
     ("Anthropic passthrough", "anthropic", "/v1/messages", "claude-bench", "anthropic", "/v1/messages"),
+    ("Gemini passthrough", "gemini", GEMINI_GATEWAY, "gemini-bench", "gemini", GEMINI_DIRECT),
     ("OpenAI → Anthropic", "openai", "/v1/chat/completions", "claude-bench", "anthropic", "/v1/messages"),
+    ("OpenAI → Gemini", "openai", "/v1/chat/completions", "gemini-bench", "gemini", GEMINI_DIRECT),
     ("Anthropic → OpenAI", "anthropic", "/v1/messages", "gpt-4o-mini", "openai", "/v1/chat/completions"),
+    (
+        "Gemini → OpenAI",
+        "gemini",
+        "/v1beta/models/gpt-4o-mini:{method}",
+        "gpt-4o-mini",
+        "openai",
+        "/v1/chat/completions",
+    ),
 )
+
+
+def with_method(path: str, stream: bool) -> str:
+    """A Gemini path with its method for this mode (other paths unchanged)."""
+    return path.format(method="streamGenerateContent?alt=sse" if stream else "generateContent")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -206,10 +224,10 @@ def main() -> None:
             if backend == "memory":
                 for label, wire, path, model, direct_wire, direct_path in WIRE_SCENARIOS:
                     for stream in (False, True):
-                        url = f"http://127.0.0.1:{mock_port}{direct_path}"
+                        url = f"http://127.0.0.1:{mock_port}{with_method(direct_path, stream)}"
                         direct = load(url, "x", model, stream, conns, seconds, direct_wire)
                         before = cpu_seconds(gateway_proc.pid)
-                        url = f"http://127.0.0.1:{gw_port}{path}"
+                        url = f"http://127.0.0.1:{gw_port}{with_method(path, stream)}"
                         gateway = load(url, key, model, stream, conns, seconds, wire)
                         gateway["cpu_us"] = (cpu_seconds(gateway_proc.pid) - before) / max(1, gateway["requests"]) * 1e6
                         wire_rows.append((label, stream, direct, gateway))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -32,9 +33,87 @@ async def _pg_available() -> str | None:
     return None
 
 
+# PostgreSQL databases of this run, emptied and ready for the next test. CREATE DATABASE copies the whole
+# template (about 4 MB of WAL and its fsyncs) per test, gigabytes of disk writes a run; emptying a used
+# database writes only its catalog changes. Dropped at the end of the run (pytest_sessionfinish).
+_PG_SPARE: list[str] = []
+_PG_ALL: set[str] = set()
+_PG_SCHEMAS = {"public", "pg_catalog", "information_schema", "pg_toast"}
+
+
+def _pg_dsn(name: str) -> str:
+    return f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+
+
+async def _take_pg_database() -> str:
+    if _PG_SPARE:
+        return _PG_SPARE.pop()
+    name = f"kr_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    _PG_ALL.add(name)
+    return name
+
+
+async def _drop_pg_database(name: str) -> None:
+    _PG_ALL.discard(name)
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _give_back_pg_database(name: str) -> None:
+    """Empty a used database (its sessions ended, schema public dropped and made again) for the next test.
+
+    A database the test dropped is forgotten; one the test changed beyond schema public is dropped.
+    """
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        allowed = await admin.fetchval("SELECT datallowconn FROM pg_database WHERE datname = $1", name)
+        if allowed is None:  # the test dropped it (a store outage)
+            _PG_ALL.discard(name)
+            return
+        if not allowed:
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(_pg_dsn(name))
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        schemas = {r["nspname"] for r in await conn.fetch("SELECT nspname FROM pg_namespace")}
+        clean = not {s for s in schemas - _PG_SCHEMAS if not s.startswith("pg_")}
+    finally:
+        await conn.close()
+    if clean:
+        _PG_SPARE.append(name)
+    else:
+        await _drop_pg_database(name)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the PostgreSQL databases this run made."""
+    if not _PG_ALL:
+        return
+
+    async def drop_all() -> None:
+        for name in list(_PG_ALL):
+            await _drop_pg_database(name)
+
+    asyncio.run(drop_all())
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A brand-new empty database: an SQLite file, or a fresh PostgreSQL database dropped afterwards."""
+    """A brand-new empty database: an SQLite file, or an empty PostgreSQL database of this run's own."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'keyrelay.db'}"
         return
@@ -43,17 +122,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         if IN_CI:
             pytest.fail(problem)
         pytest.skip(problem)
-    name = f"kr_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
+    name = await _take_pg_database()
     base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     try:
         yield f"{base}/{name}"
     finally:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        try:
+            await _give_back_pg_database(name)
+        except (OSError, asyncpg.PostgresError):
+            await _drop_pg_database(name)
 
 
 @pytest.fixture

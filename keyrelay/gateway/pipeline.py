@@ -560,7 +560,7 @@ class Gateway:
         if call.same_wire(channel) and channel.wire is ProtocolName.OPENAI:
             relay = OpenAIRelay(call.request, self._scrubber)
         elif call.same_wire(channel):
-            relay = PassthroughRelay(call.inbound, OUTBOUND[channel.wire].stream_decoder(), self._scrubber)
+            relay = PassthroughRelay(call.inbound, OUTBOUND[channel.wire].passthrough_reader(), self._scrubber)
         else:
             request = call.request
             encoder = call.inbound.stream_encoder(

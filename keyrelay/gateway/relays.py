@@ -2,7 +2,8 @@
 
 - ``OpenAIRelay``: OpenAI in and out, the fast path (``protocols.openai_stream.StreamRelay``).
 - ``PassthroughRelay``: Anthropic or Gemini in and out. The upstream's bytes go on as they are (scrubbed
-  of the gateway's provider secrets); a decoder reads usage, completeness and error events beside them.
+  of the gateway's provider secrets); a ``PassthroughReader`` reads usage, completeness and error events
+  beside them (Anthropic's parses only the events that hold them; Gemini's is its full decoder).
 - ``TranslatingRelay``: different wires. The upstream's decoder turns bytes into canonical events and the
   client's encoder turns them into the client's wire.
 
@@ -12,6 +13,7 @@ the usage seen (partial usage is billed).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 import orjson
@@ -19,7 +21,7 @@ import orjson
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.wires import Inbound
 from keyrelay.logs import SecretScrubber, request_id_var
-from keyrelay.protocols.base import InboundRequest, StreamDecoder, StreamEncoder
+from keyrelay.protocols.base import InboundRequest, PassthroughReader, StreamDecoder, StreamEncoder
 from keyrelay.protocols.canonical import StreamError, StreamEvent, Usage
 from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens
 
@@ -86,26 +88,42 @@ def _has_error(events: list[StreamEvent]) -> StreamError | None:
     return None
 
 
-class PassthroughRelay:
-    """Anthropic or Gemini on both sides: the upstream's bytes unmodified, a decoder reading beside them."""
+def partial_usage(usage: Usage | None, complete: bool, output_bytes: int) -> Usage | None:
+    """The usage to bill for a stream: as reported, but never less output than was relayed.
 
-    def __init__(self, inbound: Inbound, decoder: StreamDecoder, scrubber: SecretScrubber) -> None:
+    A stream cut before its final usage (Anthropic's ``message_delta``) reports only what its start said
+    (``output_tokens: 1``); the output estimated from the bytes relayed is billed then, marked estimated.
+    """
+    if usage is None or complete:
+        return usage
+    estimate = estimate_tokens(output_bytes)
+    if estimate <= usage.completion_tokens:
+        return usage
+    return replace(usage, completion_tokens=estimate, estimated=True)
+
+
+class PassthroughRelay:
+    """Anthropic or Gemini on both sides: the upstream's bytes unmodified, a reader beside them."""
+
+    __slots__ = ("_inbound", "_reader", "_scrub", "_errored")
+
+    def __init__(self, inbound: Inbound, reader: PassthroughReader, scrubber: SecretScrubber) -> None:
         self._inbound = inbound
-        self._decoder = decoder
+        self._reader = reader
         self._scrub = scrubber.known
         self._errored = False
 
     def feed(self, chunk: bytes) -> bytes:
         """See ``Relay.feed``."""
-        if _has_error(self._decoder.feed(chunk)) is not None:
+        if self._reader.feed(chunk):
             self._errored = True
         return self._scrub(chunk)
 
     def close(self) -> tuple[bytes, GatewayError | None]:
         """See ``Relay.close``."""
-        if _has_error(self._decoder.end()) is not None or self._errored:
+        if self._reader.end() or self._errored:
             return b"", GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT)
-        if not self._decoder.complete:
+        if not self._reader.complete:
             failure = GatewayError(ErrorType.UPSTREAM_ERROR, _INCOMPLETE)
             return self._inbound.stream_error(failure, request_id_var.get()), failure
         return b"", None
@@ -117,11 +135,12 @@ class PassthroughRelay:
     @property
     def usage(self) -> Usage | None:
         """See ``Relay.usage``."""
-        return self._decoder.usage
+        reader = self._reader
+        return partial_usage(reader.usage, reader.complete, reader.output_bytes)
 
     def output_tokens_estimate(self) -> int:
         """See ``Relay.output_tokens_estimate``."""
-        return estimate_tokens(self._decoder.output_bytes)
+        return estimate_tokens(self._reader.output_bytes)
 
 
 class TranslatingRelay:
@@ -170,7 +189,8 @@ class TranslatingRelay:
     @property
     def usage(self) -> Usage | None:
         """See ``Relay.usage``."""
-        return self._decoder.usage
+        decoder = self._decoder
+        return partial_usage(decoder.usage, decoder.complete, decoder.output_bytes)
 
     def output_tokens_estimate(self) -> int:
         """See ``Relay.output_tokens_estimate``."""

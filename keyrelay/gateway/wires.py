@@ -20,11 +20,19 @@ from keyrelay.protocols import gemini as gemini_in
 from keyrelay.protocols import openai as openai_in
 from keyrelay.protocols import openai_encode, openai_translate
 from keyrelay.protocols.anthropic_stream import AnthropicStreamEncoder
-from keyrelay.protocols.base import InboundRequest, Operation, ProtocolName, StreamDecoder, StreamEncoder
-from keyrelay.protocols.canonical import ChatRequest, ChatResponse, Usage
+from keyrelay.protocols.base import (
+    InboundRequest,
+    Operation,
+    PassthroughReader,
+    ProtocolName,
+    StreamDecoder,
+    StreamEncoder,
+)
+from keyrelay.protocols.canonical import ChatRequest, ChatResponse, StreamError, Usage
 from keyrelay.providers import anthropic as anthropic_out
 from keyrelay.providers import gemini as gemini_out
 from keyrelay.providers import openai as openai_out
+from keyrelay.providers.anthropic_passthrough import AnthropicPassthroughReader
 from keyrelay.providers.openai_decode import OpenAIStreamDecoder
 
 Headers = list[tuple[bytes, bytes]]
@@ -58,8 +66,41 @@ class Outbound:
     build: Callable[[ChatRequest, str, str], bytes]  # another wire: (canonical request, upstream model, kind)
     decode_response: Callable[[bytes], ChatResponse]
     stream_decoder: Callable[[], StreamDecoder]
+    passthrough_reader: Callable[[], PassthroughReader]  # what a same-wire stream relay reads beside the bytes
     body_usage: Callable[[bytes], Usage | None]  # usage of a whole answer (a passthrough relays it untouched)
     error: Callable[[bytes], tuple[str, str | None]]  # an error body's message (scrubbed first) and type
+
+
+class DecodingReader:
+    """A full ``StreamDecoder`` as a ``PassthroughReader``: for wires without a leaner reader (Gemini)."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, decoder: StreamDecoder) -> None:
+        self._decoder = decoder
+
+    def feed(self, chunk: bytes) -> bool:
+        """See ``PassthroughReader.feed``."""
+        return any(isinstance(event, StreamError) for event in self._decoder.feed(chunk))
+
+    def end(self) -> bool:
+        """See ``PassthroughReader.end``."""
+        return any(isinstance(event, StreamError) for event in self._decoder.end())
+
+    @property
+    def usage(self) -> Usage | None:
+        """See ``PassthroughReader.usage``."""
+        return self._decoder.usage
+
+    @property
+    def complete(self) -> bool:
+        """See ``PassthroughReader.complete``."""
+        return self._decoder.complete
+
+    @property
+    def output_bytes(self) -> int:
+        """See ``PassthroughReader.output_bytes``."""
+        return self._decoder.output_bytes
 
 
 # --- inbound --------------------------------------------------------------------------------------
@@ -224,6 +265,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         _openai_build,
         openai_out.openai_response_to_canonical,
         OpenAIStreamDecoder,
+        lambda: DecodingReader(OpenAIStreamDecoder()),  # unused: the OpenAI passthrough is OpenAIRelay
         _openai_body_usage,
         openai_out.upstream_error,
     ),
@@ -235,6 +277,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         lambda req, model, kind: anthropic_out.canonical_to_anthropic_request(req, model),
         anthropic_out.anthropic_response_to_canonical,
         anthropic_out.AnthropicStreamDecoder,
+        AnthropicPassthroughReader,
         _anthropic_body_usage,
         anthropic_out.upstream_error,
     ),
@@ -246,6 +289,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         lambda req, model, kind: gemini_out.canonical_to_gemini_request(req, model),
         gemini_out.gemini_response_to_canonical,
         gemini_out.GeminiStreamDecoder,
+        lambda: DecodingReader(gemini_out.GeminiStreamDecoder()),
         _gemini_body_usage,
         gemini_out.upstream_error,
     ),

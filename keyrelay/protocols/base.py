@@ -97,6 +97,37 @@ class StreamDecoder(Protocol):
         ...
 
 
+class PassthroughReader(Protocol):
+    """Reads an upstream's stream beside a same-wire relay, which sends the bytes on untouched.
+
+    Only what the gateway needs: usage, completeness, error events and the output size. Stateful, one per
+    request, never shared.
+    """
+
+    def feed(self, chunk: bytes) -> bool:
+        """Read one network read's bytes; True when an error event was completed by them."""
+        ...
+
+    def end(self) -> bool:
+        """The stream ended: read what is still held; True when it was an error event."""
+        ...
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage the upstream reported so far (None if none)."""
+        ...
+
+    @property
+    def complete(self) -> bool:
+        """Whether the wire's own end was seen (as ``StreamDecoder.complete``)."""
+        ...
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes of model output so far, for the estimate when no usage arrives."""
+        ...
+
+
 class StreamEncoder(Protocol):
     """Canonical events → a client's stream; stateful, one per request."""
 

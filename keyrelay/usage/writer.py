@@ -216,22 +216,31 @@ class UsageWriter:
         return len(self._queue)
 
     async def flush(self) -> int:
-        """Write everything queued, batch by batch; on failure the rest stays queued for the next try.
+        """Write the records queued when called (and every last-use time), batch by batch.
 
-        Batches are small and the loop yields between them, so a burst of records never stalls
-        the event loop for long (each record costs some microseconds of Python before the driver).
+        Records enqueued while the flush runs wait for the next one: under steady load a flush ends, and
+        each interval costs one transaction per batch rather than one per handful of records. On failure
+        the rest stays queued for the next try. Batches are small and the loop yields between them, so a
+        burst of records never stalls the event loop for long.
+
+        Returns:
+            The number of records written.
         """
         written = 0
-        while self._queue or self._last_used:
-            written += await self._flush_batch()
+        left = len(self._queue)
+        while True:
+            count = await self._flush_batch(min(left, self._max_batch))
+            written += count
+            left -= count
+            if left <= 0 or count == 0:  # 0 with records left: a concurrent flush wrote them
+                return written
             await asyncio.sleep(0)
-        return written
 
-    async def _flush_batch(self) -> int:
+    async def _flush_batch(self, limit: int) -> int:
         async with self._lock:
             if not self._queue and not self._last_used:
                 return 0
-            batch = self._queue[: self._max_batch]
+            batch = self._queue[:limit]
             touched = self._last_used
             self._last_used = {}
             try:
@@ -294,6 +303,7 @@ class UsageWriter:
     async def close(self) -> None:
         """Flush everything; called on shutdown (SIGTERM included)."""
         try:
-            await self.flush()
+            while self._queue or self._last_used:
+                await self.flush()
         except Exception:
             log.exception("usage flush failed during shutdown; %d records not written", len(self._queue))
