@@ -33,6 +33,7 @@ from keyrelay.providers import anthropic as anthropic_out
 from keyrelay.providers import gemini as gemini_out
 from keyrelay.providers import openai as openai_out
 from keyrelay.providers.anthropic_passthrough import AnthropicPassthroughReader
+from keyrelay.providers.gemini_passthrough import GeminiPassthroughReader
 from keyrelay.providers.openai_decode import OpenAIStreamDecoder
 
 Headers = list[tuple[bytes, bytes]]
@@ -72,7 +73,7 @@ class Outbound:
 
 
 class DecodingReader:
-    """A full ``StreamDecoder`` as a ``PassthroughReader``: for wires without a leaner reader (Gemini)."""
+    """A full ``StreamDecoder`` as a ``PassthroughReader`` (what the lean readers are tested against)."""
 
     __slots__ = ("_decoder",)
 
@@ -289,7 +290,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         lambda req, model, kind: gemini_out.canonical_to_gemini_request(req, model),
         gemini_out.gemini_response_to_canonical,
         gemini_out.GeminiStreamDecoder,
-        lambda: DecodingReader(gemini_out.GeminiStreamDecoder()),
+        GeminiPassthroughReader,
         _gemini_body_usage,
         gemini_out.upstream_error,
     ),

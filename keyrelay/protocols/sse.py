@@ -76,8 +76,16 @@ class SSEDecoder:
                 return b""
             self._buffer = buffer[end + 2 :]
             return buffer[: end + 2]
+        if buffer.count(b"\r") == buffer.count(b"\n") == buffer.count(b"\r\n"):
+            # CRLF-only framing (Gemini's): every terminator is CRLF, so a blank line ends each CRLF CRLF.
+            end = buffer.rfind(b"\r\n\r\n", max(0, held - 3))
+            if end < 0:
+                self._buffer = buffer
+                return b""
+            self._buffer = buffer[end + 4 :]
+            return buffer[: end + 4]
         # Any mix of CRLF, LF and CR. The buffer starts at a line start, so a line terminator found where a
-        # line starts ends a blank line. (Rescans the held bytes: CR framing is rare and its events small.)
+        # line starts ends a blank line. (Rescans the held bytes: mixed and CR framing are rare.)
         line_start = 0
         cut = -1
         for match in _LINE_END.finditer(buffer):
