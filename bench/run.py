@@ -81,6 +81,8 @@ def load(
         text=True,
     )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["errors"] and not result["req_s"]:
+        raise SystemExit(f"every request to {url} ({wire}, model {model}, stream={stream}) failed: not measured")
     return result
 
 

@@ -35,8 +35,8 @@ def new_request_id() -> str:
 
 
 async def send_json(send: Send, status: int, body: object, headers: Headers | None = None) -> None:
-    """Send a complete JSON response."""
-    payload = orjson.dumps(body)
+    """Send a complete JSON response: ``body`` as bytes already encoded, or a value to encode."""
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
     out: Headers = [JSON_CT, (b"content-length", str(len(payload)).encode())]
     if headers:
         out.extend(headers)

@@ -11,19 +11,16 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
-import orjson
-
-from keyrelay.asgi import Headers, Receive, Scope, Send, read_body
+from keyrelay.asgi import Headers, Receive, Scope, Send, read_body, send_json
 from keyrelay.cache.keycache import KeyCache, Principal
 from keyrelay.clock import Clock
 from keyrelay.config import Settings
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.admit import Pending, admission_request
 from keyrelay.gateway.authorize import allowed_channels, authorize_key
+from keyrelay.gateway.call import Call, Outcome, RelayedError, with_output_limit
 from keyrelay.gateway.client_ip import (
     IPAddress,
     client_address,
@@ -48,9 +45,10 @@ from keyrelay.gateway.key_view import (
     model_not_found,
     retrieve_model,
 )
-from keyrelay.gateway.pricing import cost_micros, max_cost_micros
+from keyrelay.gateway.pricing import max_cost_micros
 from keyrelay.gateway.relays import OpenAIRelay, PassthroughRelay, Relay, TranslatingRelay
 from keyrelay.gateway.routes import Read, Route, error_protocol, match
+from keyrelay.gateway.settlement import Settlement, log_request
 from keyrelay.gateway.upstream_client import (
     Origin,
     UpstreamConnectionError,
@@ -62,17 +60,16 @@ from keyrelay.gateway.upstream_client import (
 from keyrelay.gateway.wires import INBOUND, OUTBOUND, Inbound, anthropic_head_lines, anthropic_headers
 from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
-from keyrelay.limits.backend import LimitsBackend, Reservation, WindowStatus
-from keyrelay.limits.periods import spend_period
+from keyrelay.limits.backend import LimitsBackend, WindowStatus
 from keyrelay.logs import SecretScrubber, request_id_var
 from keyrelay.metrics import Metrics
-from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName
-from keyrelay.protocols.canonical import ChatRequest, Usage
+from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, Operation, ProtocolName
+from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.openai_stream import estimate_tokens, response_usage
 from keyrelay.routing.table import Channel, RouteTable
 from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch
-from keyrelay.usage.writer import UsageRecord, UsageWriter
+from keyrelay.usage.writer import UsageWriter
 
 log = logging.getLogger("keyrelay.gateway")
 _CREDENTIAL_HINT = {
@@ -80,60 +77,6 @@ _CREDENTIAL_HINT = {
     ProtocolName.ANTHROPIC: "Send your key as 'x-api-key: kr_live_...' or 'Authorization: Bearer kr_live_...'.",
     ProtocolName.GEMINI: "Send your key as 'x-goog-api-key: kr_live_...' or the key query parameter.",
 }
-
-
-class RelayedError(GatewayError):
-    """An upstream's own error answer, relayed unmodified (scrubbed of keyrelay's provider secrets).
-
-    Used on same-wire passthroughs of the Anthropic and Gemini wires, whose clients match on the
-    provider's own wording (Claude Code compacts its context on "prompt is too long"); ``error_type`` is
-    keyrelay's reading of it, for metrics, the usage record and the ``x-keyrelay-error-type`` header.
-    """
-
-    def __init__(self, error: GatewayError, body: bytes, content_type: bytes) -> None:
-        super().__init__(error.error_type, error.message, status=error.status, retry_after=error.retry_after)
-        self.body = body
-        self.content_type = content_type
-
-
-@dataclass(slots=True)
-class Call:
-    """One LLM request as the forwarding stages see it: the judged request and what it was sent with."""
-
-    request: InboundRequest
-    inbound: Inbound
-    sse: bool  # Gemini: the client asked for ?alt=sse (else a JSON-array stream)
-    anthropic_headers: list[tuple[str, str]]  # anthropic-version and anthropic-beta, for Anthropic upstreams
-    canonical: ChatRequest | None = None
-
-    def same_wire(self, channel: Channel) -> bool:
-        """Whether ``channel`` speaks the client's wire (then the call is a passthrough)."""
-        wire = channel.wire
-        if wire is not self.request.protocol:
-            return False
-        # A Gemini JSON-array stream is read from the upstream as SSE and re-encoded.
-        return not (wire is ProtocolName.GEMINI and self.request.stream and not self.sse)
-
-    def to_canonical(self) -> ChatRequest:
-        """The canonical request, translated once on first use."""
-        if self.canonical is None:
-            self.canonical = self.inbound.to_canonical(self.request)
-        return self.canonical
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened to one request, for settlement and the usage record."""
-
-    status: int = 0
-    error_type: str | None = None
-    channel: Channel | None = None
-    usage: Usage | None = None
-    ttft_ms: int | None = None
-    upstream_s: float = 0.0
-    overhead_s: float | None = None  # keyrelay's own time before the first byte: the header and the metric
-    settled: bool = False  # counted in the metrics and the usage record
-    started: bool = False  # the response status line has been sent
 
 
 class Gateway:
@@ -159,10 +102,10 @@ class Gateway:
         self._limits = limits
         self._pending = pending
         self._keys = keys
-        self._writer = writer
         self._pool = pool
         self._targets: dict[tuple[str, Operation, bool], tuple[Origin, bytes]] = {}
         self._metrics = metrics
+        self._settlement = Settlement(limits, writer, metrics)
         self._clock = clock
         self._trusted = settings.trusted_proxy_networks
         self._forwarded = settings.trusted_proxy_header == "forwarded"
@@ -200,9 +143,9 @@ class Gateway:
             elif route.operation is not None:
                 await self._llm(scope, receive, send, request_id, principal, client_ip, route, started, outcome)
             elif route.read is Read.KEY:
-                await _send_json(send, 200, await self._key_info(principal), rid)
+                await send_json(send, 200, await self._key_info(principal), rid)
             else:
-                await _send_json(send, 200, self._read(principal, route), rid)
+                await send_json(send, 200, self._read(principal, route), rid)
         except GatewayError as err:
             overhead = outcome.overhead_s  # set when an admitted request failed: its upstream time is not ours
             if overhead is None:
@@ -323,7 +266,7 @@ class Gateway:
         same = tuple(c for c in channels if c.wire is inbound.name)
         if not same:
             tokens = max(1, estimate_tokens(len(raw))) + request.images * IMAGE_TOKEN_BOUND
-            await _send_json(send, 200, inbound.count_tokens_body(tokens), rid)
+            await send_json(send, 200, inbound.count_tokens_body(tokens), rid)
             return
         call = Call(request, inbound, sse=False, anthropic_headers=anthropic_headers(headers))
         response = await self._open(call, same, outcome)
@@ -334,7 +277,7 @@ class Gateway:
         finally:
             response.release()
         payload = self._scrubber.known(payload)
-        await _send_json(send, response.status, payload, rid)
+        await send_json(send, response.status, payload, rid)
 
     # --- chat and embeddings -----------------------------------------------------------------------
 
@@ -395,7 +338,7 @@ class Gateway:
             raise
         finally:
             # Settled against the admission time: the charge belongs to the periods the reservation was held in.
-            await self._settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
+            await self._settlement.settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
 
     def _target(self, channel: Channel, operation: Operation, stream: bool) -> tuple[Origin, bytes]:
         """Origin and prebuilt request head for a channel, built once and reused for every request."""
@@ -424,7 +367,7 @@ class Gateway:
         else:
             canonical = call.to_canonical()
             if channel.wire is ProtocolName.ANTHROPIC:
-                canonical = _with_output_limit(canonical, self._settings.default_max_tokens)
+                canonical = with_output_limit(canonical, self._settings.default_max_tokens)
             body = out.build(canonical, channel.upstream_model, channel.kind)
         if channel.wire is ProtocolName.ANTHROPIC:
             head += anthropic_head_lines(call.anthropic_headers, same_wire=request.protocol is ProtocolName.ANTHROPIC)
@@ -557,10 +500,11 @@ class Gateway:
         channel = outcome.channel
         assert channel is not None
         relay: Relay
-        if call.same_wire(channel) and channel.wire is ProtocolName.OPENAI:
+        reader = OUTBOUND[channel.wire].passthrough_reader
+        if call.same_wire(channel) and reader is None:
             relay = OpenAIRelay(call.request, self._scrubber)
-        elif call.same_wire(channel):
-            relay = PassthroughRelay(call.inbound, OUTBOUND[channel.wire].passthrough_reader(), self._scrubber)
+        elif call.same_wire(channel) and reader is not None:
+            relay = PassthroughRelay(call.inbound, reader(), self._scrubber)
         else:
             request = call.request
             encoder = call.inbound.stream_encoder(
@@ -641,115 +585,3 @@ class Gateway:
             ErrorType.UPSTREAM_ERROR,
             f"The upstream answered this stream request with {kind!r} instead of an event stream.",
         )
-
-    # --- settlement --------------------------------------------------------------------------------
-
-    async def _settle(
-        self,
-        principal: Principal,
-        request: InboundRequest,
-        reservation: Reservation,
-        outcome: Outcome,
-        request_id: str,
-        client_ip: IPAddress | None,
-        started: float,
-        admitted_at: datetime,
-    ) -> None:
-        outcome.settled = True
-        channel = outcome.channel
-        usage = outcome.usage or Usage(0, 0)
-        cost = cost_micros(channel, usage, principal.policy.price_multiplier_ppm) if channel else 0
-        await self._limits.settle(
-            reservation, cost_micros=cost, tokens=usage.prompt_tokens + usage.completion_tokens, now=time.time()
-        )
-        elapsed = time.perf_counter() - started
-        key = principal.key
-        ip = str(client_ip) if client_ip else None
-        self._writer.enqueue(
-            UsageRecord(
-                request_id=request_id,
-                created_at=admitted_at,
-                key_hash=key.hash,
-                key_name=key.name,
-                account_id=principal.account.id,
-                key_period=spend_period(principal.policy.limit_reset, admitted_at),
-                group_id=principal.group.id if principal.group else None,
-                group_period=spend_period(principal.group.quota_reset, admitted_at) if principal.group else None,
-                model=request.model,
-                provider=channel.provider if channel else None,
-                streamed=request.stream,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                protocol=request.protocol.value,
-                upstream_kind=channel.kind if channel else None,
-                cost_micros=cost,
-                usage_estimated=usage.estimated,
-                status=outcome.status,
-                error_type=outcome.error_type,
-                latency_ms=round(elapsed * 1000),
-                ttft_ms=outcome.ttft_ms,
-                client_ip=ip,
-            )
-        )
-        self._writer.touch(key.hash, admitted_at, ip)
-        model = request.model
-        m = self._metrics
-        m.count_request(key.name, model, outcome.status, outcome.error_type or "")
-        m.count_usage(key.name, model, usage.prompt_tokens, usage.completion_tokens, cost)
-        if outcome.overhead_s is not None:  # the value of this request's x-keyrelay-overhead-ms header
-            m.overhead.observe(outcome.overhead_s)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "request %s key=%s (%s) model=%s provider=%s status=%s error=%s tokens=%d+%d cost_usd=%.6f ms=%d",
-                request_id,
-                key.name,
-                key.display,
-                model,
-                channel.provider if channel else "-",
-                outcome.status,
-                outcome.error_type or "-",
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                cost / 1_000_000,
-                round(elapsed * 1000),
-            )
-
-
-def log_request(
-    request_id: str, principal: Principal | None, method: str, path: str, status: int, error: str, started: float
-) -> None:
-    """The one log line of a request refused before it reached an upstream."""
-    if log.isEnabledFor(logging.INFO):
-        who = f"{principal.key.name} ({principal.key.display})" if principal else "-"
-        ms = round((time.perf_counter() - started) * 1000)
-        log.info("request %s key=%s %s %s status=%d error=%s ms=%d", request_id, who, method, path, status, error, ms)
-
-
-def _with_output_limit(canonical: ChatRequest, default_max_tokens: int) -> ChatRequest:
-    """The request with the output limit Anthropic requires: the client's, else the default ceiling.
-
-    With the default ceiling (the client gave none, as Gemini CLI does), a thinking budget at or above it is
-    lowered to one token below it: Anthropic needs the budget below ``max_tokens``, and the ceiling is what
-    keyrelay reserved the cost for.
-    """
-    if canonical.max_tokens is not None:
-        return canonical
-    reasoning = canonical.reasoning
-    if reasoning is not None and reasoning.budget_tokens is not None and reasoning.budget_tokens >= default_max_tokens:
-        reasoning = replace(reasoning, budget_tokens=default_max_tokens - 1)
-    return replace(canonical, max_tokens=default_max_tokens, reasoning=reasoning)
-
-
-async def _send_json(send: Send, status: int, body: object, headers: Headers) -> None:
-    """A complete JSON answer: ``body`` as bytes already encoded, or a value to encode."""
-    payload = body if isinstance(body, bytes) else orjson.dumps(body)
-    out: Headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-        *headers,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": payload})

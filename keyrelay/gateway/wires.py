@@ -67,7 +67,8 @@ class Outbound:
     build: Callable[[ChatRequest, str, str], bytes]  # another wire: (canonical request, upstream model, kind)
     decode_response: Callable[[bytes], ChatResponse]
     stream_decoder: Callable[[], StreamDecoder]
-    passthrough_reader: Callable[[], PassthroughReader]  # what a same-wire stream relay reads beside the bytes
+    # What a same-wire stream relay reads beside the bytes (None: OpenAI, whose passthrough is the OpenAIRelay).
+    passthrough_reader: Callable[[], PassthroughReader] | None
     body_usage: Callable[[bytes], Usage | None]  # usage of a whole answer (a passthrough relays it untouched)
     error: Callable[[bytes], tuple[str, str | None]]  # an error body's message (scrubbed first) and type
 
@@ -266,7 +267,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         _openai_build,
         openai_out.openai_response_to_canonical,
         OpenAIStreamDecoder,
-        lambda: DecodingReader(OpenAIStreamDecoder()),  # unused: the OpenAI passthrough is OpenAIRelay
+        None,
         _openai_body_usage,
         openai_out.upstream_error,
     ),

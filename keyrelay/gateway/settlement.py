@@ -1,0 +1,117 @@
+"""Settlement of an admitted request: the limits backend's charge, the usage record, metrics and the log line."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+
+from keyrelay.cache.keycache import Principal
+from keyrelay.gateway.call import Outcome
+from keyrelay.gateway.client_ip import IPAddress
+from keyrelay.gateway.pricing import cost_micros
+from keyrelay.limits.backend import LimitsBackend, Reservation
+from keyrelay.limits.periods import spend_period
+from keyrelay.metrics import Metrics
+from keyrelay.protocols.base import InboundRequest
+from keyrelay.protocols.canonical import Usage
+from keyrelay.usage.writer import UsageRecord, UsageWriter
+
+log = logging.getLogger("keyrelay.gateway")
+
+
+class Settlement:
+    """Settles admitted requests: one per gateway."""
+
+    def __init__(self, limits: LimitsBackend, writer: UsageWriter, metrics: Metrics) -> None:
+        self._limits = limits
+        self._writer = writer
+        self._metrics = metrics
+
+    async def settle(
+        self,
+        principal: Principal,
+        request: InboundRequest,
+        reservation: Reservation,
+        outcome: Outcome,
+        request_id: str,
+        client_ip: IPAddress | None,
+        started: float,
+        admitted_at: datetime,
+    ) -> None:
+        """Charge the cost of ``outcome`` against ``reservation`` and queue its usage record.
+
+        Settled against the admission time ``admitted_at`` (UTC): the charge belongs to the periods the
+        reservation was held in. Marks ``outcome.settled``.
+        """
+        outcome.settled = True
+        channel = outcome.channel
+        usage = outcome.usage or Usage(0, 0)
+        cost = cost_micros(channel, usage, principal.policy.price_multiplier_ppm) if channel else 0
+        await self._limits.settle(
+            reservation, cost_micros=cost, tokens=usage.prompt_tokens + usage.completion_tokens, now=time.time()
+        )
+        elapsed = time.perf_counter() - started
+        key = principal.key
+        ip = str(client_ip) if client_ip else None
+        self._writer.enqueue(
+            UsageRecord(
+                request_id=request_id,
+                created_at=admitted_at,
+                key_hash=key.hash,
+                key_name=key.name,
+                account_id=principal.account.id,
+                key_period=spend_period(principal.policy.limit_reset, admitted_at),
+                group_id=principal.group.id if principal.group else None,
+                group_period=spend_period(principal.group.quota_reset, admitted_at) if principal.group else None,
+                model=request.model,
+                provider=channel.provider if channel else None,
+                streamed=request.stream,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                protocol=request.protocol.value,
+                upstream_kind=channel.kind if channel else None,
+                cost_micros=cost,
+                usage_estimated=usage.estimated,
+                status=outcome.status,
+                error_type=outcome.error_type,
+                latency_ms=round(elapsed * 1000),
+                ttft_ms=outcome.ttft_ms,
+                client_ip=ip,
+            )
+        )
+        self._writer.touch(key.hash, admitted_at, ip)
+        model = request.model
+        m = self._metrics
+        m.count_request(key.name, model, outcome.status, outcome.error_type or "")
+        m.count_usage(key.name, model, usage.prompt_tokens, usage.completion_tokens, cost)
+        if outcome.overhead_s is not None:  # the value of this request's x-keyrelay-overhead-ms header
+            m.overhead.observe(outcome.overhead_s)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request %s key=%s (%s) model=%s provider=%s status=%s error=%s tokens=%d+%d cost_usd=%.6f ms=%d",
+                request_id,
+                key.name,
+                key.display,
+                model,
+                channel.provider if channel else "-",
+                outcome.status,
+                outcome.error_type or "-",
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                cost / 1_000_000,
+                round(elapsed * 1000),
+            )
+
+
+def log_request(
+    request_id: str, principal: Principal | None, method: str, path: str, status: int, error: str, started: float
+) -> None:
+    """The one log line of a request refused before it reached an upstream."""
+    if log.isEnabledFor(logging.INFO):
+        who = f"{principal.key.name} ({principal.key.display})" if principal else "-"
+        ms = round((time.perf_counter() - started) * 1000)
+        log.info("request %s key=%s %s %s status=%d error=%s ms=%d", request_id, who, method, path, status, error, ms)
