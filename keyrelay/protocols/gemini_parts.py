@@ -280,8 +280,17 @@ def usage_metadata(usage: Usage) -> dict[str, int]:
     return meta
 
 
-def _count(meta: dict[str, Any], name: str) -> int | None:
-    value = field(meta, name)
+_USAGE_COUNTS = (
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "toolUsePromptTokenCount",
+    "cachedContentTokenCount",
+)
+_SNAKE_USAGE_COUNTS = frozenset(snake(name) for name in _USAGE_COUNTS)
+
+
+def _count(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return None
@@ -292,17 +301,21 @@ def gemini_usage(obj: object) -> Usage | None:
 
     ``promptTokenCount`` includes ``cachedContentTokenCount``; ``toolUsePromptTokenCount`` (results of
     Google's own tools) is input too and is added to it. Gemini counts thoughts outside
-    ``candidatesTokenCount``: completion = candidates + thoughts.
+    ``candidatesTokenCount``: completion = candidates + thoughts. Read on every chunk of a stream: the
+    snake_case names are looked up only when the object holds one.
     """
     if not isinstance(obj, dict):
         return None
-    prompt = _count(obj, "promptTokenCount")
-    candidates = _count(obj, "candidatesTokenCount")
-    thoughts = _count(obj, "thoughtsTokenCount") or 0
+    if _SNAKE_USAGE_COUNTS.isdisjoint(obj):
+        get = obj.get
+        prompt, candidates, thoughts, tool_use, cached = (_count(get(name)) for name in _USAGE_COUNTS)
+    else:
+        prompt, candidates, thoughts, tool_use, cached = (_count(field(obj, name)) for name in _USAGE_COUNTS)
+    thoughts = thoughts or 0
     if prompt is None and candidates is None and not thoughts:
         return None
-    prompt = (prompt or 0) + (_count(obj, "toolUsePromptTokenCount") or 0)
-    cached = min(_count(obj, "cachedContentTokenCount") or 0, prompt)
+    prompt = (prompt or 0) + (tool_use or 0)
+    cached = min(cached or 0, prompt)
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=(candidates or 0) + thoughts,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyrelay.protocols.sse import BOM, SSEDecoder, encode_event, parse_blocks
+from keyrelay.protocols.sse import BOM, SSEDecoder, encode_event, parse_blocks, parse_lines
 
 ENDINGS = (b"\n", b"\r\n", b"\r")
 
@@ -166,3 +166,40 @@ def test_any_stream_cut_anywhere_yields_the_same_events(
     assert events == [(e.event, e.data, e.id) for e in expected]
     # Every byte at once and one byte at a time agree too.
     assert decode(stream, list(range(len(stream))))[0] == events
+
+
+_payload = st.binary(max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b)
+
+
+@st.composite
+def provider_shaped(draw: st.DrawFn) -> bytes:
+    """Blocks in the shapes providers send (data-only LF or CRLF, or event + data LF), sometimes broken."""
+    shape = draw(st.sampled_from(["data-lf", "data-crlf", "named-lf"]))
+    eol = b"\r\n" if shape == "data-crlf" else b"\n"
+    blocks = []
+    for _ in range(draw(st.integers(1, 5))):
+        head = b"event: " + draw(_payload) + eol if shape == "named-lf" else b""
+        blocks.append(head + b"data: " + draw(_payload) + eol + eol)
+    stream = b"".join(blocks)
+    if draw(st.booleans()):  # a stray byte that takes the stream out of the shape (or not)
+        at = draw(st.integers(0, len(stream) - 1))
+        stream = stream[:at] + draw(st.sampled_from([b"\r", b"\n", b":", b" ", b"data: "])) + stream[at:]
+    return stream
+
+
+@settings(max_examples=500, deadline=None)
+@given(blocks=provider_shaped(), last_id=st.sampled_from(["", "7"]))
+def test_common_shapes_read_in_c_equal_the_line_rules(blocks: bytes, last_id: str) -> None:
+    # Only whole blocks are parsed: cut what follows the last blank line, as SSEDecoder.feed does.
+    decoder = SSEDecoder()
+    whole = decoder.feed(blocks)
+    assert parse_blocks(whole, last_id) == parse_lines(whole, last_id)
+
+
+def test_provider_shapes_take_the_fast_path() -> None:
+    from keyrelay.protocols.sse import _common_shape
+
+    for blocks in (b"data: {}\n\ndata: x\n\n", b"data: {}\r\n\r\n", b"event: ping\ndata: {}\n\nevent: \ndata: \n\n"):
+        assert _common_shape(blocks, "") == parse_lines(blocks)[0]
+    assert _common_shape(b"data: a\ndata: b\n\n", "") is None  # multi-line data: the line rules
+    assert _common_shape(b"data: a\r\n\n", "") is None  # mixed line ends
