@@ -13,7 +13,6 @@ the usage seen (partial usage is billed).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Protocol
 
 import orjson
@@ -99,7 +98,7 @@ def partial_usage(usage: Usage | None, complete: bool, output_bytes: int) -> Usa
     estimate = estimate_tokens(output_bytes)
     if estimate <= usage.completion_tokens:
         return usage
-    return replace(usage, completion_tokens=estimate, estimated=True)
+    return usage._replace(completion_tokens=estimate, estimated=True)
 
 
 class PassthroughRelay:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 
 class Role(StrEnum):
@@ -55,9 +55,8 @@ class StopReason(StrEnum):
     OTHER = "other"
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one request.
+class Usage(NamedTuple):
+    """Token counts of one request (a named tuple: immutable, and built in C on every stream event).
 
     ``prompt_tokens`` counts every input token, cached ones included (OpenAI's and Gemini's convention;
     Anthropic's ``input_tokens`` excludes them, so its translator adds ``cache_creation_input_tokens`` and

@@ -247,12 +247,16 @@ def _bad(message: str) -> GatewayError:
 
 
 def _id_maker() -> Any:
-    prefix = "call_" + secrets.token_hex(6) + "_"
-    count = [0]
+    """Ids for function calls Gemini sent without one: ``call_<12 hex>_<n>``, the random part drawn on first use."""
+    prefix = ""
+    count = 0
 
     def new_id(name: str) -> str:
-        count[0] += 1
-        return f"{prefix}{count[0]}"
+        nonlocal prefix, count
+        if not prefix:
+            prefix = "call_" + secrets.token_hex(6) + "_"
+        count += 1
+        return f"{prefix}{count}"
 
     return new_id
 
@@ -342,9 +346,10 @@ class GeminiStreamDecoder:
     """A Gemini ``streamGenerateContent?alt=sse`` stream → canonical events; one per request.
 
     Gemini sends whole ``GenerateContentResponse`` chunks: text and thoughts become deltas of blocks opened
-    and closed as the kind changes, each ``functionCall`` part a whole tool block, ``usageMetadata`` (on
-    every chunk, cumulative) a UsageUpdate when it changes, ``finishReason`` the Finish. An
-    ``{"error": ...}`` chunk is a StreamError.
+    and closed as the kind changes, each ``functionCall`` part a whole tool block, ``finishReason`` the
+    Finish. ``usageMetadata`` is on every chunk and holds the totals so far: it is read when asked for (the
+    ``usage`` property) and becomes one UsageUpdate, before the Finish, at the end of the answer (or at
+    ``end()`` for a stream that never finished). An ``{"error": ...}`` chunk is a StreamError.
     """
 
     __slots__ = (
@@ -358,6 +363,8 @@ class GeminiStreamDecoder:
         "_complete",
         "_output",
         "_last_usage",
+        "_metas",
+        "_emitted",
     )
 
     def __init__(self) -> None:
@@ -369,12 +376,16 @@ class GeminiStreamDecoder:
         self._new_id = _id_maker()
         self._usage: Usage | None = None
         self._last_usage: object = None
+        self._metas: list[object] = []  # usageMetadata objects not read yet, oldest first
+        self._emitted: Usage | None = None  # the usage of the last UsageUpdate
         self._complete = False
         self._output = 0
 
     @property
     def usage(self) -> Usage | None:
-        """The usage Gemini reported so far."""
+        """The usage Gemini reported so far (the latest chunk's counts; one without counts is passed over)."""
+        if self._metas:
+            self._read_usage()
         return self._usage
 
     @property
@@ -395,16 +406,15 @@ class GeminiStreamDecoder:
     def end(self) -> list[StreamEvent]:
         """A last event left without its blank line, when it is whole JSON."""
         rest = self._sse.flush()
-        if not rest.strip():
-            return []
-        events, _ = parse_blocks(rest + b"\n\n")
         out: list[StreamEvent] = []
-        for event in events:
-            try:
-                data = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            out += self._chunk(data)
+        if rest.strip():
+            for event in parse_blocks(rest + b"\n\n")[0]:
+                try:
+                    data = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    continue
+                out += self._chunk(data)
+        self._emit_usage(out)
         return out
 
     def _blocks(self, blocks: bytes) -> list[StreamEvent]:
@@ -457,16 +467,18 @@ class GeminiStreamDecoder:
                 return [*out, StreamError(err.message)]
             for part in parts:
                 self._part(out, part)
-        self._usage_update(out, field(data, "usageMetadata"))
+        finish: Finish | None = None
         if isinstance(candidate, dict):
             reason = stop_reason(field(candidate, "finishReason"), self._calls)
             if reason is not None:
-                self._close(out)
-                out.append(Finish(reason))
-                self._complete = True
+                finish = Finish(reason)
         elif _blocked(data) and not self._complete:
+            finish = Finish(StopReason.CONTENT_FILTER)  # the prompt was blocked: no candidate at all
+        self._usage_update(field(data, "usageMetadata"))
+        if finish is not None:
+            self._emit_usage(out)
             self._close(out)
-            out.append(Finish(StopReason.CONTENT_FILTER))  # the prompt was blocked: no candidate at all
+            out.append(finish)
             self._complete = True
         return out
 
@@ -496,11 +508,25 @@ class GeminiStreamDecoder:
             )
             self._output += len(part.name.encode()) + len(part.arguments.encode())
 
-    def _usage_update(self, out: list[StreamEvent], meta: object) -> None:
+    def _usage_update(self, meta: object) -> None:
         if meta is None or meta == self._last_usage:
             return
         self._last_usage = meta
-        usage = gemini_usage(meta)
-        if usage is not None and usage != self._usage:
-            self._usage = usage
+        self._metas.append(meta)
+        if len(self._metas) >= 16:
+            self._read_usage()
+
+    def _read_usage(self) -> None:
+        """The latest held usageMetadata with counts becomes the usage; the held ones are dropped."""
+        for meta in reversed(self._metas):
+            usage = gemini_usage(meta)
+            if usage is not None:
+                self._usage = usage
+                break
+        self._metas.clear()
+
+    def _emit_usage(self, out: list[StreamEvent]) -> None:
+        usage = self.usage
+        if usage is not None and usage != self._emitted:
+            self._emitted = usage
             out.append(UsageUpdate(usage))

@@ -337,7 +337,10 @@ def test_thoughts_stream_signature_closes_the_thought() -> None:
     ]
     assert stop is StopReason.STOP and decoder.complete
     assert decoder.usage == Usage(9, 7 + 58, reasoning_tokens=58)
-    assert [type(e) for e in events if isinstance(e, UsageUpdate)] == [UsageUpdate, UsageUpdate]
+    # Usage is read once, at the end of the answer (each chunk holds the totals so far), just before the Finish.
+    assert [e for e in events if isinstance(e, UsageUpdate)] == [UsageUpdate(decoder.usage)]
+    kinds = [type(e) for e in events]
+    assert kinds.index(UsageUpdate) < kinds.index(Finish)
     assert decoder.output_bytes == len(parts[0].text.encode()) + len(b"2 + 2 = 4")
     # Blocks are numbered in order, each closed before the next starts.
     starts = [e.index for e in events if isinstance(e, BlockStart)]
