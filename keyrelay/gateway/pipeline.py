@@ -499,22 +499,7 @@ class Gateway:
             await self._not_a_stream(call, response, content_type, outcome)
         channel = outcome.channel
         assert channel is not None
-        relay: Relay
-        reader = OUTBOUND[channel.wire].passthrough_reader
-        if call.same_wire(channel) and reader is None:
-            relay = OpenAIRelay(call.request, self._scrubber)
-        elif call.same_wire(channel) and reader is not None:
-            relay = PassthroughRelay(call.inbound, reader(), self._scrubber)
-        else:
-            request = call.request
-            encoder = call.inbound.stream_encoder(
-                call.to_canonical(),
-                request,
-                request_id_var.get() or "",
-                estimate_tokens(request.prompt_token_bound),
-                call.sse,
-            )
-            relay = TranslatingRelay(OUTBOUND[channel.wire].stream_decoder(), encoder, self._scrubber)
+        relay = self._relay(call, channel)
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         outcome.status = response.status
         sse = call.sse
@@ -525,14 +510,18 @@ class Gateway:
         try:
             outcome.started = True
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            last = b""  # the bytes of the upstream's last read, when the stream ended with it
             async for chunk in response.chunks():
                 if outcome.ttft_ms is None:
                     outcome.ttft_ms = round((time.perf_counter() - started) * 1000)
                 out = relay.feed(chunk)
+                if response.ended:
+                    last = out  # nothing more can come: sent with the closing bytes, in one write
+                    break
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             rest, failure = relay.close()
-            await send({"type": "http.response.body", "body": rest})
+            await send({"type": "http.response.body", "body": last + rest})
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
             # error event in the client's wire; the partial usage is still billed.
@@ -557,6 +546,23 @@ class Gateway:
             outcome.usage = relay.usage or Usage(
                 estimate_tokens(len(call.request.raw)), relay.output_tokens_estimate(), estimated=True
             )
+
+    def _relay(self, call: Call, channel: Channel) -> Relay:
+        """The relay for a stream from ``channel``: OpenAI's fast path, a passthrough, or a translation."""
+        reader = OUTBOUND[channel.wire].passthrough_reader
+        if call.same_wire(channel):
+            if reader is None:
+                return OpenAIRelay(call.request, self._scrubber)
+            return PassthroughRelay(call.inbound, reader(), self._scrubber)
+        request = call.request
+        encoder = call.inbound.stream_encoder(
+            call.to_canonical(),
+            request,
+            request_id_var.get() or "",
+            estimate_tokens(request.prompt_token_bound),
+            call.sse,
+        )
+        return TranslatingRelay(OUTBOUND[channel.wire].stream_decoder(), encoder, self._scrubber)
 
     async def _not_a_stream(
         self, call: Call, response: UpstreamResponse, content_type: bytes, outcome: Outcome

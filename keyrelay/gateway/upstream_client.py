@@ -317,6 +317,12 @@ class UpstreamResponse:
                 return value
         return None
 
+    @property
+    def ended(self) -> bool:
+        """The whole body has arrived and been handed out: the next read would be the end."""
+        conn = self._conn
+        return conn.complete and not conn.body
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive (chunked encoding already removed)."""
         while True:

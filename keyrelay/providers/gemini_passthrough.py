@@ -32,7 +32,8 @@ __all__ = ["GeminiPassthroughReader"]
 _STANDARD_CRLF = re.compile(rb"(?:data: [^\r\n]*\r\n\r\n)+")
 _STANDARD_LF = re.compile(rb"(?:data: [^\n]*\n\n)+")  # used only on reads without a CR
 _USAGE = re.compile(rb'"(?:usageMetadata|usage_metadata)"')
-_END = (b'"finishReason"', b'"finish_reason"', b'"blockReason"', b'"block_reason"')
+# The keys naming an end ("finishReason", "blockReason" and their snake_case forms), found by their tails.
+_END_SUFFIXES = (b'Reason"', b'_reason"')
 _ERROR = b'"error"'
 _MEASURE_BATCH = 64 * 1024  # held bytes measured once this many wait
 _USAGE_BATCH = 64  # reads with usage kept unparsed before the latest is read
@@ -130,7 +131,7 @@ class GeminiPassthroughReader:
             standard, separator = _STANDARD_LF, b"\n\n"
         if _ERROR in blocks or standard.fullmatch(blocks) is None:
             return self._go_full(blocks)
-        if (b'Reason"' in blocks or b'_reason"' in blocks) and not self._read_end(blocks, separator):
+        if not self._read_end(blocks, separator):
             return self._go_full(blocks)
         if _USAGE.search(blocks) is not None:
             self._usage_reads.append((blocks, separator))
@@ -149,12 +150,13 @@ class GeminiPassthroughReader:
     def _read_end(self, blocks: bytes, separator: bytes) -> bool:
         """Read whether the chunks naming a finish or block reason end the answer; False if one is not JSON."""
         starts: set[int] = set()
-        for key in _END:
-            at = blocks.find(key)
+        for suffix in _END_SUFFIXES:  # one search each: "...Reason" or "..._reason" keys, then their heads
+            at = blocks.find(suffix)
             while at >= 0:
-                start = blocks.rfind(separator, 0, at)
-                starts.add(0 if start < 0 else start + len(separator))
-                at = blocks.find(key, at + 1)
+                if blocks.endswith(b'"finish', 0, at) or blocks.endswith(b'"block', 0, at):
+                    start = blocks.rfind(separator, 0, at)
+                    starts.add(0 if start < 0 else start + len(separator))
+                at = blocks.find(suffix, at + 1)
         for start in sorted(starts):
             chunk = self._parse(blocks[start : blocks.find(separator, start)])
             if chunk is None:
