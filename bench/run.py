@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,27 +152,39 @@ def redis_up(url: str) -> bool:
         return False
 
 
-def referee_rows(mock_port: int, conns: int, seconds: float) -> dict[bool, dict[str, float]]:
-    """The referee passthrough (an aiohttp proxy checking a key in a dict) on the same mock: CPU per request."""
-    if not REFEREE.exists():
-        return {}
-    port = free_port()
-    cmd = [PY, str(REFEREE), "--port", str(port), "--upstream", f"http://127.0.0.1:{mock_port}", "--parse"]
-    proc = subprocess.Popen(pinned(0, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows: dict[bool, dict[str, float]] = {}
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health")
-        for stream in (False, True):
-            before = cpu_seconds(proc.pid)
-            result = load(
-                f"http://127.0.0.1:{port}/v1/chat/completions", "sk-pass-1", "gpt-4o-mini", stream, conns, seconds
-            )
-            result["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(1, result["requests"]) * 1e6
-            rows[stream] = result
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-    return rows
+class Referee:
+    """The referee passthrough (an aiohttp proxy checking a key in a dict) on the same mock, kept running.
+
+    ``measure`` runs the load generator against it and returns the result with its CPU per request, so each
+    gateway path can be paired with a referee run made right after it, in the same state of the machine.
+    """
+
+    def __init__(self, mock_port: int, conns: int, seconds: float) -> None:
+        self.port = free_port()
+        self.conns, self.seconds = conns, seconds
+        cmd = [PY, str(REFEREE), "--port", str(self.port), "--upstream", f"http://127.0.0.1:{mock_port}", "--parse"]
+        self.proc = subprocess.Popen(pinned(0, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{self.port}/health")
+
+    def measure(self, stream: bool) -> dict[str, float]:
+        before = cpu_seconds(self.proc.pid)
+        url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        result = load(url, "sk-pass-1", "gpt-4o-mini", stream, self.conns, self.seconds)
+        result["cpu_us"] = (cpu_seconds(self.proc.pid) - before) / max(1, result["requests"]) * 1e6
+        return result
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=15)
+
+
+def median_pairs(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(median gateway µs, median referee µs, median of the per-round ratios referee ÷ gateway)."""
+    return (
+        statistics.median(g for g, _ in pairs),
+        statistics.median(r for _, r in pairs),
+        statistics.median(r / g for g, r in pairs if g),
+    )
 
 
 def gateway_cmd(db: str, port: int, config: Path) -> list[str]:
@@ -182,6 +195,9 @@ def gateway_cmd(db: str, port: int, config: Path) -> list[str]:
 
 def main() -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "5"))
+    # Rounds of the other-wire paths, each gateway run paired with a referee run right after it: the table
+    # gives medians (the machine drifts by ±5 % between runs, as much as the gaps being judged).
+    rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
     conns = int(os.environ.get("BENCH_CONNECTIONS", "32"))
     redis_url = os.environ.get("KEYRELAY_REDIS_URL", "redis://127.0.0.1:6379/0")
     backends = ["memory"] + (["redis"] if redis_up(redis_url) else [])
@@ -200,6 +216,8 @@ def main() -> None:
         key = subprocess.run(make_key, check=True, capture_output=True, text=True).stdout.strip()
         rows = []
         wire_rows: list[tuple[str, bool, dict[str, float], dict[str, float]]] = []
+        paired: dict[tuple[str, bool], list[tuple[float, float]]] = {}  # (path, stream) → [(gateway, referee) µs]
+        referee_proc = Referee(mock_port, conns, seconds) if REFEREE.exists() else None
         firsts = []
         for backend in backends:
             env = {**os.environ, "KEYRELAY_LOG_LEVEL": "warning"}
@@ -224,19 +242,31 @@ def main() -> None:
                 gateway["cpu_us"] = (cpu_seconds(gateway_proc.pid) - before) / max(1, gateway["requests"]) * 1e6
                 rows.append((backend, stream, direct, gateway))
             if backend == "memory":
-                for label, wire, path, model, direct_wire, direct_path in WIRE_SCENARIOS:
-                    for stream in (False, True):
-                        url = f"http://127.0.0.1:{mock_port}{with_method(direct_path, stream)}"
-                        direct = load(url, "x", model, stream, conns, seconds, direct_wire)
-                        before = cpu_seconds(gateway_proc.pid)
-                        url = f"http://127.0.0.1:{gw_port}{with_method(path, stream)}"
-                        gateway = load(url, key, model, stream, conns, seconds, wire)
-                        gateway["cpu_us"] = (cpu_seconds(gateway_proc.pid) - before) / max(1, gateway["requests"]) * 1e6
-                        wire_rows.append((label, stream, direct, gateway))
+                scenarios = [("OpenAI", "openai", "/v1/chat/completions", "gpt-4o-mini", "openai", "")]
+                scenarios += list(WIRE_SCENARIOS) if referee_proc is not None else []
+                for round_no in range(rounds):
+                    for label, wire, path, model, direct_wire, direct_path in scenarios:
+                        for stream in (False, True):
+                            direct = {}
+                            if round_no == 0 and direct_path:
+                                url = f"http://127.0.0.1:{mock_port}{with_method(direct_path, stream)}"
+                                direct = load(url, "x", model, stream, conns, seconds, direct_wire)
+                            before = cpu_seconds(gateway_proc.pid)
+                            url = f"http://127.0.0.1:{gw_port}{with_method(path, stream)}"
+                            gateway = load(url, key, model, stream, conns, seconds, wire)
+                            used = cpu_seconds(gateway_proc.pid) - before
+                            gateway["cpu_us"] = used / max(1, gateway["requests"]) * 1e6
+                            if round_no == 0 and direct_path:
+                                wire_rows.append((label, stream, direct, gateway))
+                            if referee_proc is not None:
+                                ref = referee_proc.measure(stream)["cpu_us"]
+                                paired.setdefault((label, stream), []).append((gateway["cpu_us"], ref))
             gateway_proc.terminate()
             gateway_proc.wait(timeout=15)
             procs.remove(gateway_proc)
-        referee = referee_rows(mock_port, conns, seconds)
+        referee = {stream: referee_proc.measure(stream) for stream in (False, True)} if referee_proc else {}
+        if referee_proc is not None:
+            referee_proc.stop()
         admission_cmd = [
             PY,
             str(ROOT / "bench" / "admission.py"),
@@ -283,6 +313,18 @@ def main() -> None:
                 f"{g['p50_ms']:.2f}/{g['p99_ms']:.2f} | {g['cpu_us']:.0f} | {vs_referee(stream, g['cpu_us'])} | "
                 f"{int(g['errors'])} |"
             )
+        if paired:
+            lines += [
+                "",
+                f"Each path paired with a referee run made right after it, {rounds} round(s) (BENCH_ROUNDS), medians:",
+                "",
+                "| path | mode | gateway CPU µs/request | referee CPU µs/request | ÷ referee (median of pairs) | pairs |",
+                "|---|---|---|---|---|---|",
+            ]
+            for (label, stream), pairs in paired.items():
+                g_us, r_us, ratio = median_pairs(pairs)
+                mode = "stream" if stream else "non-stream"
+                lines.append(f"| {label} | {mode} | {g_us:.0f} | {r_us:.0f} | {ratio:.2f}× | {len(pairs)} |")
         lines += [
             "",
             "Time to first byte of a paced stream (20 ms to the first event), one request at a time, direct and "
