@@ -2,7 +2,8 @@
 its documented place, ``limit_source`` where it applies, and the official SDK's own exception class.
 
 Also mid-stream failures (``*-stream-error``, ``*-cut-stream``), passthrough and translated: the client's stream
-ends with its wire's error event, and the usage record has status 502 with the partial usage.
+ends with its wire's error event, and the usage record has status 502 with the partial usage. And an upstream
+that never answers: 504 ``UPSTREAM_TIMEOUT`` in each wire, unary and streamed, passthrough and translated.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from keyrelay.config import Settings
+from keyrelay.config import ModelConfig, ProviderConfig, Settings
 from keyrelay.errors import ErrorType
 from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
 from tests.conftest import make_api_key
 from tests.integration.gateway.helpers import make_account, usage_rows
+from tests.integration.protocols.conftest import KINDS, PRICES
 from tests.integration.protocols.session_helpers import body, call, credential, sqlite_url, sse_frames, url
 
 WIRES = ("openai", "anthropic", "gemini")
@@ -334,3 +336,32 @@ async def test_mid_stream_failure_in_each_wire(
     assert (row["status"], row["error_type"]) == (502, "UPSTREAM_ERROR"), row
     assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0, row
     assert row["cost_micros"] > 0
+
+
+# --- upstream timeouts ---------------------------------------------------------------------------------------------
+
+
+def hanging(mock: MockUpstream, short: str) -> ProviderConfig:
+    """A provider of ``short``'s kind serving ``<short>-hang``, which the mock never answers; read timeout 0.4 s."""
+    _, kind, path, upstream = KINDS[short]
+    model = ModelConfig(id=f"{short}-hang", upstream_id=f"{upstream}-hang", **PRICES)
+    return ProviderConfig(
+        name=f"{short}-slow", kind=kind, base_url=f"{mock.origin}{path}", models=(model,), timeout_s=0.4
+    )
+
+
+@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("path", ["passthrough", "translated"])
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_upstream_timeout_in_each_wire(
+    settings: Settings, mock: MockUpstream, wire: str, path: str, stream: bool
+) -> None:
+    # Only the gateway's own read timeout can end these calls (the client waits 10 s): a 504 in the client's wire.
+    upstream = SAME[wire] if path == "passthrough" else OTHER[wire]
+    settings = settings.model_copy(update={"providers": (*settings.providers, hanging(mock, upstream))})
+    async with running_server(settings) as server, httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        key = await make_api_key(server, "timeouts@example.com")
+        r = await call(client, wire, key, f"{upstream}-hang", stream=stream)
+        check_error(r, wire, 504, "UPSTREAM_TIMEOUT")
+        [row] = await usage_rows(server, r.headers["x-request-id"])
+        assert (row["status"], row["error_type"], row["cost_micros"]) == (504, "UPSTREAM_TIMEOUT", 0)
