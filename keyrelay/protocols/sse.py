@@ -181,7 +181,7 @@ def parse_lines(blocks: bytes, last_id: str = "") -> tuple[list[SSEEvent], str]:
     return events, last_id
 
 
-def _data_lines(blocks: bytes, eol: bytes) -> bool:
+def data_lines(blocks: bytes, eol: bytes) -> bool:
     """Whether ``blocks`` is blocks of one ``data: `` line each, every line ended by ``eol`` (LF or CRLF).
 
     Counted in C: n blank lines and 2n line ends (so no line end outside the ``eol eol`` pairs, and no bare
@@ -197,6 +197,11 @@ def _data_lines(blocks: bytes, eol: bytes) -> bool:
     return blocks.count(blank + b"data: ") == n - 1
 
 
+def named_lines(blocks: bytes) -> bool:
+    """Whether ``blocks`` is LF-framed blocks of an ``event: `` line and one ``data: `` line each (Anthropic's)."""
+    return b"\r" not in blocks and _NAMED_LF.fullmatch(blocks) is not None
+
+
 def _common_shape(blocks: bytes, last_id: str) -> list[SSEEvent] | None:
     """The events of blocks in one of the shapes providers send, read in C; None for any other shape.
 
@@ -205,10 +210,10 @@ def _common_shape(blocks: bytes, last_id: str) -> list[SSEEvent] | None:
     empty ``event`` value meaning ``message``, no ``id`` or ``retry`` field.
     """
     for eol in (b"\r\n", b"\n") if b"\r" in blocks else (b"\n",):
-        if _data_lines(blocks, eol):
+        if data_lines(blocks, eol):
             blank = eol + eol
             return [SSEEvent("message", block[6:], last_id, None, block + blank) for block in blocks.split(blank)[:-1]]
-    if b"\r" in blocks or _NAMED_LF.fullmatch(blocks) is None:
+    if not named_lines(blocks):
         return None
     return [
         SSEEvent(

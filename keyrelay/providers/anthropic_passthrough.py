@@ -25,15 +25,13 @@ from typing import Any
 import orjson
 
 from keyrelay.protocols.canonical import Usage
-from keyrelay.protocols.sse import BOM, SSEDecoder, parse_blocks
+from keyrelay.protocols.sse import BOM, SSEDecoder, named_lines, parse_blocks
 from keyrelay.providers.anthropic import anthropic_usage
 
 __all__ = ["AnthropicPassthroughReader"]
 
 _READ = frozenset({b"message_start", b"message_delta", b"message_stop", b"error", b"message"})  # message: unnamed
 _DELTA = b"content_block_delta"
-# Complete LF-framed blocks, each exactly an event line and one data line.
-_STANDARD = re.compile(rb"(?:event: [^\n]*\ndata: [^\n]*\n\n)+")
 # In such blocks (after a blank line: the reader puts one before the first), the events read. Opening with a
 # literal lets the regex engine skip ahead to each candidate.
 _SPECIAL = re.compile(rb"\n\nevent: (?:message_(?:start|delta|stop)|error)\ndata: ([^\n]*)")
@@ -118,7 +116,7 @@ class AnthropicPassthroughReader:
             self._started = True
             if blocks.startswith(BOM):
                 blocks = blocks[len(BOM) :]
-        if b"\r" in blocks or _STANDARD.fullmatch(blocks) is None:
+        if not named_lines(blocks):
             return self._read_parsed(blocks)
         errored = False
         for match in _SPECIAL.finditer(b"\n\n" + blocks):

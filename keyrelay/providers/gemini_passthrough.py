@@ -23,14 +23,11 @@ import orjson
 
 from keyrelay.protocols.canonical import StreamError, Usage
 from keyrelay.protocols.gemini_parts import field, gemini_usage
-from keyrelay.protocols.sse import BOM, SSEDecoder
+from keyrelay.protocols.sse import BOM, SSEDecoder, data_lines
 from keyrelay.providers.gemini import GeminiStreamDecoder
 
 __all__ = ["GeminiPassthroughReader"]
 
-# Complete blocks of one data line each, framed as Gemini frames them (CRLF) or with LF.
-_STANDARD_CRLF = re.compile(rb"(?:data: [^\r\n]*\r\n\r\n)+")
-_STANDARD_LF = re.compile(rb"(?:data: [^\n]*\n\n)+")  # used only on reads without a CR
 _USAGE = re.compile(rb'"(?:usageMetadata|usage_metadata)"')
 # The keys naming an end ("finishReason", "blockReason" and their snake_case forms), found by their tails.
 _END_SUFFIXES = (b'Reason"', b'_reason"')
@@ -125,11 +122,9 @@ class GeminiPassthroughReader:
             self._started = True
             if blocks.startswith(BOM):
                 return self._go_full(blocks)
-        if b"\r" in blocks:
-            standard, separator = _STANDARD_CRLF, b"\r\n\r\n"
-        else:
-            standard, separator = _STANDARD_LF, b"\n\n"
-        if _ERROR in blocks or standard.fullmatch(blocks) is None:
+        eol = b"\r\n" if b"\r" in blocks else b"\n"
+        separator = eol + eol
+        if _ERROR in blocks or not data_lines(blocks, eol):
             return self._go_full(blocks)
         if not self._read_end(blocks, separator):
             return self._go_full(blocks)
