@@ -17,6 +17,7 @@ from keyrelay.gateway.upstream_client import UpstreamPool
 from keyrelay.limits.factory import build_limits, redis_client
 from keyrelay.logs import request_id_var, setup_logging
 from keyrelay.metrics import Metrics
+from keyrelay.portal.app import PORTAL_PATHS, PORTAL_PREFIXES, create_portal_app
 from keyrelay.routing.table import RouteTable
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.usage.writer import UsageWriter
@@ -36,6 +37,7 @@ class KeyrelayApp:
         self.settings = settings
         self._clock = clock
         self.admin = create_admin_app()
+        self.portal = create_portal_app(settings)
         self.runtime: Runtime | None = None
         self.gateway: Gateway | None = None
         self.writer: UsageWriter | None = None
@@ -48,6 +50,8 @@ class KeyrelayApp:
         self.pool = UpstreamPool.from_settings(self.settings)
         runtime = await open_runtime(self.settings, clock=self._clock, migrate=self.settings.migrate_on_start)
         self.admin.state.runtime = runtime
+        self.portal.state.portal.runtime = runtime
+        runtime.tasks.every(3600.0, runtime.signin.prune, name="portal-prune")
         runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")
         writer = UsageWriter(runtime.engine)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
@@ -119,6 +123,8 @@ class KeyrelayApp:
             return
         if path.startswith(_ADMIN_PREFIXES):
             await self.admin(scope, limit_body(receive, max_body), send)
+        elif path in PORTAL_PATHS or path.startswith(PORTAL_PREFIXES):
+            await self.portal(scope, limit_body(receive, max_body), send)
         elif path in _PROBES and scope["method"] not in ("GET", "HEAD"):
             err = GatewayError(ErrorType.METHOD_NOT_ALLOWED, f"Use GET for {path}.", allow="GET, HEAD")
             await send_error(send, err, request_id)

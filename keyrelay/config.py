@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.parse
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
@@ -134,6 +135,22 @@ class Settings(BaseSettings):
     http_proxy: str | None = Field(default=None, description="HTTP proxy for http:// upstreams.")
     no_proxy: str | None = Field(default=None, description="Hosts reached without the proxy, comma-separated.")
     providers: tuple[ProviderConfig, ...] = ()
+    # The portal (docs/portal.md).
+    signup: Literal["closed", "invite", "open"] = Field(
+        default="closed", description="Who may create an account in the portal: nobody, invited emails, anyone."
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The portal's address as users reach it, for emailed links (e.g. https://kr.example.com).",
+    )
+    smtp_url: SecretStr | None = Field(
+        default=None, description="smtp://[user:password@]host[:port] (STARTTLS) or smtps://...; unset: mail is logged."
+    )
+    mail_from: str = Field(default="keyrelay <keyrelay@localhost>", min_length=3, max_length=320)
+    session_idle_s: int = Field(default=7 * 86400, gt=0, description="A portal session ends after this long unused.")
+    session_absolute_s: int = Field(
+        default=30 * 86400, gt=0, description="A portal session ends this long after sign-in."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -155,6 +172,26 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(part, strict=False)
             except ValueError as exc:
                 raise ValueError(f"not a CIDR: {part!r}") from exc
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"not an http(s) URL without query or fragment: {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        parts = urllib.parse.urlsplit(value.get_secret_value())
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError("not an smtp:// or smtps:// URL with a host")  # the URL may hold a password: not echoed
         return value
 
     @model_validator(mode="after")

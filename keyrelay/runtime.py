@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -11,11 +12,15 @@ from keyrelay.cache.loader import StoreLoader
 from keyrelay.cache.sync import CacheSync
 from keyrelay.clock import Clock, SystemClock
 from keyrelay.config import Settings
+from keyrelay.mail import Mailer, mailer_from_settings
 from keyrelay.services.accounts import AccountService
 from keyrelay.services.keys import KeyService
+from keyrelay.services.passwords import Passwords
+from keyrelay.services.signin import SigninService
 from keyrelay.store.accounts import AccountRepository, GroupRepository
 from keyrelay.store.engine import create_engine, sqlite_threads_finished
 from keyrelay.store.keys import KeyRepository
+from keyrelay.store.logins import LoginRepository
 from keyrelay.store.migrate import upgrade_to_head
 from keyrelay.tasks import TaskGroup
 
@@ -34,6 +39,7 @@ class Runtime:
     cache_sync: CacheSync
     key_service: KeyService
     account_service: AccountService
+    signin: SigninService
     tasks: TaskGroup = field(default_factory=TaskGroup)
 
     async def close(self) -> None:
@@ -60,8 +66,18 @@ def known_regions(settings: Settings) -> frozenset[str] | None:
     return frozenset(p.region for p in settings.providers if p.region is not None)
 
 
-async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
-    """Connect to the store (applying migrations) and build the services."""
+def public_url(settings: Settings) -> str:
+    """The portal's address for emailed links: ``public_url``, else the address keyrelay listens on."""
+    if settings.public_url:
+        return settings.public_url
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+async def open_runtime(
+    settings: Settings, *, clock: Clock | None = None, migrate: bool = True, mailer: Mailer | None = None
+) -> Runtime:
+    """Connect to the store (applying migrations) and build the services (``mailer``: from settings when None)."""
     clock = clock or SystemClock()
     engine = create_engine(settings.database_url)
     if migrate:
@@ -76,6 +92,7 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrat
     accounts = AccountRepository(engine)
     groups = GroupRepository(engine)
     cache = KeyCache(StoreLoader(keys=keys, accounts=accounts, groups=groups, clock=clock))
+    account_service = AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock)
     return Runtime(
         settings=settings,
         clock=clock,
@@ -93,5 +110,16 @@ async def open_runtime(settings: Settings, *, clock: Clock | None = None, migrat
             known_regions=known_regions(settings),
             known_providers=frozenset(p.name for p in settings.providers) or None,
         ),
-        account_service=AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock),
+        account_service=account_service,
+        signin=SigninService(
+            logins=LoginRepository(engine),
+            account_service=account_service,
+            passwords=Passwords(),
+            mailer=mailer or mailer_from_settings(settings),
+            clock=clock,
+            public_url=public_url(settings),
+            signup=settings.signup,
+            idle=timedelta(seconds=settings.session_idle_s),
+            absolute=timedelta(seconds=settings.session_absolute_s),
+        ),
     )

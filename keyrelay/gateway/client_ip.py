@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -130,3 +131,30 @@ def client_address(
         if not any(ip in net for net in trusted):
             return ip
     return ip  # every hop is a trusted proxy: the leftmost one is where the request came from
+
+
+class ClientAddress:
+    """The client address of an ASGI request: the TCP peer, or what the trusted proxies in front of it say.
+
+    Built once from the settings (``trusted_proxies``, ``trusted_proxy_header``); called per request.
+    """
+
+    __slots__ = ("_trusted", "_forwarded")
+
+    def __init__(self, trusted: Sequence[Network], header: str) -> None:
+        self._trusted = tuple(trusted)
+        self._forwarded = header == "forwarded"
+
+    def __call__(self, scope: Mapping[str, Any]) -> IPAddress | None:
+        """The client's address, or None when it cannot be known (see the module's rules)."""
+        client = scope.get("client")
+        peer = parse_ip(client[0]) if client else None
+        if peer is None or not self._trusted or not any(peer in net for net in self._trusted):
+            return peer
+        if self._forwarded:
+            value = joined_header(scope["headers"], b"forwarded")
+            hops = forwarded_for_hops(value) if value is not None else []
+        else:
+            value = joined_header(scope["headers"], b"x-forwarded-for")
+            hops = x_forwarded_for_hops(value) if value is not None else []
+        return client_address(peer, hops, self._trusted)

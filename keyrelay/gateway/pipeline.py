@@ -21,14 +21,7 @@ from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.admit import Pending, admission_request
 from keyrelay.gateway.authorize import allowed_channels, authorize_key
 from keyrelay.gateway.call import Call, Outcome, RelayedError, with_output_limit
-from keyrelay.gateway.client_ip import (
-    IPAddress,
-    client_address,
-    forwarded_for_hops,
-    joined_header,
-    parse_ip,
-    x_forwarded_for_hops,
-)
+from keyrelay.gateway.client_ip import ClientAddress, IPAddress
 from keyrelay.gateway.forward import (
     UpstreamFailure,
     classify_exception,
@@ -107,8 +100,7 @@ class Gateway:
         self._metrics = metrics
         self._settlement = Settlement(limits, writer, metrics)
         self._clock = clock
-        self._trusted = settings.trusted_proxy_networks
-        self._forwarded = settings.trusted_proxy_header == "forwarded"
+        self._client_ip = ClientAddress(settings.trusted_proxy_networks, settings.trusted_proxy_header)
         self._scrubber = SecretScrubber([c.api_key for c in routes.models if c.api_key])
         for warning in routes.shadow_warnings():
             log.warning("%s", warning)
@@ -195,20 +187,6 @@ class Gateway:
         if principal is None or principal.key.key_type != KeyType.REGULAR.value:
             raise GatewayError(ErrorType.INVALID_API_KEY)
         return principal
-
-    def _client_ip(self, scope: Scope) -> IPAddress | None:
-        """The client address: the TCP peer, or what the trusted proxies in front of it say (see ``client_ip``)."""
-        client = scope.get("client")
-        peer = parse_ip(client[0]) if client else None
-        if peer is None or not self._trusted or not any(peer in net for net in self._trusted):
-            return peer
-        if self._forwarded:
-            value = joined_header(scope["headers"], b"forwarded")
-            hops = forwarded_for_hops(value) if value is not None else []
-        else:
-            value = joined_header(scope["headers"], b"x-forwarded-for")
-            hops = x_forwarded_for_hops(value) if value is not None else []
-        return client_address(peer, hops, self._trusted)
 
     def _read(self, principal: Principal, route: Route) -> dict[str, Any]:
         """A GET route's answer, in the route's wire (``/v1/key`` is keyrelay's own)."""

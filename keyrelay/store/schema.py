@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
 )
 
 # The largest value of an ``Integer`` column on PostgreSQL (INTEGER is 32-bit): the bound of every row
@@ -88,7 +89,52 @@ accounts = Table(
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
     _version(),
+    # Portal sign-in (store/logins.py; never read by the gateway): an argon2id hash (None = no password,
+    # cannot sign in), when the email was verified, and whether the account's sessions act as an admin.
+    Column("password_hash", String(255), nullable=True),
+    _ts("email_verified_at"),
+    Column("is_admin", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_accounts_updated_at", "updated_at"),
+)
+
+# Portal sessions, server-side: the cookie holds a random id, the table only its SHA-256. A session ends
+# at ``expires_at`` (absolute lifetime) or after the idle lifetime since ``last_seen_at``, whichever first.
+portal_sessions = Table(
+    "portal_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    _ts("created_at", nullable=False),
+    _ts("last_seen_at", nullable=False),
+    _ts("expires_at", nullable=False),
+    Column("ip", String(45), nullable=True),
+    Column("user_agent", String(300), nullable=True),
+    Index("ix_portal_sessions_account", "account_id"),
+)
+
+# Single-use tokens sent by email (verify an email, reset a password), stored as their SHA-256.
+account_tokens = Table(
+    "account_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("purpose", String(16), nullable=False),  # "verify" | "reset"
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    _ts("created_at", nullable=False),
+    _ts("expires_at", nullable=False),
+    _ts("used_at"),
+    Index("ix_account_tokens_account", "account_id", "purpose"),
+)
+
+# Failed sign-ins, for throttling per email and per client IP across every instance sharing the store.
+signin_failures = Table(
+    "signin_failures",
+    metadata,
+    Column("id", BigIntId, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),  # lower-cased as typed; the account may not exist
+    Column("ip", String(45), nullable=False),
+    _ts("created_at", nullable=False),
+    Index("ix_signin_failures_email_created", "email", "created_at"),
+    Index("ix_signin_failures_ip_created", "ip", "created_at"),
 )
 
 keys = Table(

@@ -1,0 +1,143 @@
+"""The account page (``/account``): profile, balance, password change, sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.datastructures import FormData
+
+from keyrelay.errors import GatewayError
+from keyrelay.portal.app import field_of, page_route, portal_of
+from keyrelay.services.signin import SignedIn
+
+router = APIRouter()
+page = page_route(router)
+
+_NOTICES = {
+    "password": "Your password was changed. Your other sessions were signed out.",
+    "sessions": "The other sessions were signed out.",
+    "verify": "We sent a new verification link to your email.",
+}
+
+# --- the account ------------------------------------------------------------------------------
+
+
+async def account_page(
+    request: Request, signed_in: SignedIn, session_id: str, *, status: int = 200, **context: Any
+) -> Response:
+    """The account page for a signed-in visitor, with ``context`` (notice, error) added."""
+    portal = portal_of(request)
+    assert portal.runtime is not None
+    account = await portal.runtime.accounts.get(account_id=signed_in.account.id)
+    group = None
+    if account is not None and account.group_id is not None:
+        group = await portal.runtime.groups.get(group_id=account.group_id)
+    sessions = await portal.signin.sessions(signed_in.account.id)
+    return portal.render(
+        request,
+        "account.html",
+        status=status,
+        seed=session_id,
+        signed_in=signed_in,
+        account=account,
+        group=group,
+        sessions=sessions,
+        current_session=signed_in.session.id_hash,
+        **context,
+    )
+
+
+@page("/account", ["GET"])
+async def account(request: Request) -> Response:
+    """``GET /account``: profile, balance, password change and sessions."""
+    portal = portal_of(request)
+    signed_in, session_id = await portal.current(request)
+    if signed_in is None or session_id is None:
+        return portal.redirect("/login")
+    notice = _NOTICES.get(request.query_params.get("done", ""))
+    return await account_page(request, signed_in, session_id, notice=notice)
+
+
+async def account_form(request: Request) -> tuple[SignedIn, str, FormData] | Response:
+    """A POST to an ``/account/...`` action: (session, its id, checked form), or the answer to send instead."""
+    portal = portal_of(request)
+    signed_in, session_id = await portal.current(request)
+    if signed_in is None or session_id is None:
+        return portal.redirect("/login")
+    form = await portal.checked_form(request, session_id)
+    if form is None:
+        return portal.forbidden(request)
+    return signed_in, session_id, form
+
+
+@page("/account/password", ["POST"])
+async def change_password(request: Request) -> Response:
+    """``POST /account/password``: change the password; the other sessions end."""
+    portal = portal_of(request)
+    got = await account_form(request)
+    if isinstance(got, Response):
+        return got
+    signed_in, session_id, form = got
+    try:
+        await portal.signin.change_password(
+            signed_in=signed_in, current=field_of(form, "password"), new=field_of(form, "new_password")
+        )
+    except GatewayError as err:
+        return await account_page(request, signed_in, session_id, status=400, error=err.message, error_field=err.field)
+    return portal.redirect("/account?done=password")
+
+
+@page("/account/sessions/end-others", ["POST"])
+async def end_others(request: Request) -> Response:
+    """``POST /account/sessions/end-others``: sign out every other session."""
+    portal = portal_of(request)
+    got = await account_form(request)
+    if isinstance(got, Response):
+        return got
+    signed_in, _, _ = got
+    await portal.signin.sign_out_everywhere(account_id=signed_in.account.id, keep=signed_in.session.id_hash)
+    return portal.redirect("/account?done=sessions")
+
+
+@page("/account/sessions/end-all", ["POST"])
+async def end_all(request: Request) -> Response:
+    """``POST /account/sessions/end-all``: sign out everywhere, this session included."""
+    portal = portal_of(request)
+    got = await account_form(request)
+    if isinstance(got, Response):
+        return got
+    signed_in, _, _ = got
+    await portal.signin.sign_out_everywhere(account_id=signed_in.account.id)
+    response = portal.redirect("/login")
+    portal.clear_session(response)
+    return response
+
+
+@page("/account/sessions/end", ["POST"])
+async def end_one(request: Request) -> Response:
+    """``POST /account/sessions/end``: sign out one session (form field ``session``: its hash)."""
+    portal = portal_of(request)
+    got = await account_form(request)
+    if isinstance(got, Response):
+        return got
+    signed_in, _, form = got
+    await portal.signin.end_session(account_id=signed_in.account.id, id_hash=field_of(form, "session")[:64])
+    if field_of(form, "session") == signed_in.session.id_hash:
+        response = portal.redirect("/login")
+        portal.clear_session(response)
+        return response
+    return portal.redirect("/account?done=sessions")
+
+
+@page("/account/verify-email", ["POST"])
+async def resend_verification(request: Request) -> Response:
+    """``POST /account/verify-email``: mail a fresh verification link."""
+    portal = portal_of(request)
+    got = await account_form(request)
+    if isinstance(got, Response):
+        return got
+    signed_in, _, _ = got
+    await portal.signin.send_verification(signed_in.account.id)
+    return portal.redirect("/account?done=verify")

@@ -1,0 +1,229 @@
+"""The portal's pages: sign-up, email verification, sign-in and out, password reset, the account page.
+
+Server-rendered with Jinja2 (autoescaped), one form per action, no script. Every POST is checked for
+CSRF (``security.py``) before anything else; a form with bad input is shown again with a 4xx status and
+the message next to the field at fault. Signed-out visitors of a signed-in page are sent to ``/login``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
+
+from keyrelay.config import Settings
+from keyrelay.errors import GatewayError
+from keyrelay.gateway.client_ip import ClientAddress
+from keyrelay.portal.security import (
+    CSRF_COOKIE,
+    SECURITY_HEADERS,
+    csrf_token,
+    new_csrf_seed,
+    same_origin,
+    session_cookie_name,
+    token_matches,
+)
+from keyrelay.runtime import Runtime, public_url
+from keyrelay.services.signin import SignedIn, SigninService
+
+__all__ = ["PORTAL_PATHS", "PORTAL_PREFIXES", "create_portal_app"]
+
+log = logging.getLogger("keyrelay.portal")
+
+# The paths the portal answers (the gateway, the management API and the probes keep the others).
+PORTAL_PATHS = frozenset({"/", "/login", "/logout", "/signup", "/forgot-password", "/account"})
+PORTAL_PREFIXES = ("/verify/", "/reset/", "/account/", "/static/")
+
+_MAX_FIELD_CHARS = 1000  # a form field longer than this is not something a person typed
+
+
+def _money(micros: int | None) -> str:
+    """Micro-dollars as dollars for display: ``$12.34`` (two decimals; more when smaller than a cent)."""
+    if micros is None:
+        return "unlimited"
+    usd = Decimal(micros) / Decimal(1_000_000)
+    return f"${usd:,.2f}" if micros == 0 or abs(micros) >= 10_000 else f"${usd:,.6f}".rstrip("0")
+
+
+class Portal:
+    """Renders pages and answers forms; built once per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        base = public_url(settings)
+        self.secure = base.startswith("https://")
+        self.public_netloc = urlsplit(settings.public_url).netloc if settings.public_url else None
+        self.cookie = session_cookie_name(self.secure)
+        self.client_ip = ClientAddress(settings.trusted_proxy_networks, settings.trusted_proxy_header)
+        self.env = Environment(
+            loader=PackageLoader("keyrelay.portal", "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters["money"] = _money
+        self.runtime: Runtime | None = None
+
+    @property
+    def signin(self) -> SigninService:
+        """The sign-in service of the running process."""
+        assert self.runtime is not None, "the portal is used before start-up"
+        return self.runtime.signin
+
+    # --- rendering -------------------------------------------------------------------------------
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        *,
+        status: int = 200,
+        seed: str,
+        signed_in: SignedIn | None = None,
+        new_seed: bool = False,
+        **context: Any,
+    ) -> HTMLResponse:
+        """The page ``template`` with the CSRF token of ``seed``; sets the ``kr_csrf`` cookie when it is new."""
+        html = self.env.get_template(template).render(
+            csrf_token=csrf_token(seed),
+            me=signed_in.account if signed_in else None,
+            signup_open=self.signin.signup_mode == "open",
+            **context,
+        )
+        response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        if new_seed:
+            response.set_cookie(
+                CSRF_COOKIE, seed, httponly=True, samesite="lax", secure=self.secure, path="/", max_age=None
+            )
+        return response
+
+    def form_seed(self, request: Request) -> tuple[str, bool]:
+        """The ``kr_csrf`` value of a visitor who is not signed in, and whether it is new."""
+        seed = request.cookies.get(CSRF_COOKIE)
+        if seed and 20 <= len(seed) <= 100:
+            return seed, False
+        return new_csrf_seed(), True
+
+    async def current(self, request: Request) -> tuple[SignedIn | None, str | None]:
+        """The live session of the request, and its id."""
+        session_id = request.cookies.get(self.cookie)
+        if not session_id:
+            return None, None
+        signed_in = await self.signin.session(session_id)
+        return (signed_in, session_id) if signed_in is not None else (None, None)
+
+    def redirect(self, to: str) -> RedirectResponse:
+        """303 See Other: the browser follows with a GET."""
+        return RedirectResponse(to, status_code=303, headers=SECURITY_HEADERS)
+
+    def set_session(self, response: Response, session_id: str) -> None:
+        """Put the session id in the cookie (for the absolute lifetime)."""
+        response.set_cookie(
+            self.cookie,
+            session_id,
+            httponly=True,
+            samesite="lax",
+            secure=self.secure,
+            path="/",
+            max_age=self.settings.session_absolute_s,
+        )
+
+    def clear_session(self, response: Response) -> None:
+        """Remove the session cookie."""
+        response.delete_cookie(self.cookie, path="/", secure=self.secure, httponly=True, samesite="lax")
+
+    async def checked_form(self, request: Request, seed: str | None) -> FormData | None:
+        """The form of a POST when it passes both CSRF checks (see ``security.py``), else None."""
+        if not same_origin(request, self.public_netloc):
+            return None
+        try:
+            form = await request.form(max_files=0, max_fields=50)
+        except (StarletteHTTPException, ValueError, KeyError):
+            return None
+        sent = form.get("csrf_token")
+        return form if token_matches(seed, sent if isinstance(sent, str) else None) else None
+
+    def forbidden(self, request: Request) -> HTMLResponse:
+        """The answer to a POST that failed the CSRF checks: 403, nothing changed."""
+        seed, new = self.form_seed(request)
+        return self.render(
+            request,
+            "message.html",
+            status=403,
+            seed=seed,
+            new_seed=new,
+            title="Request refused",
+            message="This form was sent from another site, or it expired. Go back, reload the page and try again.",
+        )
+
+
+def field_of(form: FormData, name: str) -> str:
+    """A text field of a form ('' when missing, a file, or implausibly long)."""
+    value = form.get(name)
+    if not isinstance(value, str) or len(value) > _MAX_FIELD_CHARS:
+        return ""
+    return value
+
+
+def status_of(err: GatewayError) -> int:
+    return err.status if 400 <= err.status < 500 else 400
+
+
+def portal_of(request: Request) -> Portal:
+    """The ``Portal`` of the app serving this request."""
+    portal: Portal = request.app.state.portal
+    return portal
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def page_route(router: APIRouter) -> Callable[[str, list[str]], Callable[[Handler], Handler]]:
+    """A decorator factory for HTML pages of ``router`` (kept out of any OpenAPI document)."""
+
+    def page(path: str, methods: list[str]) -> Callable[[Handler], Handler]:
+        return router.api_route(path, methods=methods, response_class=HTMLResponse, include_in_schema=False)
+
+    return page
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    portal = portal_of(request)
+    seed, new = portal.form_seed(request)
+    titles = {404: "Page not found", 405: "Method not allowed"}
+    response = portal.render(
+        request,
+        "message.html",
+        status=exc.status_code,
+        seed=seed,
+        new_seed=new,
+        title=titles.get(exc.status_code, "Request refused"),
+        message=f"There is no page at {request.url.path} for this request.",
+    )
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def create_portal_app(settings: Settings) -> FastAPI:
+    """The portal as an ASGI app; ``app.state.portal.runtime`` is set at start-up."""
+    from keyrelay.portal import account_pages, signin_pages  # they import this module's helpers
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.portal = Portal(settings)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.include_router(signin_pages.router)
+    app.include_router(account_pages.router)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    return app

@@ -1,0 +1,323 @@
+"""Portal sign-in: sign-up, email verification, sign-in with throttling, sessions, password reset and change.
+
+The one write path for sign-in state (``store/logins.py``), as ``services/keys.py`` is for keys. Secrets it
+makes (session ids, emailed tokens) are 256-bit random values (``secrets.token_urlsafe(32)``); the store
+holds only their SHA-256, and they reach only the cookie or the email. Rules (OWASP Authentication and
+Forgot Password cheat sheets):
+
+- An unknown email and a wrong password get the same answer, after the same argon2 work.
+- A reset request and a sign-up get the same answer whether or not the account exists.
+- Sign-in is throttled per email (5 failures in 15 minutes) and per client IP (30), counted in the store,
+  so the limits hold across instances.
+- A reset link is valid for 30 minutes, once; using it ends every session of the account. A verification
+  link is valid for 2 days, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from keyrelay.clock import Clock
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.mail import Mailer, MailError
+from keyrelay.services.accounts import AccountService
+from keyrelay.services.inputs import AccountCreate
+from keyrelay.services.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, Passwords
+from keyrelay.store.logins import Login, LoginRepository, SessionRecord
+
+__all__ = ["FAILURE_WINDOW", "SignedIn", "SigninService", "token_hash"]
+
+log = logging.getLogger("keyrelay.signin")
+
+FAILURE_WINDOW = timedelta(minutes=15)
+MAX_FAILURES_PER_EMAIL = 5
+MAX_FAILURES_PER_IP = 30
+RESET_LIFETIME = timedelta(minutes=30)
+VERIFY_LIFETIME = timedelta(days=2)
+RESET_RESEND_AFTER = timedelta(minutes=1)  # at most one reset mail a minute per account
+TOUCH_AFTER = timedelta(minutes=1)  # a session's last_seen_at is written at most once a minute
+
+_WRONG = "The email or password is wrong."
+_THROTTLED = "Too many failed sign-ins. Wait 15 minutes, or reset your password."
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 hex of a session id or emailed token: what the store keeps."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """A live session: its account and the hash of its id (never the id itself)."""
+
+    account: Login
+    session: SessionRecord
+
+
+class SigninService:
+    """Accounts' passwords, sessions and emailed links."""
+
+    def __init__(
+        self,
+        *,
+        logins: LoginRepository,
+        account_service: AccountService,
+        passwords: Passwords,
+        mailer: Mailer,
+        clock: Clock,
+        public_url: str,
+        signup: str,
+        idle: timedelta,
+        absolute: timedelta,
+    ) -> None:
+        self._logins = logins
+        self._accounts = account_service
+        self._passwords = passwords
+        self._mailer = mailer
+        self._clock = clock
+        self._public_url = public_url.rstrip("/")
+        self.signup_mode = signup
+        self._idle = idle
+        self._absolute = absolute
+
+    @staticmethod
+    def check_password(password: str, *, field: str = "password") -> None:
+        """Raise INVALID_REQUEST (naming ``field``) unless the password has 10 to 256 characters."""
+        if len(password) < MIN_PASSWORD_CHARS:
+            raise GatewayError(ErrorType.INVALID_REQUEST, f"Use at least {MIN_PASSWORD_CHARS} characters.", field=field)
+        if len(password) > MAX_PASSWORD_CHARS:
+            raise GatewayError(ErrorType.INVALID_REQUEST, f"Use at most {MAX_PASSWORD_CHARS} characters.", field=field)
+
+    async def sign_up(self, *, email: str, password: str) -> None:
+        """Create an account with this password and email it a verification link (``signup: open`` only).
+
+        If the email already has an account, that account is told by mail instead; the caller's answer is
+        the same. Raises FORBIDDEN when sign-up is not open, INVALID_REQUEST for a bad email or password.
+        """
+        if self.signup_mode != "open":
+            raise GatewayError(ErrorType.FORBIDDEN, "Sign-up is closed: ask an administrator for an account.")
+        self.check_password(password)
+        try:
+            spec = AccountCreate.model_validate({"email": email})
+        except ValueError:
+            raise GatewayError(ErrorType.INVALID_REQUEST, "Enter a valid email address.", field="email") from None
+        existing = await self._logins.login_by_email(email=spec.email)
+        if existing is not None:
+            await self._mail(
+                existing.email,
+                "Your keyrelay account",
+                "Someone, perhaps you, tried to sign up with this email, which already has an account.\n"
+                f"Sign in at {self._public_url}/login, or reset your password at "
+                f"{self._public_url}/forgot-password.\n",
+            )
+            return
+        try:
+            record = await self._accounts.create_account(spec)
+        except GatewayError as exc:
+            if exc.error_type is ErrorType.CONFLICT:  # created meanwhile by another request: same answer
+                return
+            raise
+        await self._logins.set_login(
+            account_id=record.id, values={"password_hash": await self._passwords.hash(password)}
+        )
+        await self.send_verification(record.id)
+
+    async def send_verification(self, account_id: int) -> None:
+        """Email a fresh single-use verification link (older unused links stop working)."""
+        login = await self._logins.login_by_id(account_id=account_id)
+        if login is None or login.email_verified_at is not None:
+            return
+        token = await self._issue(account_id, "verify", VERIFY_LIFETIME)
+        await self._mail(
+            login.email,
+            "Verify your email for keyrelay",
+            f"Open this link to verify your email (valid for 2 days, once):\n\n{self._public_url}/verify/{token}\n",
+        )
+
+    async def verify_email(self, token: str) -> bool:
+        """Use a verification link; whether it was valid (unknown, used and expired links are not)."""
+        now = self._clock.now_utc()
+        account_id = await self._logins.use_token(token_hash=token_hash(token), purpose="verify", now=now)
+        if account_id is None:
+            return False
+        await self._logins.set_login(account_id=account_id, values={"email_verified_at": now})
+        return True
+
+    async def sign_in(self, *, email: str, password: str, ip: str, user_agent: str | None) -> tuple[str, Login]:
+        """Check the password and open a session: (session id for the cookie, account).
+
+        Raises RATE_LIMIT_EXCEEDED when this email or IP failed too often in the last 15 minutes (checked
+        first, so a throttled guess costs no argon2 work), INVALID_REQUEST for a wrong email or password
+        (one message for both), USER_INACTIVE for a suspended account with the right password.
+        """
+        email = email.strip().lower()[:320]
+        now = self._clock.now_utc()
+        by_email, by_ip = await self._logins.failures_since(email=email, ip=ip, since=now - FAILURE_WINDOW)
+        if by_email >= MAX_FAILURES_PER_EMAIL or by_ip >= MAX_FAILURES_PER_IP:
+            raise GatewayError(ErrorType.RATE_LIMIT_EXCEEDED, _THROTTLED, retry_after=FAILURE_WINDOW.total_seconds())
+        login = await self._logins.login_by_email(email=email) if email else None
+        matches = await self._passwords.verify(login.password_hash if login else None, password[:MAX_PASSWORD_CHARS])
+        if login is None or not matches:
+            await self._logins.add_failure(email=email, ip=ip, at=now)
+            raise GatewayError(ErrorType.INVALID_REQUEST, _WRONG, field="password")
+        if login.status != "active":
+            raise GatewayError(ErrorType.USER_INACTIVE, "This account is suspended.")
+        assert login.password_hash is not None  # verify() is False without one
+        if self._passwords.needs_rehash(login.password_hash):
+            new_hash = await self._passwords.hash(password)
+            await self._logins.set_login(account_id=login.id, values={"password_hash": new_hash})
+        return await self.open_session(login, ip=ip, user_agent=user_agent), login
+
+    async def open_session(self, login: Login, *, ip: str | None, user_agent: str | None) -> str:
+        """A new session for ``login``: its id, for the cookie (stored only hashed)."""
+        now = self._clock.now_utc()
+        session_id = _new_token()
+        await self._logins.add_session(
+            values={
+                "id_hash": token_hash(session_id),
+                "account_id": login.id,
+                "created_at": now,
+                "last_seen_at": now,
+                "expires_at": now + self._absolute,
+                "ip": ip,
+                "user_agent": (user_agent or "")[:300] or None,
+            }
+        )
+        return session_id
+
+    async def session(self, session_id: str) -> SignedIn | None:
+        """The live session with this id and its active account, or None (unknown, idle too long, expired)."""
+        if not session_id or len(session_id) > 100:
+            return None
+        now = self._clock.now_utc()
+        record = await self._logins.get_session(id_hash=token_hash(session_id))
+        if record is None or record.expires_at <= now or record.last_seen_at + self._idle <= now:
+            return None
+        login = await self._logins.login_by_id(account_id=record.account_id)
+        if login is None or login.status != "active":
+            return None
+        if now - record.last_seen_at >= TOUCH_AFTER:
+            await self._logins.touch_session(id_hash=record.id_hash, last_seen_at=now)
+        return SignedIn(account=login, session=record)
+
+    async def sessions(self, account_id: int) -> list[SessionRecord]:
+        """The account's live sessions, newest first."""
+        now = self._clock.now_utc()
+        return [
+            s
+            for s in await self._logins.sessions_of(account_id=account_id)
+            if s.expires_at > now and s.last_seen_at + self._idle > now
+        ]
+
+    async def sign_out(self, session_id: str) -> None:
+        """End this session."""
+        await self._logins.delete_session(id_hash=token_hash(session_id))
+
+    async def end_session(self, *, account_id: int, id_hash: str) -> bool:
+        """End one of the account's sessions by its hash (from the sessions list); whether it existed."""
+        return await self._logins.delete_session(id_hash=id_hash, account_id=account_id)
+
+    async def sign_out_everywhere(self, *, account_id: int, keep: str | None = None) -> int:
+        """End every session of the account (but the one with hash ``keep``); the number ended."""
+        return await self._logins.delete_sessions(account_id=account_id, except_hash=keep)
+
+    async def request_reset(self, email: str) -> None:
+        """Email a reset link if an active account has this email; the same (silent) result if not."""
+        login = await self._logins.login_by_email(email=email.strip()[:320]) if email.strip() else None
+        if login is None or login.status != "active":
+            return
+        now = self._clock.now_utc()
+        if await self._logins.token_recent(account_id=login.id, purpose="reset", since=now - RESET_RESEND_AFTER):
+            return  # one mail a minute: a form resubmitted in a loop cannot flood the inbox
+        token = await self._issue(login.id, "reset", RESET_LIFETIME)
+        await self._mail(
+            login.email,
+            "Reset your keyrelay password",
+            "Open this link to choose a new password (valid for 30 minutes, once):\n\n"
+            f"{self._public_url}/reset/{token}\n\n"
+            "If you did not ask for this, ignore this email: your password stays as it is.\n",
+        )
+
+    async def reset_usable(self, token: str) -> bool:
+        """Whether a reset link can still be used (to show its form)."""
+        return await self._logins.token_usable(token_hash=token_hash(token), purpose="reset", now=self._clock.now_utc())
+
+    async def reset_password(self, *, token: str, password: str) -> bool:
+        """Set a new password with a reset link, once; every session of the account ends. Whether it worked.
+
+        Raises INVALID_REQUEST (field ``password``) for a password that is too short or long, before the
+        link is used up.
+        """
+        self.check_password(password)
+        now = self._clock.now_utc()
+        account_id = await self._logins.use_token(token_hash=token_hash(token), purpose="reset", now=now)
+        if account_id is None:
+            return False
+        values: dict[str, object] = {"password_hash": await self._passwords.hash(password)}
+        login = await self._logins.login_by_id(account_id=account_id)
+        if login is not None and login.email_verified_at is None:
+            values["email_verified_at"] = now  # the link reached the inbox: that verifies the email too
+        await self._logins.set_login(account_id=account_id, values=values)
+        await self._logins.delete_sessions(account_id=account_id)
+        return True
+
+    async def change_password(self, *, signed_in: SignedIn, current: str, new: str) -> None:
+        """Change the password after checking the current one; every other session ends.
+
+        Raises INVALID_REQUEST naming ``password`` (wrong current password) or ``new_password``.
+        """
+        if not await self._passwords.verify(signed_in.account.password_hash, current[:MAX_PASSWORD_CHARS]):
+            raise GatewayError(ErrorType.INVALID_REQUEST, "The current password is wrong.", field="password")
+        self.check_password(new, field="new_password")
+        account_id = signed_in.account.id
+        await self._logins.set_login(account_id=account_id, values={"password_hash": await self._passwords.hash(new)})
+        await self._logins.delete_sessions(account_id=account_id, except_hash=signed_in.session.id_hash)
+
+    async def set_password(self, *, account_id: int, password: str, verified: bool) -> None:
+        """Set a password as an operator (the CLI), optionally marking the email verified; sessions end."""
+        self.check_password(password)
+        values: dict[str, object] = {"password_hash": await self._passwords.hash(password)}
+        if verified:
+            login = await self._logins.login_by_id(account_id=account_id)
+            if login is not None and login.email_verified_at is None:
+                values["email_verified_at"] = self._clock.now_utc()
+        await self._logins.set_login(account_id=account_id, values=values)
+        await self._logins.delete_sessions(account_id=account_id)
+
+    async def set_admin(self, *, account_id: int, admin: bool) -> None:
+        """Make the account's sessions act as an admin (or not)."""
+        await self._logins.set_login(account_id=account_id, values={"is_admin": admin})
+
+    async def prune(self) -> None:
+        """Delete expired sessions and tokens, and failures older than the throttling window."""
+        now = self._clock.now_utc()
+        await self._logins.prune(now=now, failures_before=now - FAILURE_WINDOW)
+
+    async def _issue(self, account_id: int, purpose: str, lifetime: timedelta) -> str:
+        now = self._clock.now_utc()
+        await self._logins.retire_tokens(account_id=account_id, purpose=purpose, now=now)
+        token = _new_token()
+        values = {
+            "token_hash": token_hash(token),
+            "purpose": purpose,
+            "account_id": account_id,
+            "created_at": now,
+            "expires_at": now + lifetime,
+        }
+        await self._logins.add_token(values=values)
+        return token
+
+    async def _mail(self, to: str, subject: str, body: str) -> None:
+        try:
+            await self._mailer.send(to=to, subject=subject, body=body)
+        except MailError as exc:
+            # The answer to the user stays the same (it must not tell whether the account exists).
+            log.error("could not send %r: %s", subject, exc)
