@@ -25,6 +25,7 @@ from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate, micros_to_usd
 from keyrelay.listen import ListenError
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
+from keyrelay.services.signin import SigninService
 from keyrelay.store.engine import UnsupportedDatabaseError, sqlite_threads_finished
 from keyrelay.store.records import AccountRecord
 
@@ -196,22 +197,65 @@ def _not_found() -> Any:
     return ErrorType.NOT_FOUND
 
 
+def _password_from_stdin() -> str:
+    """The password piped on standard input: everything read, less one trailing line break."""
+    password = sys.stdin.read()
+    password = password.removesuffix("\n").removesuffix("\r")
+    if not password:
+        _fail("--password-stdin: standard input held no password", EXIT_BAD_INPUT)
+    try:
+        SigninService.check_password(password)
+    except GatewayError as exc:
+        _fail(f"--password-stdin: {exc.message}", EXIT_BAD_INPUT)
+    return password
+
+
 @admin.command("create-account")
 @click.argument("email")
 @click.option("--group", help="Group name.")
 @click.option("--balance", type=Decimal, help="Prepaid balance in USD (default: unlimited).")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read a portal password from standard input; the email counts as verified."
+)
+@click.option("--admin", "is_admin", is_flag=True, help="The account's portal sessions may act as an admin.")
 @click.pass_context
 @friendly
-def create_account(ctx: click.Context, email: str, group: str | None, balance: Decimal | None) -> None:
-    """Create an account."""
+def create_account(
+    ctx: click.Context, email: str, group: str | None, balance: Decimal | None, password_stdin: bool, is_admin: bool
+) -> None:
+    """Create an account (with a portal password when --password-stdin is given)."""
     spec = AccountCreate(email=email, group=group, balance=balance)
+    password = _password_from_stdin() if password_stdin else None
 
     async def job(rt: Runtime) -> AccountRecord:
-        return await rt.account_service.create_account(spec)
+        account = await rt.account_service.create_account(spec)
+        if password is not None:
+            await rt.signin.set_password(account_id=account.id, password=password, verified=True)
+        if is_admin:
+            await rt.signin.set_admin(account_id=account.id, admin=True)
+        return account
 
     account = _with_runtime(ctx, job)
     bal = "unlimited" if account.balance_micros is None else f"${micros_to_usd(account.balance_micros):,.6f}"
-    _out(f"created account {account.id} {account.email} (balance {bal})")
+    extras = (", portal password set" if password is not None else "") + (", admin" if is_admin else "")
+    _out(f"created account {account.id} {account.email} (balance {bal}{extras})")
+
+
+@admin.command("set-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, required=True, help="Read the new password from standard input.")
+@click.pass_context
+@friendly
+def set_password(ctx: click.Context, email: str, password_stdin: bool) -> None:
+    """Set an account's portal password (the email counts as verified; its sessions end)."""
+    password = _password_from_stdin()
+
+    async def job(rt: Runtime) -> None:
+        account = await _account(rt, email)
+        await rt.signin.set_password(account_id=account.id, password=password, verified=True)
+
+    _with_runtime(ctx, job)
+    _out(f"password set for {email}; its portal sessions were signed out")
 
 
 @admin.command("create-group")

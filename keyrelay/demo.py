@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
 import sys
 from decimal import Decimal
@@ -40,10 +41,14 @@ ANTHROPIC_MODELS = (
 GEMINI_MODELS = (ModelConfig(id="gemini-2.5-flash", input_per_mtok=Decimal("0.30"), output_per_mtok=Decimal("2.50")),)
 
 
-async def _issue_demo_keys(runtime: Runtime) -> tuple[str, str]:
+async def _issue_demo_keys(runtime: Runtime) -> tuple[str, str, str]:
+    """(admin management key, API key, portal password) of the demo account, made afresh on every run."""
     account = await runtime.accounts.get_by_email(email=DEMO_EMAIL)
     if account is None:
         account = await runtime.account_service.create_account(AccountCreate(email=DEMO_EMAIL))
+    password = secrets.token_urlsafe(12)
+    await runtime.signin.set_password(account_id=account.id, password=password, verified=True)
+    await runtime.signin.set_admin(account_id=account.id, admin=True)
     admin = await runtime.key_service.create(
         account=account, spec=KeyCreate(name="demo-admin"), key_type=KeyType.MANAGEMENT, is_admin=True
     )
@@ -51,12 +56,16 @@ async def _issue_demo_keys(runtime: Runtime) -> tuple[str, str]:
         {"name": "demo", "limit": 5, "limit_reset": "daily", "rate_limits": {"rpm": 600}, "expires_in_days": 30}
     )
     api = await runtime.key_service.create(account=account, spec=spec)
-    return admin.plaintext, api.plaintext
+    return admin.plaintext, api.plaintext, password
 
 
-def _banner(base: str, api_key: str, admin_key: str, database: str) -> str:
+def _banner(base: str, api_key: str, admin_key: str, password: str, database: str) -> str:
     return f"""
 keyrelay demo is running on {base}  (database: {database}; Ctrl-C to stop)
+
+Portal:           {base}/login
+  Email:          {DEMO_EMAIL}
+  Password:       {password}   (new on every start; sign-up is open, mail goes to this log)
 
 Demo API key (limit $5/day, 600 rpm, expires in 30 days):
   {api_key}
@@ -103,9 +112,12 @@ async def _run(settings: Settings, sock: socket.socket) -> int:
             ),
             ProviderConfig(name="mock-gemini", kind="gemini", base_url=f"{mock.origin}/v1beta", models=GEMINI_MODELS),
         )
-        settings = settings.model_copy(update={"providers": (*settings.providers, *providers)})
-        app = create_app(settings)
         bound = sock.getsockname()[1]
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        base = f"http://{host}:{bound}"
+        update = {"providers": (*settings.providers, *providers), "signup": "open", "public_url": base}
+        settings = settings.model_copy(update=update)
+        app = create_app(settings)
         config = uvicorn.Config(
             app, host=settings.host, port=bound, lifespan="on", access_log=False, log_config=None, proxy_headers=False
         )
@@ -116,9 +128,8 @@ async def _run(settings: Settings, sock: socket.socket) -> int:
                 return task.result()
             await asyncio.sleep(0.02)
         assert app.runtime is not None
-        admin_key, api_key = await _issue_demo_keys(app.runtime)
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        click.echo(_banner(f"http://{host}:{bound}", api_key, admin_key, settings.database_url))
+        admin_key, api_key, password = await _issue_demo_keys(app.runtime)
+        click.echo(_banner(base, api_key, admin_key, password, settings.database_url))
         sys.stdout.flush()
         return await task
 

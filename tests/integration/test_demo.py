@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import sys
@@ -55,6 +56,19 @@ async def test_demo_prints_a_working_key(tmp_path: Path) -> None:
             keys = await client.get("/api/v1/keys", headers={"Authorization": f"Bearer {admin_key}"})
             assert keys.status_code == 200
             assert [k["name"] for k in keys.json()["data"]] == ["demo"]
+            # The printed portal password signs the demo account in.
+            assert f"http://127.0.0.1:{port}/login" in text
+            password = next(line.split()[1] for line in lines if line.strip().startswith("Password:"))
+            form = await client.get("/login")
+            token = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', form.text)
+            assert token, form.text
+            signed_in = await client.post(
+                "/login",
+                data={"csrf_token": token.group(1), "email": "demo@keyrelay.local", "password": password},
+            )
+            assert signed_in.status_code == 303 and signed_in.headers["location"] == "/account", signed_in.text
+            account = await client.get("/account")
+            assert account.status_code == 200 and "demo@keyrelay.local" in account.text
         assert (tmp_path / "keyrelay.db").exists()
     finally:
         if proc.returncode is None:
