@@ -14,7 +14,10 @@ import sys
 from keyrelay.config import Settings
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import open_runtime
+from keyrelay.services.audit import Actor
 from keyrelay.services.inputs import AccountCreate, GroupCreate
+
+ACTOR = Actor.system("bench")  # who the audit log names for the benchmark's account, group and key
 
 
 async def main(url: str) -> None:
@@ -23,12 +26,12 @@ async def main(url: str) -> None:
         group = await runtime.groups.get_by_name(name="bench")
         if group is None:
             await runtime.account_service.create_group(
-                GroupCreate(name="bench", price_multiplier=1, quota=1_000_000, quota_reset="monthly")
+                GroupCreate(name="bench", price_multiplier=1, quota=1_000_000, quota_reset="monthly"), actor=ACTOR
             )
         account = await runtime.accounts.get_by_email(email="bench@example.com")
         if account is None:
             account = await runtime.account_service.create_account(
-                AccountCreate(email="bench@example.com", group="bench", balance=1_000_000)
+                AccountCreate(email="bench@example.com", group="bench", balance=1_000_000), actor=ACTOR
             )
         spec = KeyCreate.model_validate(
             {
@@ -58,7 +61,7 @@ async def main(url: str) -> None:
                 "region": "us",
             }
         )
-        issued = await runtime.key_service.create(account=account, spec=spec)
+        issued = await runtime.key_service.create(account=account, spec=spec, actor=ACTOR)
         sys.stdout.write(issued.plaintext + "\n")
     finally:
         await runtime.close()

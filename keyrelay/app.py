@@ -52,6 +52,7 @@ class KeyrelayApp:
         self.admin.state.runtime = runtime
         self.portal.state.portal.runtime = runtime
         runtime.tasks.every(3600.0, runtime.signin.prune, name="portal-prune")
+        runtime.tasks.every(self.settings.notify_interval_s, runtime.notifier.check_once, name="notifications")
         runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")
         writer = UsageWriter(runtime.engine)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")

@@ -24,12 +24,14 @@ from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate, micros_to_usd
 from keyrelay.listen import ListenError
 from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.services.audit import Actor
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.services.signin import SigninService
 from keyrelay.store.engine import UnsupportedDatabaseError, sqlite_threads_finished
 from keyrelay.store.records import AccountRecord
 
 T = TypeVar("T")
+CLI = Actor.cli()  # every change made by a command is recorded in the audit log as the CLI's
 
 # Exit codes, documented in the README's CLI section.
 EXIT_FAILED = 1  # the command could not be carried out: database unreachable, no such key, conflict
@@ -228,11 +230,11 @@ def create_account(
     password = _password_from_stdin() if password_stdin else None
 
     async def job(rt: Runtime) -> AccountRecord:
-        account = await rt.account_service.create_account(spec)
+        account = await rt.account_service.create_account(spec, actor=CLI)
         if password is not None:
-            await rt.signin.set_password(account_id=account.id, password=password, verified=True)
+            await rt.signin.set_password(account_id=account.id, password=password, verified=True, actor=CLI)
         if is_admin:
-            await rt.signin.set_admin(account_id=account.id, admin=True)
+            await rt.signin.set_admin(account_id=account.id, admin=True, actor=CLI)
         return account
 
     account = _with_runtime(ctx, job)
@@ -252,7 +254,7 @@ def set_password(ctx: click.Context, email: str, password_stdin: bool) -> None:
 
     async def job(rt: Runtime) -> None:
         account = await _account(rt, email)
-        await rt.signin.set_password(account_id=account.id, password=password, verified=True)
+        await rt.signin.set_password(account_id=account.id, password=password, verified=True, actor=CLI)
 
     _with_runtime(ctx, job)
     _out(f"password set for {email}; its portal sessions were signed out")
@@ -274,7 +276,7 @@ def create_group(ctx: click.Context, name: str, price_multiplier: Decimal | None
     spec = GroupCreate(**values)
 
     async def job(rt: Runtime) -> str:
-        return (await rt.account_service.create_group(spec)).name
+        return (await rt.account_service.create_group(spec, actor=CLI)).name
 
     _out(f"created group {_with_runtime(ctx, job)}")
 
@@ -291,7 +293,9 @@ def create_management_key(ctx: click.Context, email: str, is_admin: bool, name: 
 
     async def job(rt: Runtime) -> tuple[str, tuple[str, ...]]:
         account = await _account(rt, email)
-        issued = await rt.key_service.create(account=account, spec=spec, key_type=KeyType.MANAGEMENT, is_admin=is_admin)
+        issued = await rt.key_service.create(
+            account=account, spec=spec, key_type=KeyType.MANAGEMENT, is_admin=is_admin, actor=CLI
+        )
         return issued.plaintext, issued.warnings
 
     plaintext, warnings = _with_runtime(ctx, job)
@@ -336,7 +340,7 @@ def revoke_management_key(ctx: click.Context, key_hash: str) -> None:
             raise GatewayError(
                 _not_found(), f"no management key with hash {key_hash!r} (see: admin list-management-keys)"
             )
-        await rt.key_service.revoke(record=record)
+        await rt.key_service.revoke(record=record, actor=CLI)
 
     _with_runtime(ctx, job)
     _out(f"revoked {key_hash}")
@@ -411,7 +415,7 @@ def keys_create(ctx: click.Context, email: str, **fields: Any) -> None:
     spec = KeyCreate(**values)
 
     async def job(rt: Runtime) -> tuple[str, str, tuple[str, ...]]:
-        issued = await rt.key_service.create(account=await _account(rt, email), spec=spec)
+        issued = await rt.key_service.create(account=await _account(rt, email), spec=spec, actor=CLI)
         return issued.plaintext, issued.record.hash, issued.warnings
 
     plaintext, key_hash, warnings = _with_runtime(ctx, job)
@@ -438,7 +442,7 @@ def keys_revoke(ctx: click.Context, key_hash: str) -> None:
     """Delete an API key for good."""
 
     async def action(rt: Runtime, record: Any) -> None:
-        await rt.key_service.revoke(record=record)
+        await rt.key_service.revoke(record=record, actor=CLI)
 
     _with_runtime(ctx, _key_job(key_hash, action))
     _out(f"revoked {key_hash}")
@@ -453,7 +457,7 @@ def keys_rotate(ctx: click.Context, key_hash: str, grace_seconds: int) -> None:
     """Give an API key a new secret (printed once); the old one works for --grace-seconds."""
 
     async def action(rt: Runtime, record: Any) -> str:
-        return (await rt.key_service.rotate(record=record, grace_seconds=grace_seconds)).plaintext
+        return (await rt.key_service.rotate(record=record, grace_seconds=grace_seconds, actor=CLI)).plaintext
 
     _out(_with_runtime(ctx, _key_job(key_hash, action)))
     click.echo("store this key now: it is not shown again", err=True)
@@ -461,7 +465,7 @@ def keys_rotate(ctx: click.Context, key_hash: str, grace_seconds: int) -> None:
 
 def _set_disabled(ctx: click.Context, key_hash: str, disabled: bool) -> None:
     async def action(rt: Runtime, record: Any) -> tuple[str, ...]:
-        _, warnings = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=disabled))
+        _, warnings = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=disabled), actor=CLI)
         return warnings
 
     warnings = _with_runtime(ctx, _key_job(key_hash, action))

@@ -151,6 +151,10 @@ class Settings(BaseSettings):
     session_absolute_s: int = Field(
         default=30 * 86400, gt=0, description="A portal session ends this long after sign-in."
     )
+    notify_interval_s: float = Field(default=60.0, gt=0, description="How often notifications due are looked for.")
+    low_balance_usd: Decimal = Field(
+        default=Decimal(5), ge=0, description="An account is told by email when its credit falls below this."
+    )
 
     @classmethod
     def settings_customise_sources(

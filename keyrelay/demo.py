@@ -19,6 +19,7 @@ from keyrelay.keys.spec import KeyCreate
 from keyrelay.listen import bind_listener
 from keyrelay.logs import setup_logging
 from keyrelay.runtime import Runtime
+from keyrelay.services.audit import Actor
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.testing.mock_upstream import MockOptions, MockUpstream
 
@@ -43,19 +44,20 @@ GEMINI_MODELS = (ModelConfig(id="gemini-2.5-flash", input_per_mtok=Decimal("0.30
 
 async def _issue_demo_keys(runtime: Runtime) -> tuple[str, str, str]:
     """(admin management key, API key, portal password) of the demo account, made afresh on every run."""
+    actor = Actor.system("demo")
     account = await runtime.accounts.get_by_email(email=DEMO_EMAIL)
     if account is None:
-        account = await runtime.account_service.create_account(AccountCreate(email=DEMO_EMAIL))
+        account = await runtime.account_service.create_account(AccountCreate(email=DEMO_EMAIL), actor=actor)
     password = secrets.token_urlsafe(12)
-    await runtime.signin.set_password(account_id=account.id, password=password, verified=True)
-    await runtime.signin.set_admin(account_id=account.id, admin=True)
+    await runtime.signin.set_password(account_id=account.id, password=password, verified=True, actor=actor)
+    await runtime.signin.set_admin(account_id=account.id, admin=True, actor=actor)
     admin = await runtime.key_service.create(
-        account=account, spec=KeyCreate(name="demo-admin"), key_type=KeyType.MANAGEMENT, is_admin=True
+        account=account, spec=KeyCreate(name="demo-admin"), actor=actor, key_type=KeyType.MANAGEMENT, is_admin=True
     )
     spec = KeyCreate.model_validate(
         {"name": "demo", "limit": 5, "limit_reset": "daily", "rate_limits": {"rpm": 600}, "expires_in_days": 30}
     )
-    api = await runtime.key_service.create(account=account, spec=spec)
+    api = await runtime.key_service.create(account=account, spec=spec, actor=actor)
     return admin.plaintext, api.plaintext, password
 
 

@@ -12,16 +12,21 @@ from keyrelay.cache.loader import StoreLoader
 from keyrelay.cache.sync import CacheSync
 from keyrelay.clock import Clock, SystemClock
 from keyrelay.config import Settings
+from keyrelay.keys.spec import usd_to_micros
 from keyrelay.mail import Mailer, mailer_from_settings
 from keyrelay.services.accounts import AccountService
+from keyrelay.services.audit import AuditTrail
 from keyrelay.services.keys import KeyService
+from keyrelay.services.notifications import Notifier
 from keyrelay.services.passwords import Passwords
 from keyrelay.services.signin import SigninService
 from keyrelay.store.accounts import AccountRepository, GroupRepository
+from keyrelay.store.audit import AuditRepository
 from keyrelay.store.engine import create_engine, sqlite_threads_finished
 from keyrelay.store.keys import KeyRepository
 from keyrelay.store.logins import LoginRepository
 from keyrelay.store.migrate import upgrade_to_head
+from keyrelay.store.notifications import NotificationRepository
 from keyrelay.tasks import TaskGroup
 
 
@@ -35,11 +40,14 @@ class Runtime:
     keys: KeyRepository
     accounts: AccountRepository
     groups: GroupRepository
+    audit_log: AuditRepository
     cache: KeyCache
     cache_sync: CacheSync
     key_service: KeyService
     account_service: AccountService
     signin: SigninService
+    notifications: NotificationRepository
+    notifier: Notifier
     tasks: TaskGroup = field(default_factory=TaskGroup)
 
     async def close(self) -> None:
@@ -91,8 +99,12 @@ async def open_runtime(
     keys = KeyRepository(engine)
     accounts = AccountRepository(engine)
     groups = GroupRepository(engine)
+    audit_log = AuditRepository(engine)
+    mailer = mailer or mailer_from_settings(settings)
+    notifications = NotificationRepository(engine)
+    audit = AuditTrail(log=audit_log, clock=clock)
     cache = KeyCache(StoreLoader(keys=keys, accounts=accounts, groups=groups, clock=clock))
-    account_service = AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock)
+    account_service = AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock, audit=audit)
     return Runtime(
         settings=settings,
         clock=clock,
@@ -100,12 +112,14 @@ async def open_runtime(
         keys=keys,
         accounts=accounts,
         groups=groups,
+        audit_log=audit_log,
         cache=cache,
         cache_sync=CacheSync(cache=cache, keys=keys, accounts=accounts, groups=groups, clock=clock),
         key_service=KeyService(
             keys=keys,
             cache=cache,
             clock=clock,
+            audit=audit,
             known_models=known_models(settings),
             known_regions=known_regions(settings),
             known_providers=frozenset(p.name for p in settings.providers) or None,
@@ -115,11 +129,20 @@ async def open_runtime(
             logins=LoginRepository(engine),
             account_service=account_service,
             passwords=Passwords(),
-            mailer=mailer or mailer_from_settings(settings),
+            mailer=mailer,
             clock=clock,
+            audit=audit,
             public_url=public_url(settings),
             signup=settings.signup,
             idle=timedelta(seconds=settings.session_idle_s),
             absolute=timedelta(seconds=settings.session_absolute_s),
+        ),
+        notifications=notifications,
+        notifier=Notifier(
+            repo=notifications,
+            mailer=mailer,
+            clock=clock,
+            public_url=public_url(settings),
+            low_balance_micros=usd_to_micros(settings.low_balance_usd),
         ),
     )

@@ -16,11 +16,14 @@ import trustme
 from keyrelay.config import Settings
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
+from keyrelay.services.audit import Actor
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Who the audit log names for changes tests make directly through the services.
+TEST_ACTOR = Actor.system("tests")
 PG_ADMIN_DSN = os.environ.get("KEYRELAY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -179,9 +182,13 @@ async def make_management_key(server: RunningServer, email: str, *, admin: bool 
     rt = server.runtime
     account = await rt.accounts.get_by_email(email=email)
     if account is None:
-        account = await rt.account_service.create_account(AccountCreate(email=email))
+        account = await rt.account_service.create_account(AccountCreate(email=email), actor=TEST_ACTOR)
     issued = await rt.key_service.create(
-        account=account, spec=KeyCreate(name=f"mgmt-{email}"), key_type=KeyType.MANAGEMENT, is_admin=admin
+        account=account,
+        spec=KeyCreate(name=f"mgmt-{email}"),
+        key_type=KeyType.MANAGEMENT,
+        is_admin=admin,
+        actor=TEST_ACTOR,
     )
     return issued.plaintext
 
@@ -203,6 +210,8 @@ async def make_api_key(server: RunningServer, email: str, **fields: object) -> s
     rt = server.runtime
     account = await rt.accounts.get_by_email(email=email)
     if account is None:
-        account = await rt.account_service.create_account(AccountCreate(email=email))
-    issued = await rt.key_service.create(account=account, spec=KeyCreate.model_validate({"name": "k", **fields}))
+        account = await rt.account_service.create_account(AccountCreate(email=email), actor=TEST_ACTOR)
+    issued = await rt.key_service.create(
+        account=account, spec=KeyCreate.model_validate({"name": "k", **fields}), actor=TEST_ACTOR
+    )
     return issued.plaintext

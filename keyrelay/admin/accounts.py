@@ -93,10 +93,10 @@ async def _group(runtime: Runtime, group_id: int) -> GroupRecord:
     summary="Create an account",
     responses=errors(400, 409),
 )
-async def create_account(body: AccountCreate, request: Request, _: AdminDep) -> AccountEnvelope:
+async def create_account(body: AccountCreate, request: Request, manager: AdminDep) -> AccountEnvelope:
     """Create an account (balance null = unlimited)."""
     runtime = runtime_of(request)
-    account = await runtime.account_service.create_account(body)
+    account = await runtime.account_service.create_account(body, actor=manager.actor)
     return AccountEnvelope(data=await _account_view(runtime, account))
 
 
@@ -125,20 +125,24 @@ async def get_account(account_id: AccountId, request: Request, _: AdminDep) -> A
 @router.patch(
     "/accounts/{account_id}", response_model=AccountEnvelope, summary="Update an account", responses=errors(400, 404)
 )
-async def update_account(account_id: AccountId, body: AccountUpdate, request: Request, _: AdminDep) -> AccountEnvelope:
+async def update_account(
+    account_id: AccountId, body: AccountUpdate, request: Request, manager: AdminDep
+) -> AccountEnvelope:
     """Change status, balance or group; takes effect on the account's keys at their next request."""
     runtime = runtime_of(request)
-    account = await runtime.account_service.update_account(await _account(runtime, account_id), body)
+    account = await runtime.account_service.update_account(
+        await _account(runtime, account_id), body, actor=manager.actor
+    )
     return AccountEnvelope(data=await _account_view(runtime, account))
 
 
 @router.post(
     "/groups", status_code=201, response_model=GroupEnvelope, summary="Create a group", responses=errors(400, 409)
 )
-async def create_group(body: GroupCreate, request: Request, _: AdminDep) -> GroupEnvelope:
+async def create_group(body: GroupCreate, request: Request, manager: AdminDep) -> GroupEnvelope:
     """Create a group with default key limits."""
     runtime = runtime_of(request)
-    group = await runtime.account_service.create_group(body)
+    group = await runtime.account_service.create_group(body, actor=manager.actor)
     return GroupEnvelope(data=group_out(group, runtime.clock.now_utc()))
 
 
@@ -160,19 +164,19 @@ async def get_group(group_id: GroupId, request: Request, _: AdminDep) -> GroupEn
 @router.patch(
     "/groups/{group_id}", response_model=GroupEnvelope, summary="Update a group", responses=errors(400, 404, 409)
 )
-async def update_group(group_id: GroupId, body: GroupUpdate, request: Request, _: AdminDep) -> GroupEnvelope:
+async def update_group(group_id: GroupId, body: GroupUpdate, request: Request, manager: AdminDep) -> GroupEnvelope:
     """Change a group's defaults; its accounts' keys see them at their next request."""
     runtime = runtime_of(request)
-    group = await runtime.account_service.update_group(await _group(runtime, group_id), body)
+    group = await runtime.account_service.update_group(await _group(runtime, group_id), body, actor=manager.actor)
     return GroupEnvelope(data=group_out(group, runtime_of(request).clock.now_utc()))
 
 
 @router.delete(
     "/groups/{group_id}", response_model=GroupDeleted, summary="Delete a group", responses=errors(400, 404, 409)
 )
-async def delete_group(group_id: GroupId, request: Request, _: AdminDep) -> GroupDeleted:
+async def delete_group(group_id: GroupId, request: Request, manager: AdminDep) -> GroupDeleted:
     """Delete a group no account belongs to (409 otherwise)."""
     runtime = runtime_of(request)
     group = await _group(runtime, group_id)
-    await runtime.account_service.delete_group(group)
+    await runtime.account_service.delete_group(group, actor=manager.actor)
     return GroupDeleted(data=GroupDeletedOut(id=group.id, deleted=True))

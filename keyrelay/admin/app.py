@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from keyrelay import __version__
-from keyrelay.admin import accounts, keys, usage
+from keyrelay.admin import accounts, audit, keys, usage
 from keyrelay.admin.openapi import install_openapi
 from keyrelay.asgi import Receive, Scope, Send, send_error
 from keyrelay.errors import ErrorType, GatewayError
@@ -141,6 +141,7 @@ def create_admin_app() -> FastAPI:
     app.include_router(keys.router)
     app.include_router(accounts.router)
     app.include_router(usage.router)
+    app.include_router(audit.router)
     install_openapi(app)
     app.add_middleware(_AnswerEveryError)
 

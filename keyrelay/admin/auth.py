@@ -8,17 +8,20 @@ from fastapi import Request
 
 from keyrelay.cache.keycache import Principal
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.gateway.client_ip import ClientAddress
 from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
 from keyrelay.runtime import Runtime
+from keyrelay.services.audit import Actor
 from keyrelay.store.records import KeyRecord
 
 
 @dataclass(frozen=True, slots=True)
 class Manager:
-    """The authenticated caller of the management API."""
+    """The authenticated caller of the management API, and the client address it called from."""
 
     principal: Principal
+    ip: str | None = None
 
     @property
     def account_id(self) -> int:
@@ -29,6 +32,11 @@ class Manager:
     def is_admin(self) -> bool:
         """Whether the caller may manage every account, group and key."""
         return self.principal.key.is_admin
+
+    @property
+    def actor(self) -> Actor:
+        """Who the audit log names for this caller's changes: the key's name and display form, and the IP."""
+        return Actor.management_key(self.principal.key, ip=self.ip)
 
     def can_see(self, record: KeyRecord) -> bool:
         """Whether this caller may read or change a key."""
@@ -82,4 +90,6 @@ async def require_manager(request: Request) -> Manager:
         raise GatewayError(ErrorType.API_KEY_EXPIRED)
     if not principal.account.active:
         raise GatewayError(ErrorType.USER_INACTIVE)
-    return Manager(principal)
+    settings = runtime.settings
+    ip = ClientAddress(settings.trusted_proxy_networks, settings.trusted_proxy_header)(request.scope)
+    return Manager(principal, ip=None if ip is None else str(ip))

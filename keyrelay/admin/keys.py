@@ -51,7 +51,7 @@ async def create_key(body: KeyCreate, request: Request, manager: ManagerDep) -> 
     """Create an API key; the plaintext ``key`` is in this answer only."""
     runtime = runtime_of(request)
     owner = await _owner(runtime, manager, body.account)
-    issued = await runtime.key_service.create(account=owner, spec=body)
+    issued = await runtime.key_service.create(account=owner, spec=body, actor=manager.actor)
     now = runtime.clock.now_utc()
     return KeyIssued(data=key_out(issued.record, now), key=issued.plaintext, warnings=list(issued.warnings))
 
@@ -94,7 +94,7 @@ async def update_key(key_hash: KeyHash, body: KeyUpdate, request: Request, manag
     """Change the fields present in the body; null resets a limit field to the group default."""
     runtime = runtime_of(request)
     record = await _visible_key(runtime, manager, key_hash)
-    updated, warnings = await runtime.key_service.update(record=record, spec=body)
+    updated, warnings = await runtime.key_service.update(record=record, spec=body, actor=manager.actor)
     return KeyEnvelope(data=key_out(updated, runtime.clock.now_utc()), warnings=list(warnings))
 
 
@@ -107,7 +107,8 @@ async def rotate_key(
     """New secret, same record; the old secret keeps working for ``grace_seconds``."""
     runtime = runtime_of(request)
     record = await _visible_key(runtime, manager, key_hash)
-    issued = await runtime.key_service.rotate(record=record, grace_seconds=(body or KeyRotate()).grace_seconds)
+    grace_seconds = (body or KeyRotate()).grace_seconds
+    issued = await runtime.key_service.rotate(record=record, grace_seconds=grace_seconds, actor=manager.actor)
     return KeyIssued(data=key_out(issued.record, runtime.clock.now_utc()), key=issued.plaintext)
 
 
@@ -116,5 +117,5 @@ async def delete_key(key_hash: KeyHash, request: Request, manager: ManagerDep) -
     """Immediate and final: the next request with this key fails."""
     runtime = runtime_of(request)
     record = await _visible_key(runtime, manager, key_hash)
-    await runtime.key_service.revoke(record=record)
+    await runtime.key_service.revoke(record=record, actor=manager.actor)
     return KeyDeleted(data={"hash": record.hash, "deleted": True})

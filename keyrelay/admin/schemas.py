@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
 from pydantic import BaseModel, Field
 
 from keyrelay.errors import ErrorType
 from keyrelay.keys.spec import RATE_FIELDS, micros_to_usd
 from keyrelay.limits.periods import stored_usage
+from keyrelay.services.audit import ActorType, TargetType
+from keyrelay.store.audit import AuditEntry
 from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
 
 
@@ -128,6 +131,32 @@ class AccountOut(BaseModel):
     updated_at: datetime
 
 
+class AuditEntryOut(BaseModel):
+    """One change to a key, account or group: who made it, from where, and the fields it changed."""
+
+    id: int = Field(description="Increases with every entry; newer entries have higher ids.")
+    created_at: datetime
+    actor_type: ActorType
+    actor: str = Field(description="The management key's name and display form, the account's email, or 'cli'.")
+    actor_account_id: int | None
+    ip: str | None = Field(description="The client address of the change (null from the CLI).")
+    action: str = Field(description="e.g. key.create, key.update, key.rotate, key.revoke, account.update.")
+    target_type: TargetType
+    target_id: str = Field(description="The key's hash, or the account's or group's id.")
+    target_account_id: int | None = Field(description="The account the target belongs to (null for groups).")
+    changes: dict[str, Any] = Field(
+        description="Stored fields: {field: [old, new]} for an update; {field: value} of the record for a create "
+        "or delete. Never a secret or a hash of one."
+    )
+
+
+class AuditPage(BaseModel):
+    """One page of audit entries, newest first; ``next_page_token`` is null on the last page."""
+
+    data: list[AuditEntryOut]
+    next_page_token: str | None
+
+
 def _rates(record: KeyRecord | GroupRecord, prefix: str) -> RateLimitsOut:
     return RateLimitsOut(**{name: getattr(record, prefix + name) for name in RATE_FIELDS})
 
@@ -205,4 +234,21 @@ def account_out(account: AccountRecord, group_name: str | None) -> AccountOut:
         group=group_name,
         created_at=account.created_at,
         updated_at=account.updated_at,
+    )
+
+
+def audit_out(entry: AuditEntry) -> AuditEntryOut:
+    """The API view of an audit entry."""
+    return AuditEntryOut(
+        id=entry.id,
+        created_at=entry.created_at,
+        actor_type=cast(ActorType, entry.actor_type),
+        actor=entry.actor,
+        actor_account_id=entry.actor_account_id,
+        ip=entry.ip,
+        action=entry.action,
+        target_type=cast(TargetType, entry.target_type),
+        target_id=entry.target_id,
+        target_account_id=entry.target_account_id,
+        changes=dict(entry.changes),
     )

@@ -19,6 +19,7 @@ _NOTICES = {
     "password": "Your password was changed. Your other sessions were signed out.",
     "sessions": "The other sessions were signed out.",
     "verify": "We sent a new verification link to your email.",
+    "notifications": "Your email notifications were saved.",
 }
 
 # --- the account ------------------------------------------------------------------------------
@@ -35,6 +36,7 @@ async def account_page(
     if account is not None and account.group_id is not None:
         group = await portal.runtime.groups.get(group_id=account.group_id)
     sessions = await portal.signin.sessions(signed_in.account.id)
+    spend_on, balance_on, expiry_on = await portal.runtime.notifications.preferences(account_id=signed_in.account.id)
     return portal.render(
         request,
         "account.html",
@@ -44,6 +46,7 @@ async def account_page(
         account=account,
         group=group,
         sessions=sessions,
+        notify={"spend": spend_on, "balance": balance_on, "expiry": expiry_on},
         current_session=signed_in.session.id_hash,
         **context,
     )
@@ -82,7 +85,10 @@ async def change_password(request: Request) -> Response:
     signed_in, session_id, form = got
     try:
         await portal.signin.change_password(
-            signed_in=signed_in, current=field_of(form, "password"), new=field_of(form, "new_password")
+            signed_in=signed_in,
+            current=field_of(form, "password"),
+            new=field_of(form, "new_password"),
+            ip=portal.ip(request),
         )
     except GatewayError as err:
         return await account_page(request, signed_in, session_id, status=400, error=err.message, error_field=err.field)
@@ -141,3 +147,21 @@ async def resend_verification(request: Request) -> Response:
     signed_in, _, _ = got
     await portal.signin.send_verification(signed_in.account.id)
     return portal.redirect("/account?done=verify")
+
+
+@page("/account/notifications", ["POST"])
+async def notifications(request: Request) -> Response:
+    """``POST /account/notifications``: the emails wanted (checkboxes ``spend``, ``balance``, ``expiry``)."""
+    portal = portal_of(request)
+    got = await account_form(request)
+    if isinstance(got, Response):
+        return got
+    signed_in, _, form = got
+    assert portal.runtime is not None
+    await portal.runtime.notifications.set_preferences(
+        account_id=signed_in.account.id,
+        spend=form.get("spend") == "on",
+        balance=form.get("balance") == "on",
+        expiry=form.get("expiry") == "on",
+    )
+    return portal.redirect("/account?done=notifications")

@@ -1,8 +1,9 @@
-"""The portal's pages: sign-up, email verification, sign-in and out, password reset, the account page.
+"""The portal application: the Portal (rendering, sessions, CSRF checks, actors) and create_portal_app().
 
-Server-rendered with Jinja2 (autoescaped), one form per action, no script. Every POST is checked for
-CSRF (``security.py``) before anything else; a form with bad input is shown again with a 4xx status and
-the message next to the field at fault. Signed-out visitors of a signed-in page are sent to ``/login``.
+Server-rendered with Jinja2 (autoescaped), one form per action, one small script file. Every POST is checked
+for CSRF (``security.py``) before it changes anything (a signed-in page's POST without a live session is sent
+to ``/login`` first); a form with bad input is shown again with a 4xx status and the message next to the field
+at fault. Signed-out visitors of a signed-in page are sent to ``/login``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from keyrelay.portal.security import (
     token_matches,
 )
 from keyrelay.runtime import Runtime, public_url
+from keyrelay.services.audit import Actor
 from keyrelay.services.signin import SignedIn, SigninService
 
 __all__ = ["PORTAL_PATHS", "PORTAL_PREFIXES", "create_portal_app"]
@@ -41,8 +43,22 @@ __all__ = ["PORTAL_PATHS", "PORTAL_PREFIXES", "create_portal_app"]
 log = logging.getLogger("keyrelay.portal")
 
 # The paths the portal answers (the gateway, the management API and the probes keep the others).
-PORTAL_PATHS = frozenset({"/", "/login", "/logout", "/signup", "/forgot-password", "/account"})
-PORTAL_PREFIXES = ("/verify/", "/reset/", "/account/", "/static/")
+PORTAL_PATHS = frozenset(
+    {
+        "/",
+        "/login",
+        "/logout",
+        "/signup",
+        "/forgot-password",
+        "/account",
+        "/keys",
+        "/usage",
+        "/usage.csv",
+        "/logs",
+        "/audit",
+    }
+)
+PORTAL_PREFIXES = ("/verify/", "/reset/", "/account/", "/keys/", "/admin/", "/static/")
 
 _MAX_FIELD_CHARS = 1000  # a form field longer than this is not something a person typed
 
@@ -121,6 +137,17 @@ class Portal:
             return None, None
         signed_in = await self.signin.session(session_id)
         return (signed_in, session_id) if signed_in is not None else (None, None)
+
+    def ip(self, request: Request) -> str | None:
+        """The client's address as text (behind trusted proxies, the forwarded one), None when unknown."""
+        ip = self.client_ip(request.scope)
+        return str(ip) if ip else None
+
+    def actor(self, request: Request, signed_in: SignedIn) -> Actor:
+        """The signed-in account as the audit log names it, with the client's address."""
+        ip = self.client_ip(request.scope)
+        account = signed_in.account
+        return Actor.account(email=account.email, account_id=account.id, ip=str(ip) if ip else None)
 
     def redirect(self, to: str) -> RedirectResponse:
         """303 See Other: the browser follows with a GET."""
@@ -218,12 +245,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def create_portal_app(settings: Settings) -> FastAPI:
     """The portal as an ASGI app; ``app.state.portal.runtime`` is set at start-up."""
-    from keyrelay.portal import account_pages, signin_pages  # they import this module's helpers
+    # They import this module's helpers.
+    from keyrelay.portal import (
+        account_pages,
+        admin_groups,
+        admin_pages,
+        audit_pages,
+        key_pages,
+        signin_pages,
+        usage_pages,
+    )
 
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.portal = Portal(settings)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(signin_pages.router)
     app.include_router(account_pages.router)
+    app.include_router(key_pages.router)
+    app.include_router(admin_pages.router)
+    app.include_router(admin_groups.router)
+    app.include_router(audit_pages.router)
+    app.include_router(usage_pages.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     return app

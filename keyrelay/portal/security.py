@@ -11,7 +11,7 @@
   Session ids are secret already, so the token needs no server secret of its own; that is why no CSRF
   library (they keep a signed double-submit cookie beside a session) is used.
 - **Headers** on every page: a strict Content-Security-Policy (no inline script or style), no framing,
-  no MIME sniffing, no referrer (reset links carry their token in the path), no caching.
+  no MIME sniffing, no referrer to other sites (reset links carry their token in the path), no caching.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ SECURITY_HEADERS = {
     ),
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin: another site never sees a path (reset links carry a token); "no-referrer" would make
+    # browsers send "Origin: null" with our own forms, which the CSRF check must refuse.
+    "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
 

@@ -21,10 +21,10 @@ _BAD_RESET = {
 
 @page("/", ["GET"])
 async def home(request: Request) -> Response:
-    """``/``: the account page when signed in, else the sign-in page."""
+    """``/``: the API Keys page when signed in, else the sign-in page."""
     portal = portal_of(request)
     signed_in, _ = await portal.current(request)
-    return portal.redirect("/account" if signed_in else "/login")
+    return portal.redirect("/keys" if signed_in else "/login")
 
 
 # --- sign-in and out --------------------------------------------------------------------------
@@ -32,11 +32,11 @@ async def home(request: Request) -> Response:
 
 @page("/login", ["GET"])
 async def login_form(request: Request) -> Response:
-    """``GET /login``: the sign-in form (to ``/account`` when signed in already)."""
+    """``GET /login``: the sign-in form (to ``/keys`` when signed in already)."""
     portal = portal_of(request)
     signed_in, _ = await portal.current(request)
     if signed_in is not None:
-        return portal.redirect("/account")
+        return portal.redirect("/keys")
     seed, new = portal.form_seed(request)
     notice = {"reset": "Your password was changed. Sign in with the new one."}.get(request.query_params.get("done", ""))
     return portal.render(request, "login.html", seed=seed, new_seed=new, notice=notice, email="")
@@ -44,7 +44,7 @@ async def login_form(request: Request) -> Response:
 
 @page("/login", ["POST"])
 async def login(request: Request) -> Response:
-    """``POST /login``: check the password, open a session, go to ``/account``; 400 or 429 with the form again."""
+    """``POST /login``: check the password, open a session, go to ``/keys``; 400 or 429 with the form again."""
     portal = portal_of(request)
     seed = request.cookies.get(CSRF_COOKIE)
     form = await portal.checked_form(request, seed)
@@ -64,7 +64,7 @@ async def login(request: Request) -> Response:
         if err.retry_after is not None:
             refused.headers["retry-after"] = str(int(err.retry_after))
         return refused
-    response = portal.redirect("/account")
+    response = portal.redirect("/keys")
     portal.set_session(response, session_id)
     return response
 
@@ -107,7 +107,7 @@ async def signup(request: Request) -> Response:
         return portal.forbidden(request)
     email, password = field_of(form, "email"), field_of(form, "password")
     try:
-        await portal.signin.sign_up(email=email, password=password)
+        await portal.signin.sign_up(email=email, password=password, ip=portal.ip(request))
     except GatewayError as err:
         template = "signup_closed.html" if err.error_type is ErrorType.FORBIDDEN else "signup.html"
         return portal.render(
@@ -138,7 +138,7 @@ async def verify(request: Request) -> Response:
     seed = request.cookies.get(CSRF_COOKIE)
     if await portal.checked_form(request, seed) is None or seed is None:
         return portal.forbidden(request)
-    ok = await portal.signin.verify_email(str(request.path_params["token"])[:100])
+    ok = await portal.signin.verify_email(str(request.path_params["token"])[:100], ip=portal.ip(request))
     title, message = (
         ("Email verified", "Your email is verified. You can sign in and create keys.")
         if ok
@@ -211,7 +211,9 @@ async def reset(request: Request) -> Response:
         return portal.forbidden(request)
     token = str(request.path_params["token"])[:100]
     try:
-        ok = await portal.signin.reset_password(token=token, password=field_of(form, "new_password"))
+        ok = await portal.signin.reset_password(
+            token=token, password=field_of(form, "new_password"), ip=portal.ip(request)
+        )
     except GatewayError as err:
         return portal.render(
             request, "reset.html", status=400, seed=seed, token=token, error=err.message, error_field="new_password"

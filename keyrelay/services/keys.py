@@ -2,7 +2,9 @@
 
 The API, the CLI and the dashboard all come here. This module generates secrets and timestamps,
 writes the store, and invalidates the key cache before returning, which is what makes a revocation
-take effect on the very next request.
+take effect on the very next request. Every write names its ``Actor`` and is recorded in the audit log
+in its own transaction (``services/audit.py``): ``key.*`` for API keys, ``management_key.*`` for
+management keys.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.keys.format import KeyType, display_form, generate
 from keyrelay.keys.hashing import key_hash
 from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate, usd_to_micros
+from keyrelay.services.audit import Actor, AuditTrail
 from keyrelay.store.keys import KeyRepository
 from keyrelay.store.records import AccountRecord, KeyRecord
 
@@ -41,6 +44,11 @@ def _rate_values(spec: KeyCreate | KeyUpdate) -> dict[str, int | None]:
     return {name: getattr(rates, name) for name in _RATE_FIELDS if name in rates.model_fields_set}
 
 
+def _action(key_type: str, verb: str) -> str:
+    """The audit action of a write to a key of this type: ``key.<verb>`` or ``management_key.<verb>``."""
+    return f"{'management_key' if key_type == KeyType.MANAGEMENT.value else 'key'}.{verb}"
+
+
 class KeyService:
     """Creates and changes keys; every change invalidates the cache."""
 
@@ -50,6 +58,7 @@ class KeyService:
         keys: KeyRepository,
         cache: KeyCache | None,
         clock: Clock,
+        audit: AuditTrail,
         known_models: frozenset[str],
         known_regions: frozenset[str] | None = None,
         known_providers: frozenset[str] | None = None,
@@ -60,6 +69,7 @@ class KeyService:
             keys: The key repository.
             cache: The key cache to invalidate after each write (None in tools without one).
             clock: The source of ``now`` for timestamps and the expiry rule.
+            audit: Records each write in the audit log, in the write's transaction.
             known_models: Model ids the configured providers offer; empty when none are configured.
             known_regions: Regions the configured providers serve; None when no provider is configured
                 (then no region is judged, as no model is judged without providers).
@@ -68,6 +78,7 @@ class KeyService:
         self._keys = keys
         self._cache = cache
         self._clock = clock
+        self._audit = audit
         self._known_models = known_models
         self._known_regions = known_regions
         self._known_providers = known_providers
@@ -137,6 +148,7 @@ class KeyService:
         *,
         account: AccountRecord,
         spec: KeyCreate,
+        actor: Actor,
         key_type: KeyType = KeyType.REGULAR,
         is_admin: bool = False,
     ) -> IssuedKey:
@@ -163,12 +175,13 @@ class KeyService:
             "usage_micros": 0,
         }
         values.update(self._field_values(spec, set(spec.model_fields_set) | {"name"}))
-        record = await self._keys.insert(values=values)
+        audit = self._audit.hook(actor=actor, action=_action(key_type.value, "create"))
+        record = await self._keys.insert(values=values, audit=audit)
         if self._cache is not None:
             self._cache.invalidate_key(record.hash)
         return IssuedKey(record=record, plaintext=plaintext, warnings=self._warnings(spec, set(spec.model_fields_set)))
 
-    async def update(self, *, record: KeyRecord, spec: KeyUpdate) -> tuple[KeyRecord, tuple[str, ...]]:
+    async def update(self, *, record: KeyRecord, spec: KeyUpdate, actor: Actor) -> tuple[KeyRecord, tuple[str, ...]]:
         """Apply the fields present in ``spec``; absent fields stay as they are.
 
         Returns:
@@ -183,14 +196,15 @@ class KeyService:
         # backends' counters, named by kind and period, do).
         values = self._field_values(spec, set(spec.model_fields_set))
         values["updated_at"] = self._clock.now_utc()
-        updated = await self._keys.update(key_hash=record.hash, values=values)
+        audit = self._audit.hook(actor=actor, action=_action(record.key_type, "update"))
+        updated = await self._keys.update(key_hash=record.hash, values=values, audit=audit)
         if updated is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
         if self._cache is not None:
             self._cache.invalidate_key(record.hash)
         return updated, self._warnings(spec, set(spec.model_fields_set))
 
-    async def rotate(self, *, record: KeyRecord, grace_seconds: int) -> IssuedKey:
+    async def rotate(self, *, record: KeyRecord, grace_seconds: int, actor: Actor) -> IssuedKey:
         """Replace the secret, keeping the record; the old secret works for ``grace_seconds`` more."""
         now = self._clock.now_utc()
         plaintext = generate(KeyType(record.key_type))
@@ -201,18 +215,20 @@ class KeyService:
             "prev_secret_expires_at": now + timedelta(seconds=grace_seconds) if grace_seconds > 0 else None,
             "updated_at": now,
         }
-        updated = await self._keys.update(key_hash=record.hash, values=values)
+        audit = self._audit.hook(actor=actor, action=_action(record.key_type, "rotate"))
+        updated = await self._keys.update(key_hash=record.hash, values=values, audit=audit)
         if updated is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
         if self._cache is not None:
             self._cache.invalidate_key(record.hash)
         return IssuedKey(record=updated, plaintext=plaintext)
 
-    async def revoke(self, *, record: KeyRecord) -> None:
+    async def revoke(self, *, record: KeyRecord, actor: Actor) -> None:
         """Delete a key for good: it fails on the next request and cannot be restored."""
         now = self._clock.now_utc()
         values = {"deleted_at": now, "updated_at": now, "prev_secret_hash": None, "prev_secret_expires_at": None}
-        if await self._keys.update(key_hash=record.hash, values=values) is None:
+        audit = self._audit.hook(actor=actor, action=_action(record.key_type, "revoke"))
+        if await self._keys.update(key_hash=record.hash, values=values, audit=audit) is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
         if self._cache is not None:
             self._cache.invalidate_key(record.hash)

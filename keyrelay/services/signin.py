@@ -11,6 +11,10 @@ Forgot Password cheat sheets):
   so the limits hold across instances.
 - A reset link is valid for 30 minutes, once; using it ends every session of the account. A verification
   link is valid for 2 days, once.
+
+Changes to an account are recorded in the audit log (``services/audit.py``), in the change's transaction:
+sign-up (``account.create``), email verification, password changes, resets and sets (never the password or
+its hash), and the admin flag (``account.update``). A portal user's own changes name them as the actor.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from keyrelay.clock import Clock
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.mail import Mailer, MailError
 from keyrelay.services.accounts import AccountService
+from keyrelay.services.audit import Actor, Audited, AuditTrail
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.services.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, Passwords
+from keyrelay.store.audit import AuditHook
 from keyrelay.store.logins import Login, LoginRepository, SessionRecord
 
 __all__ = ["FAILURE_WINDOW", "SignedIn", "SigninService", "token_hash"]
@@ -37,6 +43,7 @@ FAILURE_WINDOW = timedelta(minutes=15)
 MAX_FAILURES_PER_EMAIL = 5
 MAX_FAILURES_PER_IP = 30
 RESET_LIFETIME = timedelta(minutes=30)
+INVITE_LIFETIME = timedelta(days=7)  # an invitation is a reset link that lives longer
 VERIFY_LIFETIME = timedelta(days=2)
 RESET_RESEND_AFTER = timedelta(minutes=1)  # at most one reset mail a minute per account
 TOUCH_AFTER = timedelta(minutes=1)  # a session's last_seen_at is written at most once a minute
@@ -73,6 +80,7 @@ class SigninService:
         passwords: Passwords,
         mailer: Mailer,
         clock: Clock,
+        audit: AuditTrail,
         public_url: str,
         signup: str,
         idle: timedelta,
@@ -83,6 +91,7 @@ class SigninService:
         self._passwords = passwords
         self._mailer = mailer
         self._clock = clock
+        self._audit = audit
         self._public_url = public_url.rstrip("/")
         self.signup_mode = signup
         self._idle = idle
@@ -96,11 +105,12 @@ class SigninService:
         if len(password) > MAX_PASSWORD_CHARS:
             raise GatewayError(ErrorType.INVALID_REQUEST, f"Use at most {MAX_PASSWORD_CHARS} characters.", field=field)
 
-    async def sign_up(self, *, email: str, password: str) -> None:
+    async def sign_up(self, *, email: str, password: str, ip: str | None = None) -> None:
         """Create an account with this password and email it a verification link (``signup: open`` only).
 
         If the email already has an account, that account is told by mail instead; the caller's answer is
         the same. Raises FORBIDDEN when sign-up is not open, INVALID_REQUEST for a bad email or password.
+        The audit entry names the new account's email as the actor, and ``ip`` (the client's) as its address.
         """
         if self.signup_mode != "open":
             raise GatewayError(ErrorType.FORBIDDEN, "Sign-up is closed: ask an administrator for an account.")
@@ -120,7 +130,8 @@ class SigninService:
             )
             return
         try:
-            record = await self._accounts.create_account(spec)
+            actor = Actor.account(email=spec.email, account_id=None, ip=ip)
+            record = await self._accounts.create_account(spec, actor=actor)
         except GatewayError as exc:
             if exc.error_type is ErrorType.CONFLICT:  # created meanwhile by another request: same answer
                 return
@@ -142,13 +153,14 @@ class SigninService:
             f"Open this link to verify your email (valid for 2 days, once):\n\n{self._public_url}/verify/{token}\n",
         )
 
-    async def verify_email(self, token: str) -> bool:
+    async def verify_email(self, token: str, *, ip: str | None = None) -> bool:
         """Use a verification link; whether it was valid (unknown, used and expired links are not)."""
         now = self._clock.now_utc()
         account_id = await self._logins.use_token(token_hash=token_hash(token), purpose="verify", now=now)
         if account_id is None:
             return False
-        await self._logins.set_login(account_id=account_id, values={"email_verified_at": now})
+        audit = self._own(await self._logins.login_by_id(account_id=account_id), account_id, ip, "verify_email")
+        await self._logins.set_login(account_id=account_id, values={"email_verified_at": now}, audit=audit)
         return True
 
     async def sign_in(self, *, email: str, password: str, ip: str, user_agent: str | None) -> tuple[str, Login]:
@@ -229,6 +241,28 @@ class SigninService:
         """End every session of the account (but the one with hash ``keep``); the number ended."""
         return await self._logins.delete_sessions(account_id=account_id, except_hash=keep)
 
+    async def login(self, account_id: int) -> Login | None:
+        """The sign-in view of an account (password set, email verified, admin), for the admin pages."""
+        return await self._logins.login_by_id(account_id=account_id)
+
+    async def invite(self, account_id: int) -> bool:
+        """Email the account a link to choose its password (valid 7 days, once); False for no such account.
+
+        The link is a password-reset link: using it sets the password and marks the email verified.
+        """
+        login = await self._logins.login_by_id(account_id=account_id)
+        if login is None:
+            return False
+        token = await self._issue(login.id, "reset", INVITE_LIFETIME)
+        await self._mail(
+            login.email,
+            "You are invited to keyrelay",
+            "An administrator created a keyrelay account for this email. Open this link to choose your password "
+            f"(valid for 7 days, once):\n\n{self._public_url}/reset/{token}\n\n"
+            f"Then sign in at {self._public_url}/login and create your API keys.\n",
+        )
+        return True
+
     async def request_reset(self, email: str) -> None:
         """Email a reset link if an active account has this email; the same (silent) result if not."""
         login = await self._logins.login_by_email(email=email.strip()[:320]) if email.strip() else None
@@ -250,7 +284,7 @@ class SigninService:
         """Whether a reset link can still be used (to show its form)."""
         return await self._logins.token_usable(token_hash=token_hash(token), purpose="reset", now=self._clock.now_utc())
 
-    async def reset_password(self, *, token: str, password: str) -> bool:
+    async def reset_password(self, *, token: str, password: str, ip: str | None = None) -> bool:
         """Set a new password with a reset link, once; every session of the account ends. Whether it worked.
 
         Raises INVALID_REQUEST (field ``password``) for a password that is too short or long, before the
@@ -265,11 +299,12 @@ class SigninService:
         login = await self._logins.login_by_id(account_id=account_id)
         if login is not None and login.email_verified_at is None:
             values["email_verified_at"] = now  # the link reached the inbox: that verifies the email too
-        await self._logins.set_login(account_id=account_id, values=values)
+        audit = self._own(login, account_id, ip, "reset_password")
+        await self._logins.set_login(account_id=account_id, values=values, audit=audit)
         await self._logins.delete_sessions(account_id=account_id)
         return True
 
-    async def change_password(self, *, signed_in: SignedIn, current: str, new: str) -> None:
+    async def change_password(self, *, signed_in: SignedIn, current: str, new: str, ip: str | None = None) -> None:
         """Change the password after checking the current one; every other session ends.
 
         Raises INVALID_REQUEST naming ``password`` (wrong current password) or ``new_password``.
@@ -278,10 +313,12 @@ class SigninService:
             raise GatewayError(ErrorType.INVALID_REQUEST, "The current password is wrong.", field="password")
         self.check_password(new, field="new_password")
         account_id = signed_in.account.id
-        await self._logins.set_login(account_id=account_id, values={"password_hash": await self._passwords.hash(new)})
+        audit = self._own(signed_in.account, account_id, ip, "change_password")
+        new_hash = await self._passwords.hash(new)
+        await self._logins.set_login(account_id=account_id, values={"password_hash": new_hash}, audit=audit)
         await self._logins.delete_sessions(account_id=account_id, except_hash=signed_in.session.id_hash)
 
-    async def set_password(self, *, account_id: int, password: str, verified: bool) -> None:
+    async def set_password(self, *, account_id: int, password: str, verified: bool, actor: Actor) -> None:
         """Set a password as an operator (the CLI), optionally marking the email verified; sessions end."""
         self.check_password(password)
         values: dict[str, object] = {"password_hash": await self._passwords.hash(password)}
@@ -289,17 +326,25 @@ class SigninService:
             login = await self._logins.login_by_id(account_id=account_id)
             if login is not None and login.email_verified_at is None:
                 values["email_verified_at"] = self._clock.now_utc()
-        await self._logins.set_login(account_id=account_id, values=values)
+        audit = self._audit.hook(actor=actor, action="account.set_password")
+        await self._logins.set_login(account_id=account_id, values=values, audit=audit)
         await self._logins.delete_sessions(account_id=account_id)
 
-    async def set_admin(self, *, account_id: int, admin: bool) -> None:
+    async def set_admin(self, *, account_id: int, admin: bool, actor: Actor) -> None:
         """Make the account's sessions act as an admin (or not)."""
-        await self._logins.set_login(account_id=account_id, values={"is_admin": admin})
+        audit = self._audit.hook(actor=actor, action="account.update")
+        await self._logins.set_login(account_id=account_id, values={"is_admin": admin}, audit=audit)
 
     async def prune(self) -> None:
         """Delete expired sessions and tokens, and failures older than the throttling window."""
         now = self._clock.now_utc()
         await self._logins.prune(now=now, failures_before=now - FAILURE_WINDOW)
+
+    def _own(self, login: Login | None, account_id: int, ip: str | None, verb: str) -> AuditHook[Audited]:
+        """The audit hook of a change a portal user makes to their own account."""
+        email = login.email if login is not None else f"account {account_id}"
+        actor = Actor.account(email=email, account_id=account_id, ip=ip)
+        return self._audit.hook(actor=actor, action=f"account.{verb}")
 
     async def _issue(self, account_id: int, purpose: str, lifetime: timedelta) -> str:
         now = self._clock.now_utc()

@@ -10,6 +10,7 @@ from sqlalchemy import RowMapping, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.clock import ensure_utc
+from keyrelay.store.audit import AuditHook
 from keyrelay.store.records import Change, KeyRecord
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import keys
@@ -58,11 +59,30 @@ class KeyRepository:
         limit: int,
         after: tuple[datetime, str] | None = None,
         offset: int = 0,
+        name_contains: str | None = None,
+        status: str | None = None,
+        now: datetime | None = None,
     ) -> list[KeyRecord]:
-        """Live keys, newest first, keyset-paginated by (created_at, hash) and/or offset."""
+        """Live keys, newest first, keyset-paginated by (created_at, hash) and/or offset.
+
+        ``name_contains`` keeps names holding that text (case-insensitive); ``status`` keeps ``active``,
+        ``disabled`` or ``expired`` keys, an expiry judged at ``now`` (required with ``status``).
+        """
         stmt = select(keys).where(keys.c.deleted_at.is_(None), keys.c.key_type == key_type)
         if account_id is not None:
             stmt = stmt.where(keys.c.account_id == account_id)
+        if name_contains:
+            escaped = name_contains.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            stmt = stmt.where(func.lower(keys.c.name).like(f"%{escaped}%", escape="\\"))
+        if status is not None:
+            assert now is not None, "a status filter needs the time it is judged at"
+            expired = and_(keys.c.expires_at.is_not(None), keys.c.expires_at <= now)
+            if status == "disabled":
+                stmt = stmt.where(keys.c.disabled.is_(True))
+            elif status == "expired":
+                stmt = stmt.where(keys.c.disabled.is_(False), expired)
+            else:
+                stmt = stmt.where(keys.c.disabled.is_(False), or_(keys.c.expires_at.is_(None), keys.c.expires_at > now))
         if after is not None:
             created, key_hash = after
             stmt = stmt.where(
@@ -81,25 +101,40 @@ class KeyRepository:
         async with self._engine.connect() as conn:
             return int((await conn.execute(stmt)).scalar_one())
 
-    async def insert(self, *, values: dict[str, Any]) -> KeyRecord:
-        """Insert a key row and return it."""
+    async def insert(self, *, values: dict[str, Any], audit: AuditHook[KeyRecord] | None = None) -> KeyRecord:
+        """Insert a key row and return it; ``audit`` is called in the same transaction."""
         async with self._engine.begin() as conn:
             await conn.execute(keys.insert().values(**values))
             row = (await conn.execute(select(keys).where(keys.c.hash == values["hash"]))).mappings().one()
-            return (await _records(conn, [row]))[0]
+            record = (await _records(conn, [row]))[0]
+            if audit is not None:
+                await audit(conn, None, record)
+            return record
 
-    async def update(self, *, key_hash: str, values: dict[str, Any]) -> KeyRecord | None:
-        """Update a live key and bump its version; None when it does not exist (or is deleted)."""
+    async def update(
+        self, *, key_hash: str, values: dict[str, Any], audit: AuditHook[KeyRecord] | None = None
+    ) -> KeyRecord | None:
+        """Update a live key and bump its version; None when it does not exist (or is deleted).
+
+        With ``audit``, the row is read (locked, on PostgreSQL) before the update, and ``audit`` is called
+        with it and the updated row in the same transaction.
+        """
+        live = (keys.c.hash == key_hash, keys.c.deleted_at.is_(None))
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                keys.update()
-                .where(keys.c.hash == key_hash, keys.c.deleted_at.is_(None))
-                .values(**values, version=keys.c.version + 1)
-            )
+            before = None
+            if audit is not None:
+                old = (await conn.execute(select(keys).where(*live).with_for_update())).mappings().first()
+                if old is None:
+                    return None
+                before = to_record(KeyRecord, old, period_usage={})
+            result = await conn.execute(keys.update().where(*live).values(**values, version=keys.c.version + 1))
             if result.rowcount == 0:
                 return None
             row = (await conn.execute(select(keys).where(keys.c.hash == key_hash))).mappings().one()
-            return (await _records(conn, [row]))[0]
+            record = (await _records(conn, [row]))[0]
+            if audit is not None:
+                await audit(conn, before, record)
+            return record
 
     async def changed_since(self, *, since: datetime) -> list[Change]:
         """Keys (deleted ones included) whose row changed at or after ``since``, with versions and secret hashes."""

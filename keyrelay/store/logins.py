@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from keyrelay.store.audit import AuditHook
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import account_tokens, accounts, portal_sessions, signin_failures
 
@@ -73,13 +74,27 @@ class LoginRepository:
             row = (await conn.execute(stmt)).mappings().first()
         return to_record(Login, row) if row else None
 
-    async def set_login(self, *, account_id: int, values: dict[str, Any]) -> None:
+    async def set_login(
+        self, *, account_id: int, values: dict[str, Any], audit: AuditHook[Login] | None = None
+    ) -> None:
         """Write sign-in columns (``password_hash``, ``email_verified_at``, ``is_admin``) of an account.
 
-        The row version is not bumped: none of these columns is read by the gateway's cache.
+        The row version is not bumped: none of these columns is read by the gateway's cache. With ``audit``,
+        it is called with the sign-in view before and after the write, in the same transaction (not at all
+        when the account does not exist).
         """
+        where = accounts.c.id == account_id
         async with self._engine.begin() as conn:
-            await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+            before = None
+            if audit is not None:
+                old = (await conn.execute(select(*_LOGIN_COLUMNS).where(where).with_for_update())).mappings().first()
+                if old is None:
+                    return
+                before = to_record(Login, old)
+            await conn.execute(update(accounts).where(where).values(**values))
+            if audit is not None:
+                row = (await conn.execute(select(*_LOGIN_COLUMNS).where(where))).mappings().one()
+                await audit(conn, before, to_record(Login, row))
 
     # Sessions.
 

@@ -20,6 +20,8 @@ from sqlalchemy import (
     String,
     Table,
     false,
+    text,
+    true,
 )
 
 # The largest value of an ``Integer`` column on PostgreSQL (INTEGER is 32-bit): the bound of every row
@@ -94,6 +96,10 @@ accounts = Table(
     Column("password_hash", String(255), nullable=True),
     _ts("email_verified_at"),
     Column("is_admin", Boolean, nullable=False, default=False, server_default=false()),
+    # Email notifications the account wants (services/notifications.py).
+    Column("notify_spend", Boolean, nullable=False, default=True, server_default=true()),
+    Column("notify_balance", Boolean, nullable=False, default=True, server_default=true()),
+    Column("notify_expiry", Boolean, nullable=False, default=True, server_default=true()),
     Index("ix_accounts_updated_at", "updated_at"),
 )
 
@@ -215,7 +221,63 @@ usage_records = Table(
     Column("latency_ms", Integer, nullable=True),
     Column("ttft_ms", Integer, nullable=True),
     Column("client_ip", String(45), nullable=True),
-    Index("ix_usage_key_created", "key_hash", "created_at"),
-    Index("ix_usage_account_created", "account_id", "created_at"),
-    Index("ix_usage_created", "created_at"),
+    # ``id`` closes each index so the request log's keyset (newest first by (created_at, id)) is one index
+    # range from the cursor on; the aggregates use the same indexes as (scope, created_at) ranges. The two
+    # partial indexes hold failed requests only (a few percent of the rows): the log filtered to failures
+    # reads them instead of every record until it finds a page. On PostgreSQL, migration 0009 also creates
+    # the statistics object ``st_usage_account_key`` (a key's records are all one account's), without which
+    # the planner misjudges "account_id = ? AND key_hash = ?" (docs/benchmarks.md, 2026-12-05).
+    Index("ix_usage_key_created_id", "key_hash", "created_at", "id"),
+    Index("ix_usage_account_created_id", "account_id", "created_at", "id"),
+    Index("ix_usage_created_id", "created_at", "id"),
+    Index(
+        "ix_usage_errors_account_created_id",
+        "account_id",
+        "created_at",
+        "id",
+        postgresql_where=text("status >= 400"),
+        sqlite_where=text("status >= 400"),
+    ),
+    Index(
+        "ix_usage_errors_created_id",
+        "created_at",
+        "id",
+        postgresql_where=text("status >= 400"),
+        sqlite_where=text("status >= 400"),
+    ),
+)
+
+# The audit log: one row per change to a key, account or group, only ever appended (in the change's own
+# transaction: services/audit.py). ``id`` orders the log and is its page cursor. No foreign keys: an entry
+# outlives what it names (a deleted group). ``changes`` never holds a secret or a hash of one.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigIntId, primary_key=True, autoincrement=True),
+    _ts("created_at", nullable=False),
+    Column("actor_type", String(16), nullable=False),  # "management_key" | "account" | "cli" | "system"
+    Column("actor", String(400), nullable=False),  # "ops (kr_mgmt_...wxyz)", an account's email, "cli"
+    Column("actor_account_id", Integer, nullable=True),
+    Column("ip", String(45), nullable=True),
+    Column("action", String(48), nullable=False),  # "key.create", "account.update", "group.delete", ...
+    Column("target_type", String(16), nullable=False),  # "key" | "account" | "group"
+    Column("target_id", String(64), nullable=False),  # key hash | account id | group id
+    Column("target_account_id", Integer, nullable=True),  # the account the target belongs to (none for groups)
+    Column("changes", JSON, nullable=False),
+    Index("ix_audit_log_created_id", "created_at", "id"),
+    Index("ix_audit_log_target", "target_type", "target_id", "id"),
+    Index("ix_audit_log_actor", "actor", "id"),
+    Index("ix_audit_log_target_account", "target_account_id", "id"),
+)
+
+# Notifications sent (services/notifications.py): one row per kind, subject and period, so each is sent once
+# even with several instances checking (the insert is the claim).
+notifications_sent = Table(
+    "notifications_sent",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # "spend80" | "spend100" | "balance" | "expiry"
+    Column("subject", String(64), primary_key=True),  # key hash | account id
+    Column("period", String(40), primary_key=True),  # period start | "lifetime" | credit granted | expiry time
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    _ts("sent_at", nullable=False),
 )

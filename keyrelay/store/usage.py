@@ -1,18 +1,27 @@
-"""UsageRepository: indexed aggregates over usage records (totals, grouped by day, model or key)."""
+"""UsageRepository: indexed aggregates over usage records (totals, grouped by day, model or key) and the log.
+
+The request log is read newest first by ``(created_at, id)``, keyset-paginated: each page starts where the
+last one ended with one row comparison that the indexes ``(account_id | key_hash, created_at, id)`` and
+``(created_at, id)`` answer directly, so a deep page costs what the first one does (docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Select, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from keyrelay.store.rows import to_record
 from keyrelay.store.schema import usage_records
 
 GroupBy = Literal["day", "model", "key", "protocol", "provider"]
+_S = TypeVar("_S", bound=Select[Any])
+# Which records by HTTP status: "ok" (below 400), "error" (400 and above), or exactly this status.
+StatusFilter = Literal["ok", "error"] | int
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,53 @@ class UsageTotals:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """One request's usage record as stored (a line of the request log)."""
+
+    id: int
+    request_id: str
+    created_at: datetime
+    key_hash: str
+    key_name: str
+    account_id: int
+    model: str | None
+    provider: str | None
+    protocol: str
+    upstream_kind: str | None
+    streamed: bool
+    status: int
+    error_type: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_micros: int
+    usage_estimated: bool
+    latency_ms: int | None
+    ttft_ms: int | None
+    client_ip: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSlice:
+    """Summed usage of one UTC day, key and model (``model`` is '' for records without one)."""
+
+    day: str
+    key_hash: str
+    key_name: str
+    model: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
 
 
 class UsageRepository:
@@ -66,28 +122,13 @@ class UsageRepository:
             group_col = c.protocol
         elif group_by == "provider":
             group_col = func.coalesce(c.provider, "")
-        columns = [
-            func.count().label("requests"),
-            func.coalesce(func.sum(case((c.status >= 400, 1), else_=0)), 0).label("errors"),
-            func.coalesce(func.sum(c.prompt_tokens), 0).label("prompt_tokens"),
-            func.coalesce(func.sum(c.completion_tokens), 0).label("completion_tokens"),
-            func.coalesce(func.sum(c.cost_micros), 0).label("cost_micros"),
-            func.coalesce(func.sum(c.cache_read_tokens), 0).label("cache_read_tokens"),
-            func.coalesce(func.sum(c.cache_write_tokens), 0).label("cache_write_tokens"),
-            func.coalesce(func.sum(c.reasoning_tokens), 0).label("reasoning_tokens"),
-            func.max(c.key_name).label("key_name"),
-        ]
+        columns: list[ColumnElement[Any]] = [*_SUMS, func.max(c.key_name).label("key_name")]
         stmt = select(*(([group_col.label("grp")] if group_col is not None else []) + columns))
-        if account_id is not None:
-            stmt = stmt.where(c.account_id == account_id)
+        stmt = _within(stmt, account_id=account_id, start=start, end=end)
         if key_hash is not None:
             stmt = stmt.where(c.key_hash == key_hash)
         if model is not None:
             stmt = stmt.where(c.model == model)
-        if start is not None:
-            stmt = stmt.where(c.created_at >= start)
-        if end is not None:
-            stmt = stmt.where(c.created_at < end)
         if group_col is not None:
             stmt = stmt.group_by(group_col).order_by(group_col)
         async with self._engine.connect() as conn:
@@ -107,3 +148,104 @@ class UsageRepository:
             )
             for r in rows
         ]
+
+    async def breakdown(
+        self, *, account_id: int | None, start: datetime | None, end: datetime | None
+    ) -> list[UsageSlice]:
+        """Totals per UTC day, key and model over ``start`` (inclusive) to ``end`` (exclusive), in that order."""
+        c = usage_records.c
+        day = self._day()
+        model = func.coalesce(c.model, "")
+        stmt = select(
+            day.label("day"),
+            c.key_hash,
+            func.max(c.key_name).label("key_name"),
+            model.label("model"),
+            *_SUMS,
+        )
+        stmt = _within(stmt, account_id=account_id, start=start, end=end)
+        stmt = stmt.group_by(day, c.key_hash, model).order_by(day, c.key_hash, model)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [
+            UsageSlice(
+                day=str(r["day"]),
+                key_hash=r["key_hash"],
+                key_name=r["key_name"],
+                model=r["model"],
+                **{name: int(r[name]) for name in _SUM_NAMES},
+            )
+            for r in rows
+        ]
+
+    async def records(
+        self,
+        *,
+        account_id: int | None,
+        limit: int,
+        before: tuple[datetime, int] | None = None,
+        key_hash: str | None = None,
+        model: str | None = None,
+        status: StatusFilter | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[UsageEntry]:
+        """Up to ``limit`` records, newest first by ``(created_at, id)``, strictly older than ``before``.
+
+        ``account_id`` None reads every account's (admins). Every filter given must hold: ``start`` is
+        inclusive, ``end`` exclusive.
+        """
+        c = usage_records.c
+        stmt = _within(select(usage_records), account_id=account_id, start=start, end=end)
+        if before is not None:
+            # One row comparison, not "a < x OR (a = x AND b < y)": PostgreSQL uses a row comparison as an
+            # index bound on (..., created_at, id) and starts the scan right at the cursor.
+            stmt = stmt.where(tuple_(c.created_at, c.id) < before)  # typed as the columns: id is a BIGINT
+        if key_hash is not None:
+            stmt = stmt.where(c.key_hash == key_hash)
+        if model is not None:
+            stmt = stmt.where(c.model == model)
+        if status == "ok":
+            stmt = stmt.where(c.status < 400)
+        elif status == "error":
+            stmt = stmt.where(c.status >= 400)
+        elif status is not None:
+            stmt = stmt.where(c.status == status)
+        stmt = stmt.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [to_record(UsageEntry, r) for r in rows]
+
+
+_SUM_NAMES = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_micros",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+_c = usage_records.c
+_SUMS = (
+    func.count().label("requests"),
+    func.coalesce(func.sum(case((_c.status >= 400, 1), else_=0)), 0).label("errors"),
+    func.coalesce(func.sum(_c.prompt_tokens), 0).label("prompt_tokens"),
+    func.coalesce(func.sum(_c.completion_tokens), 0).label("completion_tokens"),
+    func.coalesce(func.sum(_c.cost_micros), 0).label("cost_micros"),
+    func.coalesce(func.sum(_c.cache_read_tokens), 0).label("cache_read_tokens"),
+    func.coalesce(func.sum(_c.cache_write_tokens), 0).label("cache_write_tokens"),
+    func.coalesce(func.sum(_c.reasoning_tokens), 0).label("reasoning_tokens"),
+)
+
+
+def _within(stmt: Select[Any], *, account_id: int | None, start: datetime | None, end: datetime | None) -> Select[Any]:
+    c = usage_records.c
+    if account_id is not None:
+        stmt = stmt.where(c.account_id == account_id)
+    if start is not None:
+        stmt = stmt.where(c.created_at >= start)
+    if end is not None:
+        stmt = stmt.where(c.created_at < end)
+    return stmt

@@ -17,6 +17,7 @@ from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import open_runtime
 from keyrelay.testing.server import RunningServer, running_server
+from tests.conftest import TEST_ACTOR
 
 KEY_SHAPE = re.compile(r"^kr_live_[A-Za-z0-9_-]{43}$")
 MGMT_SHAPE = re.compile(r"^kr_mgmt_[A-Za-z0-9_-]{43}$")
@@ -130,7 +131,7 @@ async def _admin_key(srv: RunningServer) -> str:
     account = await srv.runtime.accounts.get_by_email(email="dev@example.com")
     assert account is not None
     issued = await srv.runtime.key_service.create(
-        account=account, spec=KeyCreate(name="admin"), key_type=KeyType.MANAGEMENT, is_admin=True
+        account=account, spec=KeyCreate(name="admin"), key_type=KeyType.MANAGEMENT, is_admin=True, actor=TEST_ACTOR
     )
     return issued.plaintext
 

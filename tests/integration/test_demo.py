@@ -66,7 +66,7 @@ async def test_demo_prints_a_working_key(tmp_path: Path) -> None:
                 "/login",
                 data={"csrf_token": token.group(1), "email": "demo@keyrelay.local", "password": password},
             )
-            assert signed_in.status_code == 303 and signed_in.headers["location"] == "/account", signed_in.text
+            assert signed_in.status_code == 303 and signed_in.headers["location"] == "/keys", signed_in.text
             account = await client.get("/account")
             assert account.status_code == 200 and "demo@keyrelay.local" in account.text
         assert (tmp_path / "keyrelay.db").exists()

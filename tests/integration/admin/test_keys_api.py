@@ -22,7 +22,7 @@ from keyrelay.services.inputs import AccountUpdate
 from keyrelay.store.spend import PeriodCharge, add_charges
 from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.server import RunningServer, running_server
-from tests.conftest import make_management_key
+from tests.conftest import TEST_ACTOR, make_management_key
 
 KEY_SHAPE = re.compile(r"^kr_live_[A-Za-z0-9_-]{43}$")
 MGMT_SHAPE = re.compile(r"^kr_mgmt_[A-Za-z0-9_-]{43}$")
@@ -906,12 +906,12 @@ async def test_rotated_management_key_grace_through_http(client: httpx.AsyncClie
     record = await rt.keys.get(key_hash=sha256(old))
     assert record is not None
 
-    graced = await rt.key_service.rotate(record=record, grace_seconds=60)
+    graced = await rt.key_service.rotate(record=record, grace_seconds=60, actor=TEST_ACTOR)
     assert MGMT_SHAPE.match(graced.plaintext)
     assert (await client.get("/api/v1/keys", headers=auth(old))).status_code == 200
     assert (await client.get("/api/v1/keys", headers=auth(graced.plaintext))).status_code == 200
 
-    final = await rt.key_service.rotate(record=graced.record, grace_seconds=0)
+    final = await rt.key_service.rotate(record=graced.record, grace_seconds=0, actor=TEST_ACTOR)
     for stale in (old, graced.plaintext):
         assert_error(await client.get("/api/v1/keys", headers=auth(stale)), 401, "INVALID_API_KEY")
     assert (await client.get("/api/v1/keys", headers=auth(final.plaintext))).status_code == 200
@@ -1008,29 +1008,29 @@ async def test_management_key_states(settings: Settings) -> None:
             return await client.get("/api/v1/keys", headers=auth(mgmt_key))
 
         assert (await status()).status_code == 200  # cached from here on
-        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=True))
+        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=True), actor=TEST_ACTOR)
         assert_error(await status(), 401, "API_KEY_DISABLED")
-        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=False))
+        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(disabled=False), actor=TEST_ACTOR)
         assert (await status()).status_code == 200
 
         # A key that expires in a minute works until the clock passes that minute.
         soon = clock.now_utc() + timedelta(minutes=1)
-        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(expires_at=soon))
+        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(expires_at=soon), actor=TEST_ACTOR)
         assert (await status()).status_code == 200
         clock.advance(60)
         assert_error(await status(), 401, "API_KEY_EXPIRED")
-        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(expires_in_days=1))
+        record, _ = await rt.key_service.update(record=record, spec=KeyUpdate(expires_in_days=1), actor=TEST_ACTOR)
         assert (await status()).status_code == 200
 
-        account = await rt.account_service.update_account(account, AccountUpdate(status="inactive"))
+        account = await rt.account_service.update_account(account, AccountUpdate(status="inactive"), actor=TEST_ACTOR)
         assert_error(await status(), 403, "USER_INACTIVE")
         r = await client.post("/api/v1/keys", json={"name": "x"}, headers=auth(mgmt_key))
         assert_error(r, 403, "USER_INACTIVE")
-        await rt.account_service.update_account(account, AccountUpdate(status="active"))
+        await rt.account_service.update_account(account, AccountUpdate(status="active"), actor=TEST_ACTOR)
         assert (await status()).status_code == 200
         assert await list_all(client, mgmt_key) == []  # the refused create made nothing
 
-        await rt.key_service.revoke(record=record)
+        await rt.key_service.revoke(record=record, actor=TEST_ACTOR)
         assert_error(await status(), 401, "INVALID_API_KEY")
 
 
@@ -1067,7 +1067,9 @@ async def test_expires_at_must_be_in_the_future(settings: Settings) -> None:
         alice = await server.runtime.accounts.get_by_email(email="alice@example.com")
         assert alice is not None
         with pytest.raises(GatewayError) as caught:
-            await server.runtime.key_service.create(account=alice, spec=KeyCreate(name="x", expires_at=now))
+            await server.runtime.key_service.create(
+                account=alice, spec=KeyCreate(name="x", expires_at=now), actor=TEST_ACTOR
+            )
         assert caught.value.field == "expires_at" and caught.value.status == 400
 
 

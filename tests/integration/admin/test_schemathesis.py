@@ -36,6 +36,7 @@ from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.testing.server import running_server
+from tests.conftest import TEST_ACTOR
 
 EXAMPLES = 15  # per operation and per mode (schema-valid, schema-violating): 30 requests per operation
 SEED = 20261130
@@ -77,11 +78,17 @@ def gateway_in_thread(settings_: Settings) -> Iterator[tuple[str, str]]:
                         "updated_at": rt.clock.now_utc(),
                     }
                 )
-                await rt.account_service.create_group(GroupCreate(name="team"))
-                user = await rt.account_service.create_account(AccountCreate(email="user@example.com", group="team"))
-                await rt.key_service.create(account=user, spec=KeyCreate(name="user-key"))
+                await rt.account_service.create_group(GroupCreate(name="team"), actor=TEST_ACTOR)
+                user = await rt.account_service.create_account(
+                    AccountCreate(email="user@example.com", group="team"), actor=TEST_ACTOR
+                )
+                await rt.key_service.create(account=user, spec=KeyCreate(name="user-key"), actor=TEST_ACTOR)
                 issued = await rt.key_service.create(
-                    account=admin, spec=KeyCreate(name="fuzz"), key_type=KeyType.MANAGEMENT, is_admin=True
+                    account=admin,
+                    spec=KeyCreate(name="fuzz"),
+                    key_type=KeyType.MANAGEMENT,
+                    is_admin=True,
+                    actor=TEST_ACTOR,
                 )
                 ready.put((server.base_url, issued.plaintext))
                 await asyncio.get_running_loop().run_in_executor(None, stop.wait)
@@ -112,7 +119,7 @@ def test_management_api_against_its_openapi_document(database_url: str) -> None:
         failures: list[str] = []
         session = requests.Session()
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 16
+        assert len(operations) == 18
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 

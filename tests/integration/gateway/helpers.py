@@ -21,6 +21,7 @@ from keyrelay.store.records import AccountRecord
 from keyrelay.store.schema import usage_records
 from keyrelay.testing.poll import poll_until
 from keyrelay.testing.server import RunningServer
+from tests.conftest import TEST_ACTOR
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 3}
@@ -98,7 +99,7 @@ async def make_account(server: RunningServer, email: str, **fields: Any) -> Acco
     """Create an account directly through the account service."""
     if "balance" in fields and fields["balance"] is not None:
         fields["balance"] = Decimal(str(fields["balance"]))
-    return await server.runtime.account_service.create_account(AccountCreate(email=email, **fields))
+    return await server.runtime.account_service.create_account(AccountCreate(email=email, **fields), actor=TEST_ACTOR)
 
 
 async def usage_rows(server: RunningServer, *request_ids: str, timeout: float = 10.0) -> list[dict[str, Any]]:

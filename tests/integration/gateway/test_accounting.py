@@ -29,7 +29,7 @@ from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.testing.mock_upstream import MockUpstream, count_embedding_tokens, count_prompt_tokens
 from keyrelay.testing.poll import poll_until
 from keyrelay.testing.server import RunningServer
-from tests.conftest import make_api_key, make_management_key
+from tests.conftest import TEST_ACTOR, make_api_key, make_management_key
 from tests.integration.gateway.helpers import (
     CHAT,
     MESSAGES,
@@ -106,8 +106,10 @@ async def test_usage_record_and_charging(server: RunningServer, client: httpx.As
 
 async def test_group_price_multiplier(server: RunningServer, client: httpx.AsyncClient) -> None:
     rt = server.runtime
-    await rt.account_service.create_group(GroupCreate(name="resellers", price_multiplier=Decimal("1.5")))
-    await rt.account_service.create_account(AccountCreate(email="r@example.com", group="resellers"))
+    await rt.account_service.create_group(
+        GroupCreate(name="resellers", price_multiplier=Decimal("1.5")), actor=TEST_ACTOR
+    )
+    await rt.account_service.create_account(AccountCreate(email="r@example.com", group="resellers"), actor=TEST_ACTOR)
     key = await make_api_key(server, "r@example.com")
     r = await chat(client, key, messages=[{"role": "user", "content": "x" * 400}], max_tokens=None)
     assert r.status_code == 200
@@ -354,14 +356,22 @@ async def test_no_key_plaintext_in_server_stderr(database_url: str, mock: MockUp
     settings = Settings(database_url=database_url)
     setup = await open_runtime(settings)
     try:
-        account = await setup.account_service.create_account(AccountCreate(email="a@example.com"))
-        api_key = (await setup.key_service.create(account=account, spec=KeyCreate(name="k"))).plaintext
+        account = await setup.account_service.create_account(AccountCreate(email="a@example.com"), actor=TEST_ACTOR)
+        api_key = (
+            await setup.key_service.create(account=account, spec=KeyCreate(name="k"), actor=TEST_ACTOR)
+        ).plaintext
         mgmt_key = (
-            await setup.key_service.create(account=account, spec=KeyCreate(name="m"), key_type=KeyType.MANAGEMENT)
+            await setup.key_service.create(
+                account=account, spec=KeyCreate(name="m"), key_type=KeyType.MANAGEMENT, actor=TEST_ACTOR
+            )
         ).plaintext
         admin_key = (
             await setup.key_service.create(
-                account=account, spec=KeyCreate(name="adm"), key_type=KeyType.MANAGEMENT, is_admin=True
+                account=account,
+                spec=KeyCreate(name="adm"),
+                key_type=KeyType.MANAGEMENT,
+                is_admin=True,
+                actor=TEST_ACTOR,
             )
         ).plaintext
     finally:

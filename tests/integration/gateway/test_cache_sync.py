@@ -25,7 +25,7 @@ from keyrelay.services.inputs import AccountUpdate, GroupCreate, GroupUpdate
 from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
-from tests.conftest import PG_ADMIN_DSN, make_api_key
+from tests.conftest import PG_ADMIN_DSN, TEST_ACTOR, make_api_key
 from tests.integration.gateway.helpers import assert_error, break_store, chat, make_account
 
 
@@ -99,14 +99,14 @@ async def test_own_writes_stay_cached_through_a_poll_and_a_store_outage(
     current, and if the store then goes down, an evicted key could not be loaded again (503 for a working key).
     """
     rt = server.runtime
-    group = await rt.account_service.create_group(GroupCreate(name="team"))
-    await rt.account_service.update_group(group, GroupUpdate(description="renamed"))
+    group = await rt.account_service.create_group(GroupCreate(name="team"), actor=TEST_ACTOR)
+    await rt.account_service.update_group(group, GroupUpdate(description="renamed"), actor=TEST_ACTOR)
     account = await make_account(server, "a@example.com", group="team")
-    await rt.account_service.update_account(account, AccountUpdate(balance=5))
+    await rt.account_service.update_account(account, AccountUpdate(balance=5), actor=TEST_ACTOR)
     key = await make_api_key(server, "a@example.com")
     record = await rt.keys.get(key_hash=key_hash(key))
     assert record is not None
-    await rt.key_service.update(record=record, spec=KeyUpdate(name="renamed"))
+    await rt.key_service.update(record=record, spec=KeyUpdate(name="renamed"), actor=TEST_ACTOR)
     assert (await chat(client, key)).status_code == 200  # now in the cache
     assert len(rt.cache) == 1
 
@@ -131,7 +131,7 @@ async def test_changes_by_another_process_are_applied_by_the_next_poll(
     The clock never moves here, so consecutive writes carry the same ``updated_at``: only a version tells them apart.
     """
     rt = server.runtime
-    group = await rt.account_service.create_group(GroupCreate(name="team"))
+    group = await rt.account_service.create_group(GroupCreate(name="team"), actor=TEST_ACTOR)
     await make_account(server, "a@example.com", group="team")
     key = await make_api_key(server, "a@example.com")
     bystander = await make_api_key(server, "b@example.com")
@@ -140,12 +140,14 @@ async def test_changes_by_another_process_are_applied_by_the_next_poll(
     record = await other.keys.get(key_hash=key_hash(key))
     assert record is not None
 
-    await other.key_service.update(record=record, spec=KeyUpdate(disabled=True))
+    await other.key_service.update(record=record, spec=KeyUpdate(disabled=True), actor=TEST_ACTOR)
     assert (await chat(client, key)).status_code == 200  # not polled yet: the cache still has the old row
     assert await rt.cache_sync.poll_once() == 1
     assert_error(await chat(client, key), 401, "API_KEY_DISABLED")
 
-    await other.key_service.update(record=record, spec=KeyUpdate(disabled=False, rate_limits={"rpm": 100}))
+    await other.key_service.update(
+        record=record, spec=KeyUpdate(disabled=False, rate_limits={"rpm": 100}), actor=TEST_ACTOR
+    )
     assert await rt.cache_sync.poll_once() == 1
     r = await chat(client, key)
     assert r.status_code == 200, r.text
@@ -154,20 +156,20 @@ async def test_changes_by_another_process_are_applied_by_the_next_poll(
 
     account = await other.accounts.get(account_id=record.account_id)
     assert account is not None
-    account = await other.account_service.update_account(account, AccountUpdate(status="inactive"))
+    account = await other.account_service.update_account(account, AccountUpdate(status="inactive"), actor=TEST_ACTOR)
     assert await rt.cache_sync.poll_once() == 1
     assert_error(await chat(client, key), 403, "USER_INACTIVE")
-    await other.account_service.update_account(account, AccountUpdate(status="active"))
+    await other.account_service.update_account(account, AccountUpdate(status="active"), actor=TEST_ACTOR)
     assert await rt.cache_sync.poll_once() == 1  # the 403 came from an entry loaded with the inactive account
     assert (await chat(client, key)).status_code == 200
 
     fresh_group = await other.groups.get(group_id=group.id)
     assert fresh_group is not None
-    await other.account_service.update_group(fresh_group, GroupUpdate(allowed_models=["gpt-4o"]))
+    await other.account_service.update_group(fresh_group, GroupUpdate(allowed_models=["gpt-4o"]), actor=TEST_ACTOR)
     assert await rt.cache_sync.poll_once() == 1
     assert_error(await chat(client, key), 403, "ACCESS_DENIED")
 
-    await other.key_service.revoke(record=record)
+    await other.key_service.revoke(record=record, actor=TEST_ACTOR)
     assert await rt.cache_sync.poll_once() == 1
     assert_error(await chat(client, key), 401, "INVALID_API_KEY")
 
@@ -194,7 +196,7 @@ async def test_a_change_made_before_an_outage_is_applied_when_the_store_is_back(
     try:
         record = await other.keys.get(key_hash=key_hash(key))
         assert record is not None
-        await other.key_service.update(record=record, spec=KeyUpdate(disabled=True))
+        await other.key_service.update(record=record, spec=KeyUpdate(disabled=True), actor=TEST_ACTOR)
     finally:
         await other.close()
 

@@ -19,6 +19,7 @@ from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.schema import usage_records
 from keyrelay.testing.mock_upstream import MockUpstream
+from tests.conftest import TEST_ACTOR
 from tests.serving import wait_until_serving
 
 
@@ -31,8 +32,10 @@ def _free_port() -> int:
 async def test_sigterm_flushes_every_usage_record(tmp_path: Path, mock: MockUpstream) -> None:
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'stop.db'}"
     runtime = await open_runtime(Settings(database_url=database_url))
-    account = await runtime.account_service.create_account(AccountCreate(email="stop@example.com"))
-    key = (await runtime.key_service.create(account=account, spec=KeyCreate(name="stopper"))).plaintext
+    account = await runtime.account_service.create_account(AccountCreate(email="stop@example.com"), actor=TEST_ACTOR)
+    key = (
+        await runtime.key_service.create(account=account, spec=KeyCreate(name="stopper"), actor=TEST_ACTOR)
+    ).plaintext
     await runtime.close()
     config = tmp_path / "keyrelay.yaml"
     config.write_text(

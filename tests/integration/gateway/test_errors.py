@@ -21,7 +21,7 @@ from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.poll import poll_until
 from keyrelay.testing.server import RunningServer, running_server
-from tests.conftest import PG_ADMIN_DSN, make_api_key, make_management_key
+from tests.conftest import PG_ADMIN_DSN, TEST_ACTOR, make_api_key, make_management_key
 from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import (
     CHAT,
@@ -543,20 +543,22 @@ async def test_changes_by_another_process(server: RunningServer, client: httpx.A
     try:
         record = await other.keys.get(key_hash=stable)
         assert record is not None
-        await other.key_service.update(record=record, spec=KeyUpdate(disabled=True))
+        await other.key_service.update(record=record, spec=KeyUpdate(disabled=True), actor=TEST_ACTOR)
         assert_error(await _eventually(client, key, 401), 401, "API_KEY_DISABLED")
 
-        await other.key_service.update(record=record, spec=KeyUpdate(disabled=False, rate_limits={"rpm": 1}))
+        await other.key_service.update(
+            record=record, spec=KeyUpdate(disabled=False, rate_limits={"rpm": 1}), actor=TEST_ACTOR
+        )
         r = await _eventually(client, key, 200)
         assert r.headers["x-ratelimit-limit-requests"] == "1"
 
         account = await other.accounts.get(account_id=record.account_id)
         assert account is not None
-        await other.account_service.update_account(account, AccountUpdate(status="inactive"))
+        await other.account_service.update_account(account, AccountUpdate(status="inactive"), actor=TEST_ACTOR)
         assert_error(await _eventually(client, key, 403), 403, "USER_INACTIVE")
-        await other.account_service.update_account(account, AccountUpdate(status="active"))
+        await other.account_service.update_account(account, AccountUpdate(status="active"), actor=TEST_ACTOR)
 
-        await other.key_service.revoke(record=record)
+        await other.key_service.revoke(record=record, actor=TEST_ACTOR)
         assert_error(await _eventually(client, key, 401), 401, "INVALID_API_KEY")
     finally:
         await other.close()

@@ -15,7 +15,7 @@ from keyrelay.gateway.client_ip import client_address, forwarded_for_hops, parse
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
-from tests.conftest import PG_ADMIN_DSN, make_api_key
+from tests.conftest import PG_ADMIN_DSN, TEST_ACTOR, make_api_key
 from tests.integration.gateway.helpers import CHAT, assert_error, auth, break_store, chat, make_account, usage_rows
 
 # --- 7. routes: 404 for unknown paths whatever the method, 405 + Allow only for known ones -------------------------
@@ -240,7 +240,7 @@ async def test_one_model_resolution_rule(
 async def test_key_view_shows_every_spend_level(server: RunningServer, client: httpx.AsyncClient) -> None:
     rt = server.runtime
     await rt.account_service.create_group(
-        GroupCreate(name="team", quota=Decimal("3"), quota_reset="monthly", allowed_models=["gpt-4o"])
+        GroupCreate(name="team", quota=Decimal("3"), quota_reset="monthly", allowed_models=["gpt-4o"]), actor=TEST_ACTOR
     )
     await make_account(server, "broke@example.com", balance="0", group="team")
     key = await make_api_key(server, "broke@example.com")
@@ -258,7 +258,7 @@ async def test_key_view_shows_every_spend_level(server: RunningServer, client: h
 
 
 async def test_list_meanings_are_the_same_everywhere(server: RunningServer, client: httpx.AsyncClient) -> None:
-    await server.runtime.account_service.create_account(AccountCreate(email="lists@example.com"))
+    await server.runtime.account_service.create_account(AccountCreate(email="lists@example.com"), actor=TEST_ACTOR)
     free = await make_api_key(server, "lists@example.com", allowed_models=[])
     info = (await client.get("/v1/key", headers=auth(free))).json()["data"]
     assert info["allowed_models"] is None and info["allowed_providers"] is None  # no restriction: null

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from keyrelay.services.inputs import AccountCreate, AccountUpdate, GroupCreate
 from keyrelay.store.schema import usage_records
 from keyrelay.testing.server import RunningServer
-from tests.conftest import make_api_key
+from tests.conftest import TEST_ACTOR, make_api_key
 
 # The mock's prompt of one short message costs a few tokens; max_tokens bounds the completion.
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9}
@@ -48,7 +48,7 @@ async def test_account_balance_holds_for_200_concurrent_requests(
     server: RunningServer, client: httpx.AsyncClient
 ) -> None:
     rt = server.runtime
-    await rt.account_service.create_account(AccountCreate(email="bal@example.com", balance=0.004))
+    await rt.account_service.create_account(AccountCreate(email="bal@example.com", balance=0.004), actor=TEST_ACTOR)
     key_a = await make_api_key(server, "bal@example.com", name="a")
     key_b = await make_api_key(server, "bal@example.com", name="b")
     responses = [*await _fire(client, key_a, 100), *await _fire(client, key_b, 100)]
@@ -62,10 +62,10 @@ async def test_account_balance_holds_for_200_concurrent_requests(
 
 async def test_group_quota_is_shared_by_accounts(server: RunningServer, client: httpx.AsyncClient) -> None:
     rt = server.runtime
-    await rt.account_service.create_group(GroupCreate(name="team", quota=0.003, quota_reset="daily"))
+    await rt.account_service.create_group(GroupCreate(name="team", quota=0.003, quota_reset="daily"), actor=TEST_ACTOR)
     for email in ("g1@example.com", "g2@example.com"):
-        account = await rt.account_service.create_account(AccountCreate(email=email))
-        await rt.account_service.update_account(account, AccountUpdate(group="team"))
+        account = await rt.account_service.create_account(AccountCreate(email=email), actor=TEST_ACTOR)
+        await rt.account_service.update_account(account, AccountUpdate(group="team"), actor=TEST_ACTOR)
     key_1 = await make_api_key(server, "g1@example.com")
     key_2 = await make_api_key(server, "g2@example.com")
     responses = [*await _fire(client, key_1, 60), *await _fire(client, key_2, 60)]

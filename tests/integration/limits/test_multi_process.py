@@ -22,6 +22,7 @@ from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.poll import poll_until
+from tests.conftest import TEST_ACTOR
 from tests.serving import wait_until_serving
 from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
 
@@ -95,13 +96,17 @@ async def _ready(port: int, proc: subprocess.Popen[bytes]) -> None:
 async def _setup(database_url: str) -> tuple[str, str, str]:
     runtime = await open_runtime(Settings(database_url=database_url))
     try:
-        account = await runtime.account_service.create_account(AccountCreate(email="multi@example.com"))
-        limited = await runtime.key_service.create(
-            account=account, spec=KeyCreate.model_validate({"name": "rpm50", "rate_limits": {"rpm": 50}})
+        account = await runtime.account_service.create_account(
+            AccountCreate(email="multi@example.com"), actor=TEST_ACTOR
         )
-        victim = await runtime.key_service.create(account=account, spec=KeyCreate(name="victim"))
+        limited = await runtime.key_service.create(
+            account=account,
+            spec=KeyCreate.model_validate({"name": "rpm50", "rate_limits": {"rpm": 50}}),
+            actor=TEST_ACTOR,
+        )
+        victim = await runtime.key_service.create(account=account, spec=KeyCreate(name="victim"), actor=TEST_ACTOR)
         admin = await runtime.key_service.create(
-            account=account, spec=KeyCreate(name="admin"), key_type=KeyType.MANAGEMENT, is_admin=True
+            account=account, spec=KeyCreate(name="admin"), key_type=KeyType.MANAGEMENT, is_admin=True, actor=TEST_ACTOR
         )
         return limited.plaintext, victim.plaintext, admin.plaintext
     finally:

@@ -45,6 +45,7 @@ from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.poll import wait_until
 from keyrelay.usage.writer import UsageWriter
+from tests.conftest import TEST_ACTOR
 from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import auth, chat, chat_body, max_cost_micros
 
@@ -215,10 +216,12 @@ class Run:
         rt = self.runtime
         c = self.config
         quota = None if c.quota is None else Decimal(c.quota) / 1_000_000
-        group = await rt.account_service.create_group(GroupCreate(name="team", quota=quota, quota_reset=c.quota_reset))
+        group = await rt.account_service.create_group(
+            GroupCreate(name="team", quota=quota, quota_reset=c.quota_reset), actor=TEST_ACTOR
+        )
         balance = None if c.balance is None else Decimal(c.balance) / 1_000_000
         account = await rt.account_service.create_account(
-            AccountCreate(email="a@example.com", group="team", balance=balance)
+            AccountCreate(email="a@example.com", group="team", balance=balance), actor=TEST_ACTOR
         )
         self.account_id, self.group_id = str(account.id), str(group.id)
         for limit, reset in c.key_limits:
@@ -226,13 +229,13 @@ class Run:
                 {} if limit is None else {"limit": Decimal(limit) / 1_000_000, "limit_reset": reset}
             )
             issued = await rt.key_service.create(
-                account=account, spec=KeyCreate.model_validate({"name": "k", **fields})
+                account=account, spec=KeyCreate.model_validate({"name": "k", **fields}), actor=TEST_ACTOR
             )
             self.plaintexts.append(issued.plaintext)
             self.hashes.append(key_hash(issued.plaintext))
-        root = await rt.account_service.create_account(AccountCreate(email="root@example.com"))
+        root = await rt.account_service.create_account(AccountCreate(email="root@example.com"), actor=TEST_ACTOR)
         admin = await rt.key_service.create(
-            account=root, spec=KeyCreate(name="admin"), key_type=KeyType.MANAGEMENT, is_admin=True
+            account=root, spec=KeyCreate(name="admin"), key_type=KeyType.MANAGEMENT, is_admin=True, actor=TEST_ACTOR
         )
         self.admin = admin.plaintext
 

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from keyrelay.config import Settings
+from keyrelay.config import ModelConfig, ProviderConfig, Settings
+from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
 
 LINK = re.compile(r"https?://[^\s/]+(/(?:verify|reset)/[A-Za-z0-9_-]+)")
@@ -80,12 +81,19 @@ def inbox() -> Iterator[Inbox]:
 
 
 @pytest.fixture
-def portal_settings(database_url: str, inbox: Inbox) -> Settings:
-    """Settings with open sign-up and mail to the test SMTP server."""
+def portal_settings(database_url: str, inbox: Inbox, mock: MockUpstream) -> Settings:
+    """Settings with open sign-up, mail to the test SMTP server and the mock OpenAI upstream."""
+    models = (
+        ModelConfig(id="gpt-4o-mini", input_per_mtok="0.15", output_per_mtok="0.60"),  # type: ignore[arg-type]
+        # $600 per million output tokens: one answer of the mock costs about $0.0006 (spend-limit tests).
+        ModelConfig(id="pricey", upstream_id="gpt-4o-mini", input_per_mtok="0.15", output_per_mtok="600"),  # type: ignore[arg-type]
+    )
     return Settings(
         database_url=database_url,
         cache_poll_interval_s=0.2,
+        usage_flush_interval_s=0.1,
         log_level="warning",
+        providers=(ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=models),),
         signup="open",
         smtp_url=f"smtp://127.0.0.1:{inbox.port}",  # type: ignore[arg-type]
     )

@@ -30,6 +30,7 @@ from keyrelay.keys.spec import KeyCreate, KeyUpdate
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.inputs import AccountCreate, AccountUpdate, GroupCreate, GroupUpdate
 from keyrelay.testing.clock import FakeClock
+from tests.conftest import TEST_ACTOR
 
 KEYS = 3  # keys 0 and 1 belong to account 0, key 2 to account 1; both accounts are in the one group
 _examples = itertools.count()
@@ -109,15 +110,19 @@ class Scenario:
     async def setup(self) -> None:
         self.rts.local.cache.clear()  # nothing left over from an earlier example (one that failed half-way)
         services = self.rts.local.account_service
-        group = await services.create_group(GroupCreate(name=f"g{self.n}"))
+        group = await services.create_group(GroupCreate(name=f"g{self.n}"), actor=TEST_ACTOR)
         self.group_id = group.id
         for a in range(2):
-            account = await services.create_account(AccountCreate(email=f"e{self.n}-{a}@example.com", group=group.name))
+            account = await services.create_account(
+                AccountCreate(email=f"e{self.n}-{a}@example.com", group=group.name), actor=TEST_ACTOR
+            )
             self.account_ids.append(account.id)
         for k in range(KEYS):
             account = await self.rts.local.accounts.get(account_id=self.account_ids[0 if k < 2 else 1])
             assert account is not None
-            issued = await self.rts.local.key_service.create(account=account, spec=KeyCreate(name=f"k{k}"))
+            issued = await self.rts.local.key_service.create(
+                account=account, spec=KeyCreate(name=f"k{k}"), actor=TEST_ACTOR
+            )
             self.secrets.append(key_hash(issued.plaintext))
 
     async def _current(self, principal: Principal) -> bool:
@@ -141,15 +146,15 @@ class Scenario:
                 return
             record = await rt.keys.get(key_hash=self.secrets[op.index])  # a key's stable hash is its first secret's
             assert record is not None
-            await rt.key_service.update(record=record, spec=KeyUpdate(name=f"k{op.index}-{tag}"))
+            await rt.key_service.update(record=record, spec=KeyUpdate(name=f"k{op.index}-{tag}"), actor=TEST_ACTOR)
         elif op.target == "account":
             account = await rt.accounts.get(account_id=self.account_ids[op.index % 2])
             assert account is not None
-            await rt.account_service.update_account(account, AccountUpdate(balance=op.index + 1))
+            await rt.account_service.update_account(account, AccountUpdate(balance=op.index + 1), actor=TEST_ACTOR)
         else:
             group = await rt.groups.get(group_id=self.group_id)
             assert group is not None
-            await rt.account_service.update_group(group, GroupUpdate(description=tag))
+            await rt.account_service.update_group(group, GroupUpdate(description=tag), actor=TEST_ACTOR)
 
     async def _poll(self) -> None:
         cache = self.rts.local.cache
@@ -177,7 +182,7 @@ class Scenario:
                 if key not in self.revoked:
                     record = await self.rts.remote.keys.get(key_hash=self.secrets[key])
                     assert record is not None
-                    await self.rts.remote.key_service.revoke(record=record)
+                    await self.rts.remote.key_service.revoke(record=record, actor=TEST_ACTOR)
                     self.revoked.add(key)
             case Advance(seconds):
                 self.rts.clock.advance(seconds)

@@ -16,6 +16,7 @@ from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.testing.server import RunningServer, running_server
+from tests.conftest import TEST_ACTOR
 
 PREFIX_LEN = len("kr_live_")
 
@@ -43,11 +44,11 @@ def assert_absent(blob: bytes, plaintexts: list[str], where: str) -> None:
 async def _issue_keys(srv: RunningServer) -> tuple[list[str], list[tuple[str, str]]]:
     """Create management and API keys in every way there is; returns (all plaintexts, (hash, live plaintext))."""
     rt = srv.runtime
-    admin = await rt.account_service.create_account(AccountCreate(email="admin@example.com"))
+    admin = await rt.account_service.create_account(AccountCreate(email="admin@example.com"), actor=TEST_ACTOR)
     mgmt = await rt.key_service.create(
-        account=admin, spec=KeyCreate(name="mgmt"), key_type=KeyType.MANAGEMENT, is_admin=True
+        account=admin, spec=KeyCreate(name="mgmt"), key_type=KeyType.MANAGEMENT, is_admin=True, actor=TEST_ACTOR
     )
-    rotated_mgmt = await rt.key_service.rotate(record=mgmt.record, grace_seconds=300)
+    rotated_mgmt = await rt.key_service.rotate(record=mgmt.record, grace_seconds=300, actor=TEST_ACTOR)
     plaintexts = [mgmt.plaintext, rotated_mgmt.plaintext]
     live: list[tuple[str, str]] = [(mgmt.record.hash, rotated_mgmt.plaintext)]
     headers = {"Authorization": f"Bearer {rotated_mgmt.plaintext}"}

@@ -13,6 +13,7 @@ from keyrelay.limits.periods import stored_usage
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.inputs import GroupCreate
 from keyrelay.store.spend import PeriodCharge, add_charges
+from tests.conftest import TEST_ACTOR
 
 DAY_1, DAY_2 = datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 6, 2, tzinfo=UTC)
 
@@ -32,7 +33,7 @@ async def charge(rt: Runtime, *charges: PeriodCharge) -> None:
 
 
 async def test_charges_add_to_their_own_period_and_readers_see_the_latest(runtime: Runtime) -> None:
-    group = await runtime.account_service.create_group(GroupCreate(name="team"))
+    group = await runtime.account_service.create_group(GroupCreate(name="team"), actor=TEST_ACTOR)
     ident = str(group.id)
     await charge(runtime, PeriodCharge("group", ident, "daily", DAY_2, 5))
     # A late charge to the day before adds to that day's row, and never to the newer one.
@@ -50,10 +51,10 @@ async def test_charges_add_to_their_own_period_and_readers_see_the_latest(runtim
 
 
 async def test_a_deleted_group_takes_its_period_spend_along(runtime: Runtime) -> None:
-    old = await runtime.account_service.create_group(GroupCreate(name="old", quota_reset="daily"))
+    old = await runtime.account_service.create_group(GroupCreate(name="old", quota_reset="daily"), actor=TEST_ACTOR)
     await charge(runtime, PeriodCharge("group", str(old.id), "daily", DAY_2, 9))
-    await runtime.account_service.delete_group(old)
+    await runtime.account_service.delete_group(old, actor=TEST_ACTOR)
     # SQLite hands the same id to the next group: it must start from nothing.
-    new = await runtime.account_service.create_group(GroupCreate(name="new", quota_reset="daily"))
+    new = await runtime.account_service.create_group(GroupCreate(name="new", quota_reset="daily"), actor=TEST_ACTOR)
     assert new.period_usage == {}
     assert stored_usage(new, "daily", DAY_2) == 0

@@ -1,0 +1,373 @@
+"""The API Keys pages (``/keys``): the list with its Create key dialog, and each key's detail panel.
+
+A signed-in account sees and changes only its own keys; another account's key is a 404, as if it did not
+exist. Creating keys needs a verified email. The plaintext of a key is rendered once, in the answer to
+the POST that created or rotated it, and never stored or shown again. Every change goes through
+``services/keys.py``, so it takes effect on the next request, as through the API.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.datastructures import FormData
+
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.fields import is_key_hash
+from keyrelay.keys.format import KeyType
+from keyrelay.limits.periods import stored_usage
+from keyrelay.portal.app import Portal, field_of, page_route, portal_of
+from keyrelay.portal.key_form import FIELDS, form_values, group_placeholders, key_create, key_update, record_values
+from keyrelay.runtime import Runtime, public_url
+from keyrelay.services.signin import SignedIn
+from keyrelay.store.records import GroupRecord, KeyRecord
+
+router = APIRouter()
+page = page_route(router)
+
+PAGE_SIZE = 50
+STATUSES = ("active", "disabled", "expired")
+MAX_GRACE_MINUTES = 30 * 24 * 60  # the API's bound on grace_seconds (30 days)
+
+
+def key_status(record: KeyRecord, now: datetime) -> str:
+    """``disabled``, ``expired`` or ``active``."""
+    if record.disabled:
+        return "disabled"
+    if record.expires_at is not None and record.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def key_row(record: KeyRecord, now: datetime) -> dict[str, Any]:
+    """What the list and the detail panel show of a key."""
+    spent = stored_usage(record, record.limit_reset, now)
+    limit = record.limit_micros
+    grace = record.prev_secret_expires_at
+    return {
+        "record": record,
+        "status": key_status(record, now),
+        "spent_micros": spent,
+        "limit_micros": limit,
+        "left_micros": None if not limit else max(0, limit - spent),
+        "percent": None if not limit else min(100, round(100 * spent / limit)),
+        "grace_until": grace if grace is not None and grace > now else None,
+    }
+
+
+def _runtime(portal: Portal) -> Runtime:
+    assert portal.runtime is not None
+    return portal.runtime
+
+
+async def _group(portal: Portal, account_id: int) -> GroupRecord | None:
+    runtime = _runtime(portal)
+    account = await runtime.accounts.get(account_id=account_id)
+    if account is None or account.group_id is None:
+        return None
+    return await runtime.groups.get(group_id=account.group_id)
+
+
+async def _own_key(portal: Portal, signed_in: SignedIn, key_hash: str) -> KeyRecord | None:
+    """The signed-in account's live API key with this hash (None for anything else, another's key included)."""
+    if not is_key_hash(key_hash):
+        return None
+    record = await _runtime(portal).keys.get(key_hash=key_hash)
+    if record is None or record.account_id != signed_in.account.id or record.key_type != KeyType.REGULAR.value:
+        return None
+    return record
+
+
+async def _signed_in(request: Request) -> tuple[Portal, SignedIn, str] | Response:
+    portal = portal_of(request)
+    signed_in, session_id = await portal.current(request)
+    if signed_in is None or session_id is None:
+        return portal.redirect("/login")
+    return portal, signed_in, session_id
+
+
+async def _posted(request: Request) -> tuple[Portal, SignedIn, str, FormData] | Response:
+    got = await _signed_in(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id = got
+    form = await portal.checked_form(request, session_id)
+    if form is None:
+        return portal.forbidden(request)
+    return portal, signed_in, session_id, form
+
+
+async def _list_page(
+    request: Request, portal: Portal, signed_in: SignedIn, session_id: str, *, status: int = 200, **context: Any
+) -> Response:
+    runtime = _runtime(portal)
+    now = runtime.clock.now_utc()
+    query = request.query_params.get("q", "").strip()[:100]
+    state = request.query_params.get("status", "")
+    state = state if state in STATUSES else ""
+    records = await runtime.keys.list_all(
+        account_id=signed_in.account.id,
+        key_type=KeyType.REGULAR.value,
+        limit=PAGE_SIZE + 1,
+        offset=_offset(request),
+        name_contains=query or None,
+        status=state or None,
+        now=now,
+    )
+    group = await _group(portal, signed_in.account.id)
+    context.setdefault("values", {})
+    return portal.render(
+        request,
+        "keys.html",
+        status=status,
+        seed=session_id,
+        signed_in=signed_in,
+        active="keys",
+        rows=[key_row(r, now) for r in records[:PAGE_SIZE]],
+        more=len(records) > PAGE_SIZE,
+        next_offset=_offset(request) + PAGE_SIZE,
+        query=query,
+        state=state,
+        statuses=STATUSES,
+        fields=FIELDS,
+        placeholders=group_placeholders(group),
+        group=group,
+        **context,
+    )
+
+
+def _offset(request: Request) -> int:
+    text = request.query_params.get("offset", "0")
+    return min(int(text), 1_000_000) if text.isdigit() and len(text) < 8 else 0
+
+
+@page("/keys", ["GET"])
+async def keys_list(request: Request) -> Response:
+    """``GET /keys``: the account's keys, filtered by ``q`` (name) and ``status``, 50 a page."""
+    got = await _signed_in(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id = got
+    notice = None
+    if request.query_params.get("done") == "revoked":
+        notice = f"The key {request.query_params.get('name', '')[:100]!r} was revoked."
+    return await _list_page(request, portal, signed_in, session_id, notice=notice)
+
+
+@page("/keys", ["POST"])
+async def keys_create(request: Request) -> Response:
+    """``POST /keys``: create a key from the dialog; the answer shows its plaintext once (400: the form again)."""
+    got = await _posted(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id, form = got
+    runtime = _runtime(portal)
+    try:
+        if signed_in.account.email_verified_at is None:
+            raise GatewayError(
+                ErrorType.FORBIDDEN, "Verify your email before creating keys: the link is in your inbox.", field="name"
+            )
+        spec = key_create(form)
+        account = await runtime.accounts.get(account_id=signed_in.account.id)
+        if account is None:
+            return portal.redirect("/login")
+        issued = await runtime.key_service.create(account=account, spec=spec, actor=portal.actor(request, signed_in))
+    except GatewayError as err:
+        return await _list_page(
+            request,
+            portal,
+            signed_in,
+            session_id,
+            status=err.status if err.status < 500 else 400,
+            error=err.message,
+            error_field=err.field,
+            values=form_values(form),
+            open_dialog=True,
+        )
+    return _shown_once(request, portal, signed_in, session_id, issued.record, issued.plaintext, issued.warnings)
+
+
+def _shown_once(
+    request: Request,
+    portal: Portal,
+    signed_in: SignedIn,
+    session_id: str,
+    record: KeyRecord,
+    plaintext: str,
+    warnings: tuple[str, ...] = (),
+    *,
+    rotated: bool = False,
+) -> Response:
+    """The page that shows a key's plaintext, this once (``Cache-Control: no-store`` like every page)."""
+    return portal.render(
+        request,
+        "key_created.html",
+        status=201 if not rotated else 200,
+        seed=session_id,
+        signed_in=signed_in,
+        active="keys",
+        record=record,
+        plaintext=plaintext,
+        warnings=warnings,
+        rotated=rotated,
+        base_url=public_url(portal.settings),
+    )
+
+
+async def _detail_page(
+    request: Request,
+    portal: Portal,
+    signed_in: SignedIn,
+    session_id: str,
+    record: KeyRecord,
+    *,
+    status: int = 200,
+    **context: Any,
+) -> Response:
+    runtime = _runtime(portal)
+    now = runtime.clock.now_utc()
+    group = await _group(portal, signed_in.account.id)
+    context.setdefault("values", record_values(record))
+    # The key's history explains a key that "suddenly stopped working" (who disabled it, changed a rule...).
+    entries = await runtime.audit_log.page(limit=20, target_type="key", target_id=record.hash)
+    return portal.render(
+        request,
+        "key_detail.html",
+        status=status,
+        seed=session_id,
+        signed_in=signed_in,
+        active="keys",
+        row=key_row(record, now),
+        entries=entries,
+        fields=FIELDS,
+        placeholders=group_placeholders(group),
+        group=group,
+        **context,
+    )
+
+
+def _not_found(request: Request, portal: Portal, signed_in: SignedIn, session_id: str) -> Response:
+    return portal.render(
+        request,
+        "message.html",
+        status=404,
+        seed=session_id,
+        signed_in=signed_in,
+        title="No such key",
+        message="This key does not exist, was revoked, or belongs to another account.",
+    )
+
+
+@page("/keys/{key_hash}", ["GET"])
+async def key_detail(request: Request) -> Response:
+    """``GET /keys/{hash}``: the detail panel of one of the account's keys (404 for any other)."""
+    got = await _signed_in(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id = got
+    record = await _own_key(portal, signed_in, str(request.path_params["key_hash"]))
+    if record is None:
+        return _not_found(request, portal, signed_in, session_id)
+    notice = _NOTICES.get(request.query_params.get("done", ""))
+    return await _detail_page(request, portal, signed_in, session_id, record, notice=notice)
+
+
+async def _posted_key(request: Request) -> tuple[Portal, SignedIn, str, FormData, KeyRecord] | Response:
+    got = await _posted(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id, form = got
+    record = await _own_key(portal, signed_in, str(request.path_params["key_hash"]))
+    if record is None:
+        return _not_found(request, portal, signed_in, session_id)
+    return portal, signed_in, session_id, form, record
+
+
+@page("/keys/{key_hash}/edit", ["POST"])
+async def key_edit(request: Request) -> Response:
+    """``POST /keys/{hash}/edit``: set every field of the key from the edit form (empty: inherit)."""
+    got = await _posted_key(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id, form, record = got
+    try:
+        spec = key_update(form)
+        await _runtime(portal).key_service.update(record=record, spec=spec, actor=portal.actor(request, signed_in))
+    except GatewayError as err:
+        return await _detail_page(
+            request,
+            portal,
+            signed_in,
+            session_id,
+            record,
+            status=err.status if err.status < 500 else 400,
+            error=err.message,
+            error_field=err.field,
+            values=form_values(form),
+        )
+    return portal.redirect(f"/keys/{record.hash}?done=saved")
+
+
+@page("/keys/{key_hash}/state", ["POST"])
+async def key_state(request: Request) -> Response:
+    """``POST /keys/{hash}/state``: ``disabled=1`` disables the key, ``disabled=0`` enables it."""
+    got = await _posted_key(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id, form, record = got
+    wanted = field_of(form, "disabled")
+    if wanted not in ("0", "1"):
+        return await _detail_page(
+            request, portal, signed_in, session_id, record, status=400, error="Choose Disable or Enable."
+        )
+    from keyrelay.keys.spec import KeyUpdate
+
+    spec = KeyUpdate.model_validate({"disabled": wanted == "1"})
+    await _runtime(portal).key_service.update(record=record, spec=spec, actor=portal.actor(request, signed_in))
+    return portal.redirect(f"/keys/{record.hash}?done={'disabled' if wanted == '1' else 'enabled'}")
+
+
+@page("/keys/{key_hash}/rotate", ["POST"])
+async def key_rotate(request: Request) -> Response:
+    """``POST /keys/{hash}/rotate``: a new secret, shown once; the old one works for the grace period."""
+    got = await _posted_key(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id, form, record = got
+    text = field_of(form, "grace_minutes").strip() or "0"
+    if not text.isdigit() or int(text) > MAX_GRACE_MINUTES:
+        return await _detail_page(
+            request,
+            portal,
+            signed_in,
+            session_id,
+            record,
+            status=400,
+            error=f"Enter the grace period in whole minutes, 0 to {MAX_GRACE_MINUTES} (30 days).",
+            error_field="grace_minutes",
+        )
+    issued = await _runtime(portal).key_service.rotate(
+        record=record, grace_seconds=int(text) * 60, actor=portal.actor(request, signed_in)
+    )
+    return _shown_once(request, portal, signed_in, session_id, issued.record, issued.plaintext, rotated=True)
+
+
+@page("/keys/{key_hash}/revoke", ["POST"])
+async def key_revoke(request: Request) -> Response:
+    """``POST /keys/{hash}/revoke``: revoke the key (confirmed in a dialog); its next request is a 401."""
+    got = await _posted_key(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, _, _, record = got
+    await _runtime(portal).key_service.revoke(record=record, actor=portal.actor(request, signed_in))
+    return portal.redirect(f"/keys?done=revoked&name={record.name[:100]}")
+
+
+_NOTICES = {
+    "saved": "Saved. The key's next request follows the new settings.",
+    "disabled": "The key is disabled: its requests are refused until you enable it.",
+    "enabled": "The key is enabled.",
+}

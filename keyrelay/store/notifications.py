@@ -1,0 +1,120 @@
+"""NotificationRepository: which notification was sent for what, and the rows the checks read.
+
+``notifications_sent`` has one row per (kind, subject, period): inserting it claims the notification,
+so two instances running the checks at once send it once (the primary key refuses the second insert).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
+from keyrelay.store.rows import to_record
+from keyrelay.store.schema import accounts, groups, keys, notifications_sent
+from keyrelay.store.spend import latest_periods
+
+__all__ = ["NotificationRepository", "Preferences"]
+
+Preferences = tuple[bool, bool, bool]  # (spend, balance, expiry) notifications wanted
+
+
+class NotificationRepository:
+    """Claims of sent notifications, and paged reads of keys and accounts for the checks."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def claim(self, *, kind: str, subject: str, period: str, account_id: int, at: datetime) -> bool:
+        """Record that this notification is being sent; False if it was already (by anyone)."""
+        values = {"kind": kind, "subject": subject, "period": period, "account_id": account_id, "sent_at": at}
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(notifications_sent.insert().values(**values))
+        except IntegrityError:
+            return False
+        return True
+
+    async def release(self, *, kind: str, subject: str, period: str) -> None:
+        """Forget a claim whose mail could not be sent, so the next check tries again."""
+        stmt = delete(notifications_sent).where(
+            notifications_sent.c.kind == kind,
+            notifications_sent.c.subject == subject,
+            notifications_sent.c.period == period,
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def keys_after(self, *, after_hash: str, limit: int) -> list[KeyRecord]:
+        """Live API keys in hash order after ``after_hash``, with their latest period spend."""
+        stmt = (
+            select(keys)
+            .where(keys.c.deleted_at.is_(None), keys.c.key_type == "regular", keys.c.hash > after_hash)
+            .order_by(keys.c.hash)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+            periods = await latest_periods(conn, scope="key", idents=[r["hash"] for r in rows])
+        return [to_record(KeyRecord, r, period_usage=periods.get(r["hash"], {})) for r in rows]
+
+    async def accounts_by_id(self, *, ids: list[int]) -> dict[int, tuple[AccountRecord, str, Preferences]]:
+        """Accounts by id with their email and notification preferences."""
+        if not ids:
+            return {}
+        stmt = select(accounts).where(accounts.c.id.in_(ids))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return {
+            r["id"]: (
+                to_record(AccountRecord, r),
+                r["email"],
+                (r["notify_spend"], r["notify_balance"], r["notify_expiry"]),
+            )
+            for r in rows
+        }
+
+    async def accounts_after(self, *, after_id: int, limit: int) -> list[tuple[AccountRecord, Preferences]]:
+        """Active accounts with a balance (not unlimited), in id order after ``after_id``."""
+        stmt = (
+            select(accounts)
+            .where(
+                and_(accounts.c.id > after_id, accounts.c.status == "active", accounts.c.balance_micros.is_not(None))
+            )
+            .order_by(accounts.c.id)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [
+            (to_record(AccountRecord, r), (r["notify_spend"], r["notify_balance"], r["notify_expiry"])) for r in rows
+        ]
+
+    async def groups_all(self) -> dict[int, GroupRecord]:
+        """Every group by id (their default limits apply to keys without their own)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(groups))).mappings().all()
+            periods = await latest_periods(conn, scope="group", idents=[str(r["id"]) for r in rows])
+        return {r["id"]: to_record(GroupRecord, r, period_usage=periods.get(str(r["id"]), {})) for r in rows}
+
+    async def set_preferences(self, *, account_id: int, spend: bool, balance: bool, expiry: bool) -> None:
+        """Switch an account's notifications on or off."""
+        stmt = (
+            accounts.update()
+            .where(accounts.c.id == account_id)
+            .values(notify_spend=spend, notify_balance=balance, notify_expiry=expiry)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def preferences(self, *, account_id: int) -> Preferences:
+        """An account's notification switches (all on for an unknown account)."""
+        stmt = select(accounts.c.notify_spend, accounts.c.notify_balance, accounts.c.notify_expiry).where(
+            accounts.c.id == account_id
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return (True, True, True) if row is None else (bool(row[0]), bool(row[1]), bool(row[2]))
