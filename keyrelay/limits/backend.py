@@ -106,6 +106,19 @@ class Admission:
     window: WindowStatus | None
 
 
+@dataclass(slots=True)
+class WindowUsage:
+    """What one key's windows hold at one moment, for display (the portal's key panel); a snapshot, not a lock.
+
+    Every figure is counted exactly as an admission at the same moment would count it: a request
+    leaves a window when its bucket does (see ``windows.py``).
+    """
+
+    counts: dict[str, int]  # request window name ("rpm", "per_5h", …) → requests counted in it
+    tokens_per_minute: int | None  # tokens in the 60 s tpm window (reserved maximum until settled); None: not asked
+    in_flight: int  # requests holding a slot of the in-flight cap (admitted, not settled, not expired)
+
+
 class LimitsBackend(Protocol):
     """Where limit counters live."""
 
@@ -115,6 +128,29 @@ class LimitsBackend(Protocol):
 
     async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float) -> None:
         """Replace the reservation by the actual cost and tokens (0 releases it)."""
+        ...
+
+    async def window_usage(
+        self, key_hash: str, windows: tuple[RequestWindow, ...], *, tpm: bool, now: float
+    ) -> WindowUsage:
+        """What the key's request windows, tpm window and in-flight cap hold at ``now`` (epoch seconds).
+
+        A pure read: it changes no counter, so the next admission's outcome is the same with or without
+        it. A key never seen gives zeros.
+
+        Args:
+            key_hash: The key's lookup hash, as in ``AdmissionRequest.key_hash``.
+            windows: The request windows to count, by ``name`` and ``seconds`` (their limits play no part).
+            tpm: Whether to count the tokens-per-minute window too.
+            now: The moment to count at, in epoch seconds (the clock admissions use).
+
+        Returns:
+            The count of each window by name, the tokens in the tpm window (None unless ``tpm``) and the
+            number of requests in flight.
+
+        Raises:
+            GatewayError: LIMITS_UNAVAILABLE when the shared counters cannot be read (Redis, failing closed).
+        """
         ...
 
     async def spent(self, level: SpendLevel) -> int:

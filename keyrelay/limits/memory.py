@@ -13,9 +13,11 @@ from keyrelay.limits import windows as w
 from keyrelay.limits.backend import (
     Admission,
     AdmissionRequest,
+    RequestWindow,
     Reservation,
     SpendLevel,
     WindowStatus,
+    WindowUsage,
     precheck,
     spend_refusal,
     window_refusal,
@@ -155,6 +157,19 @@ class MemoryLimits:
         if reservation.concurrent:
             key.in_flight = max(0, key.in_flight - 1)
 
+    async def window_usage(
+        self, key_hash: str, windows: tuple[RequestWindow, ...], *, tpm: bool, now: float
+    ) -> WindowUsage:
+        """The key's window counts at ``now`` (epoch seconds); reads ``used_at``, so nothing is pruned or created.
+
+        Nor does it move the housekeeping clock: only admissions do.
+        """
+        key = self._keys.get(key_hash)
+        stored: dict[str, w.SlidingWindow] = {} if key is None else key.windows
+        counts = {spec.name: _used_at(stored.get(spec.name), now) for spec in windows}
+        tokens = _used_at(stored.get("tpm"), now) if tpm else None
+        return WindowUsage(counts=counts, tokens_per_minute=tokens, in_flight=0 if key is None else key.in_flight)
+
     async def spent(self, level: SpendLevel) -> int:
         """Settled spend of a counter."""
         state = self._spend.get(level.name)
@@ -174,3 +189,7 @@ class MemoryLimits:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _used_at(window: w.SlidingWindow | None, now: float) -> int:
+    return 0 if window is None else window.used_at(now)

@@ -21,9 +21,11 @@ from keyrelay.limits.backend import (
     RESERVATION_TTL_S,
     Admission,
     AdmissionRequest,
+    RequestWindow,
     Reservation,
     SpendLevel,
     WindowStatus,
+    WindowUsage,
     precheck,
     spend_refusal,
     window_refusal,
@@ -32,10 +34,16 @@ from keyrelay.limits.memory import MemoryLimits
 
 log = logging.getLogger("keyrelay.limits")
 _FALLBACK_PREFIX = "local:"
+# The Lua scripts, by versioned name (lua/<name>.lua): bump the name on any change of behaviour.
+ADMIT, SETTLE, WINDOW_USAGE = "admit_v2", "settle_v1", "window_usage_v1"
 
 
 def _script(name: str) -> str:
     return resources.files("keyrelay.limits").joinpath(f"lua/{name}").read_text(encoding="utf-8")
+
+
+def _unreachable() -> GatewayError:
+    return GatewayError(ErrorType.LIMITS_UNAVAILABLE, "The limits backend (Redis) is unreachable; try again shortly.")
 
 
 class RedisLimits:
@@ -46,10 +54,8 @@ class RedisLimits:
         self._prefix = prefix
         self._fail_open = fail_open
         self._fallback = MemoryLimits()
-        self._admit_src = _script("admit_v2.lua")
-        self._settle_src = _script("settle_v1.lua")
-        self._admit_sha: str | None = None
-        self._settle_sha: str | None = None
+        self._sources = {name: _script(f"{name}.lua") for name in (ADMIT, SETTLE, WINDOW_USAGE)}
+        self._shas: dict[str, str] = {}  # script name → SHA1, once loaded
         # After a failure, skip Redis for a second instead of making every request wait for a timeout.
         self._down_until = 0.0
         # Settlements Redis did not get (and costs admitted locally while failing open), replayed later.
@@ -72,20 +78,15 @@ class RedisLimits:
     def _flight_key(self, key_hash: str) -> str:
         return f"{self._prefix}:flight:{key_hash}"
 
-    async def _run(self, which: str, keys: list[str], args: list[str | int | float]) -> list[int]:
-        sha = self._admit_sha if which == "admit" else self._settle_sha
-        source = self._admit_src if which == "admit" else self._settle_src
+    async def _run(self, name: str, keys: list[str], args: list[str | int | float]) -> list[int]:
+        sha = self._shas.get(name)
         if sha is not None:
             try:
                 reply: list[int] = await self._redis.evalsha(sha, len(keys), *keys, *args)
                 return reply
             except NoScriptError:
                 pass  # Redis restarted and lost its script cache: load it again below.
-        sha = await self._redis.script_load(source)
-        if which == "admit":
-            self._admit_sha = sha
-        else:
-            self._settle_sha = sha
+        sha = self._shas[name] = await self._redis.script_load(self._sources[name])
         reply = await self._redis.evalsha(sha, len(keys), *keys, *args)
         return reply
 
@@ -118,7 +119,7 @@ class RedisLimits:
         if time.monotonic() < self._down_until:
             return await self._unavailable(request, None)
         try:
-            reply = [int(x) for x in await self._run("admit", keys, args)]
+            reply = [int(x) for x in await self._run(ADMIT, keys, args)]
         except (RedisError, OSError) as exc:
             self._down_until = time.monotonic() + 1.0
             return await self._unavailable(request, exc)
@@ -154,9 +155,7 @@ class RedisLimits:
         if exc is not None:
             log.warning("limits backend (Redis) unreachable: %s", exc)
         if not self._fail_open:
-            raise GatewayError(
-                ErrorType.LIMITS_UNAVAILABLE, "The limits backend (Redis) is unreachable; try again shortly."
-            ) from exc
+            raise _unreachable() from exc
         admission = await self._fallback.admit(request)
         local = admission.reservation
         tagged = Reservation(
@@ -195,7 +194,7 @@ class RedisLimits:
             1 if reservation.concurrent else 0,
         ]
         try:
-            await self._run("settle", keys, args)
+            await self._run(SETTLE, keys, args)
         except (RedisError, OSError) as exc:
             log.warning("could not settle reservation %s now, will retry: %s", reservation.ident, exc)
             self._deferred.append((keys, args))
@@ -205,7 +204,7 @@ class RedisLimits:
         while self._deferred:
             keys, args = self._deferred[0]
             try:
-                await self._run("settle", keys, args)
+                await self._run(SETTLE, keys, args)
             except ResponseError:
                 # Redis answered but refused this one: retrying cannot help, and must not block the rest.
                 log.exception("dropping a settlement Redis refuses: keys=%s", keys)
@@ -217,6 +216,37 @@ class RedisLimits:
     def deferred(self) -> int:
         """Settlements waiting for Redis."""
         return len(self._deferred)
+
+    async def window_usage(
+        self, key_hash: str, windows: tuple[RequestWindow, ...], *, tpm: bool, now: float
+    ) -> WindowUsage:
+        """One EVALSHA of a read-only script: the key's window counts at ``now`` (epoch seconds).
+
+        While Redis is unreachable this answers from the local fallback when failing open (the limits this
+        process enforces meanwhile), and raises LIMITS_UNAVAILABLE when failing closed. A failed read does
+        not mark Redis as down: only admissions decide that.
+        """
+        keys = [self._window_key(key_hash, spec.name) for spec in windows]
+        if tpm:
+            keys.append(self._window_key(key_hash, "tpm"))
+        keys.append(self._flight_key(key_hash))
+        args: list[str | int | float] = [repr(now), len(windows), 1 if tpm else 0, *(spec.seconds for spec in windows)]
+        if time.monotonic() < self._down_until:
+            return await self._local_usage(key_hash, windows, tpm, now, None)
+        try:
+            reply = [int(x) for x in await self._run(WINDOW_USAGE, keys, args)]
+        except (RedisError, OSError) as exc:
+            return await self._local_usage(key_hash, windows, tpm, now, exc)
+        n = len(windows)
+        counts = dict(zip((spec.name for spec in windows), reply[:n], strict=True))
+        return WindowUsage(counts=counts, tokens_per_minute=reply[n] if tpm else None, in_flight=reply[n + 1])
+
+    async def _local_usage(
+        self, key_hash: str, windows: tuple[RequestWindow, ...], tpm: bool, now: float, exc: BaseException | None
+    ) -> WindowUsage:
+        if not self._fail_open:
+            raise _unreachable() from exc
+        return await self._fallback.window_usage(key_hash, windows, tpm=tpm, now=now)
 
     async def spent(self, level: SpendLevel) -> int:
         """Settled spend of a counter (its seed value if Redis has not seen it yet)."""

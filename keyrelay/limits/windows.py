@@ -83,9 +83,22 @@ class SlidingWindow:
             self._total -= buckets.popleft()[1]
 
     def used(self, now: float) -> int:
-        """What the window holds at ``now``."""
+        """What the window holds at ``now`` (epoch seconds); forgets the buckets that have left it."""
         self._advance(math.floor(now / self._width))
         return self._total
+
+    def used_at(self, now: float) -> int:
+        """What ``used(now)`` returns (``now`` in epoch seconds), without forgetting anything: a pure read.
+
+        The buckets that have left the window are oldest first, so only they are walked (at most 60).
+        """
+        oldest = math.floor(now / self._width) - BUCKETS + 1
+        total = self._total
+        for index, count in self._buckets:
+            if index >= oldest:
+                break
+            total -= count
+        return total
 
     def add(self, now: float, weight: int) -> None:
         """Count ``weight`` at ``now`` (call ``used`` first for the same ``now``)."""

@@ -48,3 +48,15 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[LimitsBackend
     finally:
         await drop_prefix(client, prefix)
         await client.aclose()
+
+
+@pytest.fixture
+async def redis_limits() -> AsyncIterator[RedisLimits]:
+    """A Redis backend alone, on a fresh key prefix (for tests that need Redis itself; mark them ``redis``)."""
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    try:
+        yield RedisLimits(client, prefix=prefix)
+    finally:
+        await drop_prefix(client, prefix)
+        await client.aclose()

@@ -1,0 +1,42 @@
+-- window_usage_v1: what one key's request windows, tpm window and in-flight set hold at `now`.
+-- Read-only: it calls only HGETALL and ZCOUNT, so reading never changes what an admission sees.
+-- Expired buckets and reservations are skipped, not deleted (admit_v2 deletes them when it next runs).
+-- Counts mirror admit_v2's window() and its in-flight check: a bucket counts while its index is one of
+-- the last BUCKETS, the current one included; a reservation counts while its expiry is after `now`.
+-- Bump the version in the file name on any change of behaviour.
+--
+-- KEYS: per request window its hash (bucket -> count); then the tpm hash if asked; then the in-flight zset.
+-- ARGV: now (epoch seconds), windows, tpm (1 = count it, 0 = not), then per window: seconds.
+-- Reply: {count of each window..., tokens in the tpm window (-1 = not asked), requests in flight}
+local BUCKETS = 60
+local now = tonumber(ARGV[1])
+local nw = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[3])
+
+local function used(key, seconds)
+  local oldest = math.floor(now / (seconds / BUCKETS)) - BUCKETS + 1
+  local flat = redis.call('HGETALL', key)
+  local total = 0
+  for j = 1, #flat, 2 do
+    if tonumber(flat[j]) >= oldest then
+      total = total + tonumber(flat[j + 1])
+    end
+  end
+  return total
+end
+
+local reply = {}
+for i = 1, nw do
+  reply[i] = used(KEYS[i], tonumber(ARGV[3 + i]))
+end
+local k = nw + 1
+if tpm == 1 then
+  reply[nw + 1] = used(KEYS[k], 60)
+  k = k + 1
+else
+  reply[nw + 1] = -1
+end
+-- admit_v2 drops reservations whose expiry is <= now before counting: count the ones after it. ARGV[1],
+-- not `now`, so the bound is the exact number the caller sent (Lua would print it with 14 digits).
+reply[nw + 2] = redis.call('ZCOUNT', KEYS[k], '(' .. ARGV[1], '+inf')
+return reply

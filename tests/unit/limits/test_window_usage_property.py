@@ -1,0 +1,225 @@
+"""Property tests of window_usage: random admissions, settlements, clock steps and reads.
+
+Every backend is stepped beside a naive reference (every request's timestamp in a list, ``RefWindow``):
+each admission must decide as the reference does, although the key is read before and after it, at the
+present and ahead of it; each read must give the reference's counts. A second test runs memory and
+Redis side by side and asks for the same answers from both.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from keyrelay.errors import GatewayError
+from keyrelay.limits.backend import (
+    RESERVATION_TTL_S,
+    AdmissionRequest,
+    LimitsBackend,
+    RequestWindow,
+    Reservation,
+    WindowUsage,
+)
+from keyrelay.limits.memory import MemoryLimits
+from keyrelay.limits.redis import RedisLimits
+from tests.unit.limits.test_properties import RefWindow
+
+T0 = 1_800_000_000.0
+# Redis releases a reservation RESERVATION_TTL_S after its admission and the memory backend never does,
+# so the clock and every read stay short of that: in-flight counts must agree.
+HORIZON = T0 + RESERVATION_TTL_S - 1
+
+
+@dataclass(frozen=True)
+class Config:
+    rpm: int | None
+    per_5h: int | None
+    tpm: int | None
+    max_concurrent: int | None
+    start: float  # seconds after T0
+
+
+@dataclass(frozen=True)
+class Admit:
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Settle:
+    pick: int  # which open request (modulo their number)
+    tokens: int  # clipped to its max_tokens
+
+
+@dataclass(frozen=True)
+class Advance:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Read:
+    ahead: float  # seconds after the present (never before it: admissions have dropped what left the window)
+    tpm: bool
+
+
+Op = Admit | Settle | Advance | Read
+
+
+@dataclass
+class Open:
+    reservations: list[Reservation]  # one per backend
+    entry: list[float]  # its [time, tokens] in the reference tpm window
+    max_tokens: int
+
+
+class UsageRun:
+    """One example: the backends and the reference, stepped together."""
+
+    def __init__(self, backends: list[LimitsBackend], config: Config, n: int) -> None:
+        self.backends = backends
+        self.config = config
+        self.key = f"usage-prop-{n}"  # examples share the Redis fixture: a fresh key each
+        self.now = T0 + config.start
+        self.windows = tuple(
+            RequestWindow(name, seconds, limit)
+            for name, seconds, limit in (("rpm", 60, config.rpm), ("per_5h", 5 * 3600, config.per_5h))
+            if limit is not None
+        )
+        self.ref = {spec.name: RefWindow(spec.seconds) for spec in self.windows}
+        self.ref_tpm = RefWindow(60)
+        self.opened: list[Open] = []
+        self.ids = itertools.count()
+
+    def expected(self, at: float, tpm: bool) -> WindowUsage:
+        in_flight = len(self.opened) if self.config.max_concurrent is not None else 0
+        return WindowUsage(
+            counts={name: ref.count(at) for name, ref in self.ref.items()},
+            tokens_per_minute=self.ref_tpm.count(at) if tpm else None,
+            in_flight=in_flight,
+        )
+
+    def admits(self, max_tokens: int) -> bool:
+        config = self.config
+        if config.tpm is not None and self.ref_tpm.count(self.now) + max_tokens > config.tpm:
+            return False
+        if config.max_concurrent is not None and len(self.opened) >= config.max_concurrent:
+            return False
+        return all(self.ref[spec.name].count(self.now) < spec.limit for spec in self.windows)
+
+    async def read(self, at: float, tpm: bool) -> None:
+        want = self.expected(at, tpm)
+        for backend in self.backends:
+            assert await backend.window_usage(self.key, self.windows, tpm=tpm, now=at) == want, (at, type(backend))
+
+    async def step(self, op: Op) -> None:
+        match op:
+            case Advance(seconds):
+                self.now = min(self.now + seconds, HORIZON)
+            case Read(ahead, tpm):
+                await self.read(min(self.now + ahead, HORIZON), tpm)
+            case Settle(pick, tokens):
+                if self.opened:
+                    item = self.opened.pop(pick % len(self.opened))
+                    tokens = min(tokens, item.max_tokens)
+                    for backend, reservation in zip(self.backends, item.reservations, strict=True):
+                        await backend.settle(reservation, cost_micros=0, tokens=tokens, now=self.now)
+                    item.entry[1] = tokens
+            case Admit(max_tokens):
+                await self.admit(max_tokens)
+        await self.read(self.now, tpm=True)
+
+    async def admit(self, max_tokens: int) -> None:
+        expected = self.admits(max_tokens)
+        reservations = []
+        for backend in self.backends:
+            request = AdmissionRequest(
+                key_hash=self.key,
+                request_id=f"{self.key}-{next(self.ids)}",
+                now=self.now,
+                cost_micros=0,
+                spend=(),
+                windows=self.windows,
+                tpm=self.config.tpm,
+                max_tokens=max_tokens,
+                max_concurrent=self.config.max_concurrent,
+            )
+            try:
+                reservations.append((await backend.admit(request)).reservation)
+            except GatewayError as err:
+                assert not expected, (self.now, err.message)
+        if not expected:
+            return
+        assert len(reservations) == len(self.backends)
+        for spec in self.windows:
+            self.ref[spec.name].entries.append([self.now, 1])
+        entry = [self.now, float(max_tokens)]
+        if self.config.tpm is not None:
+            self.ref_tpm.entries.append(entry)
+        self.opened.append(Open(reservations, entry, max_tokens))
+
+
+configs = st.builds(
+    Config,
+    rpm=st.one_of(st.none(), st.integers(1, 6)),
+    per_5h=st.one_of(st.none(), st.integers(1, 12)),
+    tpm=st.one_of(st.none(), st.sampled_from([300, 1000]), st.integers(1, 2000)),
+    max_concurrent=st.one_of(st.none(), st.integers(1, 4)),
+    start=st.floats(0, 300),
+)
+ops = st.lists(
+    st.one_of(
+        st.builds(Admit, st.one_of(st.sampled_from([0, 100, 250]), st.integers(0, 600))),
+        st.builds(Settle, st.integers(0, 63), st.one_of(st.sampled_from([0, 50]), st.integers(0, 600))),
+        st.builds(
+            Advance,
+            st.one_of(st.floats(0, 1.5), st.integers(0, 70).map(float), st.sampled_from([299.5, 300.0, 900.0])),
+        ),
+        st.builds(
+            Read,
+            st.one_of(st.just(0.0), st.floats(0, 130), st.sampled_from([59.999, 60.0, 300.0, 3600.0])),
+            st.booleans(),
+        ),
+    ),
+    max_size=50,
+)
+_examples = itertools.count()
+# Always tried: requests read just before, at and after the moment their bucket leaves, with tokens settled.
+EDGES = {
+    "config": Config(rpm=2, per_5h=3, tpm=100, max_concurrent=2, start=0.25),
+    "steps": [
+        Admit(10),
+        Advance(0.5),
+        Admit(20),
+        Read(59.5, True),
+        Read(59.75, True),
+        Read(60.5, True),
+        Settle(0, 5),
+        Advance(59.75),
+        Admit(30),
+        Admit(30),
+        Advance(0.5),
+        Admit(30),
+    ],
+}
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=configs, steps=ops)
+@example(**EDGES)
+async def test_window_usage_matches_reference(backend: LimitsBackend, config: Config, steps: list[Op]) -> None:
+    run = UsageRun([backend], config, next(_examples))
+    for op in steps:
+        await run.step(op)
+
+
+@pytest.mark.redis
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=configs, steps=ops)
+@example(**EDGES)
+async def test_memory_and_redis_agree(redis_limits: RedisLimits, config: Config, steps: list[Op]) -> None:
+    run = UsageRun([MemoryLimits(), redis_limits], config, next(_examples))
+    for op in steps:
+        await run.step(op)
