@@ -59,6 +59,7 @@ class KeyrelayApp:
         self.redis = redis_client(self.settings)
         self.limits = build_limits(self.settings, self.redis)
         runtime.tasks.every(1.0, self.limits.maintain, name="limits-maintenance")
+        self.portal.state.portal.limits = self.limits
         if self.redis is not None:
             from keyrelay.cache.fanout import RedisFanout  # only with Redis: see limits/factory.py
 

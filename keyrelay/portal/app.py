@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
@@ -25,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from keyrelay.config import Settings
 from keyrelay.errors import GatewayError
 from keyrelay.gateway.client_ip import ClientAddress
+from keyrelay.limits.backend import LimitsBackend
 from keyrelay.portal.security import (
     CSRF_COOKIE,
     SECURITY_HEADERS,
@@ -89,6 +91,7 @@ class Portal:
         )
         self.env.filters["money"] = _money
         self.runtime: Runtime | None = None
+        self.limits: LimitsBackend | None = None  # the gateway's, for the keys' current window counts
 
     @property
     def signin(self) -> SigninService:
@@ -224,6 +227,34 @@ def page_route(router: APIRouter) -> Callable[[str, list[str]], Callable[[Handle
     return page
 
 
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    """A GatewayError that escaped a page (a body over the size limit, the store unreachable): its status."""
+    assert isinstance(exc, GatewayError)
+    portal = portal_of(request)
+    seed, new = portal.form_seed(request)
+    status = exc.status if exc.status < 500 else 503
+    response = portal.render(
+        request, "message.html", status=status, seed=seed, new_seed=new, title="Request refused", message=exc.message
+    )
+    return response
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    """The database failed: 503 with a page saying so (never a stack trace)."""
+    log.warning("portal: store error on %s: %s", request.url.path, type(exc).__name__)
+    portal = portal_of(request)
+    seed, new = portal.form_seed(request)
+    return portal.render(
+        request,
+        "message.html",
+        status=503,
+        seed=seed,
+        new_seed=new,
+        title="Try again shortly",
+        message="The database could not be reached. Nothing was changed.",
+    )
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     portal = portal_of(request)
@@ -236,7 +267,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         seed=seed,
         new_seed=new,
         title=titles.get(exc.status_code, "Request refused"),
-        message=f"There is no page at {request.url.path} for this request.",
+        message={
+            404: f"There is no page at {request.url.path}.",
+            405: f"{request.url.path} does not accept {request.method}.",
+        }.get(exc.status_code, "The request could not be read. Go back and try again."),
     )
     if exc.headers:
         response.headers.update(exc.headers)
@@ -267,4 +301,6 @@ def create_portal_app(settings: Settings) -> FastAPI:
     app.include_router(audit_pages.router)
     app.include_router(usage_pages.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(SQLAlchemyError, _store_error)
     return app

@@ -18,7 +18,10 @@ from starlette.datastructures import FormData
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.fields import is_key_hash
 from keyrelay.keys.format import KeyType
+from keyrelay.keys.policy import effective_policy
+from keyrelay.limits.backend import RequestWindow
 from keyrelay.limits.periods import stored_usage
+from keyrelay.limits.windows import WINDOW_SECONDS
 from keyrelay.portal.app import Portal, field_of, page_route, portal_of
 from keyrelay.portal.key_form import FIELDS, form_values, group_placeholders, key_create, key_update, record_values
 from keyrelay.runtime import Runtime, public_url
@@ -233,6 +236,7 @@ async def _detail_page(
     context.setdefault("values", record_values(record))
     # The key's history explains a key that "suddenly stopped working" (who disabled it, changed a rule...).
     entries = await runtime.audit_log.page(limit=20, target_type="key", target_id=record.hash)
+    windows = await _windows(portal, record, group, now)
     return portal.render(
         request,
         "key_detail.html",
@@ -242,11 +246,47 @@ async def _detail_page(
         active="keys",
         row=key_row(record, now),
         entries=entries,
+        windows=windows,
         fields=FIELDS,
         placeholders=group_placeholders(group),
         group=group,
         **context,
     )
+
+
+_WINDOW_LABELS = {
+    "rpm": "Requests this minute",
+    "per_5h": "Requests in 5 hours",
+    "per_1d": "Requests today (24 h)",
+    "per_7d": "Requests in 7 days",
+}
+
+
+async def _windows(
+    portal: Portal, record: KeyRecord, group: GroupRecord | None, now: datetime
+) -> list[tuple[str, str, str]] | None:
+    """(label, used, limit) of each limit of the key's policy, as admission counts them now; None if unknown.
+
+    The counts come from the limits backend (this process's, or Redis shared by every instance).
+    """
+    if portal.limits is None:
+        return None
+    policy = effective_policy(record, group)
+    specs = tuple(
+        RequestWindow(name, WINDOW_SECONDS[name], limit) for name in _WINDOW_LABELS if (limit := getattr(policy, name))
+    )
+    if not specs and policy.tpm is None and policy.max_concurrent is None:
+        return []
+    try:
+        usage = await portal.limits.window_usage(record.hash, specs, tpm=policy.tpm is not None, now=now.timestamp())
+    except GatewayError:
+        return None  # the shared limits are unreachable: the panel says so
+    rows = [(_WINDOW_LABELS[w.name], str(usage.counts.get(w.name, 0)), str(w.limit)) for w in specs]
+    if policy.tpm is not None:
+        rows.append(("Tokens this minute", str(usage.tokens_per_minute or 0), str(policy.tpm)))
+    if policy.max_concurrent is not None:
+        rows.append(("Requests in flight", str(usage.in_flight), str(policy.max_concurrent)))
+    return rows
 
 
 def _not_found(request: Request, portal: Portal, signed_in: SignedIn, session_id: str) -> Response:

@@ -113,6 +113,9 @@ async def test_editing_a_limit_is_enforced_on_the_next_request(
     assert (await chat(portal, key)).status_code == 200
     refused = await chat(portal, key)
     assert refused.status_code == 429 and refused.json()["error"]["type"] == "RATE_LIMIT_EXCEEDED"
+    # The detail panel shows the window's count as admission sees it (the refused request is not counted).
+    panel = (await browser_like.get(f"/keys/{key_hash}")).text
+    assert "Requests this minute</dt><dd>1 of 1</dd>" in panel
     # Emptying the field inherits again (no group: no limit).
     await post(browser_like, f"/keys/{key_hash}", f"/keys/{key_hash}/edit", name="limited", rpm="")
     record = await portal.runtime.keys.get(key_hash=key_hash)
