@@ -123,7 +123,9 @@ def _day_tick(day: str) -> str:
 
 def _summarise(slices: list[UsageSlice]) -> tuple[Sums, dict[str, Sums], list[KeySums], dict[str, Sums]]:
     """The breakdown summed in all, per day, per key (by spend, largest first) and per model."""
-    total, by_day, by_model = Sums(), dict[str, Sums](), dict[str, Sums]()
+    total = Sums()
+    by_day: dict[str, Sums] = {}
+    by_model: dict[str, Sums] = {}
     by_key: dict[str, KeySums] = {}
     for s in slices:
         total.add(s)
