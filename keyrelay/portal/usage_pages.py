@@ -141,6 +141,13 @@ def _top(items: Iterable[tuple[str, Sums]], metric: str) -> list[Bar]:
     return sorted(bars, key=lambda b: (-b.value, b.label))[:TOP_BARS]
 
 
+def _scope(request: Request, signed_in: SignedIn) -> int | None:
+    """The account whose usage is shown: the signed-in one, or every account (None) for an admin's ``scope=all``."""
+    if signed_in.account.is_admin and request.query_params.get("scope") == "all":
+        return None
+    return signed_in.account.id
+
+
 @page("/usage", ["GET"])
 async def usage(request: Request) -> Response:
     """``GET /usage?days=7|30|90&metric=spend|requests|tokens``: totals, charts by day, key and model."""
@@ -151,7 +158,8 @@ async def usage(request: Request) -> Response:
     runtime = _runtime(portal)
     days, dates, start = _period(request, runtime.clock.now_utc())
     metric = _choice(request, "metric", METRICS, "spend")
-    slices = await UsageRepository(runtime.engine).breakdown(account_id=signed_in.account.id, start=start, end=None)
+    scope = _scope(request, signed_in)
+    slices = await UsageRepository(runtime.engine).breakdown(account_id=scope, start=start, end=None)
     total, by_day, keys, by_model = _summarise(slices)
     fmt = _money(portal) if metric == "spend" else _count
     label = METRICS[metric]
@@ -188,6 +196,8 @@ async def usage(request: Request) -> Response:
         has_data=bool(slices),
         more_keys=max(0, len(keys) - TOP_BARS),
         more_models=max(0, len(by_model) - TOP_BARS),
+        all_accounts=scope is None,
+        scope_query="&scope=all" if scope is None else "",
     )
 
 
@@ -226,7 +236,9 @@ async def usage_csv(request: Request) -> Response:
     portal, signed_in, _ = got
     runtime = _runtime(portal)
     days, dates, start = _period(request, runtime.clock.now_utc())
-    slices = await UsageRepository(runtime.engine).breakdown(account_id=signed_in.account.id, start=start, end=None)
+    slices = await UsageRepository(runtime.engine).breakdown(
+        account_id=_scope(request, signed_in), start=start, end=None
+    )
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(_CSV_HEADER)

@@ -16,13 +16,15 @@ import httpx
 import pytest
 
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
+from keyrelay.services.audit import Actor
+from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.usage import UsageRepository
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer
 from keyrelay.usage.writer import UsageRecord
 from tests.integration.portal.conftest import Inbox
 from tests.integration.portal.test_key_pages import create_key, member
-from tests.integration.portal.test_signin_flows import sign_in, sign_up
+from tests.integration.portal.test_signin_flows import PASSWORD, sign_in, sign_up
 
 ROW = re.compile(
     r"<tr>\s*<td class=\"name\"><time datetime=\"([^\"]+)\">.*?<code>(req_[0-9a-f]+|[^<]+)</code></td>", re.S
@@ -247,12 +249,32 @@ async def test_another_account_never_sees_the_records(
     async with httpx.AsyncClient(base_url=portal.base_url, headers={"origin": portal.base_url}) as intruder:
         await sign_up(intruder, inbox, "intruder@example.com")
         assert (await sign_in(intruder, "intruder@example.com")).status_code == 303
-        for path in ("/usage", "/usage?days=90", "/logs", f"/logs?key={key_hash}", f"/logs?before={cursor}"):
+        paths = (
+            "/usage",
+            "/usage?days=90",
+            "/usage?scope=all",
+            "/logs",
+            f"/logs?key={key_hash}",
+            f"/logs?before={cursor}",
+        )
+        for path in paths:
             page = await intruder.get(path)
             assert page.status_code == 200 and "owners-secret-project" not in page.text, path
             assert log_rows(page.text) == [], path
-        exported = await intruder.get("/usage.csv?days=90")
-        assert exported.text.strip().splitlines() == [exported.text.splitlines()[0]]  # the header only
+        for path in ("/usage.csv?days=90", "/usage.csv?scope=all"):
+            exported = await intruder.get(path)
+            assert exported.text.strip().splitlines() == [exported.text.splitlines()[0]]  # the header only
+    # An admin asking for every account sees it; without scope=all, only the admin's own.
+    rt = portal.runtime
+    root = await rt.account_service.create_account(AccountCreate(email="root@example.com"), actor=Actor.cli())
+    await rt.signin.set_password(account_id=root.id, password=PASSWORD, verified=True, actor=Actor.cli())
+    await rt.signin.set_admin(account_id=root.id, admin=True, actor=Actor.cli())
+    async with httpx.AsyncClient(base_url=portal.base_url, headers={"origin": portal.base_url}) as admin:
+        assert (await sign_in(admin, "root@example.com")).status_code == 303
+        assert "owners-secret-project" not in (await admin.get("/usage")).text
+        everything = await admin.get("/usage?scope=all")
+        assert "every account" in everything.text and "owners-secret-project" in everything.text
+        assert "owners-secret-project" in (await admin.get("/usage.csv?scope=all")).text
 
 
 async def test_signed_out_visitors_are_sent_to_sign_in(browser_like: httpx.AsyncClient) -> None:
