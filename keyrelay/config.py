@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     signup: Literal["closed", "invite", "open"] = Field(
         default="closed", description="Who may create an account in the portal: nobody, invited emails, anyone."
     )
+    signup_credit_usd: Decimal = Field(
+        default=Decimal(0), ge=0, le=Decimal(1_000_000), description="Credit of an account made by sign-up."
+    )
+    signup_group: str | None = Field(default=None, description="Group an account made by sign-up joins.")
     public_url: str | None = Field(
         default=None,
         description="The portal's address as users reach it, for emailed links (e.g. https://kr.example.com).",

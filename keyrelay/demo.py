@@ -117,7 +117,12 @@ async def _run(settings: Settings, sock: socket.socket) -> int:
         bound = sock.getsockname()[1]
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         base = f"http://{host}:{bound}"
-        update = {"providers": (*settings.providers, *providers), "signup": "open", "public_url": base}
+        update = {
+            "providers": (*settings.providers, *providers),
+            "signup": "open",
+            "signup_credit_usd": Decimal(5),
+            "public_url": base,
+        }
         settings = settings.model_copy(update=update)
         app = create_app(settings)
         config = uvicorn.Config(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import urllib.parse
 from email.message import EmailMessage
+from email.utils import parseaddr
 from typing import Protocol
 
 import aiosmtplib
@@ -45,14 +46,17 @@ class SmtpMailer:
         self._user = urllib.parse.unquote(parts.username) if parts.username else None
         self._password = urllib.parse.unquote(parts.password) if parts.password else None
         self._sender = sender
+        self._sender_address = parseaddr(sender)[1] or sender  # the envelope sender: the address alone
         self._timeout_s = timeout_s
 
     async def send(self, *, to: str, subject: str, body: str) -> None:
         """See ``Mailer.send``."""
-        message = build_message(sender=self._sender, to=to, subject=subject, body=body)
         try:
+            message = build_message(sender=self._sender, to=to, subject=subject, body=body)
             await aiosmtplib.send(
                 message,
+                sender=self._sender_address,
+                recipients=[to],  # exactly this one, whatever the To header might parse into
                 hostname=self._host,
                 port=self._port,
                 username=self._user,
@@ -61,7 +65,8 @@ class SmtpMailer:
                 start_tls=None if not self._tls else False,  # None: STARTTLS when the server offers it
                 timeout=self._timeout_s,
             )
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except (aiosmtplib.SMTPException, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            # Also a message the email package cannot build from this address: never a crash of the caller.
             raise MailError(f"mail to {self._host}:{self._port} failed: {type(exc).__name__}") from None
 
 

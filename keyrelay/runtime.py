@@ -100,6 +100,7 @@ async def open_runtime(
     accounts = AccountRepository(engine)
     groups = GroupRepository(engine)
     audit_log = AuditRepository(engine)
+    tasks = TaskGroup()
     mailer = mailer or mailer_from_settings(settings)
     notifications = NotificationRepository(engine)
     audit = AuditTrail(log=audit_log, clock=clock)
@@ -134,10 +135,14 @@ async def open_runtime(
             audit=audit,
             public_url=public_url(settings),
             signup=settings.signup,
+            signup_credit=settings.signup_credit_usd,
+            signup_group=settings.signup_group,
+            background=lambda send: tasks.spawn(send, name="mail"),
             idle=timedelta(seconds=settings.session_idle_s),
             absolute=timedelta(seconds=settings.session_absolute_s),
         ),
         notifications=notifications,
+        tasks=tasks,
         notifier=Notifier(
             repo=notifications,
             mailer=mailer,

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from keyrelay.errors import GatewayError
 from keyrelay.portal.admin_pages import admin_form, admin_of, not_found, runtime_of
 from keyrelay.portal.app import Portal, page_route
+from keyrelay.portal.forms import is_digits
 from keyrelay.portal.group_form import GROUP_FIELDS, group_create, group_form_values, group_update, group_values
 from keyrelay.services.signin import SignedIn
 from keyrelay.store.records import GroupRecord
@@ -82,7 +83,7 @@ async def groups_create(request: Request) -> Response:
 
 async def _group(request: Request, portal: Portal) -> GroupRecord | None:
     text = str(request.path_params["group_id"])
-    if not text.isdigit() or len(text) > 10:
+    if not is_digits(text) or len(text) > 10:
         return None
     return await runtime_of(portal).groups.get(group_id=int(text))
 

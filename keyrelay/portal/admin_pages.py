@@ -18,6 +18,7 @@ from starlette.datastructures import FormData
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.keys.spec import usd_to_micros
 from keyrelay.portal.app import Portal, field_of, page_route, portal_of
+from keyrelay.portal.forms import is_digits
 from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate, AccountUpdate
 from keyrelay.services.signin import SignedIn
@@ -79,8 +80,14 @@ def _usd(text: str, field: str) -> Decimal:
         raise GatewayError(
             ErrorType.INVALID_REQUEST, "Enter an amount in USD, e.g. 25 or 12.50.", field=field
         ) from None
-    if not value.is_finite() or value != value.quantize(Decimal("0.000001")):
-        raise GatewayError(ErrorType.INVALID_REQUEST, "Enter an amount with at most 6 decimals.", field=field)
+    try:
+        whole_micros = value.is_finite() and value == value.quantize(Decimal("0.000001"))
+    except InvalidOperation:  # too many digits to quantize (1e30)
+        whole_micros = False
+    if not whole_micros or abs(value) > MAX_TOP_UP:
+        raise GatewayError(
+            ErrorType.INVALID_REQUEST, "Enter an amount up to $1,000,000 with at most 6 decimals.", field=field
+        )
     return value
 
 
@@ -90,7 +97,7 @@ async def _accounts_page(
     runtime = runtime_of(portal)
     query = request.query_params.get("q", "").strip()[:320]
     offset_text = request.query_params.get("offset", "0")
-    offset = int(offset_text) if offset_text.isdigit() and len(offset_text) < 8 else 0
+    offset = int(offset_text) if is_digits(offset_text) and len(offset_text) < 8 else 0
     rows = await runtime.accounts.list_all(limit=PAGE_SIZE + 1, offset=offset, email_contains=query or None)
     groups = {g.id: g for g in await runtime.groups.list_all()}
     context.setdefault("values", {})
@@ -161,7 +168,7 @@ async def accounts_create(request: Request) -> Response:
 
 async def _account(request: Request, portal: Portal) -> AccountRecord | None:
     text = str(request.path_params["account_id"])
-    if not text.isdigit() or len(text) > 10:
+    if not is_digits(text) or len(text) > 10:
         return None
     return await runtime_of(portal).accounts.get(account_id=int(text))
 

@@ -29,6 +29,7 @@ from keyrelay.gateway.client_ip import ClientAddress
 from keyrelay.limits.backend import LimitsBackend
 from keyrelay.portal.security import (
     CSRF_COOKIE,
+    SECURE_CSRF_COOKIE,
     SECURITY_HEADERS,
     csrf_token,
     new_csrf_seed,
@@ -82,6 +83,7 @@ class Portal:
         self.secure = base.startswith("https://")
         self.public_netloc = urlsplit(settings.public_url).netloc if settings.public_url else None
         self.cookie = session_cookie_name(self.secure)
+        self.csrf_cookie = SECURE_CSRF_COOKIE if self.secure else CSRF_COOKIE
         self.client_ip = ClientAddress(settings.trusted_proxy_networks, settings.trusted_proxy_header)
         self.env = Environment(
             loader=PackageLoader("keyrelay.portal", "templates"),
@@ -122,13 +124,17 @@ class Portal:
         response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
         if new_seed:
             response.set_cookie(
-                CSRF_COOKIE, seed, httponly=True, samesite="lax", secure=self.secure, path="/", max_age=None
+                self.csrf_cookie, seed, httponly=True, samesite="lax", secure=self.secure, path="/", max_age=None
             )
         return response
 
+    def csrf_seed(self, request: Request) -> str | None:
+        """The ``kr_csrf`` cookie's value (``__Host-kr_csrf`` over https), if the browser sent one."""
+        return request.cookies.get(self.csrf_cookie)
+
     def form_seed(self, request: Request) -> tuple[str, bool]:
         """The ``kr_csrf`` value of a visitor who is not signed in, and whether it is new."""
-        seed = request.cookies.get(CSRF_COOKIE)
+        seed = self.csrf_seed(request)
         if seed and 20 <= len(seed) <= 100:
             return seed, False
         return new_csrf_seed(), True
@@ -241,7 +247,8 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _store_error(request: Request, exc: Exception) -> Response:
     """The database failed: 503 with a page saying so (never a stack trace)."""
-    log.warning("portal: store error on %s: %s", request.url.path, type(exc).__name__)
+    # The first path segment only: verify and reset links carry their token in the path.
+    log.warning("portal: store error on /%s: %s", request.url.path.split("/")[1][:40], type(exc).__name__)
     portal = portal_of(request)
     seed, new = portal.form_seed(request)
     return portal.render(

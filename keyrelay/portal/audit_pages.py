@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from keyrelay.portal.app import page_route, portal_of
+from keyrelay.portal.forms import is_digits
 
 router = APIRouter()
 page = page_route(router)
@@ -34,7 +35,7 @@ async def audit(request: Request) -> Response:
     target_type = target_type if target_type in TARGET_TYPES else ""
     target_id = params.get("target_id", "").strip()[:64] if admin else ""
     before_text = params.get("before", "")
-    before = int(before_text) if before_text.isdigit() and len(before_text) < 19 else None
+    before = int(before_text) if is_digits(before_text) and len(before_text) < 19 else None
     entries = await portal.runtime.audit_log.page(
         limit=PAGE_SIZE + 1,
         before_id=before,

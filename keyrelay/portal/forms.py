@@ -9,6 +9,7 @@ for the same reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -19,7 +20,7 @@ from starlette.datastructures import FormData
 
 from keyrelay.errors import ErrorType, GatewayError
 
-__all__ = ["FormField", "parse_field", "shown", "text_of", "usd_text", "validated"]
+__all__ = ["FormField", "is_digits", "parse_field", "shown", "text_of", "usd_text", "validated"]
 
 M = TypeVar("M", bound=BaseModel)
 _MAX_CHARS = 20_000  # a list field of a thousand CIDRs fits; more is not something a person typed
@@ -34,6 +35,14 @@ class FormField:
     label: str
     kind: str  # "text" | "money" | "int" | "decimal" | "reset" | "datetime" | "list"
     hint: str = ""
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def is_digits(text: str) -> bool:
+    """Whether ``text`` is ASCII digits only (``str.isdigit`` also admits "²", which ``int`` refuses)."""
+    return _DIGITS.fullmatch(text) is not None
 
 
 def text_of(form: FormData, name: str) -> str:
@@ -59,7 +68,7 @@ def parse_field(field: FormField, text: str) -> Any:
             raise GatewayError(ErrorType.INVALID_REQUEST, f"Enter {what}, e.g. {example}.", field=field.name)
         return value
     if field.kind == "int":
-        if not text.isdigit() or len(text) > 12:
+        if not is_digits(text) or len(text) > 12:
             raise GatewayError(ErrorType.INVALID_REQUEST, "Enter a whole number, 0 for no limit.", field=field.name)
         return int(text)
     if field.kind == "list":

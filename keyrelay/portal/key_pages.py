@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -23,6 +24,7 @@ from keyrelay.limits.backend import RequestWindow
 from keyrelay.limits.periods import stored_usage
 from keyrelay.limits.windows import WINDOW_SECONDS
 from keyrelay.portal.app import Portal, field_of, page_route, portal_of
+from keyrelay.portal.forms import is_digits
 from keyrelay.portal.key_form import FIELDS, form_values, group_placeholders, key_create, key_update, record_values
 from keyrelay.runtime import Runtime, public_url
 from keyrelay.services.signin import SignedIn
@@ -144,7 +146,7 @@ async def _list_page(
 
 def _offset(request: Request) -> int:
     text = request.query_params.get("offset", "0")
-    return min(int(text), 1_000_000) if text.isdigit() and len(text) < 8 else 0
+    return min(int(text), 1_000_000) if is_digits(text) and len(text) < 8 else 0
 
 
 @page("/keys", ["GET"])
@@ -378,7 +380,7 @@ async def key_rotate(request: Request) -> Response:
         return got
     portal, signed_in, session_id, form, record = got
     text = field_of(form, "grace_minutes").strip() or "0"
-    if not text.isdigit() or int(text) > MAX_GRACE_MINUTES:
+    if not is_digits(text) or int(text) > MAX_GRACE_MINUTES:
         return await _detail_page(
             request,
             portal,
@@ -403,7 +405,7 @@ async def key_revoke(request: Request) -> Response:
         return got
     portal, signed_in, _, _, record = got
     await _runtime(portal).key_service.revoke(record=record, actor=portal.actor(request, signed_in))
-    return portal.redirect(f"/keys?done=revoked&name={record.name[:100]}")
+    return portal.redirect(f"/keys?{urlencode({'done': 'revoked', 'name': record.name[:100]})}")
 
 
 _NOTICES = {

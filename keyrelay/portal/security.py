@@ -25,6 +25,7 @@ from starlette.requests import Request
 
 __all__ = [
     "CSRF_COOKIE",
+    "SECURE_CSRF_COOKIE",
     "SECURITY_HEADERS",
     "csrf_token",
     "new_csrf_seed",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 CSRF_COOKIE = "kr_csrf"
+SECURE_CSRF_COOKIE = "__Host-kr_csrf"  # over https: no sibling subdomain can plant it
 _LABEL = b"keyrelay portal csrf v1"
 
 SECURITY_HEADERS = {

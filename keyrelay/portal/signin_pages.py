@@ -7,7 +7,6 @@ from fastapi.responses import Response
 
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.portal.app import field_of, page_route, portal_of, status_of
-from keyrelay.portal.security import CSRF_COOKIE
 
 router = APIRouter()
 page = page_route(router)
@@ -46,7 +45,7 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     """``POST /login``: check the password, open a session, go to ``/keys``; 400 or 429 with the form again."""
     portal = portal_of(request)
-    seed = request.cookies.get(CSRF_COOKIE)
+    seed = portal.csrf_seed(request)
     form = await portal.checked_form(request, seed)
     if form is None or seed is None:
         return portal.forbidden(request)
@@ -101,7 +100,7 @@ async def signup_form(request: Request) -> Response:
 async def signup(request: Request) -> Response:
     """``POST /signup``: create the account and mail a verification link (the same answer for a known email)."""
     portal = portal_of(request)
-    seed = request.cookies.get(CSRF_COOKIE)
+    seed = portal.csrf_seed(request)
     form = await portal.checked_form(request, seed)
     if form is None or seed is None:
         return portal.forbidden(request)
@@ -133,12 +132,20 @@ async def verify_form(request: Request) -> Response:
 
 @page("/verify/{token}", ["POST"])
 async def verify(request: Request) -> Response:
-    """``POST /verify/{token}``: mark the email verified, once; 400 for a used, expired or unknown link."""
+    """``POST /verify/{token}``: with the account's password, mark the email verified, once.
+
+    400 for a used, expired or unknown link, or a wrong password (the form again; the link still works).
+    """
     portal = portal_of(request)
-    seed = request.cookies.get(CSRF_COOKIE)
-    if await portal.checked_form(request, seed) is None or seed is None:
+    seed = portal.csrf_seed(request)
+    form = await portal.checked_form(request, seed)
+    if form is None or seed is None:
         return portal.forbidden(request)
-    ok = await portal.signin.verify_email(str(request.path_params["token"])[:100], ip=portal.ip(request))
+    token = str(request.path_params["token"])[:100]
+    try:
+        ok = await portal.signin.verify_email(token, password=field_of(form, "password"), ip=portal.ip(request))
+    except GatewayError as err:
+        return portal.render(request, "verify.html", status=400, seed=seed, token=token, error=err.message)
     title, message = (
         ("Email verified", "Your email is verified. You can sign in and create keys.")
         if ok
@@ -162,7 +169,7 @@ async def forgot_form(request: Request) -> Response:
 async def forgot(request: Request) -> Response:
     """``POST /forgot-password``: mail a reset link if the account exists; the same answer if not."""
     portal = portal_of(request)
-    seed = request.cookies.get(CSRF_COOKIE)
+    seed = portal.csrf_seed(request)
     form = await portal.checked_form(request, seed)
     if form is None or seed is None:
         return portal.forbidden(request)
@@ -205,7 +212,7 @@ async def reset_form(request: Request) -> Response:
 async def reset(request: Request) -> Response:
     """``POST /reset/{token}``: set the password, once; every session ends; on to ``/login``."""
     portal = portal_of(request)
-    seed = request.cookies.get(CSRF_COOKIE)
+    seed = portal.csrf_seed(request)
     form = await portal.checked_form(request, seed)
     if form is None or seed is None:
         return portal.forbidden(request)

@@ -100,6 +100,9 @@ class AccountService:
             if spec.status is None:
                 raise GatewayError(ErrorType.INVALID_REQUEST, "status cannot be null", field="status")
             values["status"] = spec.status
+            if spec.status != "active":
+                # Portal sessions of a deactivated account end for good (a reactivation does not revive them).
+                values["session_epoch"] = accounts_table.c.session_epoch + 1
         audit = self._audit.hook(actor=actor, action="account.update")
         updated = await self._accounts.update(account_id=account.id, values=values, audit=audit)
         if updated is None:

@@ -11,10 +11,15 @@ from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, 
 from keyrelay.fields import NumberOnly, Storable, StrictInput, json_number
 from keyrelay.keys.spec import MAX_LIST_ITEMS, LimitReset, ModelId, ProviderName, RateLimits, Usd
 
-# Deliberately loose (RFC 5322 allows far more than any check here would): one "@" with text on both
-# sides and no whitespace. The account is an identifier, not a mailbox keyrelay writes to.
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-EMAIL_RULE = "must be an email address such as name@example.com: one '@' with text on both sides, no spaces"
+# One "@" with text on both sides, and none of the characters that mean something in a mail header
+# (RFC 5322 specials, "=" of RFC 2047 encoded words, controls): the portal mails this address, and a
+# header that parses as several recipients (a comma, an encoded word) would mail someone else.
+_EMAIL_CHARS = r"[^@\s\x00-\x1f\x7f,;:<>()\[\]\"\\=]"
+_EMAIL = re.compile(rf"{_EMAIL_CHARS}+@{_EMAIL_CHARS}+")
+EMAIL_RULE = (
+    "must be an email address such as name@example.com: one '@' with text on both sides, no spaces "
+    'and none of , ; : < > ( ) [ ] " \\ ='
+)
 
 
 def _email(value: str) -> str:
@@ -28,7 +33,7 @@ Email = Annotated[
     StringConstraints(strip_whitespace=True, max_length=320),
     Storable,
     AfterValidator(_email),
-    Field(json_schema_extra={"pattern": "^[^@\\s\\u0000]+@[^@\\s\\u0000]+$"}),
+    Field(json_schema_extra={"pattern": f"^{_EMAIL_CHARS}+@{_EMAIL_CHARS}+$"}),
 ]
 GroupName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), Storable]
 AccountStatus = Literal["active", "inactive"]

@@ -93,7 +93,8 @@ class Notifier:
             owners = await self._repo.accounts_by_id(ids=sorted({k.account_id for k in page}))
             for key in page:
                 owner = owners.get(key.account_id)
-                if owner is None or owner[0].status != "active" or key.disabled:
+                expired = key.expires_at is not None and key.expires_at <= now
+                if owner is None or owner[0].status != "active" or key.disabled or expired:
                     continue
                 account, email, (spend_on, _, expiry_on) = owner
                 group = groups.get(account.group_id) if account.group_id is not None else None

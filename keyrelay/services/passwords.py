@@ -23,24 +23,27 @@ class Passwords:
 
     def __init__(self, hasher: PasswordHasher | None = None) -> None:
         self._hasher = hasher or PasswordHasher()
+        # Each hash takes 64 MiB and tens of ms of CPU, on routes anyone can call: two at a time per process.
+        self._slots = asyncio.Semaphore(2)
         # A hash of nothing anyone knows, checked when the email is unknown: the answer takes as long
         # as for a wrong password, so timing does not tell which accounts exist. Made on first need.
         self._dummy: str | None = None
 
     async def hash(self, password: str) -> str:
         """The argon2id encoding of ``password``."""
-        return await asyncio.to_thread(self._hasher.hash, password)
+        async with self._slots:
+            return await asyncio.to_thread(self._hasher.hash, password)
 
     async def verify(self, encoded: str | None, password: str) -> bool:
         """Whether ``password`` matches ``encoded``; False for None (no password set) or a malformed hash."""
         if encoded is None and self._dummy is None:
             self._dummy = await self.hash("keyrelay: no such account")
         try:
-            return await asyncio.to_thread(self._hasher.verify, encoded or self._dummy or "", password) and bool(
-                encoded
-            )
+            async with self._slots:
+                matches = await asyncio.to_thread(self._hasher.verify, encoded or self._dummy or "", password)
         except (VerificationError, InvalidHashError):
             return False
+        return matches and encoded is not None
 
     def needs_rehash(self, encoded: str) -> bool:
         """Whether ``encoded`` was made with other parameters than the current ones."""

@@ -22,8 +22,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
+from typing import Any
 
 from keyrelay.clock import Clock
 from keyrelay.errors import ErrorType, GatewayError
@@ -45,7 +48,8 @@ MAX_FAILURES_PER_IP = 30
 RESET_LIFETIME = timedelta(minutes=30)
 INVITE_LIFETIME = timedelta(days=7)  # an invitation is a reset link that lives longer
 VERIFY_LIFETIME = timedelta(days=2)
-RESET_RESEND_AFTER = timedelta(minutes=1)  # at most one reset mail a minute per account
+RESET_RESEND_AFTER = timedelta(minutes=1)  # at most one reset (or verification) mail a minute per account
+NOTICE_EVERY = timedelta(hours=1)  # "someone tried to sign up with your email": at most hourly
 TOUCH_AFTER = timedelta(minutes=1)  # a session's last_seen_at is written at most once a minute
 
 _WRONG = "The email or password is wrong."
@@ -83,6 +87,9 @@ class SigninService:
         audit: AuditTrail,
         public_url: str,
         signup: str,
+        signup_credit: Decimal = Decimal(0),
+        signup_group: str | None = None,
+        background: Callable[[Coroutine[Any, Any, None]], object] | None = None,
         idle: timedelta,
         absolute: timedelta,
     ) -> None:
@@ -94,6 +101,9 @@ class SigninService:
         self._audit = audit
         self._public_url = public_url.rstrip("/")
         self.signup_mode = signup
+        self._background = background
+        self._signup_credit = signup_credit
+        self._signup_group = signup_group
         self._idle = idle
         self._absolute = absolute
 
@@ -116,11 +126,18 @@ class SigninService:
             raise GatewayError(ErrorType.FORBIDDEN, "Sign-up is closed: ask an administrator for an account.")
         self.check_password(password)
         try:
-            spec = AccountCreate.model_validate({"email": email})
+            spec = AccountCreate.model_validate(
+                {"email": email, "balance": self._signup_credit, "group": self._signup_group}
+            )
         except ValueError:
             raise GatewayError(ErrorType.INVALID_REQUEST, "Enter a valid email address.", field="email") from None
         existing = await self._logins.login_by_email(email=spec.email)
         if existing is not None:
+            await self._passwords.hash(password)  # the same work as for a new account: timing tells nothing
+            now = self._clock.now_utc()
+            if await self._logins.token_recent(account_id=existing.id, purpose="notice", since=now - NOTICE_EVERY):
+                return  # told within the hour: a form resubmitted in a loop cannot flood the inbox
+            await self._issue(existing.id, "notice", NOTICE_EVERY)  # records when it was told; never used
             await self._mail(
                 existing.email,
                 "Your keyrelay account",
@@ -146,6 +163,9 @@ class SigninService:
         login = await self._logins.login_by_id(account_id=account_id)
         if login is None or login.email_verified_at is not None:
             return
+        since = self._clock.now_utc() - RESET_RESEND_AFTER
+        if await self._logins.token_recent(account_id=account_id, purpose="verify", since=since):
+            return  # one verification mail a minute
         token = await self._issue(account_id, "verify", VERIFY_LIFETIME)
         await self._mail(
             login.email,
@@ -153,10 +173,22 @@ class SigninService:
             f"Open this link to verify your email (valid for 2 days, once):\n\n{self._public_url}/verify/{token}\n",
         )
 
-    async def verify_email(self, token: str, *, ip: str | None = None) -> bool:
-        """Use a verification link; whether it was valid (unknown, used and expired links are not)."""
+    async def verify_email(self, token: str, *, password: str, ip: str | None = None) -> bool:
+        """Use a verification link with the account's password; whether the link was valid.
+
+        The password is asked so that only whoever chose it can verify: someone who signed up with another
+        person's address cannot have that person verify it for them by clicking the link. Raises
+        INVALID_REQUEST (field ``password``) for a wrong password, leaving the link usable.
+        """
         now = self._clock.now_utc()
-        account_id = await self._logins.use_token(token_hash=token_hash(token), purpose="verify", now=now)
+        digest = token_hash(token)
+        owner = await self._logins.token_account(token_hash=digest, purpose="verify", now=now)
+        if owner is None:
+            return False
+        login = await self._logins.login_by_id(account_id=owner)
+        if login is None or not await self._passwords.verify(login.password_hash, password[:MAX_PASSWORD_CHARS]):
+            raise GatewayError(ErrorType.INVALID_REQUEST, "The password is wrong.", field="password")
+        account_id = await self._logins.use_token(token_hash=digest, purpose="verify", now=now)
         if account_id is None:
             return False
         audit = self._own(await self._logins.login_by_id(account_id=account_id), account_id, ip, "verify_email")
@@ -168,24 +200,29 @@ class SigninService:
 
         Raises RATE_LIMIT_EXCEEDED when this email or IP failed too often in the last 15 minutes (checked
         first, so a throttled guess costs no argon2 work), INVALID_REQUEST for a wrong email or password
-        (one message for both), USER_INACTIVE for a suspended account with the right password.
+        (one message for both), USER_INACTIVE for a suspended account with the right password. The session
+        carries the account's ``session_epoch`` as read with the password it checked.
         """
         email = email.strip().lower()[:320]
         now = self._clock.now_utc()
+        # The attempt is recorded as a failure before the password is checked, and taken back if it was right:
+        # concurrent guesses all count, so a burst cannot get past the limits while argon2 runs.
+        attempt = await self._logins.add_failure(email=email, ip=ip, at=now)
         by_email, by_ip = await self._logins.failures_since(email=email, ip=ip, since=now - FAILURE_WINDOW)
-        if by_email >= MAX_FAILURES_PER_EMAIL or by_ip >= MAX_FAILURES_PER_IP:
+        if by_email > MAX_FAILURES_PER_EMAIL or by_ip > MAX_FAILURES_PER_IP:
             raise GatewayError(ErrorType.RATE_LIMIT_EXCEEDED, _THROTTLED, retry_after=FAILURE_WINDOW.total_seconds())
         login = await self._logins.login_by_email(email=email) if email else None
         matches = await self._passwords.verify(login.password_hash if login else None, password[:MAX_PASSWORD_CHARS])
         if login is None or not matches:
-            await self._logins.add_failure(email=email, ip=ip, at=now)
             raise GatewayError(ErrorType.INVALID_REQUEST, _WRONG, field="password")
+        await self._logins.remove_failure(failure_id=attempt)
         if login.status != "active":
             raise GatewayError(ErrorType.USER_INACTIVE, "This account is suspended.")
         assert login.password_hash is not None  # verify() is False without one
         if self._passwords.needs_rehash(login.password_hash):
             new_hash = await self._passwords.hash(password)
-            await self._logins.set_login(account_id=login.id, values={"password_hash": new_hash})
+            values = {"password_hash": new_hash}
+            await self._logins.set_login(account_id=login.id, values=values, keep_sessions=True)
         return await self.open_session(login, ip=ip, user_agent=user_agent), login
 
     async def open_session(self, login: Login, *, ip: str | None, user_agent: str | None) -> str:
@@ -201,6 +238,7 @@ class SigninService:
                 "expires_at": now + self._absolute,
                 "ip": ip,
                 "user_agent": (user_agent or "")[:300] or None,
+                "session_epoch": login.session_epoch,  # of the read whose password was checked
             }
         )
         return session_id
@@ -214,8 +252,8 @@ class SigninService:
         if record is None or record.expires_at <= now or record.last_seen_at + self._idle <= now:
             return None
         login = await self._logins.login_by_id(account_id=record.account_id)
-        if login is None or login.status != "active":
-            return None
+        if login is None or login.status != "active" or login.session_epoch != record.session_epoch:
+            return None  # a password changed or the account was deactivated since this session began
         if now - record.last_seen_at >= TOUCH_AFTER:
             await self._logins.touch_session(id_hash=record.id_hash, last_seen_at=now)
         return SignedIn(account=login, session=record)
@@ -223,10 +261,12 @@ class SigninService:
     async def sessions(self, account_id: int) -> list[SessionRecord]:
         """The account's live sessions, newest first."""
         now = self._clock.now_utc()
+        login = await self._logins.login_by_id(account_id=account_id)
+        epoch = login.session_epoch if login is not None else -1
         return [
             s
             for s in await self._logins.sessions_of(account_id=account_id)
-            if s.expires_at > now and s.last_seen_at + self._idle > now
+            if s.expires_at > now and s.last_seen_at + self._idle > now and s.session_epoch == epoch
         ]
 
     async def sign_out(self, session_id: str) -> None:
@@ -297,7 +337,9 @@ class SigninService:
             return False
         values: dict[str, object] = {"password_hash": await self._passwords.hash(password)}
         login = await self._logins.login_by_id(account_id=account_id)
-        if login is not None and login.email_verified_at is None:
+        if login is None or login.status != "active":
+            return False  # a deactivated account's links do not work
+        if login.email_verified_at is None:
             values["email_verified_at"] = now  # the link reached the inbox: that verifies the email too
         audit = self._own(login, account_id, ip, "reset_password")
         await self._logins.set_login(account_id=account_id, values=values, audit=audit)
@@ -316,7 +358,12 @@ class SigninService:
         audit = self._own(signed_in.account, account_id, ip, "change_password")
         new_hash = await self._passwords.hash(new)
         await self._logins.set_login(account_id=account_id, values={"password_hash": new_hash}, audit=audit)
+        # The new password voided every session (its epoch moved on); this one is carried over to it.
+        changed = await self._logins.login_by_id(account_id=account_id)
+        if changed is not None:
+            await self._logins.renew_session(id_hash=signed_in.session.id_hash, session_epoch=changed.session_epoch)
         await self._logins.delete_sessions(account_id=account_id, except_hash=signed_in.session.id_hash)
+        await self._logins.retire_tokens(account_id=account_id, purpose="reset", now=self._clock.now_utc())
 
     async def set_password(self, *, account_id: int, password: str, verified: bool, actor: Actor) -> None:
         """Set a password as an operator (the CLI), optionally marking the email verified; sessions end."""
@@ -329,6 +376,7 @@ class SigninService:
         audit = self._audit.hook(actor=actor, action="account.set_password")
         await self._logins.set_login(account_id=account_id, values=values, audit=audit)
         await self._logins.delete_sessions(account_id=account_id)
+        await self._logins.retire_tokens(account_id=account_id, purpose="reset", now=self._clock.now_utc())
 
     async def set_admin(self, *, account_id: int, admin: bool, actor: Actor) -> None:
         """Make the account's sessions act as an admin (or not)."""
@@ -361,6 +409,17 @@ class SigninService:
         return token
 
     async def _mail(self, to: str, subject: str, body: str) -> None:
+        """Send a message: in the background when a spawner was given, else before returning.
+
+        In the background, the answer's timing does not depend on the SMTP server (it would tell whether
+        an account exists).
+        """
+        if self._background is not None:
+            self._background(self._send(to, subject, body))
+            return
+        await self._send(to, subject, body)
+
+    async def _send(self, to: str, subject: str, body: str) -> None:
         try:
             await self._mailer.send(to=to, subject=subject, body=body)
         except MailError as exc:

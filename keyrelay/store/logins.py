@@ -29,6 +29,7 @@ class Login:
     password_hash: str | None
     email_verified_at: datetime | None
     is_admin: bool
+    session_epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class SessionRecord:
     expires_at: datetime
     ip: str | None
     user_agent: str | None
+    session_epoch: int
 
 
 _LOGIN_COLUMNS = (
@@ -51,6 +53,7 @@ _LOGIN_COLUMNS = (
     accounts.c.password_hash,
     accounts.c.email_verified_at,
     accounts.c.is_admin,
+    accounts.c.session_epoch,
 )
 
 
@@ -75,15 +78,27 @@ class LoginRepository:
         return to_record(Login, row) if row else None
 
     async def set_login(
-        self, *, account_id: int, values: dict[str, Any], audit: AuditHook[Login] | None = None
+        self,
+        *,
+        account_id: int,
+        values: dict[str, Any],
+        audit: AuditHook[Login] | None = None,
+        keep_sessions: bool = False,
     ) -> None:
         """Write sign-in columns (``password_hash``, ``email_verified_at``, ``is_admin``) of an account.
+
+        Writing ``password_hash`` also bumps ``session_epoch`` (not with ``keep_sessions``: the same password
+        hashed again with new parameters).
 
         The row version is not bumped: none of these columns is read by the gateway's cache. With ``audit``,
         it is called with the sign-in view before and after the write, in the same transaction (not at all
         when the account does not exist).
         """
         where = accounts.c.id == account_id
+        if "password_hash" in values and not keep_sessions:
+            # A new password voids every session opened before it, even one whose sign-in checked the old
+            # password while this write ran (``SigninService.session`` compares the epochs).
+            values = {**values, "session_epoch": accounts.c.session_epoch + 1}
         async with self._engine.begin() as conn:
             before = None
             if audit is not None:
@@ -113,6 +128,12 @@ class LoginRepository:
     async def touch_session(self, *, id_hash: str, last_seen_at: datetime) -> None:
         """Record activity on a session (the idle lifetime counts from here)."""
         stmt = update(portal_sessions).where(portal_sessions.c.id_hash == id_hash).values(last_seen_at=last_seen_at)
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def renew_session(self, *, id_hash: str, session_epoch: int) -> None:
+        """Carry a session over to the account's new ``session_epoch`` (its owner changed the password)."""
+        stmt = update(portal_sessions).where(portal_sessions.c.id_hash == id_hash).values(session_epoch=session_epoch)
         async with self._engine.begin() as conn:
             await conn.execute(stmt)
 
@@ -172,14 +193,19 @@ class LoginRepository:
 
     async def token_usable(self, *, token_hash: str, purpose: str, now: datetime) -> bool:
         """Whether a token could still be used (for showing its form; using it is ``use_token``)."""
-        stmt = select(account_tokens.c.token_hash).where(
+        return await self.token_account(token_hash=token_hash, purpose=purpose, now=now) is not None
+
+    async def token_account(self, *, token_hash: str, purpose: str, now: datetime) -> int | None:
+        """The account of a token that could still be used, without using it; None otherwise."""
+        stmt = select(account_tokens.c.account_id).where(
             account_tokens.c.token_hash == token_hash,
             account_tokens.c.purpose == purpose,
             account_tokens.c.used_at.is_(None),
             account_tokens.c.expires_at > now,
         )
         async with self._engine.connect() as conn:
-            return (await conn.execute(stmt)).first() is not None
+            row = (await conn.execute(stmt)).first()
+        return int(row[0]) if row else None
 
     async def token_recent(self, *, account_id: int, purpose: str, since: datetime) -> bool:
         """Whether a token of this account and purpose was issued at or after ``since``."""
@@ -207,10 +233,16 @@ class LoginRepository:
 
     # Failed sign-ins.
 
-    async def add_failure(self, *, email: str, ip: str, at: datetime) -> None:
-        """Record a failed sign-in."""
+    async def add_failure(self, *, email: str, ip: str, at: datetime) -> int:
+        """Record a failed (or not yet checked) sign-in; its id."""
+        stmt = signin_failures.insert().values(email=email, ip=ip, created_at=at).returning(signin_failures.c.id)
         async with self._engine.begin() as conn:
-            await conn.execute(signin_failures.insert().values(email=email, ip=ip, created_at=at))
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def remove_failure(self, *, failure_id: int) -> None:
+        """Take back a recorded attempt that turned out right."""
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(signin_failures).where(signin_failures.c.id == failure_id))
 
     async def failures_since(self, *, email: str, ip: str, since: datetime) -> tuple[int, int]:
         """Failed sign-ins since ``since``: (for this email, from this IP)."""

@@ -96,6 +96,8 @@ accounts = Table(
     Column("password_hash", String(255), nullable=True),
     _ts("email_verified_at"),
     Column("is_admin", Boolean, nullable=False, default=False, server_default=false()),
+    # Bumped when the password changes or the account is deactivated: a session made before is void.
+    Column("session_epoch", Integer, nullable=False, default=0, server_default="0"),
     # Email notifications the account wants (services/notifications.py).
     Column("notify_spend", Boolean, nullable=False, default=True, server_default=true()),
     Column("notify_balance", Boolean, nullable=False, default=True, server_default=true()),
@@ -115,6 +117,7 @@ portal_sessions = Table(
     _ts("expires_at", nullable=False),
     Column("ip", String(45), nullable=True),
     Column("user_agent", String(300), nullable=True),
+    Column("session_epoch", Integer, nullable=False),  # the account's session_epoch when it was opened
     Index("ix_portal_sessions_account", "account_id"),
 )
 

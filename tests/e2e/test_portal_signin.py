@@ -76,6 +76,7 @@ async def test_sign_up_verify_the_email_by_its_link_and_sign_in(page: Page, inbo
     await expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
 
     await page.goto(link_path(await inbox.wait_for(email, "Verify")))
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
     await page.get_by_role("button", name="Verify email").click()
     await expect(page.get_by_role("heading", name="Email verified")).to_be_visible()
 

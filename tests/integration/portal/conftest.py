@@ -7,6 +7,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
@@ -95,6 +96,7 @@ def portal_settings(database_url: str, inbox: Inbox, mock: MockUpstream) -> Sett
         log_level="warning",
         providers=(ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=models),),
         signup="open",
+        signup_credit_usd=Decimal(100),  # sign-ups start with no credit unless the operator grants some
         smtp_url=f"smtp://127.0.0.1:{inbox.port}",  # type: ignore[arg-type]
     )
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from dataclasses import replace
+from decimal import Decimal
 
 import httpx
 
-from keyrelay.testing.server import RunningServer
+from keyrelay.config import Settings
+from keyrelay.errors import GatewayError
+from keyrelay.keys.spec import KeyCreate
+from keyrelay.services.audit import Actor
+from keyrelay.services.inputs import AccountUpdate
+from keyrelay.testing.server import RunningServer, running_server
 from tests.integration.portal.conftest import Inbox, link_path
 
 PASSWORD = "correct horse battery"
@@ -32,7 +40,7 @@ async def sign_up(client: httpx.AsyncClient, inbox: Inbox, email: str) -> None:
     answer = await post(client, "/signup", "/signup", email=email, password=PASSWORD)
     assert answer.status_code == 200 and "Check your email" in answer.text
     path = link_path(await inbox.wait_for(email, "Verify"))
-    verified = await post(client, path, path)
+    verified = await post(client, path, path, password=PASSWORD)
     assert verified.status_code == 200 and "Email verified" in verified.text
 
 
@@ -56,8 +64,95 @@ async def test_sign_up_verify_and_sign_in(portal: RunningServer, browser_like: h
 async def test_a_verification_link_works_once(browser_like: httpx.AsyncClient, inbox: Inbox) -> None:
     await sign_up(browser_like, inbox, "once@example.com")
     path = link_path(await inbox.wait_for("once@example.com", "Verify"))
-    again = await post(browser_like, path, path)
+    again = await post(browser_like, path, path, password=PASSWORD)
     assert again.status_code == 400 and "Link not valid" in again.text
+
+
+async def test_only_whoever_chose_the_password_can_verify_the_email(
+    portal: RunningServer, browser_like: httpx.AsyncClient, inbox: Inbox
+) -> None:
+    # Someone signs up with another person's address; that person clicking the link does not verify it.
+    answer = await post(browser_like, "/signup", "/signup", email="victim@example.com", password=PASSWORD)
+    assert answer.status_code == 200
+    path = link_path(await inbox.wait_for("victim@example.com", "Verify"))
+    async with httpx.AsyncClient(base_url=portal.base_url, headers={"origin": portal.base_url}) as victim:
+        clicked = await post(victim, path, path, password="whatever the victim types")
+        assert clicked.status_code == 400 and "The password is wrong." in clicked.text
+    login = await portal.runtime.signin.login(
+        (await portal.runtime.accounts.get_by_email(email="victim@example.com")).id
+    )  # type: ignore[union-attr]
+    assert login is not None and login.email_verified_at is None
+    # The link still works for whoever chose the password.
+    assert (await post(browser_like, path, path, password=PASSWORD)).status_code == 200
+
+
+async def test_a_sign_in_racing_a_password_reset_cannot_outlive_it(
+    portal: RunningServer, browser_like: httpx.AsyncClient, inbox: Inbox
+) -> None:
+    # An attacker who knows the old password signs in while its owner resets it: the sign-in checked the old
+    # password, so its session is void once the reset lands, whatever the order of the writes.
+    await sign_up(browser_like, inbox, "raced@example.com")
+    rt = portal.runtime
+    session_id, _ = await rt.signin.sign_in(
+        email="raced@example.com", password=PASSWORD, ip="192.0.2.1", user_agent=None
+    )
+    account = await rt.accounts.get_by_email(email="raced@example.com")
+    assert account is not None
+    await rt.signin.set_password(
+        account_id=account.id, password="a new password here", verified=True, actor=Actor.cli()
+    )
+    # The worst order: the attacker's session row is written after the reset deleted the sessions.
+    login = await rt.signin.login(account.id)
+    assert login is not None
+    stale = await rt.signin.open_session(
+        replace(login, session_epoch=login.session_epoch - 1), ip="192.0.2.1", user_agent=None
+    )
+    assert await rt.signin.session(stale) is None
+    assert await rt.signin.session(session_id) is None
+    fresh, _ = await rt.signin.sign_in(
+        email="raced@example.com", password="a new password here", ip="192.0.2.2", user_agent=None
+    )
+    assert await rt.signin.session(fresh) is not None
+
+
+async def test_concurrent_wrong_passwords_cannot_pass_the_throttle(
+    portal: RunningServer, browser_like: httpx.AsyncClient, inbox: Inbox
+) -> None:
+    await sign_up(browser_like, inbox, "burst@example.com")
+
+    async def guess() -> int:
+        try:
+            await portal.runtime.signin.sign_in(
+                email="burst@example.com", password="guess guess guess", ip="198.51.100.7", user_agent=None
+            )
+        except GatewayError as err:
+            return err.status
+        return 200
+
+    answers = await asyncio.gather(*(guess() for _ in range(12)))
+    assert answers.count(400) <= 5 and answers.count(429) >= 7, answers
+
+
+async def test_a_deactivated_accounts_sessions_do_not_come_back(
+    portal: RunningServer, browser_like: httpx.AsyncClient, inbox: Inbox
+) -> None:
+    await sign_up(browser_like, inbox, "paused@example.com")
+    assert (await sign_in(browser_like, "paused@example.com")).status_code == 303
+    rt = portal.runtime
+    account = await rt.accounts.get_by_email(email="paused@example.com")
+    assert account is not None
+    off = await rt.account_service.update_account(account, AccountUpdate(status="inactive"), actor=Actor.cli())
+    await rt.account_service.update_account(off, AccountUpdate(status="active"), actor=Actor.cli())
+    assert (await browser_like.get("/account")).headers.get("location") == "/login"
+
+
+async def test_an_address_that_would_mail_someone_else_is_refused(
+    browser_like: httpx.AsyncClient, inbox: Inbox
+) -> None:
+    for email in ("=?utf-8?q?attacker=40evil.example=2C?=victim@corp.example", "a,b@example.com", "a@["):
+        answer = await post(browser_like, "/signup", "/signup", email=email, password=PASSWORD)
+        assert answer.status_code == 400, email
+    assert inbox.messages == []
 
 
 async def test_wrong_password_and_unknown_email_get_the_same_answer(
@@ -197,3 +292,25 @@ async def test_pages_carry_the_security_headers(browser_like: httpx.AsyncClient)
     assert "style=" not in page.text and "onclick" not in page.text
     css = await browser_like.get("/static/portal.css")
     assert css.status_code == 200 and "prefers-color-scheme: dark" in css.text
+
+
+async def test_a_signed_up_account_has_only_the_credit_the_operator_grants(
+    portal_settings: Settings, inbox: Inbox
+) -> None:
+    settings = portal_settings.model_copy(update={"signup_credit_usd": Decimal(0)})
+    async with (
+        running_server(settings) as srv,
+        httpx.AsyncClient(base_url=srv.base_url, headers={"origin": srv.base_url}) as client,
+    ):
+        await sign_up(client, inbox, "stranger@example.com")
+        account = await srv.runtime.accounts.get_by_email(email="stranger@example.com")
+        assert account is not None and account.balance_micros == 0  # not unlimited
+        key = (
+            await srv.runtime.key_service.create(account=account, spec=KeyCreate(name="k"), actor=Actor.cli())
+        ).plaintext
+        answer = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {key}", "origin": ""},
+        )
+        assert answer.status_code == 402

@@ -31,6 +31,11 @@ FORM = {"content-type": "application/x-www-form-urlencoded"}
         ("PUT", "/login", b"", {}),
         ("GET", "/static/../../etc/passwd", b"", {}),
         ("GET", "/account/nothing-here", b"", {}),
+        ("GET", "/keys?offset=%C2%B2", b"", {}),  # "²": str.isdigit() is true, int() refuses it
+        ("GET", "/audit?before=%C2%B2", b"", {}),
+        ("GET", "/logs?before=%C2%B2_%C2%B2", b"", {}),
+        ("GET", "/usage?days=%C2%B2", b"", {}),
+        ("GET", "/admin/accounts/%C2%B2", b"", {}),
     ],
 )  # fmt: skip
 async def test_strange_requests_get_a_4xx_page(
@@ -56,6 +61,8 @@ async def test_strange_form_fields_of_a_signed_in_account_change_nothing(
         {"name": "k" * 5000, "csrf_token": token},
         {"name": "k", "limit_reset": "hourly", "csrf_token": token},
         {"name": "k", "allowed_models": "x" * 25_000, "csrf_token": token},
+        {"name": "k", "rpm": "²", "csrf_token": token},
+        {"name": "k", "limit": "1e30", "csrf_token": token},
     ]
     for fields in cases:
         answer = await browser_like.post("/keys", data=fields)

@@ -11,6 +11,7 @@ import csv
 import io
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -47,6 +48,7 @@ def portal_settings(database_url: str, inbox: Inbox, mock: MockUpstream) -> Sett
         log_level="warning",
         providers=(ProviderConfig(name="mock", kind="openai", base_url=mock.base_url, models=models, timeout_s=5),),
         signup="open",
+        signup_credit_usd=Decimal(100),
         smtp_url=f"smtp://127.0.0.1:{inbox.port}",  # type: ignore[arg-type]
     )
 

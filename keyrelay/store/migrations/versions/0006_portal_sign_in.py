@@ -2,7 +2,8 @@
 
 Issue 9: accounts sign in to the portal. ``accounts`` gains an argon2id ``password_hash`` (none for existing
 accounts: they cannot sign in until one is set, e.g. with ``keyrelay admin set-password``),
-``email_verified_at`` and ``is_admin``. Sessions, single-use emailed tokens and failed sign-ins get tables.
+``email_verified_at``, ``is_admin`` and ``session_epoch`` (bumped by a password change or a deactivation,
+voiding every session opened before). Sessions, single-use emailed tokens and failed sign-ins get tables.
 
 Revision ID: 0006
 Revises: 0005
@@ -29,6 +30,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("password_hash", sa.String(255), nullable=True))
         batch.add_column(_ts("email_verified_at"))
         batch.add_column(sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("session_epoch", sa.Integer(), nullable=False, server_default="0"))
     op.create_table(
         "portal_sessions",
         sa.Column("id_hash", sa.String(64), nullable=False),
@@ -38,6 +40,7 @@ def upgrade() -> None:
         _ts("expires_at", nullable=False),
         sa.Column("ip", sa.String(45), nullable=True),
         sa.Column("user_agent", sa.String(300), nullable=True),
+        sa.Column("session_epoch", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_portal_sessions_account_id_accounts"),
         sa.PrimaryKeyConstraint("id_hash", name="pk_portal_sessions"),
     )
@@ -71,6 +74,7 @@ def downgrade() -> None:
     op.drop_table("account_tokens")
     op.drop_table("portal_sessions")
     with op.batch_alter_table("accounts") as batch:
+        batch.drop_column("session_epoch")
         batch.drop_column("is_admin")
         batch.drop_column("email_verified_at")
         batch.drop_column("password_hash")
