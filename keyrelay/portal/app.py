@@ -67,11 +67,15 @@ _MAX_FIELD_CHARS = 1000  # a form field longer than this is not something a pers
 
 
 def _money(micros: int | None) -> str:
-    """Micro-dollars as dollars for display: ``$12.34`` (two decimals; more when smaller than a cent)."""
+    """Micro-dollars as dollars for display: ``$12.34``, or as many decimals as it takes (``$19.99874``)."""
     if micros is None:
         return "unlimited"
-    usd = Decimal(micros) / Decimal(1_000_000)
-    return f"${usd:,.2f}" if micros == 0 or abs(micros) >= 10_000 else f"${usd:,.6f}".rstrip("0")
+    sign = "-" if micros < 0 else ""
+    usd = Decimal(abs(micros)) / Decimal(1_000_000)
+    if micros % 10_000 == 0:
+        return f"{sign}${usd:,.2f}"
+    text = f"{usd:,.6f}".rstrip("0")
+    return f"{sign}${text}" if len(text.split(".")[1]) >= 2 else f"{sign}${text}0"
 
 
 class Portal:
