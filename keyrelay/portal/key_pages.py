@@ -379,6 +379,18 @@ async def key_rotate(request: Request) -> Response:
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, form, record = got
+    if field_of(form, "version") != str(record.version):
+        # A form from before the key's last change (a reloaded rotation, above all): rotating again would
+        # void the secret that was just shown.
+        return await _detail_page(
+            request,
+            portal,
+            signed_in,
+            session_id,
+            record,
+            status=409,
+            error="This key changed since the page was loaded, so it was not rotated. Check it, then rotate again.",
+        )
     text = field_of(form, "grace_minutes").strip() or "0"
     if not is_digits(text) or int(text) > MAX_GRACE_MINUTES:
         return await _detail_page(

@@ -127,7 +127,10 @@ async def test_rotation_with_grace_and_disable_enable(
 ) -> None:
     await member(browser_like, inbox, "rotator@example.com")
     old, key_hash, _ = await create_key(browser_like, name="rotated")
-    rotated = await post(browser_like, f"/keys/{key_hash}", f"/keys/{key_hash}/rotate", grace_minutes="10")
+    version = re.search(r'name="version" value="([0-9]+)"', (await browser_like.get(f"/keys/{key_hash}")).text)
+    assert version
+    rotate = f"/keys/{key_hash}/rotate"
+    rotated = await post(browser_like, f"/keys/{key_hash}", rotate, grace_minutes="10", version=version.group(1))
     assert rotated.status_code == 200 and "New secret for rotated" in rotated.text
     new = KEY.search(rotated.text)
     assert new and new.group(0) != old
@@ -140,7 +143,13 @@ async def test_rotation_with_grace_and_disable_enable(
     assert (await chat(portal, new.group(0))).status_code == 401
     await post(browser_like, f"/keys/{key_hash}", f"/keys/{key_hash}/state", disabled="0")
     assert (await chat(portal, new.group(0))).status_code == 200
-    bad = await post(browser_like, f"/keys/{key_hash}", f"/keys/{key_hash}/rotate", grace_minutes="ten")
+    # The same form again (a reload of the rotation's answer) rotates nothing: the secret just shown stays valid.
+    again = await post(browser_like, f"/keys/{key_hash}", rotate, grace_minutes="0", version=version.group(1))
+    assert again.status_code == 409 and "was not rotated" in again.text
+    assert (await chat(portal, new.group(0))).status_code == 200
+    fresh = re.search(r'name="version" value="([0-9]+)"', (await browser_like.get(f"/keys/{key_hash}")).text)
+    assert fresh
+    bad = await post(browser_like, f"/keys/{key_hash}", rotate, grace_minutes="ten", version=fresh.group(1))
     assert bad.status_code == 400 and "whole minutes" in bad.text
 
 

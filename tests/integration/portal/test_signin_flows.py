@@ -78,9 +78,9 @@ async def test_only_whoever_chose_the_password_can_verify_the_email(
     async with httpx.AsyncClient(base_url=portal.base_url, headers={"origin": portal.base_url}) as victim:
         clicked = await post(victim, path, path, password="whatever the victim types")
         assert clicked.status_code == 400 and "The password is wrong." in clicked.text
-    login = await portal.runtime.signin.login(
-        (await portal.runtime.accounts.get_by_email(email="victim@example.com")).id
-    )  # type: ignore[union-attr]
+    account = await portal.runtime.accounts.get_by_email(email="victim@example.com")
+    assert account is not None
+    login = await portal.runtime.signin.login(account.id)
     assert login is not None and login.email_verified_at is None
     # The link still works for whoever chose the password.
     assert (await post(browser_like, path, path, password=PASSWORD)).status_code == 200
