@@ -56,6 +56,7 @@ _BOOKKEEPING = frozenset(
         "period_usage",
         "last_used_at",
         "last_used_ip",
+        "session_epoch",  # follows a password change or a deactivation, which the entry already shows
     }
 )
 _LABEL_MAX = 400  # audit_log.actor

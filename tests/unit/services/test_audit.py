@@ -73,9 +73,15 @@ def test_an_update_records_only_what_changed_as_old_and_new() -> None:
 
 def test_a_password_change_shows_no_hash() -> None:
     before = Login(
-        id=3, email="a@example.com", status="active", password_hash=None, email_verified_at=None, is_admin=False
+        id=3,
+        email="a@example.com",
+        status="active",
+        password_hash=None,
+        email_verified_at=None,
+        is_admin=False,
+        session_epoch=0,
     )
-    after = replace(before, password_hash="$argon2id$v=19$...", email_verified_at=NOW)
+    after = replace(before, password_hash="$argon2id$v=19$...", email_verified_at=NOW, session_epoch=1)
     assert changes_between(before, after) == {"email_verified_at": [None, NOW.isoformat()]}
 
 
