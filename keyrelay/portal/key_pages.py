@@ -8,6 +8,7 @@ the POST that created or rotated it, and never stored or shown again. Every chan
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -124,6 +125,7 @@ async def _list_page(
     )
     group = await _group(portal, signed_in.account.id)
     context.setdefault("values", {})
+    context.setdefault("form_id", secrets.token_urlsafe(24))
     return portal.render(
         request,
         "keys.html",
@@ -179,6 +181,19 @@ async def keys_create(request: Request) -> Response:
         account = await runtime.accounts.get(account_id=signed_in.account.id)
         if account is None:
             return portal.redirect("/login")
+        # Each rendering of the dialog carries a random form id, claimed once: the same form sent again (a
+        # reload of the answer below) creates nothing more.
+        form_id = field_of(form, "form_id")
+        if not 20 <= len(form_id) <= 64 or not await runtime.signin.claim_form(signed_in.account.id, form_id):
+            return await _list_page(
+                request,
+                portal,
+                signed_in,
+                session_id,
+                status=409,
+                notice="This form was sent already (a reload?), so no other key was created. "
+                "The key it created is in the list; its secret was shown once.",
+            )
         issued = await runtime.key_service.create(account=account, spec=spec, actor=portal.actor(request, signed_in))
     except GatewayError as err:
         return await _list_page(

@@ -49,7 +49,10 @@ RESET_LIFETIME = timedelta(minutes=30)
 INVITE_LIFETIME = timedelta(days=7)  # an invitation is a reset link that lives longer
 VERIFY_LIFETIME = timedelta(days=2)
 RESET_RESEND_AFTER = timedelta(minutes=1)  # at most one reset (or verification) mail a minute per account
-NOTICE_EVERY = timedelta(hours=1)  # "someone tried to sign up with your email": at most hourly
+NOTICE_EVERY = timedelta(hours=1)
+FORM_LIFETIME = timedelta(
+    days=1
+)  # how long a sent form's id is remembered  # "someone tried to sign up with your email": at most hourly
 TOUCH_AFTER = timedelta(minutes=1)  # a session's last_seen_at is written at most once a minute
 
 _WRONG = "The email or password is wrong."
@@ -280,6 +283,20 @@ class SigninService:
     async def sign_out_everywhere(self, *, account_id: int, keep: str | None = None) -> int:
         """End every session of the account (but the one with hash ``keep``); the number ended."""
         return await self._logins.delete_sessions(account_id=account_id, except_hash=keep)
+
+    async def claim_form(self, account_id: int, form_id: str) -> bool:
+        """Claim a portal form's random id once (kept for a day, as a used token); False if claimed before."""
+        now = self._clock.now_utc()
+        return await self._logins.claim_token(
+            values={
+                "token_hash": token_hash(f"form:{form_id}"),
+                "purpose": "form",
+                "account_id": account_id,
+                "created_at": now,
+                "expires_at": now + FORM_LIFETIME,
+                "used_at": now,
+            }
+        )
 
     async def login(self, account_id: int) -> Login | None:
         """The sign-in view of an account (password set, email verified, admin), for the admin pages."""

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyrelay.store.audit import AuditHook
@@ -170,6 +171,15 @@ class LoginRepository:
         """Insert an emailed token row."""
         async with self._engine.begin() as conn:
             await conn.execute(account_tokens.insert().values(**values))
+
+    async def claim_token(self, *, values: dict[str, Any]) -> bool:
+        """Insert a token row; False when one with the same hash exists (the insert is the claim)."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(account_tokens.insert().values(**values))
+        except IntegrityError:
+            return False
+        return True
 
     async def use_token(self, *, token_hash: str, purpose: str, now: datetime) -> int | None:
         """Mark a token used, once: the account id, or None if unknown, used, expired or of another purpose.

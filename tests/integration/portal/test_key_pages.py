@@ -54,6 +54,26 @@ async def test_a_created_key_is_shown_once_and_works(
     assert record.limit_reset == "daily" and record.account_id is not None
 
 
+async def test_sending_the_create_form_again_creates_no_second_key(
+    portal: RunningServer, browser_like: httpx.AsyncClient, inbox: Inbox
+) -> None:
+    await member(browser_like, inbox, "reloader@example.com")
+    page = (await browser_like.get("/keys")).text
+    token = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page)
+    form_id = re.search(r'name="form_id" value="([A-Za-z0-9_-]+)"', page)
+    assert token and form_id
+    fields = {"csrf_token": token.group(1), "form_id": form_id.group(1), "name": "once"}
+    assert (await browser_like.post("/keys", data=fields)).status_code == 201
+    again = await browser_like.post("/keys", data=fields)  # what a reload of the answer sends
+    assert again.status_code == 409 and "no other key was created" in again.text
+    assert KEY.search(again.text) is None
+    missing = await browser_like.post("/keys", data={**fields, "form_id": ""})
+    assert missing.status_code == 409
+    account = await portal.runtime.accounts.get_by_email(email="reloader@example.com")
+    assert account is not None
+    assert len(await portal.runtime.keys.list_all(account_id=account.id, key_type="regular", limit=5)) == 1
+
+
 async def test_the_detail_panel_shows_the_last_used_ip(
     portal: RunningServer, browser_like: httpx.AsyncClient, inbox: Inbox
 ) -> None:

@@ -30,10 +30,18 @@ async def form_token(client: httpx.AsyncClient, path: str) -> str:
     return match.group(1)
 
 
+FORM_ID = re.compile(r'name="form_id" value="([A-Za-z0-9_-]+)"')
+
+
 async def post(client: httpx.AsyncClient, page: str, action: str, **fields: str) -> httpx.Response:
-    """Submit a form of ``page`` to ``action`` with its CSRF token."""
-    token = await form_token(client, page)
-    return await client.post(action, data={"csrf_token": token, **fields})
+    """Submit a form of ``page`` to ``action`` with its CSRF token (and its form id, when it has one)."""
+    shown = await client.get(page)
+    assert shown.status_code == 200, shown.text
+    token = CSRF.search(shown.text)
+    assert token, shown.text
+    form_id = FORM_ID.search(shown.text)
+    extra = {"form_id": form_id.group(1)} if form_id else {}
+    return await client.post(action, data={"csrf_token": token.group(1), **extra, **fields})
 
 
 async def sign_up(client: httpx.AsyncClient, inbox: Inbox, email: str) -> None:
