@@ -50,7 +50,7 @@ class KeyrelayApp:
         self.pool = UpstreamPool.from_settings(self.settings)
         runtime = await open_runtime(self.settings, clock=self._clock, migrate=self.settings.migrate_on_start)
         self.admin.state.runtime = runtime
-        self.portal.state.portal.runtime = runtime
+        self.portal.state.portal.attach(runtime)
         runtime.tasks.every(3600.0, runtime.signin.prune, name="portal-prune")
         runtime.tasks.every(self.settings.notify_interval_s, runtime.notifier.check_once, name="notifications")
         runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")

@@ -13,9 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from keyrelay.errors import GatewayError
-from keyrelay.portal.admin_pages import admin_form, admin_of, not_found, runtime_of
-from keyrelay.portal.app import Portal, page_route
-from keyrelay.portal.forms import is_digits
+from keyrelay.portal.app import Portal, admin_post_of, admin_visit_of, page_route, row_id_of
 from keyrelay.portal.group_form import GROUP_FIELDS, group_create, group_form_values, group_update, group_values
 from keyrelay.services.signin import SignedIn
 from keyrelay.store.records import GroupRecord
@@ -27,7 +25,7 @@ page = page_route(router)
 async def _groups_page(
     request: Request, portal: Portal, signed_in: SignedIn, session_id: str, *, status: int = 200, **context: Any
 ) -> Response:
-    runtime = runtime_of(portal)
+    runtime = portal.runtime
     groups = await runtime.groups.list_all()
     members = {g.id: await runtime.groups.member_count(group_id=g.id) for g in groups}
     context.setdefault("values", {})
@@ -48,7 +46,7 @@ async def _groups_page(
 @page("/admin/groups", ["GET"])
 async def groups_list(request: Request) -> Response:
     """``GET /admin/groups``: every group with its defaults, quota and member count; the Create group dialog."""
-    got = await admin_of(request)
+    got = await admin_visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
@@ -59,13 +57,13 @@ async def groups_list(request: Request) -> Response:
 @page("/admin/groups", ["POST"])
 async def groups_create(request: Request) -> Response:
     """``POST /admin/groups``: create a group from the dialog (400: the dialog again, naming the field)."""
-    got = await admin_form(request)
+    got = await admin_post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, form = got
     try:
         spec = group_create(form)
-        group = await runtime_of(portal).account_service.create_group(spec, actor=portal.actor(request, signed_in))
+        group = await portal.runtime.account_service.create_group(spec, actor=portal.actor(request, signed_in))
     except GatewayError as err:
         return await _groups_page(
             request,
@@ -82,10 +80,8 @@ async def groups_create(request: Request) -> Response:
 
 
 async def _group(request: Request, portal: Portal) -> GroupRecord | None:
-    text = str(request.path_params["group_id"])
-    if not is_digits(text) or len(text) > 10:
-        return None
-    return await runtime_of(portal).groups.get(group_id=int(text))
+    group_id = row_id_of(request, "group_id")
+    return None if group_id is None else await portal.runtime.groups.get(group_id=group_id)
 
 
 async def _group_page(
@@ -98,7 +94,7 @@ async def _group_page(
     status: int = 200,
     **context: Any,
 ) -> Response:
-    runtime = runtime_of(portal)
+    runtime = portal.runtime
     context.setdefault("values", group_values(group))
     return portal.render(
         request,
@@ -118,13 +114,13 @@ async def _group_page(
 @page("/admin/groups/{group_id}", ["GET"])
 async def group_detail(request: Request) -> Response:
     """``GET /admin/groups/{id}``: the group's settings, editable, and its history."""
-    got = await admin_of(request)
+    got = await admin_visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
     group = await _group(request, portal)
     if group is None:
-        return not_found(request, portal, signed_in, session_id)
+        return portal.not_found(request, signed_in, session_id)
     notice = {
         "created": "The group was created.",
         "saved": "Saved. Its accounts' keys follow it on their next request.",
@@ -137,16 +133,16 @@ async def group_detail(request: Request) -> Response:
 @page("/admin/groups/{group_id}/edit", ["POST"])
 async def group_edit(request: Request) -> Response:
     """``POST /admin/groups/{id}/edit``: set every field of the group from the form (empty clears it)."""
-    got = await admin_form(request)
+    got = await admin_post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, form = got
     group = await _group(request, portal)
     if group is None:
-        return not_found(request, portal, signed_in, session_id)
+        return portal.not_found(request, signed_in, session_id)
     try:
         spec = group_update(form)
-        await runtime_of(portal).account_service.update_group(group, spec, actor=portal.actor(request, signed_in))
+        await portal.runtime.account_service.update_group(group, spec, actor=portal.actor(request, signed_in))
     except GatewayError as err:
         return await _group_page(
             request,
@@ -165,15 +161,15 @@ async def group_edit(request: Request) -> Response:
 @page("/admin/groups/{group_id}/delete", ["POST"])
 async def group_delete(request: Request) -> Response:
     """``POST /admin/groups/{id}/delete``: delete a group no account belongs to (409 otherwise)."""
-    got = await admin_form(request)
+    got = await admin_post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, _ = got
     group = await _group(request, portal)
     if group is None:
-        return not_found(request, portal, signed_in, session_id)
+        return portal.not_found(request, signed_in, session_id)
     try:
-        await runtime_of(portal).account_service.delete_group(group, actor=portal.actor(request, signed_in))
+        await portal.runtime.account_service.delete_group(group, actor=portal.actor(request, signed_in))
     except GatewayError as err:
         return await _group_page(request, portal, signed_in, session_id, group, status=err.status, error=err.message)
     return portal.redirect("/admin/groups?done=deleted")
@@ -182,7 +178,7 @@ async def group_delete(request: Request) -> Response:
 @page("/admin/providers", ["GET"])
 async def providers(request: Request) -> Response:
     """``GET /admin/providers``: the providers of ``keyrelay.yaml`` and their models' prices (USD per Mtok)."""
-    got = await admin_of(request)
+    got = await admin_visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got

@@ -13,13 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.datastructures import FormData
 
 from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import usd_to_micros
-from keyrelay.portal.app import Portal, field_of, page_route, portal_of
+from keyrelay.portal.app import Portal, admin_post_of, admin_visit_of, field_of, page_route, row_id_of
 from keyrelay.portal.forms import is_digits
-from keyrelay.runtime import Runtime
+from keyrelay.portal.key_pages import key_row
 from keyrelay.services.inputs import AccountCreate, AccountUpdate
 from keyrelay.services.signin import SignedIn
 from keyrelay.store.records import AccountRecord
@@ -28,49 +28,8 @@ router = APIRouter()
 page = page_route(router)
 
 PAGE_SIZE = 50
+KEYS_SHOWN = 10  # the newest keys on an account's page; the rest are on /keys?account={id}
 MAX_TOP_UP = Decimal(1_000_000)  # USD; the API's bound on a balance is 1e9, a single top-up is kept smaller
-
-
-def runtime_of(portal: Portal) -> Runtime:
-    """The runtime of a started portal."""
-    assert portal.runtime is not None
-    return portal.runtime
-
-
-async def admin_of(request: Request) -> tuple[Portal, SignedIn, str] | Response:
-    """The signed-in admin, or the answer for anyone else (sign-in page, or 404)."""
-    portal = portal_of(request)
-    signed_in, session_id = await portal.current(request)
-    if signed_in is None or session_id is None:
-        return portal.redirect("/login")
-    if not signed_in.account.is_admin:
-        return not_found(request, portal, signed_in, session_id)
-    return portal, signed_in, session_id
-
-
-def not_found(request: Request, portal: Portal, signed_in: SignedIn, session_id: str) -> Response:
-    """The 404 page (what a member sees of an admin page, too)."""
-    return portal.render(
-        request,
-        "message.html",
-        status=404,
-        seed=session_id,
-        signed_in=signed_in,
-        title="Page not found",
-        message=f"There is no page at {request.url.path} for this request.",
-    )
-
-
-async def admin_form(request: Request) -> tuple[Portal, SignedIn, str, FormData] | Response:
-    """An admin's POST with its CSRF-checked form, or the answer to send instead."""
-    got = await admin_of(request)
-    if isinstance(got, Response):
-        return got
-    portal, signed_in, session_id = got
-    form = await portal.checked_form(request, session_id)
-    if form is None:
-        return portal.forbidden(request)
-    return portal, signed_in, session_id, form
 
 
 def _usd(text: str, field: str) -> Decimal:
@@ -94,7 +53,7 @@ def _usd(text: str, field: str) -> Decimal:
 async def _accounts_page(
     request: Request, portal: Portal, signed_in: SignedIn, session_id: str, *, status: int = 200, **context: Any
 ) -> Response:
-    runtime = runtime_of(portal)
+    runtime = portal.runtime
     query = request.query_params.get("q", "").strip()[:320]
     offset_text = request.query_params.get("offset", "0")
     offset = int(offset_text) if is_digits(offset_text) and len(offset_text) < 8 else 0
@@ -120,7 +79,7 @@ async def _accounts_page(
 @page("/admin/accounts", ["GET"])
 async def accounts_list(request: Request) -> Response:
     """``GET /admin/accounts``: every account, searchable by email (``q``), 50 a page."""
-    got = await admin_of(request)
+    got = await admin_visit_of(request)
     if isinstance(got, Response):
         return got
     return await _accounts_page(request, *got)
@@ -129,11 +88,11 @@ async def accounts_list(request: Request) -> Response:
 @page("/admin/accounts", ["POST"])
 async def accounts_create(request: Request) -> Response:
     """``POST /admin/accounts``: create an account (email, credit, group) and optionally invite it by email."""
-    got = await admin_form(request)
+    got = await admin_post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, form = got
-    runtime = runtime_of(portal)
+    runtime = portal.runtime
     values = {name: field_of(form, name) for name in ("email", "balance", "group")}
     try:
         body: dict[str, Any] = {"email": values["email"]}
@@ -167,10 +126,8 @@ async def accounts_create(request: Request) -> Response:
 
 
 async def _account(request: Request, portal: Portal) -> AccountRecord | None:
-    text = str(request.path_params["account_id"])
-    if not is_digits(text) or len(text) > 10:
-        return None
-    return await runtime_of(portal).accounts.get(account_id=int(text))
+    account_id = row_id_of(request, "account_id")
+    return None if account_id is None else await portal.runtime.accounts.get(account_id=account_id)
 
 
 async def _account_page(
@@ -183,10 +140,12 @@ async def _account_page(
     status: int = 200,
     **context: Any,
 ) -> Response:
-    runtime = runtime_of(portal)
+    runtime = portal.runtime
     groups = await runtime.groups.list_all()
     login = await runtime.signin.login(account.id)
     entries = await runtime.audit_log.page(limit=20, target_account_id=account.id)
+    now = runtime.clock.now_utc()
+    keys = await runtime.keys.list_all(account_id=account.id, key_type=KeyType.REGULAR.value, limit=KEYS_SHOWN + 1)
     return portal.render(
         request,
         "admin_account.html",
@@ -199,20 +158,22 @@ async def _account_page(
         groups=groups,
         group=next((g for g in groups if g.id == account.group_id), None),
         entries=entries,
+        keys=[key_row(k, now) for k in keys[:KEYS_SHOWN]],
+        more_keys=len(keys) > KEYS_SHOWN,
         **context,
     )
 
 
 @page("/admin/accounts/{account_id}", ["GET"])
 async def account_detail(request: Request) -> Response:
-    """``GET /admin/accounts/{id}``: credit, spend, status, group, sign-in state and recent history."""
-    got = await admin_of(request)
+    """``GET /admin/accounts/{id}``: credit, spend, status, group, sign-in state, newest keys, recent history."""
+    got = await admin_visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
     account = await _account(request, portal)
     if account is None:
-        return not_found(request, portal, signed_in, session_id)
+        return portal.not_found(request, signed_in, session_id)
     notice = _NOTICES.get(request.query_params.get("done", ""))
     return await _account_page(request, portal, signed_in, session_id, account, notice=notice)
 
@@ -220,18 +181,18 @@ async def account_detail(request: Request) -> Response:
 @page("/admin/accounts/{account_id}/top-up", ["POST"])
 async def account_top_up(request: Request) -> Response:
     """``POST /admin/accounts/{id}/top-up``: add ``amount`` USD to the account's credit."""
-    got = await admin_form(request)
+    got = await admin_post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, form = got
     account = await _account(request, portal)
     if account is None:
-        return not_found(request, portal, signed_in, session_id)
+        return portal.not_found(request, signed_in, session_id)
     try:
         amount = _usd(field_of(form, "amount"), "amount")
         if amount > MAX_TOP_UP:
             raise GatewayError(ErrorType.INVALID_REQUEST, "At most $1,000,000 at a time.", field="amount")
-        await runtime_of(portal).account_service.top_up(
+        await portal.runtime.account_service.top_up(
             account, usd_to_micros(amount), actor=portal.actor(request, signed_in)
         )
     except GatewayError as err:
@@ -244,13 +205,13 @@ async def account_top_up(request: Request) -> Response:
 @page("/admin/accounts/{account_id}/edit", ["POST"])
 async def account_edit(request: Request) -> Response:
     """``POST /admin/accounts/{id}/edit``: set the account's ``status`` and ``group`` (empty: none)."""
-    got = await admin_form(request)
+    got = await admin_post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, form = got
     account = await _account(request, portal)
     if account is None:
-        return not_found(request, portal, signed_in, session_id)
+        return portal.not_found(request, signed_in, session_id)
     group = field_of(form, "group").strip()
     try:
         try:
@@ -260,7 +221,7 @@ async def account_edit(request: Request) -> Response:
             raise GatewayError(
                 ErrorType.INVALID_REQUEST, "Choose a status and a group from the lists.", field=where
             ) from None
-        await runtime_of(portal).account_service.update_account(account, spec, actor=portal.actor(request, signed_in))
+        await portal.runtime.account_service.update_account(account, spec, actor=portal.actor(request, signed_in))
     except GatewayError as err:
         return await _account_page(
             request, portal, signed_in, session_id, account, status=400, error=err.message, error_field=err.field
@@ -271,14 +232,14 @@ async def account_edit(request: Request) -> Response:
 @page("/admin/accounts/{account_id}/invite", ["POST"])
 async def account_invite(request: Request) -> Response:
     """``POST /admin/accounts/{id}/invite``: email the account a link to choose its password (7 days, once)."""
-    got = await admin_form(request)
+    got = await admin_post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, _ = got
     account = await _account(request, portal)
     if account is None:
-        return not_found(request, portal, signed_in, session_id)
-    await runtime_of(portal).signin.invite(account.id)
+        return portal.not_found(request, signed_in, session_id)
+    await portal.runtime.signin.invite(account.id)
     return portal.redirect(f"/admin/accounts/{account.id}?done=invited")
 
 

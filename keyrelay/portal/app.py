@@ -96,13 +96,22 @@ class Portal:
             lstrip_blocks=True,
         )
         self.env.filters["money"] = _money
-        self.runtime: Runtime | None = None
+        self._runtime: Runtime | None = None
         self.limits: LimitsBackend | None = None  # the gateway's, for the keys' current window counts
+
+    def attach(self, runtime: Runtime) -> None:
+        """Serve from ``runtime`` (called once at start-up, before the first request)."""
+        self._runtime = runtime
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime of the running process (stores and services)."""
+        assert self._runtime is not None, "the portal is used before start-up"
+        return self._runtime
 
     @property
     def signin(self) -> SigninService:
         """The sign-in service of the running process."""
-        assert self.runtime is not None, "the portal is used before start-up"
         return self.runtime.signin
 
     # --- rendering -------------------------------------------------------------------------------
@@ -193,6 +202,26 @@ class Portal:
         sent = form.get("csrf_token")
         return form if token_matches(seed, sent if isinstance(sent, str) else None) else None
 
+    def not_found(
+        self,
+        request: Request,
+        signed_in: SignedIn,
+        session_id: str,
+        *,
+        title: str = "Page not found",
+        message: str | None = None,
+    ) -> HTMLResponse:
+        """The 404 page for a signed-in visitor (also what a member sees of an admin page)."""
+        return self.render(
+            request,
+            "message.html",
+            status=404,
+            seed=session_id,
+            signed_in=signed_in,
+            title=title,
+            message=message or f"There is no page at {request.url.path} for this request.",
+        )
+
     def forbidden(self, request: Request) -> HTMLResponse:
         """The answer to a POST that failed the CSRF checks: 403, nothing changed."""
         seed, new = self.form_seed(request)
@@ -223,6 +252,69 @@ def portal_of(request: Request) -> Portal:
     """The ``Portal`` of the app serving this request."""
     portal: Portal = request.app.state.portal
     return portal
+
+
+Visit = tuple[Portal, SignedIn, str]
+"""A signed-in request: the portal, the session and the session's id (the CSRF seed of its forms)."""
+Post = tuple[Portal, SignedIn, str, FormData]
+"""A signed-in POST whose form passed the CSRF checks: a ``Visit`` and the form."""
+
+
+async def visit_of(request: Request) -> Visit | Response:
+    """The signed-in visit of ``request``, or the redirect to ``/login`` to send instead.
+
+    An htmx request (a list filtered in place, header ``HX-Request``) is told to load ``/login`` as a whole
+    page with ``HX-Redirect``: a 303 would be followed inside the request, and the sign-in page would be
+    swapped into the list.
+    """
+    portal = portal_of(request)
+    signed_in, session_id = await portal.current(request)
+    if signed_in is None or session_id is None:
+        if request.headers.get("hx-request") == "true":
+            return Response(status_code=200, headers={**SECURITY_HEADERS, "HX-Redirect": "/login"})
+        return portal.redirect("/login")
+    return portal, signed_in, session_id
+
+
+async def post_of(request: Request) -> Post | Response:
+    """A signed-in POST with its CSRF-checked form, or the answer to send instead (``/login``, or 403)."""
+    got = await visit_of(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id = got
+    form = await portal.checked_form(request, session_id)
+    if form is None:
+        return portal.forbidden(request)
+    return portal, signed_in, session_id, form
+
+
+async def admin_visit_of(request: Request) -> Visit | Response:
+    """The signed-in admin's visit, or the answer for anyone else (``/login``, or 404 as for no page)."""
+    got = await visit_of(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id = got
+    if not signed_in.account.is_admin:
+        return portal.not_found(request, signed_in, session_id)
+    return got
+
+
+async def admin_post_of(request: Request) -> Post | Response:
+    """An admin's POST with its CSRF-checked form, or the answer to send instead."""
+    got = await admin_visit_of(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id = got
+    form = await portal.checked_form(request, session_id)
+    if form is None:
+        return portal.forbidden(request)
+    return portal, signed_in, session_id, form
+
+
+def row_id_of(request: Request, name: str) -> int | None:
+    """The path parameter ``name`` as a row id (None unless 1 to 10 digits)."""
+    text = str(request.path_params[name])
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -297,6 +389,7 @@ def create_portal_app(settings: Settings) -> FastAPI:
         admin_pages,
         audit_pages,
         key_pages,
+        management_keys,
         signin_pages,
         usage_pages,
     )
@@ -306,6 +399,7 @@ def create_portal_app(settings: Settings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(signin_pages.router)
     app.include_router(account_pages.router)
+    app.include_router(management_keys.router)
     app.include_router(key_pages.router)
     app.include_router(admin_pages.router)
     app.include_router(admin_groups.router)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from keyrelay.portal.app import page_route, portal_of
+from keyrelay.portal.app import page_route, visit_of
 from keyrelay.portal.forms import is_digits
 
 router = APIRouter()
@@ -23,11 +23,10 @@ TARGET_TYPES = ("key", "account", "group")
 @page("/audit", ["GET"])
 async def audit(request: Request) -> Response:
     """``GET /audit``: the audit log; ``actor``, ``target_type``, ``target_id`` (admins) and ``before`` (an id)."""
-    portal = portal_of(request)
-    signed_in, session_id = await portal.current(request)
-    if signed_in is None or session_id is None:
-        return portal.redirect("/login")
-    assert portal.runtime is not None
+    got = await visit_of(request)
+    if isinstance(got, Response):
+        return got
+    portal, signed_in, session_id = got
     params = request.query_params
     admin = signed_in.account.is_admin
     actor = params.get("actor", "").strip()[:200] if admin else ""

@@ -20,7 +20,7 @@ from starlette.datastructures import FormData
 
 from keyrelay.errors import ErrorType, GatewayError
 
-__all__ = ["FormField", "is_digits", "parse_field", "shown", "text_of", "usd_text", "validated"]
+__all__ = ["FormField", "body_of", "is_digits", "parse_field", "shown", "text_of", "usd_text", "validated"]
 
 M = TypeVar("M", bound=BaseModel)
 _MAX_CHARS = 20_000  # a list field of a thousand CIDRs fits; more is not something a person typed
@@ -53,6 +53,27 @@ def text_of(form: FormData, name: str) -> str:
     if len(value) > _MAX_CHARS:
         raise GatewayError(ErrorType.INVALID_REQUEST, "This field is too long.", field=name)
     return value.strip()
+
+
+def body_of(
+    form: FormData, fields: tuple[FormField, ...], *, nested: frozenset[str], into: str, every_field: bool
+) -> dict[str, Any]:
+    """An input model's body from ``form``: each of ``fields`` parsed, those named in ``nested`` under ``into``.
+
+    An empty field is left out, or (``every_field``, an edit form that sets everything) given as None.
+    Raises INVALID_REQUEST naming the first field that cannot be read.
+    """
+    body: dict[str, Any] = {}
+    inner: dict[str, Any] = {}
+    for field in fields:
+        text = text_of(form, field.name)
+        if not text and not every_field:
+            continue
+        value = parse_field(field, text) if text else None
+        (inner if field.name in nested else body)[field.name] = value
+    if inner:
+        body[into] = inner
+    return body
 
 
 def parse_field(field: FormField, text: str) -> Any:

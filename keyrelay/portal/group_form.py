@@ -11,7 +11,7 @@ from typing import Any
 from starlette.datastructures import FormData
 
 from keyrelay.keys.spec import RATE_FIELDS
-from keyrelay.portal.forms import FormField, parse_field, shown, text_of, usd_text, validated
+from keyrelay.portal.forms import FormField, body_of, shown, text_of, usd_text, validated
 from keyrelay.services.inputs import GroupCreate, GroupUpdate
 from keyrelay.store.records import GroupRecord
 
@@ -46,19 +46,8 @@ def group_form_values(form: FormData) -> dict[str, str]:
 
 
 def _body(form: FormData, *, every_field: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    rates: dict[str, Any] = {}
-    for field in GROUP_FIELDS:
-        text = text_of(form, field.name)
-        if not text and not every_field:
-            continue
-        value = parse_field(field, text) if text else None
-        if field.name in RATE_FIELDS:
-            rates[field.name] = value
-        else:
-            body[field.name] = value
-    if rates:
-        body["default_rate_limits"] = rates
+    nested = frozenset(RATE_FIELDS)
+    body = body_of(form, GROUP_FIELDS, nested=nested, into="default_rate_limits", every_field=every_field)
     body["name"] = text_of(form, "name")
     return body
 

@@ -14,10 +14,19 @@ from typing import Any
 from starlette.datastructures import FormData
 
 from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate
-from keyrelay.portal.forms import FormField, parse_field, shown, text_of, usd_text, validated
+from keyrelay.portal.forms import FormField, body_of, shown, text_of, usd_text, validated
 from keyrelay.store.records import GroupRecord, KeyRecord
 
-__all__ = ["FIELDS", "FormField", "form_values", "group_placeholders", "key_create", "key_update", "record_values"]
+__all__ = [
+    "FIELDS",
+    "GROUP_DEFAULT",
+    "FormField",
+    "form_values",
+    "group_placeholders",
+    "key_create",
+    "key_update",
+    "record_values",
+]
 
 FIELDS: tuple[FormField, ...] = (
     FormField("limit", "Spend limit (USD)", "money", "0 for no limit."),
@@ -36,6 +45,7 @@ FIELDS: tuple[FormField, ...] = (
     FormField("region", "Region", "text", "Only upstreams in this region serve the key."),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
+GROUP_DEFAULT = "group default: "  # how a placeholder begins when the group gives the field a default
 
 
 def form_values(form: FormData) -> dict[str, str]:
@@ -45,20 +55,7 @@ def form_values(form: FormData) -> dict[str, str]:
 
 def _body(form: FormData, *, every_field: bool) -> dict[str, Any]:
     """The key model's input from a form: empty fields left out, or (``every_field``) given as None."""
-    body: dict[str, Any] = {}
-    rates: dict[str, Any] = {}
-    for field in FIELDS:
-        text = text_of(form, field.name)
-        if not text and not every_field:
-            continue
-        value = parse_field(field, text) if text else None
-        if field.name in RATE_FIELDS:
-            rates[field.name] = value
-        else:
-            body[field.name] = value
-    if rates:
-        body["rate_limits"] = rates
-    return body
+    return body_of(form, FIELDS, nested=frozenset(RATE_FIELDS), into="rate_limits", every_field=every_field)
 
 
 def key_create(form: FormData) -> KeyCreate:
@@ -102,7 +99,7 @@ def group_placeholders(group: GroupRecord | None) -> dict[str, str]:
     for field in FIELDS:
         value = defaults.get(field.name)
         if value is not None:
-            out[field.name] = f"group default: {value}"
+            out[field.name] = f"{GROUP_DEFAULT}{value}"
         else:
             out[field.name] = _nothing(field)
     return out

@@ -1,9 +1,11 @@
 """The API Keys pages (``/keys``): the list with its Create key dialog, and each key's detail panel.
 
 A signed-in account sees and changes only its own keys; another account's key is a 404, as if it did not
-exist. Creating keys needs a verified email. The plaintext of a key is rendered once, in the answer to
-the POST that created or rotated it, and never stored or shown again. Every change goes through
-``services/keys.py``, so it takes effect on the next request, as through the API.
+exist. An admin account may do what an admin management key may: ``/keys?account={id}`` lists, and creates
+keys for, that account, and every account's key opens at ``/keys/{hash}``. Creating keys needs a verified
+email. The plaintext of a key is rendered once, in the answer to the POST that created or rotated it, and
+never stored or shown again. Every change goes through ``services/keys.py``, so it takes effect on the next
+request, as through the API.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from keyrelay.keys.policy import effective_policy
 from keyrelay.limits.backend import RequestWindow
 from keyrelay.limits.periods import stored_usage
 from keyrelay.limits.windows import WINDOW_SECONDS
-from keyrelay.portal.app import Portal, field_of, page_route, portal_of
+from keyrelay.portal.app import Portal, field_of, page_route, post_of, visit_of
 from keyrelay.portal.forms import is_digits
 from keyrelay.portal.key_form import FIELDS, form_values, group_placeholders, key_create, key_update, record_values
-from keyrelay.runtime import Runtime, public_url
+from keyrelay.runtime import public_url
 from keyrelay.services.signin import SignedIn
-from keyrelay.store.records import GroupRecord, KeyRecord
+from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
 
 router = APIRouter()
 page = page_route(router)
@@ -64,58 +66,66 @@ def key_row(record: KeyRecord, now: datetime) -> dict[str, Any]:
     }
 
 
-def _runtime(portal: Portal) -> Runtime:
-    assert portal.runtime is not None
-    return portal.runtime
-
-
 async def _group(portal: Portal, account_id: int) -> GroupRecord | None:
-    runtime = _runtime(portal)
+    runtime = portal.runtime
     account = await runtime.accounts.get(account_id=account_id)
     if account is None or account.group_id is None:
         return None
     return await runtime.groups.get(group_id=account.group_id)
 
 
-async def _own_key(portal: Portal, signed_in: SignedIn, key_hash: str) -> KeyRecord | None:
-    """The signed-in account's live API key with this hash (None for anything else, another's key included)."""
+async def _visible_key(portal: Portal, signed_in: SignedIn, key_hash: str) -> KeyRecord | None:
+    """The live API key with this hash if the session may see it: its own account's, or any for an admin.
+
+    None for anything else (another account's key included, as if it did not exist).
+    """
     if not is_key_hash(key_hash):
         return None
-    record = await _runtime(portal).keys.get(key_hash=key_hash)
-    if record is None or record.account_id != signed_in.account.id or record.key_type != KeyType.REGULAR.value:
+    record = await portal.runtime.keys.get(key_hash=key_hash)
+    if record is None or record.key_type != KeyType.REGULAR.value:
+        return None
+    if record.account_id != signed_in.account.id and not signed_in.account.is_admin:
         return None
     return record
 
 
-async def _signed_in(request: Request) -> tuple[Portal, SignedIn, str] | Response:
-    portal = portal_of(request)
-    signed_in, session_id = await portal.current(request)
-    if signed_in is None or session_id is None:
-        return portal.redirect("/login")
-    return portal, signed_in, session_id
+async def _owner(portal: Portal, signed_in: SignedIn, account_text: str) -> AccountRecord | None:
+    """The account whose keys a list or a Create key form is about (``account``: its id, '' for one's own).
+
+    Only an admin may name another account; None when the account does not exist or may not be named.
+    """
+    own = signed_in.account.id
+    if account_text in ("", str(own)):
+        return await portal.runtime.accounts.get(account_id=own)
+    if not signed_in.account.is_admin or not is_digits(account_text) or len(account_text) > 10:
+        return None
+    return await portal.runtime.accounts.get(account_id=int(account_text))
 
 
-async def _posted(request: Request) -> tuple[Portal, SignedIn, str, FormData] | Response:
-    got = await _signed_in(request)
-    if isinstance(got, Response):
-        return got
-    portal, signed_in, session_id = got
-    form = await portal.checked_form(request, session_id)
-    if form is None:
-        return portal.forbidden(request)
-    return portal, signed_in, session_id, form
+def keys_url(signed_in: SignedIn, account_id: int, **params: str) -> str:
+    """The ``/keys`` list of ``account_id`` as the session reaches it (``?account=`` for another's), with ``params``."""
+    if account_id != signed_in.account.id:
+        params = {"account": str(account_id), **params}
+    return f"/keys?{urlencode(params)}" if params else "/keys"
 
 
 async def _list_page(
-    request: Request, portal: Portal, signed_in: SignedIn, session_id: str, *, status: int = 200, **context: Any
+    request: Request,
+    portal: Portal,
+    signed_in: SignedIn,
+    session_id: str,
+    owner: AccountRecord,
+    *,
+    status: int = 200,
+    **context: Any,
 ) -> Response:
-    runtime = _runtime(portal)
+    runtime = portal.runtime
     now = runtime.clock.now_utc()
     query = request.query_params.get("q", "").strip()[:100]
     state = request.query_params.get("status", "")
     state = state if state in STATUSES else ""
     records = await runtime.keys.list_all(
-        account_id=signed_in.account.id,
+        account_id=owner.id,
         key_type=KeyType.REGULAR.value,
         limit=PAGE_SIZE + 1,
         offset=_offset(request),
@@ -123,7 +133,7 @@ async def _list_page(
         status=state or None,
         now=now,
     )
-    group = await _group(portal, signed_in.account.id)
+    group = await runtime.groups.get(group_id=owner.group_id) if owner.group_id is not None else None
     context.setdefault("values", {})
     context.setdefault("form_id", secrets.token_urlsafe(24))
     return portal.render(
@@ -135,7 +145,8 @@ async def _list_page(
         active="keys",
         rows=[key_row(r, now) for r in records[:PAGE_SIZE]],
         more=len(records) > PAGE_SIZE,
-        next_offset=_offset(request) + PAGE_SIZE,
+        more_url=keys_url(signed_in, owner.id, q=query, status=state, offset=str(_offset(request) + PAGE_SIZE)),
+        owner=owner,
         query=query,
         state=state,
         statuses=STATUSES,
@@ -154,33 +165,36 @@ def _offset(request: Request) -> int:
 @page("/keys", ["GET"])
 async def keys_list(request: Request) -> Response:
     """``GET /keys``: the account's keys, filtered by ``q`` (name) and ``status``, 50 a page."""
-    got = await _signed_in(request)
+    got = await visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
+    owner = await _owner(portal, signed_in, request.query_params.get("account", ""))
+    if owner is None:
+        return _no_account(request, portal, signed_in, session_id)
     notice = None
     if request.query_params.get("done") == "revoked":
         notice = f"The key {request.query_params.get('name', '')[:100]!r} was revoked."
-    return await _list_page(request, portal, signed_in, session_id, notice=notice)
+    return await _list_page(request, portal, signed_in, session_id, owner, notice=notice)
 
 
 @page("/keys", ["POST"])
 async def keys_create(request: Request) -> Response:
     """``POST /keys``: create a key from the dialog; the answer shows its plaintext once (400: the form again)."""
-    got = await _posted(request)
+    got = await post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, form = got
-    runtime = _runtime(portal)
+    runtime = portal.runtime
+    owner = await _owner(portal, signed_in, field_of(form, "account"))
+    if owner is None:
+        return _no_account(request, portal, signed_in, session_id)
     try:
         if signed_in.account.email_verified_at is None:
             raise GatewayError(
                 ErrorType.FORBIDDEN, "Verify your email before creating keys: the link is in your inbox.", field="name"
             )
         spec = key_create(form)
-        account = await runtime.accounts.get(account_id=signed_in.account.id)
-        if account is None:
-            return portal.redirect("/login")
         # Each rendering of the dialog carries a random form id, claimed once: the same form sent again (a
         # reload of the answer below) creates nothing more.
         form_id = field_of(form, "form_id")
@@ -190,17 +204,19 @@ async def keys_create(request: Request) -> Response:
                 portal,
                 signed_in,
                 session_id,
+                owner,
                 status=409,
                 notice="This form was sent already (a reload?), so no other key was created. "
                 "The key it created is in the list; its secret was shown once.",
             )
-        issued = await runtime.key_service.create(account=account, spec=spec, actor=portal.actor(request, signed_in))
+        issued = await runtime.key_service.create(account=owner, spec=spec, actor=portal.actor(request, signed_in))
     except GatewayError as err:
         return await _list_page(
             request,
             portal,
             signed_in,
             session_id,
+            owner,
             status=err.status if err.status < 500 else 400,
             error=err.message,
             error_field=err.field,
@@ -234,6 +250,7 @@ def _shown_once(
         warnings=warnings,
         rotated=rotated,
         base_url=public_url(portal.settings),
+        list_url=keys_url(signed_in, record.account_id),
     )
 
 
@@ -247,12 +264,15 @@ async def _detail_page(
     status: int = 200,
     **context: Any,
 ) -> Response:
-    runtime = _runtime(portal)
+    runtime = portal.runtime
     now = runtime.clock.now_utc()
-    group = await _group(portal, signed_in.account.id)
+    group = await _group(portal, record.account_id)
+    if record.account_id != signed_in.account.id:  # an admin at another account's key: say whose it is
+        context["owner"] = await runtime.accounts.get(account_id=record.account_id)
     context.setdefault("values", record_values(record))
     # The key's history explains a key that "suddenly stopped working" (who disabled it, changed a rule...).
     entries = await runtime.audit_log.page(limit=20, target_type="key", target_id=record.hash)
+    rotations = await runtime.audit_log.page(limit=1, target_type="key", target_id=record.hash, action="key.rotate")
     windows = await _windows(portal, record, group, now)
     return portal.render(
         request,
@@ -263,10 +283,12 @@ async def _detail_page(
         active="keys",
         row=key_row(record, now),
         entries=entries,
+        rotated_at=rotations[0].created_at if rotations else None,
         windows=windows,
         fields=FIELDS,
         placeholders=group_placeholders(group),
         group=group,
+        list_url=keys_url(signed_in, record.account_id),
         **context,
     )
 
@@ -307,25 +329,29 @@ async def _windows(
 
 
 def _not_found(request: Request, portal: Portal, signed_in: SignedIn, session_id: str) -> Response:
-    return portal.render(
+    return portal.not_found(
         request,
-        "message.html",
-        status=404,
-        seed=session_id,
-        signed_in=signed_in,
+        signed_in,
+        session_id,
         title="No such key",
         message="This key does not exist, was revoked, or belongs to another account.",
     )
 
 
+def _no_account(request: Request, portal: Portal, signed_in: SignedIn, session_id: str) -> Response:
+    return portal.not_found(
+        request, signed_in, session_id, title="No such account", message="There is no account with this id."
+    )
+
+
 @page("/keys/{key_hash}", ["GET"])
 async def key_detail(request: Request) -> Response:
-    """``GET /keys/{hash}``: the detail panel of one of the account's keys (404 for any other)."""
-    got = await _signed_in(request)
+    """``GET /keys/{hash}``: the detail panel of one of the account's keys (any account's for an admin; else 404)."""
+    got = await visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
-    record = await _own_key(portal, signed_in, str(request.path_params["key_hash"]))
+    record = await _visible_key(portal, signed_in, str(request.path_params["key_hash"]))
     if record is None:
         return _not_found(request, portal, signed_in, session_id)
     notice = _NOTICES.get(request.query_params.get("done", ""))
@@ -333,11 +359,11 @@ async def key_detail(request: Request) -> Response:
 
 
 async def _posted_key(request: Request) -> tuple[Portal, SignedIn, str, FormData, KeyRecord] | Response:
-    got = await _posted(request)
+    got = await post_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id, form = got
-    record = await _own_key(portal, signed_in, str(request.path_params["key_hash"]))
+    record = await _visible_key(portal, signed_in, str(request.path_params["key_hash"]))
     if record is None:
         return _not_found(request, portal, signed_in, session_id)
     return portal, signed_in, session_id, form, record
@@ -352,7 +378,7 @@ async def key_edit(request: Request) -> Response:
     portal, signed_in, session_id, form, record = got
     try:
         spec = key_update(form)
-        await _runtime(portal).key_service.update(record=record, spec=spec, actor=portal.actor(request, signed_in))
+        await portal.runtime.key_service.update(record=record, spec=spec, actor=portal.actor(request, signed_in))
     except GatewayError as err:
         return await _detail_page(
             request,
@@ -383,7 +409,7 @@ async def key_state(request: Request) -> Response:
     from keyrelay.keys.spec import KeyUpdate
 
     spec = KeyUpdate.model_validate({"disabled": wanted == "1"})
-    await _runtime(portal).key_service.update(record=record, spec=spec, actor=portal.actor(request, signed_in))
+    await portal.runtime.key_service.update(record=record, spec=spec, actor=portal.actor(request, signed_in))
     return portal.redirect(f"/keys/{record.hash}?done={'disabled' if wanted == '1' else 'enabled'}")
 
 
@@ -418,7 +444,7 @@ async def key_rotate(request: Request) -> Response:
             error=f"Enter the grace period in whole minutes, 0 to {MAX_GRACE_MINUTES} (30 days).",
             error_field="grace_minutes",
         )
-    issued = await _runtime(portal).key_service.rotate(
+    issued = await portal.runtime.key_service.rotate(
         record=record, grace_seconds=int(text) * 60, actor=portal.actor(request, signed_in)
     )
     return _shown_once(request, portal, signed_in, session_id, issued.record, issued.plaintext, rotated=True)
@@ -431,8 +457,8 @@ async def key_revoke(request: Request) -> Response:
     if isinstance(got, Response):
         return got
     portal, signed_in, _, _, record = got
-    await _runtime(portal).key_service.revoke(record=record, actor=portal.actor(request, signed_in))
-    return portal.redirect(f"/keys?{urlencode({'done': 'revoked', 'name': record.name[:100]})}")
+    await portal.runtime.key_service.revoke(record=record, actor=portal.actor(request, signed_in))
+    return portal.redirect(keys_url(signed_in, record.account_id, done="revoked", name=record.name[:100]))
 
 
 _NOTICES = {

@@ -23,7 +23,7 @@ from fastapi.responses import Response
 
 from keyrelay.fields import EARLIEST, LATEST, check_text, is_key_hash
 from keyrelay.keys.format import KeyType
-from keyrelay.portal.app import Portal, page_route, portal_of
+from keyrelay.portal.app import Portal, page_route, visit_of
 from keyrelay.portal.charts import Bar, column_chart, ranked_bars
 from keyrelay.portal.security import SECURITY_HEADERS
 from keyrelay.runtime import Runtime, known_models
@@ -79,19 +79,6 @@ class KeySums:
     key_hash: str
     name: str
     sums: Sums
-
-
-def _runtime(portal: Portal) -> Runtime:
-    assert portal.runtime is not None
-    return portal.runtime
-
-
-async def _signed_in(request: Request) -> tuple[Portal, SignedIn, str] | Response:
-    portal = portal_of(request)
-    signed_in, session_id = await portal.current(request)
-    if signed_in is None or session_id is None:
-        return portal.redirect("/login")
-    return portal, signed_in, session_id
 
 
 def _choice(request: Request, name: str, allowed: Iterable[str], default: str) -> str:
@@ -151,11 +138,11 @@ def _scope(request: Request, signed_in: SignedIn) -> int | None:
 @page("/usage", ["GET"])
 async def usage(request: Request) -> Response:
     """``GET /usage?days=7|30|90&metric=spend|requests|tokens``: totals, charts by day, key and model."""
-    got = await _signed_in(request)
+    got = await visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
-    runtime = _runtime(portal)
+    runtime = portal.runtime
     days, dates, start = _period(request, runtime.clock.now_utc())
     metric = _choice(request, "metric", METRICS, "spend")
     scope = _scope(request, signed_in)
@@ -230,11 +217,11 @@ _CSV_HEADER = (
 @page("/usage.csv", ["GET"])
 async def usage_csv(request: Request) -> Response:
     """``GET /usage.csv?days=7|30|90``: one row per UTC day, key and model, as an attachment."""
-    got = await _signed_in(request)
+    got = await visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, _ = got
-    runtime = _runtime(portal)
+    runtime = portal.runtime
     days, dates, start = _period(request, runtime.clock.now_utc())
     slices = await UsageRepository(runtime.engine).breakdown(
         account_id=_scope(request, signed_in), start=start, end=None
@@ -356,11 +343,11 @@ async def _key_choices(runtime: Runtime, account_id: int) -> list[tuple[str, str
 @page("/logs", ["GET"])
 async def logs(request: Request) -> Response:
     """``GET /logs``: the account's requests, newest first, 50 a page; filters key, model, status, from, to."""
-    got = await _signed_in(request)
+    got = await visit_of(request)
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
-    runtime = _runtime(portal)
+    runtime = portal.runtime
     filters = _filters(request)
     context: dict[str, Any] = {"rows": [], "older": None}
     status = 200

@@ -206,7 +206,8 @@ class SigninService:
         (one message for both), USER_INACTIVE for a suspended account with the right password. The session
         carries the account's ``session_epoch`` as read with the password it checked.
         """
-        email = email.strip().lower()[:320]
+        typed = email.strip()[:320]
+        email = typed.lower()  # the throttle's key: one per address, whatever its letter case
         now = self._clock.now_utc()
         # The attempt is recorded as a failure before the password is checked, and taken back if it was right:
         # concurrent guesses all count, so a burst cannot get past the limits while argon2 runs.
@@ -214,7 +215,8 @@ class SigninService:
         by_email, by_ip = await self._logins.failures_since(email=email, ip=ip, since=now - FAILURE_WINDOW)
         if by_email > MAX_FAILURES_PER_EMAIL or by_ip > MAX_FAILURES_PER_IP:
             raise GatewayError(ErrorType.RATE_LIMIT_EXCEEDED, _THROTTLED, retry_after=FAILURE_WINDOW.total_seconds())
-        login = await self._logins.login_by_email(email=email) if email else None
+        # Looked up as typed: the store folds both sides with the database's lower() (store/text_match.py).
+        login = await self._logins.login_by_email(email=typed) if typed else None
         matches = await self._passwords.verify(login.password_hash if login else None, password[:MAX_PASSWORD_CHARS])
         if login is None or not matches:
             raise GatewayError(ErrorType.INVALID_REQUEST, _WRONG, field="password")

@@ -15,6 +15,7 @@ from keyrelay.store.records import AccountRecord, Change, GroupRecord
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import accounts, groups, keys, spend_periods
 from keyrelay.store.spend import latest_periods
+from keyrelay.store.text_match import contains_folded, equals_folded
 
 
 async def _group_records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[GroupRecord]:
@@ -43,7 +44,7 @@ class AccountRepository:
 
     async def get_by_email(self, *, email: str) -> AccountRecord | None:
         """One account by email (case-insensitive)."""
-        stmt = select(accounts).where(func.lower(accounts.c.email) == email.lower())
+        stmt = select(accounts).where(equals_folded(accounts.c.email, email))
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
         return to_record(AccountRecord, row) if row else None
@@ -52,8 +53,7 @@ class AccountRepository:
         """Accounts in id order; ``email_contains`` keeps emails holding that text (case-insensitive)."""
         stmt = select(accounts)
         if email_contains:
-            escaped = email_contains.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            stmt = stmt.where(func.lower(accounts.c.email).like(f"%{escaped}%", escape="\\"))
+            stmt = stmt.where(contains_folded(accounts.c.email, email_contains))
         stmt = stmt.order_by(accounts.c.id).offset(offset).limit(limit)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).mappings().all()

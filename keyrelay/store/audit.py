@@ -65,12 +65,14 @@ class AuditRepository:
         actor: str | None = None,
         target_type: str | None = None,
         target_id: str | None = None,
+        action: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[AuditEntry]:
         """Up to ``limit`` entries, newest (highest id) first, below ``before_id`` when given.
 
-        Every filter given must hold: ``since`` is inclusive, ``until`` exclusive.
+        Every filter given must hold: ``action`` is exact (``key.rotate``), ``since`` is inclusive,
+        ``until`` exclusive.
         """
         c = audit_log.c
         stmt = select(audit_log)
@@ -84,6 +86,8 @@ class AuditRepository:
             stmt = stmt.where(c.target_type == target_type)
         if target_id is not None:
             stmt = stmt.where(c.target_id == target_id)
+        if action is not None:
+            stmt = stmt.where(c.action == action)
         if since is not None:
             stmt = stmt.where(c.created_at >= since)
         if until is not None:

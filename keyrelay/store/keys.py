@@ -15,6 +15,7 @@ from keyrelay.store.records import Change, KeyRecord
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import keys
 from keyrelay.store.spend import latest_periods
+from keyrelay.store.text_match import contains_folded
 
 
 async def _records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[KeyRecord]:
@@ -72,8 +73,7 @@ class KeyRepository:
         if account_id is not None:
             stmt = stmt.where(keys.c.account_id == account_id)
         if name_contains:
-            escaped = name_contains.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            stmt = stmt.where(func.lower(keys.c.name).like(f"%{escaped}%", escape="\\"))
+            stmt = stmt.where(contains_folded(keys.c.name, name_contains))
         if status is not None:
             assert now is not None, "a status filter needs the time it is judged at"
             expired = and_(keys.c.expires_at.is_not(None), keys.c.expires_at <= now)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keyrelay.store.audit import AuditHook
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import account_tokens, accounts, portal_sessions, signin_failures
+from keyrelay.store.text_match import equals_folded
 
 __all__ = ["Login", "LoginRepository", "SessionRecord"]
 
@@ -66,7 +67,7 @@ class LoginRepository:
 
     async def login_by_email(self, *, email: str) -> Login | None:
         """The sign-in view of an account by email (case-insensitive)."""
-        stmt = select(*_LOGIN_COLUMNS).where(func.lower(accounts.c.email) == email.lower())
+        stmt = select(*_LOGIN_COLUMNS).where(equals_folded(accounts.c.email, email))
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
         return to_record(Login, row) if row else None

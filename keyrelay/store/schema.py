@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     false,
+    func,
     text,
     true,
 )
@@ -104,6 +105,8 @@ accounts = Table(
     Column("notify_expiry", Boolean, nullable=False, default=True, server_default=true()),
     Index("ix_accounts_updated_at", "updated_at"),
 )
+# An email is unique whatever its letter case; look-ups by email use it (store/text_match.py, migration 0010).
+Index("ux_accounts_email_lower", func.lower(accounts.c.email), unique=True)
 
 # Portal sessions, server-side: the cookie holds a random id, the table only its SHA-256. A session ends
 # at ``expires_at`` (absolute lifetime) or after the idle lifetime since ``last_seen_at``, whichever first.

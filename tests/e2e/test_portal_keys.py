@@ -17,6 +17,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Locator, Page, expect
 
 from keyrelay.config import Settings
+from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.services.audit import Actor
 from keyrelay.services.inputs import AccountCreate, GroupCreate
@@ -261,6 +262,27 @@ async def test_another_accounts_browser_never_sees_the_key(portal: RunningServer
     assert await chat(portal, key) == 200
 
 
+async def test_the_key_list_filters_in_place_as_you_type(portal: RunningServer, page: Page) -> None:
+    account_id = await signed_in(portal, page, "typist@example.com")
+    account = await portal.runtime.accounts.get(account_id=account_id)
+    assert account is not None
+    for name in ("prod-server", "staging-box"):
+        await portal.runtime.key_service.create(account=account, spec=KeyCreate(name=name), actor=OPS)
+    await page.goto("/keys")
+    await page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
+    await page.get_by_label("Search by name").fill("prod")  # no button pressed: htmx asks as you type
+    await expect(page.get_by_role("link", name="staging-box")).to_have_count(0)
+    await expect(page.get_by_role("link", name="prod-server")).to_be_visible()
+    await expect(page).to_have_url(re.compile(r"/keys\?q=prod&status=$"))
+    await page.get_by_label("Status").select_option("disabled")
+    await expect(page.get_by_text("No key matches this filter.")).to_be_visible()
+    assert await page.evaluate("window.sameDocument === true")
+    # Back to the list as it was: the browser loads it again (no page is kept in localStorage).
+    await page.go_back()
+    await expect(page.get_by_role("link", name="prod-server")).to_be_visible()
+    assert await page.evaluate("localStorage.length") == 0
+
+
 async def test_an_admin_top_up_turns_a_402_into_a_200(portal: RunningServer, page: Page) -> None:
     runtime = portal.runtime
     broke = await runtime.account_service.create_account(
@@ -363,7 +385,10 @@ async def test_screenshots_of_the_key_and_admin_pages(
     spec = {"name": "production-server-with-a-rather-long-name", "limit": Decimal(5), "limit_reset": "daily"}
     busy = await runtime.key_service.create(account=root, spec=KeyCreate.model_validate(spec), actor=OPS)
     spare = await runtime.key_service.create(account=root, spec=KeyCreate(name="staging"), actor=OPS)
-    await runtime.key_service.create(account=customer, spec=KeyCreate(name="customer-key"), actor=OPS)
+    theirs = await runtime.key_service.create(account=customer, spec=KeyCreate(name="customer-key"), actor=OPS)
+    await runtime.key_service.create(
+        account=root, spec=KeyCreate(name="deploy-script"), key_type=KeyType.MANAGEMENT, actor=OPS
+    )
     for key in (busy.plaintext, busy.plaintext, spare.plaintext):
         assert await chat(portal, key) == 200
     assert await chat(portal, busy.plaintext, model="no-such-model") >= 400  # a failed request in the logs
@@ -409,6 +434,12 @@ async def test_screenshots_of_the_key_and_admin_pages(
         await shoot("admin-accounts")
         await page.goto(f"/admin/accounts/{customer.id}")
         await shoot("admin-account")
+        await page.goto(f"/keys?account={customer.id}")
+        await shoot("admin-account-keys")
+        await page.goto(f"/keys/{theirs.record.hash}")
+        await shoot("admin-key-detail")
+        await page.goto("/account")
+        await shoot("account-management-keys")
         await page.goto("/admin/groups")
         await shoot("admin-groups")
         await page.goto("/admin/providers")

@@ -8,7 +8,7 @@ import httpx
 
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.services.audit import Actor
-from keyrelay.services.inputs import AccountCreate
+from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.testing.server import RunningServer
 from tests.integration.portal.conftest import Inbox, link_path
 from tests.integration.portal.test_key_pages import chat, create_key, member
@@ -144,3 +144,75 @@ async def test_groups_are_created_edited_and_deleted_and_their_defaults_apply(
     assert "gpt-4o-mini" in providers and "$600" in providers
     history = (await browser_like.get(page)).text
     assert "group.create" in history and "group.update" in history
+
+
+async def test_an_admin_session_manages_another_accounts_keys_like_an_admin_management_key(
+    portal: RunningServer, browser_like: httpx.AsyncClient, inbox: Inbox
+) -> None:
+    rt = portal.runtime
+    holder = await rt.account_service.create_account(AccountCreate(email="holder@example.com"), actor=OPS)
+    issued = await rt.key_service.create(account=holder, spec=KeyCreate(name="holders-key"), actor=OPS)
+    key, key_hash = issued.plaintext, issued.record.hash
+    await make_admin(portal)
+    assert (await sign_in(browser_like, "root@example.com")).status_code == 303
+    account_page = (await browser_like.get(f"/admin/accounts/{holder.id}")).text
+    assert f'href="/keys/{key_hash}"' in account_page and f'href="/keys?account={holder.id}"' in account_page
+    assert "holders-key" not in (await browser_like.get("/keys")).text  # the admin's own list stays its own
+    listing = f"/keys?account={holder.id}"
+    shown = (await browser_like.get(listing)).text
+    assert "holders-key" in shown and "API Keys of holder@example.com" in shown
+    assert f'name="account" value="{holder.id}"' in shown  # in the filter and in the Create key form
+    # Create key for the account: the key is the account's and spends its credit.
+    created = await post(browser_like, listing, "/keys", name="made-by-admin", account=str(holder.id))
+    assert created.status_code == 201 and f'href="{listing}"' in created.text
+    made = await rt.keys.list_all(account_id=holder.id, key_type="regular", limit=5)
+    assert sorted(k.name for k in made) == ["holders-key", "made-by-admin"]
+    # The detail panel says whose key it is; every action works and the history names the admin.
+    detail = f"/keys/{key_hash}"
+    panel = (await browser_like.get(detail)).text
+    assert "This key belongs to holder@example.com" in panel and "Rotated</dt><dd>never" in panel
+    assert (await post(browser_like, detail, f"{detail}/edit", name="holders-key", rpm="1")).status_code == 303
+    record = await rt.keys.get(key_hash=key_hash)
+    assert record is not None and record.rpm == 1
+    version = str(record.version)
+    rotated = await post(browser_like, detail, f"{detail}/rotate", grace_minutes="0", version=version)
+    assert rotated.status_code == 200 and "New secret for holders-key" in rotated.text
+    assert (await chat(portal, key)).status_code == 401  # the old secret, without grace
+    panel = (await browser_like.get(detail)).text
+    assert "Rotated</dt><dd>never" not in panel and "Rotated</dt><dd>20" in panel
+    assert "key.rotate" in panel and "root@example.com" in panel
+    revoked = await post(browser_like, detail, f"{detail}/revoke")
+    assert revoked.status_code == 303 and revoked.headers["location"].startswith(f"/keys?account={holder.id}&")
+    assert "was revoked" in (await browser_like.get(revoked.headers["location"])).text
+    assert await rt.keys.get(key_hash=key_hash) is None
+    # An account that does not exist, or an id that is not one, is a 404 and creates nothing.
+    for bad in ("999999", "abc", "-1", "1" * 11):
+        assert (await browser_like.get("/keys", params={"account": bad})).status_code == 404, bad
+        answer = await post(browser_like, "/keys", "/keys", name="nowhere", account=bad)
+        assert answer.status_code == 404, bad
+    assert len(await rt.keys.list_all(account_id=holder.id, key_type="regular", limit=5)) == 1
+
+
+async def test_a_member_sees_its_groups_limits_on_the_account_page(
+    portal: RunningServer, browser_like: httpx.AsyncClient
+) -> None:
+    rt = portal.runtime
+    spec = GroupCreate.model_validate(
+        {
+            "name": "team",
+            "price_multiplier": Decimal("1.5"),
+            "default_rate_limits": {"rpm": 30},
+            "allowed_models": ["gpt-4o-mini"],
+            "quota": Decimal(100),
+            "quota_reset": "monthly",
+        }
+    )
+    await rt.account_service.create_group(spec, actor=OPS)
+    member = await rt.account_service.create_account(AccountCreate(email="teamed@example.com", group="team"), actor=OPS)
+    await rt.signin.set_password(account_id=member.id, password=PASSWORD, verified=True, actor=OPS)
+    assert (await sign_in(browser_like, "teamed@example.com")).status_code == 303
+    page = (await browser_like.get("/account")).text
+    assert "<dt>Group</dt><dd>team</dd>" in page and "<dt>Price multiplier</dt><dd>×1.5</dd>" in page
+    assert "<dt>Group quota</dt><dd>$100.00 monthly, shared by the group's keys</dd>" in page
+    assert "<dt>Requests per minute</dt><dd>30 " in page and "<dt>Allowed models</dt><dd>gpt-4o-mini " in page
+    assert "<dt>Tokens per minute</dt>" not in page  # no default: nothing inherited to show

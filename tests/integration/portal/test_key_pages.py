@@ -196,6 +196,13 @@ async def test_another_accounts_keys_are_never_visible_or_changeable(
         await member(intruder, inbox, "intruder@example.com")
         assert "owners-key" not in (await intruder.get("/keys")).text
         assert (await intruder.get(f"/keys/{key_hash}")).status_code == 404
+        # Naming the owner's account (what an admin may do) gets a member nothing either.
+        owner = await portal.runtime.accounts.get_by_email(email="owner@example.com")
+        assert owner is not None
+        assert (await intruder.get("/keys", params={"account": str(owner.id)})).status_code == 404
+        planted = await post(intruder, "/keys", "/keys", name="planted", account=str(owner.id))
+        assert planted.status_code == 404
+        assert len(await portal.runtime.keys.list_all(account_id=owner.id, key_type="regular", limit=5)) == 1
         token = await form_token(intruder, "/keys")
         for action, fields in (("revoke", {}), ("state", {"disabled": "1"}), ("rotate", {}), ("edit", {"name": "x"})):
             answer = await intruder.post(f"/keys/{key_hash}/{action}", data={"csrf_token": token, **fields})
@@ -218,3 +225,13 @@ async def test_filter_by_name_and_status(browser_like: httpx.AsyncClient, inbox:
     assert "prod-server" not in active and "staging_box" in active
     wildcard = (await browser_like.get("/keys", params={"q": "_"})).text  # "_" is literal, not a LIKE wildcard
     assert "staging_box" in wildcard and "prod-server" not in wildcard
+
+
+async def test_a_list_filtered_in_place_without_a_session_loads_the_sign_in_page_whole(portal: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=portal.base_url) as visitor:
+        for path in ("/keys", "/admin/accounts"):
+            in_place = await visitor.get(path, params={"q": "x"}, headers={"hx-request": "true"})
+            assert in_place.status_code == 200 and in_place.headers["hx-redirect"] == "/login", path
+            assert in_place.text == "" and in_place.headers["cache-control"] == "no-store"
+            whole = await visitor.get(path, params={"q": "x"})
+            assert whole.status_code == 303 and whole.headers["location"] == "/login", path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import replace
 from decimal import Decimal
@@ -295,11 +296,27 @@ async def test_pages_carry_the_security_headers(browser_like: httpx.AsyncClient)
     # Not "no-referrer": browsers then send "Origin: null" with the page's own forms (refused as cross-site).
     assert page.headers["referrer-policy"] == "same-origin"
     assert re.findall(r"<script[^>]*>", page.text) == [
-        '<script src="/static/portal.js" defer></script>'.removesuffix("</script>")
+        '<script src="/static/htmx.min.js" defer>',
+        '<script src="/static/portal.js" defer>',
     ]
-    assert "style=" not in page.text and "onclick" not in page.text
+    assert "style=" not in page.text and "onclick" not in page.text and "hx-on" not in page.text
+    # htmx may neither evaluate code nor inject its indicator <style> (the CSP would refuse both), nor keep
+    # copies of pages (with their CSRF tokens) in localStorage.
+    config = re.search(r"<meta name=\"htmx-config\" content='([^']*)'>", page.text)
+    assert config and json.loads(config.group(1)) == {
+        "historyCacheSize": 0,
+        "refreshOnHistoryMiss": True,
+        "includeIndicatorStyles": False,
+        "allowEval": False,
+        "allowScriptTags": False,
+        "selfRequestsOnly": True,
+    }
     css = await browser_like.get("/static/portal.css")
     assert css.status_code == 200 and "prefers-color-scheme: dark" in css.text
+    htmx = await browser_like.get("/static/htmx.min.js")
+    assert htmx.status_code == 200 and htmx.headers["content-type"].startswith(
+        ("text/javascript", "application/javascript")
+    )
 
 
 async def test_a_signed_up_account_has_only_the_credit_the_operator_grants(
