@@ -23,6 +23,7 @@ from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.fields import is_key_hash
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.policy import effective_policy
+from keyrelay.keys.spec import KeyUpdate
 from keyrelay.limits.backend import RequestWindow
 from keyrelay.limits.periods import stored_usage
 from keyrelay.limits.windows import WINDOW_SECONDS
@@ -406,8 +407,6 @@ async def key_state(request: Request) -> Response:
         return await _detail_page(
             request, portal, signed_in, session_id, record, status=400, error="Choose Disable or Enable."
         )
-    from keyrelay.keys.spec import KeyUpdate
-
     spec = KeyUpdate.model_validate({"disabled": wanted == "1"})
     await portal.runtime.key_service.update(record=record, spec=spec, actor=portal.actor(request, signed_in))
     return portal.redirect(f"/keys/{record.hash}?done={'disabled' if wanted == '1' else 'enabled'}")
