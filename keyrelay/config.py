@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     smtp_url: SecretStr | None = Field(
         default=None, description="smtp://[user:password@]host[:port] (STARTTLS) or smtps://...; unset: mail is logged."
     )
+    smtp_user: str | None = Field(
+        default=None, max_length=320, description="SMTP user when the URL names none (a password may then be anything)."
+    )
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password when the URL holds none.")
     mail_from: str = Field(default="keyrelay <keyrelay@localhost>", min_length=3, max_length=320)
     session_idle_s: int = Field(default=7 * 86400, gt=0, description="A portal session ends after this long unused.")
     session_absolute_s: int = Field(
@@ -201,6 +205,17 @@ class Settings(BaseSettings):
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise ValueError("not an smtp:// or smtps:// URL with a host")  # the URL may hold a password: not echoed
         return value
+
+    @model_validator(mode="after")
+    def _smtp_credentials_in_one_place(self) -> Settings:
+        url = urllib.parse.urlsplit(self.smtp_url.get_secret_value()) if self.smtp_url is not None else None
+        if url is not None and url.username and self.smtp_user:
+            raise ValueError("the SMTP user is in both smtp_url and smtp_user: give it in one of them")
+        if url is not None and url.password and self.smtp_password is not None:
+            raise ValueError("the SMTP password is in both smtp_url and smtp_password: give it in one of them")
+        if self.smtp_password is not None and not (self.smtp_user or (url is not None and url.username)):
+            raise ValueError("smtp_password is set without an SMTP user (smtp_user, or the user in smtp_url)")
+        return self
 
     @model_validator(mode="after")
     def _unique_provider_names(self) -> Settings:
@@ -285,8 +300,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             settings = settings.model_copy(update=clean)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid setting {where}: {str(first['msg']).removeprefix('Value error, ')}") from None
+        where = ".".join(str(p) for p in first["loc"])  # empty for a rule between settings
+        message = str(first["msg"]).removeprefix("Value error, ")  # never the input: it may hold a secret
+        raise ConfigError(f"invalid setting {where}: {message}" if where else f"invalid settings: {message}") from None
     return settings
 
 
@@ -311,6 +327,8 @@ def export_env(settings: Settings) -> None:
     # The proxy settings reach the workers through the inherited environment, like every other variable.
     proxies = {"https_proxy", "http_proxy", "no_proxy"}
     for name, value in settings.model_dump(exclude={"providers", "config", *proxies}).items():
+        if isinstance(value, SecretStr):  # str() of it is "**********": the workers need the secret itself
+            value = value.get_secret_value()
         if value is not None:
             os.environ[f"KEYRELAY_{name.upper()}"] = str(value)
     if settings.config is not None:

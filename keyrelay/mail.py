@@ -1,9 +1,10 @@
 """Outgoing mail: messages built with the standard library, sent with aiosmtplib, or logged without SMTP.
 
 ``KEYRELAY_SMTP_URL``: ``smtp://[user:password@]host[:port]`` sends with STARTTLS when the server offers
-it (port 587 by default), ``smtps://`` over TLS from the start (port 465). Without it, every message is
-written to the log at WARNING level, links included, so a demo works offline: such a log holds
-single-use sign-in links and must be kept like the mail it replaces.
+it (port 587 by default), ``smtps://`` over TLS from the start (port 465). The user and password may instead
+be given as ``KEYRELAY_SMTP_USER`` and ``KEYRELAY_SMTP_PASSWORD`` (no percent-encoding needed). Without an
+SMTP URL, every message is written to the log at WARNING level, links included, so a demo works offline:
+such a log holds single-use sign-in links and must be kept like the mail it replaces.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ class MailError(Exception):
 class SmtpMailer:
     """Delivers through an SMTP server with aiosmtplib (a new connection per message: mail is rare)."""
 
-    def __init__(self, url: str, sender: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, sender: str, *, user: str | None = None, password: str | None = None, timeout_s: float = 30.0
+    ) -> None:
+        """``url`` as ``KEYRELAY_SMTP_URL``; ``user`` and ``password`` count where the URL has none."""
         parts = urllib.parse.urlsplit(url)
         self._tls = parts.scheme == "smtps"
         self._host = parts.hostname or "localhost"
         self._port = parts.port or (465 if self._tls else 587)
-        self._user = urllib.parse.unquote(parts.username) if parts.username else None
-        self._password = urllib.parse.unquote(parts.password) if parts.password else None
+        self._user = urllib.parse.unquote(parts.username) if parts.username else user
+        self._password = urllib.parse.unquote(parts.password) if parts.password else password
         self._sender = sender
         self._sender_address = parseaddr(sender)[1] or sender  # the envelope sender: the address alone
         self._timeout_s = timeout_s
@@ -94,5 +98,8 @@ def build_message(*, sender: str, to: str, subject: str, body: str) -> EmailMess
 def mailer_from_settings(settings: Settings) -> Mailer:
     """The SMTP mailer when ``smtp_url`` is set, else the logging one."""
     if settings.smtp_url is not None:
-        return SmtpMailer(settings.smtp_url.get_secret_value(), settings.mail_from)
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password is not None else None
+        return SmtpMailer(
+            settings.smtp_url.get_secret_value(), settings.mail_from, user=settings.smtp_user, password=password
+        )
     return LogMailer(settings.mail_from)
