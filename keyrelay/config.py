@@ -213,6 +213,8 @@ class Settings(BaseSettings):
             raise ValueError("the SMTP user is in both smtp_url and smtp_user: give it in one of them")
         if url is not None and url.password and self.smtp_password is not None:
             raise ValueError("the SMTP password is in both smtp_url and smtp_password: give it in one of them")
+        if url is None and (self.smtp_user or self.smtp_password is not None):
+            raise ValueError("smtp_user or smtp_password is set without smtp_url: no mail would use them")
         if self.smtp_password is not None and not (self.smtp_user or (url is not None and url.username)):
             raise ValueError("smtp_password is set without an SMTP user (smtp_user, or the user in smtp_url)")
         return self

@@ -2,13 +2,16 @@
 
 ``KEYRELAY_SMTP_URL``: ``smtp://[user:password@]host[:port]`` sends with STARTTLS when the server offers
 it (port 587 by default), ``smtps://`` over TLS from the start (port 465). The user and password may instead
-be given as ``KEYRELAY_SMTP_USER`` and ``KEYRELAY_SMTP_PASSWORD`` (no percent-encoding needed). Without an
+be given as ``KEYRELAY_SMTP_USER`` and ``KEYRELAY_SMTP_PASSWORD`` (no percent-encoding needed). With
+credentials, ``smtp://`` requires STARTTLS (a server that does not offer it gets no password), except to a
+loopback address (a local relay), where the password never crosses a network. Without an
 SMTP URL, every message is written to the log at WARNING level, links included, so a demo works offline:
 such a log holds single-use sign-in links and must be kept like the mail it replaces.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import urllib.parse
 from email.message import EmailMessage
@@ -49,6 +52,13 @@ class SmtpMailer:
         self._port = parts.port or (465 if self._tls else 587)
         self._user = urllib.parse.unquote(parts.username) if parts.username else user
         self._password = urllib.parse.unquote(parts.password) if parts.password else password
+        # A password crosses the network only encrypted: STARTTLS becomes required (True) rather than used
+        # when offered (None), so a man in the middle cannot strip the offer and read AUTH.
+        self._start_tls: bool | None = None
+        if self._tls:
+            self._start_tls = False
+        elif self._user is not None and not _is_loopback(self._host):
+            self._start_tls = True
         self._sender = sender
         self._sender_address = parseaddr(sender)[1] or sender  # the envelope sender: the address alone
         self._timeout_s = timeout_s
@@ -66,12 +76,22 @@ class SmtpMailer:
                 username=self._user,
                 password=self._password,
                 use_tls=self._tls,
-                start_tls=None if not self._tls else False,  # None: STARTTLS when the server offers it
+                start_tls=self._start_tls,  # None: STARTTLS when the server offers it
                 timeout=self._timeout_s,
             )
         except (aiosmtplib.SMTPException, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
             # Also a message the email package cannot build from this address: never a crash of the caller.
             raise MailError(f"mail to {self._host}:{self._port} failed: {type(exc).__name__}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class LogMailer:

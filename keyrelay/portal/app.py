@@ -40,6 +40,7 @@ from keyrelay.portal.security import (
 from keyrelay.runtime import Runtime, public_url
 from keyrelay.services.audit import Actor
 from keyrelay.services.signin import SignedIn, SigninService
+from keyrelay.store.schema import INT32_MAX
 
 __all__ = ["PORTAL_PATHS", "PORTAL_PREFIXES", "create_portal_app"]
 
@@ -311,10 +312,17 @@ async def admin_post_of(request: Request) -> Post | Response:
     return portal, signed_in, session_id, form
 
 
+def row_id(text: str) -> int | None:
+    """``text`` as a row id: 1 to ``INT32_MAX`` in ASCII digits (PostgreSQL's ``integer``), else None."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 10):
+        return None
+    value = int(text)
+    return value if 1 <= value <= INT32_MAX else None
+
+
 def row_id_of(request: Request, name: str) -> int | None:
-    """The path parameter ``name`` as a row id (None unless 1 to 10 digits)."""
-    text = str(request.path_params[name])
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
+    """The path parameter ``name`` as a row id (see ``row_id``)."""
+    return row_id(str(request.path_params[name]))
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -27,7 +27,7 @@ from keyrelay.keys.spec import KeyUpdate
 from keyrelay.limits.backend import RequestWindow
 from keyrelay.limits.periods import stored_usage
 from keyrelay.limits.windows import WINDOW_SECONDS
-from keyrelay.portal.app import Portal, field_of, page_route, post_of, visit_of
+from keyrelay.portal.app import Portal, field_of, page_route, post_of, row_id, visit_of
 from keyrelay.portal.forms import is_digits
 from keyrelay.portal.key_form import FIELDS, form_values, group_placeholders, key_create, key_update, record_values
 from keyrelay.runtime import public_url
@@ -90,17 +90,19 @@ async def _visible_key(portal: Portal, signed_in: SignedIn, key_hash: str) -> Ke
     return record
 
 
-async def _owner(portal: Portal, signed_in: SignedIn, account_text: str) -> AccountRecord | None:
-    """The account whose keys a list or a Create key form is about (``account``: its id, '' for one's own).
+async def _owner(portal: Portal, signed_in: SignedIn, account: object) -> AccountRecord | None:
+    """The account whose keys a list or a Create key form is about (``account``: its id; None for one's own).
 
-    Only an admin may name another account; None when the account does not exist or may not be named.
+    Only an admin may name another account; None when the account does not exist or may not be named
+    (anything but None or an id, a file or an empty field included).
     """
     own = signed_in.account.id
-    if account_text in ("", str(own)):
+    if account is None or account == str(own):
         return await portal.runtime.accounts.get(account_id=own)
-    if not signed_in.account.is_admin or not is_digits(account_text) or len(account_text) > 10:
+    account_id = row_id(account) if isinstance(account, str) else None
+    if not signed_in.account.is_admin or account_id is None:
         return None
-    return await portal.runtime.accounts.get(account_id=int(account_text))
+    return await portal.runtime.accounts.get(account_id=account_id)
 
 
 def keys_url(signed_in: SignedIn, account_id: int, **params: str) -> str:
@@ -170,7 +172,7 @@ async def keys_list(request: Request) -> Response:
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
-    owner = await _owner(portal, signed_in, request.query_params.get("account", ""))
+    owner = await _owner(portal, signed_in, request.query_params.get("account"))
     if owner is None:
         return _no_account(request, portal, signed_in, session_id)
     notice = None
@@ -187,7 +189,7 @@ async def keys_create(request: Request) -> Response:
         return got
     portal, signed_in, session_id, form = got
     runtime = portal.runtime
-    owner = await _owner(portal, signed_in, field_of(form, "account"))
+    owner = await _owner(portal, signed_in, form.get("account"))
     if owner is None:
         return _no_account(request, portal, signed_in, session_id)
     try:

@@ -186,7 +186,7 @@ async def test_an_admin_session_manages_another_accounts_keys_like_an_admin_mana
     assert "was revoked" in (await browser_like.get(revoked.headers["location"])).text
     assert await rt.keys.get(key_hash=key_hash) is None
     # An account that does not exist, or an id that is not one, is a 404 and creates nothing.
-    for bad in ("999999", "abc", "-1", "1" * 11):
+    for bad in ("999999", "abc", "-1", "0", "", "4294967296", "1" * 11):
         assert (await browser_like.get("/keys", params={"account": bad})).status_code == 404, bad
         answer = await post(browser_like, "/keys", "/keys", name="nowhere", account=bad)
         assert answer.status_code == 404, bad
