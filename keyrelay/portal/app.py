@@ -277,9 +277,8 @@ async def visit_of(request: Request) -> Visit | Response:
     return portal, signed_in, session_id
 
 
-async def post_of(request: Request) -> Post | Response:
-    """A signed-in POST with its CSRF-checked form, or the answer to send instead (``/login``, or 403)."""
-    got = await visit_of(request)
+async def _with_form(request: Request, got: Visit | Response) -> Post | Response:
+    """``got`` with the POST's CSRF-checked form, or the answer to send instead (``got`` itself, or 403)."""
     if isinstance(got, Response):
         return got
     portal, signed_in, session_id = got
@@ -287,6 +286,11 @@ async def post_of(request: Request) -> Post | Response:
     if form is None:
         return portal.forbidden(request)
     return portal, signed_in, session_id, form
+
+
+async def post_of(request: Request) -> Post | Response:
+    """A signed-in POST with its CSRF-checked form, or the answer to send instead (``/login``, or 403)."""
+    return await _with_form(request, await visit_of(request))
 
 
 async def admin_visit_of(request: Request) -> Visit | Response:
@@ -302,14 +306,7 @@ async def admin_visit_of(request: Request) -> Visit | Response:
 
 async def admin_post_of(request: Request) -> Post | Response:
     """An admin's POST with its CSRF-checked form, or the answer to send instead."""
-    got = await admin_visit_of(request)
-    if isinstance(got, Response):
-        return got
-    portal, signed_in, session_id = got
-    form = await portal.checked_form(request, session_id)
-    if form is None:
-        return portal.forbidden(request)
-    return portal, signed_in, session_id, form
+    return await _with_form(request, await admin_visit_of(request))
 
 
 def row_id(text: str) -> int | None:
