@@ -40,6 +40,12 @@ class ModelConfig(BaseModel):
     output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
     cache_read_per_mtok: Decimal | None = Field(default=None, ge=0, description="Default: the input price.")
     cache_write_per_mtok: Decimal | None = Field(default=None, ge=0, description="Default: the input price.")
+    priority: int | None = Field(
+        default=None, ge=-1_000_000, le=1_000_000, description="Overrides the provider's priority for this model."
+    )
+    weight: float | None = Field(
+        default=None, gt=0, le=1_000_000, description="Overrides the provider's weight for this model."
+    )
 
     @property
     def input_micros_per_mtok(self) -> int:
@@ -72,8 +78,19 @@ class ProviderConfig(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     kind: Literal["openai", "openai-compatible", "anthropic", "gemini"] = "openai"
     base_url: str = Field(min_length=1)
-    api_key_env: str | None = None
+    api_key_env: str | tuple[str, ...] | None = Field(
+        default=None, description="Variable(s) holding the provider key; a list is a credential pool."
+    )
     api_key: SecretStr | None = Field(default=None, description="Filled from api_key_env at load; never from the file.")
+    api_keys: tuple[SecretStr, ...] = Field(
+        default=(), description="A credential pool, filled from an api_key_env list at load; never from the file."
+    )
+    priority: int = Field(
+        default=0, ge=-1_000_000, le=1_000_000, description="Channels of a higher priority are tried first."
+    )
+    weight: float = Field(
+        default=1.0, gt=0, le=1_000_000, description="Share of requests among channels of one priority."
+    )
     region: str | None = None
     timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -89,6 +106,32 @@ class ProviderConfig(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_names(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        names = (value,) if isinstance(value, str) else value or ()
+        if isinstance(value, tuple) and not value:
+            raise ValueError("api_key_env: the list is empty")
+        for name in names:
+            if not name or len(name) > 200 or "=" in name or "\0" in name:
+                raise ValueError(f"api_key_env: not an environment variable name: {name[:200]!r}")
+        if len(set(names)) != len(names):
+            raise ValueError("api_key_env: a variable is listed twice")
+        return value
+
+    @property
+    def credentials(self) -> tuple[tuple[str, str | None], ...]:
+        """The provider's credentials as (label, secret): the pool in order, else the one key (secret None: none).
+
+        The label is the environment variable's name (never the secret), for logs and ``/api/v1/providers``.
+        """
+        env = self.api_key_env
+        if self.api_keys:
+            names = env if isinstance(env, tuple) else tuple(f"api_keys[{i}]" for i in range(len(self.api_keys)))
+            return tuple((name, key.get_secret_value()) for name, key in zip(names, self.api_keys, strict=False))
+        label = env if isinstance(env, str) else "api_key"
+        return ((label, self.api_key.get_secret_value() if self.api_key is not None else None),)
 
     @model_validator(mode="after")
     def _check_tls(self) -> ProviderConfig:
@@ -126,6 +169,19 @@ class Settings(BaseSettings):
     cache_poll_interval_s: float = Field(default=1.0, gt=0)
     usage_flush_interval_s: float = Field(default=1.0, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0, description="Output-token ceiling assumed without max_tokens.")
+    # Routing and failover (docs/routing.md).
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Upstream attempts per request, first included.")
+    total_timeout_s: float = Field(
+        default=600.0, gt=0, description="Time for every attempt until one answers (a stream: its first event)."
+    )
+    breaker_failures: int = Field(
+        default=5, ge=2, le=1000, description="Failures within the window that open a channel's breaker."
+    )
+    breaker_window_s: float = Field(default=60.0, gt=0, description="The window in which breaker failures count.")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, description="How long a breaker stays open the first time.")
+    breaker_max_cooldown_s: float = Field(
+        default=300.0, gt=0, description="The longest cooldown (it doubles on each reopening up to this)."
+    )
     redis_url: str | None = Field(default=None, description="Redis for shared limits and cache invalidation.")
     redis_prefix: str = Field(default="keyrelay", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     limits_fail_open: bool = Field(default=False, description="Use local limits while Redis is unreachable.")
@@ -220,6 +276,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _cooldowns_ordered(self) -> Settings:
+        if self.breaker_max_cooldown_s < self.breaker_cooldown_s:
+            raise ValueError("breaker_max_cooldown_s is below breaker_cooldown_s")
+        return self
+
+    @model_validator(mode="after")
     def _unique_provider_names(self) -> Settings:
         names = [p.name for p in self.providers]
         dupes = {n for n in names if names.count(n) > 1}
@@ -268,8 +330,22 @@ def _resolve_provider_secrets(providers: list[dict[str, Any]]) -> None:
                 f"provider {provider.get('name')!r}: put the upstream secret in an environment variable "
                 "and name it with api_key_env; api_key is not read from the file"
             )
+        if "api_keys" in provider:
+            raise ConfigError(
+                f"provider {provider.get('name')!r}: list the variables holding the keys in api_key_env; "
+                "api_keys is not read from the file"
+            )
         env_name = provider.get("api_key_env")
-        if env_name:
+        if isinstance(env_name, list):
+            # A pool: every variable must hold a key (a silent gap would shrink the pool unnoticed).
+            missing = [str(n) for n in env_name if not os.environ.get(str(n))]
+            if missing:
+                raise ConfigError(
+                    f"provider {provider.get('name')!r}: api_key_env lists variable(s) that are unset or empty: "
+                    + ", ".join(missing)
+                )
+            provider["api_keys"] = [os.environ[str(n)] for n in env_name]
+        elif env_name:
             secret = os.environ.get(str(env_name))
             if secret:
                 provider["api_key"] = secret

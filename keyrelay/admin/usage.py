@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, StringConstraints
 
@@ -112,6 +113,18 @@ async def _check_key(request: Request, manager: Manager, key: str | None) -> Non
         raise GatewayError(ErrorType.NOT_FOUND, "No such key.", field="key")
 
 
+class AttemptOut(BaseModel):
+    """One upstream attempt of a request (docs/routing.md)."""
+
+    provider: str
+    credential: str | None = Field(description="The name of the variable holding the provider key it used.")
+    status: int = Field(description="The upstream's HTTP status; 0 for a transport failure.")
+    failure_class: str | None = Field(
+        description="transient, rate_limit, credential, model_access or caller_fault; null: it served the request."
+    )
+    latency_ms: int | None
+
+
 class UsageRecordOut(BaseModel):
     """One request as the usage log holds it; ``cost`` in USD, ``cost_micros`` the exact integer."""
 
@@ -139,6 +152,9 @@ class UsageRecordOut(BaseModel):
     latency_ms: int | None
     ttft_ms: int | None = Field(description="Time to the first byte of a streamed answer.")
     client_ip: str | None
+    attempts: list[AttemptOut] = Field(
+        description="The upstream attempts in order; one entry when the first attempt served it, none when none ran."
+    )
 
 
 class UsageRecordPage(BaseModel):
@@ -174,7 +190,23 @@ def _record_out(entry: UsageEntry) -> UsageRecordOut:
         latency_ms=entry.latency_ms,
         ttft_ms=entry.ttft_ms,
         client_ip=entry.client_ip,
+        attempts=_attempts_of(entry),
     )
+
+
+def _attempts_of(entry: UsageEntry) -> list[AttemptOut]:
+    """The stored attempt list; a record without one had one attempt that served it (or none at all)."""
+    if entry.attempts:
+        try:
+            listed = orjson.loads(entry.attempts)
+            return [AttemptOut.model_validate(item) for item in listed]
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            return []
+    if entry.provider is None:
+        return []  # refused before any upstream was tried
+    # Without a stored list, the one attempt made was accepted (2xx): a failure before that is always stored.
+    status = entry.status if entry.error_type is None else 200
+    return [AttemptOut(provider=entry.provider, credential=None, status=status, failure_class=None, latency_ms=None)]
 
 
 def _status_filter(status: str | None) -> StatusFilter | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from keyrelay.errors import GatewayError
 from keyrelay.gateway.wires import Inbound
@@ -61,6 +62,7 @@ class Outcome:
     ttft_ms: int | None = None
     upstream_s: float = 0.0
     overhead_s: float | None = None  # keyrelay's own time before the first byte: the header and the metric
+    attempts: list[dict[str, Any]] | None = None  # every attempt, when one failed (the usage record's list)
     settled: bool = False  # counted in the metrics and the usage record
     started: bool = False  # the response status line has been sent
 

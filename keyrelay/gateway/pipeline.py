@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from keyrelay.asgi import Headers, Receive, Scope, Send, read_body, send_json
@@ -19,6 +21,7 @@ from keyrelay.clock import Clock
 from keyrelay.config import Settings
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.admit import Pending, admission_request
+from keyrelay.gateway.attempts import Attempts
 from keyrelay.gateway.authorize import allowed_channels, authorize_key
 from keyrelay.gateway.call import Call, Outcome, RelayedError, with_output_limit
 from keyrelay.gateway.client_ip import ClientAddress, IPAddress
@@ -59,12 +62,16 @@ from keyrelay.metrics import Metrics
 from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, Operation, ProtocolName
 from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.openai_stream import estimate_tokens, response_usage
-from keyrelay.routing.table import Channel, RouteTable
+from keyrelay.providers.failure import FailureClass
+from keyrelay.routing.failover import AttemptPlan, draw_order
+from keyrelay.routing.health import STATE_VALUES, Health
+from keyrelay.routing.table import Channel, Credential, RouteTable
 from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch
 from keyrelay.usage.writer import UsageWriter
 
 log = logging.getLogger("keyrelay.gateway")
+_HOLD_BYTES = 65_536  # a stream is committed after this many relayed bytes even without content
 _CREDENTIAL_HINT = {
     ProtocolName.OPENAI: "Send your key as 'Authorization: Bearer kr_live_...'.",
     ProtocolName.ANTHROPIC: "Send your key as 'x-api-key: kr_live_...' or 'Authorization: Bearer kr_live_...'.",
@@ -88,6 +95,7 @@ class Gateway:
         pool: UpstreamPool,
         metrics: Metrics,
         clock: Clock,
+        health: Health | None = None,
     ) -> None:
         self._settings = settings
         self._cache = cache
@@ -96,12 +104,15 @@ class Gateway:
         self._pending = pending
         self._keys = keys
         self._pool = pool
-        self._targets: dict[tuple[str, Operation, bool], tuple[Origin, bytes]] = {}
+        self._targets: dict[tuple[str, int, Operation, bool], tuple[Origin, bytes]] = {}
         self._metrics = metrics
+        self.health = health or Health(clock)
+        self.rng = random.Random()  # the weighted draw of channels; a test may seed it
+        metrics.channel_states = self._channel_states
         self._settlement = Settlement(limits, writer, metrics)
         self._clock = clock
         self._client_ip = ClientAddress(settings.trusted_proxy_networks, settings.trusted_proxy_header)
-        self._scrubber = SecretScrubber([c.api_key for c in routes.models if c.api_key])
+        self._scrubber = SecretScrubber(sorted({k.secret for c in routes.models for k in c.credentials if k.secret}))
         for warning in routes.shadow_warnings():
             log.warning("%s", warning)
 
@@ -247,13 +258,21 @@ class Gateway:
             await send_json(send, 200, inbound.count_tokens_body(tokens), rid)
             return
         call = Call(request, inbound, sse=False, anthropic_headers=anthropic_headers(headers))
-        response = await self._open(call, same, outcome)
-        try:
-            payload = await response.read()
-        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-            raise classify_exception(exc, outcome.channel).error from exc
-        finally:
-            response.release()
+        attempts = self._attempts(same)
+        while True:
+            response, credential = await self._open(call, attempts, outcome)
+            channel = outcome.channel
+            assert channel is not None
+            t0 = time.perf_counter()
+            try:
+                payload = await response.read()
+            except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
+                attempts.failed(channel, credential, classify_exception(exc, channel), time.perf_counter() - t0)
+                continue
+            finally:
+                response.release()
+            attempts.succeeded(channel, credential, response.status, time.perf_counter() - t0)
+            break
         payload = self._scrubber.known(payload)
         await send_json(send, response.status, payload, rid)
 
@@ -302,11 +321,12 @@ class Gateway:
         # Only an Anthropic client's own version and beta flags are forwarded (to Anthropic upstreams).
         client_headers = anthropic_headers(headers) if route.protocol is ProtocolName.ANTHROPIC else []
         call = Call(request, inbound, sse=sse, anthropic_headers=client_headers)
+        attempts = self._attempts(channels)
         try:
             if request.stream:
-                await self._stream(receive, send, call, channels, window, outcome, started)
+                await self._stream(receive, send, call, attempts, window, outcome, started)
             else:
-                await self._unary(send, call, channels, window, outcome, started)
+                await self._unary(send, call, attempts, window, outcome, started)
         except GatewayError as err:
             outcome.status, outcome.error_type = err.status, err.error_type.name
             outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
@@ -318,9 +338,22 @@ class Gateway:
             # Settled against the admission time: the charge belongs to the periods the reservation was held in.
             await self._settlement.settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
 
-    def _target(self, channel: Channel, operation: Operation, stream: bool) -> tuple[Origin, bytes]:
-        """Origin and prebuilt request head for a channel, built once and reused for every request."""
-        slot = (channel.qualified_name, operation, stream)
+    def _attempts(self, channels: tuple[Channel, ...]) -> Attempts:
+        """A request's attempt plan over ``channels``: drawn by priority and weight, walked with health."""
+        settings = self._settings
+        plan = AttemptPlan(draw_order(channels, self.rng), self.health, settings.max_attempts)
+        return Attempts(plan, self.health, self._metrics, settings.total_timeout_s)
+
+    def _channel_states(self) -> list[tuple[str, str, int]]:
+        """(provider, model, state value) of every channel, for ``keyrelay_channel_state``."""
+        health = self.health
+        return [(c.provider, c.model, STATE_VALUES[health.state(c)]) for c in self._routes.models]
+
+    def _target(
+        self, channel: Channel, credential: Credential, operation: Operation, stream: bool
+    ) -> tuple[Origin, bytes]:
+        """Origin and prebuilt request head for a channel and credential, built once and reused."""
+        slot = (channel.qualified_name, credential.index, operation, stream)
         target = self._targets.get(slot)
         if target is None:
             origin = self._pool.origin(channel.base_url, ca_file=channel.tls_ca_file, verify=channel.tls_verify)
@@ -330,15 +363,15 @@ class Gateway:
             headers = [
                 ("content-type", "application/json"),
                 ("accept", accept),
-                *out.credential_headers(channel.api_key),
+                *out.credential_headers(credential.secret),
             ]
             target = (origin, request_head(origin, path, headers))
             self._targets[slot] = target
         return target
 
-    async def _call(self, channel: Channel, call: Call) -> UpstreamResponse:
+    async def _call(self, channel: Channel, credential: Credential, call: Call, timeout: float) -> UpstreamResponse:
         request = call.request
-        origin, head = self._target(channel, request.operation, request.stream)
+        origin, head = self._target(channel, credential, request.operation, request.stream)
         out = OUTBOUND[channel.wire]
         if call.same_wire(channel):
             body = out.passthrough_body(request, channel.upstream_model)
@@ -350,58 +383,67 @@ class Gateway:
         if channel.wire is ProtocolName.ANTHROPIC:
             head += anthropic_head_lines(call.anthropic_headers, same_wire=request.protocol is ProtocolName.ANTHROPIC)
         return await self._pool.request(
-            origin, head, body, connect_timeout=channel.connect_timeout_s, read_timeout=channel.timeout_s
+            origin,
+            head,
+            body,
+            connect_timeout=min(channel.connect_timeout_s, timeout),
+            read_timeout=min(channel.timeout_s, timeout),
         )
 
-    async def _open(self, call: Call, channels: tuple[Channel, ...], outcome: Outcome) -> UpstreamResponse:
-        """Try each channel in order until one answers 2xx; retryable failures move on.
+    async def _open(self, call: Call, attempts: Attempts, outcome: Outcome) -> tuple[UpstreamResponse, Credential]:
+        """Try the plan's next channels until one answers 2xx; failures that allow it move on.
+
+        Returns the answer (its body unread) and the credential used; ``outcome.channel`` is its channel.
+        The caller records the attempt's success once it has judged the answer (a stream: its first event).
 
         Raises:
-            RelayedError: the last upstream's own error answer, on a same-wire Anthropic or Gemini call.
-            GatewayError: the last failure, mapped to keyrelay's error types.
+            RelayedError: an upstream's own error answer, on a same-wire Anthropic or Gemini call.
+            GatewayError: the failure chosen by ``Attempts.final_error``.
         """
-        failure: UpstreamFailure | None = None
-        relayed: RelayedError | None = None
-        for channel in channels:
+        while not attempts.stopped_by_caller and (step := attempts.next()) is not None:
+            channel, credential = step
             outcome.channel = channel
             t0 = time.perf_counter()
             try:
-                response = await self._call(channel, call)
+                response = await self._call(channel, credential, call, attempts.remaining())
             except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-                outcome.upstream_s += time.perf_counter() - t0
-                failure, relayed = classify_exception(exc, channel), None
+                latency = time.perf_counter() - t0
+                outcome.upstream_s += latency
+                attempts.failed(channel, credential, classify_exception(exc, channel), latency)
                 continue
             if 200 <= response.status < 300:
                 outcome.upstream_s += time.perf_counter() - t0
-                return response
+                return response, credential
             try:
                 body = await response.read()
             except (UpstreamConnectionError, UpstreamTimeoutError):
                 body = b""
             finally:
                 response.release()
-            outcome.upstream_s += time.perf_counter() - t0
+            latency = time.perf_counter() - t0
+            outcome.upstream_s += latency
             # Scrubbed whole, before anything is cut from it: a secret cut in two could not be recognised.
             body = self._scrubber.data(body)
-            message, code = OUTBOUND[channel.wire].error(body)
+            out = OUTBOUND[channel.wire]
+            message, code = out.error(body)
+            cls = out.failure_class(response.status, message, code)
             if channel.wire is not ProtocolName.OPENAI:
                 code = None  # only OpenAI's codes are passed on in keyrelay's body (error.code)
-            failure = classify_response(channel, response, message, code)
+            failure = classify_response(channel, response, message, code, cls, credential)
             relayed = None
-            # A same-wire error is relayed as the upstream wrote it, except an answer about the gateway's own
-            # provider credential (401, 403): that is not the client's fault, and keyrelay's error says so.
+            # A same-wire error is relayed as the upstream wrote it, except an answer that is about the
+            # gateway's own provider credential or configuration: not the client's fault, and keyrelay says so.
             if (
                 call.same_wire(channel)
                 and channel.wire is not ProtocolName.OPENAI
                 and response.status >= 400
-                and response.status not in (401, 403)
+                and cls not in (FailureClass.CREDENTIAL, FailureClass.MODEL_ACCESS)
             ):
                 content_type = response.header(b"content-type") or b"application/json"
                 relayed = RelayedError(failure.error, body, content_type)
-            if not failure.retryable:
-                break
-        assert failure is not None
-        raise relayed if relayed is not None else failure.error
+            attempts.failed(channel, credential, failure, latency, relayed)
+        outcome.attempts = attempts.records
+        raise attempts.final_error()
 
     def _headers(self, window: WindowStatus | None, overhead_ms: float, content_type: bytes) -> Headers:
         headers: Headers = [
@@ -421,24 +463,33 @@ class Gateway:
         self,
         send: Send,
         call: Call,
-        channels: tuple[Channel, ...],
+        attempts: Attempts,
         window: WindowStatus | None,
         outcome: Outcome,
         started: float,
     ) -> None:
         request = call.request
-        response = await self._open(call, channels, outcome)
-        t0 = time.perf_counter()
-        try:
-            payload = await response.read()
-        except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
-            raise classify_exception(exc, outcome.channel).error from exc
-        finally:
-            response.release()
-        outcome.upstream_s += time.perf_counter() - t0
+        while True:
+            response, credential = await self._open(call, attempts, outcome)
+            channel = outcome.channel
+            assert channel is not None
+            t0 = time.perf_counter()
+            try:
+                payload = await response.read()
+            except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
+                # Nothing has reached the client: another channel may still serve it.
+                latency = time.perf_counter() - t0
+                outcome.upstream_s += latency
+                attempts.failed(channel, credential, classify_exception(exc, channel), latency)
+                continue
+            finally:
+                response.release()
+            latency = time.perf_counter() - t0
+            outcome.upstream_s += latency
+            attempts.succeeded(channel, credential, response.status, latency)
+            break
+        outcome.attempts = attempts.records
         payload = self._scrubber.known(payload)  # an answer may echo the gateway's provider secret
-        channel = outcome.channel
-        assert channel is not None
         status = response.status
         usage: Usage | None
         if not call.same_wire(channel):
@@ -461,23 +512,73 @@ class Gateway:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
+    async def _commit(
+        self, call: Call, attempts: Attempts, outcome: Outcome, started: float
+    ) -> tuple[UpstreamResponse, AsyncIterator[bytes], Relay, list[bytes]]:
+        """Open a stream on the plan's channels and read it up to its first content: the commit point.
+
+        A stream that ends, breaks, times out or sends an error event before that fails over like any
+        failed attempt (nothing has reached the client yet). Returns the answer, its chunk iterator (to
+        read on from), its relay, and the relayed bytes held so far (to send first).
+        """
+        while True:
+            response, credential = await self._open(call, attempts, outcome)
+            content_type = response.header(b"content-type")
+            if content_type is not None and not content_type.lower().startswith(b"text/event-stream"):
+                await self._not_a_stream(call, response, content_type, outcome)
+            channel = outcome.channel
+            assert channel is not None
+            relay = self._relay(call, channel)
+            chunks = response.chunks().__aiter__()
+            held: list[bytes] = []
+            size = 0
+            t0 = time.perf_counter()
+            failure: UpstreamFailure | None = None
+            committed = False
+            try:
+                while not committed:
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        failure = _early_failure("ended before any content")
+                        break
+                    if outcome.ttft_ms is None:
+                        outcome.ttft_ms = round((time.perf_counter() - started) * 1000)
+                    out = relay.feed(chunk)
+                    if relay.failed and not relay.content_seen:
+                        failure = _early_failure("sent an error event before any content")
+                        break
+                    if out:
+                        held.append(out)
+                        size += len(out)
+                    # An error after content (in the same read) is a mid-stream failure: relayed, not failed over.
+                    committed = relay.failed or relay.commits(out) or size > _HOLD_BYTES
+                    if response.ended and not committed:
+                        failure = _early_failure("ended before any content")
+                        break
+            except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
+                failure = classify_exception(exc, channel)
+            latency = time.perf_counter() - t0
+            outcome.upstream_s += latency
+            if failure is None:
+                attempts.succeeded(channel, credential, response.status, latency)
+                outcome.attempts = attempts.records
+                return response, chunks, relay, held
+            response.release()
+            outcome.ttft_ms = None
+            attempts.failed(channel, credential, failure, latency)
+
     async def _stream(
         self,
         receive: Receive,
         send: Send,
         call: Call,
-        channels: tuple[Channel, ...],
+        attempts: Attempts,
         window: WindowStatus | None,
         outcome: Outcome,
         started: float,
     ) -> None:
-        response = await self._open(call, channels, outcome)
-        content_type = response.header(b"content-type")
-        if content_type is not None and not content_type.lower().startswith(b"text/event-stream"):
-            await self._not_a_stream(call, response, content_type, outcome)
-        channel = outcome.channel
-        assert channel is not None
-        relay = self._relay(call, channel)
+        response, chunks, relay, held = await self._commit(call, attempts, outcome, started)
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         outcome.status = response.status
         sse = call.sse
@@ -488,16 +589,18 @@ class Gateway:
         try:
             outcome.started = True
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            last = b""  # the bytes of the upstream's last read, when the stream ended with it
-            async for chunk in response.chunks():
-                if outcome.ttft_ms is None:
-                    outcome.ttft_ms = round((time.perf_counter() - started) * 1000)
-                out = relay.feed(chunk)
-                if response.ended:
-                    last = out  # nothing more can come: sent with the closing bytes, in one write
-                    break
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            last = b"".join(held)  # the bytes of the upstream's last read, when the stream ended with it
+            if not response.ended:
+                if last:
+                    await send({"type": "http.response.body", "body": last, "more_body": True})
+                    last = b""
+                async for chunk in chunks:
+                    out = relay.feed(chunk)
+                    if response.ended:
+                        last = out  # nothing more can come: sent with the closing bytes, in one write
+                        break
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
             rest, failure = relay.close()
             await send({"type": "http.response.body", "body": last + rest})
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
@@ -569,3 +672,9 @@ class Gateway:
             ErrorType.UPSTREAM_ERROR,
             f"The upstream answered this stream request with {kind!r} instead of an event stream.",
         )
+
+
+def _early_failure(what: str) -> UpstreamFailure:
+    """A stream that failed before its first content: transient, so another channel may serve it."""
+    err = GatewayError(ErrorType.UPSTREAM_ERROR, f"The upstream's stream {what}.")
+    return UpstreamFailure(err, FailureClass.TRANSIENT, 200)

@@ -52,6 +52,25 @@ class Relay(Protocol):
         """Output tokens estimated from what was relayed, for a stream that reported no usage."""
         ...
 
+    @property
+    def failed(self) -> bool:
+        """Whether the upstream sent an error event."""
+        ...
+
+    @property
+    def content_seen(self) -> bool:
+        """Whether any output (text, thinking, tool call) or usage has arrived; asked only before the commit."""
+        ...
+
+    def commits(self, out: bytes) -> bool:
+        """Whether the stream is committed to its channel after a read that relayed ``out``.
+
+        Before that, an error event or the end of the stream fails over (docs/routing.md). OpenAI: its first
+        event; Anthropic and Gemini (whose streams open with an envelope, ``message_start``): the first
+        content, or the answer's end.
+        """
+        ...
+
 
 class OpenAIRelay(StreamRelay):
     """OpenAI client, OpenAI upstream: ``StreamRelay`` itself, with its usage hiding and error events.
@@ -78,6 +97,20 @@ class OpenAIRelay(StreamRelay):
     def fail(self, err: GatewayError) -> bytes:
         """See ``Relay.fail``."""
         return self.end(clean=False) + b"data: " + orjson.dumps(err.to_body()) + b"\n\n"
+
+    @property
+    def failed(self) -> bool:
+        """See ``Relay.failed``."""
+        return self.error is not None
+
+    def commits(self, out: bytes) -> bool:
+        """See ``Relay.commits``: the first event relayed."""
+        return bool(out) or self.done
+
+    @property
+    def content_seen(self) -> bool:
+        """See ``Relay.content_seen``."""
+        return self.usage is not None or self.output_tokens_estimate() > 0
 
 
 def _has_error(events: list[StreamEvent]) -> StreamError | None:
@@ -132,6 +165,22 @@ class PassthroughRelay:
         return self._inbound.stream_error(err, request_id_var.get())
 
     @property
+    def failed(self) -> bool:
+        """See ``Relay.failed``."""
+        return self._errored
+
+    def commits(self, out: bytes) -> bool:
+        """See ``Relay.commits``: the first content, or the answer's end."""
+        reader = self._reader
+        return reader.output_bytes > 0 or reader.complete
+
+    @property
+    def content_seen(self) -> bool:
+        """See ``Relay.content_seen``."""
+        reader = self._reader
+        return reader.output_bytes > 0 or reader.complete  # not usage: Anthropic's message_start carries some
+
+    @property
     def usage(self) -> Usage | None:
         """See ``Relay.usage``."""
         reader = self._reader
@@ -184,6 +233,21 @@ class TranslatingRelay:
         if self._failure is not None:
             return b""
         return self._encoder.error(err)
+
+    @property
+    def failed(self) -> bool:
+        """See ``Relay.failed``."""
+        return self._failure is not None
+
+    def commits(self, out: bytes) -> bool:
+        """See ``Relay.commits``: the first content, or the answer's end."""
+        decoder = self._decoder
+        return decoder.output_bytes > 0 or decoder.complete
+
+    @property
+    def content_seen(self) -> bool:
+        """See ``Relay.content_seen``."""
+        return self._decoder.output_bytes > 0
 
     @property
     def usage(self) -> Usage | None:

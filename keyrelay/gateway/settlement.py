@@ -6,6 +6,8 @@ import logging
 import time
 from datetime import datetime
 
+import orjson
+
 from keyrelay.cache.keycache import Principal
 from keyrelay.gateway.call import Outcome
 from keyrelay.gateway.client_ip import IPAddress
@@ -81,6 +83,7 @@ class Settlement:
                 latency_ms=round(elapsed * 1000),
                 ttft_ms=outcome.ttft_ms,
                 client_ip=ip,
+                attempts=orjson.dumps(outcome.attempts).decode() if outcome.attempts else None,
             )
         )
         self._writer.touch(key.hash, admitted_at, ip)

@@ -33,6 +33,7 @@ from keyrelay.providers import anthropic as anthropic_out
 from keyrelay.providers import gemini as gemini_out
 from keyrelay.providers import openai as openai_out
 from keyrelay.providers.anthropic_passthrough import AnthropicPassthroughReader
+from keyrelay.providers.failure import FailureClass
 from keyrelay.providers.gemini_passthrough import GeminiPassthroughReader
 from keyrelay.providers.openai_decode import OpenAIStreamDecoder
 
@@ -71,6 +72,8 @@ class Outbound:
     passthrough_reader: Callable[[], PassthroughReader] | None
     body_usage: Callable[[bytes], Usage | None]  # usage of a whole answer (a passthrough relays it untouched)
     error: Callable[[bytes], tuple[str, str | None]]  # an error body's message (scrubbed first) and type
+    # (status, message, type) of an error answer → its routing class (providers/failure.py)
+    failure_class: Callable[[int, str, str | None], FailureClass]
 
 
 class DecodingReader:
@@ -270,6 +273,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         None,
         _openai_body_usage,
         openai_out.upstream_error,
+        openai_out.failure_class,
     ),
     ProtocolName.ANTHROPIC: Outbound(
         ProtocolName.ANTHROPIC,
@@ -282,6 +286,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         AnthropicPassthroughReader,
         _anthropic_body_usage,
         anthropic_out.upstream_error,
+        anthropic_out.failure_class,
     ),
     ProtocolName.GEMINI: Outbound(
         ProtocolName.GEMINI,
@@ -294,6 +299,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         GeminiPassthroughReader,
         _gemini_body_usage,
         gemini_out.upstream_error,
+        gemini_out.failure_class,
     ),
 }
 

@@ -39,6 +39,7 @@ from keyrelay.protocols.canonical import (
     UsageUpdate,
 )
 from keyrelay.protocols.sse import SSEDecoder
+from keyrelay.providers.failure import FailureClass, status_class
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -272,6 +273,17 @@ def upstream_error(body: bytes) -> tuple[str, str | None]:
         kind = error.get("type")
         return error["message"][:500], kind if isinstance(kind, str) else None
     return body.decode("utf-8", "replace").strip()[:500], None
+
+
+def failure_class(status: int, message: str, kind: str | None) -> FailureClass:
+    """The routing class of an Anthropic error answer (``kind``: its ``error.type``; see ``providers/failure.py``).
+
+    Anthropic answers an account out of credit with 400 ``invalid_request_error`` "Your credit balance is too
+    low to access the Anthropic API" (and ``billing_error``): the gateway's account, not the caller's request.
+    """
+    if kind == "billing_error" or (status == 400 and "credit balance is too low" in message):
+        return FailureClass.CREDENTIAL
+    return status_class(status)
 
 
 # --- response -------------------------------------------------------------------------------------

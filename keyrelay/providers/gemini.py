@@ -42,6 +42,7 @@ from keyrelay.protocols.canonical import (
 )
 from keyrelay.protocols.gemini_parts import call_args, field, function_call, gemini_usage, model_parts, stop_reason
 from keyrelay.protocols.sse import SSEDecoder, parse_blocks
+from keyrelay.providers.failure import FailureClass, status_class
 
 __all__ = [
     "GeminiStreamDecoder",
@@ -337,6 +338,17 @@ def upstream_error(body: bytes) -> tuple[str, str | None]:
     else:
         kind = str(code) if isinstance(code, int) else None
     return text[:500], kind
+
+
+def failure_class(status: int, message: str, kind: str | None) -> FailureClass:
+    """The routing class of a Gemini error answer (``kind``: its google.rpc ``status``; ``providers/failure.py``).
+
+    The Gemini API answers a bad API key with 400 ``INVALID_ARGUMENT`` "API key not valid", and an account
+    without billing where it is needed with 400 ``FAILED_PRECONDITION``: both are the gateway's credential.
+    """
+    if status == 400 and (kind == "FAILED_PRECONDITION" or "API key not valid" in message):
+        return FailureClass.CREDENTIAL
+    return status_class(status)
 
 
 # --- stream -----------------------------------------------------------------------------------------

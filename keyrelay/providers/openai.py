@@ -32,6 +32,7 @@ from keyrelay.protocols.canonical import (
     ToolResultPart,
     Usage,
 )
+from keyrelay.providers.failure import FailureClass, status_class
 
 __all__ = [
     "STOP_REASONS",
@@ -283,6 +284,20 @@ def upstream_error(body: bytes) -> tuple[str, str | None]:
         return body[:200].decode("utf-8", "replace"), None
     code = error.get("code")
     return str(error.get("message", ""))[:500], code if isinstance(code, str) and code.isidentifier() else None
+
+
+# OpenAI error codes that mean the gateway's organisation is out of credit or barred, whatever the status
+# (429 insufficient_quota: https://platform.openai.com/docs/guides/error-codes#api-errors).
+_ACCOUNT_CODES = frozenset(
+    {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active", "account_deactivated"}
+)
+
+
+def failure_class(status: int, message: str, code: str | None) -> FailureClass:
+    """The routing class of an OpenAI error answer (``code``: its ``error.code``; see ``providers/failure.py``)."""
+    if code in _ACCOUNT_CODES:
+        return FailureClass.CREDENTIAL
+    return status_class(status)
 
 
 def _bad(what: str) -> GatewayError:

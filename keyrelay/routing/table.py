@@ -3,8 +3,9 @@
 One resolution rule serves every place that reads a model name (routing, ``/v1/models`` and
 ``/v1/models/{id}``, whitelist matching, pricing), through :meth:`RouteTable.resolve`:
 
-1. a model id that a provider offers, written exactly, means every provider offering that id (in
-   configuration order, which is also the failover order);
+1. a model id that a provider offers, written exactly, means every provider offering that id (each is
+   a *channel*; the order they are tried in is drawn per request by ``routing/failover.py`` from their
+   ``priority`` and ``weight``, never from the file's order);
 2. otherwise ``provider/model`` means that provider's model.
 
 Exact ids come first because they are what ``/v1/models`` lists and what clients copy, and because
@@ -29,13 +30,29 @@ _WIRES = {
 
 
 @dataclass(frozen=True, slots=True)
+class Credential:
+    """One provider key of a channel's pool: ``label`` (its environment variable's name) is what logs show."""
+
+    label: str
+    secret: str | None  # None: the provider takes no key (a local server)
+    index: int = 0  # its place in the provider's pool
+
+    def __repr__(self) -> str:
+        return f"Credential({self.label!r}, index={self.index})"  # never the secret
+
+
+@dataclass(frozen=True, slots=True)
 class Channel:
-    """One way to serve a model: a provider endpoint, its credential, the upstream model id and prices."""
+    """One way to serve a model: a provider endpoint, its credentials, the upstream model id, prices and rank.
+
+    ``priority`` (higher first) and ``weight`` (share within one priority) place it in the failover order;
+    ``credentials`` is the provider's pool (one entry without a pool), shared by all its channels.
+    """
 
     provider: str
     kind: str
     base_url: str
-    api_key: str | None
+    api_key: str | None  # the first credential's secret (the pool is ``credentials``)
     model: str
     upstream_model: str
     input_micros_per_mtok: int
@@ -47,10 +64,15 @@ class Channel:
     tls_verify: bool = True
     cache_read_micros_per_mtok: int = 0
     cache_write_micros_per_mtok: int = 0
+    priority: int = 0
+    weight: float = 1.0
+    credentials: tuple[Credential, ...] = ()
     wire: ProtocolName = field(init=False)  # the wire the upstream speaks (``openai-compatible`` speaks OpenAI's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "wire", _WIRES[self.kind])  # read on every request: computed once
+        if not self.credentials:
+            object.__setattr__(self, "credentials", (Credential("api_key", self.api_key),))
 
     @property
     def qualified_name(self) -> str:
@@ -59,13 +81,13 @@ class Channel:
 
 
 def _channels_of(provider: ProviderConfig) -> list[Channel]:
-    secret = provider.api_key.get_secret_value() if provider.api_key is not None else None
+    credentials = tuple(Credential(label, secret, i) for i, (label, secret) in enumerate(provider.credentials))
     return [
         Channel(
             provider=provider.name,
             kind=provider.kind,
             base_url=provider.base_url,
-            api_key=secret,
+            api_key=credentials[0].secret,
             model=m.id,
             upstream_model=m.upstream_id or m.id,
             input_micros_per_mtok=m.input_micros_per_mtok,
@@ -77,6 +99,9 @@ def _channels_of(provider: ProviderConfig) -> list[Channel]:
             tls_verify=provider.tls_verify,
             cache_read_micros_per_mtok=m.cache_read_micros_per_mtok,
             cache_write_micros_per_mtok=m.cache_write_micros_per_mtok,
+            priority=provider.priority if m.priority is None else m.priority,
+            weight=provider.weight if m.weight is None else m.weight,
+            credentials=credentials,
         )
         for m in provider.models
     ]
@@ -108,7 +133,7 @@ class RouteTable:
         return cls(settings.providers)
 
     def resolve(self, model: str) -> tuple[Channel, ...]:
-        """The channels a model name means, in failover order; empty when it means nothing."""
+        """The channels a model name means (unordered: ``routing/failover.py`` orders them); empty: none."""
         return self._routes.get(model, ())
 
     def whitelisted(self, names: frozenset[str]) -> frozenset[str]:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     false,
     func,
     text,
@@ -227,6 +228,7 @@ usage_records = Table(
     Column("latency_ms", Integer, nullable=True),
     Column("ttft_ms", Integer, nullable=True),
     Column("client_ip", String(45), nullable=True),
+    Column("attempts", Text, nullable=True),  # JSON list of the upstream attempts, when one failed (0011)
     # ``id`` closes each index so the request log's keyset (newest first by (created_at, id)) is one index
     # range from the cursor on; the aggregates use the same indexes as (scope, created_at) ranges. The two
     # partial indexes hold failed requests only (a few percent of the rows): the log filtered to failures

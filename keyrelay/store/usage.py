@@ -67,6 +67,7 @@ class UsageEntry:
     latency_ms: int | None
     ttft_ms: int | None
     client_ip: str | None
+    attempts: str | None = None  # JSON list of the upstream attempts, when one failed
 
 
 @dataclass(frozen=True, slots=True)

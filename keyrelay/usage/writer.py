@@ -82,6 +82,7 @@ class UsageRecord:
     reasoning_tokens: int = 0
     protocol: str = "openai"
     upstream_kind: str | None = None
+    attempts: str | None = None  # JSON list of the upstream attempts, when one failed (None: one that succeeded)
 
     def row(self) -> dict[str, Any]:
         """The usage_records row."""
@@ -108,6 +109,7 @@ class UsageRecord:
             "reasoning_tokens": self.reasoning_tokens,
             "protocol": self.protocol,
             "upstream_kind": self.upstream_kind,
+            "attempts": self.attempts,
         }
 
 
@@ -134,6 +136,7 @@ _COLUMNS = (
     "reasoning_tokens",
     "protocol",
     "upstream_kind",
+    "attempts",
 )
 
 

@@ -29,7 +29,7 @@ NOT_SETTINGS = {
     "KEYRELAY_LOG": "the benchmark harness's own variable, named in the README as not a keyrelay setting",
 }
 # Provider fields that must not appear in keyrelay.yaml (the README says why).
-NOT_IN_FILE = {"api_key"}
+NOT_IN_FILE = {"api_key", "api_keys"}
 
 
 def _section(text: str, heading: str) -> str:

@@ -327,8 +327,15 @@ async def test_upstream_failures(server: RunningServer, client: httpx.AsyncClien
 
 def _failover_providers(mock: MockUpstream) -> tuple[ProviderConfig, ...]:
     mini = ModelConfig(id="gpt-4o-mini", input_per_mtok="0.15", output_per_mtok="0.60")
+    # Higher priorities first: "down" and "flaky" are tried before "mock", whatever the draw.
     down = ProviderConfig(
-        name="down", base_url="http://127.0.0.1:9/v1", region="us", models=(mini,), timeout_s=1, connect_timeout_s=1
+        name="down",
+        base_url="http://127.0.0.1:9/v1",
+        region="us",
+        models=(mini,),
+        timeout_s=1,
+        connect_timeout_s=1,
+        priority=1,
     )
     # Serves gpt-4o through the mock's failing model: every call answers 503.
     flaky = ProviderConfig(
@@ -336,6 +343,7 @@ def _failover_providers(mock: MockUpstream) -> tuple[ProviderConfig, ...]:
         base_url=mock.base_url,
         region="us",
         models=(ModelConfig(id="gpt-4o", upstream_id="gpt-4o-mini-fail-503"),),
+        priority=1,
     )
     main = provider_for(mock).model_copy(update={"timeout_s": 0.4, "api_key": SecretStr("sk-upstream-secret")})
     return (down, flaky, main)
