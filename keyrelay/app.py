@@ -78,6 +78,7 @@ class KeyrelayApp:
             metrics=self.metrics,
             clock=runtime.clock,
         )
+        self.admin.state.gateway = self.gateway
         self.writer = writer
         self.runtime = runtime
         # Everything built so far lives as long as the process: move it out of the collector's

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
 from keyrelay import __version__
-from keyrelay.admin import accounts, audit, keys, usage
+from keyrelay.admin import accounts, audit, keys, providers, usage
 from keyrelay.admin.openapi import install_openapi
 from keyrelay.asgi import Receive, Scope, Send, send_error
 from keyrelay.errors import ErrorType, GatewayError
@@ -142,6 +142,7 @@ def create_admin_app() -> FastAPI:
     app.include_router(accounts.router)
     app.include_router(usage.router)
     app.include_router(audit.router)
+    app.include_router(providers.router)
     install_openapi(app)
     app.add_middleware(_AnswerEveryError)
 

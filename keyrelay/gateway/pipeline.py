@@ -64,7 +64,7 @@ from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.openai_stream import estimate_tokens, response_usage
 from keyrelay.providers.failure import FailureClass
 from keyrelay.routing.failover import AttemptPlan, draw_order
-from keyrelay.routing.health import STATE_VALUES, Health
+from keyrelay.routing.health import STATE_VALUES, BreakerPolicy, Health
 from keyrelay.routing.table import Channel, Credential, RouteTable
 from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch
@@ -106,7 +106,7 @@ class Gateway:
         self._pool = pool
         self._targets: dict[tuple[str, int, Operation, bool], tuple[Origin, bytes]] = {}
         self._metrics = metrics
-        self.health = health or Health(clock)
+        self.health = health or Health(clock, BreakerPolicy.from_settings(settings))
         self.rng = random.Random()  # the weighted draw of channels; a test may seed it
         metrics.channel_states = self._channel_states
         self._settlement = Settlement(limits, writer, metrics)
@@ -343,6 +343,22 @@ class Gateway:
         settings = self._settings
         plan = AttemptPlan(draw_order(channels, self.rng), self.health, settings.max_attempts)
         return Attempts(plan, self.health, self._metrics, settings.total_timeout_s)
+
+    def channel_report(self) -> list[dict[str, object]]:
+        """Every channel with its health (``GET /api/v1/providers``), in the route table's order."""
+        health = self.health
+        return [
+            {
+                "provider": c.provider,
+                "model": c.model,
+                "upstream_model": c.upstream_model,
+                "kind": c.kind,
+                "priority": c.priority,
+                "weight": c.weight,
+                **health.snapshot(c),
+            }
+            for c in self._routes.models
+        ]
 
     def _channel_states(self) -> list[tuple[str, str, int]]:
         """(provider, model, state value) of every channel, for ``keyrelay_channel_state``."""

@@ -11,8 +11,9 @@ injected clock's monotonic seconds. The rules (docs/routing.md, "Health and circ
 * After the cooldown the breaker is half-open: one request (the probe) may use the channel; its success
   closes the breaker, its failure opens it again with the next cooldown. A probe that never reports
   back frees its claim after ``max_cooldown_s``.
-* A credential rests after a 429 for the upstream's ``Retry-After`` (``RATE_LIMIT_REST_S`` without one),
-  and after a refusal of the credential (``CREDENTIAL``) for the breaker's growing cooldown.
+* A credential rests after a 429 for the upstream's ``Retry-After`` (``RATE_LIMIT_REST_S`` without one), for
+  that model only (providers set rate limits per model); after a refusal of the credential (``CREDENTIAL``),
+  for the breaker's growing cooldown and for every model of its provider.
 * Any success closes the channel's breaker and ends its credential's refusal streak.
 
 State transitions are reported to ``on_change`` (Redis sharing, ``routing/shared_health.py``), and
@@ -194,31 +195,34 @@ class Health:
             breaker = self._breakers[name] = Breaker(self.policy)
         return breaker
 
-    def rest_of(self, channel: Channel, credential: Credential) -> Rest | None:
-        """The credential's rest record, if it ever rested."""
-        return self._rests.get(_credential_name(channel, credential))
+    def _resting(self, channel: Channel, credential: Credential, now: float) -> Rest | None:
+        """The credential's rest that is still running for this channel (a refusal's or a rate limit's), if any."""
+        rests = self._rests
+        for name in (_refusal_name(channel, credential), _limit_name(channel, credential)):
+            rest = rests.get(name)
+            if rest is not None and now < rest.until:
+                return rest
+        return None
 
     def credential(self, channel: Channel, now: float) -> Credential | None:
         """The next credential of the channel's pool that does not rest (round robin); None: all rest."""
         pool = channel.credentials
         if len(pool) == 1:
-            rest = self._rests.get(_credential_name(channel, pool[0])) if self._rests else None
-            return pool[0] if rest is None or now >= rest.until else None
+            return pool[0] if not self._rests or self._resting(channel, pool[0], now) is None else None
         start = self._turn.get(channel.provider, 0)
         self._turn[channel.provider] = start + 1
         for step in range(len(pool)):
             credential = pool[(start + step) % len(pool)]
-            rest = self._rests.get(_credential_name(channel, credential))
-            if rest is None or now >= rest.until:
+            if not self._rests or self._resting(channel, credential, now) is None:
                 return credential
         return None
 
     def soonest_credential(self, channel: Channel) -> Credential:
         """The credential whose rest ends first (when every one rests)."""
-        rests = self._rests
+        now = self.now()
 
         def until(credential: Credential) -> float:
-            rest = rests.get(_credential_name(channel, credential))
+            rest = self._resting(channel, credential, now)
             return rest.until if rest is not None else 0.0
 
         return min(channel.credentials, key=until)
@@ -230,8 +234,8 @@ class Health:
         """
         breaker = self._breakers.get(channel.qualified_name)
         since = breaker.opened_at if breaker is not None and not breaker.usable(now) else float("inf")
-        rests = [self._rests.get(_credential_name(channel, c)) for c in channel.credentials]
-        if all(r is not None and now < r.until for r in rests):
+        rests = [self._resting(channel, c, now) for c in channel.credentials]
+        if all(r is not None for r in rests):
             since = min(since, max(r.since for r in rests if r is not None))
         return since
 
@@ -241,7 +245,7 @@ class Health:
         if self.breaker(channel).success(now, latency_s):
             self._changed("channel", channel.qualified_name, 0.0)
         if self._rests:
-            rest = self._rests.get(_credential_name(channel, credential))
+            rest = self._rests.get(_refusal_name(channel, credential))
             if rest is not None and rest.refusals:
                 rest.refusals = 0
 
@@ -260,14 +264,13 @@ class Health:
             self._changed("channel", channel.qualified_name, breaker.open_until - now)
         if failure is FailureClass.RATE_LIMIT:
             seconds = min(retry_after_s if retry_after_s is not None else RATE_LIMIT_REST_S, MAX_REST_S)
-            self._rest(channel, credential, now, seconds, refused=False)
+            self._rest(_limit_name(channel, credential), now, seconds, refused=False)
         elif failure is FailureClass.CREDENTIAL:
-            name = _credential_name(channel, credential)
+            name = _refusal_name(channel, credential)
             refusals = self._rests[name].refusals if name in self._rests else 0
-            self._rest(channel, credential, now, self.policy.cooldown(refusals + 1), refused=True)
+            self._rest(name, now, self.policy.cooldown(refusals + 1), refused=True)
 
-    def _rest(self, channel: Channel, credential: Credential, now: float, seconds: float, *, refused: bool) -> None:
-        name = _credential_name(channel, credential)
+    def _rest(self, name: str, now: float, seconds: float, *, refused: bool) -> None:
         rest = self._rests.get(name)
         if rest is None:
             rest = self._rests[name] = Rest()
@@ -309,13 +312,12 @@ class Health:
         attempts, error_rate, latency = breaker.figures(now) if breaker is not None else (0, None, None)
         credentials = []
         for credential in channel.credentials:
-            rest = self._rests.get(_credential_name(channel, credential))
-            resting = rest is not None and now < rest.until
+            rest = self._resting(channel, credential, now)
             credentials.append(
                 {
                     "name": credential.label,
-                    "state": "resting" if resting else "ready",
-                    "rest_s": round(rest.until - now, 3) if resting and rest is not None else 0,
+                    "state": "ready" if rest is None else "resting",
+                    "rest_s": 0 if rest is None else round(rest.until - now, 3),
                 }
             )
         return {
@@ -333,6 +335,11 @@ class Health:
         return breaker.current(self.now()) if breaker is not None else ChannelState.CLOSED
 
 
-def _credential_name(channel: Channel, credential: Credential) -> str:
-    """``provider#index``: credentials belong to the provider, whichever of its models used them."""
+def _refusal_name(channel: Channel, credential: Credential) -> str:
+    """``provider#index``: a refused credential is refused for every model of its provider."""
     return f"{channel.provider}#{credential.index}"
+
+
+def _limit_name(channel: Channel, credential: Credential) -> str:
+    """``provider/model#index``: providers rate-limit a credential per model (OpenAI's and Anthropic's limits)."""
+    return f"{channel.qualified_name}#{credential.index}"

@@ -25,13 +25,13 @@ from aiohttp import web
 
 from keyrelay.testing.mock_upstream.behaviour import Plan, Tool, Turn, plan_reply
 from keyrelay.testing.mock_upstream.core import (
-    CUT_STREAM_CONTENT_CHUNKS,
     FAULT_CUT_STREAM,
     FAULT_PROMPT_TOO_LONG,
     FAULT_STREAM_ERROR,
     INVALID_JSON,
     MockState,
     abort_connection,
+    content_chunks_before_fault,
     fault_status,
     json_response,
     new_id,
@@ -281,7 +281,7 @@ def stream_events(model: str, plan: Plan, *, cut: bool, error: bool) -> Iterator
     deltas = 0
     for index, block in enumerate(blocks):
         for frame, is_delta in _block_events(index, block, plan):
-            if (cut or error) and deltas == CUT_STREAM_CONTENT_CHUNKS:
+            if (cut or error) and deltas == content_chunks_before_fault(model):
                 if error:
                     yield _event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
                 return
@@ -326,7 +326,7 @@ class AnthropicWire:
 
     async def _faults(self, request: web.Request, model: str) -> web.StreamResponse | None:
         waited = await self.state.wait_faults(request, model)
-        return waited if waited is not None else _fault_error(model)
+        return waited if waited is not None else _fault_error(self.state.fault_model(model, request))
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """Handle ``POST /v1/messages`` (JSON or SSE)."""

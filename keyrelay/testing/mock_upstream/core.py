@@ -38,6 +38,7 @@ FAULT_HANG: Final = "hang"
 FAULT_HELD: Final = "held"
 FAULT_CUT_STREAM: Final = "cut-stream"
 FAULT_STREAM_ERROR: Final = "stream-error"
+FAULT_EARLY: Final = "early-"  # early-stream-error, early-cut-stream: the fault before any content
 FAULT_NO_USAGE: Final = "no-usage"
 FAULT_PACED: Final = "paced"
 FAULT_PROMPT_TOO_LONG: Final = "prompt-too-long"
@@ -82,6 +83,11 @@ class MockOptions:
         sleep: Every pause the mock makes (``delay_ms``, ``slow-ttfb``, the ``paced`` gaps) is ``await sleep(s)``
             with ``s`` in seconds. A test may pass ``FakeClock.sleep`` (time passes at once on the fake clock)
             or its own function to observe the pauses or hold the mock at one.
+        fail_status: When set (400-599), every generation request answers the wire's error for this status, as
+            a ``fail-NNN`` model would: a test makes a running upstream fail, then recover by setting it back
+            to ``None``.
+        key_status: Per provider key (as the wire carries it), the status of the error every generation request
+            with that key answers (``fail-NNN``): a credential of a pool that is rate limited or refused.
     """
 
     delay_ms: float = 0
@@ -92,6 +98,8 @@ class MockOptions:
     max_recorded: int = 1000
     clock: Clock = field(default_factory=SystemClock)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    fail_status: int | None = None
+    key_status: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +178,25 @@ def redirect_fault(model: str) -> web.Response | None:
     )
 
 
+def content_chunks_before_fault(model: str) -> int:
+    """Content chunks a ``cut-stream`` / ``stream-error`` stream sends first: 0 for its ``early-`` form, else 3."""
+    return (
+        0 if FAULT_EARLY + "stream-error" in model or FAULT_EARLY + "cut-stream" in model else CUT_STREAM_CONTENT_CHUNKS
+    )
+
+
 def fault_status(model: str) -> int | None:
     """The HTTP status a ``fail-NNN`` model name asks for (400-599), if any."""
     match = FAULT_STATUS.search(model)
     return int(match.group(1)) if match else None
+
+
+def _credential(request: web.Request) -> str | None:
+    """The provider key a request carries, in any of the three wires' places."""
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or request.query.get("key")
 
 
 def _anthropic_beta(request: web.Request) -> tuple[str, ...]:
@@ -251,6 +274,14 @@ class MockState:
         """Apply the global ``delay_ms``."""
         if self.options.delay_ms > 0:
             await self.options.sleep(self.options.delay_ms / 1000)
+
+    def fault_model(self, model: str, request: web.Request) -> str:
+        """``model`` with the ``fail-NNN`` of ``options.fail_status`` (or of the request's key) added."""
+        options = self.options
+        status = options.fail_status
+        if status is None and options.key_status:
+            status = options.key_status.get(_credential(request) or "")
+        return model if status is None else f"{model}-fail-{status}"
 
     async def wait_faults(self, request: web.Request, model: str) -> web.StreamResponse | None:
         """Apply ``slow-ttfb``, ``held`` and ``hang``; return an aborted response when the server stops first."""

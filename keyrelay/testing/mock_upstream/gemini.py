@@ -25,7 +25,6 @@ from aiohttp import web
 
 from keyrelay.testing.mock_upstream.behaviour import FAULT_BLOCKED_PROMPT, Plan, Tool, Turn, plan_reply
 from keyrelay.testing.mock_upstream.core import (
-    CUT_STREAM_CONTENT_CHUNKS,
     FAULT_CUT_STREAM,
     FAULT_NO_USAGE,
     FAULT_PROMPT_TOO_LONG,
@@ -33,6 +32,7 @@ from keyrelay.testing.mock_upstream.core import (
     FRAMING,
     MockState,
     abort_connection,
+    content_chunks_before_fault,
     fault_status,
     new_id,
     redirect_fault,
@@ -286,7 +286,7 @@ def _call_tokens(call: dict[str, Any]) -> int:
 def _sse(responses: Iterator[dict[str, Any]], model: str, end: bytes) -> Iterator[bytes]:
     cut = FAULT_CUT_STREAM in model or FAULT_STREAM_ERROR in model
     for index, response in enumerate(responses):
-        if cut and index == CUT_STREAM_CONTENT_CHUNKS:
+        if cut and index == content_chunks_before_fault(model):
             if FAULT_STREAM_ERROR in model:
                 yield b"data: " + orjson.dumps(error_body(503, "The model is overloaded.")) + end
             return
@@ -297,7 +297,7 @@ def _array(responses: Iterator[dict[str, Any]], model: str) -> Iterator[bytes]:
     cut = FAULT_CUT_STREAM in model or FAULT_STREAM_ERROR in model
     separator = b"["
     for index, response in enumerate(responses):
-        if cut and index == CUT_STREAM_CONTENT_CHUNKS:
+        if cut and index == content_chunks_before_fault(model):
             if FAULT_STREAM_ERROR in model:
                 error = orjson.dumps(error_body(503, "The model is overloaded."), option=orjson.OPT_INDENT_2)
                 yield separator + error + b"\n]"
@@ -343,7 +343,7 @@ class GeminiWire:
         if isinstance(parsed, web.Response):
             return parsed
         waited = await self.state.wait_faults(request, model)
-        fault = waited if waited is not None else _fault_error(model)
+        fault = waited if waited is not None else _fault_error(self.state.fault_model(model, request))
         if fault is not None:
             return fault
         if method == "countTokens":

@@ -235,7 +235,7 @@ class OpenAIWire:
         waited = await self.state.wait_faults(request, model)
         if waited is not None:
             return waited
-        return _fault_error(model)
+        return _fault_error(self.state.fault_model(model, request))
 
     # -- chat completions ----------------------------------------------------------------------------------------------
 

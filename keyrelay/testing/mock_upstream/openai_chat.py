@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from keyrelay.testing.mock_upstream.behaviour import Plan, Tool, Turn
-from keyrelay.testing.mock_upstream.core import CUT_STREAM_CONTENT_CHUNKS, new_id
+from keyrelay.testing.mock_upstream.core import content_chunks_before_fault, new_id
 
 SYSTEM_FINGERPRINT: Final = "fp_kr0mock01"
 FINISH_REASONS: Final = {
@@ -156,7 +156,7 @@ def chunk_frames(
 
     Role chunk, the deltas, the finish chunk, then the usage-only chunk when ``include_usage``. Every chunk carries
     ``"usage": null`` when ``null_usage``. With ``cut`` / ``error``, stops after the role chunk and 3 deltas (then an
-    ``{"error": ...}`` frame for ``error``).
+    ``{"error": ...}`` frame for ``error``); with their ``early-`` forms, before the role chunk.
     """
     chunk_id = f"chatcmpl-{new_id()}"
 
@@ -178,9 +178,11 @@ def chunk_frames(
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]
 
     content = None if plan.tool_calls else ""
-    yield frame(choice({"role": "assistant", "content": content, "refusal": None}))
+    before = content_chunks_before_fault(model)
+    if not ((cut or error) and before == 0):  # the early faults come before any event
+        yield frame(choice({"role": "assistant", "content": content, "refusal": None}))
     for index, delta in enumerate(_deltas(plan)):
-        if (cut or error) and index == CUT_STREAM_CONTENT_CHUNKS:
+        if (cut or error) and index == before:
             break
         yield frame(choice(delta))
     else:

@@ -70,9 +70,12 @@ class TestRedirects:
     @pytest.fixture
     def settings(self, tmp_path: Path, mock: MockUpstream) -> Settings:
         moved = [ModelConfig(id=f"r{status}", upstream_id=f"gpt-4o-mini-redirect-{status}") for status in REDIRECTS]
-        # "moved" serves gpt-4o-mini through a redirecting endpoint and comes first: failover must pass it by.
+        # "moved" serves gpt-4o-mini through a redirecting endpoint and comes first (its priority is higher):
+        # failover must pass it by.
         moved.append(ModelConfig(id="gpt-4o-mini", upstream_id="gpt-4o-mini-redirect-301"))
-        return sqlite_settings(tmp_path, _provider("moved", mock.base_url, *moved), _provider("mock", mock.base_url))
+        return sqlite_settings(
+            tmp_path, _provider("moved", mock.base_url, *moved, priority=1), _provider("mock", mock.base_url)
+        )
 
     @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
     async def test_every_redirect_is_a_502_and_is_logged_with_its_location(
