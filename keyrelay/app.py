@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import signal
 from typing import TYPE_CHECKING, Any
 
 from keyrelay.admin.app import create_admin_app
 from keyrelay.asgi import Receive, Scope, Send, header, limit_body, new_request_id, send_error, send_json
 from keyrelay.clock import Clock
-from keyrelay.config import Settings, load_settings
+from keyrelay.config import ConfigError, Settings, load_settings
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.admit import Pending
 from keyrelay.gateway.pipeline import Gateway
@@ -18,8 +20,9 @@ from keyrelay.limits.factory import build_limits, redis_client
 from keyrelay.logs import request_id_var, setup_logging
 from keyrelay.metrics import Metrics
 from keyrelay.portal.app import PORTAL_PATHS, PORTAL_PREFIXES, create_portal_app
+from keyrelay.reload import reloaded_settings
 from keyrelay.routing.table import RouteTable
-from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.runtime import Runtime, known_models, known_regions, open_runtime
 from keyrelay.usage.writer import UsageWriter
 
 if TYPE_CHECKING:
@@ -33,9 +36,10 @@ _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 class KeyrelayApp:
     """The ASGI entry point: management API, health probes and (later) the LLM endpoints."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, reload_on_sighup: bool = False) -> None:
         self.settings = settings
         self._clock = clock
+        self._reload_on_sighup = reload_on_sighup
         self.admin = create_admin_app()
         self.portal = create_portal_app(settings)
         self.runtime: Runtime | None = None
@@ -81,15 +85,40 @@ class KeyrelayApp:
         self.admin.state.gateway = self.gateway
         self.writer = writer
         self.runtime = runtime
+        if self._reload_on_sighup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
         # Everything built so far lives as long as the process: move it out of the collector's
         # reach, so full collections stay short (they were ~80 ms pauses under load).
         gc.collect()
         gc.freeze()
 
+    def reload(self) -> bool:
+        """Reload keyrelay.yaml's providers and routing settings (``keyrelay/reload.py``); False: refused, logged."""
+        gateway, runtime = self.gateway, self.runtime
+        if gateway is None or runtime is None:
+            return False
+        try:
+            settings = reloaded_settings(self.settings)
+            self.pool.check(settings)
+        except ConfigError as exc:
+            log.error("reload of the configuration refused, the running one stays: %s", exc)
+            return False
+        self.settings = settings
+        gateway.reload(settings)
+        runtime.key_service.set_catalog(
+            known_models(settings), known_regions(settings), frozenset(p.name for p in settings.providers) or None
+        )
+        self.portal.state.portal.settings = settings
+        channels = sum(len(p.models) for p in settings.providers)
+        log.info("configuration reloaded: %d provider(s), %d channel(s)", len(settings.providers), channels)
+        return True
+
     async def shutdown(self) -> None:
         """Flush and close everything."""
         if self.runtime is None:
             return
+        if self._reload_on_sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.runtime.tasks.close()
         if self.writer is not None:
             await self.writer.close()
@@ -194,13 +223,14 @@ def _with_request_id(send: Send, request_id: str) -> Send:
     return wrapped
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> KeyrelayApp:
-    """Build the ASGI application for these settings."""
-    return KeyrelayApp(settings, clock=clock)
+def create_app(settings: Settings, *, clock: Clock | None = None, reload_on_sighup: bool = False) -> KeyrelayApp:
+    """Build the ASGI application for these settings (``reload_on_sighup``: ``keyrelay serve``'s reload)."""
+    return KeyrelayApp(settings, clock=clock, reload_on_sighup=reload_on_sighup)
 
 
 def create_app_from_env() -> KeyrelayApp:
     """Factory for worker processes (``serve --workers N``): settings from the environment the CLI exported."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's handler is in place: never the default (exit)
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
-    return KeyrelayApp(settings)
+    return KeyrelayApp(settings, reload_on_sighup=True)

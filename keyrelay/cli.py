@@ -11,6 +11,7 @@ import functools
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -148,6 +149,43 @@ def serve(ctx: click.Context, host: str | None, port: int | None, config_file: s
             EXIT_BAD_INPUT,
         )
     serve_forever(settings)
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="keyrelay.yaml.")
+@click.option("--pid-file", type=click.Path(dir_okay=False), help="Where serve wrote its pid (KEYRELAY_PID_FILE).")
+@click.pass_context
+@friendly
+def reload(ctx: click.Context, config_file: str | None, pid_file: str | None) -> None:
+    """Check keyrelay.yaml, then have the running serve reload it (SIGHUP to the pid in KEYRELAY_PID_FILE)."""
+    import os
+    import signal
+
+    settings = ctx.obj["settings_factory"](config_file)  # a bad file stops here, with the error, before any signal
+    path = pid_file or (str(settings.pid_file) if settings.pid_file else None)
+    if path is None:
+        _fail(
+            "keyrelay reload needs the pid file serve writes: set KEYRELAY_PID_FILE (or pass --pid-file)",
+            EXIT_BAD_INPUT,
+        )
+        return
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read the pid file {path}: {getattr(exc, 'strerror', None) or exc}; is keyrelay serve running?")
+        return
+    if not text.isdigit() or int(text) <= 1:
+        _fail(f"the pid file {path} does not hold a process id")
+        return
+    try:
+        os.kill(int(text), signal.SIGHUP)
+    except ProcessLookupError:
+        _fail(f"no process {text} (from {path}): keyrelay serve is not running")
+        return
+    except PermissionError:
+        _fail(f"not allowed to signal process {text} (from {path}): run as the user running keyrelay serve")
+        return
+    _out(f"{path}: sent SIGHUP to keyrelay serve (pid {text}); its log says whether the new file was taken")
 
 
 @cli.command()

@@ -1,19 +1,26 @@
-"""Serve the app with uvicorn (uvloop + httptools), handling SIGTERM with a graceful, flushing shutdown."""
+"""Serve the app with uvicorn (uvloop + httptools): SIGTERM shuts down gracefully, SIGHUP reloads keyrelay.yaml."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from keyrelay.app import create_app
-from keyrelay.config import Settings, export_env
+from keyrelay.config import ConfigError, Settings, export_env
+from keyrelay.gateway.upstream_client import UpstreamPool
 from keyrelay.listen import bind_listener, check_listen
 from keyrelay.logs import setup_logging
+from keyrelay.reload import reloaded_settings
 from keyrelay.store.engine import create_engine
 from keyrelay.store.migrate import upgrade_to_head
 
@@ -25,12 +32,47 @@ class _Server(uvicorn.Server):
     tests wait for that line, so it is kept, in uvicorn's own words and logger.
     """
 
+    pid_file: Path | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Shut down as uvicorn does, then remove the pid file (uvicorn then re-raises SIGTERM, ending the process)."""
+        await super().shutdown(sockets=sockets)
+        if self.pid_file is not None:
+            with contextlib.suppress(OSError):
+                self.pid_file.unlink()
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and sockets:
             host, port = self.config.host, sockets[0].getsockname()[1]
             where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
             logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", where)
+
+
+class _Workers(Multiprocess):
+    """uvicorn's worker supervisor, except on SIGHUP: it checks keyrelay.yaml, then tells each worker to reload.
+
+    uvicorn's own SIGHUP restarts every worker, which would lose their breaker states and, with a bad file,
+    fail the new workers' start-up; a reload in place keeps both (``keyrelay/reload.py``).
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], settings: Settings) -> None:
+        super().__init__(config, sockets)
+        self.settings = settings
+
+    def handle_hup(self) -> None:
+        """Check the file (as a worker would) and forward SIGHUP to every worker when it is valid."""
+        try:
+            UpstreamPool.from_settings(reloaded_settings(self.settings))
+        except ConfigError as exc:
+            logging.getLogger("keyrelay.reload").error(
+                "reload of the configuration refused, the running one stays: %s", exc
+            )
+            return
+        for process in self.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -60,13 +102,38 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
 def serve_forever(settings: Settings) -> None:
     """Run the gateway (one process, or ``settings.workers`` processes) until SIGINT/SIGTERM.
 
-    The address is bound before anything else starts, so that a busy port fails at once.
+    The address is bound before anything else starts, so that a busy port fails at once. SIGHUP reloads
+    keyrelay.yaml's providers and routing settings (``keyrelay/reload.py``); with ``pid_file`` set, the
+    process id is written there while serving, for ``keyrelay reload``.
 
     Raises:
         ListenError: ``settings.host:settings.port`` cannot be listened on (nothing was started).
         SystemExit: With code 3 when the application's start-up failed (uvicorn logs why).
     """
     setup_logging(settings.log_level, settings.log_format)
+    with _pid_file(settings):
+        _serve(settings)
+
+
+@contextlib.contextmanager
+def _pid_file(settings: Settings) -> Iterator[None]:
+    """Write this process's id to ``settings.pid_file`` (for ``keyrelay reload``) while serving, if one is set."""
+    path = settings.pid_file
+    if path is None:
+        yield
+        return
+    try:
+        path.write_text(f"{os.getpid()}\n", encoding="ascii")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the pid file {path}: {exc.strerror}") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _serve(settings: Settings) -> None:
     if settings.workers > 1:
         # uvicorn's worker supervisor binds the socket itself: check first, so that a busy port gets
         # the CLI's one-line error instead of uvicorn's log line (the window between is microseconds).
@@ -75,7 +142,7 @@ def serve_forever(settings: Settings) -> None:
         # environment (uvicorn's factory mode).
         asyncio.run(_migrate(settings))
         export_env(settings.model_copy(update={"migrate_on_start": False}))
-        uvicorn.run(
+        config = uvicorn.Config(
             "keyrelay.app:create_app_from_env",
             factory=True,
             workers=settings.workers,
@@ -83,11 +150,16 @@ def serve_forever(settings: Settings) -> None:
             port=settings.port,
             **_uvicorn_options(settings),
         )
+        with contextlib.suppress(KeyboardInterrupt):
+            _Workers(config, [config.bind_socket()], settings).run()
         return
     sock = bind_listener(settings.host, settings.port)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=port, **_uvicorn_options(settings))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's handler is in place: never the default (exit)
+    app = create_app(settings, reload_on_sighup=True)
+    config = uvicorn.Config(app, host=settings.host, port=port, **_uvicorn_options(settings))
     server = _Server(config)
+    server.pid_file = settings.pid_file
     # uvicorn exits with code 3 itself when the application's start-up fails (after logging why). After a
     # graceful shutdown it raises the signal that asked for it again: Ctrl-C arrives here as KeyboardInterrupt.
     with contextlib.suppress(KeyboardInterrupt):

@@ -54,7 +54,7 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-@router.get("/providers", response_model=ChannelList, responses=errors(403))
+@router.get("/providers", response_model=ChannelList)
 async def list_providers(request: Request, manager: Annotated[Manager, Depends(require_admin)]) -> ChannelList:
     """Every channel with its health in this process (admin key). With Redis, breaker states are shared."""
     return ChannelList(data=[ChannelOut.model_validate(c) for c in _gateway(request).channel_report()])

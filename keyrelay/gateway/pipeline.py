@@ -59,11 +59,11 @@ from keyrelay.keys.hashing import key_hash
 from keyrelay.limits.backend import LimitsBackend, WindowStatus
 from keyrelay.logs import SecretScrubber, request_id_var
 from keyrelay.metrics import Metrics
-from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, Operation, ProtocolName
+from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, Operation, ProtocolName, ProviderPreferences
 from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.openai_stream import estimate_tokens, response_usage
 from keyrelay.providers.failure import FailureClass
-from keyrelay.routing.failover import AttemptPlan, draw_order
+from keyrelay.routing.failover import AttemptPlan, draw_order, preferred
 from keyrelay.routing.health import STATE_VALUES, BreakerPolicy, Health
 from keyrelay.routing.table import Channel, Credential, RouteTable
 from keyrelay.store.keys import KeyRepository
@@ -321,7 +321,7 @@ class Gateway:
         # Only an Anthropic client's own version and beta flags are forwarded (to Anthropic upstreams).
         client_headers = anthropic_headers(headers) if route.protocol is ProtocolName.ANTHROPIC else []
         call = Call(request, inbound, sse=sse, anthropic_headers=client_headers)
-        attempts = self._attempts(channels)
+        attempts = self._attempts(channels, request.routing)
         try:
             if request.stream:
                 await self._stream(receive, send, call, attempts, window, outcome, started)
@@ -338,11 +338,37 @@ class Gateway:
             # Settled against the admission time: the charge belongs to the periods the reservation was held in.
             await self._settlement.settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
 
-    def _attempts(self, channels: tuple[Channel, ...]) -> Attempts:
-        """A request's attempt plan over ``channels``: drawn by priority and weight, walked with health."""
+    def _attempts(self, channels: tuple[Channel, ...], wishes: ProviderPreferences | None = None) -> Attempts:
+        """A request's attempt plan: ``channels`` by priority and weight, then its ``provider`` wishes, then health.
+
+        Raises:
+            GatewayError: INVALID_REQUEST (field ``provider``) when the wishes leave no channel.
+        """
         settings = self._settings
-        plan = AttemptPlan(draw_order(channels, self.rng), self.health, settings.max_attempts)
+        order = draw_order(channels, self.rng)
+        if wishes is not None:
+            order = preferred(order, wishes)
+            if not order:
+                raise GatewayError(
+                    ErrorType.INVALID_REQUEST,
+                    "provider: none of the providers it names serves this model for this key.",
+                    field="provider",
+                )
+        plan = AttemptPlan(order, self.health, settings.max_attempts)
         return Attempts(plan, self.health, self._metrics, settings.total_timeout_s)
+
+    def reload(self, settings: Settings) -> None:
+        """Use ``settings``' providers and routing settings from the next request on (``keyrelay/reload.py``).
+
+        Breaker and credential states are kept (by channel and credential name); request heads are rebuilt.
+        """
+        routes = RouteTable.from_settings(settings)
+        for warning in routes.shadow_warnings():
+            log.warning("%s", warning)
+        scrubber = SecretScrubber(sorted({k.secret for c in routes.models for k in c.credentials if k.secret}))
+        self.health.set_policy(BreakerPolicy.from_settings(settings))
+        # One step for the request path: each assignment below is seen whole by the next request.
+        self._settings, self._routes, self._scrubber, self._targets = settings, routes, scrubber, {}
 
     def channel_report(self) -> list[dict[str, object]]:
         """Every channel with its health (``GET /api/v1/providers``), in the route table's order."""

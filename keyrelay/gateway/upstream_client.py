@@ -394,9 +394,14 @@ class UpstreamPool:
         """
         proxies = ProxyRules(settings.https_proxy, settings.http_proxy, settings.no_proxy)
         pool = cls(proxies=proxies)
+        pool.check(settings)
+        return pool
+
+    def check(self, settings: Settings) -> None:
+        """Check every provider's origin (CA file, proxy) now, building its TLS context; see ``from_settings``."""
         for provider in settings.providers:
             try:
-                origin = pool.origin(provider.base_url, ca_file=provider.tls_ca_file, verify=provider.tls_verify)
+                origin = self.origin(provider.base_url, ca_file=provider.tls_ca_file, verify=provider.tls_verify)
             except ValueError as exc:  # TlsConfigError, ProxyConfigError
                 raise ConfigError(f"provider {provider.name!r}: {exc}") from None
             if not provider.tls_verify:
@@ -408,7 +413,6 @@ class UpstreamPool:
                 )
             if origin.proxy is not None:
                 log.info("provider %s: reached through the HTTP proxy %s", provider.name, origin.proxy.address)
-        return pool
 
     def origin(self, base_url: str, *, ca_file: str | None = None, verify: bool = True) -> Origin:
         """The origin of ``base_url`` with its TLS context and proxy (call once per channel, not per request).

@@ -33,6 +33,20 @@ class Operation(StrEnum):
     COUNT_TOKENS = "count_tokens"
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderPreferences:
+    """A request's own routing wishes: OpenRouter's ``provider`` object (docs/routing.md, "Per request").
+
+    ``order``: providers to try first, in this order; ``only``: the only providers that may serve it;
+    ``allow_fallbacks``: False keeps it to the providers of ``order``. Always within the key's
+    ``allowed_providers``: a wish can narrow what a key may use, never widen it.
+    """
+
+    order: tuple[str, ...] = ()
+    only: tuple[str, ...] | None = None
+    allow_fallbacks: bool = True
+
+
 @dataclass(slots=True)
 class InboundRequest:
     """What the pipeline needs from a client request body, whatever its wire.
@@ -52,6 +66,7 @@ class InboundRequest:
     choices: int = 1  # ``n`` / ``candidateCount``: every choice can produce max_output_tokens
     images: int = 0
     protocol: ProtocolName = ProtocolName.OPENAI
+    routing: ProviderPreferences | None = None  # the body's ``provider`` object, removed from ``raw`` and ``body``
 
     @property
     def prompt_token_bound(self) -> int:

@@ -11,14 +11,15 @@ from typing import Any
 import orjson
 
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName
+from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName, ProviderPreferences
 from keyrelay.protocols.judged import JudgedFields
 
 __all__ = ["IMAGE_TOKEN_BOUND", "InboundRequest", "Operation", "bearer_credential", "decode_request", "upstream_body"]
 
 MAX_CHOICES = 128  # OpenAI's own bound on ``n`` (https://platform.openai.com/docs/api-reference/chat/create)
 # The fields keyrelay judges a request by (whitelist, price, cost bound, usage): each must appear once.
-_JUDGED = JudgedFields(("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n"))
+_JUDGED = JudgedFields(("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n", "provider"))
+MAX_PREFERRED = 32  # names in provider.order or provider.only
 
 
 def image_parts(raw: bytes, body: dict[str, Any]) -> int:
@@ -99,9 +100,60 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
     wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     choices = _int_field(body, "n", MAX_CHOICES) or 1 if operation is Operation.CHAT else 1
     images = image_parts(raw, body) if operation is Operation.CHAT else 0
+    routing = None
+    if "provider" in body:
+        # keyrelay's own field (as OpenRouter's): read here, never sent upstream.
+        routing = provider_preferences(body.pop("provider"))
+        raw = orjson.dumps(body)
     return InboundRequest(
-        operation, model, stream, wants_usage, max_out, raw, body, choices, images, ProtocolName.OPENAI
+        operation, model, stream, wants_usage, max_out, raw, body, choices, images, ProtocolName.OPENAI, routing
     )
+
+
+def provider_preferences(value: Any) -> ProviderPreferences:
+    """The body's ``provider`` object: ``{"order": [...], "only": [...], "allow_fallbacks": bool}``.
+
+    Raises:
+        GatewayError: INVALID_REQUEST naming the field at fault (``provider.order``, ...).
+    """
+    if not isinstance(value, dict):
+        raise GatewayError(ErrorType.INVALID_REQUEST, "provider must be an object.", field="provider")
+    unknown = sorted(set(value) - {"order", "only", "allow_fallbacks"})
+    if unknown:
+        raise GatewayError(
+            ErrorType.INVALID_REQUEST,
+            f"provider.{unknown[0][:50]} is not supported; keyrelay reads order, only and allow_fallbacks.",
+            field=f"provider.{unknown[0][:50]}",
+        )
+    fallbacks = value.get("allow_fallbacks", True)
+    if not isinstance(fallbacks, bool):
+        raise GatewayError(
+            ErrorType.INVALID_REQUEST,
+            "provider.allow_fallbacks must be true or false.",
+            field="provider.allow_fallbacks",
+        )
+    only = value.get("only")
+    return ProviderPreferences(
+        order=_names(value.get("order"), "order") or (),
+        only=None if only is None else _names(only, "only"),
+        allow_fallbacks=fallbacks,
+    )
+
+
+def _names(value: Any, name: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_PREFERRED
+        or not all(isinstance(v, str) and 0 < len(v) <= 64 for v in value)
+    ):
+        raise GatewayError(
+            ErrorType.INVALID_REQUEST,
+            f"provider.{name} must be a list of at most {MAX_PREFERRED} provider names.",
+            field=f"provider.{name}",
+        )
+    return tuple(value)
 
 
 def upstream_body(request: InboundRequest, upstream_model: str) -> bytes:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from keyrelay.protocols.base import ProviderPreferences
 from keyrelay.providers.failure import FailureClass
 from keyrelay.routing.health import Health
 from keyrelay.routing.table import Channel, Credential
@@ -35,30 +35,21 @@ def draw_order(channels: Sequence[Channel], rng: random.Random) -> list[Channel]
     return [channels[i] for _, _, i in keyed]
 
 
-@dataclass(frozen=True, slots=True)
-class Preferences:
-    """A request's own routing wishes (OpenRouter's ``provider`` object), within the key's allowed providers.
+def preferred(ordered: list[Channel], wishes: ProviderPreferences) -> list[Channel]:
+    """``ordered`` filtered by the request's ``only``, then reordered by its ``order``.
 
-    ``order``: providers to try first, in this order; ``only``: the providers that may serve it;
-    ``allow_fallbacks``: False restricts it to the providers of ``order`` (when given).
+    With ``allow_fallbacks`` the other channels follow in their drawn order; without, only ``order``'s remain.
     """
-
-    order: tuple[str, ...] = ()
-    only: tuple[str, ...] | None = None
-    allow_fallbacks: bool = True
-
-    def apply(self, ordered: list[Channel]) -> list[Channel]:
-        """``ordered`` filtered by ``only`` and reordered by ``order``."""
-        if self.only is not None:
-            allowed = set(self.only)
-            ordered = [c for c in ordered if c.provider in allowed]
-        if not self.order:
-            return ordered
-        rank = {name: i for i, name in enumerate(self.order)}
-        first = sorted((c for c in ordered if c.provider in rank), key=lambda c: rank[c.provider])
-        if not self.allow_fallbacks:
-            return first
-        return first + [c for c in ordered if c.provider not in rank]
+    if wishes.only is not None:
+        allowed = set(wishes.only)
+        ordered = [c for c in ordered if c.provider in allowed]
+    if not wishes.order:
+        return ordered
+    rank = {name: i for i, name in enumerate(wishes.order)}
+    first = sorted((c for c in ordered if c.provider in rank), key=lambda c: rank[c.provider])
+    if not wishes.allow_fallbacks:
+        return first
+    return first + [c for c in ordered if c.provider not in rank]
 
 
 class AttemptPlan:

@@ -76,10 +76,10 @@ class BreakerPolicy:
 class Breaker:
     """One channel's circuit breaker and recent attempts."""
 
-    __slots__ = ("_policy", "failures", "state", "opened_at", "open_until", "opens", "probe_until", "recent")
+    __slots__ = ("policy", "failures", "state", "opened_at", "open_until", "opens", "probe_until", "recent")
 
     def __init__(self, policy: BreakerPolicy) -> None:
-        self._policy = policy
+        self.policy = policy
         self.failures: deque[float] = deque()
         self.state = ChannelState.CLOSED
         self.opened_at = 0.0
@@ -102,7 +102,7 @@ class Breaker:
     def claim(self, now: float) -> None:
         """Take the half-open probe (a no-op when closed)."""
         if self.current(now) is ChannelState.HALF_OPEN:
-            self.probe_until = now + self._policy.max_cooldown_s
+            self.probe_until = now + self.policy.max_cooldown_s
 
     def success(self, now: float, latency_s: float) -> bool:
         """Record a success; True when it changed the state (closed the breaker)."""
@@ -132,10 +132,10 @@ class Breaker:
             return True
         failures = self.failures
         failures.append(now)
-        horizon = now - self._policy.window_s
+        horizon = now - self.policy.window_s
         while failures and failures[0] <= horizon:
             failures.popleft()
-        if len(failures) >= self._policy.failures:
+        if len(failures) >= self.policy.failures:
             self.open(now, self.opens + 1)
             return True
         return False
@@ -145,7 +145,7 @@ class Breaker:
         self.state = ChannelState.OPEN
         self.opens = opens
         self.opened_at = now
-        self.open_until = now + (cooldown if cooldown is not None else self._policy.cooldown(opens))
+        self.open_until = now + (cooldown if cooldown is not None else self.policy.cooldown(opens))
         self.probe_until = 0.0
         self.failures.clear()
 
@@ -182,6 +182,12 @@ class Health:
         self._rests: dict[str, Rest] = {}
         self._turn: dict[str, int] = {}  # provider → next credential to use (round robin)
         self.on_change: Change | None = None
+
+    def set_policy(self, policy: BreakerPolicy) -> None:
+        """Use ``policy`` from now on, in every breaker (a configuration reload); states are kept."""
+        self.policy = policy
+        for breaker in self._breakers.values():
+            breaker.policy = policy
 
     def now(self) -> float:
         """The clock's monotonic seconds."""

@@ -83,6 +83,14 @@ class KeyService:
         self._known_regions = known_regions
         self._known_providers = known_providers
 
+    def set_catalog(
+        self, known_models: frozenset[str], known_regions: frozenset[str] | None, known_providers: frozenset[str] | None
+    ) -> None:
+        """Replace what key specs are checked against (after a configuration reload); see ``__init__``."""
+        self._known_models = known_models
+        self._known_regions = known_regions
+        self._known_providers = known_providers
+
     def _warnings(self, spec: KeyCreate | KeyUpdate, present: set[str]) -> tuple[str, ...]:
         """What is accepted but cannot work yet: models, providers and regions no configured provider serves."""
         warnings: list[str] = []

@@ -459,3 +459,51 @@ class TestOneCharge:
         info = (await client.get("/v1/key", headers=auth(key))).json()["data"]
         assert round((1 - info["limit_remaining"]) * 1_000_000) == row["cost_micros"]
         assert round(info["usage"] * 1_000_000) == row["cost_micros"]
+
+
+# --- per-request preferences ----------------------------------------------------------------------------------------
+
+
+class TestRequestPreferences:
+    @pytest.fixture
+    def settings(self, tmp_path: Path, mock: MockUpstream) -> Settings:
+        def one(name: str, upstream: str) -> ProviderConfig:
+            return _provider(name, mock.base_url, (ModelConfig(id="m", upstream_id=upstream),))
+
+        return sqlite_settings(tmp_path, one("a", "a-fail-503"), one("b", "b"), one("c", "c"))
+
+    async def test_order_only_and_allow_fallbacks_steer_the_request_and_never_go_upstream(
+        self, server: RunningServer, client: httpx.AsyncClient, mock: MockUpstream, key: str
+    ) -> None:
+        async def upstreams(provider: dict[str, Any]) -> tuple[int, list[str]]:
+            mock.state.clear_requests()
+            r = await chat(client, key, model="m", provider=provider)
+            assert all("provider" not in q.body for q in mock.requests)  # keyrelay's field, read and removed
+            return r.status_code, [q.body["model"] for q in mock.requests]
+
+        for _ in range(5):
+            assert await upstreams({"order": ["c", "b"]}) == (200, ["c"])
+            assert await upstreams({"only": ["b"]}) == (200, ["b"])
+        status, seen = await upstreams({"order": ["a"]})  # a fails: the others follow
+        assert status == 200 and seen[0] == "a-fail-503" and len(seen) == 2
+        assert await upstreams({"order": ["a"], "allow_fallbacks": False}) == (503, ["a-fail-503"])
+        assert await upstreams({"order": ["b"], "only": ["b", "c"], "allow_fallbacks": True}) == (200, ["b"])
+
+    async def test_preferences_stay_within_the_keys_providers_and_bad_ones_name_their_field(
+        self, server: RunningServer, client: httpx.AsyncClient, mock: MockUpstream
+    ) -> None:
+        key = await make_api_key(server, "narrow@example.com", allowed_providers=["b", "c"])
+        r = await chat(client, key, model="m", provider={"only": ["a"]})
+        assert assert_error(r, 400, "INVALID_REQUEST")["param"] == "provider"
+        assert (await chat(client, key, model="m", provider={"order": ["a", "c"]})).status_code == 200
+        assert [q.body["model"] for q in mock.requests] == ["c"]  # "a" is not this key's: passed over
+        bad = {
+            "provider": "a",
+            "provider.order": {"order": "a"},
+            "provider.only": {"only": [1]},
+            "provider.allow_fallbacks": {"allow_fallbacks": "no"},
+            "provider.sort": {"sort": "price"},
+        }
+        for field, value in bad.items():
+            r = await chat(client, key, model="m", provider=value)
+            assert assert_error(r, 400, "INVALID_REQUEST")["param"] == field, (field, r.text)

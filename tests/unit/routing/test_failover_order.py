@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
+from keyrelay.protocols.base import ProviderPreferences as Preferences
 from keyrelay.providers.failure import FailureClass
-from keyrelay.routing.failover import AttemptPlan, Preferences, draw_order
+from keyrelay.routing.failover import AttemptPlan, draw_order, preferred
 from keyrelay.routing.health import BreakerPolicy, Health
 from keyrelay.routing.table import Channel, Credential
 from keyrelay.testing.clock import FakeClock
@@ -85,10 +86,10 @@ def test_a_higher_priority_always_comes_first_whatever_the_weights() -> None:
 
 def test_preferences_filter_and_reorder() -> None:
     order = [channel("a"), channel("b"), channel("c")]
-    assert [c.provider for c in Preferences(order=("c", "a")).apply(order)] == ["c", "a", "b"]
-    assert [c.provider for c in Preferences(order=("c",), allow_fallbacks=False).apply(order)] == ["c"]
-    assert [c.provider for c in Preferences(only=("b", "c")).apply(order)] == ["b", "c"]
-    assert [c.provider for c in Preferences(order=("a",), only=("b", "c")).apply(order)] == ["b", "c"]
+    assert [c.provider for c in preferred(order, Preferences(order=("c", "a")))] == ["c", "a", "b"]
+    assert [c.provider for c in preferred(order, Preferences(order=("c",), allow_fallbacks=False))] == ["c"]
+    assert [c.provider for c in preferred(order, Preferences(only=("b", "c")))] == ["b", "c"]
+    assert [c.provider for c in preferred(order, Preferences(order=("a",), only=("b", "c")))] == ["b", "c"]
 
 
 # --- the plan -------------------------------------------------------------------------------------------------------
