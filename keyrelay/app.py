@@ -83,6 +83,11 @@ class KeyrelayApp:
             clock=runtime.clock,
         )
         self.admin.state.gateway = self.gateway
+        if self.redis is not None:
+            from keyrelay.routing.shared_health import SharedHealth  # only with Redis: see limits/factory.py
+
+            shared = SharedHealth(self.redis, self.gateway.health, prefix=self.settings.redis_prefix)
+            runtime.tasks.spawn(shared.run(), name="channel-health")
         self.writer = writer
         self.runtime = runtime
         if self._reload_on_sighup:
