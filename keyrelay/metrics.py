@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -38,20 +38,19 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=self.registry,
         )
-        self.attempts = Counter(
-            "keyrelay_upstream_attempts",
-            "Upstream attempts by provider, model and outcome (success, or the failure class).",
-            ("provider", "model", "outcome"),
-            registry=self.registry,
-        )
+        # Upstream attempts are counted in a plain dict (one increment per attempt on the hot path) and
+        # exported at scrape time by a collector, like the channel states.
+        self.attempt_counts: dict[tuple[str, str, str], int] = {}
         self.channel_states: Callable[[], Iterable[tuple[str, str, int]]] = tuple
-        self.registry.register(_ChannelStates(self))
+        self.registry.register(_RoutingCollector(self))
 
         self._children: dict[tuple[object, ...], Any] = {}
 
     def count_attempt(self, provider: str, model: str, outcome: str) -> None:
         """Count one upstream attempt (``outcome``: ``success`` or a ``FailureClass`` value)."""
-        self._child(self.attempts, provider, model, outcome).inc()
+        slot = (provider, model, outcome)
+        counts = self.attempt_counts
+        counts[slot] = counts.get(slot, 0) + 1
 
     def count_request(self, key_name: str, model: str, status: int, error_type: str) -> None:
         """Count one request (labelled children are cached: ``labels()`` is too slow per request)."""
@@ -80,19 +79,27 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class _ChannelStates(Collector):
-    """``keyrelay_channel_state``, read from the routing health at scrape time."""
+class _RoutingCollector(Collector):
+    """``keyrelay_upstream_attempts_total`` and ``keyrelay_channel_state``, read at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        """One sample per channel: 0 closed, 1 half-open, 2 open."""
-        family = GaugeMetricFamily(
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """The attempt counts, and one state sample per channel: 0 closed, 1 half-open, 2 open."""
+        attempts = CounterMetricFamily(
+            "keyrelay_upstream_attempts",
+            "Upstream attempts by provider, model and outcome (success, or the failure class).",
+            labels=("provider", "model", "outcome"),
+        )
+        for labels, count in list(self._metrics.attempt_counts.items()):
+            attempts.add_metric(labels, count)
+        yield attempts
+        states = GaugeMetricFamily(
             "keyrelay_channel_state",
             "Circuit breaker state per channel: 0 closed, 1 half-open, 2 open.",
             labels=("provider", "model"),
         )
         for provider, model, value in self._metrics.channel_states():
-            family.add_metric((provider, model), value)
-        yield family
+            states.add_metric((provider, model), value)
+        yield states

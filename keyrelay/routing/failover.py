@@ -62,7 +62,7 @@ class AttemptPlan:
         self._health = health
         self._max = max_attempts
         self._position = 0
-        self._tried: set[tuple[str, int]] = set()
+        self._tried: list[tuple[str, int]] = []  # a few at most: a list beats a set here
         self._last: Channel | None = None
         self.attempts = 0
 
@@ -113,5 +113,5 @@ class AttemptPlan:
     def _take(self, channel: Channel, credential: Credential) -> tuple[Channel, Credential]:
         self.attempts += 1
         self._last = channel
-        self._tried.add((channel.qualified_name, credential.index))
+        self._tried.append((channel.qualified_name, credential.index))
         return channel, credential

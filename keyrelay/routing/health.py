@@ -120,11 +120,17 @@ class Breaker:
         return changed
 
     def failure(self, now: float, latency_s: float, counts: bool) -> bool:
-        """Record a failure (``counts``: of the breaker's classes); True when it opened the breaker."""
+        """Record a failure (``counts``: of the breaker's classes); True when it opened the breaker.
+
+        A failure that does not count, met by the half-open probe, frees the probe's claim: the provider
+        answered, so the next request may probe at once.
+        """
         self.recent.append((now, False, latency_s))
-        if not counts:
-            return False
         state = self.current(now)
+        if not counts:
+            if state is ChannelState.HALF_OPEN:
+                self.probe_until = 0.0
+            return False
         if state is ChannelState.OPEN:
             return False  # a forced attempt on an open channel (all were open): it stays open as it is
         if state is ChannelState.HALF_OPEN:

@@ -162,3 +162,17 @@ def test_states_heard_from_another_process_apply(health: Health, clock: FakeCloc
 )
 def test_status_table(status: int, cls: FailureClass) -> None:
     assert status_class(status) is cls
+
+
+@pytest.mark.parametrize("cls", [FailureClass.RATE_LIMIT, FailureClass.CALLER_FAULT])
+def test_a_probe_that_meets_a_failure_that_does_not_count_frees_its_claim(
+    health: Health, clock: FakeClock, cls: FailureClass
+) -> None:
+    ch = channel("a")
+    fail(health, 5)
+    clock.advance(30)
+    breaker = health.breaker(ch)
+    breaker.claim(clock.monotonic())
+    assert not breaker.usable(clock.monotonic())
+    health.failure(ch, ch.credentials[0], cls, 0.01)
+    assert health.state(ch) is ChannelState.HALF_OPEN and breaker.usable(clock.monotonic())
