@@ -231,6 +231,8 @@ class TestCredentialPools:
         assert [c["name"] for c in channel["credentials"]] == ["POOL_A", "POOL_B", "POOL_C"]
         assert [c["state"] for c in channel["credentials"]] == ["resting", "ready", "ready"]
         assert "sk-pool" not in str(listed)
+        scoped = await make_management_key(server, "member@example.com")
+        assert_error(await client.get("/api/v1/providers", headers=auth(scoped)), 403, "FORBIDDEN")
         # After the rest it is used again.
         clock.advance(1.0)
         mock.options.key_status = {}
