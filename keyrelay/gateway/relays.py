@@ -20,11 +20,14 @@ import orjson
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.wires import Inbound
 from keyrelay.logs import SecretScrubber, request_id_var
-from keyrelay.protocols.base import InboundRequest, PassthroughReader, StreamDecoder, StreamEncoder
+from keyrelay.protocols.base import InboundRequest, PassthroughReader, ProtocolName, StreamDecoder, StreamEncoder
 from keyrelay.protocols.canonical import StreamError, StreamEvent, Usage
 from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens
 
 _ERROR_EVENT = "The upstream sent an error event mid-stream."
+# A passthrough stream's first content: an Anthropic ``content_block_delta`` (or the closing ``message_delta``),
+# a Gemini chunk with ``parts``.
+_CONTENT = {ProtocolName.ANTHROPIC: b"_delta", ProtocolName.GEMINI: b'"parts"', ProtocolName.OPENAI: b"data:"}
 _INCOMPLETE = "The upstream stream ended before it was complete."
 
 
@@ -170,9 +173,12 @@ class PassthroughRelay:
         return self._errored
 
     def commits(self, out: bytes) -> bool:
-        """See ``Relay.commits``: the first content, or the answer's end."""
-        reader = self._reader
-        return reader.output_bytes > 0 or reader.complete
+        """See ``Relay.commits``: the first content, or the answer's end.
+
+        Told by one substring search (``_CONTENT``) rather than by measuring the output, which the reader
+        otherwise skips for a stream whose usage arrives; the exact measure is ``content_seen``'s.
+        """
+        return _CONTENT[self._inbound.name] in out or self._reader.complete
 
     @property
     def content_seen(self) -> bool:

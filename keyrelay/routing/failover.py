@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from keyrelay.protocols.base import ProviderPreferences
 from keyrelay.providers.failure import FailureClass
-from keyrelay.routing.health import Health
+from keyrelay.routing.health import ChannelState, Health
 from keyrelay.routing.table import Channel, Credential
 
 
@@ -86,12 +86,14 @@ class AttemptPlan:
             channel = order[self._position]
             self._position += 1
             breaker = health.breaker(channel)
-            if not breaker.usable(now):
+            closed = breaker.state is ChannelState.CLOSED  # the usual case: no state to work out
+            if not closed and not breaker.usable(now):
                 continue
             credential = self._untried_credential(channel, now)
             if credential is None:
                 continue
-            breaker.claim(now)
+            if not closed:
+                breaker.claim(now)
             return self._take(channel, credential)
         if self.attempts == 0 and order:
             # Every channel is unusable: try the one unusable for the longest rather than fail untried.
@@ -102,6 +104,8 @@ class AttemptPlan:
     def _untried_credential(self, channel: Channel, now: float) -> Credential | None:
         health = self._health
         tried = self._tried
+        if not tried and len(channel.credentials) == 1:  # the usual first attempt: one check, no loop
+            return health.credential(channel, now)
         for _ in range(len(channel.credentials)):
             credential = health.credential(channel, now)
             if credential is None:

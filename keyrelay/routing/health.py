@@ -107,7 +107,7 @@ class Breaker:
     def success(self, now: float, latency_s: float) -> bool:
         """Record a success; True when it changed the state (closed the breaker)."""
         self.recent.append((now, True, latency_s))
-        return self.close()
+        return self.state is not ChannelState.CLOSED and self.close()
 
     def close(self) -> bool:
         """Close the breaker; True when it was not closed."""

@@ -68,16 +68,14 @@ class Channel:
     weight: float = 1.0
     credentials: tuple[Credential, ...] = ()
     wire: ProtocolName = field(init=False)  # the wire the upstream speaks (``openai-compatible`` speaks OpenAI's)
+    qualified_name: str = field(init=False)  # ``provider/model``: the channel's name
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "wire", _WIRES[self.kind])  # read on every request: computed once
+        # Read on every request: computed once.
+        object.__setattr__(self, "wire", _WIRES[self.kind])
+        object.__setattr__(self, "qualified_name", f"{self.provider}/{self.model}")
         if not self.credentials:
             object.__setattr__(self, "credentials", (Credential("api_key", self.api_key),))
-
-    @property
-    def qualified_name(self) -> str:
-        """``provider/model``."""
-        return f"{self.provider}/{self.model}"
 
 
 def _channels_of(provider: ProviderConfig) -> list[Channel]:
