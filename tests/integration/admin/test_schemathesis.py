@@ -119,7 +119,7 @@ def test_management_api_against_its_openapi_document(database_url: str) -> None:
         failures: list[str] = []
         session = requests.Session()
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 18
+        assert len(operations) == 19
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
