@@ -215,3 +215,17 @@ async def make_api_key(server: RunningServer, email: str, **fields: object) -> s
         account=account, spec=KeyCreate.model_validate({"name": "k", **fields}), actor=TEST_ACTOR
     )
     return issued.plaintext
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A fresh Redis key prefix for processes a test starts (skipped, or failed in CI, without Redis); dropped after."""
+    from tests.unit.limits.conftest import drop_prefix, redis_client_or_skip
+
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    try:
+        yield prefix
+    finally:
+        await drop_prefix(client, prefix)
+        await client.aclose()

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +29,7 @@ from keyrelay.testing.server import running_server
 from tests.conftest import TEST_ACTOR, make_api_key
 from tests.integration.gateway.helpers import chat
 from tests.serving import wait_until_serving
-from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    client = await redis_client_or_skip()
-    prefix = f"kr-test-{secrets.token_hex(6)}"
-    try:
-        yield prefix
-    finally:
-        await drop_prefix(client, prefix)
-        await client.aclose()
+from tests.unit.limits.conftest import REDIS_URL
 
 
 def _config(path: Path, mock: MockUpstream, provider: str, upstream: str, **extra: Any) -> None:

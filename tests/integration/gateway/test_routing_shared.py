@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -16,20 +14,9 @@ from keyrelay.testing.poll import wait_until
 from keyrelay.testing.server import RunningServer, running_server
 from tests.conftest import make_api_key
 from tests.integration.gateway.helpers import chat, sqlite_settings
-from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
+from tests.unit.limits.conftest import REDIS_URL
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    client = await redis_client_or_skip()
-    prefix = f"kr-test-{secrets.token_hex(6)}"
-    try:
-        yield prefix
-    finally:
-        await drop_prefix(client, prefix)
-        await client.aclose()
 
 
 def _state(server: RunningServer, provider: str) -> str:

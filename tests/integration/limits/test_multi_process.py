@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,20 +23,9 @@ from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.poll import poll_until
 from tests.conftest import TEST_ACTOR
 from tests.serving import wait_until_serving
-from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
+from tests.unit.limits.conftest import REDIS_URL
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    client = await redis_client_or_skip()
-    prefix = f"kr-test-{secrets.token_hex(6)}"
-    try:
-        yield prefix
-    finally:
-        await drop_prefix(client, prefix)
-        await client.aclose()
 
 
 def _free_port() -> int:
