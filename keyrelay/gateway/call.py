@@ -36,10 +36,23 @@ class Call:
     anthropic_headers: list[tuple[str, str]]  # anthropic-version and anthropic-beta, for Anthropic upstreams
     canonical: ChatRequest | None = None
 
+    def upstream_wire(self, channel: Channel) -> ProtocolName:
+        """The wire this call speaks to ``channel``: its kind's, but Responses to an OpenAI upstream.
+
+        OpenAI's own API serves the Responses API beside Chat Completions; other OpenAI-compatible servers
+        may not, so a Responses client on ``kind: openai-compatible`` is translated to Chat Completions.
+        """
+        if self.request.protocol is ProtocolName.RESPONSES and channel.kind == "openai":
+            return ProtocolName.RESPONSES
+        return channel.wire
+
     def same_wire(self, channel: Channel) -> bool:
         """Whether ``channel`` speaks the client's wire (then the call is a passthrough)."""
+        protocol = self.request.protocol
         wire = channel.wire
-        if wire is not self.request.protocol:
+        if protocol is ProtocolName.RESPONSES:  # inline ``upstream_wire``: this runs several times per request
+            return channel.kind == "openai"
+        if wire is not protocol:
             return False
         # A Gemini JSON-array stream is read from the upstream as SSE and re-encoded.
         return not (wire is ProtocolName.GEMINI and self.request.stream and not self.sse)

@@ -42,7 +42,7 @@ from keyrelay.gateway.key_view import (
     retrieve_model,
 )
 from keyrelay.gateway.pricing import max_cost_micros
-from keyrelay.gateway.relays import OpenAIRelay, PassthroughRelay, Relay, TranslatingRelay
+from keyrelay.gateway.relays import OpenAIRelay, PassthroughRelay, Relay, ResponsesRelay, TranslatingRelay
 from keyrelay.gateway.routes import Read, Route, error_protocol, match
 from keyrelay.gateway.settlement import Settlement, log_request
 from keyrelay.gateway.upstream_client import (
@@ -63,6 +63,7 @@ from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, Operation, ProtocolName, 
 from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.openai_stream import estimate_tokens, response_usage
 from keyrelay.providers.failure import FailureClass
+from keyrelay.providers.responses_passthrough import ResponsesPassthroughReader
 from keyrelay.routing.failover import AttemptPlan, draw_order, preferred
 from keyrelay.routing.health import STATE_VALUES, BreakerPolicy, Health
 from keyrelay.routing.table import Channel, Credential, RouteTable
@@ -76,6 +77,7 @@ _CREDENTIAL_HINT = {
     ProtocolName.OPENAI: "Send your key as 'Authorization: Bearer kr_live_...'.",
     ProtocolName.ANTHROPIC: "Send your key as 'x-api-key: kr_live_...' or 'Authorization: Bearer kr_live_...'.",
     ProtocolName.GEMINI: "Send your key as 'x-goog-api-key: kr_live_...' or the key query parameter.",
+    ProtocolName.RESPONSES: "Send your key as 'Authorization: Bearer kr_live_...'.",
 }
 
 
@@ -104,7 +106,7 @@ class Gateway:
         self._pending = pending
         self._keys = keys
         self._pool = pool
-        self._targets: dict[tuple[str, int, Operation, bool], tuple[Origin, bytes]] = {}
+        self._targets: dict[tuple[str, int, ProtocolName, Operation, bool], tuple[Origin, bytes]] = {}
         self._metrics = metrics
         self.health = health or Health(clock, BreakerPolicy.from_settings(settings))
         self.rng = random.Random()  # the weighted draw of channels; a test may seed it
@@ -298,6 +300,8 @@ class Gateway:
         if not channels:
             raise model_not_found(request.model)
         channels = allowed_channels(principal, request.model, channels, self._routes)
+        if request.operation is Operation.COMPLETIONS:
+            channels = _completions_channels(request.model, channels)
         now = self._clock.now_utc()
         per_choice = (
             request.max_output_tokens if request.max_output_tokens is not None else self._settings.default_max_tokens
@@ -392,14 +396,14 @@ class Gateway:
         return [(c.provider, c.model, STATE_VALUES[health.state(c)]) for c in self._routes.models]
 
     def _target(
-        self, channel: Channel, credential: Credential, operation: Operation, stream: bool
+        self, channel: Channel, credential: Credential, wire: ProtocolName, operation: Operation, stream: bool
     ) -> tuple[Origin, bytes]:
-        """Origin and prebuilt request head for a channel and credential, built once and reused."""
-        slot = (channel.qualified_name, credential.index, operation, stream)
+        """Origin and prebuilt request head for a channel, credential and upstream wire, built once and reused."""
+        slot = (channel.qualified_name, credential.index, wire, operation, stream)
         target = self._targets.get(slot)
         if target is None:
             origin = self._pool.origin(channel.base_url, ca_file=channel.tls_ca_file, verify=channel.tls_verify)
-            out = OUTBOUND[channel.wire]
+            out = OUTBOUND[wire]
             path = out.path(operation, stream, channel.upstream_model)
             accept = "text/event-stream" if stream else "application/json"
             headers = [
@@ -413,8 +417,9 @@ class Gateway:
 
     async def _call(self, channel: Channel, credential: Credential, call: Call, timeout: float) -> UpstreamResponse:
         request = call.request
-        origin, head = self._target(channel, credential, request.operation, request.stream)
-        out = OUTBOUND[channel.wire]
+        wire = call.upstream_wire(channel)
+        origin, head = self._target(channel, credential, wire, request.operation, request.stream)
+        out = OUTBOUND[wire]
         if call.same_wire(channel):
             body = out.passthrough_body(request, channel.upstream_model)
         else:
@@ -466,7 +471,7 @@ class Gateway:
             outcome.upstream_s += latency
             # Scrubbed whole, before anything is cut from it: a secret cut in two could not be recognised.
             body = self._scrubber.data(body)
-            out = OUTBOUND[channel.wire]
+            out = OUTBOUND[call.upstream_wire(channel)]
             message, code = out.error(body)
             cls = out.failure_class(response.status, message, code)
             if channel.wire is not ProtocolName.OPENAI:
@@ -534,16 +539,17 @@ class Gateway:
         payload = self._scrubber.known(payload)  # an answer may echo the gateway's provider secret
         status = response.status
         usage: Usage | None
+        wire = call.upstream_wire(channel)
         if not call.same_wire(channel):
-            answer = OUTBOUND[channel.wire].decode_response(payload)
+            answer = OUTBOUND[wire].decode_response(payload)
             usage = answer.usage
             output_bytes = len(payload)
-            payload = call.inbound.encode_response(answer, call.to_canonical())
+            payload = call.inbound.encode_response(answer, call.to_canonical(), request)
             status = 200
-        elif channel.wire is ProtocolName.OPENAI:
+        elif wire is ProtocolName.OPENAI:
             usage, output_bytes = response_usage(payload)
         else:
-            usage, output_bytes = OUTBOUND[channel.wire].body_usage(payload), len(payload)
+            usage, output_bytes = OUTBOUND[wire].body_usage(payload), len(payload)
         if usage is None:
             usage = Usage(estimate_tokens(len(request.raw)), estimate_tokens(output_bytes), estimated=True)
         outcome.usage, outcome.status = usage, status
@@ -672,10 +678,14 @@ class Gateway:
 
     def _relay(self, call: Call, channel: Channel) -> Relay:
         """The relay for a stream from ``channel``: OpenAI's fast path, a passthrough, or a translation."""
-        reader = OUTBOUND[channel.wire].passthrough_reader
+        wire = call.upstream_wire(channel)
         if call.same_wire(channel):
-            if reader is None:
+            if wire is ProtocolName.OPENAI:
                 return OpenAIRelay(call.request, self._scrubber)
+            if wire is ProtocolName.RESPONSES:
+                return ResponsesRelay(call.inbound, ResponsesPassthroughReader(), self._scrubber)
+            reader = OUTBOUND[wire].passthrough_reader
+            assert reader is not None
             return PassthroughRelay(call.inbound, reader(), self._scrubber)
         request = call.request
         encoder = call.inbound.stream_encoder(
@@ -685,7 +695,7 @@ class Gateway:
             estimate_tokens(request.prompt_token_bound),
             call.sse,
         )
-        return TranslatingRelay(OUTBOUND[channel.wire].stream_decoder(), encoder, self._scrubber)
+        return TranslatingRelay(OUTBOUND[wire].stream_decoder(), encoder, self._scrubber)
 
     async def _not_a_stream(
         self, call: Call, response: UpstreamResponse, content_type: bytes, outcome: Outcome
@@ -703,10 +713,11 @@ class Gateway:
         finally:
             response.release()
         channel = outcome.channel
-        if channel is None or channel.wire is ProtocolName.OPENAI:
+        wire = ProtocolName.OPENAI if channel is None else call.upstream_wire(channel)
+        if wire is ProtocolName.OPENAI:
             usage, output_bytes = response_usage(payload)
         else:
-            usage, output_bytes = OUTBOUND[channel.wire].body_usage(payload), len(payload)
+            usage, output_bytes = OUTBOUND[wire].body_usage(payload), len(payload)
         request = call.request
         outcome.usage = usage or Usage(estimate_tokens(len(request.raw)), estimate_tokens(output_bytes), estimated=True)
         kind = content_type.decode("latin-1").split(";")[0].strip()[:100]
@@ -714,6 +725,24 @@ class Gateway:
             ErrorType.UPSTREAM_ERROR,
             f"The upstream answered this stream request with {kind!r} instead of an event stream.",
         )
+
+
+def _completions_channels(model: str, channels: tuple[Channel, ...]) -> tuple[Channel, ...]:
+    """The channels that serve the legacy ``/v1/completions``: OpenAI's wire (``openai``, ``openai-compatible``).
+
+    Raises:
+        GatewayError: INVALID_REQUEST (field ``model``) when the model has none.
+    """
+    served = tuple(c for c in channels if c.wire is ProtocolName.OPENAI)
+    if not served:
+        kinds = ", ".join(sorted({c.kind for c in channels}))
+        raise GatewayError(
+            ErrorType.INVALID_REQUEST,
+            f"The provider of model {model!r} (kind {kinds}) does not offer the legacy /v1/completions;"
+            " use /v1/chat/completions.",
+            field="model",
+        )
+    return served
 
 
 def _early_failure(what: str) -> UpstreamFailure:

@@ -4,6 +4,8 @@
 - ``PassthroughRelay``: Anthropic or Gemini in and out. The upstream's bytes go on as they are (scrubbed
   of the gateway's provider secrets); a ``PassthroughReader`` reads usage, completeness and error events
   beside them (Anthropic's parses only the events that hold them; Gemini's is its full decoder).
+- ``ResponsesRelay``: OpenAI Responses in and out: a ``PassthroughRelay`` that always ends the stream with one
+  of the Responses API's three terminal events.
 - ``TranslatingRelay``: different wires. The upstream's decoder turns bytes into canonical events and the
   client's encoder turns them into the client's wire.
 
@@ -23,11 +25,19 @@ from keyrelay.logs import SecretScrubber, request_id_var
 from keyrelay.protocols.base import InboundRequest, PassthroughReader, ProtocolName, StreamDecoder, StreamEncoder
 from keyrelay.protocols.canonical import StreamError, StreamEvent, Usage
 from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens
+from keyrelay.protocols.responses_encode import failed_event
+from keyrelay.providers.responses_passthrough import ResponsesPassthroughReader
 
 _ERROR_EVENT = "The upstream sent an error event mid-stream."
 # A passthrough stream's first content: an Anthropic ``content_block_delta`` (or the closing ``message_delta``),
 # a Gemini chunk with ``parts``.
-_CONTENT = {ProtocolName.ANTHROPIC: b"_delta", ProtocolName.GEMINI: b'"parts"', ProtocolName.OPENAI: b"data:"}
+# a Responses delta event (text, arguments, reasoning).
+_CONTENT = {
+    ProtocolName.ANTHROPIC: b"_delta",
+    ProtocolName.GEMINI: b'"parts"',
+    ProtocolName.OPENAI: b"data:",
+    ProtocolName.RESPONSES: b'.delta"',
+}
 _INCOMPLETE = "The upstream stream ended before it was complete."
 
 
@@ -195,6 +205,37 @@ class PassthroughRelay:
     def output_tokens_estimate(self) -> int:
         """See ``Relay.output_tokens_estimate``."""
         return estimate_tokens(self._reader.output_bytes)
+
+
+class ResponsesRelay(PassthroughRelay):
+    """A Responses client on a Responses upstream: the bytes as they are, and always a terminal event."""
+
+    __slots__ = ("_responses",)
+
+    def __init__(self, inbound: Inbound, reader: ResponsesPassthroughReader, scrubber: SecretScrubber) -> None:
+        super().__init__(inbound, reader, scrubber)
+        self._responses = reader
+
+    def close(self) -> tuple[bytes, GatewayError | None]:
+        """See ``Relay.close``: a stream without its terminal event gets ``response.failed``."""
+        reader = self._responses
+        errored = reader.end() or self.failed
+        if reader.terminal:
+            return b"", GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT) if errored else None
+        failure = GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT if errored else _INCOMPLETE)
+        return self._failed(failure), failure
+
+    def fail(self, err: GatewayError) -> bytes:
+        """See ``Relay.fail``."""
+        return b"" if self._responses.terminal else self._failed(err)
+
+    def _failed(self, err: GatewayError) -> bytes:
+        """``response.failed`` for the upstream's response, numbered after its last event."""
+        reader = self._responses
+        event = failed_event(err, reader.next_sequence, reader.response)
+        reader.next_sequence += 1
+        reader.terminal = True
+        return event
 
 
 class TranslatingRelay:

@@ -7,6 +7,8 @@ by the protocols):
 path                                                       protocol   operation
 =========================================================  =========  ==========================
 POST /v1/chat/completions                                  openai     chat
+POST /v1/completions (legacy)                              openai     completions
+POST /v1/responses                                         responses  chat
 POST /v1/embeddings                                        openai     embeddings
 POST /v1/messages                                          anthropic  chat
 POST /v1/messages/count_tokens                             anthropic  count_tokens
@@ -20,7 +22,8 @@ GET  /v1beta/models, /v1beta/models/{id}                   gemini
 GET  /v1/key                                               openai
 =========================================================  =========  ==========================
 
-``HEAD`` is accepted wherever ``GET`` is.
+``HEAD`` is accepted wherever ``GET`` is. ``/v1/responses/{id}`` and what lies under it (retrieving, cancelling,
+deleting a stored response, its input items) answer 400: keyrelay stores no response.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from enum import StrEnum
 
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.protocols.base import Operation, ProtocolName
+from keyrelay.protocols.responses import NOT_STORED
 
 
 class Read(StrEnum):
@@ -57,6 +61,8 @@ class Route:
 
 _POST: dict[str, Route] = {
     "/v1/chat/completions": Route(ProtocolName.OPENAI, Operation.CHAT),
+    "/v1/completions": Route(ProtocolName.OPENAI, Operation.COMPLETIONS),
+    "/v1/responses": Route(ProtocolName.RESPONSES, Operation.CHAT),
     "/v1/embeddings": Route(ProtocolName.OPENAI, Operation.EMBEDDINGS),
     "/v1/messages": Route(ProtocolName.ANTHROPIC, Operation.CHAT),
     "/v1/messages/count_tokens": Route(ProtocolName.ANTHROPIC, Operation.COUNT_TOKENS),
@@ -95,7 +101,8 @@ def match(method: str, path: str, headers: list[tuple[bytes, bytes]], query: byt
 
     Raises:
         GatewayError: NOT_FOUND naming the path when there is no such route (whatever the method);
-            METHOD_NOT_ALLOWED with ``Allow`` for a known path and another method.
+            METHOD_NOT_ALLOWED with ``Allow`` for a known path and another method; INVALID_REQUEST for a
+            stored response's path (``/v1/responses/{id}`` and below).
     """
     route = _POST.get(path)
     if route is not None:
@@ -126,6 +133,8 @@ def match(method: str, path: str, headers: list[tuple[bytes, bytes]], query: byt
     if path == "/v1/key":
         _require(method, "GET", path)
         return Route(ProtocolName.OPENAI, read=Read.KEY)
+    if path.startswith("/v1/responses/"):
+        raise GatewayError(ErrorType.INVALID_REQUEST, f"{path} is not served: {NOT_STORED}")
     raise GatewayError(ErrorType.NOT_FOUND, f"No such endpoint: {path}. See the README for the routes.")
 
 

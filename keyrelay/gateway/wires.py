@@ -1,4 +1,7 @@
-"""The three wires as the pipeline uses them: explicit tables of inbound protocols and outbound adapters.
+"""The wires as the pipeline uses them: explicit tables of inbound protocols and outbound adapters.
+
+Four wires: OpenAI Chat Completions, Anthropic Messages, Gemini, and OpenAI's Responses API (spoken upstream
+by ``kind: openai`` only; ``Call.upstream_wire``).
 
 An ``Inbound`` is what the gateway needs from a client's wire (credential, judging, translation to
 canonical, encoding answers, streams and errors); an ``Outbound`` what it needs to call an upstream of a
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import orjson
 
@@ -18,7 +22,8 @@ from keyrelay.errors import GatewayError
 from keyrelay.protocols import anthropic as anthropic_in
 from keyrelay.protocols import gemini as gemini_in
 from keyrelay.protocols import openai as openai_in
-from keyrelay.protocols import openai_encode, openai_translate
+from keyrelay.protocols import openai_encode, openai_translate, responses_encode
+from keyrelay.protocols import responses as responses_in
 from keyrelay.protocols.anthropic_stream import AnthropicStreamEncoder
 from keyrelay.protocols.base import (
     InboundRequest,
@@ -29,6 +34,7 @@ from keyrelay.protocols.base import (
     StreamEncoder,
 )
 from keyrelay.protocols.canonical import ChatRequest, ChatResponse, StreamError, Usage
+from keyrelay.protocols.responses_translate import responses_to_canonical
 from keyrelay.providers import anthropic as anthropic_out
 from keyrelay.providers import gemini as gemini_out
 from keyrelay.providers import openai as openai_out
@@ -36,6 +42,7 @@ from keyrelay.providers.anthropic_passthrough import AnthropicPassthroughReader
 from keyrelay.providers.failure import FailureClass
 from keyrelay.providers.gemini_passthrough import GeminiPassthroughReader
 from keyrelay.providers.openai_decode import OpenAIStreamDecoder
+from keyrelay.providers.responses_passthrough import ResponsesPassthroughReader, responses_body_usage
 
 Headers = list[tuple[bytes, bytes]]
 ANTHROPIC_VERSION = "2023-06-01"  # sent to Anthropic upstreams when the client sent none
@@ -49,7 +56,7 @@ class Inbound:
     credential: Callable[[Headers, bytes], str | None]
     decode: Callable[[Operation, bytes, str | None, bool], InboundRequest]
     to_canonical: Callable[[InboundRequest], ChatRequest]
-    encode_response: Callable[[ChatResponse, ChatRequest], bytes]
+    encode_response: Callable[[ChatResponse, ChatRequest, InboundRequest], bytes]  # (answer, canonical, judged)
     # (canonical request, judged request, response id, input-token estimate, SSE or not) → a fresh encoder
     stream_encoder: Callable[[ChatRequest, InboundRequest, str, int, bool], StreamEncoder]
     encode_error: Callable[[GatewayError, str | None], bytes]
@@ -132,6 +139,12 @@ def _openai_stream_error(err: GatewayError, request_id: str | None) -> bytes:
     return b"data: " + orjson.dumps(err.to_body(request_id)) + b"\n\n"
 
 
+def _responses_encoder(
+    canonical: ChatRequest, request: InboundRequest, response_id: str, input_estimate: int, sse: bool
+) -> StreamEncoder:
+    return responses_encode.ResponsesStreamEncoder(canonical, request, response_id)
+
+
 def _anthropic_decode(operation: Operation, raw: bytes, model: str | None, stream: bool) -> InboundRequest:
     return anthropic_in.decode_request(operation, raw)
 
@@ -166,7 +179,7 @@ INBOUND: dict[ProtocolName, Inbound] = {
         _openai_credential,
         _openai_decode,
         openai_translate.openai_to_canonical,
-        openai_encode.canonical_to_openai_response,
+        lambda answer, canonical, request: openai_encode.canonical_to_openai_response(answer, canonical),
         _openai_encoder,
         openai_encode.encode_error,
         _openai_stream_error,
@@ -177,7 +190,7 @@ INBOUND: dict[ProtocolName, Inbound] = {
         anthropic_in.credential,
         _anthropic_decode,
         anthropic_in.anthropic_to_canonical,
-        anthropic_in.canonical_to_anthropic_response,
+        lambda answer, canonical, request: anthropic_in.canonical_to_anthropic_response(answer, canonical),
         _anthropic_encoder,
         anthropic_in.encode_error,
         _anthropic_stream_error,
@@ -188,11 +201,23 @@ INBOUND: dict[ProtocolName, Inbound] = {
         gemini_in.credential,
         _gemini_decode,
         gemini_in.gemini_to_canonical,
-        gemini_in.canonical_to_gemini_response,
+        lambda answer, canonical, request: gemini_in.canonical_to_gemini_response(answer, canonical),
         _gemini_encoder,
         gemini_in.encode_error,
         _gemini_stream_error,
         lambda tokens: orjson.dumps({"totalTokens": tokens}),
+    ),
+    ProtocolName.RESPONSES: Inbound(
+        ProtocolName.RESPONSES,
+        _openai_credential,
+        lambda operation, raw, model, stream: responses_in.decode_request(raw),
+        responses_to_canonical,
+        responses_encode.canonical_to_responses_response,
+        _responses_encoder,
+        responses_encode.encode_error,
+        # A passthrough's stream errors are ResponsesRelay's (numbered after the upstream's last event).
+        lambda err, request_id: responses_encode.failed_event(err, 0),
+        lambda tokens: orjson.dumps({"input_tokens": tokens}),
     ),
 }
 
@@ -200,8 +225,16 @@ INBOUND: dict[ProtocolName, Inbound] = {
 # --- outbound -------------------------------------------------------------------------------------
 
 
+_OPENAI_PATHS = {Operation.EMBEDDINGS: "/embeddings", Operation.COMPLETIONS: "/completions"}
+
+
 def _openai_path(operation: Operation, stream: bool, model: str) -> str:
-    return "/embeddings" if operation is Operation.EMBEDDINGS else "/chat/completions"
+    return _OPENAI_PATHS.get(operation, "/chat/completions")
+
+
+def _only_passthrough(*args: object) -> NoReturn:
+    """A Responses upstream serves only Responses clients, by passthrough: nothing is translated to or from it."""
+    raise AssertionError("a Responses upstream is only called by a Responses client, as a passthrough")
 
 
 def _openai_build(req: ChatRequest, upstream_model: str, kind: str) -> bytes:
@@ -300,6 +333,19 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         _gemini_body_usage,
         gemini_out.upstream_error,
         gemini_out.failure_class,
+    ),
+    ProtocolName.RESPONSES: Outbound(
+        ProtocolName.RESPONSES,
+        lambda operation, stream, model: "/responses",
+        _bearer,
+        _with_model,
+        _only_passthrough,
+        _only_passthrough,
+        _only_passthrough,
+        ResponsesPassthroughReader,
+        responses_body_usage,
+        openai_out.upstream_error,  # the Responses API answers errors in OpenAI's shape
+        openai_out.failure_class,
     ),
 }
 

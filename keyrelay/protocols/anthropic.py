@@ -32,6 +32,7 @@ from keyrelay.protocols.canonical import (
     ToolResultPart,
     Usage,
 )
+from keyrelay.protocols.json_fields import body_object
 from keyrelay.protocols.judged import JudgedFields
 
 __all__ = [
@@ -158,12 +159,7 @@ def decode_request(operation: Operation, raw: bytes, model: str | None = None) -
     Raises:
         GatewayError: INVALID_REQUEST naming the field at fault.
     """
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _invalid("The request body is not valid JSON.", "body") from None
-    if not isinstance(body, dict):
-        raise _invalid("The request body must be a JSON object.", "body")
+    body = body_object(raw)
     _JUDGED.refuse_duplicates(raw)
     name = body.get("model")
     if not isinstance(name, str) or not name:

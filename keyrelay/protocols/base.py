@@ -20,15 +20,17 @@ IMAGE_TOKEN_BOUND = 2_000  # prompt tokens one image may cost at most (OpenAI's 
 class ProtocolName(StrEnum):
     """A wire format, inbound (what a client speaks) or outbound (a provider ``kind``)."""
 
-    OPENAI = "openai"
+    OPENAI = "openai"  # Chat Completions (and legacy Completions and embeddings)
     ANTHROPIC = "anthropic"
     GEMINI = "gemini"
+    RESPONSES = "responses"  # OpenAI's Responses API: spoken upstream only by ``kind: openai``
 
 
 class Operation(StrEnum):
     """What an LLM endpoint does."""
 
     CHAT = "chat"
+    COMPLETIONS = "completions"  # OpenAI's legacy text completions, passed through to OpenAI-wire upstreams only
     EMBEDDINGS = "embeddings"
     COUNT_TOKENS = "count_tokens"
 

@@ -152,11 +152,25 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Tool:
-    """A function the model may call; ``parameters`` is its JSON Schema (an object schema)."""
+    """A function the model may call; ``parameters`` is its JSON Schema (an object schema).
+
+    ``free_form`` marks an OpenAI Responses ``custom`` tool, whose call carries one string rather than JSON
+    arguments: it is offered to other wires as a function with one string parameter, ``input``
+    (``FREE_FORM_PARAMETERS``), and its calls are turned back into ``custom_tool_call`` items.
+    """
 
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
+    free_form: bool = False
+
+
+FREE_FORM_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"input": {"type": "string", "description": "The whole input of the tool, as free-form text."}},
+    "required": ["input"],
+    "additionalProperties": False,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from keyrelay.protocols.gemini_parts import (
 )
 from keyrelay.protocols.gemini_request import gemini_to_canonical
 from keyrelay.protocols.gemini_stream import GeminiStreamEncoder
+from keyrelay.protocols.json_fields import body_object
 
 __all__ = [
     "GeminiStreamEncoder",
@@ -152,12 +153,7 @@ def decode_request(
         model = model[len("models/") :]
     if not model:
         raise _invalid("The model is required in the path (models/{model}:generateContent).", "model")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _invalid("The request body is not valid JSON.", "body") from None
-    if not isinstance(body, dict):
-        raise _invalid("The request body must be a JSON object.", "body")
+    body = body_object(raw)
     duplicate = _duplicate_judged(raw)
     if duplicate is not None:
         raise _invalid(f"The request body holds the field {duplicate!r} more than once.", duplicate)

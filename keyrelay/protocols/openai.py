@@ -12,6 +12,7 @@ import orjson
 
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName, ProviderPreferences
+from keyrelay.protocols.json_fields import body_object, count_objects
 from keyrelay.protocols.judged import JudgedFields
 
 __all__ = ["IMAGE_TOKEN_BOUND", "InboundRequest", "Operation", "bearer_credential", "decode_request", "upstream_body"]
@@ -20,27 +21,17 @@ MAX_CHOICES = 128  # OpenAI's own bound on ``n`` (https://platform.openai.com/do
 # The fields keyrelay judges a request by (whitelist, price, cost bound, usage): each must appear once.
 _JUDGED = JudgedFields(("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n", "provider"))
 MAX_PREFERRED = 32  # names in provider.order or provider.only
+# The legacy Completions API's own default output bound, when the body gives no max_tokens
+# (https://platform.openai.com/docs/api-reference/completions/create; vLLM and Ollama keep it).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+_JUDGED_COMPLETIONS = JudgedFields(("model", "stream", "stream_options", "max_tokens", "n", "best_of", "provider"))
 
 
 def image_parts(raw: bytes, body: dict[str, Any]) -> int:
     """How many ``image_url`` parts a chat body holds (keys written with escapes are counted parsed)."""
     if b"\\u" in raw:  # a key may be written with escapes ("image_\\u0075rl"): count parsed keys
-        return _count_key(body.get("messages"), "image_url")
+        return count_objects(body.get("messages"), lambda item: "image_url" in item)
     return raw.count(b'"image_url"')
-
-
-def _count_key(value: object, name: str) -> int:
-    """How many objects inside ``value`` (a parsed JSON value) hold the key ``name`` (iterative: any depth)."""
-    count = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            count += name in item
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
 
 
 def bearer_credential(authorization: bytes | None) -> str | None:
@@ -66,18 +57,13 @@ def _int_field(body: dict[str, Any], name: str, maximum: int | None = None) -> i
 
 
 def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
-    """Parse and check a chat or embeddings request body.
+    """Parse and check a chat, legacy completions or embeddings request body.
 
     Raises:
         GatewayError: INVALID_REQUEST naming the field at fault.
     """
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise GatewayError(ErrorType.INVALID_REQUEST, "The request body is not valid JSON.", field="body") from None
-    if not isinstance(body, dict):
-        raise GatewayError(ErrorType.INVALID_REQUEST, "The request body must be a JSON object.", field="body")
-    _JUDGED.refuse_duplicates(raw)
+    body = body_object(raw)
+    (_JUDGED_COMPLETIONS if operation is Operation.COMPLETIONS else _JUDGED).refuse_duplicates(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(ErrorType.INVALID_REQUEST, "model is required (a string).", field="model")
@@ -88,6 +74,14 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
         # Both may be sent, and an upstream may read either: bound by the larger.
         limits = [v for v in (_int_field(body, "max_completion_tokens"), _int_field(body, "max_tokens")) if v]
         max_out = max(limits) if limits else None
+    elif operation is Operation.COMPLETIONS:
+        if not _is_prompt(body.get("prompt")):
+            raise GatewayError(
+                ErrorType.INVALID_REQUEST,
+                "prompt is required: a string, an array of strings, or token arrays.",
+                field="prompt",
+            )
+        max_out = _int_field(body, "max_tokens") or COMPLETIONS_DEFAULT_MAX_TOKENS
     else:
         if "input" not in body:
             raise GatewayError(ErrorType.INVALID_REQUEST, "input is required.", field="input")
@@ -98,7 +92,9 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
     stream = stream_value is True
     options = body.get("stream_options")
     wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-    choices = _int_field(body, "n", MAX_CHOICES) or 1 if operation is Operation.CHAT else 1
+    choices = _int_field(body, "n", MAX_CHOICES) or 1 if operation is not Operation.EMBEDDINGS else 1
+    if operation is Operation.COMPLETIONS:  # best_of completions are generated, the best n returned
+        choices = max(choices, _int_field(body, "best_of", MAX_CHOICES) or 1)
     images = image_parts(raw, body) if operation is Operation.CHAT else 0
     routing = None
     if "provider" in body:
@@ -108,6 +104,21 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
     return InboundRequest(
         operation, model, stream, wants_usage, max_out, raw, body, choices, images, ProtocolName.OPENAI, routing
     )
+
+
+def _is_prompt(value: object) -> bool:
+    """A legacy ``prompt``: a string, an array of strings, an array of token ids, or an array of such arrays."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    if all(isinstance(item, str) for item in value) or all(_is_token(item) for item in value):
+        return True
+    return all(isinstance(item, list) and item and all(_is_token(t) for t in item) for item in value)
+
+
+def _is_token(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def provider_preferences(value: Any) -> ProviderPreferences:

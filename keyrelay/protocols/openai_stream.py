@@ -307,13 +307,16 @@ class StreamRelay:
     def end(self, *, clean: bool) -> bytes:
         """The bytes to send when the upstream stream is over, after the last :meth:`feed`.
 
-        A last event left without its blank line is completed and passed on when the stream ended cleanly and
+        Line endings left after the last event (the LF of a CRLF split from its CR) go on as they came. A last
+        event left without its blank line is completed and passed on when the stream ended cleanly and
         the event is whole (``data: [DONE]`` or complete JSON; some servers end that way). Otherwise (a cut
         mid-event) it is dropped: a client would choke on half an event, and an error event follows instead.
         """
         rest = self._sse.flush()
-        if not clean or not rest.strip():
+        if not clean:
             return b""
+        if not rest.strip(b"\r\n"):
+            return rest  # the LF of a last CRLF that came in a read of its own: the upstream's bytes, as they came
         events, _ = parse_blocks(rest + b"\n\n")
         if not events or not all(_whole(event.data) for event in events):
             return b""

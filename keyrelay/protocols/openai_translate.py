@@ -16,7 +16,7 @@ import binascii
 import re
 from typing import Any
 
-from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.errors import GatewayError
 from keyrelay.protocols.base import InboundRequest
 from keyrelay.protocols.canonical import (
     ChatRequest,
@@ -32,6 +32,14 @@ from keyrelay.protocols.canonical import (
     ToolChoice,
     ToolResultPart,
 )
+from keyrelay.protocols.json_fields import array as _array
+from keyrelay.protocols.json_fields import invalid as _invalid
+from keyrelay.protocols.json_fields import number as _number
+from keyrelay.protocols.json_fields import obj as _object
+from keyrelay.protocols.json_fields import part_type as _part_type
+from keyrelay.protocols.json_fields import positive as _positive
+from keyrelay.protocols.json_fields import same as _same
+from keyrelay.protocols.json_fields import text as _text
 
 __all__ = ["openai_to_canonical", "parse_data_url"]
 
@@ -70,10 +78,6 @@ _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
-def _invalid(message: str, field: str) -> GatewayError:
-    return GatewayError(ErrorType.INVALID_REQUEST, message, field=field)
-
-
 def _refuse(field: str, what: str | None = None) -> GatewayError:
     return _invalid(f"{what or field} is not supported when this model is served by a non-OpenAI upstream.", field)
 
@@ -83,42 +87,6 @@ def _check_keys(obj: dict[str, Any], allowed: frozenset[str], path: str) -> None
     for key, value in obj.items():
         if key not in allowed and value is not None:
             raise _refuse(f"{path}.{key}")
-
-
-def _text(value: object, field: str) -> str:
-    if not isinstance(value, str):
-        raise _invalid(f"{field} must be a string.", field)
-    return value
-
-
-def _object(value: object, field: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _invalid(f"{field} must be an object.", field)
-    return value
-
-
-def _array(value: object, field: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _invalid(f"{field} must be an array.", field)
-    return value
-
-
-def _number(body: dict[str, Any], name: str) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _invalid(f"{name} must be a number.", name)
-    return float(value)
-
-
-def _positive(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _invalid(f"{name} must be a positive integer.", name)
-    return value
 
 
 # --- messages -------------------------------------------------------------------------------------
@@ -167,14 +135,6 @@ def _image(part: dict[str, Any], field: str) -> ImagePart:
 def _text_part(part: dict[str, Any], field: str) -> TextPart:
     _check_keys(part, _TEXT_PART_KEYS, field)
     return TextPart(_text(part.get("text"), f"{field}.text"))
-
-
-def _part_type(part: object, field: str) -> tuple[dict[str, Any], str]:
-    obj = _object(part, field)
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise _invalid(f"{field}.type must be a string.", f"{field}.type")
-    return obj, kind
 
 
 def _user_parts(content: object, field: str) -> list[Part]:
@@ -364,15 +324,6 @@ def _refuse_untranslatable(body: dict[str, Any]) -> None:
         defaults = _DEFAULTS.get(name)
         if defaults is None or not any(_same(value, default) for default in defaults):
             raise _refuse(name)
-
-
-def _same(value: object, default: object) -> bool:
-    """JSON equality: ``0`` and ``0.0`` are the same number, ``false`` is not ``0``."""
-    if isinstance(value, bool) or isinstance(default, bool):
-        return value is default
-    if isinstance(default, int):
-        return isinstance(value, int | float) and value == default
-    return value == default
 
 
 def _stop(value: object) -> list[str]:

@@ -182,9 +182,25 @@ def _tool_choice(req: ChatRequest) -> dict[str, Any] | None:
     return out
 
 
+def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``json_schema`` response format → Anthropic's structured outputs, ``output_config.format``.
+
+    https://platform.claude.com/docs/en/build-with-claude/structured-outputs (``{"type": "json_schema",
+    "schema": ...}``). Anthropic has no JSON mode without a schema: ``json_object`` is refused.
+    """
+    if response_format.get("type") != "json_schema":
+        raise _invalid(
+            "Anthropic takes structured output with a JSON schema only (json_schema), not json_object.",
+            "response_format",
+        )
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise _invalid("Anthropic needs the JSON schema of the answer (json_schema.schema).", "response_format")
+    return {"type": "json_schema", "schema": schema}
+
+
 def _refuse_untranslatable(req: ChatRequest) -> None:
-    if req.response_format is not None:
-        raise _invalid("response_format cannot be sent to Anthropic.", "response_format")
     if req.n != 1:
         raise _invalid("Anthropic answers one choice: n must be 1.", "n")
     if req.temperature is not None and not 0 <= req.temperature <= 1:
@@ -231,6 +247,8 @@ def canonical_to_anthropic_request(
         body["thinking"] = thinking
     if req.user is not None:
         body["metadata"] = {"user_id": req.user}
+    if req.response_format is not None:
+        body["output_config"] = {"format": _output_format(req.response_format)}
     return orjson.dumps(body)
 
 

@@ -12,7 +12,8 @@ Requests need ``anthropic-version`` (else 400) and, when the mock expects a key,
 ``Authorization: Bearer``, which the API accepts too and the ``anthropic`` SDK 2.x sends). Errors are
 ``{"type": "error", "error": {"type", "message"}, "request_id"}``. Prompt tokens: ``ceil(B / 4) + 3 * turns`` where
 ``B`` counts the UTF-8 bytes of the system text, the text blocks and the tool results' text, and ``turns`` is
-``len(messages)``.
+``len(messages)``. ``output_config: {"format": {"type": "json_schema", "schema": ...}}`` asks for structured output
+(the text block is then the JSON the schema asks for, see :mod:`.behaviour`).
 """
 
 from __future__ import annotations
@@ -188,6 +189,15 @@ def _parse(body: Any, *, count_only: bool) -> tuple[str, dict[str, Any]] | web.R
     return model, body
 
 
+def _json_schema(body: dict[str, Any]) -> Any:
+    """The schema of ``output_config: {"format": {"type": "json_schema", "schema": ...}}``, else ``None``."""
+    config = body.get("output_config")
+    output_format = config.get("format") if isinstance(config, dict) else None
+    if not isinstance(output_format, dict) or output_format.get("type") != "json_schema":
+        return None
+    return output_format.get("schema")
+
+
 def _turn(model: str, body: dict[str, Any], reply_words: int) -> Turn:
     tools, forced, disabled = _tools(body)
     thinking = body.get("thinking")
@@ -202,6 +212,7 @@ def _turn(model: str, body: dict[str, Any], reply_words: int) -> Turn:
         tool_results=_tool_results(body["messages"]),
         thinking=isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"),
         reply_words=reply_words,
+        json_schema=_json_schema(body),
     )
 
 

@@ -13,6 +13,9 @@ returns, so the three wires behave the same:
   :data:`TOOL_RESULT_QUOTE` characters);
 * when thinking is requested, :data:`THINKING_TEXT` (one token per word) comes before the answer, signed with
   :func:`thinking_signature`;
+* when structured output is requested (:attr:`Turn.json_schema`, a JSON schema), the answer is the compact JSON of
+  :func:`arguments_for` of that schema, in one piece (one token), and no tool is called (finish ``stop``; only an
+  output limit used up by thinking cuts it);
 * a model name containing ``cache-hit`` reads half the prompt tokens (rounded down) from the cache,
   ``cache-write`` writes half of them to it; ``safety`` and ``blocked-prompt`` give an empty, filtered answer.
 
@@ -68,6 +71,8 @@ class Turn:
         tool_results: When the conversation ends with tool results: their texts, else ``None``.
         thinking: Thinking was requested.
         reply_words: Words of the plain reply (``MockOptions.reply_words``).
+        json_schema: The JSON schema structured output asks for (a dict), else ``None``: the answer is then the
+            compact JSON of :func:`arguments_for` of it, and no tool is called.
     """
 
     model: str
@@ -80,6 +85,7 @@ class Turn:
     tool_results: tuple[str, ...] | None = None
     thinking: bool = False
     reply_words: int = 9
+    json_schema: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +236,18 @@ def _apply_stop(pieces: list[str], stop: tuple[str, ...]) -> tuple[list[str], st
     return [piece for piece in kept if piece], seq
 
 
+def _answer_pieces(turn: Turn) -> tuple[list[str], str | None]:
+    """The answer's text pieces before the output limit, and the stop sequence that cut them, if any."""
+    if isinstance(turn.json_schema, dict):
+        return [orjson.dumps(arguments_for(turn.json_schema)).decode()], None
+    if turn.tool_results is not None:
+        quoted = (turn.tool_results[0] if turn.tool_results else "")[:TOOL_RESULT_QUOTE]
+        words = f"The tool returned: {quoted}".split(" ")
+    else:
+        words = reply_words(turn.reply_words)
+    return _apply_stop(_words_to_pieces(words), turn.stop)
+
+
 def plan_reply(turn: Turn) -> Plan:
     """Decide the reply to ``turn`` (see the module docstring for the rules)."""
     model = turn.model
@@ -245,16 +263,11 @@ def plan_reply(turn: Turn) -> Plan:
     if turn.thinking:
         plan.thinking = THINKING_TEXT
         plan.thinking_tokens = len(THINKING_TEXT.split(" "))
-    plan.tool_calls = _tool_calls(turn)
+    plan.tool_calls = [] if isinstance(turn.json_schema, dict) else _tool_calls(turn)
     if plan.tool_calls:
         plan.finish = "tool_calls"
     else:
-        if turn.tool_results is not None:
-            quoted = (turn.tool_results[0] if turn.tool_results else "")[:TOOL_RESULT_QUOTE]
-            words = f"The tool returned: {quoted}".split(" ")
-        else:
-            words = reply_words(turn.reply_words)
-        pieces, plan.stop_sequence = _apply_stop(_words_to_pieces(words), turn.stop)
+        pieces, plan.stop_sequence = _answer_pieces(turn)
         if plan.stop_sequence is not None:
             plan.finish = "stop_sequence"
         room = None if turn.limit is None else max(turn.limit - plan.thinking_tokens, 0)

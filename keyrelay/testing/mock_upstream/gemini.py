@@ -11,7 +11,8 @@ r"""The Gemini generateContent wire of the mock upstream, under ``/v1beta/`` and
 The credential is ``x-goog-api-key`` or ``?key=``; errors are ``{"error": {"code", "message", "status"}}``.
 Function calls come whole in one part (the Gemini API does not stream arguments), without an ``id``. Prompt
 tokens: ``ceil(B / 4) + 3 * len(contents)``, ``B`` counting the UTF-8 bytes of the text parts (system instruction
-included) and of the compact JSON of each ``functionResponse.response``.
+included) and of the compact JSON of each ``functionResponse.response``. ``generationConfig.responseJsonSchema`` (or
+``responseSchema``) asks for structured output (the text is then the JSON the schema asks for, see :mod:`.behaviour`).
 """
 
 from __future__ import annotations
@@ -185,6 +186,9 @@ def _turn(model: str, body: dict[str, Any], reply_words: int) -> tuple[Turn, boo
     tools, forced, disabled = _tools(body)
     config = _get(body, "generationConfig", "generation_config")
     thinking, shown = _thinking(body)
+    schema = _get(config, "responseJsonSchema", "response_json_schema")
+    if schema is None:
+        schema = _get(config, "responseSchema", "response_schema")
     turn = Turn(
         model=model,
         prompt_tokens=count_gemini_tokens(body),
@@ -196,6 +200,7 @@ def _turn(model: str, body: dict[str, Any], reply_words: int) -> tuple[Turn, boo
         tool_results=_tool_results(body["contents"]),
         thinking=thinking,
         reply_words=reply_words,
+        json_schema=schema,
     )
     return turn, shown
 

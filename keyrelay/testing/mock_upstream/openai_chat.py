@@ -5,7 +5,9 @@ The :class:`~.behaviour.Plan` is written as a ``chat.completion`` or as ``chat.c
 Tool calls are ``message.tool_calls`` (``finish_reason: "tool_calls"``, ``content: null``), streamed as a first
 delta with the call's id and name and then its arguments in several pieces; reasoning (``reasoning_effort`` set
 to anything but ``"none"``) shows only as ``completion_tokens_details.reasoning_tokens``; cache reads are
-``prompt_tokens_details.cached_tokens``; ``safety`` gives ``finish_reason: "content_filter"`` with no content.
+``prompt_tokens_details.cached_tokens``; ``safety`` gives ``finish_reason: "content_filter"`` with no content;
+``response_format: {"type": "json_schema", "json_schema": {"schema": ...}}`` asks for structured output (the
+content is then the JSON the schema asks for, see :mod:`.behaviour`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,15 @@ def _tool_results(messages: list[Any]) -> tuple[str, ...] | None:
     return tuple(results) if results else None
 
 
+def _json_schema(body: dict[str, Any]) -> Any:
+    """The schema of ``response_format: {"type": "json_schema", "json_schema": {"schema": ...}}``, else ``None``."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    return spec.get("schema") if isinstance(spec, dict) else None
+
+
 def openai_turn(
     model: str, body: dict[str, Any], messages: list[Any], limit: int | None, prompt: int, words: int
 ) -> Turn:
@@ -91,6 +102,7 @@ def openai_turn(
         tool_results=_tool_results(messages),
         thinking=isinstance(effort, str) and effort != "none",
         reply_words=words,
+        json_schema=_json_schema(body),
     )
 
 

@@ -21,10 +21,12 @@ from typing import Final
 from aiohttp import web
 
 from keyrelay.testing.mock_upstream.anthropic import AnthropicWire
+from keyrelay.testing.mock_upstream.completions import CompletionsHandler
 from keyrelay.testing.mock_upstream.core import MockOptions, MockState, RecordedRequest
 from keyrelay.testing.mock_upstream.embeddings import EmbeddingsHandler
 from keyrelay.testing.mock_upstream.gemini import GeminiWire
 from keyrelay.testing.mock_upstream.openai import OpenAIWire
+from keyrelay.testing.mock_upstream.responses import ResponsesWire
 
 DEFAULT_CLI_PORT: Final = 8099
 SHUTDOWN_TIMEOUT_S: Final = 1.0
@@ -72,7 +74,8 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
 
     The state is available as ``app[MOCK_KEY]`` (typed) and, for convenience, ``app["mock"]``.
 
-    Routes: OpenAI ``/v1/chat/completions``, ``/v1/embeddings``; Anthropic ``/v1/messages``,
+    Routes: OpenAI ``/v1/chat/completions``, ``/v1/responses`` (the Responses API), ``/v1/completions`` (legacy
+    text completions), ``/v1/embeddings``; Anthropic ``/v1/messages``,
     ``/v1/messages/count_tokens``; Gemini ``/{v1beta|v1}/models/{model}:{generateContent|streamGenerateContent|
     countTokens}`` and ``GET /v1beta/models[/{model}]``; ``GET /v1/models[/{id}]`` answers in Anthropic's shape when
     the request carries ``anthropic-version``, Gemini's with ``x-goog-api-key`` or ``?key=``, else OpenAI's.
@@ -87,12 +90,16 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
       in arrival order in :attr:`MockState.held`); dropped if the server shuts down first;
     * ``cut-stream`` -> streaming: role chunk + 3 content chunks, then the connection is aborted without
       ``[DONE]``; non-streaming: the connection is aborted without a response;
-    * ``no-usage`` -> no ``usage`` in the JSON answer, no usage chunk (nor ``"usage": null``) in streams;
+    * ``no-usage`` -> no ``usage`` in the JSON answer, no usage chunk (nor ``"usage": null``) in streams
+      (Responses: ``"usage": null``);
     * ``paced`` -> streams with 20 ms before the first chunk and 5 ms between chunks;
     * ``fail-NNN`` (any other 4xx/5xx) -> that status in the wire's error shape (Anthropic ``fail-529`` is
       ``overloaded_error``); ``prompt-too-long`` -> the wire's context-length 400;
     * ``stream-error`` -> streaming: 3 content deltas, then the wire's in-stream error (OpenAI ``data: {"error"}``
-      without ``[DONE]``, Anthropic ``event: error`` ``overloaded_error``, Gemini a ``{"error"}`` 503 chunk).
+      without ``[DONE]``, Responses ``response.failed`` with ``error.code: "server_error"``, Anthropic
+      ``event: error`` ``overloaded_error``, Gemini a ``{"error"}`` 503 chunk);
+    * ``early-stream-error`` / ``early-cut-stream`` -> the same before any content (Responses and Anthropic: after
+      their opening events, ``response.created`` + ``response.in_progress`` / ``message_start``).
 
     The same names work on the Anthropic and Gemini routes, in their error shapes; :mod:`.behaviour` lists the
     names that change the answer (``parallel``, ``cache-hit``, ``cache-write``, ``safety``, ``blocked-prompt``).
@@ -113,6 +120,8 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
     openai, anthropic, gemini = OpenAIWire(state), AnthropicWire(state), GeminiWire(state)
     models = _ModelsByWire(openai, anthropic, gemini)
     app.router.add_post("/v1/chat/completions", openai.chat_completions)
+    app.router.add_post("/v1/responses", ResponsesWire(openai).responses)
+    app.router.add_post("/v1/completions", CompletionsHandler(openai).completions)
     app.router.add_post("/v1/embeddings", EmbeddingsHandler(openai).embeddings)
     app.router.add_post("/v1/messages", anthropic.messages)
     app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)

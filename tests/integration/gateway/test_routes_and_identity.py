@@ -24,8 +24,8 @@ from tests.integration.gateway.helpers import CHAT, assert_error, auth, break_st
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/v1/responses"),
-        ("GET", "/v1/responses"),
+        ("POST", "/v1/audio/speech"),
+        ("GET", "/v1/images/generations"),
         ("POST", "/v1/nope"),
         ("DELETE", "/v1/chat"),
         ("PUT", "/v1/"),
@@ -46,6 +46,8 @@ async def test_unknown_path_is_404_naming_it(
     ("method", "path", "allow"),
     [
         ("GET", "/v1/chat/completions", "POST"),
+        ("GET", "/v1/responses", "POST"),
+        ("PUT", "/v1/completions", "POST"),
         ("PUT", "/v1/embeddings", "POST"),
         ("POST", "/v1/models", "GET, HEAD"),
         ("DELETE", "/v1/models/gpt-4o-mini", "GET, HEAD"),
