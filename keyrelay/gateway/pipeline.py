@@ -593,7 +593,7 @@ class Gateway:
                     if outcome.ttft_ms is None:
                         outcome.ttft_ms = round((time.perf_counter() - started) * 1000)
                     out = relay.feed(chunk)
-                    if relay.failed and not relay.content_seen:
+                    if relay.failed and not relay.content_seen and not relay.caller_fault:
                         failure = _early_failure("sent an error event before any content")
                         break
                     if out:

@@ -26,6 +26,7 @@ from keyrelay.protocols.base import InboundRequest, PassthroughReader, ProtocolN
 from keyrelay.protocols.canonical import StreamError, StreamEvent, Usage
 from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens
 from keyrelay.protocols.responses_encode import failed_event
+from keyrelay.protocols.sse import SSEDecoder, parse_blocks
 from keyrelay.providers.responses_passthrough import ResponsesPassthroughReader
 
 _ERROR_EVENT = "The upstream sent an error event mid-stream."
@@ -73,6 +74,11 @@ class Relay(Protocol):
     @property
     def content_seen(self) -> bool:
         """Whether any output (text, thinking, tool call) or usage has arrived; asked only before the commit."""
+        ...
+
+    @property
+    def caller_fault(self) -> bool:
+        """Whether the upstream's error event blames the request itself: relayed to the client, not failed over."""
         ...
 
     def commits(self, out: bytes) -> bool:
@@ -125,6 +131,11 @@ class OpenAIRelay(StreamRelay):
         """See ``Relay.content_seen``."""
         return self.usage is not None or self.output_tokens_estimate() > 0
 
+    @property
+    def caller_fault(self) -> bool:
+        """See ``Relay.caller_fault``: an OpenAI error event is failed over whatever it says."""
+        return False
+
 
 def _has_error(events: list[StreamEvent]) -> StreamError | None:
     for event in events:
@@ -147,40 +158,87 @@ def partial_usage(usage: Usage | None, complete: bool, output_bytes: int) -> Usa
     return usage._replace(completion_tokens=estimate, estimated=True)
 
 
-class PassthroughRelay:
-    """Anthropic or Gemini on both sides: the upstream's bytes unmodified, a reader beside them."""
+def _whole_event(tail: bytes) -> bytes:
+    """A stream's last event that lacked its blank line, completed, if it is whole (JSON data); else nothing.
 
-    __slots__ = ("_inbound", "_reader", "_scrub", "_errored")
+    Some servers end a stream without the last blank line; a last event cut mid-way is dropped, never relayed
+    half (a client would fail to parse it and miss the error event that follows).
+    """
+    if not tail.strip():
+        return b""
+    events, _ = parse_blocks(tail + b"\n\n")
+    for event in events:
+        try:
+            orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return b""
+    return tail + b"\n\n" if events else b""
+
+
+class PassthroughRelay:
+    """Same wire on both sides (Anthropic, Gemini, Responses): the upstream's events unmodified, a reader beside them.
+
+    The bytes are relayed event by event (whole SSE blocks, ``protocols.sse.SSEDecoder``), so that a stream cut
+    in the middle of an event ends with a well-formed error event instead of half an event.
+    """
+
+    __slots__ = ("_inbound", "_reader", "_scrub", "_errored", "_blocks")
 
     def __init__(self, inbound: Inbound, reader: PassthroughReader, scrubber: SecretScrubber) -> None:
         self._inbound = inbound
         self._reader = reader
         self._scrub = scrubber.known
         self._errored = False
+        self._blocks = SSEDecoder()
 
     def feed(self, chunk: bytes) -> bytes:
-        """See ``Relay.feed``."""
+        """See ``Relay.feed``: the events this read completed."""
         if self._reader.feed(chunk):
             self._errored = True
-        return self._scrub(chunk)
+        blocks = self._blocks.feed(chunk)
+        return self._scrub(blocks) if blocks else b""
 
     def close(self) -> tuple[bytes, GatewayError | None]:
-        """See ``Relay.close``."""
-        if self._reader.end() or self._errored:
-            return b"", GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT)
-        if not self._reader.complete:
-            failure = GatewayError(ErrorType.UPSTREAM_ERROR, _INCOMPLETE)
-            return self._inbound.stream_error(failure, request_id_var.get()), failure
-        return b"", None
+        """See ``Relay.close``: a last event without its blank line is passed on when whole."""
+        last = _whole_event(self._blocks.flush())
+        ended_with_error = self._reader.end()  # a last event that is an error, or that cannot be read
+        errored = self._errored or ended_with_error
+        if last:
+            last = self._scrub(last)
+        # An error event the client received ends the stream (a dropped, unreadable last event is not one).
+        if (self._errored or (ended_with_error and last)) and self._ended_by_error():
+            return last, self._error(True)
+        if not errored and self._reader.complete:
+            return last, None
+        failure = self._error(errored)
+        return last + self._error_frame(failure), failure
 
     def fail(self, err: GatewayError) -> bytes:
-        """See ``Relay.fail``."""
+        """See ``Relay.fail``: an unfinished last event is dropped."""
+        self._blocks.flush()
+        return self._error_frame(err)
+
+    def _ended_by_error(self) -> bool:
+        """Whether an error event ends this wire's stream (Anthropic's and Gemini's do: nothing is added)."""
+        return True
+
+    def _error(self, errored: bool) -> GatewayError:
+        """The failure of a stream that sent an error event (``errored``) or that ended early."""
+        return GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT if errored else _INCOMPLETE)
+
+    def _error_frame(self, err: GatewayError) -> bytes:
+        """The in-stream error event that closes the client's stream, in its wire."""
         return self._inbound.stream_error(err, request_id_var.get())
 
     @property
     def failed(self) -> bool:
         """See ``Relay.failed``."""
         return self._errored
+
+    @property
+    def caller_fault(self) -> bool:
+        """See ``Relay.caller_fault``: the wire's error events say nothing of whose fault they are."""
+        return False
 
     def commits(self, out: bytes) -> bool:
         """See ``Relay.commits``: the first content, or the answer's end.
@@ -208,7 +266,13 @@ class PassthroughRelay:
 
 
 class ResponsesRelay(PassthroughRelay):
-    """A Responses client on a Responses upstream: the bytes as they are, and always a terminal event."""
+    """A Responses client on a Responses upstream: the events as they are, and always one terminal event.
+
+    A stream that ends without ``response.completed``, ``response.incomplete`` or ``response.failed`` (cut, or
+    an ``error`` event alone) gets a ``response.failed`` of the same response, numbered after the upstream's last
+    event. A failure the upstream blames on the request (``error.code`` such as ``context_length_exceeded``)
+    is the client's to see: it is relayed (``caller_fault``), never failed over.
+    """
 
     __slots__ = ("_responses",)
 
@@ -216,26 +280,32 @@ class ResponsesRelay(PassthroughRelay):
         super().__init__(inbound, reader, scrubber)
         self._responses = reader
 
-    def close(self) -> tuple[bytes, GatewayError | None]:
-        """See ``Relay.close``: a stream without its terminal event gets ``response.failed``."""
-        reader = self._responses
-        errored = reader.end() or self.failed
-        if reader.terminal:
-            return b"", GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT) if errored else None
-        failure = GatewayError(ErrorType.UPSTREAM_ERROR, _ERROR_EVENT if errored else _INCOMPLETE)
-        return self._failed(failure), failure
-
     def fail(self, err: GatewayError) -> bytes:
-        """See ``Relay.fail``."""
-        return b"" if self._responses.terminal else self._failed(err)
+        """See ``Relay.fail``: nothing after the upstream's own terminal event."""
+        self._blocks.flush()
+        return b"" if self._responses.terminal else self._error_frame(err)
 
-    def _failed(self, err: GatewayError) -> bytes:
+    def _ended_by_error(self) -> bool:
+        return self._responses.terminal
+
+    def _error(self, errored: bool) -> GatewayError:
+        reader = self._responses
+        if reader.caller_fault:
+            return GatewayError(ErrorType.INVALID_REQUEST, f"The upstream refused the request: {reader.error_code}.")
+        return super()._error(errored)
+
+    def _error_frame(self, err: GatewayError) -> bytes:
         """``response.failed`` for the upstream's response, numbered after its last event."""
         reader = self._responses
         event = failed_event(err, reader.next_sequence, reader.response)
         reader.next_sequence += 1
         reader.terminal = True
         return event
+
+    @property
+    def caller_fault(self) -> bool:
+        """See ``Relay.caller_fault``."""
+        return self._responses.caller_fault
 
 
 class TranslatingRelay:
@@ -295,6 +365,11 @@ class TranslatingRelay:
     def content_seen(self) -> bool:
         """See ``Relay.content_seen``."""
         return self._decoder.output_bytes > 0
+
+    @property
+    def caller_fault(self) -> bool:
+        """See ``Relay.caller_fault``: canonical stream errors say nothing of whose fault they are."""
+        return False
 
     @property
     def usage(self) -> Usage | None:

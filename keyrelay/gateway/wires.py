@@ -338,7 +338,7 @@ OUTBOUND: dict[ProtocolName, Outbound] = {
         ProtocolName.RESPONSES,
         lambda operation, stream, model: "/responses",
         _bearer,
-        _with_model,
+        responses_in.upstream_body,
         _only_passthrough,
         _only_passthrough,
         _only_passthrough,

@@ -22,7 +22,7 @@ MAX_CHOICES = 128  # OpenAI's own bound on ``n`` (https://platform.openai.com/do
 _JUDGED = JudgedFields(("model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n", "provider"))
 MAX_PREFERRED = 32  # names in provider.order or provider.only
 # The legacy Completions API's own default output bound, when the body gives no max_tokens
-# (https://platform.openai.com/docs/api-reference/completions/create; vLLM and Ollama keep it).
+# (https://platform.openai.com/docs/api-reference/completions/create); sent upstream when the body has none.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 _JUDGED_COMPLETIONS = JudgedFields(("model", "stream", "stream_options", "max_tokens", "n", "best_of", "provider"))
 
@@ -93,8 +93,9 @@ def decode_request(operation: Operation, raw: bytes) -> InboundRequest:
     options = body.get("stream_options")
     wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     choices = _int_field(body, "n", MAX_CHOICES) or 1 if operation is not Operation.EMBEDDINGS else 1
-    if operation is Operation.COMPLETIONS:  # best_of completions are generated, the best n returned
-        choices = max(choices, _int_field(body, "best_of", MAX_CHOICES) or 1)
+    if operation is Operation.COMPLETIONS:
+        # best_of completions are generated (the best n returned), for each prompt of a batch.
+        choices = max(choices, _int_field(body, "best_of", MAX_CHOICES) or 1) * _prompt_count(body["prompt"])
     images = image_parts(raw, body) if operation is Operation.CHAT else 0
     routing = None
     if "provider" in body:
@@ -115,6 +116,13 @@ def _is_prompt(value: object) -> bool:
     if all(isinstance(item, str) for item in value) or all(_is_token(item) for item in value):
         return True
     return all(isinstance(item, list) and item and all(_is_token(t) for t in item) for item in value)
+
+
+def _prompt_count(prompt: object) -> int:
+    """How many prompts a legacy ``prompt`` holds: one string or token array, or each of a list of them."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        return len(prompt)
+    return 1
 
 
 def _is_token(value: object) -> bool:
@@ -168,12 +176,19 @@ def _names(value: Any, name: str) -> tuple[str, ...] | None:
 
 
 def upstream_body(request: InboundRequest, upstream_model: str) -> bytes:
-    """The body to send upstream: the client's bytes, unless the model or stream options must change."""
+    """The body to send upstream: the client's bytes, unless the model or stream options must change.
+
+    A legacy completion without ``max_tokens`` gets the 16 keyrelay bounded its cost by (OpenAI's and vLLM's
+    default; other servers, Ollama's among them, would otherwise generate without a limit).
+    """
     needs_usage = request.stream and not request.client_wants_usage
-    if upstream_model == request.model and not needs_usage:
+    needs_limit = request.operation is Operation.COMPLETIONS and request.body.get("max_tokens") is None
+    if upstream_model == request.model and not needs_usage and not needs_limit:
         return request.raw
     body = dict(request.body)
     body["model"] = upstream_model
+    if needs_limit:
+        body["max_tokens"] = COMPLETIONS_DEFAULT_MAX_TOKENS
     if needs_usage:
         options = body.get("stream_options")
         body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}

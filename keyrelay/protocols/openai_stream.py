@@ -121,13 +121,20 @@ def output_bytes(message: object) -> int:
 
 
 def choices_output_bytes(chunk: object, part: str) -> int:
-    """Output bytes of every choice of a response (``part="message"``) or stream chunk (``part="delta"``)."""
+    """Output bytes of every choice of a response (``part="message"``) or stream chunk (``part="delta"``).
+
+    A legacy completion's choice (``text_completion``) holds its output in ``text`` instead.
+    """
     if not isinstance(chunk, dict):
         return 0
     choices = chunk.get("choices")
     if not isinstance(choices, list):
         return 0
-    return sum(output_bytes(choice.get(part)) for choice in choices if isinstance(choice, dict))
+    return sum(
+        output_bytes(choice.get(part)) + _str_bytes(choice.get("text"))
+        for choice in choices
+        if isinstance(choice, dict)
+    )
 
 
 def response_usage(payload: bytes) -> tuple[Usage | None, int]:

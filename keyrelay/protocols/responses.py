@@ -24,7 +24,7 @@ from keyrelay.protocols.json_fields import body_object, count_objects
 from keyrelay.protocols.judged import JudgedFields
 from keyrelay.protocols.openai import provider_preferences
 
-__all__ = ["NOT_STORED", "decode_request", "image_parts", "open_reasoning", "seal_reasoning"]
+__all__ = ["NOT_STORED", "decode_request", "image_parts", "open_reasoning", "seal_reasoning", "upstream_body"]
 
 # The fields keyrelay judges a request by (whitelist, price, cost bound, statelessness): each must appear once.
 _JUDGED = JudgedFields(
@@ -39,6 +39,45 @@ _STATEFUL: tuple[tuple[str, object], ...] = (("previous_response_id", None), ("c
 
 def _invalid(message: str, field: str) -> GatewayError:
     return GatewayError(ErrorType.INVALID_REQUEST, message, field=field)
+
+
+def _refuse_references(items: list[Any]) -> None:
+    """Refuse ``item_reference`` items: they name items stored upstream, which keyrelay does not keep per key.
+
+    Passed to an OpenAI upstream, such an id would reach whatever the gateway's organisation stored, whoever
+    stored it; translated, there is nothing to resolve it against.
+    """
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            raise _invalid(
+                f"input[{i}]: an item_reference needs a stored response; {NOT_STORED} The Vercel AI SDK sends the"
+                " items themselves with providerOptions: {openai: {store: false}}.",
+                f"input[{i}].type",
+            )
+
+
+def upstream_body(request: InboundRequest, upstream_model: str) -> bytes:
+    """The body for a ``kind: openai`` upstream's ``/responses``: the client's, the model id rewritten.
+
+    Reasoning items sealed by keyrelay (``kr1.``, from a turn another kind of upstream served) are left out:
+    OpenAI cannot read them and would refuse the request. The raw bytes go unchanged when nothing changes.
+    """
+    body = request.body
+    items = body.get("input")
+    sealed = b'"kr1.' in request.raw and isinstance(items, list)
+    if request.model == upstream_model and not sealed:
+        return request.raw
+    out = {**body, "model": upstream_model}
+    if isinstance(items, list) and sealed:
+        out["input"] = [item for item in items if not _sealed(item)]
+    return orjson.dumps(out)
+
+
+def _sealed(item: object) -> bool:
+    if not isinstance(item, dict) or item.get("type") != "reasoning":
+        return False
+    content = item.get("encrypted_content")
+    return isinstance(content, str) and content.startswith(_SEAL)
 
 
 def image_parts(raw: bytes, body: dict[str, Any]) -> int:
@@ -68,6 +107,8 @@ def decode_request(raw: bytes) -> InboundRequest:
     value = body.get("input")
     if not (isinstance(value, str) or (isinstance(value, list) and value)):
         raise _invalid("input is required: a string or a non-empty array of input items.", "input")
+    if isinstance(value, list):
+        _refuse_references(value)
     stream_value = body.get("stream")
     if stream_value is not None and not isinstance(stream_value, bool):
         raise _invalid("stream must be true or false.", "stream")

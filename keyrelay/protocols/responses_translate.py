@@ -198,12 +198,6 @@ class _Conversation:
             self._call(item, kind, field)
         elif kind in ("function_call_output", "custom_tool_call_output"):
             self._output(item, field)
-        elif kind == "item_reference":
-            raise invalid(
-                f"{field}: an item_reference needs a stored response; keyrelay does not store responses: send the"
-                " item itself (the Vercel AI SDK does with providerOptions: {openai: {store: false}}).",
-                f"{field}.type",
-            )
         else:
             raise _refuse(f"{field}.type", f"An input item of type {kind!r} ({field})")
 

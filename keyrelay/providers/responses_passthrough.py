@@ -24,6 +24,10 @@ from keyrelay.protocols.sse import BOM, SSEDecoder, parse_blocks
 __all__ = ["ResponsesPassthroughReader", "responses_body_usage", "responses_usage"]
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Error codes that blame the upstream, not the request (``ResponseError.code``; an ``error`` event's ``code``):
+# these fail over. Any other code (``context_length_exceeded``, ``invalid_prompt``, the image codes, ...) is the
+# request's own fault, relayed to the client as it came (Codex compacts its context on context_length_exceeded).
+_UPSTREAM_CODES = frozenset({"server_error", "rate_limit_exceeded", "vector_store_timeout", "internal_error"})
 
 
 def _count(obj: object, name: str) -> int:
@@ -65,9 +69,20 @@ class ResponsesPassthroughReader:
         terminal: One of the three terminal events was seen.
         response: The ``response`` object of the latest lifecycle event (None before ``response.created``).
         next_sequence: The ``sequence_number`` the next event would carry.
+        error_code: The ``code`` of an ``error`` event or of a failed response's ``error``, when one came.
     """
 
-    __slots__ = ("_sse", "_usage", "_output", "_first", "complete", "terminal", "response", "next_sequence")
+    __slots__ = (
+        "_sse",
+        "_usage",
+        "_output",
+        "_first",
+        "complete",
+        "terminal",
+        "response",
+        "next_sequence",
+        "error_code",
+    )
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
@@ -78,15 +93,16 @@ class ResponsesPassthroughReader:
         self.terminal = False
         self.response: dict[str, Any] | None = None
         self.next_sequence = 0
+        self.error_code: str | None = None
 
     def feed(self, chunk: bytes) -> bool:
         """See ``PassthroughReader.feed``."""
         return self._read(self._sse.feed(chunk))
 
     def end(self) -> bool:
-        """See ``PassthroughReader.end``: an event left without its blank line is dropped, as a client would."""
-        self._sse.flush()
-        return False
+        """See ``PassthroughReader.end``: read a last event that lacked its blank line."""
+        rest = self._sse.flush()
+        return self._read(rest + b"\n\n") if rest.strip() else False
 
     def _read(self, blocks: bytes) -> bool:
         if not blocks:
@@ -108,6 +124,7 @@ class ResponsesPassthroughReader:
                 self.next_sequence = max(self.next_sequence, sequence + 1)
             if kind == "error" or event.event == "error":
                 errored = True
+                self._code(data.get("code"))
                 continue
             delta = data.get("delta")
             if isinstance(delta, str):
@@ -120,9 +137,19 @@ class ResponsesPassthroughReader:
                     self._usage = responses_usage(response.get("usage")) or self._usage
                     if kind == "response.failed":
                         errored = True
+                        error = response.get("error")
+                        self._code(error.get("code") if isinstance(error, dict) else None)
                     else:
                         self.complete = True
         return errored
+
+    def _code(self, code: object) -> None:
+        self.error_code = code if isinstance(code, str) and code else "server_error"
+
+    @property
+    def caller_fault(self) -> bool:
+        """Whether the upstream's error blames the request (its code is not one of the upstream's own)."""
+        return self.error_code is not None and self.error_code not in _UPSTREAM_CODES
 
     @property
     def usage(self) -> Usage | None:

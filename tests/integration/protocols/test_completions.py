@@ -88,3 +88,24 @@ async def test_bad_bodies(client: openai.AsyncOpenAI, body: dict[str, object], f
         await client.post("/completions", body=body, cast_to=object)
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == field
+
+
+async def test_the_default_bound_is_sent_upstream(client: openai.AsyncOpenAI, mock: MockUpstream) -> None:
+    """keyrelay bounds a completion without max_tokens by 16 tokens, so the upstream is told 16 too."""
+    await client.completions.create(model="oc-model", prompt=PROMPT)
+    assert mock.state.requests[-1].body["max_tokens"] == 16
+    await client.completions.create(model="oc-model", prompt=PROMPT, max_tokens=7)
+    assert mock.state.requests[-1].body["max_tokens"] == 7
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_output_is_estimated_without_usage(
+    client: openai.AsyncOpenAI, server: RunningServer, stream: bool
+) -> None:
+    """An upstream that reports no usage: the completion's text is what the output estimate counts."""
+    raw = await client.completions.with_raw_response.create(model="oa-model-no-usage", prompt=PROMPT, stream=stream)
+    if stream:
+        async for _ in raw.parse():
+            pass
+    (row,) = await usage_rows(server, raw.headers["x-request-id"])
+    assert row["usage_estimated"] and row["completion_tokens"] > 0

@@ -199,6 +199,10 @@ async def test_stateless(client: openai.AsyncOpenAI, server: RunningServer, key:
     assert "does not store responses" in error["message"]
     with pytest.raises(openai.BadRequestError):
         await client.responses.create(model="an-model", input=PROMPT, background=True)
+    for model in ("oa-model", "an-model"):  # a reference to a stored item, even toward OpenAI itself
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.responses.create(model=model, input=[{"type": "item_reference", "id": "msg_1"}])
+        assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "input[0].type"
     with pytest.raises(openai.BadRequestError) as caught:
         await client.responses.retrieve("resp_123")
     assert "does not store responses" in str(caught.value)

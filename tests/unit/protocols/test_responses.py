@@ -12,7 +12,7 @@ from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.relays import ResponsesRelay
 from keyrelay.gateway.wires import INBOUND
 from keyrelay.logs import SecretScrubber
-from keyrelay.protocols.base import ProtocolName
+from keyrelay.protocols.base import Operation, ProtocolName
 from keyrelay.protocols.canonical import (
     FREE_FORM_PARAMETERS,
     BlockStart,
@@ -35,7 +35,8 @@ from keyrelay.protocols.canonical import (
     Usage,
     UsageUpdate,
 )
-from keyrelay.protocols.responses import decode_request, open_reasoning, seal_reasoning
+from keyrelay.protocols.openai import decode_request as openai_decode
+from keyrelay.protocols.responses import decode_request, open_reasoning, seal_reasoning, upstream_body
 from keyrelay.protocols.responses_encode import ResponsesStreamEncoder, canonical_to_responses_response
 from keyrelay.protocols.responses_translate import responses_to_canonical
 from keyrelay.providers.responses_passthrough import ResponsesPassthroughReader
@@ -464,3 +465,35 @@ def test_relay_of_an_upstream_failure_adds_nothing() -> None:
     error_only.feed(frames(CREATED, {"type": "error", "code": "server_error", "message": "x"}))
     rest, failure = error_only.close()
     assert failure is not None and [e["type"] for e in events_of(rest)] == ["response.failed"]
+
+
+# --- legacy completions ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "choices", "bound"),
+    [
+        ({"prompt": "a"}, 1, 16),
+        ({"prompt": [1, 2, 3], "max_tokens": 5}, 1, 5),
+        ({"prompt": ["a", "b", "c"], "n": 2}, 6, 16),
+        ({"prompt": [[1], [2]], "n": 2, "best_of": 3}, 6, 16),
+    ],
+)
+def test_completions_cost_bound(body: dict[str, Any], choices: int, bound: int) -> None:
+    request = openai_decode(Operation.COMPLETIONS, orjson.dumps({"model": "m", **body}))
+    assert (request.choices, request.max_output_tokens) == (choices, bound)
+
+
+def test_passthrough_body_leaves_out_keyrelays_sealed_reasoning() -> None:
+    sealed = seal_reasoning(ThinkingPart("t", "sig"))
+    items = [
+        {"role": "user", "content": "q"},
+        {"type": "reasoning", "summary": [], "encrypted_content": sealed},
+        {"type": "reasoning", "summary": [], "encrypted_content": "gAAAA-openai"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "a"}]},
+    ]
+    request = judged(input=items)
+    sent = orjson.loads(upstream_body(request, "gpt-x"))
+    assert sent["model"] == "gpt-x" and sent["input"] == [items[0], items[2], items[3]]
+    plain = judged()
+    assert upstream_body(plain, "m") is plain.raw  # nothing to change: the client's bytes
