@@ -24,7 +24,7 @@ from keyrelay.routing.table import Channel, Credential
 class Attempts:
     """The attempts of one request (a new object per request)."""
 
-    __slots__ = ("plan", "deadline", "_health", "_metrics", "_failures", "records", "last_class")
+    __slots__ = ("plan", "deadline", "_health", "_metrics", "_failures", "_refusals", "records", "last_class")
 
     def __init__(self, plan: AttemptPlan, health: Health, metrics: Metrics, total_timeout_s: float) -> None:
         self.plan = plan
@@ -32,6 +32,7 @@ class Attempts:
         self._health = health
         self._metrics = metrics
         self._failures: list[tuple[UpstreamFailure, RelayedError | None]] = []
+        self._refusals: list[GatewayError] = []  # channels whose wire cannot express the request
         self.records: list[dict[str, Any]] | None = None  # set once an attempt failed: the usage record's list
         self.last_class: FailureClass | None = None
 
@@ -60,6 +61,14 @@ class Attempts:
         self._failures.append((failure, relayed))
         self.last_class = cls
         self._record(channel, credential, failure.status, cls.value, latency_s)
+
+    def unsuitable(self, channel: Channel, err: GatewayError) -> None:
+        """Pass over a channel whose wire cannot express the request (``err``: a 400 naming the field).
+
+        No failure is counted; ``err`` is the answer only if no other channel serves the request.
+        """
+        self._health.release(channel)
+        self._refusals.append(err)
 
     def succeeded(self, channel: Channel, credential: Credential, status: int, latency_s: float) -> None:
         """Record the attempt that serves the request."""
@@ -90,10 +99,13 @@ class Attempts:
         """What the client is told when no attempt served the request.
 
         A refusal of the request itself, when that ended it; else, if any channel was rate limiting, 429
-        with the shortest ``Retry-After`` met (the soonest a retry can succeed); else the last failure.
+        with the shortest ``Retry-After`` met (the soonest a retry can succeed); else the last failure; and
+        when no channel could take the request at all (``unsuitable``), the first channel's refusal.
         A same-wire Anthropic or Gemini client gets the upstream's own body when the chosen failure has one.
         """
         if not self._failures:
+            if self._refusals:
+                return self._refusals[0]
             return GatewayError(ErrorType.UPSTREAM_TIMEOUT, "No upstream attempt could start in time.")
         last, relayed = self._failures[-1]
         if last.failure_class is not FailureClass.CALLER_FAULT:

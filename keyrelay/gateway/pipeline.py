@@ -453,6 +453,13 @@ class Gateway:
             t0 = time.perf_counter()
             try:
                 response = await self._call(channel, credential, call, attempts.remaining())
+            except GatewayError as err:
+                # The request cannot be written for this channel's wire (a translation refusal, before any
+                # I/O): another channel, of the client's own wire for one, may still take it.
+                if err.status != 400:
+                    raise
+                attempts.unsuitable(channel, err)
+                continue
             except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
                 latency = time.perf_counter() - t0
                 outcome.upstream_s += latency

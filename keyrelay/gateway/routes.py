@@ -23,7 +23,8 @@ GET  /v1/key                                               openai
 =========================================================  =========  ==========================
 
 ``HEAD`` is accepted wherever ``GET`` is. ``/v1/responses/{id}`` and what lies under it (retrieving, cancelling,
-deleting a stored response, its input items) answer 400: keyrelay stores no response.
+deleting a stored response, its input items) answer 400: keyrelay stores no response; ``/v1/responses/input_tokens``
+and ``/v1/responses/compact`` are not offered (404).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ _GEMINI_METHODS: dict[str, tuple[Operation, bool]] = {
     "countTokens": (Operation.COUNT_TOKENS, False),
 }
 _GEMINI_PREFIXES = ("/v1beta/models/", "/v1/models/")
+# Responses API endpoints that are not about a stored response, and that keyrelay does not offer: 404.
+_RESPONSES_NOT_OFFERED = frozenset({"/v1/responses/input_tokens", "/v1/responses/compact"})
 
 
 def _read_protocol(headers: list[tuple[bytes, bytes]], query: bytes) -> ProtocolName:
@@ -133,7 +136,7 @@ def match(method: str, path: str, headers: list[tuple[bytes, bytes]], query: byt
     if path == "/v1/key":
         _require(method, "GET", path)
         return Route(ProtocolName.OPENAI, read=Read.KEY)
-    if path.startswith("/v1/responses/"):
+    if path.startswith("/v1/responses/") and path not in _RESPONSES_NOT_OFFERED:
         raise GatewayError(ErrorType.INVALID_REQUEST, f"{path} is not served: {NOT_STORED}")
     raise GatewayError(ErrorType.NOT_FOUND, f"No such endpoint: {path}. See the README for the routes.")
 

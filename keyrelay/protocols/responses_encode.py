@@ -242,10 +242,9 @@ def _output(parts: list[Part], base: str, shape: _Shape, status: str) -> list[di
 
     def close_text() -> None:
         if texts:
-            items.append(_message_item(f"msg_{base}{len(items)}", "".join(texts), status))
+            items.append(_message_item(f"msg_{base}{len(items)}", "".join(texts), "completed"))
             texts.clear()
 
-    status = "incomplete" if status == "incomplete" else "completed"  # a cut answer's last item is incomplete
     for part in parts:
         match part:
             case TextPart(text=text):
@@ -263,6 +262,8 @@ def _output(parts: list[Part], base: str, shape: _Shape, status: str) -> list[di
                     f"The upstream answered with a {type(part).__name__}, which a response cannot carry.",
                 )
     close_text()
+    if status == "incomplete" and items and items[-1]["type"] == "message":
+        items[-1]["status"] = "incomplete"  # the message the output limit cut
     return items
 
 
@@ -282,7 +283,7 @@ def canonical_to_responses_response(resp: ChatResponse, canonical: ChatRequest, 
 class _Item:
     """An output item being streamed: its place, its id, and what has arrived of it."""
 
-    __slots__ = ("index", "item_id", "part", "chunks", "signature")
+    __slots__ = ("index", "item_id", "part", "chunks", "signature", "summary_open")
 
     def __init__(self, index: int, item_id: str, part: TextPart | ThinkingPart | ToolCallPart) -> None:
         self.index = index
@@ -290,6 +291,7 @@ class _Item:
         self.part = part
         self.chunks: list[str] = []  # text, reasoning text or arguments
         self.signature: str | None = None
+        self.summary_open = False  # a reasoning item's summary part was added (with its first text)
 
 
 class ResponsesStreamEncoder:
@@ -401,16 +403,7 @@ class ResponsesStreamEncoder:
                     "response.output_item.added",
                     {"output_index": position, "item": {"id": item.item_id, "type": "reasoning", "summary": []}},
                 )
-                if self._shape.summary and part.redacted is None:
-                    added += self._event(
-                        "response.reasoning_summary_part.added",
-                        {**self._summary_place(item), "part": {"type": "summary_text", "text": ""}},
-                    )
-                    if part.text:
-                        added += self._thinking_delta(item, part.text)
-                elif part.text:
-                    item.chunks.append(part.text)
-                return added
+                return added + (self._thinking_delta(item, part.text) if part.text else b"")
             case ToolCallPart():
                 free_form = part.name in self._shape.free_form
                 item = _Item(position, f"{'ctc' if free_form else 'fc'}_{self._base}{position}", part)
@@ -440,10 +433,19 @@ class ResponsesStreamEncoder:
         return self._delta("response.output_text.delta", {**self._place(item), "logprobs": []}, text)
 
     def _thinking_delta(self, item: _Item, text: str) -> bytes:
+        """Reasoning text: shown as the summary when the client asked for one (its part opened with the first)."""
         item.chunks.append(text)
-        if not self._shape.summary:
+        part = item.part
+        if not self._shape.summary or (isinstance(part, ThinkingPart) and part.redacted is not None):
             return b""
-        return self._delta("response.reasoning_summary_text.delta", self._summary_place(item), text)
+        opened = b""
+        if not item.summary_open:
+            item.summary_open = True
+            opened = self._event(
+                "response.reasoning_summary_part.added",
+                {**self._summary_place(item), "part": {"type": "summary_text", "text": ""}},
+            )
+        return opened + self._delta("response.reasoning_summary_text.delta", self._summary_place(item), text)
 
     def _arguments_delta(self, item: _Item, partial: str) -> bytes:
         item.chunks.append(partial)
@@ -477,7 +479,7 @@ class ResponsesStreamEncoder:
                 done = _message_item(item.item_id, joined, status)
             case ThinkingPart():
                 thinking = ThinkingPart(joined, item.signature, part.redacted)
-                if self._shape.summary and part.redacted is None:
+                if item.summary_open:
                     place = self._summary_place(item)
                     out.append(self._event("response.reasoning_summary_text.done", {**place, "text": joined}))
                     summary = {"type": "summary_text", "text": joined}

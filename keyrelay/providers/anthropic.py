@@ -153,8 +153,9 @@ def _thinking(req: ChatRequest, max_tokens: int) -> dict[str, Any] | None:
     if budget is None and reasoning.effort is not None:
         if reasoning.effort not in EFFORT_BUDGETS:
             raise _invalid(f"reasoning effort {reasoning.effort!r} has no Anthropic thinking budget.", "reasoning")
-        # OpenAI's output bound includes the reasoning: the budget stays inside max_tokens.
-        budget = min(EFFORT_BUDGETS[reasoning.effort], max_tokens - 1)
+        # OpenAI's output bound includes the reasoning: the budget takes at most half of max_tokens (never
+        # below Anthropic's minimum), so that thinking cannot leave the answer without room.
+        budget = min(EFFORT_BUDGETS[reasoning.effort], max(max_tokens // 2, MIN_THINKING_BUDGET))
         if budget == 0:
             return None
     if budget is None:

@@ -261,6 +261,15 @@ class Health:
             if rest is not None and rest.refusals:
                 rest.refusals = 0
 
+    def release(self, channel: Channel) -> None:
+        """Forget an attempt that never reached the channel (the request cannot be written for its wire).
+
+        Nothing is counted; a half-open probe's claim is freed for the next request.
+        """
+        breaker = self.breaker(channel)
+        if breaker.current(self.now()) is ChannelState.HALF_OPEN:
+            breaker.probe_until = 0.0
+
     def failure(
         self,
         channel: Channel,

@@ -10,6 +10,7 @@ import pytest
 
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.gateway.relays import ResponsesRelay
+from keyrelay.gateway.routes import match
 from keyrelay.gateway.wires import INBOUND
 from keyrelay.logs import SecretScrubber
 from keyrelay.protocols.base import Operation, ProtocolName
@@ -497,3 +498,38 @@ def test_passthrough_body_leaves_out_keyrelays_sealed_reasoning() -> None:
     assert sent["model"] == "gpt-x" and sent["input"] == [items[0], items[2], items[3]]
     plain = judged()
     assert upstream_body(plain, "m") is plain.raw  # nothing to change: the client's bytes
+
+
+def test_only_the_cut_message_is_incomplete() -> None:
+    request = judged(tools=[{"type": "function", "name": "f"}])
+    parts = [TextPart("Looking."), ToolCallPart("c", "f", "{}"), TextPart("Once upon")]
+    answer = ChatResponse("x", "u", parts, StopReason.LENGTH, Usage(1, 2))
+    body = json.loads(canonical_to_responses_response(answer, responses_to_canonical(request), request))
+    assert [(item["type"], item["status"]) for item in body["output"]] == [
+        ("message", "completed"),
+        ("function_call", "completed"),
+        ("message", "incomplete"),
+    ]
+
+
+def test_reasoning_without_text_opens_no_summary_part() -> None:
+    """Gemini can sign a thought it does not show: no summary part is streamed, and the item has no summary."""
+    enc = encoder(reasoning={"effort": "low", "summary": "auto"})
+    out = enc.events([BlockStart(0, ThinkingPart("")), SignatureDelta(0, "sig"), BlockStop(0)]) + enc.end(None)
+    events = events_of(out)
+    assert [e["type"] for e in events][2:] == [
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[3]["item"]["summary"] == []
+
+
+def test_responses_paths_that_are_not_offered() -> None:
+    for path in ("/v1/responses/input_tokens", "/v1/responses/compact"):
+        with pytest.raises(GatewayError) as caught:
+            match("POST", path, [], b"")
+        assert caught.value.error_type is ErrorType.NOT_FOUND
+    with pytest.raises(GatewayError) as caught:
+        match("GET", "/v1/responses/resp_1", [], b"")
+    assert caught.value.error_type is ErrorType.INVALID_REQUEST and "does not store" in caught.value.message

@@ -152,9 +152,11 @@ def test_signed_and_redacted_thinking_are_kept() -> None:
     ("reasoning", "max_tokens", "thinking"),
     [
         (Reasoning(effort="low"), 8000, {"type": "enabled", "budget_tokens": 1024}),
-        (Reasoning(effort="medium"), 8000, {"type": "enabled", "budget_tokens": 4096}),
-        (Reasoning(effort="high"), 8000, {"type": "enabled", "budget_tokens": 7999}),  # kept below max_tokens
-        (Reasoning(effort="high"), None, {"type": "enabled", "budget_tokens": 4095}),
+        (Reasoning(effort="medium"), 8000, {"type": "enabled", "budget_tokens": 4000}),
+        (Reasoning(effort="medium"), 9000, {"type": "enabled", "budget_tokens": 4096}),
+        (Reasoning(effort="high"), 8000, {"type": "enabled", "budget_tokens": 4000}),  # half of max_tokens at most
+        (Reasoning(effort="high"), None, {"type": "enabled", "budget_tokens": 2048}),
+        (Reasoning(effort="low"), 1500, {"type": "enabled", "budget_tokens": 1024}),  # Anthropic's minimum
         (Reasoning(effort="minimal"), 8000, None),
         (Reasoning(budget_tokens=2000), 8000, {"type": "enabled", "budget_tokens": 2000}),
         (None, 8000, None),
