@@ -23,6 +23,7 @@ import pytest
 
 from keyrelay.testing.mock_upstream import REPLY_TEXT, MockUpstream
 from keyrelay.testing.server import RunningServer
+from tests.conftest import make_api_key
 from tests.integration.gateway.helpers import usage_rows
 from tests.integration.gateway.test_strange_input import ODD_VALUES, RAW_BODIES
 from tests.responses_golden import event_shape, golden, json_shape, sse_events
@@ -380,3 +381,22 @@ async def test_no_strange_body_is_a_server_error(server: RunningServer, key: str
                 if answer.status_code >= 400:
                     error = answer.json()["error"]
                     assert answer.status_code != 500 and error["type"] != "INTERNAL_ERROR", (path, body[:300], error)
+
+
+async def test_keys_and_limits_hold_as_on_every_path(server: RunningServer) -> None:
+    """A key's model whitelist and request window refuse a Responses request in OpenAI's error shape."""
+    narrow = await make_api_key(server, "narrow@example.com", allowed_models=["oa-model"])
+    async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=narrow, max_retries=0) as sdk:
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            await sdk.responses.create(model="an-model", input=PROMPT)
+        assert isinstance(denied.value.body, dict) and denied.value.body["type"] == "ACCESS_DENIED"
+    one = await make_api_key(server, "one@example.com", rate_limits={"rpm": 1})
+    async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=one, max_retries=0) as sdk:
+        await sdk.responses.create(model="an-model", input=PROMPT)
+        with pytest.raises(openai.RateLimitError) as limited:
+            await sdk.responses.create(model="an-model", input=PROMPT, stream=True)
+        assert isinstance(limited.value.body, dict) and limited.value.body["type"] == "RATE_LIMIT_EXCEEDED"
+        assert limited.value.response.headers["retry-after"]
+    async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="kr_live_" + "x" * 43) as sdk:
+        with pytest.raises(openai.AuthenticationError):
+            await sdk.responses.create(model="an-model", input=PROMPT)
