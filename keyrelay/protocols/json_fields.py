@@ -94,6 +94,28 @@ def part_type(part: object, field: str) -> tuple[dict[str, Any], str]:
     return value, kind
 
 
+def unknown_key(value: dict[str, Any], allowed: frozenset[str]) -> str | None:
+    """The first key of ``value`` outside ``allowed`` that holds a value (null means absent), if any."""
+    for key, item in value.items():
+        if key not in allowed and item is not None:
+            return key
+    return None
+
+
+def untranslatable(body: dict[str, Any], known: frozenset[str], defaults: dict[str, tuple[object, ...]]) -> str | None:
+    """The first top-level field another wire cannot express: not ``known``, and not at one of its ``defaults``.
+
+    ``defaults`` maps a field another wire cannot express to the values that mean "not used" (accepted).
+    """
+    for name, value in body.items():
+        if name in known or value is None:
+            continue
+        accepted = defaults.get(name)
+        if accepted is None or not any(same(value, default) for default in accepted):
+            return name
+    return None
+
+
 def same(value: object, default: object) -> bool:
     """JSON equality: ``0`` and ``0.0`` are the same number, ``false`` is not ``0``."""
     if isinstance(value, bool) or isinstance(default, bool):

@@ -38,8 +38,8 @@ from keyrelay.protocols.json_fields import number as _number
 from keyrelay.protocols.json_fields import obj as _object
 from keyrelay.protocols.json_fields import part_type as _part_type
 from keyrelay.protocols.json_fields import positive as _positive
-from keyrelay.protocols.json_fields import same as _same
 from keyrelay.protocols.json_fields import text as _text
+from keyrelay.protocols.json_fields import unknown_key, untranslatable
 
 __all__ = ["openai_to_canonical", "parse_data_url"]
 
@@ -72,6 +72,7 @@ _DEFAULTS: dict[str, tuple[object, ...]] = {
     "verbosity": ("medium",),
     "moderation": (),
 }
+_KNOWN = _TRANSLATED | _IGNORED  # fields a request may hold whatever their value
 _LEGACY = ("function_call", "functions")
 _EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*")
@@ -82,11 +83,11 @@ def _refuse(field: str, what: str | None = None) -> GatewayError:
     return _invalid(f"{what or field} is not supported when this model is served by a non-OpenAI upstream.", field)
 
 
-def _check_keys(obj: dict[str, Any], allowed: frozenset[str], path: str) -> None:
-    """Refuse any key of ``obj`` outside ``allowed`` that holds a value (null means absent)."""
-    for key, value in obj.items():
-        if key not in allowed and value is not None:
-            raise _refuse(f"{path}.{key}")
+def _check_keys(value: dict[str, Any], allowed: frozenset[str], path: str) -> None:
+    """Refuse any key of ``value`` outside ``allowed`` that holds a value (null means absent)."""
+    key = unknown_key(value, allowed)
+    if key is not None:
+        raise _refuse(f"{path}.{key}")
 
 
 # --- messages -------------------------------------------------------------------------------------
@@ -318,12 +319,9 @@ def _refuse_untranslatable(body: dict[str, Any]) -> None:
                 " non-OpenAI upstream; use tools and tool_choice.",
                 name,
             )
-    for name, value in body.items():
-        if name in _TRANSLATED or name in _IGNORED or value is None:
-            continue
-        defaults = _DEFAULTS.get(name)
-        if defaults is None or not any(_same(value, default) for default in defaults):
-            raise _refuse(name)
+    field = untranslatable(body, _KNOWN, _DEFAULTS)
+    if field is not None:
+        raise _refuse(field)
 
 
 def _stop(value: object) -> list[str]:

@@ -54,7 +54,7 @@ from keyrelay.protocols.canonical import (
     ToolChoice,
     ToolResultPart,
 )
-from keyrelay.protocols.json_fields import array, invalid, number, obj, part_type, same, text
+from keyrelay.protocols.json_fields import array, invalid, number, obj, part_type, text, unknown_key, untranslatable
 from keyrelay.protocols.openai_translate import parse_data_url
 from keyrelay.protocols.responses import open_reasoning
 
@@ -79,6 +79,7 @@ _DEFAULTS: dict[str, tuple[object, ...]] = {
     "prompt": (),
     "context_management": (),
 }
+_KNOWN = _TRANSLATED | _IGNORED  # fields a request may hold whatever their value
 _INCLUDE = frozenset({"reasoning.encrypted_content"})  # what a translation can give (responses_encode)
 _EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
 _SUMMARIES = frozenset({"auto", "concise", "detailed"})
@@ -94,9 +95,9 @@ def _refuse(field: str, what: str | None = None) -> GatewayError:
 
 def _check_keys(value: dict[str, Any], allowed: frozenset[str], path: str) -> None:
     """Refuse any key of ``value`` outside ``allowed`` that holds a value (null means absent)."""
-    for key, item in value.items():
-        if key not in allowed and item is not None:
-            raise _refuse(f"{path}.{key}")
+    key = unknown_key(value, allowed)
+    if key is not None:
+        raise _refuse(f"{path}.{key}")
 
 
 # --- content parts --------------------------------------------------------------------------------
@@ -355,12 +356,9 @@ def _tool_choice(body: dict[str, Any], tools: list[Tool]) -> tuple[ToolChoice | 
 
 
 def _refuse_untranslatable(body: dict[str, Any]) -> None:
-    for name, value in body.items():
-        if name in _TRANSLATED or name in _IGNORED or value is None:
-            continue
-        defaults = _DEFAULTS.get(name)
-        if defaults is None or not any(same(value, default) for default in defaults):
-            raise _refuse(name)
+    name = untranslatable(body, _KNOWN, _DEFAULTS)
+    if name is not None:
+        raise _refuse(name)
 
 
 def _reasoning(value: object) -> Reasoning | None:
