@@ -26,7 +26,7 @@ from keyrelay.protocols.base import InboundRequest, PassthroughReader, ProtocolN
 from keyrelay.protocols.canonical import StreamError, StreamEvent, Usage
 from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens
 from keyrelay.protocols.responses_encode import failed_event
-from keyrelay.protocols.sse import SSEDecoder, parse_blocks
+from keyrelay.protocols.sse import parse_blocks
 from keyrelay.providers.responses_passthrough import ResponsesPassthroughReader
 
 _ERROR_EVENT = "The upstream sent an error event mid-stream."
@@ -178,30 +178,31 @@ def _whole_event(tail: bytes) -> bytes:
 class PassthroughRelay:
     """Same wire on both sides (Anthropic, Gemini, Responses): the upstream's events unmodified, a reader beside them.
 
-    The bytes are relayed event by event (whole SSE blocks, ``protocols.sse.SSEDecoder``), so that a stream cut
-    in the middle of an event ends with a well-formed error event instead of half an event.
+    The bytes are relayed event by event (the whole SSE blocks the reader split them into,
+    ``PassthroughReader.relayable``), so that a stream cut in the middle of an event ends with a well-formed error
+    event instead of half an event.
     """
 
-    __slots__ = ("_inbound", "_reader", "_scrub", "_errored", "_blocks")
+    __slots__ = ("_inbound", "_reader", "_scrub", "_errored")
 
     def __init__(self, inbound: Inbound, reader: PassthroughReader, scrubber: SecretScrubber) -> None:
         self._inbound = inbound
         self._reader = reader
         self._scrub = scrubber.known
         self._errored = False
-        self._blocks = SSEDecoder()
 
     def feed(self, chunk: bytes) -> bytes:
         """See ``Relay.feed``: the events this read completed."""
-        if self._reader.feed(chunk):
+        reader = self._reader
+        if reader.feed(chunk):
             self._errored = True
-        blocks = self._blocks.feed(chunk)
+        blocks = reader.relayable
         return self._scrub(blocks) if blocks else b""
 
     def close(self) -> tuple[bytes, GatewayError | None]:
         """See ``Relay.close``: a last event without its blank line is passed on when whole."""
-        last = _whole_event(self._blocks.flush())
         ended_with_error = self._reader.end()  # a last event that is an error, or that cannot be read
+        last = _whole_event(self._reader.relayable)
         errored = self._errored or ended_with_error
         if last:
             last = self._scrub(last)
@@ -214,8 +215,7 @@ class PassthroughRelay:
         return last + self._error_frame(failure), failure
 
     def fail(self, err: GatewayError) -> bytes:
-        """See ``Relay.fail``: an unfinished last event is dropped."""
-        self._blocks.flush()
+        """See ``Relay.fail``: an unfinished last event is dropped (it was never relayed)."""
         return self._error_frame(err)
 
     def _ended_by_error(self) -> bool:
@@ -282,7 +282,6 @@ class ResponsesRelay(PassthroughRelay):
 
     def fail(self, err: GatewayError) -> bytes:
         """See ``Relay.fail``: nothing after the upstream's own terminal event."""
-        self._blocks.flush()
         return b"" if self._responses.terminal else self._error_frame(err)
 
     def _ended_by_error(self) -> bool:

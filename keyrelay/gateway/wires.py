@@ -35,6 +35,7 @@ from keyrelay.protocols.base import (
 )
 from keyrelay.protocols.canonical import ChatRequest, ChatResponse, StreamError, Usage
 from keyrelay.protocols.responses_translate import responses_to_canonical
+from keyrelay.protocols.sse import SSEDecoder
 from keyrelay.providers import anthropic as anthropic_out
 from keyrelay.providers import gemini as gemini_out
 from keyrelay.providers import openai as openai_out
@@ -86,17 +87,21 @@ class Outbound:
 class DecodingReader:
     """A full ``StreamDecoder`` as a ``PassthroughReader`` (what the lean readers are tested against)."""
 
-    __slots__ = ("_decoder",)
+    __slots__ = ("_decoder", "_sse", "relayable")
 
     def __init__(self, decoder: StreamDecoder) -> None:
         self._decoder = decoder
+        self._sse = SSEDecoder()  # the decoder splits for itself; this split is only what a relay passes on
+        self.relayable = b""
 
     def feed(self, chunk: bytes) -> bool:
         """See ``PassthroughReader.feed``."""
+        self.relayable = self._sse.feed(chunk)
         return any(isinstance(event, StreamError) for event in self._decoder.feed(chunk))
 
     def end(self) -> bool:
         """See ``PassthroughReader.end``."""
+        self.relayable = self._sse.flush()
         return any(isinstance(event, StreamError) for event in self._decoder.end())
 
     @property

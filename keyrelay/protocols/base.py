@@ -130,6 +130,15 @@ class PassthroughReader(Protocol):
         ...
 
     @property
+    def relayable(self) -> bytes:
+        """The whole SSE blocks the last ``feed`` completed: what a relay may pass on.
+
+        After ``end``: the bytes of a last block that lacked its blank line, whole or not. The reader's own
+        split of the stream, made once for both.
+        """
+        ...
+
+    @property
     def usage(self) -> Usage | None:
         """The usage the upstream reported so far (None if none)."""
         ...

@@ -73,7 +73,17 @@ class AnthropicPassthroughReader:
         complete: Whether ``message_stop`` was seen.
     """
 
-    __slots__ = ("_sse", "_started", "_raw_usage", "_final", "_held", "_held_bytes", "_measured", "complete")
+    __slots__ = (
+        "_sse",
+        "_started",
+        "_raw_usage",
+        "_final",
+        "_held",
+        "_held_bytes",
+        "_measured",
+        "complete",
+        "relayable",
+    )
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
@@ -84,6 +94,7 @@ class AnthropicPassthroughReader:
         self._held_bytes = 0
         self._measured = 0
         self.complete = False
+        self.relayable = b""  # see PassthroughReader.relayable
 
     @property
     def usage(self) -> Usage | None:
@@ -103,12 +114,12 @@ class AnthropicPassthroughReader:
 
     def feed(self, chunk: bytes) -> bool:
         """Read one network read's bytes; True when an error event (or an unreadable one) was completed."""
-        blocks = self._sse.feed(chunk)
+        self.relayable = blocks = self._sse.feed(chunk)
         return self._read(blocks) if blocks else False
 
     def end(self) -> bool:
         """The stream ended: read a last event that lacked its blank line; True when it was an error."""
-        rest = self._sse.flush()
+        self.relayable = rest = self._sse.flush()
         return self._read(rest + b"\n\n") if rest.strip() else False
 
     def _read(self, blocks: bytes) -> bool:

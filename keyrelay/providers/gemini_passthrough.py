@@ -64,6 +64,7 @@ class GeminiPassthroughReader:
         "_held_bytes",
         "_decoder",
         "_full",
+        "relayable",
     )
 
     def __init__(self) -> None:
@@ -76,6 +77,7 @@ class GeminiPassthroughReader:
         self._held_bytes = 0
         self._decoder: GeminiStreamDecoder | None = None  # measures held blocks; reads everything in full mode
         self._full = False
+        self.relayable = b""  # see PassthroughReader.relayable
 
     @property
     def usage(self) -> Usage | None:
@@ -102,18 +104,19 @@ class GeminiPassthroughReader:
 
     def feed(self, chunk: bytes) -> bool:
         """Read one network read's bytes; True when an error chunk (or one that is not JSON) was completed."""
+        self.relayable = blocks = self._sse.feed(chunk)
         if self._full:
-            return self._errors(self._measurer().feed(chunk))
-        blocks = self._sse.feed(chunk)
+            return self._errors(self._measurer().feed(blocks)) if blocks else False
         return self._read(blocks) if blocks else False
 
     def end(self) -> bool:
         """The stream ended: read a last chunk that lacked its blank line; True when it was an error."""
+        self.relayable = rest = self._sse.flush()
         if not self._full:
-            rest = self._sse.flush()
             if not rest.strip():
                 return False
             self._go_full(b"")
+        if rest:
             self._measurer().feed(rest)  # held by its SSE decoder until end(), as if it had come directly
         return self._errors(self._measurer().end())
 
@@ -196,8 +199,9 @@ class GeminiPassthroughReader:
         """Hand this read, and every one after it, to the full decoder (after the blocks it has not measured)."""
         self._measure()
         self._full = True
-        # The bytes of an unfinished block the SSE decoder holds follow this read's blocks.
-        return self._errors(self._measurer().feed(blocks + self._sse.flush()))
+        # An unfinished block stays in this reader's SSE decoder: the full decoder gets whole blocks, and the
+        # rest at the end.
+        return self._errors(self._measurer().feed(blocks))
 
     @staticmethod
     def _errors(events: list[Any]) -> bool:

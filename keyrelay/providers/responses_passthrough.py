@@ -82,6 +82,7 @@ class ResponsesPassthroughReader:
         "response",
         "next_sequence",
         "error_code",
+        "relayable",
     )
 
     def __init__(self) -> None:
@@ -94,14 +95,16 @@ class ResponsesPassthroughReader:
         self.response: dict[str, Any] | None = None
         self.next_sequence = 0
         self.error_code: str | None = None
+        self.relayable = b""  # see PassthroughReader.relayable
 
     def feed(self, chunk: bytes) -> bool:
         """See ``PassthroughReader.feed``."""
-        return self._read(self._sse.feed(chunk))
+        self.relayable = blocks = self._sse.feed(chunk)
+        return self._read(blocks)
 
     def end(self) -> bool:
         """See ``PassthroughReader.end``: read a last event that lacked its blank line."""
-        rest = self._sse.flush()
+        self.relayable = rest = self._sse.flush()
         return self._read(rest + b"\n\n") if rest.strip() else False
 
     def _read(self, blocks: bytes) -> bool:
