@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: lint pytest
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check keyrelay tests
