@@ -2,45 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import openai
 import orjson
 import pytest
-import pytest_asyncio
 
-from keyrelay.testing.mock_upstream import REPLY_TEXT, MockOptions, MockUpstream, count_completion_tokens
+from keyrelay.testing.mock_upstream import REPLY_TEXT, MockUpstream, count_completion_tokens
 
 PROMPT = "Say this is a test"  # 18 bytes -> ceil(18/4) = 5 tokens
-
-
-@pytest.fixture(autouse=True)
-def _no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    caplog.set_level(logging.WARNING)
-    yield
-    noisy = [r for r in caplog.records if r.name.startswith(("aiohttp", "asyncio")) and r.levelno >= logging.WARNING]
-    assert not noisy, [r.getMessage() for r in noisy]
-
-
-@pytest_asyncio.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream(MockOptions()) as upstream:
-        yield upstream
-
-
-@pytest_asyncio.fixture
-async def client(mock: MockUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=mock.base_url, api_key="x", max_retries=0, timeout=5.0) as sdk:
-        yield sdk
-
-
-@pytest_asyncio.fixture
-async def http(mock: MockUpstream) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mock.origin, timeout=5.0) as raw:
-        yield raw
 
 
 async def _frames(http: httpx.AsyncClient, body: dict[str, Any]) -> list[bytes]:

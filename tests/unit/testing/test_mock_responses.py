@@ -6,8 +6,6 @@ Also the structured output (``json_schema``) of every wire: Chat Completions, Re
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
@@ -15,7 +13,6 @@ import httpx
 import openai
 import orjson
 import pytest
-import pytest_asyncio
 from google import genai
 from google.genai import types
 from openai.types.responses import CustomToolParam, FunctionToolParam, Response, ResponseInputParam
@@ -63,33 +60,6 @@ class Person(BaseModel):
     name: str
     age: int
     tags: list[str]
-
-
-@pytest.fixture(autouse=True)
-def _no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """The mock must stay quiet: no aiohttp/asyncio warnings or errors, even when faults abort connections."""
-    caplog.set_level(logging.WARNING)
-    yield
-    noisy = [r for r in caplog.records if r.name.startswith(("aiohttp", "asyncio")) and r.levelno >= logging.WARNING]
-    assert not noisy, [r.getMessage() for r in noisy]
-
-
-@pytest_asyncio.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream(MockOptions(slow_ms=100)) as upstream:
-        yield upstream
-
-
-@pytest_asyncio.fixture
-async def client(mock: MockUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=mock.base_url, api_key="x", max_retries=0, timeout=5.0) as sdk:
-        yield sdk
-
-
-@pytest_asyncio.fixture
-async def http(mock: MockUpstream) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mock.origin, timeout=5.0) as raw:
-        yield raw
 
 
 async def _stream(http: httpx.AsyncClient, body: dict[str, Any]) -> bytes:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import math
 import signal
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ import httpx
 import openai
 import orjson
 import pytest
-import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
@@ -46,33 +43,6 @@ USER_HI: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Hello there"}
 ]  # 11 bytes -> ceil(11/4) + 3 = 6 prompt tokens
 REPLY_WORD_LIST = REPLY_TEXT.split(" ")
-
-
-@pytest.fixture(autouse=True)
-def _no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """The mock must stay quiet: no aiohttp/asyncio warnings or errors, even when faults abort connections."""
-    caplog.set_level(logging.WARNING)
-    yield
-    noisy = [r for r in caplog.records if r.name.startswith(("aiohttp", "asyncio")) and r.levelno >= logging.WARNING]
-    assert not noisy, [r.getMessage() for r in noisy]
-
-
-@pytest_asyncio.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream(MockOptions(slow_ms=100)) as upstream:
-        yield upstream
-
-
-@pytest_asyncio.fixture
-async def client(mock: MockUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=mock.base_url, api_key="x", max_retries=0, timeout=5.0) as sdk:
-        yield sdk
-
-
-@pytest_asyncio.fixture
-async def http(mock: MockUpstream) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mock.origin, timeout=5.0) as raw:
-        yield raw
 
 
 async def _sse_frames(http: httpx.AsyncClient, body: dict[str, Any]) -> tuple[httpx.Response, list[bytes]]:
