@@ -63,6 +63,9 @@ class KeyrelayApp:
         self.redis = redis_client(self.settings)
         self.limits = build_limits(self.settings, self.redis)
         runtime.tasks.every(1.0, self.limits.maintain, name="limits-maintenance")
+        if self.redis is not None:  # state marks: a change made through any process holds on every next request
+            runtime.cache.marker = self.limits.mark
+            runtime.cache.checker = self.limits.check_current
         self.portal.state.portal.limits = self.limits
         if self.redis is not None:
             from keyrelay.cache.fanout import RedisFanout  # only with Redis: see limits/factory.py

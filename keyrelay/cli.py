@@ -1,7 +1,9 @@
 """The ``keyrelay`` command: serve, migrate, demo, admin …, keys …. Parses input, calls services, prints.
 
 Commands that change keys or accounts write the database directly through the same services the
-API uses; running gateways pick the change up within their cache poll interval (1 s by default).
+API uses. With ``KEYRELAY_REDIS_URL`` set they also record the change's state mark in Redis, so running
+gateways enforce it on their next request; without Redis they pick it up within their cache poll interval
+(1 s by default).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from keyrelay.config import ConfigError, Settings, load_settings
 from keyrelay.errors import GatewayError
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import RATE_FIELDS, KeyCreate, KeyUpdate, micros_to_usd
+from keyrelay.limits.factory import build_limits, redis_client
 from keyrelay.listen import ListenError
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.audit import Actor
@@ -105,9 +108,12 @@ def _with_runtime(ctx: click.Context, job: Callable[[Runtime], Awaitable[T]]) ->
         except BaseException:
             await sqlite_threads_finished()
             raise
+        limits = build_limits(settings, redis_client(settings))  # Redis only records state marks here
+        runtime.cache.marker = limits.mark
         try:
             return await job(runtime)
         finally:
+            await limits.close()
             await runtime.close()
 
     return asyncio.run(run())
@@ -370,7 +376,7 @@ def list_management_keys(ctx: click.Context, email: str | None) -> None:
 @click.pass_context
 @friendly
 def revoke_management_key(ctx: click.Context, key_hash: str) -> None:
-    """Delete a management key for good (running gateways stop accepting it within a second)."""
+    """Delete a management key for good (refused on the next request with Redis, else within the poll interval)."""
 
     async def job(rt: Runtime) -> None:
         record = await rt.keys.get(key_hash=key_hash)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -120,6 +121,19 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'keyrelay.db'}"
         return
+    async with _fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A brand-new empty PostgreSQL database of this run's own (for tests of the scaled-out shape; mark them)."""
+    async with _fresh_postgres() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def _fresh_postgres() -> AsyncIterator[str]:
     problem = await _pg_available()
     if problem:
         if IN_CI:

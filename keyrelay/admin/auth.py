@@ -77,6 +77,8 @@ async def require_manager(request: Request) -> Manager:
         raise GatewayError(ErrorType.INVALID_API_KEY)
     runtime = runtime_of(request)
     principal = await runtime.cache.get(key_hash(token))
+    if principal is not None:
+        principal = await runtime.cache.current(principal)  # revoked through another process: refused now
     if principal is None or principal.key.key_type != KeyType.MANAGEMENT.value:
         raise GatewayError(ErrorType.INVALID_API_KEY)
     now = runtime.clock.now_utc()

@@ -5,6 +5,11 @@ steady state, so cached keys keep working while the store is down. Writes throug
 invalidate entries at once; ``CacheSync`` evicts, within its poll interval, the entries that writes
 made by other processes have made stale, comparing row versions. Unknown hashes are remembered
 (bounded) so that a spray of bad keys cannot turn into a spray of database queries.
+
+With a shared limits backend (Redis) every write through the services also records a state mark, the
+row's new version (``key_changed`` and its siblings): every process's next admission compares the
+versions it holds with the marks and reloads a stale principal (``refreshed``), so a revocation holds
+on the very next request everywhere, not a pub/sub delivery later.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+from keyrelay.errors import GatewayError
 from keyrelay.keys.policy import Policy
+from keyrelay.limits.backend import StaleState
 from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
 
 
@@ -27,9 +34,41 @@ class Principal:
     group: GroupRecord | None
     policy: Policy
     via_previous_secret: bool
+    marks: Marks = ()  # principal_marks() of its rows; () when built by hand (tests): never judged stale
+
+    @property
+    def secret_hash(self) -> str:
+        """The hash of the secret the caller presented (the current one, or the previous one in its grace)."""
+        previous = self.key.prev_secret_hash
+        return previous if self.via_previous_secret and previous is not None else self.key.secret_hash
 
 
 Loader = Callable[[str], Awaitable[Principal | None]]
+Marks = tuple[tuple[str, int], ...]
+Marker = Callable[[Marks], Awaitable[None]]
+
+
+def key_mark(key_hash: str) -> str:
+    """The state mark of a key row (by its stable hash)."""
+    return f"k:{key_hash}"
+
+
+def account_mark(account_id: int) -> str:
+    """The state mark of an account row."""
+    return f"a:{account_id}"
+
+
+def group_mark(group_id: int) -> str:
+    """The state mark of a group row."""
+    return f"g:{group_id}"
+
+
+def principal_marks(key: KeyRecord, account: AccountRecord, group: GroupRecord | None) -> Marks:
+    """The rows a principal was built from, as ``(mark, version)`` pairs for the limits backend."""
+    marks = ((key_mark(key.hash), key.version), (account_mark(account.id), account.version))
+    return marks if group is None else (*marks, (group_mark(group.id), group.version))
+
+
 Ident = TypeVar("Ident", str, int)
 
 
@@ -75,6 +114,8 @@ class KeyCache:
         self._max_negative = max_negative
         self._generation = 0
         self.on_invalidate: Callable[[str, str], None] | None = None  # cross-process fan-out hook
+        self.marker: Marker | None = None  # records state marks (``LimitsBackend.mark``) with a shared backend
+        self.checker: Marker | None = None  # compares them (``LimitsBackend.check_current``): raises StaleState
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -88,7 +129,7 @@ class KeyCache:
         principal = self._entries.get(secret_hash)
         if principal is not None:
             return principal
-        if secret_hash in self._negative:
+        if secret_hash in self._negative and not await self._created(secret_hash):
             return None
         generation = self._generation
         principal = await self._loader(secret_hash)
@@ -102,6 +143,23 @@ class KeyCache:
         else:
             self._store(secret_hash, principal)
         return principal
+
+    async def _created(self, secret_hash: str) -> bool:
+        """Whether a remembered unknown hash has been created since, through any process (its key's mark).
+
+        A key's first secret hash is its stable hash, so a key created elsewhere is usable here at once. Without
+        a shared backend, or when the marks cannot be read, the memory stands.
+        """
+        if self.checker is None:
+            return False
+        try:
+            await self.checker(((key_mark(secret_hash), 0),))
+        except StaleState:
+            self._negative.discard(secret_hash)
+            return True
+        except GatewayError:
+            return False
+        return False
 
     def peek(self, secret_hash: str) -> Principal | None:
         """The cached principal for a secret hash, or None when it is not cached (never loads)."""
@@ -157,6 +215,56 @@ class KeyCache:
         """Forget every cached key whose account is in one group."""
         self._drop(self._by_group.pop(group_id, None))
         self._broadcast("g", str(group_id), broadcast)
+
+    async def key_changed(self, record: KeyRecord) -> None:
+        """After a write to a key row (its version bumped): forget it here and everywhere, record its mark."""
+        self.invalidate_key(record.hash)
+        if self.marker is not None:
+            await self.marker(((key_mark(record.hash), record.version),))
+
+    async def account_changed(self, record: AccountRecord) -> None:
+        """After a write to an account row: forget its keys here and everywhere, record its mark."""
+        self.invalidate_account(record.id)
+        if self.marker is not None:
+            await self.marker(((account_mark(record.id), record.version),))
+
+    async def group_changed(self, record: GroupRecord) -> None:
+        """After a write to a group row: forget its accounts' keys here and everywhere, record its mark."""
+        self.invalidate_group(record.id)
+        if self.marker is not None:
+            await self.marker(((group_mark(record.id), record.version),))
+
+    async def refreshed(self, principal: Principal) -> Principal | None:
+        """The principal reloaded from the store, after the limits backend found it stale (``StaleState``).
+
+        Its key, account and group are forgotten in this process only (the writer told the others), so the load
+        starts after the change was recorded and sees it. None when the key no longer authenticates.
+
+        Raises:
+            GatewayError: SERVICE_UNAVAILABLE when the store cannot be reached.
+        """
+        self.invalidate_key(principal.key.hash, broadcast=False)
+        self.invalidate_account(principal.account.id, broadcast=False)
+        if principal.group is not None:
+            self.invalidate_group(principal.group.id, broadcast=False)
+        return await self.get(principal.secret_hash)
+
+    async def current(self, principal: Principal) -> Principal | None:
+        """The principal, or its reload when a recorded change is newer; for requests without an admission.
+
+        None when the reloaded key no longer authenticates. Without a shared backend the principal is returned.
+
+        Raises:
+            GatewayError: LIMITS_UNAVAILABLE (the marks cannot be read, failing closed); SERVICE_UNAVAILABLE (the
+                store cannot be reached for the reload).
+        """
+        if self.checker is None or not principal.marks:
+            return principal
+        try:
+            await self.checker(principal.marks)
+        except StaleState:
+            return await self.refreshed(principal)
+        return principal
 
     def evict_stale_key(self, key_hash: str, *, version: int, updated_at: datetime, secrets: Iterable[str] = ()) -> int:
         """Forget the cached secrets of a key that were loaded from an older row than the store's.

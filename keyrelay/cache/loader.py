@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from keyrelay.cache.keycache import Principal
+from keyrelay.cache.keycache import Principal, principal_marks
 from keyrelay.clock import Clock
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.keys.policy import effective_policy
@@ -43,4 +43,5 @@ class StoreLoader:
             group=group,
             policy=effective_policy(key, group),
             via_previous_secret=key.secret_hash != secret_hash,
+            marks=principal_marks(key, account, group),
         )

@@ -107,8 +107,12 @@ def admission_request(
     cost_micros: int,
     max_tokens: int,
     pending: Pending,
+    check: bool = True,
 ) -> AdmissionRequest:
-    """Everything the limits backend checks for one request, in one object."""
+    """Everything the limits backend checks for one request, in one object.
+
+    ``check``: include the principal's state marks, for the backend to compare (``LimitsBackend.mark``).
+    """
     policy = principal.policy
     cached = _WINDOWS.get(id(policy))
     if cached is None or cached[0] is not policy:
@@ -131,4 +135,5 @@ def admission_request(
         tpm=policy.tpm,
         max_tokens=max_tokens,
         max_concurrent=policy.max_concurrent,
+        marks=principal.marks if check else (),
     )

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from keyrelay.asgi import Headers, Receive, Scope, Send, read_body, send_json
@@ -56,10 +57,10 @@ from keyrelay.gateway.upstream_client import (
 from keyrelay.gateway.wires import INBOUND, OUTBOUND, Inbound, anthropic_head_lines, anthropic_headers
 from keyrelay.keys.format import KeyType, key_type_of, looks_like_key
 from keyrelay.keys.hashing import key_hash
-from keyrelay.limits.backend import LimitsBackend, WindowStatus
+from keyrelay.limits.backend import Admission, LimitsBackend, StaleState, WindowStatus
 from keyrelay.logs import SecretScrubber, request_id_var
 from keyrelay.metrics import Metrics
-from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, Operation, ProtocolName, ProviderPreferences
+from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName, ProviderPreferences
 from keyrelay.protocols.canonical import Usage
 from keyrelay.protocols.openai_stream import estimate_tokens, response_usage
 from keyrelay.providers.failure import FailureClass
@@ -141,7 +142,11 @@ class Gateway:
             inbound = INBOUND[protocol]
             principal = await self._authenticate(inbound, headers, query)
             client_ip = self._client_ip(scope)
-            authorize_key(principal, client_ip, self._clock.now_utc())
+            if route.operation is None or route.operation is Operation.COUNT_TOKENS:
+                # No admission to compare the key's state with the shared marks: compare them here.
+                principal = self._authorized(await self._cache.current(principal), client_ip)
+            else:
+                principal = await self._authorize(principal, client_ip)
             if route.operation is Operation.COUNT_TOKENS:
                 await self._count_tokens(receive, send, inbound, route, principal, headers, outcome, rid)
                 log_request(request_id, principal, method, path, 200, "-", started)  # not billed: no record
@@ -199,6 +204,37 @@ class Gateway:
         principal = await self._cache.get(key_hash(token))
         if principal is None or principal.key.key_type != KeyType.REGULAR.value:
             raise GatewayError(ErrorType.INVALID_API_KEY)
+        return principal
+
+    async def _authorize(self, principal: Principal, client_ip: IPAddress | None) -> Principal:
+        """``authorize_key`` on the cached principal; a refusal is final only once the shared marks confirm it.
+
+        A key enabled again (or an account reactivated) through another process is served on its next request:
+        the refusal path, rare, pays the one Redis read that the admission saves the normal path.
+        """
+        try:
+            authorize_key(principal, client_ip, self._clock.now_utc())
+        except GatewayError:
+            current = await self._cache.current(principal)
+            if current is principal:
+                raise
+            return self._authorized(current, client_ip)
+        return principal
+
+    async def _refreshed(self, principal: Principal, client_ip: IPAddress | None) -> Principal:
+        """The principal reloaded after the limits backend found it older than a recorded change, authorized again.
+
+        Raises:
+            GatewayError: INVALID_API_KEY when the key no longer authenticates (deleted, rotated past its grace),
+                or the failing check of ``authorize_key``.
+        """
+        return self._authorized(await self._cache.refreshed(principal), client_ip)
+
+    def _authorized(self, principal: Principal | None, client_ip: IPAddress | None) -> Principal:
+        """A reloaded principal, checked as ``_authenticate`` and ``authorize_key`` check a cached one."""
+        if principal is None or principal.key.key_type != KeyType.REGULAR.value:
+            raise GatewayError(ErrorType.INVALID_API_KEY)
+        authorize_key(principal, client_ip, self._clock.now_utc())
         return principal
 
     def _read(self, principal: Principal, route: Route) -> dict[str, Any]:
@@ -296,29 +332,16 @@ class Gateway:
         raw = await read_body(receive, self._settings.max_body_bytes)
         inbound = INBOUND[route.protocol]
         request = inbound.decode(route.operation, raw, route.model, route.stream)
-        channels = self._routes.resolve(request.model)
-        if not channels:
+        resolved = self._routes.resolve(request.model)
+        if not resolved:
             raise model_not_found(request.model)
-        channels = allowed_channels(principal, request.model, channels, self._routes)
-        if request.operation is Operation.COMPLETIONS:
-            channels = _completions_channels(request.model, channels)
         now = self._clock.now_utc()
-        per_choice = (
-            request.max_output_tokens if request.max_output_tokens is not None else self._settings.default_max_tokens
-        )
-        max_out = per_choice * request.choices
-        multiplier = principal.policy.price_multiplier_ppm
-        max_cost = max(max_cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
-        admission = await self._limits.admit(
-            admission_request(
-                principal,
-                request_id=request_id,
-                now=now,
-                cost_micros=max_cost,
-                max_tokens=request.prompt_token_bound + max_out,
-                pending=self._pending,
-            )
-        )
+        try:
+            channels, admission = await self._admit(principal, request, resolved, request_id, now, check=True)
+        except StaleState:
+            # Reloaded after the mark was read, so the principal is at least as new as the change: no second check.
+            principal = await self._refreshed(principal, client_ip)
+            channels, admission = await self._admit(principal, request, resolved, request_id, now, check=False)
         reservation, window = admission.reservation, admission.window
         headers: Headers = scope["headers"]
         sse = route.protocol is not ProtocolName.GEMINI or b"alt=sse" in scope.get("query_string", b"")
@@ -341,6 +364,51 @@ class Gateway:
         finally:
             # Settled against the admission time: the charge belongs to the periods the reservation was held in.
             await self._settlement.settle(principal, request, reservation, outcome, request_id, client_ip, started, now)
+
+    async def _admit(
+        self,
+        principal: Principal,
+        request: InboundRequest,
+        resolved: tuple[Channel, ...],
+        request_id: str,
+        now: datetime,
+        *,
+        check: bool,
+    ) -> tuple[tuple[Channel, ...], Admission]:
+        """The channels this key may use and the admission of the request's largest possible cost on them.
+
+        ``check``: whether the limits backend compares the principal's marks (StaleState when one is newer).
+
+        Raises:
+            GatewayError: ACCESS_DENIED (no allowed channel), a limit refusal, LIMITS_UNAVAILABLE.
+            StaleState: ``check`` and the principal is older than a recorded change.
+        """
+        try:
+            channels = allowed_channels(principal, request.model, resolved, self._routes)
+        except GatewayError:
+            if check:  # a model allowed through another process since: StaleState, and decided again
+                await self._limits.check_current(principal.marks)
+            raise
+        if request.operation is Operation.COMPLETIONS:
+            channels = _completions_channels(request.model, channels)
+        per_choice = (
+            request.max_output_tokens if request.max_output_tokens is not None else self._settings.default_max_tokens
+        )
+        max_out = per_choice * request.choices
+        multiplier = principal.policy.price_multiplier_ppm
+        max_cost = max(max_cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
+        admission = await self._limits.admit(
+            admission_request(
+                principal,
+                request_id=request_id,
+                now=now,
+                cost_micros=max_cost,
+                max_tokens=request.prompt_token_bound + max_out,
+                pending=self._pending,
+                check=check,
+            )
+        )
+        return channels, admission
 
     def _attempts(self, channels: tuple[Channel, ...], wishes: ProviderPreferences | None = None) -> Attempts:
         """A request's attempt plan: ``channels`` by priority and weight, then its ``provider`` wishes, then health.

@@ -74,6 +74,16 @@ class AdmissionRequest:
     tpm: int | None
     max_tokens: int
     max_concurrent: int | None
+    # The state marks the principal was loaded with (``Principal.marks``): with a shared backend, admission
+    # refuses to decide on a principal older than a change recorded by ``mark`` (raising StaleState).
+    marks: tuple[tuple[str, int], ...] = ()
+
+
+class StaleState(Exception):
+    """The principal behind an admission or a check is older than a change another process recorded.
+
+    Not an error for the client: the caller reloads the principal from the store and decides again.
+    """
 
 
 @dataclass(slots=True)
@@ -155,6 +165,24 @@ class LimitsBackend(Protocol):
 
     async def spent(self, level: SpendLevel) -> int:
         """Settled spend of a counter (seeded from ``base_micros`` if unseen)."""
+        ...
+
+    async def mark(self, marks: tuple[tuple[str, int], ...]) -> None:
+        """Record that rows changed: each ``(mark, version)`` says the row is now at least at ``version``.
+
+        Called by ``services`` after the store write and before the management call answers, so that every
+        process's next admission (or ``check_current``) sees the change. Marks are named ``k:<key hash>``,
+        ``a:<account id>``, ``g:<group id>`` (``cache/keycache.py``). A mark only ever grows. No-op in one process.
+        """
+        ...
+
+    async def check_current(self, marks: tuple[tuple[str, int], ...]) -> None:
+        """For requests without an admission (``/v1/models``, ``/v1/key``, token counts, the management API).
+
+        Raises:
+            StaleState: A mark is newer than the version the principal was loaded with.
+            GatewayError: LIMITS_UNAVAILABLE when the shared state cannot be read and the backend fails closed.
+        """
         ...
 
     async def maintain(self) -> None:

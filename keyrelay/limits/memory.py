@@ -187,6 +187,12 @@ class MemoryLimits:
         for key in idle:
             del self._keys[key]
 
+    async def mark(self, marks: tuple[tuple[str, int], ...]) -> None:
+        """Nothing to record: in one process the services invalidate the cache itself, synchronously."""
+
+    async def check_current(self, marks: tuple[tuple[str, int], ...]) -> None:
+        """Always current: see ``mark``."""
+
     async def close(self) -> None:
         """Nothing to release."""
 

@@ -24,6 +24,7 @@ from keyrelay.limits.backend import (
     RequestWindow,
     Reservation,
     SpendLevel,
+    StaleState,
     WindowStatus,
     WindowUsage,
     precheck,
@@ -35,7 +36,11 @@ from keyrelay.limits.memory import MemoryLimits
 log = logging.getLogger("keyrelay.limits")
 _FALLBACK_PREFIX = "local:"
 # The Lua scripts, by versioned name (lua/<name>.lua): bump the name on any change of behaviour.
-ADMIT, SETTLE, WINDOW_USAGE = "admit_v2", "settle_v1", "window_usage_v1"
+ADMIT, SETTLE, WINDOW_USAGE, MARK = "admit_v3", "settle_v1", "window_usage_v1", "mark_v1"
+# How long a state mark is kept after its row's last change. A cached row older than a change is also
+# evicted by every process's store poll (``cache/sync.py``) within seconds, so a mark only has to outlive
+# that poll's worst delay (a store outage); a week is generous.
+MARK_TTL_S = 7 * 86_400
 
 
 def _script(name: str) -> str:
@@ -46,6 +51,24 @@ def _unreachable() -> GatewayError:
     return GatewayError(ErrorType.LIMITS_UNAVAILABLE, "The limits backend (Redis) is unreachable; try again shortly.")
 
 
+def _refusal(request: AdmissionRequest, reply: list[int]) -> Exception:
+    """The exception for a non-zero reply of ``admit_v3.lua`` (its reply codes)."""
+    code = reply[0]
+    if code == 1:
+        level = request.spend[reply[1] - 1]
+        return spend_refusal(level, reply[2], request.cost_micros, level.resets_in_s)
+    if code == 2:
+        window = request.windows[reply[1] - 1]
+        return window_refusal(window.name, window.limit, reply[3] / 1000)
+    if code == 3:
+        return window_refusal("tpm", reply[2], reply[3] / 1000)
+    if code == 4:
+        return window_refusal("max_concurrent", reply[2], reply[3] / 1000, in_flight=reply[4])
+    if code == 5:
+        return StaleState(request.marks[reply[1] - 1][0])
+    raise AssertionError(f"admit_v3.lua replied {reply!r}")
+
+
 class RedisLimits:
     """Limits backend on Redis (atomic Lua scripts, versioned by name)."""
 
@@ -54,7 +77,7 @@ class RedisLimits:
         self._prefix = prefix
         self._fail_open = fail_open
         self._fallback = MemoryLimits()
-        self._sources = {name: _script(f"{name}.lua") for name in (ADMIT, SETTLE, WINDOW_USAGE)}
+        self._sources = {name: _script(f"{name}.lua") for name in (ADMIT, SETTLE, WINDOW_USAGE, MARK)}
         self._shas: dict[str, str] = {}  # script name → SHA1, once loaded
         # After a failure, skip Redis for a second instead of making every request wait for a timeout.
         self._down_until = 0.0
@@ -77,6 +100,9 @@ class RedisLimits:
 
     def _flight_key(self, key_hash: str) -> str:
         return f"{self._prefix}:flight:{key_hash}"
+
+    def _mark_key(self, mark: str) -> str:
+        return f"{self._prefix}:mark:{mark}"
 
     async def _run(self, name: str, keys: list[str], args: list[str | int | float]) -> list[int]:
         sha = self._shas.get(name)
@@ -105,6 +131,7 @@ class RedisLimits:
             request.max_concurrent or 0,
             request.request_id,
             RESERVATION_TTL_S,
+            len(request.marks),
         ]
         for level in request.spend:
             keys += self._spend_keys(level)
@@ -116,6 +143,9 @@ class RedisLimits:
             keys.append(self._window_key(request.key_hash, "tpm"))
         if request.max_concurrent:
             keys.append(self._flight_key(request.key_hash))
+        for mark, version in request.marks:
+            keys.append(self._mark_key(mark))
+            args.append(version)
         if time.monotonic() < self._down_until:
             return await self._unavailable(request, None)
         try:
@@ -123,17 +153,8 @@ class RedisLimits:
         except (RedisError, OSError) as exc:
             self._down_until = time.monotonic() + 1.0
             return await self._unavailable(request, exc)
-        code = reply[0]
-        if code == 1:
-            level = request.spend[reply[1] - 1]
-            raise spend_refusal(level, reply[2], request.cost_micros, level.resets_in_s)
-        if code == 2:
-            window = request.windows[reply[1] - 1]
-            raise window_refusal(window.name, window.limit, reply[3] / 1000)
-        if code == 3:
-            raise window_refusal("tpm", reply[2], reply[3] / 1000)
-        if code == 4:
-            raise window_refusal("max_concurrent", reply[2], reply[3] / 1000, in_flight=reply[4])
+        if reply[0]:
+            raise _refusal(request, reply)
         status = WindowStatus(limit=reply[2], remaining=reply[3], reset_s=reply[4] / 1000) if reply[2] >= 0 else None
         reservation = Reservation(
             ident=request.request_id,
@@ -255,6 +276,43 @@ class RedisLimits:
         except (RedisError, OSError):
             return await self._fallback.spent(level)
         return level.base_micros if value is None else int(value)
+
+    async def mark(self, marks: tuple[tuple[str, int], ...]) -> None:
+        """One EVALSHA of ``mark_v1.lua``: each mark becomes at least its version (kept ``MARK_TTL_S``).
+
+        If Redis cannot be reached the change still stands in the store: the failure is logged, and the other
+        processes learn of the change from the pub/sub fan-out or their store poll (while Redis is down, a
+        gateway failing closed admits nothing anyway).
+        """
+        if not marks:
+            return
+        keys = [self._mark_key(mark) for mark, _ in marks]
+        try:
+            await self._run(MARK, keys, [MARK_TTL_S, *(version for _, version in marks)])
+        except (RedisError, OSError) as exc:
+            log.warning("could not record a key state change in Redis (the store poll covers it): %s", exc)
+
+    async def check_current(self, marks: tuple[tuple[str, int], ...]) -> None:
+        """One MGET of the marks: raise StaleState when one is newer than its cached version.
+
+        Raises:
+            StaleState: The principal must be reloaded.
+            GatewayError: LIMITS_UNAVAILABLE when Redis is unreachable and failing closed (failing open, the
+                cached principal is used, as admissions use the local limits).
+        """
+        if not marks or time.monotonic() < self._down_until:
+            if marks and not self._fail_open:
+                raise _unreachable()
+            return
+        try:
+            newest = await self._redis.mget([self._mark_key(mark) for mark, _ in marks])
+        except (RedisError, OSError) as exc:
+            if not self._fail_open:
+                raise _unreachable() from exc
+            return
+        for (mark, version), value in zip(marks, newest, strict=True):
+            if value is not None and int(value) > version:
+                raise StaleState(mark)
 
     async def ping(self) -> bool:
         """Whether Redis answers."""

@@ -108,7 +108,7 @@ class AccountService:
         if updated is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such account.")
         if self._cache is not None:
-            self._cache.invalidate_account(account.id)
+            await self._cache.account_changed(updated)
         return updated
 
     async def top_up(self, account: AccountRecord, amount_micros: int, *, actor: Actor) -> AccountRecord:
@@ -134,7 +134,7 @@ class AccountService:
         if updated is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such account.")
         if self._cache is not None:
-            self._cache.invalidate_account(account.id)
+            await self._cache.account_changed(updated)
         return updated
 
     def _group_values(self, spec: GroupCreate | GroupUpdate, present: set[str]) -> dict[str, Any]:
@@ -182,7 +182,7 @@ class AccountService:
         if updated is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such group.")
         if self._cache is not None:
-            self._cache.invalidate_group(group.id)
+            await self._cache.group_changed(updated)
         return updated
 
     async def delete_group(self, group: GroupRecord, *, actor: Actor) -> None:

@@ -186,7 +186,7 @@ class KeyService:
         audit = self._audit.hook(actor=actor, action=_action(key_type.value, "create"))
         record = await self._keys.insert(values=values, audit=audit)
         if self._cache is not None:
-            self._cache.invalidate_key(record.hash)
+            await self._cache.key_changed(record)  # its mark makes it usable at once where it was unknown
         return IssuedKey(record=record, plaintext=plaintext, warnings=self._warnings(spec, set(spec.model_fields_set)))
 
     async def update(self, *, record: KeyRecord, spec: KeyUpdate, actor: Actor) -> tuple[KeyRecord, tuple[str, ...]]:
@@ -209,7 +209,7 @@ class KeyService:
         if updated is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
         if self._cache is not None:
-            self._cache.invalidate_key(record.hash)
+            await self._cache.key_changed(updated)
         return updated, self._warnings(spec, set(spec.model_fields_set))
 
     async def rotate(self, *, record: KeyRecord, grace_seconds: int, actor: Actor) -> IssuedKey:
@@ -228,7 +228,7 @@ class KeyService:
         if updated is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
         if self._cache is not None:
-            self._cache.invalidate_key(record.hash)
+            await self._cache.key_changed(updated)
         return IssuedKey(record=updated, plaintext=plaintext)
 
     async def revoke(self, *, record: KeyRecord, actor: Actor) -> None:
@@ -236,7 +236,8 @@ class KeyService:
         now = self._clock.now_utc()
         values = {"deleted_at": now, "updated_at": now, "prev_secret_hash": None, "prev_secret_expires_at": None}
         audit = self._audit.hook(actor=actor, action=_action(record.key_type, "revoke"))
-        if await self._keys.update(key_hash=record.hash, values=values, audit=audit) is None:
+        revoked = await self._keys.update(key_hash=record.hash, values=values, audit=audit)
+        if revoked is None:
             raise GatewayError(ErrorType.NOT_FOUND, "No such key.")
         if self._cache is not None:
-            self._cache.invalidate_key(record.hash)
+            await self._cache.key_changed(revoked)

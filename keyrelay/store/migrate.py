@@ -3,6 +3,11 @@
 When the database is already at the newest revision (the normal start-up), this answers from one
 query without importing Alembic at all: Alembic and Mako cost some 10 MB of resident memory that a
 running gateway would otherwise keep for nothing.
+
+On PostgreSQL a migration runs under a transaction-scoped advisory lock (``MIGRATION_LOCK``), so that
+many gateways starting together on a new or upgraded database migrate it once: the others wait for the
+lock, then find the schema at the revision asked for and change nothing. (SQLite serialises writers
+itself: its migration transaction holds the database's write lock.)
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The key of the PostgreSQL advisory lock held while migrating: "keyrelay" in ASCII, as a signed 64-bit integer.
+MIGRATION_LOCK = int.from_bytes(b"keyrelay", "big", signed=True)
 
 
 def head_revision() -> str:
@@ -68,6 +75,9 @@ async def migrate_to(engine: AsyncEngine, revision: str, *, downgrade: bool = Fa
 
     if engine.dialect.name != "sqlite":
         async with engine.begin() as conn:
+            # Held to the end of this transaction. Alembic reads the current revision after it is taken, so a
+            # process that waited here sees what the one before it committed and has nothing left to do.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             await conn.run_sync(_run)
         return
     # SQLite changes a column by copying the table, and dropping the old copy of a table that other

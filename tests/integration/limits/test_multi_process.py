@@ -16,6 +16,7 @@ import pytest
 
 from keyrelay.config import Settings
 from keyrelay.keys.format import KeyType
+from keyrelay.keys.hashing import key_hash
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate
@@ -179,3 +180,89 @@ async def test_workers_need_redis_and_work_with_it(tmp_path: Path, mock: MockUps
             ]
             statuses = [r.status_code for r in await asyncio.gather(*sends)]
             assert statuses.count(200) == 50 and statuses.count(429) == 30
+
+
+TRIALS = 200
+
+
+@pytest.mark.postgres
+async def test_a_change_through_one_process_holds_on_the_next_request_of_another(
+    tmp_path: Path, mock: MockUpstream, redis_prefix: str, postgres_url: str
+) -> None:
+    """Revoke or disable a key through A, then at once use it on B (which has it cached): never served.
+
+    The store poll is off and the pub/sub fan-out races the request: only the state marks (written before the
+    management call answers, compared by B's admission or check) can refuse every one of these.
+    """
+    _, _, admin = await _setup(postgres_url)
+    ports = [_free_port(), _free_port()]
+    env = {
+        "KEYRELAY_DATABASE_URL": postgres_url,
+        "KEYRELAY_REDIS_URL": REDIS_URL,
+        "KEYRELAY_REDIS_PREFIX": redis_prefix,
+        "KEYRELAY_CONFIG": str(_config(tmp_path, mock)),
+        "KEYRELAY_LOG_LEVEL": "warning",
+        "KEYRELAY_CACHE_POLL_INTERVAL_S": "3600",
+    }
+    a, b = (f"http://127.0.0.1:{port}" for port in ports)
+    mgmt = {"Authorization": f"Bearer {admin}"}
+    with _gateways(env, ports) as procs:
+        for port, proc in zip(ports, procs, strict=True):
+            await _ready(port, proc)
+        async with httpx.AsyncClient(timeout=20) as client:
+            served: list[str] = []
+            for trial in range(TRIALS):
+                created = await client.post(f"{a}/api/v1/keys", json={"name": f"t{trial}"}, headers=mgmt)
+                assert created.status_code == 201, created.text
+                auth = {"Authorization": f"Bearer {created.json()['key']}"}
+                warm = await client.post(f"{b}/v1/chat/completions", json=CHAT, headers=auth)
+                assert warm.status_code == 200  # B has the key cached now
+                url = f"{a}/api/v1/keys/{created.json()['data']['hash']}"
+                if trial % 5 == 4:
+                    changed = await client.patch(url, json={"disabled": True}, headers=mgmt)
+                else:
+                    changed = await client.delete(url, headers=mgmt)
+                assert changed.status_code == 200
+                if trial % 4 == 3:  # no admission on these: they compare the marks themselves
+                    after = await client.get(f"{b}/v1/{'models' if trial % 8 == 3 else 'key'}", headers=auth)
+                else:
+                    after = await client.post(f"{b}/v1/chat/completions", json=CHAT, headers=auth)
+                if after.status_code == 200:
+                    served.append(f"trial {trial}: {after.request.url.path}")
+                else:
+                    assert after.status_code in (401, 403), after.text
+            assert served == []
+            # The chat requests B served were the warm-ups only: nothing after a change reached the upstream.
+            assert len(mock.requests) == TRIALS
+
+            # The CLI records marks too (it shares Redis through KEYRELAY_REDIS_URL): a management key revoked
+            # there is refused by B's management API at once, as is an API key revoked there.
+            second = {"Authorization": f"Bearer {await _management_key(postgres_url)}"}
+            created = await client.post(f"{a}/api/v1/keys", json={"name": "cli"}, headers=mgmt)
+            auth = {"Authorization": f"Bearer {created.json()['key']}"}
+            assert (await client.get(f"{b}/api/v1/keys", headers=second)).status_code == 200
+            assert (await client.get(f"{b}/v1/key", headers=auth)).status_code == 200
+            cli_env = {**os.environ, **env}
+            for command in (
+                ["admin", "revoke-management-key", key_hash(second["Authorization"].removeprefix("Bearer "))],
+                ["keys", "revoke", created.json()["data"]["hash"]],
+            ):
+                done = subprocess.run(
+                    [sys.executable, "-m", "keyrelay", *command], env=cli_env, capture_output=True, timeout=60
+                )
+                assert done.returncode == 0, done.stderr
+            assert (await client.get(f"{b}/api/v1/keys", headers=second)).status_code == 401
+            assert (await client.get(f"{b}/v1/key", headers=auth)).status_code == 401
+
+
+async def _management_key(database_url: str) -> str:
+    runtime = await open_runtime(Settings(database_url=database_url))
+    try:
+        account = await runtime.accounts.get_by_email(email="multi@example.com")
+        assert account is not None
+        issued = await runtime.key_service.create(
+            account=account, spec=KeyCreate(name="second"), key_type=KeyType.MANAGEMENT, actor=TEST_ACTOR
+        )
+        return issued.plaintext
+    finally:
+        await runtime.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from keyrelay.store.engine import create_engine
-from keyrelay.store.migrate import alembic_config, upgrade_to_head
+from keyrelay.store.migrate import alembic_config, head_revision, upgrade_to_head
 from keyrelay.store.schema import metadata
 
 
@@ -96,3 +97,18 @@ async def test_emails_that_differ_only_in_case_stop_the_upgrade_until_one_is_ren
             assert await conn.run_sync(_differences) == []
     finally:
         await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_gateways_starting_together_migrate_a_new_database_once(postgres_url: str) -> None:
+    """Four processes' start-ups on one new PostgreSQL database: all succeed, the schema is built once."""
+    engines = [create_engine(postgres_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(upgrade_to_head(engine) for engine in engines))
+        async with engines[0].connect() as conn:
+            assert await conn.run_sync(_differences) == []
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
+        assert versions == [head_revision()]
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -1,17 +1,19 @@
--- admit_v2: check every limit of one request, then reserve; a refusal leaves no trace.
+-- admit_v3: check every limit of one request, then reserve; a refusal leaves no trace.
 -- Mirrors keyrelay/limits/windows.py and keyrelay/limits/memory.py. Bump the version in the file
 -- name on any change of behaviour. Replies are integers (Lua numbers are truncated by Redis).
 --
 -- KEYS: per spend level: its hash (spent, reserved, r:<id>) and its zset (<id> -> expiry);
---       per request window: its hash (bucket -> count); then the tpm hash and the in-flight zset if used.
+--       per request window: its hash (bucket -> count); then the tpm hash and the in-flight zset if used;
+--       then per state mark its string (the newest version of a key, account or group row; mark_v1.lua).
 -- ARGV: now, cost, levels, windows, tpm (0 = none), max_tokens, max_concurrent (0 = none),
---       reservation id, reservation ttl, then per level: cap, base, ttl (-1 = none),
---       then per window: seconds, limit.
+--       reservation id, reservation ttl, marks, then per level: cap, base, ttl (-1 = none),
+--       then per window: seconds, limit, then per mark: the version the gateway's cached row has.
 -- Reply: {0, tpm_bucket, tightest_limit, remaining, reset_ms}            admitted
 --        {1, level_index, micro-dollars left, 0, 0}                      spend level full
 --        {2, window_index, limit, retry_ms, 0}                           request window full
 --        {3, 0, tpm, retry_ms, 0}                                        token window full
 --        {4, 0, max_concurrent, 1000, in_flight}                         too many in flight (v2: the count)
+--        {5, mark_index, 0, 0, 0}                                        the cached row is stale (v3): reload
 local BUCKETS = 60
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -22,8 +24,19 @@ local max_tokens = tonumber(ARGV[6])
 local max_conc = tonumber(ARGV[7])
 local rid = ARGV[8]
 local rttl = tonumber(ARGV[9])
-local a = 10
+local nm = tonumber(ARGV[10])
+local a = 11
 local k = 1
+
+-- First of all, whether the gateway decides on current rows: a mark newer than the cached version means
+-- the key, its account or its group changed after the gateway loaded them (revoked, disabled, limits changed).
+local mk, ma = #KEYS - nm, #ARGV - nm
+for i = 1, nm do
+  local newest = redis.call('GET', KEYS[mk + i])
+  if newest and tonumber(newest) > tonumber(ARGV[ma + i]) then
+    return {5, i, 0, 0, 0}
+  end
+end
 
 local function ms(seconds)
   return math.ceil(seconds * 1000)

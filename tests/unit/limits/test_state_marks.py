@@ -1,0 +1,80 @@
+"""State marks: admission and ``check_current`` refuse to decide on a principal older than a recorded change."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from redis.asyncio import Redis
+
+from keyrelay.errors import ErrorType, GatewayError
+from keyrelay.limits.backend import StaleState
+from keyrelay.limits.memory import MemoryLimits
+from keyrelay.limits.redis import MARK_TTL_S, RedisLimits
+from tests.unit.limits.test_backends import T0, level, req
+
+pytestmark = pytest.mark.redis
+
+MARKS = (("k:abc", 3), ("a:7", 2), ("g:1", 5))
+
+
+async def test_admission_with_current_marks_is_admitted(redis_limits: RedisLimits) -> None:
+    await redis_limits.mark((("k:abc", 3), ("a:7", 2)))  # equal to the cached versions: current
+    admission = await redis_limits.admit(dataclasses.replace(req(cost=100, spend=(level(cap=1000),)), marks=MARKS))
+    assert admission.reservation.cost_micros == 100
+
+
+@pytest.mark.parametrize("stale", range(3))
+async def test_a_newer_mark_refuses_and_holds_nothing(redis_limits: RedisLimits, stale: int) -> None:
+    name, version = MARKS[stale]
+    await redis_limits.mark(((name, version + 1),))
+    request = dataclasses.replace(req(cost=1000, spend=(level(cap=1000),), max_concurrent=1), marks=MARKS)
+    with pytest.raises(StaleState) as info:
+        await redis_limits.admit(request)
+    assert str(info.value) == name
+    # Nothing was reserved: the whole budget and the one in-flight slot are still there.
+    await redis_limits.admit(req(cost=1000, spend=(level(cap=1000),), max_concurrent=1))
+    with pytest.raises(StaleState):
+        await redis_limits.check_current(MARKS)
+
+
+async def test_without_marks_nothing_is_compared(redis_limits: RedisLimits) -> None:
+    await redis_limits.mark((("k:k1", 99),))
+    await redis_limits.admit(req())  # marks=(): the caller reloaded after the mark (or built it by hand)
+    await redis_limits.check_current(())
+
+
+async def test_a_mark_only_grows_and_is_kept_for_its_ttl(redis_limits: RedisLimits) -> None:
+    await redis_limits.mark((("k:abc", 6),))
+    await redis_limits.mark((("k:abc", 4),))  # a writer finishing late with an older version
+    with pytest.raises(StaleState):
+        await redis_limits.check_current((("k:abc", 5),))
+    await redis_limits.check_current((("k:abc", 6),))
+    client: Redis = redis_limits._redis
+    ttl = await client.ttl(f"{redis_limits._prefix}:mark:k:abc")
+    assert MARK_TTL_S - 60 < ttl <= MARK_TTL_S
+
+
+async def test_unknown_marks_are_current(redis_limits: RedisLimits) -> None:
+    await redis_limits.check_current(MARKS)
+    await redis_limits.admit(dataclasses.replace(req(now=T0), marks=MARKS))
+
+
+async def test_unreachable_redis_fails_closed_or_open() -> None:
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        closed = RedisLimits(dead, prefix="kr-dead")
+        with pytest.raises(GatewayError) as info:
+            await closed.check_current(MARKS)
+        assert info.value.error_type is ErrorType.LIMITS_UNAVAILABLE
+        await closed.mark(MARKS)  # logged, not raised: the store change stands
+        await RedisLimits(dead, prefix="kr-dead", fail_open=True).check_current(MARKS)
+    finally:
+        await dead.aclose()
+
+
+async def test_memory_backend_has_no_shared_state() -> None:
+    memory = MemoryLimits()
+    await memory.mark((("k:abc", 9),))
+    await memory.check_current(MARKS)
+    await memory.admit(dataclasses.replace(req(), marks=MARKS))
