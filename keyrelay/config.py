@@ -166,6 +166,16 @@ class Settings(BaseSettings):
         default="x-forwarded-for", description="The header the trusted proxies maintain (the other one is ignored)."
     )
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Client connections (keyrelay/connections.py).
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="Time a connection has to send complete request headers (408)."
+    )
+    keepalive_timeout_s: int = Field(
+        default=5, ge=1, le=3600, description="An idle keep-alive connection is closed after this many seconds."
+    )
+    max_connections: int = Field(
+        default=10_000, ge=1, description="Open client connections per process; beyond it, requests get 503."
+    )
     cache_poll_interval_s: float = Field(default=1.0, gt=0)
     usage_flush_interval_s: float = Field(default=1.0, gt=0)
     default_max_tokens: int = Field(default=4096, gt=0, description="Output-token ceiling assumed without max_tokens.")

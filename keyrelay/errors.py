@@ -31,6 +31,7 @@ class ErrorType(Enum):
     MODEL_NOT_FOUND = (404, "model_not_found", "The model does not exist.")
     METHOD_NOT_ALLOWED = (405, "method_not_allowed", "Method not allowed.")
     CONFLICT = (409, "conflict", "The request conflicts with the current state.")
+    REQUEST_TIMEOUT = (408, "request_timeout", "The request headers did not arrive in time.")
     PAYLOAD_TOO_LARGE = (413, "request_too_large", "The request body is too large.")
     API_KEY_QUOTA_EXHAUSTED = (429, "insufficient_quota", "The key's spend limit for the current window is used up.")
     RATE_LIMIT_EXCEEDED = (429, "rate_limit_exceeded", "A request rate window of this key is full.")

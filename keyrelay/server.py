@@ -17,6 +17,7 @@ from uvicorn.supervisors import Multiprocess
 
 from keyrelay.app import create_app
 from keyrelay.config import ConfigError, Settings, export_env
+from keyrelay.connections import bounded_config, connection_limits
 from keyrelay.gateway.upstream_client import UpstreamPool
 from keyrelay.listen import bind_listener, check_listen
 from keyrelay.logs import setup_logging
@@ -85,6 +86,7 @@ async def _migrate(settings: Settings) -> None:
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
+        "timeout_keep_alive": settings.keepalive_timeout_s,
         "loop": "uvloop",
         "http": "httptools",
         "lifespan": "on",
@@ -150,6 +152,7 @@ def _serve(settings: Settings) -> None:
             port=settings.port,
             **_uvicorn_options(settings),
         )
+        bounded_config(config, connection_limits(settings))
         with contextlib.suppress(KeyboardInterrupt):
             _Workers(config, [config.bind_socket()], settings).run()
         return
@@ -157,7 +160,9 @@ def _serve(settings: Settings) -> None:
     port = sock.getsockname()[1]
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's handler is in place: never the default (exit)
     app = create_app(settings, reload_on_sighup=True)
-    config = uvicorn.Config(app, host=settings.host, port=port, **_uvicorn_options(settings))
+    config = bounded_config(
+        uvicorn.Config(app, host=settings.host, port=port, **_uvicorn_options(settings)), connection_limits(settings)
+    )
     server = _Server(config)
     server.pid_file = settings.pid_file
     # uvicorn exits with code 3 itself when the application's start-up fails (after logging why). After a

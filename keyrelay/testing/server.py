@@ -13,6 +13,7 @@ import uvicorn
 from keyrelay.app import KeyrelayApp, create_app
 from keyrelay.clock import Clock
 from keyrelay.config import Settings
+from keyrelay.connections import bounded_config, connection_limits
 from keyrelay.runtime import Runtime
 
 
@@ -61,7 +62,9 @@ async def running_server(settings: Settings, *, clock: Clock | None = None) -> A
         log_level="warning",
         access_log=False,
         proxy_headers=False,  # as in production: keyrelay applies KEYRELAY_TRUSTED_PROXIES itself
+        timeout_keep_alive=settings.keepalive_timeout_s,
     )
+    bounded_config(config, connection_limits(settings))  # as in production: header timeout, connection cap
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
     try:

@@ -1,0 +1,139 @@
+"""Bounded client connections: a header timeout and a per-process connection cap on uvicorn's HTTP protocol.
+
+uvicorn's httptools protocol closes a keep-alive connection left idle after a response
+(``timeout_keep_alive``), but bounds nothing before a request's headers are complete: a client that
+opens a connection and sends a header line every few seconds (slowloris) is kept for ever, and nothing
+bounds how many such connections one process holds. ``BoundedHttpProtocol`` adds both:
+
+- **Header timeout.** From the moment a connection is made, and for each later request from its first
+  byte, the request headers must be complete within ``header_timeout_s``; otherwise the client gets
+  ``408`` (``REQUEST_TIMEOUT``, ``connection: close``) when no response is being sent on the connection,
+  and the connection is closed. As nginx's ``client_header_timeout`` and Apache's ``mod_reqtimeout`` do.
+- **Connection cap.** A request whose headers complete while the process holds more than
+  ``max_connections`` open connections is answered ``503`` (``SERVICE_UNAVAILABLE``, ``Retry-After: 1``,
+  ``connection: close``) and its connection closed. The answer waits for the headers, as uvicorn's own
+  ``limit_concurrency`` does, so that the client reads the 503 rather than a reset connection.
+
+The limits travel on the uvicorn ``Config`` (``CONNECTION_LIMITS`` attribute, set by ``bounded_config``),
+which is how they reach ``serve --workers N``'s worker processes too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from keyrelay.asgi import Receive, Scope, Send, new_request_id, send_error
+from keyrelay.config import Settings
+from keyrelay.errors import ErrorType, GatewayError
+
+log = logging.getLogger("keyrelay.connections")
+CONNECTION_LIMITS = "keyrelay_connection_limits"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """The bounds of one process's client connections (seconds; a count)."""
+
+    header_timeout_s: float = 10.0
+    max_connections: int = 10_000
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The connection limits ``settings`` ask for (``KEYRELAY_HEADER_TIMEOUT_S``, ``KEYRELAY_MAX_CONNECTIONS``)."""
+    return ConnectionLimits(header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections)
+
+
+def bounded_config(config: uvicorn.Config, limits: ConnectionLimits) -> uvicorn.Config:
+    """``config`` serving with ``BoundedHttpProtocol`` under ``limits`` (the same object, changed)."""
+    config.http = BoundedHttpProtocol
+    setattr(config, CONNECTION_LIMITS, limits)
+    return config
+
+
+def _timeout_response() -> bytes:
+    err = GatewayError(
+        ErrorType.REQUEST_TIMEOUT, "The request headers did not arrive in time; the connection is closed."
+    )
+    body = orjson.dumps(err.to_body(new_request_id()))
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+async def _over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+    """The ASGI answer to a request that arrives while the process holds too many connections."""
+    err = GatewayError(
+        ErrorType.SERVICE_UNAVAILABLE,
+        "This gateway process holds its maximum number of connections; try again shortly.",
+        retry_after=1,
+    )
+    await send_error(send, err, new_request_id(), [(b"connection", b"close")])
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools HTTP/1.1 protocol with a header timeout and a connection cap (see the module doc)."""
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        limits: ConnectionLimits = getattr(config, CONNECTION_LIMITS, None) or ConnectionLimits()
+        self._header_timeout_s = limits.header_timeout_s
+        self._max_connections = limits.max_connections
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Accept the connection and start its header timer."""
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the header timer with the connection."""
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        """A request's first byte: its headers' time starts (the first request's started with the connection)."""
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        """The headers are in: stop their timer, and answer 503 instead of the app when over the cap."""
+        self._disarm_header_timer()
+        if len(self.connections) <= self._max_connections:
+            super().on_headers_complete()
+            return
+        log.warning(
+            "%d connections open, over the cap of %d: answering 503", len(self.connections), self._max_connections
+        )
+        app = self.app
+        self.app = _over_capacity
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self._header_timeout_s, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            transport.write(_timeout_response())
+        transport.close()
