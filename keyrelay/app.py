@@ -46,7 +46,7 @@ class KeyrelayApp:
         self.gateway: Gateway | None = None
         self.writer: UsageWriter | None = None
         self.redis: Redis | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(per_key=settings.metrics_per_key)
 
     async def startup(self) -> None:
         """Open the store (migrating it), build services, start background work."""

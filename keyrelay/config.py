@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="keyrelay", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     limits_fail_open: bool = Field(default=False, description="Use local limits while Redis is unreachable.")
     migrate_on_start: bool = Field(default=True, description="Apply migrations at start-up.")
+    metrics_per_key: bool = Field(
+        default=False, description="Label requests, tokens and spend on /metrics by key name (small deployments)."
+    )
     pid_file: Path | None = Field(default=None, description="Where serve writes its process id (keyrelay reload).")
     # Also read from the standard HTTPS_PROXY / HTTP_PROXY / NO_PROXY (see _StandardProxyVariables).
     https_proxy: str | None = Field(default=None, description="HTTP proxy for https:// upstreams (CONNECT tunnel).")

@@ -13,24 +13,36 @@ OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
 class Metrics:
-    """The gateway's metric families, in their own registry (no global state)."""
+    """The gateway's metric families, in their own registry (no global state).
 
-    def __init__(self) -> None:
+    Every label has a bounded set of values (Prometheus' guidance on cardinality): the model (one the
+    configuration serves, or ``-`` for a request refused before one was resolved), the provider, the
+    account's group (``-`` for none), the HTTP status and the error type. Per-key figures come from the
+    usage API; ``per_key`` (``KEYRELAY_METRICS_PER_KEY``) adds a ``key_name`` label to requests, tokens and
+    spend, one series set per key used, for small deployments only.
+    """
+
+    def __init__(self, *, per_key: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._per_key = per_key
+        who = ("key_name",) if per_key else ()
         self.requests = Counter(
             "keyrelay_requests",
-            "LLM requests by key name, model, HTTP status and error type.",
-            ("key_name", "model", "status", "error_type"),
+            "LLM requests by model, provider, group, HTTP status and error type.",
+            (*who, "model", "provider", "group", "status", "error_type"),
             registry=self.registry,
         )
         self.tokens = Counter(
             "keyrelay_tokens",
-            "Tokens by key name, model and direction.",
-            ("key_name", "model", "direction"),
+            "Tokens by model, provider, group and direction.",
+            (*who, "model", "provider", "group", "direction"),
             registry=self.registry,
         )
         self.spend = Counter(
-            "keyrelay_spend_usd", "Spend in USD by key name and model.", ("key_name", "model"), registry=self.registry
+            "keyrelay_spend_usd",
+            "Spend in USD by model, provider and group.",
+            (*who, "model", "provider", "group"),
+            registry=self.registry,
         )
         self.overhead = Histogram(
             "keyrelay_overhead_seconds",
@@ -52,24 +64,33 @@ class Metrics:
         counts = self.attempt_counts
         counts[slot] = counts.get(slot, 0) + 1
 
-    def count_request(self, key_name: str, model: str, status: int, error_type: str) -> None:
-        """Count one request (labelled children are cached: ``labels()`` is too slow per request)."""
-        self._child(self.requests, key_name, model, str(status), error_type).inc()
+    def count_request(self, key_name: str, group: str, model: str, provider: str, status: int, error_type: str) -> None:
+        """Count one request (labelled children are cached: ``labels()`` is too slow per request).
 
-    def count_usage(self, key_name: str, model: str, prompt: int, completion: int, cost_micros: int) -> None:
-        """Add one request's tokens and spend."""
+        ``key_name`` is a label only with ``per_key``; ``-`` stands for a group, model or provider there is none of.
+        """
+        if self._per_key:
+            self._child(self.requests, key_name, model, provider, group, str(status), error_type).inc()
+        else:
+            self._child(self.requests, model, provider, group, str(status), error_type).inc()
+
+    def count_usage(
+        self, key_name: str, group: str, model: str, provider: str, prompt: int, completion: int, cost_micros: int
+    ) -> None:
+        """Add one request's tokens and spend (micro-dollars, exported in USD)."""
+        labels = (key_name, model, provider, group) if self._per_key else (model, provider, group)
         if prompt:
-            self._child(self.tokens, key_name, model, "prompt").inc(prompt)
+            self._child(self.tokens, *labels, "prompt").inc(prompt)
         if completion:
-            self._child(self.tokens, key_name, model, "completion").inc(completion)
+            self._child(self.tokens, *labels, "completion").inc(completion)
         if cost_micros:
-            self._child(self.spend, key_name, model).inc(cost_micros / 1_000_000)
+            self._child(self.spend, *labels).inc(cost_micros / 1_000_000)
 
     def _child(self, family: Counter, *labels: str) -> Any:
         slot = (id(family), *labels)
         child = self._children.get(slot)
         if child is None:
-            if len(self._children) > 100_000:  # bound memory if label values are unbounded
+            if len(self._children) > 100_000:  # bounded labels never get here; per-key ones might
                 self._children.clear()
             child = self._children[slot] = family.labels(*labels)
         return child

@@ -164,7 +164,8 @@ class Gateway:
             await self._send_error(send, err, protocol, request_id, extra)
             if not outcome.settled:  # an admitted request was already counted, with its model, when settled
                 name = principal.key.name if principal else "-"
-                self._metrics.count_request(name, "-", err.status, err.error_type.name)
+                group = principal.group.name if principal and principal.group else "-"
+                self._metrics.count_request(name, group, "-", "-", err.status, err.error_type.name)
                 self._metrics.overhead.observe(overhead)
                 log_request(request_id, principal, method, path, err.status, err.error_type.name, started)
         except Exception:

@@ -89,8 +89,10 @@ class Settlement:
         self._writer.touch(key.hash, admitted_at, ip)
         model = request.model
         m = self._metrics
-        m.count_request(key.name, model, outcome.status, outcome.error_type or "")
-        m.count_usage(key.name, model, usage.prompt_tokens, usage.completion_tokens, cost)
+        group = principal.group.name if principal.group else "-"
+        provider = channel.provider if channel else "-"
+        m.count_request(key.name, group, model, provider, outcome.status, outcome.error_type or "")
+        m.count_usage(key.name, group, model, provider, usage.prompt_tokens, usage.completion_tokens, cost)
         if outcome.overhead_s is not None:  # the value of this request's x-keyrelay-overhead-ms header
             m.overhead.observe(outcome.overhead_s)
         if log.isEnabledFor(logging.INFO):

@@ -28,8 +28,9 @@ from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.testing.mock_upstream import MockUpstream, count_embedding_tokens, count_prompt_tokens
 from keyrelay.testing.poll import poll_until
-from keyrelay.testing.server import RunningServer
+from keyrelay.testing.server import RunningServer, running_server
 from tests.conftest import TEST_ACTOR, make_api_key, make_management_key
+from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import (
     CHAT,
     MESSAGES,
@@ -263,6 +264,12 @@ async def test_what_a_key_sees(server: RunningServer, client: httpx.AsyncClient)
     assert len(ids) == len(set(ids)) == 11 and "gpt-4o-mini-hang" in ids
 
 
+def _samples(text: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and line[0] != "#"
+    }
+
+
 async def test_metrics(server: RunningServer, client: httpx.AsyncClient) -> None:
     key = await make_api_key(server, "a@example.com", name="metered")
     responses = [
@@ -272,27 +279,62 @@ async def test_metrics(server: RunningServer, client: httpx.AsyncClient) -> None
         await chat(client, key, model="nope"),
     ]
     assert [r.status_code for r in responses] == [200, 502, 401, 404]
-    text = (await client.get("/metrics")).text
-    samples = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and line[0] != "#"
-    }
-    ok = 'keyrelay_requests_total{error_type="",key_name="metered",model="gpt-4o-mini",status="200"}'
+    samples = _samples((await client.get("/metrics")).text)
+    ok = 'keyrelay_requests_total{error_type="",group="-",model="gpt-4o-mini",provider="mock",status="200"}'
     bad = (
-        'keyrelay_requests_total{error_type="UPSTREAM_ERROR",key_name="metered",'
-        'model="gpt-4o-mini-fail-500",status="502"}'
+        'keyrelay_requests_total{error_type="UPSTREAM_ERROR",group="-",'
+        'model="gpt-4o-mini-fail-500",provider="mock",status="502"}'
     )
-    unknown = 'keyrelay_requests_total{error_type="INVALID_API_KEY",key_name="-",model="-",status="401"}'
-    not_found = 'keyrelay_requests_total{error_type="MODEL_NOT_FOUND",key_name="metered",model="-",status="404"}'
+    unknown = 'keyrelay_requests_total{error_type="INVALID_API_KEY",group="-",model="-",provider="-",status="401"}'
+    not_found = 'keyrelay_requests_total{error_type="MODEL_NOT_FOUND",group="-",model="-",provider="-",status="404"}'
     assert (samples[ok], samples[bad], samples[unknown], samples[not_found]) == (1.0, 1.0, 1.0, 1.0)
     # Each request is counted exactly once.
     assert sum(v for k, v in samples.items() if k.startswith("keyrelay_requests_total")) == 4.0
-    assert samples['keyrelay_tokens_total{direction="prompt",key_name="metered",model="gpt-4o-mini"}'] == 4.0
-    assert samples['keyrelay_tokens_total{direction="completion",key_name="metered",model="gpt-4o-mini"}'] == 3.0
-    assert samples['keyrelay_spend_usd_total{key_name="metered",model="gpt-4o-mini"}'] == pytest.approx(3e-6)
+    labels = 'group="-",model="gpt-4o-mini",provider="mock"'
+    assert samples[f'keyrelay_tokens_total{{direction="prompt",{labels}}}'] == 4.0
+    assert samples[f'keyrelay_tokens_total{{direction="completion",{labels}}}'] == 3.0
+    assert samples[f"keyrelay_spend_usd_total{{{labels}}}"] == pytest.approx(3e-6)
     # The overhead histogram observes, for every request, the value its x-keyrelay-overhead-ms header showed.
     assert samples["keyrelay_overhead_seconds_count"] == 4.0
     shown = sum(float(r.headers["x-keyrelay-overhead-ms"]) for r in responses) / 1000
     assert samples["keyrelay_overhead_seconds_sum"] == pytest.approx(shown, abs=4 * 0.5e-6)
+
+
+async def test_metric_series_do_not_grow_with_the_number_of_keys(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """Prometheus' cardinality rule: 40 keys used once make as many series as one key used 40 times."""
+    group = await server.runtime.account_service.create_group(GroupCreate(name="team"), actor=TEST_ACTOR)
+    account = await server.runtime.account_service.create_account(
+        AccountCreate(email="many@example.com", group=group.name), actor=TEST_ACTOR
+    )
+    for i in range(40):
+        issued = await server.runtime.key_service.create(
+            account=account, spec=KeyCreate(name=f"k{i}"), actor=TEST_ACTOR
+        )
+        assert (await chat(client, issued.plaintext)).status_code == 200
+    samples = _samples((await client.get("/metrics")).text)
+    requests = {k: v for k, v in samples.items() if k.startswith("keyrelay_requests_total")}
+    assert requests == {
+        'keyrelay_requests_total{error_type="",group="team",model="gpt-4o-mini",provider="mock",status="200"}': 40.0
+    }
+    assert not [k for k in samples if "key_name" in k]
+
+
+async def test_per_key_metrics_are_an_opt_in(tmp_path: Path, mock: MockUpstream) -> None:
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'k.db'}",
+        metrics_per_key=True,
+        log_level="warning",
+        providers=(provider_for(mock),),
+    )
+    async with running_server(settings) as srv, httpx.AsyncClient(base_url=srv.base_url) as http:
+        key = await make_api_key(srv, "a@example.com", name="metered")
+        assert (await chat(http, key)).status_code == 200
+        samples = _samples((await http.get("/metrics")).text)
+    labels = 'group="-",key_name="metered",model="gpt-4o-mini",provider="mock"'
+    assert samples[f'keyrelay_requests_total{{error_type="",{labels},status="200"}}'] == 1.0
+    assert samples[f"keyrelay_spend_usd_total{{{labels}}}"] == pytest.approx(3e-6)
 
 
 # --- no key material in logs ----------------------------------------------------------------------------------------
