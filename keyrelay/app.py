@@ -23,6 +23,7 @@ from keyrelay.portal.app import PORTAL_PATHS, PORTAL_PREFIXES, create_portal_app
 from keyrelay.reload import reloaded_settings
 from keyrelay.routing.table import RouteTable
 from keyrelay.runtime import Runtime, known_models, known_regions, open_runtime
+from keyrelay.usage.journal import UsageJournal, journal_base, orphans
 from keyrelay.usage.writer import UsageWriter
 
 if TYPE_CHECKING:
@@ -58,8 +59,9 @@ class KeyrelayApp:
         runtime.tasks.every(3600.0, runtime.signin.prune, name="portal-prune")
         runtime.tasks.every(self.settings.notify_interval_s, runtime.notifier.check_once, name="notifications")
         runtime.tasks.every(self.settings.cache_poll_interval_s, runtime.cache_sync.poll_once, name="cache-sync")
-        writer = UsageWriter(runtime.engine)
+        writer = await self._usage_writer(runtime)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
+        runtime.tasks.every(1.0, writer.sync, name="usage-journal-sync")
         self.redis = redis_client(self.settings)
         self.limits = build_limits(self.settings, self.redis)
         runtime.tasks.every(1.0, self.limits.maintain, name="limits-maintenance")
@@ -99,6 +101,39 @@ class KeyrelayApp:
         # reach, so full collections stay short (they were ~80 ms pauses under load).
         gc.collect()
         gc.freeze()
+
+    async def _usage_writer(self, runtime: Runtime) -> UsageWriter:
+        """The usage writer with this process's journal, after replaying the journals of processes that died.
+
+        Raises:
+            ConfigError: The journal directory cannot be created or written (``KEYRELAY_USAGE_JOURNAL_DIR``).
+            sqlalchemy.exc.SQLAlchemyError: A replay failed (the journal is kept for the next start).
+        """
+        base = journal_base(self.settings.database_url, self.settings.usage_journal_dir)
+        try:
+            journal = UsageJournal(base)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the usage journal under {base.parent} ({exc.strerror}); "
+                "set KEYRELAY_USAGE_JOURNAL_DIR to a writable directory"
+            ) from None
+        writer = UsageWriter(runtime.engine, journal=journal)
+        for orphan in orphans(base):
+            try:
+                written = await writer.replay(orphan.records)
+            except BaseException:
+                orphan.release()
+                journal.close(empty=True)
+                raise
+            orphan.remove()
+            log.warning(
+                "replayed the usage journal of a process that stopped without flushing it: %d record(s), "
+                "%d written now, %d already in the store",
+                len(orphan.records),
+                written,
+                len(orphan.records) - written,
+            )
+        return writer
 
     def reload(self) -> bool:
         """Reload keyrelay.yaml's providers and routing settings (``keyrelay/reload.py``); False: refused, logged."""

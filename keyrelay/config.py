@@ -178,6 +178,10 @@ class Settings(BaseSettings):
     )
     cache_poll_interval_s: float = Field(default=1.0, gt=0)
     usage_flush_interval_s: float = Field(default=1.0, gt=0)
+    usage_journal_dir: Path | None = Field(
+        default=None,
+        description="Where usage records are journaled before each response completes (keyrelay/usage/journal.py).",
+    )
     default_max_tokens: int = Field(default=4096, gt=0, description="Output-token ceiling assumed without max_tokens.")
     # Routing and failover (docs/routing.md).
     max_attempts: int = Field(default=3, ge=1, le=20, description="Upstream attempts per request, first included.")

@@ -76,6 +76,8 @@ class Outcome:
     upstream_s: float = 0.0
     overhead_s: float | None = None  # keyrelay's own time before the first byte: the header and the metric
     attempts: list[dict[str, Any]] | None = None  # every attempt, when one failed (the usage record's list)
+    recorded: bool = False  # the usage record is queued (and journaled): done before the response's last bytes
+    cost_micros: int = 0  # the charge of the usage record, once recorded
     settled: bool = False  # counted in the metrics and the usage record
     started: bool = False  # the response status line has been sent
 

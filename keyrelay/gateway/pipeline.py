@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -350,11 +350,16 @@ class Gateway:
         client_headers = anthropic_headers(headers) if route.protocol is ProtocolName.ANTHROPIC else []
         call = Call(request, inbound, sse=sse, anthropic_headers=client_headers)
         attempts = self._attempts(channels, request.routing)
+        settlement = self._settlement
+
+        def record() -> None:  # before the response's last bytes: see Settlement.record
+            settlement.record(principal, request, outcome, request_id, client_ip, started, now)
+
         try:
             if request.stream:
-                await self._stream(receive, send, call, attempts, window, outcome, started)
+                await self._stream(receive, send, call, attempts, window, outcome, started, record)
             else:
-                await self._unary(send, call, attempts, window, outcome, started)
+                await self._unary(send, call, attempts, window, outcome, started, record)
         except GatewayError as err:
             outcome.status, outcome.error_type = err.status, err.error_type.name
             outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
@@ -590,6 +595,7 @@ class Gateway:
         window: WindowStatus | None,
         outcome: Outcome,
         started: float,
+        record: Callable[[], None],
     ) -> None:
         request = call.request
         while True:
@@ -632,6 +638,7 @@ class Gateway:
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         headers = self._headers(window, outcome.overhead_s * 1000, b"application/json")
         headers.append((b"content-length", str(len(payload)).encode()))
+        record()
         outcome.started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
@@ -701,6 +708,7 @@ class Gateway:
         window: WindowStatus | None,
         outcome: Outcome,
         started: float,
+        record: Callable[[], None],
     ) -> None:
         response, chunks, relay, held = await self._commit(call, attempts, outcome, started)
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
@@ -726,6 +734,8 @@ class Gateway:
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
             rest, failure = relay.close()
+            self._ended(call, relay, outcome, failure)
+            record()  # before the last bytes: a stream the client saw end has its usage record
             await send({"type": "http.response.body", "body": last + rest})
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
@@ -733,7 +743,10 @@ class Gateway:
             log_transport_failure(exc, outcome.channel)
             kind = ErrorType.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeoutError) else ErrorType.UPSTREAM_ERROR
             failure = GatewayError(kind, "The upstream stream ended unexpectedly.")
-            await send({"type": "http.response.body", "body": relay.fail(failure)})
+            ending = relay.fail(failure)
+            self._ended(call, relay, outcome, failure)
+            record()
+            await send({"type": "http.response.body", "body": ending})
         except asyncio.CancelledError:
             if not watcher.fired:
                 raise
@@ -746,11 +759,17 @@ class Gateway:
         finally:
             watcher.stop()
             response.release()
-            if failure is not None:
-                outcome.status, outcome.error_type = failure.status, failure.error_type.name
-            outcome.usage = relay.usage or Usage(
-                estimate_tokens(len(call.request.raw)), relay.output_tokens_estimate(), estimated=True
-            )
+            if not outcome.recorded:  # a disconnect, or a failure while sending: settled after this
+                self._ended(call, relay, outcome, failure)
+
+    @staticmethod
+    def _ended(call: Call, relay: Relay, outcome: Outcome, failure: GatewayError | None) -> None:
+        """A stream's outcome once it ended: the failure that ended it, if any, and its usage (else an estimate)."""
+        if failure is not None:
+            outcome.status, outcome.error_type = failure.status, failure.error_type.name
+        outcome.usage = relay.usage or Usage(
+            estimate_tokens(len(call.request.raw)), relay.output_tokens_estimate(), estimated=True
+        )
 
     def _relay(self, call: Call, channel: Channel) -> Relay:
         """The relay for a stream from ``channel``: OpenAI's fast path, a passthrough, or a translation."""

@@ -17,7 +17,8 @@ from keyrelay.limits.periods import spend_period
 from keyrelay.metrics import Metrics
 from keyrelay.protocols.base import InboundRequest
 from keyrelay.protocols.canonical import Usage
-from keyrelay.usage.writer import UsageRecord, UsageWriter
+from keyrelay.usage.records import UsageRecord
+from keyrelay.usage.writer import UsageWriter
 
 log = logging.getLogger("keyrelay.gateway")
 
@@ -30,30 +31,27 @@ class Settlement:
         self._writer = writer
         self._metrics = metrics
 
-    async def settle(
+    def record(
         self,
         principal: Principal,
         request: InboundRequest,
-        reservation: Reservation,
         outcome: Outcome,
         request_id: str,
         client_ip: IPAddress | None,
         started: float,
         admitted_at: datetime,
     ) -> None:
-        """Charge the cost of ``outcome`` against ``reservation`` and queue its usage record.
+        """Price ``outcome`` and queue its usage record (journaled first, when the writer has a journal).
 
-        Settled against the admission time ``admitted_at`` (UTC): the charge belongs to the periods the
-        reservation was held in. Marks ``outcome.settled``.
+        Called before the response's last bytes are sent, so that every response a client saw complete has its
+        record, even if the process is killed right after. No ``await``: nothing can come between. Marks
+        ``outcome.recorded`` and sets ``outcome.cost_micros``.
         """
-        outcome.settled = True
+        outcome.recorded = True
         channel = outcome.channel
         usage = outcome.usage or Usage(0, 0)
         cost = cost_micros(channel, usage, principal.policy.price_multiplier_ppm) if channel else 0
-        await self._limits.settle(
-            reservation, cost_micros=cost, tokens=usage.prompt_tokens + usage.completion_tokens, now=time.time()
-        )
-        elapsed = time.perf_counter() - started
+        outcome.cost_micros = cost
         key = principal.key
         ip = str(client_ip) if client_ip else None
         self._writer.enqueue(
@@ -80,13 +78,41 @@ class Settlement:
                 usage_estimated=usage.estimated,
                 status=outcome.status,
                 error_type=outcome.error_type,
-                latency_ms=round(elapsed * 1000),
+                latency_ms=round((time.perf_counter() - started) * 1000),
                 ttft_ms=outcome.ttft_ms,
                 client_ip=ip,
                 attempts=orjson.dumps(outcome.attempts).decode() if outcome.attempts else None,
             )
         )
         self._writer.touch(key.hash, admitted_at, ip)
+
+    async def settle(
+        self,
+        principal: Principal,
+        request: InboundRequest,
+        reservation: Reservation,
+        outcome: Outcome,
+        request_id: str,
+        client_ip: IPAddress | None,
+        started: float,
+        admitted_at: datetime,
+    ) -> None:
+        """Charge the cost of ``outcome`` against ``reservation``, count it in the metrics, log it.
+
+        Records it first unless ``record`` did already. Settled against the admission time ``admitted_at`` (UTC):
+        the charge belongs to the periods the reservation was held in. Marks ``outcome.settled``.
+        """
+        outcome.settled = True
+        if not outcome.recorded:
+            self.record(principal, request, outcome, request_id, client_ip, started, admitted_at)
+        channel = outcome.channel
+        usage = outcome.usage or Usage(0, 0)
+        cost = outcome.cost_micros
+        await self._limits.settle(
+            reservation, cost_micros=cost, tokens=usage.prompt_tokens + usage.completion_tokens, now=time.time()
+        )
+        elapsed = time.perf_counter() - started
+        key = principal.key
         model = request.model
         m = self._metrics
         group = principal.group.name if principal.group else "-"

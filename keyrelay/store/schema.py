@@ -235,6 +235,7 @@ usage_records = Table(
     # reads them instead of every record until it finds a page. On PostgreSQL, migration 0009 also creates
     # the statistics object ``st_usage_account_key`` (a key's records are all one account's), without which
     # the planner misjudges "account_id = ? AND key_hash = ?" (docs/benchmarks.md, 2026-12-05).
+    Index("ux_usage_request_id", "request_id", unique=True),  # a replayed record is recognised (0012)
     Index("ix_usage_key_created_id", "key_hash", "created_at", "id"),
     Index("ix_usage_account_created_id", "account_id", "created_at", "id"),
     Index("ix_usage_created_id", "created_at", "id"),

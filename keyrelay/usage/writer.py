@@ -6,6 +6,10 @@ period of ADMISSION in the spend ledger (whenever the record is written: a reque
 and finished after midnight is the old day's, as its reservation was), and writes coalesced
 ``last_used_*``. ``close()`` flushes whatever is left, so a clean stop (SIGTERM) loses nothing. While
 records wait, ``pending`` tells the limits backends what the store does not show yet, per spend counter.
+
+With a journal (``usage/journal.py``), each record is appended to it when queued, so that a process killed
+before a flush loses nothing either: the next process to start replays it (``replay``). A record is
+recognised by its request id, so no replay charges twice.
 """
 
 from __future__ import annotations
@@ -13,16 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import bindparam
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from keyrelay.limits.periods import SpendPeriod
 from keyrelay.store.schema import accounts, groups, keys, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
+from keyrelay.usage.journal import UsageJournal
+from keyrelay.usage.records import UsageRecord
 
 log = logging.getLogger("keyrelay.usage")
 
@@ -46,71 +50,6 @@ _CHARGE_ACCOUNT = (
     .where(accounts.c.id == bindparam("b_ident"))
     .values(spent_micros=accounts.c.spent_micros + bindparam("b_cost"))
 )
-
-
-@dataclass(slots=True)
-class UsageRecord:
-    """One request's accounting line.
-
-    ``created_at`` is the admission time, and ``key_period`` / ``group_period`` are the spend periods the
-    request was admitted in (None for a key or group whose spend never resets): the ones its reservation
-    was held against, and the only ones its cost is added to.
-    """
-
-    request_id: str
-    created_at: datetime
-    key_hash: str
-    key_name: str
-    account_id: int
-    key_period: SpendPeriod | None
-    group_id: int | None
-    group_period: SpendPeriod | None
-    model: str | None
-    provider: str | None
-    streamed: bool
-    prompt_tokens: int
-    completion_tokens: int
-    cost_micros: int
-    usage_estimated: bool
-    status: int
-    error_type: str | None
-    latency_ms: int | None
-    ttft_ms: int | None
-    client_ip: str | None
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    protocol: str = "openai"
-    upstream_kind: str | None = None
-    attempts: str | None = None  # JSON list of the upstream attempts, when one failed (None: one that succeeded)
-
-    def row(self) -> dict[str, Any]:
-        """The usage_records row."""
-        return {
-            "request_id": self.request_id,
-            "created_at": self.created_at,
-            "key_hash": self.key_hash,
-            "key_name": self.key_name,
-            "account_id": self.account_id,
-            "model": self.model,
-            "provider": self.provider,
-            "streamed": self.streamed,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_micros": self.cost_micros,
-            "usage_estimated": self.usage_estimated,
-            "status": self.status,
-            "error_type": self.error_type,
-            "latency_ms": self.latency_ms,
-            "ttft_ms": self.ttft_ms,
-            "client_ip": self.client_ip,
-            "cache_read_tokens": self.cache_read_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "protocol": self.protocol,
-            "upstream_kind": self.upstream_kind,
-            "attempts": self.attempts,
-        }
 
 
 _COLUMNS = (
@@ -170,9 +109,12 @@ def counters_of(record: UsageRecord) -> list[SpendCounter]:
 class UsageWriter:
     """Batches usage records and charges keys and accounts."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500, journal: UsageJournal | None = None) -> None:
+        """A writer to ``engine``; ``journal``: append each record there first (``usage/journal.py``)."""
         self._engine = engine
+        self._journal = journal
         self._queue: list[UsageRecord] = []
+        self._segments: list[int] = []  # the journal segment of each queued record (0 without a journal)
         self._max_batch = max_batch
         self._lock = asyncio.Lock()
         self._pending: dict[SpendCounter, int] = {}
@@ -183,7 +125,12 @@ class UsageWriter:
         self._sqlite = engine.dialect.name == "sqlite"
 
     def enqueue(self, record: UsageRecord) -> None:
-        """Queue a record (no I/O); its cost counts as pending on each of its counters until flushed."""
+        """Queue a record; its cost counts as pending on each of its counters until flushed.
+
+        With a journal, the record is appended to it first (one ``write(2)``): call this before the response's
+        last bytes are sent, so that a response the client saw complete always has its record.
+        """
+        self._segments.append(self._journal.append(record) if self._journal is not None else 0)
         self._queue.append(record)
         cost = record.cost_micros
         if cost:
@@ -231,6 +178,8 @@ class UsageWriter:
         """
         written = 0
         left = len(self._queue)
+        if self._journal is not None:
+            self._journal.seal()  # the records queued now are in sealed segments, deleted once written
         while True:
             count = await self._flush_batch(min(left, self._max_batch))
             written += count
@@ -247,16 +196,46 @@ class UsageWriter:
             touched = self._last_used
             self._last_used = {}
             try:
-                await self._write(batch, touched)
+                try:
+                    await self._write(batch, touched)
+                except IntegrityError:
+                    # A record of this batch is in the store already (replayed from a journal meanwhile): write
+                    # again without the records the store holds; the failed transaction charged nothing.
+                    await self._write(batch, touched, skip_stored=True)
             except Exception:
                 for key_hash, value in touched.items():
                     self._last_used.setdefault(key_hash, value)
                 raise
             del self._queue[: len(batch)]
+            del self._segments[: len(batch)]
+            if self._journal is not None:
+                self._journal.release_before(self._segments[0] if self._segments else self._journal.segment)
             for record in batch:
                 if record.cost_micros:
                     self._release(record)
             return len(batch)
+
+    async def replay(self, records: list[UsageRecord]) -> int:
+        """Write records journaled by a process that died, in batches: those the store holds already are skipped.
+
+        A record and its charges are written in one transaction, and a record is recognised by its request id
+        (a unique index), so a replay, however often repeated or interrupted, charges each record exactly once.
+
+        Returns:
+            The number of records written (not already in the store).
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: The store failed; what was written stays written.
+        """
+        written = 0
+        for start in range(0, len(records), self._max_batch):
+            written += await self._write(records[start : start + self._max_batch], {}, skip_stored=True)
+        return written
+
+    async def sync(self) -> None:
+        """``fsync`` the journal if it changed (run once a second)."""
+        if self._journal is not None:
+            await self._journal.sync()
 
     def _release(self, record: UsageRecord) -> None:
         pending = self._pending
@@ -267,7 +246,28 @@ class UsageWriter:
             else:
                 pending.pop(counter, None)
 
-    async def _write(self, batch: list[UsageRecord], touched: dict[str, tuple[datetime, str | None]]) -> None:
+    async def _write(
+        self, batch: list[UsageRecord], touched: dict[str, tuple[datetime, str | None]], *, skip_stored: bool = False
+    ) -> int:
+        """Insert ``batch`` and charge it, in one transaction; returns how many records were inserted.
+
+        ``skip_stored``: first leave out the records whose request id the store holds (a replay).
+        """
+        async with self._engine.begin() as conn:
+            if skip_stored and batch:
+                ids = [r.request_id for r in batch]
+                stored = set(
+                    (await conn.execute(select(usage_records.c.request_id).where(usage_records.c.request_id.in_(ids))))
+                    .scalars()
+                    .all()
+                )
+                batch = [r for r in batch if r.request_id not in stored]
+            await self._insert_and_charge(conn, batch, touched)
+        return len(batch)
+
+    async def _insert_and_charge(
+        self, conn: AsyncConnection, batch: list[UsageRecord], touched: dict[str, tuple[datetime, str | None]]
+    ) -> None:
         per_key: dict[str, int] = {}
         per_group: dict[int, int] = {}
         per_account: dict[int, int] = {}
@@ -286,27 +286,32 @@ class UsageWriter:
                 if record.group_period is not None:
                     gslot = ("group", str(record.group_id), record.group_period.reset, record.group_period.start)
                     per_period[gslot] = per_period.get(gslot, 0) + cost
-        async with self._engine.begin() as conn:
-            if batch:
-                if self._insert_sql is not None:
-                    await conn.exec_driver_sql(self._insert_sql, [self._as_tuple(r) for r in batch])
-                else:
-                    await conn.execute(usage_records.insert(), [r.row() for r in batch])
-            # Rows are charged in sorted order, so two processes flushing at once lock them in the same order.
-            for stmt, amounts in ((_CHARGE_KEY, per_key), (_CHARGE_GROUP, per_group), (_CHARGE_ACCOUNT, per_account)):
-                if amounts:
-                    await conn.execute(stmt, [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())])
-            # Each cost goes to the period of its admission only; no statement restarts or lowers a period.
-            await add_charges(conn, [PeriodCharge(*slot, cost) for slot, cost in sorted(per_period.items())])
-            for key_hash, (used_at, ip) in touched.items():
-                await conn.execute(
-                    keys.update().where(keys.c.hash == key_hash).values(last_used_at=used_at, last_used_ip=ip)
-                )
+        if batch:
+            if self._insert_sql is not None:
+                await conn.exec_driver_sql(self._insert_sql, [self._as_tuple(r) for r in batch])
+            else:
+                await conn.execute(usage_records.insert(), [r.row() for r in batch])
+        # Rows are charged in sorted order, so two processes flushing at once lock them in the same order.
+        for stmt, amounts in ((_CHARGE_KEY, per_key), (_CHARGE_GROUP, per_group), (_CHARGE_ACCOUNT, per_account)):
+            if amounts:
+                await conn.execute(stmt, [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())])
+        # Each cost goes to the period of its admission only; no statement restarts or lowers a period.
+        await add_charges(conn, [PeriodCharge(*slot, cost) for slot, cost in sorted(per_period.items())])
+        for key_hash, (used_at, ip) in touched.items():
+            await conn.execute(
+                keys.update().where(keys.c.hash == key_hash).values(last_used_at=used_at, last_used_ip=ip)
+            )
 
     async def close(self) -> None:
-        """Flush everything; called on shutdown (SIGTERM included)."""
+        """Flush everything; called on shutdown (SIGTERM included). The journal keeps what could not be written."""
         try:
             while self._queue or self._last_used:
                 await self.flush()
         except Exception:
-            log.exception("usage flush failed during shutdown; %d records not written", len(self._queue))
+            log.exception(
+                "usage flush failed during shutdown; %d records not written (kept in the usage journal%s)",
+                len(self._queue),
+                "" if self._journal is not None else ": none is configured, so they are lost",
+            )
+        if self._journal is not None:
+            self._journal.close(empty=not self._queue)

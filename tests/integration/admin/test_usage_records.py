@@ -18,7 +18,7 @@ from keyrelay.keys.spec import KeyCreate
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer
-from keyrelay.usage.writer import UsageRecord
+from keyrelay.usage.records import UsageRecord
 from tests.conftest import TEST_ACTOR, make_management_key
 
 RECORDS = "/api/v1/usage/records"

@@ -22,7 +22,7 @@ from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.usage import UsageRepository
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer
-from keyrelay.usage.writer import UsageRecord
+from keyrelay.usage.records import UsageRecord
 from tests.integration.portal.conftest import Inbox
 from tests.integration.portal.test_key_pages import create_key, member
 from tests.integration.portal.test_signin_flows import PASSWORD, sign_in, sign_up

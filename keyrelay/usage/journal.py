@@ -1,0 +1,248 @@
+"""The usage journal: every usage record appended to a local file before its response completes, replayed after a crash.
+
+The usage writer keeps records in memory for up to a flush interval (``usage/writer.py``); a process killed
+meanwhile (SIGKILL, the OOM killer, a crash) would lose them, and their charges with them. So each record is
+first appended, as one JSON line, to a segment file of this process's journal directory: one ``write(2)``
+of a few hundred bytes, microseconds, with no ``fsync`` on the request path (the page cache survives the
+death of the process; ``fsync`` runs once a second in the background, which bounds what a power cut of
+the machine can lose to that second).
+
+Layout: ``<base>/<database id>/<process dir>/<segment>.v1.jsonl`` and ``<process dir>/lock``.
+
+- ``<database id>`` is a hash of the database URL (without its password), so that a journal is only ever
+  replayed into the database its records were meant for.
+- Each process owns a directory of its own and holds an exclusive ``flock`` on its ``lock`` file while it
+  lives. A directory whose lock can be taken belongs to a dead process: an orphan, which a starting process
+  replays into the store (idempotently, by request id: ``store/schema.py``'s unique index) and deletes.
+- Segments are numbered from 1. At each flush the writer seals the current segment and opens the next; once
+  every record of a sealed segment is in the store, the segment is deleted. A clean stop flushes everything
+  and deletes the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy.engine import make_url
+
+from keyrelay.limits.periods import SpendPeriod
+from keyrelay.usage.records import UsageRecord
+
+log = logging.getLogger("keyrelay.usage")
+_SUFFIX = ".v1.jsonl"
+_LOCK = "lock"
+
+
+def journal_base(database_url: str, configured: Path | None) -> Path:
+    """The directory under which this database's journals live.
+
+    ``configured`` (``KEYRELAY_USAGE_JOURNAL_DIR``) if set; else, for an SQLite file, a ``keyrelay-usage-journal``
+    directory beside it; else ``~/.local/state/keyrelay/usage-journal``. The database's own subdirectory is
+    added to it (see the module doc).
+    """
+    url = make_url(database_url)
+    if configured is not None:
+        base = configured
+    elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        base = Path(str(url.database)).resolve().parent / "keyrelay-usage-journal"
+    else:
+        base = Path.home() / ".local" / "state" / "keyrelay" / "usage-journal"
+    ident = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        ident = "sqlite:" + str(Path(str(url.database)).resolve())
+    return base / hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _sync_and_close(descriptors: list[int]) -> None:
+    for fd in descriptors:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+        os.close(fd)
+
+
+def _record_line(record: UsageRecord) -> bytes:
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _period(value: Any) -> SpendPeriod | None:
+    if value is None:
+        return None
+    return SpendPeriod(reset=value["reset"], start=datetime.fromisoformat(value["start"]))
+
+
+def record_from_line(line: bytes) -> UsageRecord:
+    """A record from its journal line (the inverse of the writer's ``orjson.dumps``).
+
+    Raises:
+        ValueError: The line is not a whole record (a torn last line, another format).
+    """
+    fields = orjson.loads(line)
+    if not isinstance(fields, dict):
+        raise ValueError("not a record")
+    try:
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        fields["key_period"] = _period(fields["key_period"])
+        fields["group_period"] = _period(fields["group_period"])
+        return UsageRecord(**fields)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a record: {exc}") from exc
+
+
+@dataclass(slots=True)
+class Orphan:
+    """A dead process's journal directory, locked by this process until ``remove``."""
+
+    path: Path
+    records: list[UsageRecord]
+    _lock_fd: int
+
+    def remove(self) -> None:
+        """Delete the directory (its records are in the store now) and release its lock."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock_fd)
+
+    def release(self) -> None:
+        """Keep the directory (its replay failed) and release its lock, for another try."""
+        os.close(self._lock_fd)
+
+
+def _read_segments(directory: Path) -> list[UsageRecord]:
+    records: list[UsageRecord] = []
+    for segment in sorted(directory.glob(f"*{_SUFFIX}")):
+        lines = segment.read_bytes().split(b"\n")
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                records.append(record_from_line(line))
+            except ValueError as exc:
+                # Only a line being written when the process died can be torn, and its response never completed.
+                log.warning("usage journal %s line %d skipped (%s)", segment, number, exc)
+    return records
+
+
+def orphans(base: Path) -> Iterator[Orphan]:
+    """The journals of dead processes under ``base``, each locked for this process while it is handled."""
+    if not base.is_dir():
+        return
+    for directory in sorted(p for p in base.iterdir() if p.is_dir()):
+        lock = directory / _LOCK
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # its process is alive
+            continue
+        try:
+            records = _read_segments(directory)
+        except OSError as exc:
+            log.error("usage journal %s unreadable, left for the next start: %s", directory, exc)
+            os.close(fd)
+            continue
+        yield Orphan(directory, records, fd)
+
+
+class UsageJournal:
+    """This process's journal: segments of JSON lines, appended before each response completes."""
+
+    def __init__(self, base: Path) -> None:
+        """Create this process's directory under ``base`` and lock it.
+
+        Raises:
+            OSError: The directory cannot be created or written (start-up fails: records could not be kept).
+        """
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = base / f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.path.mkdir(mode=0o700)
+        self._lock_fd = os.open(self.path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.segment = 0
+        self._fd = -1
+        self._written = False  # the current segment holds a record
+        self._unsynced = False
+        self._failing = False
+        self._sealed: list[int] = []  # descriptors of sealed segments, to sync and close
+        self._open_next()
+
+    def _open_next(self) -> None:
+        self.segment += 1
+        path = self.path / f"{self.segment:012d}{_SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._written = False
+
+    def append(self, record: UsageRecord) -> int:
+        """Append one record (one ``write(2)``); returns the number of the segment that holds it.
+
+        A failed write (a full disk) is logged, once until writes succeed again, and not raised: the record still
+        goes to the store from memory; only a crash before then would lose it.
+        """
+        try:
+            os.write(self._fd, _record_line(record))
+        except OSError as exc:
+            if not self._failing:
+                self._failing = True
+                log.error("usage journal write failed (records are kept in memory only): %s", exc)
+            return self.segment
+        if self._failing:
+            self._failing = False
+            log.info("usage journal writable again")
+        self._written = self._unsynced = True
+        return self.segment
+
+    def seal(self) -> None:
+        """Close the current segment, if it holds records, and open the next one for new records.
+
+        The sealed segment's descriptor is synced and closed by the next ``sync``, off the event loop.
+        """
+        if not self._written:
+            return
+        self._sealed.append(self._fd)
+        self._unsynced = False
+        self._open_next()
+
+    def release_before(self, segment: int) -> None:
+        """Delete the sealed segments numbered below ``segment``: every record in them is in the store."""
+        for path in self.path.glob(f"*{_SUFFIX}"):
+            number = int(path.name.split(".", 1)[0])
+            if number < min(segment, self.segment):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    async def sync(self) -> None:
+        """``fsync`` what was written since the last call (run once a second), in a thread: never on the event loop.
+
+        The current segment is synced through a duplicate of its descriptor, so that a ``seal`` meanwhile cannot
+        close it under the thread; sealed segments are synced, then closed.
+        """
+        descriptors, self._sealed = self._sealed, []
+        if self._unsynced:
+            self._unsynced = False
+            descriptors.append(os.dup(self._fd))
+        if descriptors:
+            await asyncio.to_thread(_sync_and_close, descriptors)
+
+    def close(self, *, empty: bool) -> None:
+        """Close the journal; ``empty``: every record is in the store, so the directory is deleted."""
+        _sync_and_close([*self._sealed, self._fd])
+        self._sealed = []
+        if empty:
+            shutil.rmtree(self.path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()  # the database's directory, when no other process has one there
+        os.close(self._lock_fd)

@@ -1,0 +1,171 @@
+"""The usage journal: lines round-trip, orphans are only dead processes' journals, replays charge exactly once."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from sqlalchemy import func, select
+
+from keyrelay.config import Settings
+from keyrelay.keys.spec import KeyCreate
+from keyrelay.limits.periods import spend_period
+from keyrelay.runtime import open_runtime
+from keyrelay.services.inputs import AccountCreate
+from keyrelay.store.schema import usage_records
+from keyrelay.usage.journal import UsageJournal, journal_base, orphans, record_from_line
+from keyrelay.usage.records import UsageRecord
+from keyrelay.usage.writer import UsageWriter
+from tests.conftest import TEST_ACTOR
+
+AT = datetime(2026, 12, 6, 23, 59, 59, 123456, tzinfo=UTC)
+
+
+def orjson_line(record: UsageRecord) -> bytes:
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _record(n: int, *, key_hash: str = "k" * 64, account_id: int = 1, cost: int = 100) -> UsageRecord:
+    return UsageRecord(
+        request_id=f"req_journal{n:04d}",
+        created_at=AT,
+        key_hash=key_hash,
+        key_name="journaled",
+        account_id=account_id,
+        key_period=spend_period("daily", AT),
+        group_id=None,
+        group_period=None,
+        model="gpt-4o-mini",
+        provider="mock",
+        streamed=bool(n % 2),
+        prompt_tokens=3,
+        completion_tokens=4,
+        cost_micros=cost,
+        usage_estimated=False,
+        status=200,
+        error_type=None,
+        latency_ms=5,
+        ttft_ms=None,
+        client_ip="198.51.100.7",
+        attempts='[{"provider":"a"}]',
+    )
+
+
+def test_a_record_round_trips_through_its_line(tmp_path: Path) -> None:
+    journal = UsageJournal(tmp_path / "base")
+    record = _record(1)
+    journal.append(record)
+    journal.close(empty=False)
+    (segment,) = journal.path.glob("*.jsonl")
+    assert record_from_line(segment.read_bytes().rstrip(b"\n")) == record
+
+
+def test_only_dead_processes_journals_are_orphans(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    alive = UsageJournal(base)
+    alive.append(_record(1))
+    assert list(orphans(base)) == []  # its owner holds the lock
+    # A process that died: its directory's lock is free. Its last line was torn by the kill.
+    dead = base / "12345-deadbeef"
+    dead.mkdir()
+    (dead / "lock").touch()
+    lines = b"".join(orjson_line(_record(n)) for n in (2, 3)) + b'{"request_id": "req_tor'
+    (dead / "000000000001.v1.jsonl").write_bytes(lines)
+    (orphan,) = orphans(base)
+    assert orphan.path == dead and [r.request_id for r in orphan.records] == ["req_journal0002", "req_journal0003"]
+    orphan.remove()
+    assert not dead.exists() and list(orphans(base)) == []
+    alive.close(empty=True)
+    assert not base.exists() or not any(base.iterdir())
+
+
+def test_a_process_holding_the_lock_elsewhere_is_alive(tmp_path: Path) -> None:
+    """The lock is a real flock: another process holding it keeps its journal from being taken."""
+    base = tmp_path / "base"
+    other = base / "999-cafe"
+    other.mkdir(parents=True)
+    (other / "000000000001.v1.jsonl").write_bytes(orjson_line(_record(1)))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+            str(other / "lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert list(orphans(base)) == []
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    (orphan,) = orphans(base)
+    orphan.release()
+    fd = os.open(other / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: free again
+    finally:
+        os.close(fd)
+
+
+def test_sealed_segments_are_deleted_once_written(tmp_path: Path) -> None:
+    journal = UsageJournal(tmp_path / "base")
+    assert journal.append(_record(1)) == 1
+    journal.seal()
+    assert journal.append(_record(2)) == 2
+    journal.seal()
+    journal.seal()  # nothing new: no empty segment
+    assert journal.segment == 3
+    journal.release_before(2)
+    assert sorted(p.name for p in journal.path.glob("*.jsonl")) == ["000000000002.v1.jsonl", "000000000003.v1.jsonl"]
+    journal.release_before(99)  # never the open segment
+    assert sorted(p.name for p in journal.path.glob("*.jsonl")) == ["000000000003.v1.jsonl"]
+    journal.close(empty=True)
+
+
+def test_the_journal_is_per_database(tmp_path: Path) -> None:
+    a = journal_base(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", None)
+    b = journal_base(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", None)
+    assert a.parent == b.parent == tmp_path / "keyrelay-usage-journal" and a != b
+    pg = journal_base("postgresql+asyncpg://u:secret@db/one", tmp_path / "j")
+    assert pg.parent == tmp_path / "j"
+    assert pg == journal_base("postgresql+asyncpg://u:other@db/one", tmp_path / "j")  # the password is not part
+    assert pg != journal_base("postgresql+asyncpg://u:secret@db/two", tmp_path / "j")
+
+
+async def test_a_replay_charges_each_record_exactly_once(database_url: str) -> None:
+    runtime = await open_runtime(Settings(database_url=database_url))
+    try:
+        account = await runtime.account_service.create_account(AccountCreate(email="j@example.com"), actor=TEST_ACTOR)
+        issued = await runtime.key_service.create(account=account, spec=KeyCreate(name="j"), actor=TEST_ACTOR)
+        records = [_record(n, key_hash=issued.record.hash, account_id=account.id) for n in range(7)]
+        writer = UsageWriter(runtime.engine, max_batch=3)
+        writer.enqueue(records[0])
+        writer.enqueue(records[1])
+        await writer.flush()  # two of them reached the store before the "crash"
+        assert await writer.replay(records) == 5
+        assert await writer.replay(records) == 0  # a second replay (a crash during the first) changes nothing
+        # A live writer whose batch meets a replayed record writes the rest of it and charges only that.
+        writer.enqueue(records[6])
+        writer.enqueue(_record(99, key_hash=issued.record.hash, account_id=account.id))
+        assert await writer.flush() == 2
+        async with runtime.engine.connect() as conn:
+            count = (await conn.execute(select(func.count()).select_from(usage_records))).scalar_one()
+        key = await runtime.keys.get(key_hash=issued.record.hash)
+        owner = await runtime.accounts.get(account_id=account.id)
+    finally:
+        await runtime.close()
+    assert count == 8
+    assert key is not None and key.usage_micros == 800
+    assert owner is not None and owner.spent_micros == 800
