@@ -249,14 +249,16 @@ class KeyCache:
             self.invalidate_group(principal.group.id, broadcast=False)
         return await self.get(principal.secret_hash)
 
-    async def current(self, principal: Principal) -> Principal | None:
+    async def current(self, principal: Principal, *, strict: bool = True) -> Principal | None:
         """The principal, or its reload when a recorded change is newer; for requests without an admission.
 
         None when the reloaded key no longer authenticates. Without a shared backend the principal is returned.
+        ``strict=False`` (the management API): when the marks cannot be read, the cached principal is used, as
+        without Redis, so that an outage of Redis does not lock the administrators out.
 
         Raises:
-            GatewayError: LIMITS_UNAVAILABLE (the marks cannot be read, failing closed); SERVICE_UNAVAILABLE (the
-                store cannot be reached for the reload).
+            GatewayError: LIMITS_UNAVAILABLE (``strict``, the marks cannot be read, failing closed);
+                SERVICE_UNAVAILABLE (the store cannot be reached for the reload).
         """
         if self.checker is None or not principal.marks:
             return principal
@@ -264,6 +266,9 @@ class KeyCache:
             await self.checker(principal.marks)
         except StaleState:
             return await self.refreshed(principal)
+        except GatewayError:
+            if strict:
+                raise
         return principal
 
     def evict_stale_key(self, key_hash: str, *, version: int, updated_at: datetime, secrets: Iterable[str] = ()) -> int:

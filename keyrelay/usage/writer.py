@@ -19,7 +19,7 @@ import logging
 import operator
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,10 +34,19 @@ log = logging.getLogger("keyrelay.usage")
 # A spend counter as the limits backends name it: (scope, ident, counter), counter "life" or "daily:2026-11-23".
 SpendCounter = tuple[str, str, str]
 
+# A key row's charge and last use in one statement: a flush updates each key row once, in the sorted order of
+# every key row it updates (see _insert_and_charge). b_used_at NULL: the row's last use stays as it is.
+_USED_AT = bindparam("b_used_at", type_=keys.c.last_used_at.type)
 _CHARGE_KEY = (
     keys.update()
     .where(keys.c.hash == bindparam("b_ident"))
-    .values(usage_micros=keys.c.usage_micros + bindparam("b_cost"))
+    .values(
+        usage_micros=keys.c.usage_micros + bindparam("b_cost"),
+        last_used_at=func.coalesce(_USED_AT, keys.c.last_used_at),
+        last_used_ip=case(
+            (_USED_AT.is_(None), keys.c.last_used_ip), else_=bindparam("b_ip", type_=keys.c.last_used_ip.type)
+        ),
+    )
 )
 _CHARGE_GROUP = (
     groups.update()
@@ -291,16 +300,21 @@ class UsageWriter:
                 await conn.exec_driver_sql(self._insert_sql, [self._as_tuple(r) for r in batch])
             else:
                 await conn.execute(usage_records.insert(), [r.row() for r in batch])
-        # Rows are charged in sorted order, so two processes flushing at once lock them in the same order.
-        for stmt, amounts in ((_CHARGE_KEY, per_key), (_CHARGE_GROUP, per_group), (_CHARGE_ACCOUNT, per_account)):
+        # Every row is updated once, tables in one order (keys, groups, accounts, spend periods) and rows in sorted
+        # order within each: any two flushes, of any processes, lock rows in the same order, so none waits on another
+        # in a cycle (no deadlock, however hot the keys they share).
+        key_rows = [
+            {"b_ident": h, "b_cost": per_key.get(h, 0), "b_used_at": used[0], "b_ip": used[1]}
+            for h in sorted(per_key.keys() | touched.keys())
+            for used in (touched.get(h, (None, None)),)
+        ]
+        if key_rows:
+            await conn.execute(_CHARGE_KEY, key_rows)
+        for stmt, amounts in ((_CHARGE_GROUP, per_group), (_CHARGE_ACCOUNT, per_account)):
             if amounts:
                 await conn.execute(stmt, [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())])
         # Each cost goes to the period of its admission only; no statement restarts or lowers a period.
         await add_charges(conn, [PeriodCharge(*slot, cost) for slot, cost in sorted(per_period.items())])
-        for key_hash, (used_at, ip) in touched.items():
-            await conn.execute(
-                keys.update().where(keys.c.hash == key_hash).values(last_used_at=used_at, last_used_ip=ip)
-            )
 
     async def close(self) -> None:
         """Flush everything; called on shutdown (SIGTERM included). The journal keeps what could not be written."""

@@ -9,7 +9,7 @@ import httpx
 from keyrelay.config import Settings
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import running_server
-from tests.conftest import make_api_key
+from tests.conftest import make_api_key, make_management_key
 from tests.integration.gateway.conftest import provider_for
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -36,6 +36,13 @@ async def test_fail_closed(tmp_path: Path, mock: MockUpstream) -> None:
             assert len(mock.requests) == 0  # refused before anything went upstream
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and ready.json()["redis"] == "unreachable"
+            # A key's state cannot be compared with the marks in Redis: refused like an admission...
+            models = await client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+            assert models.status_code == 503 and models.json()["error"]["type"] == "LIMITS_UNAVAILABLE"
+            # ...except on the management API, which stays usable to administrators (on the cached key state).
+            mgmt = await make_management_key(server, "down@example.com")
+            listing = await client.get("/api/v1/keys", headers={"Authorization": f"Bearer {mgmt}"})
+            assert listing.status_code == 200
 
 
 async def test_fail_open_uses_local_limits(tmp_path: Path, mock: MockUpstream) -> None:
