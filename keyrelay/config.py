@@ -414,6 +414,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def export_multiprocess_metrics(directory: Path) -> None:
+    """Make the worker processes started after this call keep their metrics in ``directory``.
+
+    prometheus-client's multiprocess mode: each worker's counters and histograms live in memory-mapped files
+    there, and a scrape of any worker reads them all (``keyrelay/metrics.py``). The variable is read when a
+    worker first imports prometheus-client, so it is set before the workers start.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 def export_env(settings: Settings) -> None:
     """Put the settings into this process's environment for worker processes to read back.
 

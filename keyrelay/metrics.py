@@ -1,13 +1,26 @@
-"""Prometheus metrics of one process: requests, tokens, spend, upstream attempts, channel states, overhead."""
+"""Prometheus metrics: requests, tokens, spend, upstream attempts, channel states, overhead.
+
+One process keeps its metrics in memory. The workers of ``serve --workers N`` use prometheus-client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by ``serve`` before it starts them): each worker's
+counters and histograms live in memory-mapped files of one directory, and a scrape of any worker sums every
+worker's, with the same names and labels as one process has (a counter of a worker that died keeps its
+last value, so no total ever goes down). That costs about 4 µs more per request than in memory (measured:
+0.8 against 0.3 µs a counter increment, 1.6 against 0.6 µs a histogram observation). The channel states
+are not summed: every worker shares them over Redis, and the scraped worker reports its own view.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+# Whether this process's prometheus-client was imported in multiprocess mode (PROMETHEUS_MULTIPROC_DIR set).
+MULTIPROCESS = values.ValueClass is not values.MutexValue
 
 OVERHEAD_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
@@ -50,19 +63,21 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=self.registry,
         )
-        # Upstream attempts are counted in a plain dict (one increment per attempt on the hot path) and
-        # exported at scrape time by a collector, like the channel states.
-        self.attempt_counts: dict[tuple[str, str, str], int] = {}
+        self.attempts = Counter(
+            "keyrelay_upstream_attempts",
+            "Upstream attempts by provider, model and outcome (success, or the failure class).",
+            ("provider", "model", "outcome"),
+            registry=self.registry,
+        )
         self.channel_states: Callable[[], Iterable[tuple[str, str, int]]] = tuple
-        self.registry.register(_RoutingCollector(self))
-
+        self._states = _ChannelStates(self)
+        if not MULTIPROCESS:
+            self.registry.register(self._states)
         self._children: dict[tuple[object, ...], Any] = {}
 
     def count_attempt(self, provider: str, model: str, outcome: str) -> None:
         """Count one upstream attempt (``outcome``: ``success`` or a ``FailureClass`` value)."""
-        slot = (provider, model, outcome)
-        counts = self.attempt_counts
-        counts[slot] = counts.get(slot, 0) + 1
+        self._child(self.attempts, provider, model, outcome).inc()
 
     def count_request(self, key_name: str, group: str, model: str, provider: str, status: int, error_type: str) -> None:
         """Count one request (labelled children are cached: ``labels()`` is too slow per request).
@@ -96,26 +111,23 @@ class Metrics:
         return child
 
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format: this process's metrics, or every worker's summed (multiprocess mode)."""
+        if not MULTIPROCESS:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(self._states)
+        return generate_latest(registry)
 
 
-class _RoutingCollector(Collector):
-    """``keyrelay_upstream_attempts_total`` and ``keyrelay_channel_state``, read at scrape time."""
+class _ChannelStates(Collector):
+    """``keyrelay_channel_state``, read at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        """The attempt counts, and one state sample per channel: 0 closed, 1 half-open, 2 open."""
-        attempts = CounterMetricFamily(
-            "keyrelay_upstream_attempts",
-            "Upstream attempts by provider, model and outcome (success, or the failure class).",
-            labels=("provider", "model", "outcome"),
-        )
-        for labels, count in list(self._metrics.attempt_counts.items()):
-            attempts.add_metric(labels, count)
-        yield attempts
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One state sample per channel: 0 closed, 1 half-open, 2 open."""
         states = GaugeMetricFamily(
             "keyrelay_channel_state",
             "Circuit breaker state per channel: 0 closed, 1 half-open, 2 open.",

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from keyrelay.app import create_app
-from keyrelay.config import ConfigError, Settings, export_env
+from keyrelay.config import ConfigError, Settings, export_env, export_multiprocess_metrics
 from keyrelay.connections import bounded_config, connection_limits
 from keyrelay.gateway.upstream_client import UpstreamPool
 from keyrelay.listen import bind_listener, check_listen
@@ -153,8 +155,14 @@ def _serve(settings: Settings) -> None:
             **_uvicorn_options(settings),
         )
         bounded_config(config, connection_limits(settings))
-        with contextlib.suppress(KeyboardInterrupt):
-            _Workers(config, [config.bind_socket()], settings).run()
+        # One /metrics for all workers: their counters in shared files, read by whichever worker is scraped.
+        metrics_dir = Path(tempfile.mkdtemp(prefix="keyrelay-metrics-"))
+        export_multiprocess_metrics(metrics_dir)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                _Workers(config, [config.bind_socket()], settings).run()
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return
     sock = bind_listener(settings.host, settings.port)
     port = sock.getsockname()[1]

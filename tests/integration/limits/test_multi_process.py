@@ -178,8 +178,37 @@ async def test_workers_need_redis_and_work_with_it(tmp_path: Path, mock: MockUps
                 client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers=headers)
                 for _ in range(80)
             ]
-            statuses = [r.status_code for r in await asyncio.gather(*sends)]
+            responses = await asyncio.gather(*sends)
+            statuses = [r.status_code for r in responses]
             assert statuses.count(200) == 50 and statuses.count(429) == 30
+            # Request ids start with their process's own prefix. The kernel decides which worker accepts a
+            # connection: send bursts on new connections until both workers have served some (a deadline).
+            workers = {r.headers["x-request-id"][:16] for r in responses}
+            closing = {**headers, "connection": "close"}
+            for _ in range(50):
+                if len(workers) == 2:
+                    break
+                burst = [
+                    client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers=closing)
+                    for _ in range(10)
+                ]
+                more = await asyncio.gather(*burst)
+                assert all(r.status_code == 429 for r in more)  # the rpm window is full
+                workers |= {r.headers["x-request-id"][:16] for r in more}
+                responses += more
+            assert len(workers) == 2
+            # Whichever worker answers the scrape, /metrics counts every worker's requests.
+            for _ in range(6):
+                text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                counted = {
+                    line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("keyrelay_requests_total{")
+                }
+                labels = 'group="-",model="gpt-4o-mini",provider="mock"'
+                assert counted[f'keyrelay_requests_total{{error_type="",{labels},status="200"}}'] == 50
+                assert sum(counted.values()) == len(responses)
+                assert "keyrelay_channel_state{" in text and "keyrelay_upstream_attempts_total{" in text
 
 
 TRIALS = 200
