@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any
 
+from keyrelay import tracing
 from keyrelay.admin.app import create_admin_app
 from keyrelay.asgi import Receive, Scope, Send, header, limit_body, new_request_id, send_error, send_json
 from keyrelay.clock import Clock
@@ -27,6 +28,7 @@ from keyrelay.usage.journal import UsageJournal, journal_base, orphans
 from keyrelay.usage.writer import UsageWriter
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
     from redis.asyncio import Redis
 
 log = logging.getLogger("keyrelay.app")
@@ -37,9 +39,18 @@ _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 class KeyrelayApp:
     """The ASGI entry point: management API, health probes and (later) the LLM endpoints."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None, reload_on_sighup: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        reload_on_sighup: bool = False,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        """The app for ``settings``; ``tracer_provider`` traces requests whatever the settings say (tests)."""
         self.settings = settings
         self._clock = clock
+        self.tracer_provider = tracer_provider
         self._reload_on_sighup = reload_on_sighup
         self.admin = create_admin_app()
         self.portal = create_portal_app(settings)
@@ -62,6 +73,8 @@ class KeyrelayApp:
         writer = await self._usage_writer(runtime)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
         runtime.tasks.every(1.0, writer.sync, name="usage-journal-sync")
+        if self.tracer_provider is None:
+            self.tracer_provider = tracing.tracer_provider(self.settings)
         self.redis = redis_client(self.settings)
         self.limits = build_limits(self.settings, self.redis)
         runtime.tasks.every(1.0, self.limits.maintain, name="limits-maintenance")
@@ -86,6 +99,7 @@ class KeyrelayApp:
             pool=self.pool,
             metrics=self.metrics,
             clock=runtime.clock,
+            tracer=tracing.tracer_of(self.tracer_provider),
         )
         self.admin.state.gateway = self.gateway
         if self.redis is not None:
@@ -168,6 +182,8 @@ class KeyrelayApp:
         self.pool.close()
         await self.limits.close()  # closes the shared Redis client too
         await self.runtime.close()
+        if self.tracer_provider is not None:
+            await asyncio.to_thread(self.tracer_provider.shutdown)  # exports the spans still batched
         self.runtime = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -266,9 +282,15 @@ def _with_request_id(send: Send, request_id: str) -> Send:
     return wrapped
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None, reload_on_sighup: bool = False) -> KeyrelayApp:
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    reload_on_sighup: bool = False,
+    tracer_provider: TracerProvider | None = None,
+) -> KeyrelayApp:
     """Build the ASGI application for these settings (``reload_on_sighup``: ``keyrelay serve``'s reload)."""
-    return KeyrelayApp(settings, clock=clock, reload_on_sighup=reload_on_sighup)
+    return KeyrelayApp(settings, clock=clock, reload_on_sighup=reload_on_sighup, tracer_provider=tracer_provider)
 
 
 def create_app_from_env() -> KeyrelayApp:

@@ -208,6 +208,10 @@ class Settings(BaseSettings):
     https_proxy: str | None = Field(default=None, description="HTTP proxy for https:// upstreams (CONNECT tunnel).")
     http_proxy: str | None = Field(default=None, description="HTTP proxy for http:// upstreams.")
     no_proxy: str | None = Field(default=None, description="Hosts reached without the proxy, comma-separated.")
+    # Also read from the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT (keyrelay/tracing.py).
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, description="Where OpenTelemetry traces are exported (OTLP/HTTP); unset: no tracing."
+    )
     providers: tuple[ProviderConfig, ...] = ()
     # The portal (docs/portal.md).
     signup: Literal["closed", "invite", "open"] = Field(
@@ -247,8 +251,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """``KEYRELAY_*`` variables win over values passed in (keyrelay.yaml), then the standard proxy variables."""
-        return (env_settings, init_settings, _StandardProxyVariables(settings_cls))
+        """``KEYRELAY_*`` variables win over keyrelay.yaml's values, then the standard proxy, then OTLP variables."""
+        return (
+            env_settings,
+            init_settings,
+            _StandardProxyVariables(settings_cls),
+            _StandardOtelVariables(settings_cls),
+        )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -335,6 +344,25 @@ class _StandardProxyVariables(PydanticBaseSettingsSource):
         found = urllib.request.getproxies_environment()
         names = {"https": "https_proxy", "http": "http_proxy", "no": "no_proxy"}
         return {field: found[key] for key, field in names.items() if found.get(key)}
+
+
+class _StandardOtelVariables(PydanticBaseSettingsSource):
+    """``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT``: whether traces are exported.
+
+    The OpenTelemetry SDK reads these (and the other ``OTEL_*`` variables) itself; keyrelay only needs to know
+    whether to start it (the OpenTelemetry environment variable specification).
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: ``__call__`` reads the variables at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The endpoint found in the environment, if any."""
+        for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            if os.environ.get(name, "").strip():
+                return {"otel_exporter_otlp_endpoint": os.environ[name].strip()}
+        return {}
 
 
 def _split_csv(value: str) -> list[str]:

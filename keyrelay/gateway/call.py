@@ -80,6 +80,9 @@ class Outcome:
     cost_micros: int = 0  # the charge of the usage record, once recorded
     settled: bool = False  # counted in the metrics and the usage record
     started: bool = False  # the response status line has been sent
+    # For the request's trace (keyrelay/tracing.py): the decoded request and who sent it, once known.
+    request: InboundRequest | None = None
+    key_name: str | None = None
 
 
 def with_output_limit(canonical: ChatRequest, default_max_tokens: int) -> ChatRequest:

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyrelay.asgi import Headers, Receive, Scope, Send, read_body, send_json
 from keyrelay.cache.keycache import KeyCache, Principal
@@ -70,7 +71,11 @@ from keyrelay.routing.health import STATE_VALUES, BreakerPolicy, Health
 from keyrelay.routing.table import Channel, Credential, RouteTable
 from keyrelay.store.keys import KeyRepository
 from keyrelay.tasks import DisconnectWatch
+from keyrelay.tracing import operation_name, provider_name
 from keyrelay.usage.writer import UsageWriter
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("keyrelay.gateway")
 _HOLD_BYTES = 65_536  # a stream is committed after this many relayed bytes even without content
@@ -99,8 +104,10 @@ class Gateway:
         metrics: Metrics,
         clock: Clock,
         health: Health | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._settings = settings
+        self._tracer = tracer  # None: no tracing, and nothing of OpenTelemetry imported (keyrelay/tracing.py)
         self._cache = cache
         self._routes = routes
         self._limits = limits
@@ -123,13 +130,47 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """Dispatch one LLM-route request; every error leaves in the shape of the client's wire."""
+        if self._tracer is None:
+            await self._handle(scope, receive, send, request_id, Outcome())
+        else:
+            await self._handle_traced(scope, receive, send, request_id)
+
+    async def _handle_traced(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """``_handle`` inside the request's server span (``keyrelay/tracing.py``)."""
+        from opentelemetry.trace import SpanKind
+
+        assert self._tracer is not None
+        method: str = scope["method"]
+        path: str = scope["path"]
+        route = _MODEL_IN_PATH.sub("/models/{model}", path)
+        status = 0
+
+        async def observed(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        outcome = Outcome()
+        attributes = {"http.request.method": method, "http.route": route, "keyrelay.request_id": request_id}
+        with self._tracer.start_as_current_span(
+            f"{method} {route}", kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            await self._handle(scope, receive, observed, request_id, outcome)
+            for name, value in _span_attributes(outcome, status).items():
+                span.set_attribute(name, value)
+            if status >= 500:
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_status(Status(StatusCode.ERROR))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, request_id: str, outcome: Outcome) -> None:
         started = time.perf_counter()
         path: str = scope["path"]
         method: str = scope["method"]
         headers: Headers = scope["headers"]
         query: bytes = scope.get("query_string", b"")
         principal: Principal | None = None
-        outcome = Outcome()
         protocol = ProtocolName.OPENAI
         rid = [(b"x-request-id", request_id.encode())]
         try:
@@ -141,6 +182,7 @@ class Gateway:
             protocol = route.protocol
             inbound = INBOUND[protocol]
             principal = await self._authenticate(inbound, headers, query)
+            outcome.key_name = principal.key.name
             client_ip = self._client_ip(scope)
             if route.operation is None or route.operation is Operation.COUNT_TOKENS:
                 # No admission to compare the key's state with the shared marks: compare them here.
@@ -157,6 +199,8 @@ class Gateway:
             else:
                 await send_json(send, 200, self._read(principal, route), rid)
         except GatewayError as err:
+            if outcome.error_type is None:
+                outcome.error_type = err.error_type.name
             overhead = outcome.overhead_s  # set when an admitted request failed: its upstream time is not ours
             if overhead is None:
                 overhead = time.perf_counter() - started
@@ -333,6 +377,7 @@ class Gateway:
         raw = await read_body(receive, self._settings.max_body_bytes)
         inbound = INBOUND[route.protocol]
         request = inbound.decode(route.operation, raw, route.model, route.stream)
+        outcome.request = request
         resolved = self._routes.resolve(request.model)
         if not resolved:
             raise model_not_found(request.model)
@@ -403,18 +448,19 @@ class Gateway:
         max_out = per_choice * request.choices
         multiplier = principal.policy.price_multiplier_ppm
         max_cost = max(max_cost_micros(c, request.prompt_token_bound, max_out, multiplier) for c in channels)
-        admission = await self._limits.admit(
-            admission_request(
-                principal,
-                request_id=request_id,
-                now=now,
-                cost_micros=max_cost,
-                max_tokens=request.prompt_token_bound + max_out,
-                pending=self._pending,
-                check=check,
-            )
+        wanted = admission_request(
+            principal,
+            request_id=request_id,
+            now=now,
+            cost_micros=max_cost,
+            max_tokens=request.prompt_token_bound + max_out,
+            pending=self._pending,
+            check=check,
         )
-        return channels, admission
+        if self._tracer is None:
+            return channels, await self._limits.admit(wanted)
+        with self._tracer.start_as_current_span("keyrelay.admission"):
+            return channels, await self._limits.admit(wanted)
 
     def _attempts(self, channels: tuple[Channel, ...], wishes: ProviderPreferences | None = None) -> Attempts:
         """A request's attempt plan: ``channels`` by priority and weight, then its ``provider`` wishes, then health.
@@ -511,6 +557,32 @@ class Gateway:
             read_timeout=min(channel.timeout_s, timeout),
         )
 
+    async def _call_traced(
+        self, channel: Channel, credential: Credential, call: Call, timeout: float
+    ) -> UpstreamResponse:
+        """``_call`` in a client span of its own, until the upstream's status line (``keyrelay/tracing.py``)."""
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        assert self._tracer is not None
+        wire = call.upstream_wire(channel)
+        operation = operation_name(call.request.operation, wire) or call.request.operation.value
+        provider = provider_name(channel.kind, channel.provider)
+        attributes: dict[str, str | int] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": provider,
+            "gen_ai.system": provider,
+            "gen_ai.request.model": channel.upstream_model,
+            "keyrelay.provider": channel.provider,
+        }
+        name = f"{operation} {channel.upstream_model}"
+        with self._tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
+            response = await self._call(channel, credential, call, timeout)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 400:
+                span.set_attribute("error.type", str(response.status))
+                span.set_status(Status(StatusCode.ERROR))
+            return response
+
     async def _open(self, call: Call, attempts: Attempts, outcome: Outcome) -> tuple[UpstreamResponse, Credential]:
         """Try the plan's next channels until one answers 2xx; failures that allow it move on.
 
@@ -526,7 +598,10 @@ class Gateway:
             outcome.channel = channel
             t0 = time.perf_counter()
             try:
-                response = await self._call(channel, credential, call, attempts.remaining())
+                if self._tracer is None:
+                    response = await self._call(channel, credential, call, attempts.remaining())
+                else:
+                    response = await self._call_traced(channel, credential, call, attempts.remaining())
             except GatewayError as err:
                 # The request cannot be written for this channel's wire (a translation refusal, before any
                 # I/O): another channel, of the client's own wire for one, may still take it.
@@ -820,6 +895,38 @@ class Gateway:
             ErrorType.UPSTREAM_ERROR,
             f"The upstream answered this stream request with {kind!r} instead of an event stream.",
         )
+
+
+_MODEL_IN_PATH = re.compile(r"/models/[^/]+?(?=:|/|$)")
+
+
+def _span_attributes(outcome: Outcome, status: int) -> dict[str, str | int]:
+    """The server span's attributes once the request is answered (GenAI and HTTP semantic conventions)."""
+    attributes: dict[str, str | int] = {"http.response.status_code": status}
+    request = outcome.request
+    if request is not None:
+        attributes["gen_ai.request.model"] = request.model
+        operation = operation_name(request.operation, request.protocol)
+        if operation is not None:
+            attributes["gen_ai.operation.name"] = operation
+        if request.max_output_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = request.max_output_tokens
+    channel = outcome.channel
+    if channel is not None:
+        provider = provider_name(channel.kind, channel.provider)
+        attributes["gen_ai.provider.name"] = attributes["gen_ai.system"] = provider
+        attributes["keyrelay.provider"] = channel.provider
+    usage = outcome.usage
+    if usage is not None:
+        attributes["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+        attributes["gen_ai.usage.output_tokens"] = usage.completion_tokens
+    if outcome.recorded:
+        attributes["keyrelay.cost_micros"] = outcome.cost_micros
+    if outcome.key_name is not None:
+        attributes["keyrelay.key.name"] = outcome.key_name
+    if status >= 400 and outcome.error_type:
+        attributes["error.type"] = outcome.error_type
+    return attributes
 
 
 def _completions_channels(model: str, channels: tuple[Channel, ...]) -> tuple[Channel, ...]:

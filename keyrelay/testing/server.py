@@ -7,6 +7,7 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -50,10 +51,16 @@ async def _let_sqlite_threads_end(started_before: set[threading.Thread], timeout
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings, *, clock: Clock | None = None) -> AsyncIterator[RunningServer]:
-    """Start the gateway on 127.0.0.1:<free port> and stop it (with a clean shutdown) afterwards."""
+async def running_server(
+    settings: Settings, *, clock: Clock | None = None, tracer_provider: Any = None
+) -> AsyncIterator[RunningServer]:
+    """Start the gateway on 127.0.0.1:<free port> and stop it (with a clean shutdown) afterwards.
+
+    ``tracer_provider``: an OpenTelemetry SDK ``TracerProvider`` that traces the requests (with an in-memory
+    exporter, say).
+    """
     sqlite_threads = _sqlite_worker_threads()
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, tracer_provider=tracer_provider)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
