@@ -89,7 +89,7 @@ async def main() -> None:
         results["redis"]["evalsha_per_admission_and_settle"] = (await redis_calls(client) - before) / n
         async for name in client.scan_iter(match=f"{prefix}:*", count=1000):
             await client.delete(name)
-        await client.aclose()
+        await backend.close()  # its lean connection and the client
     sys.stdout.write(json.dumps(results, indent=2) + "\n")
 
 

@@ -32,6 +32,7 @@ from keyrelay.limits.backend import (
     window_refusal,
 )
 from keyrelay.limits.memory import MemoryLimits
+from keyrelay.limits.resp import LeanRedis
 
 log = logging.getLogger("keyrelay.limits")
 _FALLBACK_PREFIX = "local:"
@@ -73,7 +74,9 @@ class RedisLimits:
     """Limits backend on Redis (atomic Lua scripts, versioned by name)."""
 
     def __init__(self, client: Redis, *, prefix: str = "keyrelay", fail_open: bool = False) -> None:
+        """A backend on ``client``'s Redis: its scripts through a lean pipelined client (``resp.py``), if TCP."""
         self._redis = client
+        self._lean = LeanRedis.like(client)
         self._prefix = prefix
         self._fail_open = fail_open
         self._fallback = MemoryLimits()
@@ -108,12 +111,17 @@ class RedisLimits:
         sha = self._shas.get(name)
         if sha is not None:
             try:
-                reply: list[int] = await self._redis.evalsha(sha, len(keys), *keys, *args)
-                return reply
+                return await self._evalsha(sha, keys, args)
             except NoScriptError:
                 pass  # Redis restarted and lost its script cache: load it again below.
         sha = self._shas[name] = await self._redis.script_load(self._sources[name])
-        reply = await self._redis.evalsha(sha, len(keys), *keys, *args)
+        return await self._evalsha(sha, keys, args)
+
+    async def _evalsha(self, sha: str, keys: list[str], args: list[str | int | float]) -> list[int]:
+        if self._lean is not None:
+            lean: list[int] = await self._lean.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return lean
+        reply: list[int] = await self._redis.evalsha(sha, len(keys), *keys, *args)
         return reply
 
     # --- LimitsBackend -------------------------------------------------------------------------------------
@@ -322,5 +330,7 @@ class RedisLimits:
             return False
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool and the lean connection."""
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._redis.aclose()

@@ -334,6 +334,7 @@ _RPC_STATUS = {
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "UNIMPLEMENTED",  # the method is not supported on this path
+    408: "DEADLINE_EXCEEDED",  # the client's request headers came too late (code.proto: expired before completion)
     409: "ABORTED",
     413: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",

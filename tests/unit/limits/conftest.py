@@ -47,7 +47,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[LimitsBackend
         yield limits
     finally:
         await drop_prefix(client, prefix)
-        await client.aclose()
+        await limits.close()  # its lean connection and the client
 
 
 @pytest.fixture
@@ -55,8 +55,9 @@ async def redis_limits() -> AsyncIterator[RedisLimits]:
     """A Redis backend alone, on a fresh key prefix (for tests that need Redis itself; mark them ``redis``)."""
     client = await redis_client_or_skip()
     prefix = f"kr-test-{secrets.token_hex(6)}"
+    limits = RedisLimits(client, prefix=prefix)
     try:
-        yield RedisLimits(client, prefix=prefix)
+        yield limits
     finally:
         await drop_prefix(client, prefix)
-        await client.aclose()
+        await limits.close()  # its lean connection and the client

@@ -10,10 +10,17 @@ from redis.asyncio import Redis
 from keyrelay.errors import GatewayError
 from keyrelay.limits.backend import AdmissionRequest, SpendLevel
 from keyrelay.limits.redis import RedisLimits
+from keyrelay.limits.resp import LeanRedis
 from tests.unit.limits.conftest import drop_prefix, redis_client_or_skip
 
 DEAD = "redis://127.0.0.1:1/0"
 LEVEL = SpendLevel("key", "rk", "life", 10_000, 0, None)
+
+
+def point_at(limits: RedisLimits, client: Redis) -> None:
+    """Make ``limits`` talk to ``client``'s Redis (both its redis-py client and its lean connection)."""
+    limits._redis = client
+    limits._lean = LeanRedis.like(client)
 
 
 def req(i: int, cost: int = 1000) -> AdmissionRequest:
@@ -27,12 +34,13 @@ async def test_missed_settlement_is_replayed() -> None:
     dead = Redis.from_url(DEAD, socket_connect_timeout=0.5)
     try:
         admission = await limits.admit(req(1))
-        limits._redis = dead  # Redis becomes unreachable while the request runs
+        lean = limits._lean
+        point_at(limits, dead)  # Redis becomes unreachable while the request runs
         await limits.settle(admission.reservation, cost_micros=400, tokens=0, now=0)
         assert limits.deferred == 1
         await limits.maintain()
         assert limits.deferred == 1  # still away: kept
-        limits._redis = client  # back
+        point_at(limits, client)  # back
         await limits.maintain()
         assert limits.deferred == 0
         assert await limits.spent(LEVEL) == 400
@@ -41,7 +49,9 @@ async def test_missed_settlement_is_replayed() -> None:
     finally:
         await dead.aclose()
         await drop_prefix(client, prefix)
-        await client.aclose()
+        if lean is not None:
+            await lean.aclose()
+        await limits.close()
 
 
 async def test_fail_open_spend_reaches_redis_later() -> None:
@@ -52,33 +62,42 @@ async def test_fail_open_spend_reaches_redis_later() -> None:
     try:
         first = await limits.admit(req(1))  # seeds the shared counter
         await limits.settle(first.reservation, cost_micros=1000, tokens=0, now=0)
-        limits._redis = dead
+        lean = limits._lean
+        point_at(limits, dead)
         local = await limits.admit(req(2))  # admitted on local limits
         assert local.reservation.ident.startswith("local:")
         await limits.settle(local.reservation, cost_micros=700, tokens=0, now=0)
-        limits._redis = client
+        point_at(limits, client)
         limits._down_until = 0.0
         await limits.maintain()
         assert await limits.spent(LEVEL) == 1700
     finally:
         await dead.aclose()
         await drop_prefix(client, prefix)
-        await client.aclose()
+        if lean is not None:
+            await lean.aclose()
+        await limits.close()
 
 
 async def test_counters_survive_a_gateway_restart() -> None:
     client = await redis_client_or_skip()
     prefix = f"kr-test-{secrets.token_hex(6)}"
+    opened: list[RedisLimits] = []
     try:
         before = RedisLimits(client, prefix=prefix)
+        opened.append(before)
         admission = await before.admit(req(1, cost=6000))
         await before.settle(admission.reservation, cost_micros=6000, tokens=0, now=0)
         # A new process: a new backend object on the same Redis sees the same counters.
         after = RedisLimits(client, prefix=prefix)
+        opened.append(after)
         assert await after.spent(LEVEL) == 6000
         await after.admit(req(2, cost=4000))
         with pytest.raises(GatewayError):
             await after.admit(req(3, cost=1))
     finally:
         await drop_prefix(client, prefix)
+        for limits in opened:
+            if limits._lean is not None:
+                await limits._lean.aclose()
         await client.aclose()

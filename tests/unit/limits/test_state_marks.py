@@ -61,16 +61,19 @@ async def test_unknown_marks_are_current(redis_limits: RedisLimits) -> None:
 
 
 async def test_unreachable_redis_fails_closed_or_open() -> None:
-    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    closed = RedisLimits(Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), prefix="kr-dead")
+    opened = RedisLimits(
+        Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5), prefix="kr-dead", fail_open=True
+    )
     try:
-        closed = RedisLimits(dead, prefix="kr-dead")
         with pytest.raises(GatewayError) as info:
             await closed.check_current(MARKS)
         assert info.value.error_type is ErrorType.LIMITS_UNAVAILABLE
         await closed.mark(MARKS)  # logged, not raised: the store change stands
-        await RedisLimits(dead, prefix="kr-dead", fail_open=True).check_current(MARKS)
+        await opened.check_current(MARKS)
     finally:
-        await dead.aclose()
+        await closed.close()
+        await opened.close()
 
 
 async def test_memory_backend_has_no_shared_state() -> None:
