@@ -13,7 +13,7 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -397,8 +397,9 @@ class Gateway:
         attempts = self._attempts(channels, request.routing)
         settlement = self._settlement
 
-        def record() -> None:  # before the response's last bytes: see Settlement.record
+        async def record() -> None:  # before the response's last bytes: see Settlement.record
             settlement.record(principal, request, outcome, request_id, client_ip, started, now)
+            await settlement.journaled()
 
         try:
             if request.stream:
@@ -670,7 +671,7 @@ class Gateway:
         window: WindowStatus | None,
         outcome: Outcome,
         started: float,
-        record: Callable[[], None],
+        record: Callable[[], Awaitable[None]],
     ) -> None:
         request = call.request
         while True:
@@ -713,7 +714,7 @@ class Gateway:
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         headers = self._headers(window, outcome.overhead_s * 1000, b"application/json")
         headers.append((b"content-length", str(len(payload)).encode()))
-        record()
+        await record()
         outcome.started = True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
@@ -783,7 +784,7 @@ class Gateway:
         window: WindowStatus | None,
         outcome: Outcome,
         started: float,
-        record: Callable[[], None],
+        record: Callable[[], Awaitable[None]],
     ) -> None:
         response, chunks, relay, held = await self._commit(call, attempts, outcome, started)
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
@@ -810,7 +811,7 @@ class Gateway:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
             rest, failure = relay.close()
             self._ended(call, relay, outcome, failure)
-            record()  # before the last bytes: a stream the client saw end has its usage record
+            await record()  # before the last bytes: a stream the client saw end has its usage record
             await send({"type": "http.response.body", "body": last + rest})
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
@@ -820,7 +821,7 @@ class Gateway:
             failure = GatewayError(kind, "The upstream stream ended unexpectedly.")
             ending = relay.fail(failure)
             self._ended(call, relay, outcome, failure)
-            record()
+            await record()
             await send({"type": "http.response.body", "body": ending})
         except asyncio.CancelledError:
             if not watcher.fired:

@@ -43,9 +43,9 @@ class Settlement:
     ) -> None:
         """Price ``outcome`` and queue its usage record (journaled first, when the writer has a journal).
 
-        Called before the response's last bytes are sent, so that every response a client saw complete has its
-        record, even if the process is killed right after. No ``await``: nothing can come between. Marks
-        ``outcome.recorded`` and sets ``outcome.cost_micros``.
+        Called, then ``journaled`` awaited, before the response's last bytes are sent, so that every response a
+        client saw complete has its record, even if the process is killed right after. Marks ``outcome.recorded``
+        and sets ``outcome.cost_micros``.
         """
         outcome.recorded = True
         channel = outcome.channel
@@ -85,6 +85,10 @@ class Settlement:
             )
         )
         self._writer.touch(key.hash, admitted_at, ip)
+
+    async def journaled(self) -> None:
+        """Wait until the records made so far are in the usage journal (this tick's group commit)."""
+        await self._writer.journaled()
 
     async def settle(
         self,

@@ -48,6 +48,18 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()  # (caller, monotonic time sent)
         self.lost = False
+        self._outbox: list[bytes] = []  # commands of this event-loop tick, written together at its end
+
+    def send(self, command: bytes) -> None:
+        """Queue a packed command; the commands of one tick leave in one write (automatic pipelining)."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(command)
+
+    def _flush(self) -> None:
+        commands, self._outbox = self._outbox, []
+        if self.transport is not None and not self.lost:
+            self.transport.write(commands[0] if len(commands) == 1 else b"".join(commands))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -177,8 +189,7 @@ class LeanRedis:
             connection = await self._connect()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         connection.pending.append((future, time.monotonic()))
-        assert connection.transport is not None
-        connection.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: a 1-tuple
+        connection.send(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: a 1-tuple
         return await future
 
     async def _connect(self) -> _Connection:
@@ -217,8 +228,7 @@ class LeanRedis:
     async def _handshake(self, connection: _Connection, args: tuple[str | int, ...]) -> None:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         connection.pending.append((future, time.monotonic()))
-        assert connection.transport is not None
-        connection.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: a 1-tuple
+        connection.send(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: a 1-tuple
         await future
 
     def _arm_watchdog(self) -> None:

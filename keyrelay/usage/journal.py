@@ -2,10 +2,11 @@
 
 The usage writer keeps records in memory for up to a flush interval (``usage/writer.py``); a process killed
 meanwhile (SIGKILL, the OOM killer, a crash) would lose them, and their charges with them. So each record is
-first appended, as one JSON line, to a segment file of this process's journal directory: one ``write(2)``
-of a few hundred bytes, microseconds, with no ``fsync`` on the request path (the page cache survives the
-death of the process; ``fsync`` runs once a second in the background, which bounds what a power cut of
-the machine can lose to that second).
+first appended, as one JSON line, to a segment file of this process's journal directory, and the response's
+last bytes wait for that write. Group commit: the records of one event-loop tick are written together at
+its end, one ``write(2)`` for all, with no ``fsync`` on the request path (the page cache survives the death
+of the process; ``fsync`` runs once a second in the background, which bounds what a power cut of the machine
+can lose to that second).
 
 Layout: ``<base>/<database id>/<process dir>/<segment>.v1.jsonl`` and ``<process dir>/lock``.
 
@@ -178,6 +179,8 @@ class UsageJournal:
         self._unsynced = False
         self._failing = False
         self._sealed: list[int] = []  # descriptors of sealed segments, to sync and close
+        self._buffer: list[bytes] = []  # lines appended in this tick, written at its end (group commit)
+        self._batch: asyncio.Future[None] | None = None  # done once they are
         self._open_next()
 
     def _open_next(self) -> None:
@@ -187,29 +190,57 @@ class UsageJournal:
         self._written = False
 
     def append(self, record: UsageRecord) -> int:
-        """Append one record (one ``write(2)``); returns the number of the segment that holds it.
+        """Queue one record for this tick's write; returns the number of the segment that will hold it.
 
-        A failed write (a full disk) is logged, once until writes succeed again, and not raised: the record still
-        goes to the store from memory; only a crash before then would lose it.
+        Group commit: the records appended in one event-loop tick are written together, with one ``write(2)``, at
+        the end of the tick (``written`` waits for it). Outside an event loop the record is written at once.
         """
+        self._buffer.append(_record_line(record))
+        if self._batch is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._write_buffer()
+                return self.segment
+            self._batch = loop.create_future()
+            loop.call_soon(self._write_buffer)
+        return self.segment
+
+    def written(self) -> asyncio.Future[None] | None:
+        """A future done once the records appended so far are written (None: nothing is waiting to be)."""
+        return self._batch
+
+    def _write_buffer(self) -> None:
+        """Write the queued lines with one ``write(2)``, then release whoever waits for them.
+
+        A failed write (a full disk) is logged, once until writes succeed again, and not raised: the records still
+        go to the store from memory; only a crash before then would lose them.
+        """
+        lines, self._buffer = self._buffer, []
+        batch, self._batch = self._batch, None
         try:
-            os.write(self._fd, _record_line(record))
+            if lines:
+                data = lines[0] if len(lines) == 1 else b"".join(lines)
+                while data:  # a regular file takes it whole unless the disk is full (then OSError)
+                    data = data[os.write(self._fd, data) :]
+                self._written = self._unsynced = True
+                if self._failing:
+                    self._failing = False
+                    log.info("usage journal writable again")
         except OSError as exc:
             if not self._failing:
                 self._failing = True
                 log.error("usage journal write failed (records are kept in memory only): %s", exc)
-            return self.segment
-        if self._failing:
-            self._failing = False
-            log.info("usage journal writable again")
-        self._written = self._unsynced = True
-        return self.segment
+        finally:
+            if batch is not None and not batch.done():
+                batch.set_result(None)
 
     def seal(self) -> None:
         """Close the current segment, if it holds records, and open the next one for new records.
 
         The sealed segment's descriptor is synced and closed by the next ``sync``, off the event loop.
         """
+        self._write_buffer()  # the lines queued this tick belong to the segment they were counted in
         if not self._written:
             return
         self._sealed.append(self._fd)
@@ -239,6 +270,7 @@ class UsageJournal:
 
     def close(self, *, empty: bool) -> None:
         """Close the journal; ``empty``: every record is in the store, so the directory is deleted."""
+        self._write_buffer()
         _sync_and_close([*self._sealed, self._fd])
         self._sealed = []
         if empty:

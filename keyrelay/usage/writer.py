@@ -136,8 +136,9 @@ class UsageWriter:
     def enqueue(self, record: UsageRecord) -> None:
         """Queue a record; its cost counts as pending on each of its counters until flushed.
 
-        With a journal, the record is appended to it first (one ``write(2)``): call this before the response's
-        last bytes are sent, so that a response the client saw complete always has its record.
+        With a journal, the record is appended to it first (written at the end of this tick, with the tick's other
+        records): call this, then await ``journaled``, before the response's last bytes are sent, so that a
+        response the client saw complete always has its record.
         """
         self._segments.append(self._journal.append(record) if self._journal is not None else 0)
         self._queue.append(record)
@@ -146,6 +147,11 @@ class UsageWriter:
             pending = self._pending
             for counter in counters_of(record):
                 pending[counter] = pending.get(counter, 0) + cost
+
+    async def journaled(self) -> None:
+        """Wait until the records queued so far are in the journal (the end of this tick's group commit)."""
+        if self._journal is not None and (batch := self._journal.written()) is not None:
+            await batch
 
     def touch(self, key_hash: str, when: datetime, ip: str | None) -> None:
         """Remember the latest use of a key; written at the next flush."""
