@@ -25,6 +25,7 @@ from keyrelay.reload import reloaded_settings
 from keyrelay.routing.table import RouteTable
 from keyrelay.runtime import Runtime, known_models, known_regions, open_runtime
 from keyrelay.usage.journal import UsageJournal, journal_base, orphans
+from keyrelay.usage.retention import SWEEP_INTERVAL_S, Retention
 from keyrelay.usage.writer import UsageWriter
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class KeyrelayApp:
         writer = await self._usage_writer(runtime)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
         runtime.tasks.every(1.0, writer.sync, name="usage-journal-sync")
+        if self.settings.usage_retention_days is not None:
+            retention = Retention(runtime.engine, runtime.clock, days=self.settings.usage_retention_days)
+            runtime.tasks.spawn(retention.sweep(), name="usage-retention-start")  # batched: never a long stall
+            runtime.tasks.every(SWEEP_INTERVAL_S, retention.sweep, name="usage-retention")
         if self.tracer_provider is None:
             self.tracer_provider = tracing.tracer_provider(self.settings)
         self.redis = redis_client(self.settings)

@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     )
     cache_poll_interval_s: float = Field(default=1.0, gt=0)
     usage_flush_interval_s: float = Field(default=1.0, gt=0)
+    usage_retention_days: int | None = Field(
+        default=None, ge=1, le=36_500, description="Usage records older than this many days are deleted; unset: kept."
+    )
     usage_journal_dir: Path | None = Field(
         default=None,
         description="Where usage records are journaled before each response completes (keyrelay/usage/journal.py).",
