@@ -177,6 +177,7 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Open client connections per process; beyond it, requests get 503."
     )
     cache_poll_interval_s: float = Field(default=1.0, gt=0)
+    key_cache_size: int = Field(default=100_000, ge=1, description="Keys held in each process's key cache (LRU).")
     usage_flush_interval_s: float = Field(default=1.0, gt=0)
     usage_retention_days: int | None = Field(
         default=None, ge=1, le=36_500, description="Usage records older than this many days are deleted; unset: kept."

@@ -1,7 +1,9 @@
 """In-process key cache: secret hash → Principal (key, account, group, effective policy).
 
 Filled on first use from the store, then served from memory: the hot path does no database I/O in
-steady state, so cached keys keep working while the store is down. Writes through ``services``
+steady state, so cached keys keep working while the store is down. At most ``KEYRELAY_KEY_CACHE_SIZE``
+keys are held; beyond that the least recently used is evicted (and loaded again on its next use), so the
+cache's memory does not grow with the number of keys. Writes through ``services``
 invalidate entries at once; ``CacheSync`` evicts, within its poll interval, the entries that writes
 made by other processes have made stale, comparing row versions. Unknown hashes are remembered
 (bounded) so that a spray of bad keys cannot turn into a spray of database queries.
@@ -14,6 +16,7 @@ on the very next request everywhere, not a pub/sub delivery later.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,9 +107,12 @@ def _unindex(index: dict[Ident, set[str]], ident: Ident, secret_hash: str) -> No
 class KeyCache:
     """Secret-hash → Principal map with invalidation by key, account, group or everything."""
 
-    def __init__(self, loader: Loader, *, max_negative: int = 100_000) -> None:
+    def __init__(self, loader: Loader, *, max_entries: int = 100_000, max_negative: int = 100_000) -> None:
+        """A cache filled by ``loader``; at most ``max_entries`` keys, the least recently used evicted first."""
         self._loader = loader
-        self._entries: dict[str, Principal] = {}
+        # Oldest use first: a hit moves its entry to the end, and an insertion beyond max_entries evicts the first.
+        self._entries: OrderedDict[str, Principal] = OrderedDict()
+        self._max_entries = max_entries
         self._by_key: dict[str, set[str]] = {}
         self._by_account: dict[int, set[str]] = {}
         self._by_group: dict[int, set[str]] = {}
@@ -128,6 +134,7 @@ class KeyCache:
         """
         principal = self._entries.get(secret_hash)
         if principal is not None:
+            self._entries.move_to_end(secret_hash)
             return principal
         if secret_hash in self._negative and not await self._created(secret_hash):
             return None
@@ -167,6 +174,9 @@ class KeyCache:
 
     def _store(self, secret_hash: str, principal: Principal) -> None:
         self._entries[secret_hash] = principal
+        if len(self._entries) > self._max_entries:
+            # An eviction is no invalidation: the generation stays, so loads under way keep their results.
+            self._remove(next(iter(self._entries)))
         self._by_key.setdefault(principal.key.hash, set()).add(secret_hash)
         self._by_account.setdefault(principal.account.id, set()).add(secret_hash)
         if principal.group is not None:
@@ -175,13 +185,16 @@ class KeyCache:
     def _drop(self, secret_hashes: set[str] | None) -> None:
         self._generation += 1
         for secret_hash in secret_hashes or ():
-            principal = self._entries.pop(secret_hash, None)
-            if principal is None:
-                continue
-            _unindex(self._by_key, principal.key.hash, secret_hash)
-            _unindex(self._by_account, principal.account.id, secret_hash)
-            if principal.group is not None:
-                _unindex(self._by_group, principal.group.id, secret_hash)
+            self._remove(secret_hash)
+
+    def _remove(self, secret_hash: str) -> None:
+        principal = self._entries.pop(secret_hash, None)
+        if principal is None:
+            return
+        _unindex(self._by_key, principal.key.hash, secret_hash)
+        _unindex(self._by_account, principal.account.id, secret_hash)
+        if principal.group is not None:
+            _unindex(self._by_group, principal.group.id, secret_hash)
 
     def _evict_stale(
         self,

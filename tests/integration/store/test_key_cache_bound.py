@@ -1,0 +1,48 @@
+"""The key cache holds at most KEYRELAY_KEY_CACHE_SIZE keys: the least recently used is evicted, then reloaded."""
+
+from __future__ import annotations
+
+from keyrelay.cache.keycache import Principal
+from keyrelay.config import Settings
+from keyrelay.keys.spec import KeyCreate
+from keyrelay.runtime import open_runtime
+from keyrelay.services.inputs import AccountCreate
+from tests.conftest import TEST_ACTOR
+
+
+async def test_the_least_recently_used_key_is_evicted_and_loaded_again(database_url: str) -> None:
+    runtime = await open_runtime(Settings(database_url=database_url, key_cache_size=3))
+    try:
+        account = await runtime.account_service.create_account(AccountCreate(email="c@example.com"), actor=TEST_ACTOR)
+        hashes = [
+            (
+                await runtime.key_service.create(account=account, spec=KeyCreate(name=f"k{n}"), actor=TEST_ACTOR)
+            ).record.hash
+            for n in range(5)
+        ]
+        cache = runtime.cache
+        loads: list[str] = []
+        loader = cache._loader
+
+        async def counting(secret_hash: str) -> Principal | None:
+            loads.append(secret_hash)
+            return await loader(secret_hash)
+
+        cache._loader = counting
+        for h in hashes[:3]:
+            assert await cache.get(h) is not None
+        assert await cache.get(hashes[0]) is not None  # a hit: k0 is now the most recently used
+        assert await cache.get(hashes[3]) is not None  # one too many: k1, the least recently used, goes
+        assert len(cache) == 3
+        assert [cache.peek(h) is not None for h in hashes[:4]] == [True, False, True, True]
+        assert loads == hashes[:4]
+        assert await cache.get(hashes[1]) is not None  # loaded again from the store
+        assert loads == [*hashes[:4], hashes[1]]
+        assert len(cache) == 3 and cache.peek(hashes[2]) is None
+        # Invalidating a key no longer cached changes nothing, and its indexes were cleaned with it.
+        cache.invalidate_key(hashes[2], broadcast=False)
+        assert len(cache) == 3
+        assert sum(len(v) for v in cache._by_key.values()) == 3
+        assert sum(len(v) for v in cache._by_account.values()) == 3
+    finally:
+        await runtime.close()
