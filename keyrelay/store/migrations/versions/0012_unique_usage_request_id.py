@@ -8,6 +8,10 @@ Request ids are drawn per process with 48 random bits (``asgi.new_request_id``):
 expected. A database that holds some anyway cannot take the index: the upgrade stops and names them, for an
 operator to remove the duplicates (``DELETE FROM usage_records WHERE id = ...``) before upgrading again.
 
+On a large PostgreSQL table the index can be built beforehand without blocking the writers, under the same
+name (``CREATE UNIQUE INDEX CONCURRENTLY ux_usage_request_id ON usage_records (request_id)``): the migration
+then finds it and does nothing.
+
 Revision ID: 0012
 Revises: 0011
 Create Date: 2026-12-06 10:00:00
@@ -27,6 +31,9 @@ _INDEX = "ux_usage_request_id"
 
 
 def upgrade() -> None:
+    bind = op.get_bind()
+    if any(index["name"] == _INDEX for index in sa.inspect(bind).get_indexes("usage_records")):
+        return  # built beforehand (CREATE UNIQUE INDEX CONCURRENTLY on a large table): nothing to do
     clashes = (
         op.get_bind()
         .execute(sa.text("SELECT request_id, count(*) AS n FROM usage_records GROUP BY request_id HAVING count(*) > 1"))
