@@ -112,3 +112,39 @@ async def test_gateways_starting_together_migrate_a_new_database_once(postgres_u
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_duplicate_request_ids_stop_0012_until_removed_and_a_prebuilt_index_is_kept(database_url: str) -> None:
+    engine = create_engine(database_url)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    insert = text(
+        "INSERT INTO usage_records (request_id, created_at, key_hash, key_name, account_id, streamed, "
+        "prompt_tokens, completion_tokens, cost_micros, usage_estimated, status) "
+        "VALUES (:r, :t, 'k', 'k', 1, false, 0, 0, 0, false, 200)"
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate, "upgrade", "0011")
+            for request_id in ("req_a", "req_dup", "req_dup"):
+                await conn.execute(insert, {"r": request_id, "t": now})
+        with pytest.raises(RuntimeError, match="req_dup"):
+            await upgrade_to_head(engine)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "DELETE FROM usage_records "
+                    "WHERE id = (SELECT max(id) FROM usage_records WHERE request_id = 'req_dup')"
+                )
+            )
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_differences) == []
+        # Built beforehand under its name (as CREATE UNIQUE INDEX CONCURRENTLY would): the upgrade leaves it.
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate, "downgrade", "0011")
+            await conn.execute(text("CREATE UNIQUE INDEX ux_usage_request_id ON usage_records (request_id)"))
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_differences) == []
+    finally:
+        await engine.dispose()
