@@ -22,6 +22,7 @@ from keyrelay.usage.journal import UsageJournal, journal_base, orphans, record_f
 from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
+from tests.records import usage_record
 
 AT = datetime(2026, 12, 6, 23, 59, 59, 123456, tzinfo=UTC)
 
@@ -31,26 +32,14 @@ def orjson_line(record: UsageRecord) -> bytes:
 
 
 def _record(n: int, *, key_hash: str = "k" * 64, account_id: int = 1, cost: int = 100) -> UsageRecord:
-    return UsageRecord(
-        request_id=f"req_journal{n:04d}",
-        created_at=AT,
+    return usage_record(
+        f"req_journal{n:04d}",
+        AT,
         key_hash=key_hash,
-        key_name="journaled",
         account_id=account_id,
         key_period=spend_period("daily", AT),
-        group_id=None,
-        group_period=None,
-        model="gpt-4o-mini",
-        provider="mock",
         streamed=bool(n % 2),
-        prompt_tokens=3,
-        completion_tokens=4,
         cost_micros=cost,
-        usage_estimated=False,
-        status=200,
-        error_type=None,
-        latency_ms=5,
-        ttft_ms=None,
         client_ip="198.51.100.7",
         attempts='[{"provider":"a"}]',
     )

@@ -17,33 +17,13 @@ from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.retention import Retention
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
+from tests.records import usage_record
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 
 def _record(n: int, at: datetime, key_hash: str, account_id: int) -> UsageRecord:
-    return UsageRecord(
-        request_id=f"req_ret{n:05d}",
-        created_at=at,
-        key_hash=key_hash,
-        key_name="old",
-        account_id=account_id,
-        key_period=None,
-        group_id=None,
-        group_period=None,
-        model="gpt-4o-mini",
-        provider="mock",
-        streamed=False,
-        prompt_tokens=1,
-        completion_tokens=1,
-        cost_micros=10,
-        usage_estimated=False,
-        status=200,
-        error_type=None,
-        latency_ms=1,
-        ttft_ms=None,
-        client_ip=None,
-    )
+    return usage_record(f"req_ret{n:05d}", at, key_hash=key_hash, account_id=account_id)
 
 
 async def test_records_older_than_the_retention_are_deleted_in_batches(database_url: str) -> None:

@@ -26,6 +26,7 @@ from keyrelay.store.schema import accounts, keys, usage_records
 from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
+from tests.records import usage_record
 
 pytestmark = pytest.mark.postgres
 
@@ -62,27 +63,15 @@ async def test_four_writers_on_hot_rows_never_deadlock(postgres_url: str) -> Non
 
     def record(w: int, n: int, rng: random.Random) -> UsageRecord:
         key_hash, account_id, group_id = rng.choice(hot)
-        return UsageRecord(
-            request_id=f"req_w{w}_{n:06d}",
-            created_at=now,
+        return usage_record(
+            f"req_w{w}_{n:06d}",
+            now,
             key_hash=key_hash,
-            key_name="hot",
             account_id=account_id,
             key_period=spend_period("daily", now),
             group_id=group_id,
             group_period=spend_period("daily", now) if group_id is not None else None,
-            model="gpt-4o-mini",
-            provider="mock",
-            streamed=False,
-            prompt_tokens=1,
-            completion_tokens=1,
             cost_micros=rng.choice((0, 0, 7, 11, 13)),  # zero: a failed request, which still marks the key's last use
-            usage_estimated=False,
-            status=200,
-            error_type=None,
-            latency_ms=1,
-            ttft_ms=None,
-            client_ip=None,
         )
 
     async def run(w: int) -> None:
