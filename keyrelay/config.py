@@ -214,7 +214,10 @@ class Settings(BaseSettings):
     no_proxy: str | None = Field(default=None, description="Hosts reached without the proxy, comma-separated.")
     # Also read from the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT (keyrelay/tracing.py).
     otel_exporter_otlp_endpoint: str | None = Field(
-        default=None, description="Where OpenTelemetry traces are exported (OTLP/HTTP); unset: no tracing."
+        default=None, description="OTLP/HTTP base URL; traces go to <it>/v1/traces. Unset (both): no tracing."
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, description="The full OTLP/HTTP URL for traces; wins over the base URL."
     )
     providers: tuple[ProviderConfig, ...] = ()
     # The portal (docs/portal.md).
@@ -351,10 +354,10 @@ class _StandardProxyVariables(PydanticBaseSettingsSource):
 
 
 class _StandardOtelVariables(PydanticBaseSettingsSource):
-    """``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT``: whether traces are exported.
+    """``OTEL_EXPORTER_OTLP_ENDPOINT`` and ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``: whether and where traces go.
 
-    The OpenTelemetry SDK reads these (and the other ``OTEL_*`` variables) itself; keyrelay only needs to know
-    whether to start it (the OpenTelemetry environment variable specification).
+    As the OpenTelemetry exporter specification defines them: the first a base URL (traces to ``/v1/traces``
+    under it), the second the traces URL itself, winning. The SDK reads the other ``OTEL_*`` variables itself.
     """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -362,11 +365,12 @@ class _StandardOtelVariables(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        """The endpoint found in the environment, if any."""
-        for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
-            if os.environ.get(name, "").strip():
-                return {"otel_exporter_otlp_endpoint": os.environ[name].strip()}
-        return {}
+        """The endpoints found in the environment, if any."""
+        found: dict[str, Any] = {}
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            if value := os.environ.get(name, "").strip():
+                found[name.lower()] = value
+        return found
 
 
 def _split_csv(value: str) -> list[str]:

@@ -7,8 +7,9 @@ bounds how many such connections one process holds. ``BoundedHttpProtocol`` adds
 
 - **Header timeout.** From the moment a connection is made, and for each later request from its first
   byte, the request headers must be complete within ``header_timeout_s``; otherwise the client gets
-  ``408`` (``REQUEST_TIMEOUT``, ``connection: close``) when no response is being sent on the connection,
-  and the connection is closed. As nginx's ``client_header_timeout`` and Apache's ``mod_reqtimeout`` do.
+  ``408`` (``REQUEST_TIMEOUT``, ``connection: close``) and the connection is closed. As nginx's
+  ``client_header_timeout`` and Apache's ``mod_reqtimeout`` do. While a response is still being sent on the
+  connection (a pipelined request behind a long stream), the timer starts again instead.
 - **Connection cap.** A request whose headers complete while the process holds more than
   ``max_connections`` open connections is answered ``503`` (``SERVICE_UNAVAILABLE``, ``Retry-After: 1``,
   ``connection: close``) and its connection closed. The answer waits for the headers, as uvicorn's own
@@ -134,6 +135,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            transport.write(_timeout_response())
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request's headers wait behind a response still being sent (a long stream): uvicorn
+            # stops reading meanwhile, so their time starts again once it is done, not before.
+            self._arm_header_timer()
+            return
+        transport.write(_timeout_response())
         transport.close()

@@ -49,17 +49,37 @@ def provider_name(kind: str, provider: str) -> str:
     return _PROVIDERS.get(kind, provider)
 
 
+def traces_endpoint(settings: Settings) -> str | None:
+    """Where spans are sent: the traces URL, else ``/v1/traces`` under the base URL; None: no tracing.
+
+    The OpenTelemetry exporter specification's rule for ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` and
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (https://opentelemetry.io/docs/specs/otel/protocol/exporter/).
+    """
+    if settings.otel_exporter_otlp_traces_endpoint:
+        return settings.otel_exporter_otlp_traces_endpoint
+    if settings.otel_exporter_otlp_endpoint:
+        return settings.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+    return None
+
+
 def tracer_provider(settings: Settings) -> TracerProvider | None:
-    """The process's tracer provider exporting over OTLP/HTTP, or None when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is unset."""
-    if not settings.otel_exporter_otlp_endpoint:
+    """The process's tracer provider exporting over OTLP/HTTP, or None when no endpoint is set.
+
+    The service is named by ``OTEL_SERVICE_NAME`` or ``OTEL_RESOURCE_ATTRIBUTES`` when set, else ``keyrelay``.
+    """
+    endpoint = traces_endpoint(settings)
+    if endpoint is None:
         return None
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": "keyrelay"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    resource = Resource.create()  # reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "keyrelay"}))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     return provider
 
 

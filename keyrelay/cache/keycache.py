@@ -116,7 +116,7 @@ class KeyCache:
         self._by_key: dict[str, set[str]] = {}
         self._by_account: dict[int, set[str]] = {}
         self._by_group: dict[int, set[str]] = {}
-        self._negative: set[str] = set()
+        self._negative: dict[str, int] = {}  # unknown hash → the version of its key mark when it was found unknown
         self._max_negative = max_negative
         self._generation = 0
         self.on_invalidate: Callable[[str, str], None] | None = None  # cross-process fan-out hook
@@ -136,8 +136,13 @@ class KeyCache:
         if principal is not None:
             self._entries.move_to_end(secret_hash)
             return principal
-        if secret_hash in self._negative and not await self._created(secret_hash):
-            return None
+        seen = 0
+        known = self._negative.get(secret_hash)
+        if known is not None:
+            newer = await self._changed_since(secret_hash, known)
+            if newer is None:
+                return None
+            seen = newer
         generation = self._generation
         principal = await self._loader(secret_hash)
         if generation != self._generation:
@@ -146,27 +151,28 @@ class KeyCache:
         if principal is None:
             if len(self._negative) >= self._max_negative:
                 self._negative.clear()
-            self._negative.add(secret_hash)
+            self._negative[secret_hash] = seen
         else:
             self._store(secret_hash, principal)
         return principal
 
-    async def _created(self, secret_hash: str) -> bool:
-        """Whether a remembered unknown hash has been created since, through any process (its key's mark).
+    async def _changed_since(self, secret_hash: str, known: int) -> int | None:
+        """The key mark of a remembered unknown hash when it is newer than ``known``, else None.
 
-        A key's first secret hash is its stable hash, so a key created elsewhere is usable here at once. Without
-        a shared backend, or when the marks cannot be read, the memory stands.
+        A key's first secret hash is its stable hash, so a key created elsewhere is usable here at once. The mark
+        seen is remembered with the hash, so a revoked key (whose mark stays) costs one reload, not one per
+        request. Without a shared backend, or when the marks cannot be read, the memory stands.
         """
         if self.checker is None:
-            return False
+            return None
         try:
-            await self.checker(((key_mark(secret_hash), 0),))
-        except StaleState:
-            self._negative.discard(secret_hash)
-            return True
+            await self.checker(((key_mark(secret_hash), known),))
+        except StaleState as stale:
+            self._negative.pop(secret_hash, None)
+            return stale.version if stale.version is not None else known + 1
         except GatewayError:
-            return False
-        return False
+            return None
+        return None
 
     def peek(self, secret_hash: str) -> Principal | None:
         """The cached principal for a secret hash, or None when it is not cached (never loads)."""
@@ -297,7 +303,8 @@ class KeyCache:
         Returns:
             How many cached secrets were forgotten (0 when every cached one is current).
         """
-        self._negative.difference_update(secrets)
+        for secret in secrets:
+            self._negative.pop(secret, None)
         return self._evict_stale(self._by_key, key_hash, lambda p: p.key, version, updated_at)
 
     def evict_stale_account(self, account_id: int, *, version: int, updated_at: datetime) -> int:

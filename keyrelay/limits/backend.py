@@ -82,8 +82,14 @@ class AdmissionRequest:
 class StaleState(Exception):
     """The principal behind an admission or a check is older than a change another process recorded.
 
-    Not an error for the client: the caller reloads the principal from the store and decides again.
+    Not an error for the client: the caller reloads the principal from the store and decides again. ``mark``
+    names the newer mark; ``version`` is its value when the backend read it (``check_current``), else None.
     """
+
+    def __init__(self, mark: str, version: int | None = None) -> None:
+        super().__init__(mark)
+        self.mark = mark
+        self.version = version
 
 
 @dataclass(slots=True)

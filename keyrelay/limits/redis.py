@@ -86,6 +86,8 @@ class RedisLimits:
         self._down_until = 0.0
         # Settlements Redis did not get (and costs admitted locally while failing open), replayed later.
         self._deferred: deque[tuple[list[str], list[str | int | float]]] = deque(maxlen=1_000_000)
+        # State marks Redis did not get, replayed first (a mark only grows, so a late one is still right).
+        self._deferred_marks: deque[tuple[list[str], list[str | int | float]]] = deque(maxlen=100_000)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "keyrelay", fail_open: bool = False) -> RedisLimits:
@@ -127,7 +129,12 @@ class RedisLimits:
     # --- LimitsBackend -------------------------------------------------------------------------------------
     async def admit(self, request: AdmissionRequest) -> Admission:
         """One EVALSHA: check and reserve everything, atomically."""
-        precheck(request)
+        try:
+            precheck(request)
+        except GatewayError:
+            if request.marks:  # refused by the cached policy: final only if that policy is current
+                await self.check_current(request.marks)
+            raise
         keys: list[str] = []
         args: list[str | int | float] = [
             repr(request.now),
@@ -229,7 +236,14 @@ class RedisLimits:
             self._deferred.append((keys, args))
 
     async def maintain(self) -> None:
-        """Replay settlements Redis missed, oldest first, until one fails again."""
+        """Replay the marks and settlements Redis missed, oldest first, until one fails again."""
+        while self._deferred_marks:
+            keys, args = self._deferred_marks[0]
+            try:
+                await self._run(MARK, keys, args)
+            except (RedisError, OSError):
+                return  # still unreachable: try again at the next maintenance
+            self._deferred_marks.popleft()
         while self._deferred:
             keys, args = self._deferred[0]
             try:
@@ -288,17 +302,19 @@ class RedisLimits:
     async def mark(self, marks: tuple[tuple[str, int], ...]) -> None:
         """One EVALSHA of ``mark_v1.lua``: each mark becomes at least its version (kept ``MARK_TTL_S``).
 
-        If Redis cannot be reached the change still stands in the store: the failure is logged, and the other
-        processes learn of the change from the pub/sub fan-out or their store poll (while Redis is down, a
-        gateway failing closed admits nothing anyway).
+        If Redis cannot be reached the change still stands in the store: the mark is kept and written by
+        ``maintain`` (every second) once Redis answers; meanwhile the other processes learn of the change from
+        the pub/sub fan-out or their store poll (and while Redis is down, a gateway failing closed admits nothing).
         """
         if not marks:
             return
         keys = [self._mark_key(mark) for mark, _ in marks]
+        args: list[str | int | float] = [MARK_TTL_S, *(version for _, version in marks)]
         try:
-            await self._run(MARK, keys, [MARK_TTL_S, *(version for _, version in marks)])
+            await self._run(MARK, keys, args)
         except (RedisError, OSError) as exc:
-            log.warning("could not record a key state change in Redis (the store poll covers it): %s", exc)
+            log.warning("could not record a key state change in Redis now, will retry every second: %s", exc)
+            self._deferred_marks.append((keys, args))
 
     async def check_current(self, marks: tuple[tuple[str, int], ...]) -> None:
         """One MGET of the marks: raise StaleState when one is newer than its cached version.
@@ -320,7 +336,7 @@ class RedisLimits:
             return
         for (mark, version), value in zip(marks, newest, strict=True):
             if value is not None and int(value) > version:
-                raise StaleState(mark)
+                raise StaleState(mark, int(value))
 
     async def ping(self) -> bool:
         """Whether Redis answers."""

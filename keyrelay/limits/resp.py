@@ -69,9 +69,12 @@ class _Connection(asyncio.Protocol):
         """Parse every whole reply and resolve its caller."""
         self.reader.feed(data)
         pending = self.pending
-        while pending:
+        while True:
             reply = self.reader.gets()
             if reply is False:
+                return
+            if not pending:  # a reply nobody asked for ("-ERR max number of clients reached"): out of step
+                self.fail(RedisConnectionError(f"unexpected reply from Redis: {reply!r}"[:200]))
                 return
             future, _ = pending.popleft()
             if future.done():  # its caller was cancelled: the reply is dropped, the order kept
@@ -161,6 +164,10 @@ class LeanRedis:
         context = None
         if issubclass(pool.connection_class, SSLConnection):
             context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
+            if kwargs.get("ssl_certfile"):  # mutual TLS
+                context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"))
+            if kwargs.get("ssl_check_hostname") is False:
+                context.check_hostname = False
             if kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
@@ -187,21 +194,27 @@ class LeanRedis:
         connection = self._connection
         if connection is None or connection.lost:
             connection = await self._connect()
+            if connection.lost:  # closed by the server as soon as it was made (Redis at its client limit, say)
+                raise RedisConnectionError(f"the connection to Redis at {self._host}:{self._port} was closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         connection.pending.append((future, time.monotonic()))
         connection.send(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: a 1-tuple
         return await future
 
     async def _connect(self) -> _Connection:
-        # One connection attempt at a time, shared by every caller that needs it.
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
+        # One connection attempt at a time, shared by every caller that needs it; forgotten once it ends, even
+        # when every caller waiting for it was cancelled.
         task = self._connecting
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._connecting = None
+        if task is None:
+            task = self._connecting = asyncio.ensure_future(self._open())
+            task.add_done_callback(self._connected)
+        return await asyncio.shield(task)
+
+    def _connected(self, task: asyncio.Task[_Connection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure nobody awaited is not "never retrieved"
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -212,24 +225,29 @@ class LeanRedis:
             )
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
-        self._connection = connection
-        self._arm_watchdog()
         try:
+            # AUTH and SELECT before anything else: callers only get the connection once both are answered.
+            handshake: list[asyncio.Future[Any]] = []
             if self._password is not None:
                 auth = ("AUTH", self._user, self._password) if self._user else ("AUTH", self._password)
-                await self._handshake(connection, auth)
+                handshake.append(self._handshake(connection, auth))
             if self._db:
-                await self._handshake(connection, ("SELECT", self._db))
+                handshake.append(self._handshake(connection, ("SELECT", self._db)))
+            if handshake:
+                await asyncio.wait_for(asyncio.gather(*handshake), timeout=self._timeout_s)
         except BaseException:
             connection.fail(RedisConnectionError("the Redis handshake failed"))
             raise
+        self._connection = connection
+        self._arm_watchdog()
         return connection
 
-    async def _handshake(self, connection: _Connection, args: tuple[str | int, ...]) -> None:
+    @staticmethod
+    def _handshake(connection: _Connection, args: tuple[str | int, ...]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         connection.pending.append((future, time.monotonic()))
         connection.send(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: a 1-tuple
-        await future
+        return future
 
     def _arm_watchdog(self) -> None:
         if self._watchdog is None:

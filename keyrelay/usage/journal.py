@@ -139,7 +139,7 @@ def orphans(base: Path) -> Iterator[Orphan]:
     """The journals of dead processes under ``base``, each locked for this process while it is handled."""
     if not base.is_dir():
         return
-    for directory in sorted(p for p in base.iterdir() if p.is_dir()):
+    for directory in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         lock = directory / _LOCK
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -169,12 +169,19 @@ class UsageJournal:
             OSError: The directory cannot be created or written (start-up fails: records could not be kept).
         """
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = base / f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.path.mkdir(mode=0o700)
-        self._lock_fd = os.open(self.path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        # Made and locked under a hidden name, then renamed: another process's orphan scan (which skips hidden
+        # names) can never take a directory between its creation and its lock.
+        making = base / f".{name}"
+        making.mkdir(mode=0o700)
+        self._lock_fd = os.open(making / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = base / name
+        making.rename(self.path)
         self.segment = 0
         self._fd = -1
+        self._closed = False
+        self._torn = False  # the last write failed: the next one starts on a line of its own
         self._written = False  # the current segment holds a record
         self._unsynced = False
         self._failing = False
@@ -184,9 +191,14 @@ class UsageJournal:
         self._open_next()
 
     def _open_next(self) -> None:
-        self.segment += 1
-        path = self.path / f"{self.segment:012d}{_SUFFIX}"
+        """Open the next segment and make it current (the number and descriptor change together, or neither).
+
+        Raises:
+            OSError: It cannot be opened; the current segment stays current.
+        """
+        path = self.path / f"{self.segment + 1:012d}{_SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.segment += 1
         self._written = False
 
     def append(self, record: UsageRecord) -> int:
@@ -195,6 +207,9 @@ class UsageJournal:
         Group commit: the records appended in one event-loop tick are written together, with one ``write(2)``, at
         the end of the tick (``written`` waits for it). Outside an event loop the record is written at once.
         """
+        if self._closed:
+            log.error("usage record %s arrived after the journal was closed: not journaled", record.request_id)
+            return self.segment
         self._buffer.append(_record_line(record))
         if self._batch is None:
             try:
@@ -219,10 +234,14 @@ class UsageJournal:
         lines, self._buffer = self._buffer, []
         batch, self._batch = self._batch, None
         try:
-            if lines:
+            if lines and not self._closed:
                 data = lines[0] if len(lines) == 1 else b"".join(lines)
+                if self._torn:  # after a write cut short, end its torn line first: replay skips it, not ours
+                    data = b"\n" + data
+                self._torn = True
                 while data:  # a regular file takes it whole unless the disk is full (then OSError)
                     data = data[os.write(self._fd, data) :]
+                self._torn = False
                 self._written = self._unsynced = True
                 if self._failing:
                     self._failing = False
@@ -241,11 +260,16 @@ class UsageJournal:
         The sealed segment's descriptor is synced and closed by the next ``sync``, off the event loop.
         """
         self._write_buffer()  # the lines queued this tick belong to the segment they were counted in
-        if not self._written:
+        if not self._written or self._closed:
             return
-        self._sealed.append(self._fd)
+        sealed = self._fd
+        try:
+            self._open_next()
+        except OSError as exc:  # no descriptor or no space: go on writing to the current segment
+            log.error("usage journal: cannot open a new segment, the current one goes on: %s", exc)
+            return
+        self._sealed.append(sealed)
         self._unsynced = False
-        self._open_next()
 
     def release_before(self, segment: int) -> None:
         """Delete the sealed segments numbered below ``segment``: every record in them is in the store."""
@@ -261,6 +285,8 @@ class UsageJournal:
         The current segment is synced through a duplicate of its descriptor, so that a ``seal`` meanwhile cannot
         close it under the thread; sealed segments are synced, then closed.
         """
+        if self._closed:
+            return
         descriptors, self._sealed = self._sealed, []
         if self._unsynced:
             self._unsynced = False
@@ -271,6 +297,7 @@ class UsageJournal:
     def close(self, *, empty: bool) -> None:
         """Close the journal; ``empty``: every record is in the store, so the directory is deleted."""
         self._write_buffer()
+        self._closed = True
         _sync_and_close([*self._sealed, self._fd])
         self._sealed = []
         if empty:

@@ -151,7 +151,7 @@ class UsageWriter:
     async def journaled(self) -> None:
         """Wait until the records queued so far are in the journal (the end of this tick's group commit)."""
         if self._journal is not None and (batch := self._journal.written()) is not None:
-            await batch
+            await asyncio.shield(batch)  # shared by the tick's requests: one cancelled must not cancel the others
 
     def touch(self, key_hash: str, when: datetime, ip: str | None) -> None:
         """Remember the latest use of a key; written at the next flush."""

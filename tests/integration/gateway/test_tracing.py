@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from keyrelay.config import Settings
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer, running_server
-from keyrelay.tracing import tracer_provider
+from keyrelay.tracing import tracer_provider, traces_endpoint
 from tests.conftest import make_api_key
 from tests.integration.gateway.conftest import provider_for
 
@@ -135,7 +135,25 @@ async def test_a_gemini_route_names_no_model_in_the_span(traced: tuple[RunningSe
 
 
 async def test_without_the_endpoint_nothing_is_traced() -> None:
-    assert tracer_provider(Settings(otel_exporter_otlp_endpoint=None)) is None
+    none = Settings(otel_exporter_otlp_endpoint=None, otel_exporter_otlp_traces_endpoint=None)
+    assert tracer_provider(none) is None
+
+
+def test_the_traces_endpoint_follows_the_otlp_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    assert traces_endpoint(Settings(otel_exporter_otlp_endpoint="http://c:4318/")) == "http://c:4318/v1/traces"
+    both = Settings(otel_exporter_otlp_endpoint="http://c:4318", otel_exporter_otlp_traces_endpoint="http://t/x")
+    assert traces_endpoint(both) == "http://t/x"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://env/traces")
+    assert traces_endpoint(Settings()) == "http://env/traces"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-eu")
+    provider = tracer_provider(Settings())
+    assert provider is not None
+    try:
+        assert provider.resource.attributes["service.name"] == "gateway-eu"
+    finally:
+        provider.shutdown()
 
 
 async def test_the_endpoint_variable_turns_on_the_otlp_exporter(

@@ -14,6 +14,7 @@ from unittest.mock import patch
 import httpx
 import pytest
 
+from keyrelay.cache.keycache import Principal
 from keyrelay.config import Settings
 from keyrelay.keys.format import KeyType, generate
 from keyrelay.keys.hashing import key_hash
@@ -105,3 +106,26 @@ async def test_a_key_created_elsewhere_is_usable_where_it_was_unknown(pair: tupl
             await a.runtime.key_service.create(account=account, spec=KeyCreate(name="new"), actor=TEST_ACTOR)
         assert await _status(client, b, plaintext) == 200
         assert await _status(client, b, generate(KeyType.REGULAR)) == 401  # unknown keys are still refused
+
+
+async def test_a_revoked_key_hammering_another_gateway_costs_no_store_read_per_request(
+    pair: tuple[RunningServer, ...],
+) -> None:
+    a, b = pair
+    key = await make_api_key(a, EMAIL)
+    loads: list[str] = []
+    loader = b.runtime.cache._loader
+
+    async def counting(secret_hash: str) -> Principal | None:
+        loads.append(secret_hash)
+        return await loader(secret_hash)
+
+    b.runtime.cache._loader = counting
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert await _status(client, b, key) == 200
+        record = await a.runtime.keys.get(key_hash=key_hash(key))
+        assert record is not None
+        await a.runtime.key_service.revoke(record=record, actor=TEST_ACTOR)
+        assert [await _status(client, b, key) for _ in range(6)] == [401] * 6
+    # One load to cache it, one after the revocation's mark, one more to learn the mark's version: then memory.
+    assert len(loads) <= 3

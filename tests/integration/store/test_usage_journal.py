@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import subprocess
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 from sqlalchemy import func, select
 
 from keyrelay.config import Settings
@@ -17,6 +19,7 @@ from keyrelay.keys.spec import KeyCreate
 from keyrelay.limits.periods import spend_period
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate
+from keyrelay.store.engine import create_engine
 from keyrelay.store.schema import usage_records
 from keyrelay.usage.journal import UsageJournal, journal_base, orphans, record_from_line
 from keyrelay.usage.records import UsageRecord
@@ -158,3 +161,52 @@ async def test_a_replay_charges_each_record_exactly_once(database_url: str) -> N
     assert count == 8
     assert key is not None and key.usage_micros == 800
     assert owner is not None and owner.spent_micros == 800
+
+
+async def test_one_cancelled_request_does_not_cancel_the_others_of_its_tick(tmp_path: Path) -> None:
+    journal = UsageJournal(tmp_path / "base")
+    writer = UsageWriter(create_engine(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}"), journal=journal)
+
+    async def request(n: int) -> str:
+        writer.enqueue(_record(n))
+        await writer.journaled()
+        return f"sent {n}"
+
+    first, second = asyncio.ensure_future(request(1)), asyncio.ensure_future(request(2))
+    await asyncio.sleep(0)  # both have queued their record and wait for the tick's write
+    first.cancel()
+    assert await second == "sent 2"
+    assert first.cancelled()
+    journal.close(empty=False)
+    (segment,) = journal.path.glob("*.jsonl")
+    assert len(segment.read_bytes().splitlines()) == 2
+
+
+def test_a_segment_that_cannot_be_opened_keeps_the_current_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = UsageJournal(tmp_path / "base")
+    journal.append(_record(1))
+    real_open = os.open
+
+    def no_descriptors(path: object, *args: object) -> int:
+        if str(path).endswith(".jsonl"):
+            raise OSError(24, "Too many open files")
+        return real_open(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_descriptors)
+    journal.seal()
+    monkeypatch.undo()
+    assert journal.segment == 1  # still the first: its records are not taken for written
+    assert journal.append(_record(2)) == 1
+    journal.release_before(5)
+    journal.close(empty=False)
+    (segment,) = journal.path.glob("*.jsonl")
+    assert [record_from_line(line).request_id for line in segment.read_bytes().splitlines()] == [
+        "req_journal0001",
+        "req_journal0002",
+    ]
+
+
+def test_a_directory_still_being_made_is_never_an_orphan(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    (base / ".123-abcd").mkdir(parents=True)  # made, not yet locked and renamed by its process
+    assert list(orphans(base)) == []

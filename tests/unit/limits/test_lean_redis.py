@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import hiredis
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -122,3 +124,82 @@ def test_urls() -> None:
     with pytest.raises(ValueError, match="database"):
         LeanRedis.from_url("redis://127.0.0.1:6379/zero")
     assert LeanRedis.like(Redis(unix_socket_path="/tmp/redis.sock")) is None  # redis-py keeps the Unix sockets
+
+
+# --- against a scripted server: the ordering and failure cases a healthy Redis does not produce -----------------
+
+
+@contextlib.asynccontextmanager
+async def scripted(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(closing, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_server_that_closes_at_once_fails_the_call_without_hanging() -> None:
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with scripted(close_at_once) as port:
+        lean = LeanRedis("127.0.0.1", port)
+        try:
+            for _ in range(3):
+                with pytest.raises(RedisConnectionError):
+                    await asyncio.wait_for(lean.execute("PING"), timeout=10)
+        finally:
+            await lean.aclose()
+
+
+async def test_commands_wait_for_auth_and_select() -> None:
+    """A caller arriving while AUTH is unanswered must not run before SELECT (it would use database 0)."""
+    seen: list[bytes] = []
+    auth_answered = asyncio.Event()
+
+    async def slow_auth(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader()
+        while data := await reader.read(65536):
+            parser.feed(data)
+            while (command := parser.gets()) is not False:
+                seen.append(command[0])
+                if command[0] == b"AUTH":
+                    await auth_answered.wait()
+                writer.write(b"+OK\r\n")
+
+    async with scripted(slow_auth) as port:
+        lean = LeanRedis("127.0.0.1", port, db=3, password="pw")
+        try:
+            first = asyncio.ensure_future(lean.execute("GET", "a"))
+            while b"AUTH" not in seen:
+                await asyncio.sleep(0.01)
+            second = asyncio.ensure_future(lean.execute("GET", "b"))  # during the handshake
+            await asyncio.sleep(0.05)
+            auth_answered.set()
+            assert await asyncio.wait_for(asyncio.gather(first, second), timeout=10) == [b"OK", b"OK"]
+        finally:
+            await lean.aclose()
+    assert seen == [b"AUTH", b"SELECT", b"GET", b"GET"]
+
+
+async def test_a_reply_nobody_asked_for_closes_the_connection() -> None:
+    async def greets_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"-ERR max number of clients reached\r\n")
+        await reader.read(65536)
+
+    async with scripted(greets_first) as port:
+        lean = LeanRedis("127.0.0.1", port)
+        try:
+            with pytest.raises(RedisConnectionError):
+                await asyncio.wait_for(lean.execute("PING"), timeout=10)
+        finally:
+            await lean.aclose()

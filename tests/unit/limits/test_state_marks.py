@@ -11,6 +11,7 @@ from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.limits.backend import StaleState
 from keyrelay.limits.memory import MemoryLimits
 from keyrelay.limits.redis import MARK_TTL_S, RedisLimits
+from keyrelay.limits.resp import LeanRedis
 from tests.unit.limits.test_backends import T0, level, req
 
 pytestmark = pytest.mark.redis
@@ -81,3 +82,33 @@ async def test_memory_backend_has_no_shared_state() -> None:
     await memory.mark((("k:abc", 9),))
     await memory.check_current(MARKS)
     await memory.admit(dataclasses.replace(req(), marks=MARKS))
+
+
+async def test_a_mark_redis_missed_is_written_by_maintenance(redis_limits: RedisLimits) -> None:
+    live, lean = redis_limits._redis, redis_limits._lean
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    redis_limits._redis, redis_limits._lean = dead, LeanRedis.like(dead)
+    try:
+        await redis_limits.mark((("k:late", 4),))  # logged and kept, not raised
+        await redis_limits.maintain()  # still away
+    finally:
+        assert redis_limits._lean is not None
+        await redis_limits._lean.aclose()
+        await dead.aclose()
+        redis_limits._redis, redis_limits._lean = live, lean
+    await redis_limits.check_current((("k:late", 4),))
+    await redis_limits.maintain()
+    with pytest.raises(StaleState) as info:
+        await redis_limits.check_current((("k:late", 3),))
+    assert info.value.version == 4
+
+
+async def test_a_refusal_by_the_cached_policy_is_checked_against_the_marks(redis_limits: RedisLimits) -> None:
+    # The cached policy says tpm=10 and the request may use 50 tokens: refused before any script runs, unless
+    # the key changed meanwhile (its tpm raised through another process).
+    request = dataclasses.replace(req(tpm=10, max_tokens=50), marks=MARKS)
+    with pytest.raises(GatewayError):
+        await redis_limits.admit(request)
+    await redis_limits.mark((("k:abc", 4),))
+    with pytest.raises(StaleState):
+        await redis_limits.admit(request)
