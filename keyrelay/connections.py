@@ -9,7 +9,9 @@ bounds how many such connections one process holds. ``BoundedHttpProtocol`` adds
   byte, the request headers must be complete within ``header_timeout_s``; otherwise the client gets
   ``408`` (``REQUEST_TIMEOUT``, ``connection: close``) and the connection is closed. As nginx's
   ``client_header_timeout`` and Apache's ``mod_reqtimeout`` do. While a response is still being sent on the
-  connection (a pipelined request behind a long stream), the timer starts again instead.
+  connection (a pipelined request behind a long stream), the clock starts again instead. One timer per
+  server visits the connections four times per timeout (at most once a second), so a request pays two
+  assignments for it, and a slow connection is closed within 1.25 times the timeout (or the timeout plus 1 s).
 - **Connection cap.** A request whose headers complete while the process holds more than
   ``max_connections`` open connections is answered ``503`` (``SERVICE_UNAVAILABLE``, ``Retry-After: 1``,
   ``connection: close``) and its connection closed. The answer waits for the headers, as uvicorn's own
@@ -88,27 +90,28 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         limits: ConnectionLimits = getattr(config, CONNECTION_LIMITS, None) or ConnectionLimits()
         self._header_timeout_s = limits.header_timeout_s
         self._max_connections = limits.max_connections
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._headers_since: float | None = None  # loop time the awaited headers' clock started; None: not waiting
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Accept the connection and start its header timer."""
+        """Accept the connection and start its headers' clock."""
         super().connection_made(transport)
-        self._arm_header_timer()
+        self._headers_since = self.loop.time()
+        _HeaderSweep.watch(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the header timer with the connection."""
-        self._disarm_header_timer()
+        """Nothing more to wait for."""
+        self._headers_since = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
-        """A request's first byte: its headers' time starts (the first request's started with the connection)."""
+        """A request's first byte: its headers' clock starts (the first request's started with the connection)."""
         super().on_message_begin()
-        if self._header_timer is None:
-            self._arm_header_timer()
+        if self._headers_since is None:
+            self._headers_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        """The headers are in: stop their timer, and answer 503 instead of the app when over the cap."""
-        self._disarm_header_timer()
+        """The headers are in: stop their clock, and answer 503 instead of the app when over the cap."""
+        self._headers_since = None
         if len(self.connections) <= self._max_connections:
             super().on_headers_complete()
             return
@@ -122,23 +125,48 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         finally:
             self.app = app
 
-    def _arm_header_timer(self) -> None:
-        self._header_timer = self.loop.call_later(self._header_timeout_s, self._header_timeout)
-
-    def _disarm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _header_timeout(self) -> None:
-        self._header_timer = None
+    def header_overdue(self, now: float) -> None:
+        """Close the connection with a 408 if its awaited headers are later than the timeout at ``now`` (loop time)."""
+        since = self._headers_since
+        if since is None or now - since < self._header_timeout_s:
+            return
         transport = self.transport
         if transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
             # A pipelined request's headers wait behind a response still being sent (a long stream): uvicorn
-            # stops reading meanwhile, so their time starts again once it is done, not before.
-            self._arm_header_timer()
+            # stops reading meanwhile, so their clock starts again once it is done, not before.
+            self._headers_since = now
             return
+        self._headers_since = None
         transport.write(_timeout_response())
         transport.close()
+
+
+class _HeaderSweep:
+    """One timer per server, not one per request: it visits the server's connections a few times per timeout.
+
+    A request's cost is two assignments (its headers' clock started and stopped); a connection is closed between
+    ``header_timeout_s`` and that plus the sweep interval (a quarter of it, at most 1 s) after its clock started.
+    """
+
+    @staticmethod
+    def watch(protocol: BoundedHttpProtocol) -> None:
+        """Make sure a sweep runs for the server of ``protocol`` (started with its first connection)."""
+        state = protocol.server_state
+        if getattr(state, "keyrelay_header_sweep", None) is None:
+            interval = min(1.0, protocol._header_timeout_s / 4)
+            state.keyrelay_header_sweep = protocol.loop.call_later(  # type: ignore[attr-defined]
+                interval, _HeaderSweep.sweep, protocol.loop, protocol.connections, state, interval
+            )
+
+    @staticmethod
+    def sweep(loop: asyncio.AbstractEventLoop, connections: set[Any], state: Any, interval: float) -> None:
+        """Close the overdue connections, then come again while any connection is open."""
+        now = loop.time()
+        for protocol in list(connections):
+            if isinstance(protocol, BoundedHttpProtocol):
+                protocol.header_overdue(now)
+        state.keyrelay_header_sweep = (
+            loop.call_later(interval, _HeaderSweep.sweep, loop, connections, state, interval) if connections else None
+        )
