@@ -20,6 +20,7 @@ from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.server import RunningServer
 from keyrelay.usage.records import UsageRecord
 from tests.conftest import TEST_ACTOR, make_management_key
+from tests.records import usage_record
 
 RECORDS = "/api/v1/usage/records"
 
@@ -82,24 +83,17 @@ async def read_all(client: httpx.AsyncClient, mgmt: str, limit: int, **params: s
 
 
 def _tie(server: RunningServer, *, at: datetime, account: int, key_hash: str, n: int) -> UsageRecord:
-    return UsageRecord(
-        request_id=f"req_tie{n:02d}",
-        created_at=at,
+    return usage_record(
+        f"req_tie{n:02d}",
+        at,
         key_hash=key_hash,
-        key_name="alice-key",
         account_id=account,
-        key_period=None,
-        group_id=None,
-        group_period=None,
+        key_name="alice-key",
         model="gpt-4o",
-        provider="mock",
         streamed=True,
         prompt_tokens=10,
         completion_tokens=20,
         cost_micros=1234,
-        usage_estimated=False,
-        status=200,
-        error_type=None,
         latency_ms=5,
         ttft_ms=2,
         client_ip="198.51.100.4",

@@ -78,6 +78,19 @@ def _gateways(
                 proc.stderr.close()
 
 
+def _shared_env(tmp_path: Path, mock: MockUpstream, database_url: str, redis_prefix: str) -> dict[str, str]:
+    """Processes on one database and one Redis; the store poll far longer than a test, so that only Redis can
+    explain a change one process sees from another."""
+    return {
+        "KEYRELAY_DATABASE_URL": database_url,
+        "KEYRELAY_REDIS_URL": REDIS_URL,
+        "KEYRELAY_REDIS_PREFIX": redis_prefix,
+        "KEYRELAY_CONFIG": str(_config(tmp_path, mock)),
+        "KEYRELAY_LOG_LEVEL": "warning",
+        "KEYRELAY_CACHE_POLL_INTERVAL_S": "3600",
+    }
+
+
 async def _ready(port: int, proc: subprocess.Popen[bytes]) -> None:
     await wait_until_serving(f"http://127.0.0.1:{port}/readyz", exited=lambda: proc.poll() is not None)
 
@@ -111,15 +124,7 @@ async def test_two_processes_share_one_rate_limit_and_revocations(
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     limited, victim, admin = await _setup(database_url)
     ports = [_free_port(), _free_port()]
-    env = {
-        "KEYRELAY_DATABASE_URL": database_url,
-        "KEYRELAY_REDIS_URL": REDIS_URL,
-        "KEYRELAY_REDIS_PREFIX": redis_prefix,
-        "KEYRELAY_CONFIG": str(_config(tmp_path, mock)),
-        "KEYRELAY_LOG_LEVEL": "warning",
-        # Far longer than the test: only the Redis fan-out can explain a revocation seen at all.
-        "KEYRELAY_CACHE_POLL_INTERVAL_S": "3600",
-    }
+    env = _shared_env(tmp_path, mock, database_url, redis_prefix)
     with _gateways(env, ports) as procs:
         for port, proc in zip(ports, procs, strict=True):
             await _ready(port, proc)
@@ -225,14 +230,7 @@ async def test_a_change_through_one_process_holds_on_the_next_request_of_another
     """
     _, _, admin = await _setup(postgres_url)
     ports = [_free_port(), _free_port()]
-    env = {
-        "KEYRELAY_DATABASE_URL": postgres_url,
-        "KEYRELAY_REDIS_URL": REDIS_URL,
-        "KEYRELAY_REDIS_PREFIX": redis_prefix,
-        "KEYRELAY_CONFIG": str(_config(tmp_path, mock)),
-        "KEYRELAY_LOG_LEVEL": "warning",
-        "KEYRELAY_CACHE_POLL_INTERVAL_S": "3600",
-    }
+    env = _shared_env(tmp_path, mock, postgres_url, redis_prefix)
     a, b = (f"http://127.0.0.1:{port}" for port in ports)
     mgmt = {"Authorization": f"Bearer {admin}"}
     with _gateways(env, ports) as procs:

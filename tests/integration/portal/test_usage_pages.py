@@ -26,6 +26,7 @@ from keyrelay.usage.records import UsageRecord
 from tests.integration.portal.conftest import Inbox
 from tests.integration.portal.test_key_pages import create_key, member
 from tests.integration.portal.test_signin_flows import PASSWORD, sign_in, sign_up
+from tests.records import usage_record
 
 ROW = re.compile(
     r"<tr>\s*<td class=\"name\"><time datetime=\"([^\"]+)\">.*?<code>(req_[0-9a-f]+|[^<]+)</code></td>", re.S
@@ -76,26 +77,16 @@ async def account_id(portal: RunningServer, email: str) -> int:
 
 def old_record(portal: RunningServer, *, account: int, key_hash: str, name: str, days_ago: int) -> UsageRecord:
     """A usage record admitted ``days_ago`` days before now (at this time of day), as the gateway writes one."""
-    return UsageRecord(
-        request_id=f"req_old{days_ago:03d}",
-        created_at=portal.runtime.clock.now_utc() - timedelta(days=days_ago),
+    return usage_record(
+        f"req_old{days_ago:03d}",
+        portal.runtime.clock.now_utc() - timedelta(days=days_ago),
         key_hash=key_hash,
-        key_name=name,
         account_id=account,
-        key_period=None,
-        group_id=None,
-        group_period=None,
-        model="gpt-4o-mini",
-        provider="mock",
-        streamed=False,
+        key_name=name,
         prompt_tokens=1000,
         completion_tokens=500,
         cost_micros=1_000_000 * days_ago,
-        usage_estimated=False,
-        status=200,
-        error_type=None,
         latency_ms=12,
-        ttft_ms=None,
         client_ip="203.0.113.9",
     )
 
