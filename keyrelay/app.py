@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from redis.asyncio import Redis
 
+    from keyrelay.usage.stream import UsageStream
+
 log = logging.getLogger("keyrelay.app")
 _ADMIN_PREFIXES = ("/api/", "/openapi.json")
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -58,6 +60,7 @@ class KeyrelayApp:
         self.runtime: Runtime | None = None
         self.gateway: Gateway | None = None
         self.writer: UsageWriter | None = None
+        self.usage_stream: UsageStream | None = None
         self.redis: Redis | None = None
         self.metrics = Metrics(per_key=settings.metrics_per_key)
 
@@ -89,6 +92,14 @@ class KeyrelayApp:
         self.portal.state.portal.limits = self.limits
         if self.redis is not None:
             from keyrelay.cache.fanout import RedisFanout  # only with Redis: see limits/factory.py
+            from keyrelay.limits.redis import RedisLimits
+            from keyrelay.usage.stream import UsageStream
+
+            assert isinstance(self.limits, RedisLimits)
+            # The records settled into Redis by any process, and left there by one that died, reach the store.
+            self.usage_stream = UsageStream(self.redis, writer, key=self.limits.usage_stream)
+            await self.usage_stream.drain()
+            runtime.tasks.every(self.settings.usage_flush_interval_s, self.usage_stream.drain, name="usage-stream")
 
             fanout = RedisFanout(self.redis, runtime.cache, prefix=self.settings.redis_prefix)
             runtime.cache.on_invalidate = fanout.publish
@@ -154,6 +165,22 @@ class KeyrelayApp:
             )
         return writer
 
+    async def flush_usage(self) -> int:
+        """Write every usage record waiting in this process (and, with Redis, in the usage stream) to the store now.
+
+        Returns:
+            The number of records written.
+        """
+        written = await self.writer.flush() if self.writer is not None else 0
+        if self.usage_stream is not None:
+            written += await self.usage_stream.drain()
+        return written
+
+    async def unwritten_usage(self) -> int:
+        """Usage records not in the store yet: queued in this process, and in the usage stream with Redis."""
+        queued = self.writer.queued if self.writer is not None else 0
+        return queued + (await self.usage_stream.pending() if self.usage_stream is not None else 0)
+
     def reload(self) -> bool:
         """Reload keyrelay.yaml's providers and routing settings (``keyrelay/reload.py``); False: refused, logged."""
         gateway, runtime = self.gateway, self.runtime
@@ -184,6 +211,8 @@ class KeyrelayApp:
         await self.runtime.tasks.close()
         if self.writer is not None:
             await self.writer.close()
+        if self.usage_stream is not None:
+            await self.usage_stream.drain()  # the stream's records into the store, unless another process drains
         self.pool.close()
         await self.limits.close()  # closes the shared Redis client too
         await self.runtime.close()

@@ -397,9 +397,8 @@ class Gateway:
         attempts = self._attempts(channels, request.routing)
         settlement = self._settlement
 
-        async def record() -> None:  # before the response's last bytes: see Settlement.record
-            settlement.record(principal, request, outcome, request_id, client_ip, started, now)
-            await settlement.journaled()
+        async def record() -> None:  # before the response's last bytes: see Settlement.charge
+            await settlement.charge(principal, request, reservation, outcome, request_id, client_ip, started, now)
 
         try:
             if request.stream:

@@ -1,4 +1,4 @@
-"""Settlement of an admitted request: the limits backend's charge, the usage record, metrics and the log line."""
+"""Settlement of an admitted request: the limits charge, the durable usage record, metrics and the log line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from keyrelay.limits.periods import spend_period
 from keyrelay.metrics import Metrics
 from keyrelay.protocols.base import InboundRequest
 from keyrelay.protocols.canonical import Usage
-from keyrelay.usage.records import UsageRecord
+from keyrelay.usage.records import UsageRecord, record_to_json
 from keyrelay.usage.writer import UsageWriter
 
 log = logging.getLogger("keyrelay.gateway")
@@ -31,21 +31,25 @@ class Settlement:
         self._writer = writer
         self._metrics = metrics
 
-    def record(
+    async def charge(
         self,
         principal: Principal,
         request: InboundRequest,
+        reservation: Reservation,
         outcome: Outcome,
         request_id: str,
         client_ip: IPAddress | None,
         started: float,
         admitted_at: datetime,
     ) -> None:
-        """Price ``outcome`` and queue its usage record (journaled first, when the writer has a journal).
+        """Price ``outcome``, charge it against ``reservation`` and make its usage record durable.
 
-        Called, then ``journaled`` awaited, before the response's last bytes are sent, so that every response a
-        client saw complete has its record, even if the process is killed right after. Marks ``outcome.recorded``
-        and sets ``outcome.cost_micros``.
+        Awaited before the response's last bytes are sent, so that every response a client saw complete has its
+        record and its charge, even if the process is killed right after. With Redis the record goes into the
+        usage stream in the settlement's own atomic step (``limits/redis.py``, drained by ``usage/stream.py``);
+        otherwise, or if Redis did not take it, into the usage writer's queue and its local journal (this tick's
+        group commit, awaited). Charged against the admission time ``admitted_at`` (UTC): the charge belongs to
+        the periods the reservation was held in. Marks ``outcome.recorded`` and sets ``outcome.cost_micros``.
         """
         outcome.recorded = True
         channel = outcome.channel
@@ -54,41 +58,46 @@ class Settlement:
         outcome.cost_micros = cost
         key = principal.key
         ip = str(client_ip) if client_ip else None
-        self._writer.enqueue(
-            UsageRecord(
-                request_id=request_id,
-                created_at=admitted_at,
-                key_hash=key.hash,
-                key_name=key.name,
-                account_id=principal.account.id,
-                key_period=spend_period(principal.policy.limit_reset, admitted_at),
-                group_id=principal.group.id if principal.group else None,
-                group_period=spend_period(principal.group.quota_reset, admitted_at) if principal.group else None,
-                model=request.model,
-                provider=channel.provider if channel else None,
-                streamed=request.stream,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                protocol=request.protocol.value,
-                upstream_kind=channel.kind if channel else None,
-                cost_micros=cost,
-                usage_estimated=usage.estimated,
-                status=outcome.status,
-                error_type=outcome.error_type,
-                latency_ms=round((time.perf_counter() - started) * 1000),
-                ttft_ms=outcome.ttft_ms,
-                client_ip=ip,
-                attempts=orjson.dumps(outcome.attempts).decode() if outcome.attempts else None,
-            )
+        record = UsageRecord(
+            request_id=request_id,
+            created_at=admitted_at,
+            key_hash=key.hash,
+            key_name=key.name,
+            account_id=principal.account.id,
+            key_period=spend_period(principal.policy.limit_reset, admitted_at),
+            group_id=principal.group.id if principal.group else None,
+            group_period=spend_period(principal.group.quota_reset, admitted_at) if principal.group else None,
+            model=request.model,
+            provider=channel.provider if channel else None,
+            streamed=request.stream,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            protocol=request.protocol.value,
+            upstream_kind=channel.kind if channel else None,
+            cost_micros=cost,
+            usage_estimated=usage.estimated,
+            status=outcome.status,
+            error_type=outcome.error_type,
+            latency_ms=round((time.perf_counter() - started) * 1000),
+            ttft_ms=outcome.ttft_ms,
+            client_ip=ip,
+            attempts=orjson.dumps(outcome.attempts).decode() if outcome.attempts else None,
         )
-        self._writer.touch(key.hash, admitted_at, ip)
-
-    async def journaled(self) -> None:
-        """Wait until the records made so far are in the usage journal (this tick's group commit)."""
-        await self._writer.journaled()
+        writer = self._writer
+        writer.touch(key.hash, admitted_at, ip)
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        if self._limits.takes_records:
+            line = record_to_json(record)
+            if await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time(), record=line):
+                return
+            writer.enqueue(record)  # Redis did not take it (its settlement is deferred): the local journal keeps it
+        else:
+            writer.enqueue(record)
+            await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time())
+        await writer.journaled()
 
     async def settle(
         self,
@@ -101,20 +110,16 @@ class Settlement:
         started: float,
         admitted_at: datetime,
     ) -> None:
-        """Charge the cost of ``outcome`` against ``reservation``, count it in the metrics, log it.
+        """Count ``outcome`` in the metrics and log it, after charging it unless ``charge`` did already.
 
-        Records it first unless ``record`` did already. Settled against the admission time ``admitted_at`` (UTC):
-        the charge belongs to the periods the reservation was held in. Marks ``outcome.settled``.
+        Marks ``outcome.settled``.
         """
         outcome.settled = True
         if not outcome.recorded:
-            self.record(principal, request, outcome, request_id, client_ip, started, admitted_at)
+            await self.charge(principal, request, reservation, outcome, request_id, client_ip, started, admitted_at)
         channel = outcome.channel
         usage = outcome.usage or Usage(0, 0)
         cost = outcome.cost_micros
-        await self._limits.settle(
-            reservation, cost_micros=cost, tokens=usage.prompt_tokens + usage.completion_tokens, now=time.time()
-        )
         elapsed = time.perf_counter() - started
         key = principal.key
         model = request.model

@@ -138,12 +138,25 @@ class WindowUsage:
 class LimitsBackend(Protocol):
     """Where limit counters live."""
 
+    # Whether ``settle`` can keep a usage record in the same atomic step as the charge (Redis' usage stream).
+    takes_records: bool
+
     async def admit(self, request: AdmissionRequest) -> Admission:
         """Check every limit and reserve atomically; raise GatewayError (nothing held) when one is full."""
         ...
 
-    async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float) -> None:
-        """Replace the reservation by the actual cost and tokens (0 releases it)."""
+    async def settle(
+        self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float, record: bytes | None = None
+    ) -> bool:
+        """Replace the reservation by the actual cost and tokens (0 releases it).
+
+        ``record``: the request's usage record (``usage/records.py``'s JSON), for a backend that can keep it in the
+        same atomic step (Redis: the usage stream, drained into the store by ``usage/stream.py``).
+
+        Returns:
+            True if the backend took ``record`` (it reaches the store without the caller); False if the caller
+            must queue it itself (no record, a backend without a stream, or a settlement that was deferred).
+        """
         ...
 
     async def window_usage(

@@ -41,6 +41,8 @@ class _KeyState:
 class MemoryLimits:
     """Single-process limits backend."""
 
+    takes_records = False  # the usage writer's journal keeps the records of this shape
+
     def __init__(self) -> None:
         self._spend: dict[str, _Spend] = {}
         self._keys: dict[str, _KeyState] = {}
@@ -140,8 +142,10 @@ class MemoryLimits:
             raise window_refusal("tpm", request.tpm, window.retry_after(request.now, request.tpm, request.max_tokens))
         return window
 
-    async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float) -> None:
-        """Release the reservation and count the actual cost and tokens."""
+    async def settle(
+        self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float, record: bytes | None = None
+    ) -> bool:
+        """Release the reservation and count the actual cost and tokens; never takes ``record`` (False)."""
         for level in reservation.spend:
             state = self._spend.get(level.name)
             if state is not None:
@@ -149,13 +153,14 @@ class MemoryLimits:
                 state.spent += cost_micros
         key = self._keys.get(reservation.key_hash)
         if key is None:
-            return
+            return False
         if reservation.tpm_bucket is not None:
             window = key.windows.get("tpm")
             if window is not None:
                 window.adjust(reservation.tpm_bucket, tokens - reservation.max_tokens)
         if reservation.concurrent:
             key.in_flight = max(0, key.in_flight - 1)
+        return False
 
     async def window_usage(
         self, key_hash: str, windows: tuple[RequestWindow, ...], *, tpm: bool, now: float

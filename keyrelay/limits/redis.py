@@ -8,6 +8,7 @@ in which case this process falls back to its own in-memory limits until Redis an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -37,7 +38,10 @@ from keyrelay.limits.resp import LeanRedis
 log = logging.getLogger("keyrelay.limits")
 _FALLBACK_PREFIX = "local:"
 # The Lua scripts, by versioned name (lua/<name>.lua): bump the name on any change of behaviour.
-ADMIT, SETTLE, WINDOW_USAGE, MARK = "admit_v3", "settle_v1", "window_usage_v1", "mark_v1"
+ADMIT, SETTLE, WINDOW_USAGE, MARK = "admit_v3", "settle_v2", "window_usage_v1", "mark_v1"
+Arg = str | int | float | bytes  # a script argument
+# The usage stream's key, after the prefix: records settled with ``settle_v2.lua``, drained by ``usage/stream.py``.
+USAGE_STREAM = "usage"
 # How long a state mark is kept after its row's last change. A cached row older than a change is also
 # evicted by every process's store poll (``cache/sync.py``) within seconds, so a mark only has to outlive
 # that poll's worst delay (a store outage); a week is generous.
@@ -73,6 +77,8 @@ def _refusal(request: AdmissionRequest, reply: list[int]) -> Exception:
 class RedisLimits:
     """Limits backend on Redis (atomic Lua scripts, versioned by name)."""
 
+    takes_records = True  # settle_v2.lua appends the usage record to the usage stream
+
     def __init__(self, client: Redis, *, prefix: str = "keyrelay", fail_open: bool = False) -> None:
         """A backend on ``client``'s Redis: its scripts through a lean pipelined client (``resp.py``), if TCP."""
         self._redis = client
@@ -82,12 +88,13 @@ class RedisLimits:
         self._fallback = MemoryLimits()
         self._sources = {name: _script(f"{name}.lua") for name in (ADMIT, SETTLE, WINDOW_USAGE, MARK)}
         self._shas: dict[str, str] = {}  # script name → SHA1, once loaded
+        self._loading = asyncio.Lock()
         # After a failure, skip Redis for a second instead of making every request wait for a timeout.
         self._down_until = 0.0
         # Settlements Redis did not get (and costs admitted locally while failing open), replayed later.
-        self._deferred: deque[tuple[list[str], list[str | int | float]]] = deque(maxlen=1_000_000)
+        self._deferred: deque[tuple[list[str], list[Arg]]] = deque(maxlen=1_000_000)
         # State marks Redis did not get, replayed first (a mark only grows, so a late one is still right).
-        self._deferred_marks: deque[tuple[list[str], list[str | int | float]]] = deque(maxlen=100_000)
+        self._deferred_marks: deque[tuple[list[str], list[Arg]]] = deque(maxlen=100_000)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "keyrelay", fail_open: bool = False) -> RedisLimits:
@@ -109,17 +116,31 @@ class RedisLimits:
     def _mark_key(self, mark: str) -> str:
         return f"{self._prefix}:mark:{mark}"
 
-    async def _run(self, name: str, keys: list[str], args: list[str | int | float]) -> list[int]:
+    async def _run(self, name: str, keys: list[str], args: list[Arg]) -> list[int]:
         sha = self._shas.get(name)
         if sha is not None:
             try:
                 return await self._evalsha(sha, keys, args)
             except NoScriptError:
                 pass  # Redis restarted and lost its script cache: load it again below.
-        sha = self._shas[name] = await self._redis.script_load(self._sources[name])
-        return await self._evalsha(sha, keys, args)
+        return await self._evalsha(await self._load(name, sha), keys, args)
 
-    async def _evalsha(self, sha: str, keys: list[str], args: list[str | int | float]) -> list[int]:
+    async def _load(self, name: str, stale: str | None) -> str:
+        """The script's SHA1 after a SCRIPT LOAD, one load at a time.
+
+        A burst of first calls must not open a pooled connection each (redis-py's pool refuses beyond 100).
+        """
+        async with self._loading:
+            sha = self._shas.get(name)
+            if sha is None or sha == stale:
+                if self._lean is not None:
+                    sha = (await self._lean.execute("SCRIPT", "LOAD", self._sources[name])).decode()
+                else:
+                    sha = await self._redis.script_load(self._sources[name])
+                self._shas[name] = sha
+            return sha
+
+    async def _evalsha(self, sha: str, keys: list[str], args: list[Arg]) -> list[int]:
         if self._lean is not None:
             lean: list[int] = await self._lean.execute("EVALSHA", sha, len(keys), *keys, *args)
             return lean
@@ -136,7 +157,7 @@ class RedisLimits:
                 await self.check_current(request.marks)
             raise
         keys: list[str] = []
-        args: list[str | int | float] = [
+        args: list[Arg] = [
             repr(request.now),
             request.cost_micros,
             len(request.spend),
@@ -205,8 +226,23 @@ class RedisLimits:
         )
         return Admission(reservation=tagged, window=admission.window)
 
-    async def settle(self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float) -> None:
-        """One EVALSHA. If Redis is away, the settlement is kept and replayed by ``maintain``."""
+    @property
+    def usage_stream(self) -> str:
+        """The key of the usage stream the settlements append records to."""
+        return f"{self._prefix}:{USAGE_STREAM}"
+
+    async def settle(
+        self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float, record: bytes | None = None
+    ) -> bool:
+        """One EVALSHA of ``settle_v2.lua``: the charge and, if given, ``record`` appended to the usage stream.
+
+        If Redis is away (or was found away within the last second), the settlement is kept without its record
+        and replayed by ``maintain``, and False tells the caller to queue the record itself (its local journal).
+        A reservation admitted on the local fallback is settled there, and its cost replayed to Redis later.
+
+        Returns:
+            True if the record is in the usage stream.
+        """
         keys: list[str] = []
         for level in reservation.spend:
             keys += self._spend_keys(level)
@@ -215,12 +251,12 @@ class RedisLimits:
             if cost_micros and reservation.spend:
                 # Spend admitted locally must still reach the shared counters once Redis is back.
                 self._deferred.append((keys, [len(reservation.spend), "-", cost_micros, -1, 0, 0, 0]))
-            return
+            return False
         if reservation.tpm_bucket is not None:
             keys.append(self._window_key(reservation.key_hash, "tpm"))
         if reservation.concurrent:
             keys.append(self._flight_key(reservation.key_hash))
-        args: list[str | int | float] = [
+        args: list[Arg] = [
             len(reservation.spend),
             reservation.ident,
             cost_micros,
@@ -229,11 +265,21 @@ class RedisLimits:
             tokens,
             1 if reservation.concurrent else 0,
         ]
+        if time.monotonic() < self._down_until:
+            self._deferred.append((keys, args))
+            return False
         try:
-            await self._run(SETTLE, keys, args)
+            if record is None:
+                await self._run(SETTLE, keys, args)
+                return False
+            await self._run(SETTLE, [*keys, self.usage_stream], [*args, record])
         except (RedisError, OSError) as exc:
+            # Deferred without the record: the caller journals it locally; whichever copy reaches the store
+            # first is written, the other skipped (the request id is unique there).
             log.warning("could not settle reservation %s now, will retry: %s", reservation.ident, exc)
             self._deferred.append((keys, args))
+            return False
+        return True
 
     async def maintain(self) -> None:
         """Replay the marks and settlements Redis missed, oldest first, until one fails again."""
@@ -273,7 +319,7 @@ class RedisLimits:
         if tpm:
             keys.append(self._window_key(key_hash, "tpm"))
         keys.append(self._flight_key(key_hash))
-        args: list[str | int | float] = [repr(now), len(windows), 1 if tpm else 0, *(spec.seconds for spec in windows)]
+        args: list[Arg] = [repr(now), len(windows), 1 if tpm else 0, *(spec.seconds for spec in windows)]
         if time.monotonic() < self._down_until:
             return await self._local_usage(key_hash, windows, tpm, now, None)
         try:
@@ -309,7 +355,7 @@ class RedisLimits:
         if not marks:
             return
         keys = [self._mark_key(mark) for mark, _ in marks]
-        args: list[str | int | float] = [MARK_TTL_S, *(version for _, version in marks)]
+        args: list[Arg] = [MARK_TTL_S, *(version for _, version in marks)]
         try:
             await self._run(MARK, keys, args)
         except (RedisError, OSError) as exc:

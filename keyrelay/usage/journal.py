@@ -32,15 +32,11 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import orjson
 from sqlalchemy.engine import make_url
 
-from keyrelay.limits.periods import SpendPeriod
-from keyrelay.usage.records import UsageRecord
+from keyrelay.usage.records import UsageRecord, record_from_json, record_to_json
 
 log = logging.getLogger("keyrelay.usage")
 _SUFFIX = ".v1.jsonl"
@@ -74,34 +70,6 @@ def _sync_and_close(descriptors: list[int]) -> None:
         os.close(fd)
 
 
-def _record_line(record: UsageRecord) -> bytes:
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-
-
-def _period(value: Any) -> SpendPeriod | None:
-    if value is None:
-        return None
-    return SpendPeriod(reset=value["reset"], start=datetime.fromisoformat(value["start"]))
-
-
-def record_from_line(line: bytes) -> UsageRecord:
-    """A record from its journal line (the inverse of the writer's ``orjson.dumps``).
-
-    Raises:
-        ValueError: The line is not a whole record (a torn last line, another format).
-    """
-    fields = orjson.loads(line)
-    if not isinstance(fields, dict):
-        raise ValueError("not a record")
-    try:
-        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
-        fields["key_period"] = _period(fields["key_period"])
-        fields["group_period"] = _period(fields["group_period"])
-        return UsageRecord(**fields)
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"not a record: {exc}") from exc
-
-
 @dataclass(slots=True)
 class Orphan:
     """A dead process's journal directory, locked by this process until ``remove``."""
@@ -128,7 +96,7 @@ def _read_segments(directory: Path) -> list[UsageRecord]:
             if not line:
                 continue
             try:
-                records.append(record_from_line(line))
+                records.append(record_from_json(line))
             except ValueError as exc:
                 # Only a line being written when the process died can be torn, and its response never completed.
                 log.warning("usage journal %s line %d skipped (%s)", segment, number, exc)
@@ -210,7 +178,7 @@ class UsageJournal:
         if self._closed:
             log.error("usage record %s arrived after the journal was closed: not journaled", record.request_id)
             return self.segment
-        self._buffer.append(_record_line(record))
+        self._buffer.append(record_to_json(record, newline=True))
         if self._batch is None:
             try:
                 loop = asyncio.get_running_loop()

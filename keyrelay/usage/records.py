@@ -1,10 +1,16 @@
-"""The usage record: one request's accounting line, as the store, the journal and the writer know it."""
+"""The usage record: one request's accounting line, as the store, the journal, the Redis stream and the writer know it.
+
+Its JSON form (``record_to_json``) is the line format of the usage journal (``usage/journal.py``) and the entry of
+the Redis usage stream (``usage/stream.py``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from keyrelay.limits.periods import SpendPeriod
 
@@ -72,3 +78,32 @@ class UsageRecord:
             "upstream_kind": self.upstream_kind,
             "attempts": self.attempts,
         }
+
+
+def record_to_json(record: UsageRecord, *, newline: bool = False) -> bytes:
+    """The record as one JSON object (datetimes in RFC 3339, periods as ``{"reset", "start"}``), LF-ended if asked."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE if newline else 0)
+
+
+def _period(value: Any) -> SpendPeriod | None:
+    if value is None:
+        return None
+    return SpendPeriod(reset=value["reset"], start=datetime.fromisoformat(value["start"]))
+
+
+def record_from_json(data: bytes) -> UsageRecord:
+    """A record from its JSON form (the inverse of ``record_to_json``).
+
+    Raises:
+        ValueError: ``data`` is not a whole record (a torn journal line, another format).
+    """
+    fields = orjson.loads(data)
+    if not isinstance(fields, dict):
+        raise ValueError("not a record")
+    try:
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        fields["key_period"] = _period(fields["key_period"])
+        fields["group_period"] = _period(fields["group_period"])
+        return UsageRecord(**fields)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a record: {exc}") from exc

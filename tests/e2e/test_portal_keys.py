@@ -392,7 +392,7 @@ async def test_screenshots_of_the_key_and_admin_pages(
     for key in (busy.plaintext, busy.plaintext, spare.plaintext):
         assert await chat(portal, key) == 200
     assert await chat(portal, busy.plaintext, model="no-such-model") >= 400  # a failed request in the logs
-    await portal.app.writer.flush()  # type: ignore[union-attr]
+    await portal.app.flush_usage()
 
     context = await browser.new_context(
         base_url=portal.base_url,

@@ -63,7 +63,7 @@ async def chat(client: httpx.AsyncClient, key: str, model: str = "gpt-4o-mini") 
 
 async def flush(server: RunningServer) -> None:
     assert server.app.writer is not None
-    await server.app.writer.flush()
+    await server.app.flush_usage()
 
 
 async def read_all(client: httpx.AsyncClient, mgmt: str, limit: int, **params: str) -> list[dict[str, object]]:

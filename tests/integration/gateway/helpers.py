@@ -104,12 +104,10 @@ async def make_account(server: RunningServer, email: str, **fields: Any) -> Acco
 
 async def usage_rows(server: RunningServer, *request_ids: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The usage records of these requests (in the given order), flushing the writer until all are stored."""
-    writer = server.app.writer
-    assert writer is not None
     stmt = select(usage_records).where(usage_records.c.request_id.in_(request_ids))
 
     async def stored() -> dict[str, dict[str, Any]]:
-        await writer.flush()
+        await server.app.flush_usage()
         async with server.runtime.engine.connect() as conn:
             return {r["request_id"]: dict(r) for r in (await conn.execute(stmt)).mappings()}
 
@@ -121,8 +119,7 @@ async def usage_rows(server: RunningServer, *request_ids: str, timeout: float = 
 
 async def all_usage_rows(server: RunningServer) -> list[dict[str, Any]]:
     """Every usage record, in insertion order (after a flush)."""
-    assert server.app.writer is not None
-    await server.app.writer.flush()
+    await server.app.flush_usage()
     async with server.runtime.engine.connect() as conn:
         return [dict(r) for r in (await conn.execute(select(usage_records).order_by(usage_records.c.id))).mappings()]
 

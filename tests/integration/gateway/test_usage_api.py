@@ -26,7 +26,7 @@ async def test_usage_totals_and_groups(server: RunningServer, client: httpx.Asyn
     for key, model in ((a1, "gpt-4o-mini"), (a1, "gpt-4o"), (a2, "gpt-4o-mini"), (b1, "gpt-4o-mini")):
         await _chat(client, key, model)
     assert server.app.writer is not None
-    await server.app.writer.flush()
+    await server.app.flush_usage()
 
     h = {"Authorization": f"Bearer {alice_mgmt}"}
     r = await client.get("/api/v1/usage", headers=h)

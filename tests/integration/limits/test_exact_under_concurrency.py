@@ -23,7 +23,7 @@ async def _fire(client: httpx.AsyncClient, key: str, n: int) -> list[httpx.Respo
 
 async def _recorded_spend(server: RunningServer, **where: object) -> int:
     assert server.app.writer is not None
-    await server.app.writer.flush()
+    await server.app.flush_usage()
     stmt = select(func.coalesce(func.sum(usage_records.c.cost_micros), 0))
     for column, value in where.items():
         stmt = stmt.where(usage_records.c[column] == value)

@@ -44,7 +44,6 @@ from keyrelay.store.schema import accounts, groups, keys, spend_periods
 from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import MockUpstream
 from keyrelay.testing.poll import wait_until
-from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
 from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import auth, chat, chat_body, max_cost_micros
@@ -301,7 +300,8 @@ class Run:
             case Settle(pick=pick) if self.in_flight:
                 await self.settle(self.in_flight.pop(pick % len(self.in_flight)))
             case Flush():
-                await self.writer.flush()
+                assert self.app is not None
+                await self.app.flush_usage()
                 self.store_unflushed()
             case Advance(seconds=seconds):
                 self.clock.advance(seconds)
@@ -313,11 +313,6 @@ class Run:
                 await self.start()
         # An admission changes no figure shown (reservations are not subtracted): only its decision is checked.
         await self.check(views=not isinstance(op, Admit))
-
-    @property
-    def writer(self) -> UsageWriter:
-        assert self.app is not None and self.app.writer is not None
-        return self.app.writer
 
     async def admit(self, index: int, max_tokens: int) -> None:
         now = self.clock.now_utc()
@@ -347,14 +342,16 @@ class Run:
         self.in_flight.append(InFlight(task, gate, self.slots(index, now), [s for _, s, _ in levels], max_cost))
 
     async def settle(self, flight: InFlight) -> None:
-        queued = self.writer.queued
+        assert self.app is not None
+        queued = await self.app.unwritten_usage()
         self.mock.state.release(flight.gate)
         r = await flight.task
         assert r.status_code == 200, r.text
         usage = r.json()["usage"]
         cost = cost_of(usage["prompt_tokens"], usage["completion_tokens"])
         assert cost <= flight.max_cost
-        assert self.writer.queued == queued + 1  # settled, and its record queued, before the response arrived
+        # settled, and its record queued (or in the Redis usage stream), before the response arrived
+        assert await self.app.unwritten_usage() == queued + 1
         for slot in flight.levels:
             self.reserved[slot] -= flight.max_cost
         for slot in flight.slots:

@@ -27,7 +27,7 @@ async def spend_to_80_percent(server: RunningServer, key: str, key_hash: str) ->
     rt = server.runtime
     for _ in range(10):
         assert await chat(server, key) == 200
-        await server.app.writer.flush()  # type: ignore[union-attr]
+        await server.app.flush_usage()
         record = await rt.keys.get(key_hash=key_hash)
         assert record is not None
         if record.usage_micros * 100 >= 3000 * 80:

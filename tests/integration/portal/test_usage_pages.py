@@ -66,7 +66,7 @@ async def chat(portal: RunningServer, key: str, model: str = "gpt-4o-mini") -> i
 
 async def flush(portal: RunningServer) -> None:
     assert portal.app.writer is not None
-    await portal.app.writer.flush()
+    await portal.app.flush_usage()
 
 
 async def account_id(portal: RunningServer, email: str) -> int:

@@ -21,8 +21,8 @@ from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.engine import create_engine
 from keyrelay.store.schema import usage_records
-from keyrelay.usage.journal import UsageJournal, journal_base, orphans, record_from_line
-from keyrelay.usage.records import UsageRecord
+from keyrelay.usage.journal import UsageJournal, journal_base, orphans
+from keyrelay.usage.records import UsageRecord, record_from_json
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
 from tests.records import usage_record
@@ -54,7 +54,7 @@ def test_a_record_round_trips_through_its_line(tmp_path: Path) -> None:
     journal.append(record)
     journal.close(empty=False)
     (segment,) = journal.path.glob("*.jsonl")
-    assert record_from_line(segment.read_bytes().rstrip(b"\n")) == record
+    assert record_from_json(segment.read_bytes().rstrip(b"\n")) == record
 
 
 def test_only_dead_processes_journals_are_orphans(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_a_segment_that_cannot_be_opened_keeps_the_current_one(tmp_path: Path, m
     journal.release_before(5)
     journal.close(empty=False)
     (segment,) = journal.path.glob("*.jsonl")
-    assert [record_from_line(line).request_id for line in segment.read_bytes().splitlines()] == [
+    assert [record_from_json(line).request_id for line in segment.read_bytes().splitlines()] == [
         "req_journal0001",
         "req_journal0002",
     ]

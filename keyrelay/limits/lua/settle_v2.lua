@@ -1,7 +1,9 @@
--- settle_v1: replace one reservation by the actual cost and tokens.
--- KEYS: per spend level its hash and zset; then the tpm hash and the in-flight zset if used.
+-- settle_v2: replace one reservation by the actual cost and tokens, and append the request's usage record
+-- to the usage stream in the same atomic step (v1 had no record).
+-- KEYS: per spend level its hash and zset; then the tpm hash and the in-flight zset if used; then the usage
+--       stream if a record is given.
 -- ARGV: levels, reservation id, actual cost, tpm bucket (-1 = none), reserved tokens, actual tokens,
---       in-flight (1/0).
+--       in-flight (1/0), the usage record (JSON; "" = none).
 local nl = tonumber(ARGV[1])
 local rid = ARGV[2]
 local cost = tonumber(ARGV[3])
@@ -33,5 +35,9 @@ if tpm_bucket >= 0 then
 end
 if conc == 1 then
   redis.call('ZREM', KEYS[k], rid)
+  k = k + 1
+end
+if ARGV[8] and ARGV[8] ~= '' then
+  redis.call('XADD', KEYS[k], '*', 'r', ARGV[8])
 end
 return 1

@@ -1,0 +1,102 @@
+"""The Redis usage stream: records settled into Redis with their charge, drained into the store by any process.
+
+In the scaled-out shape (``KEYRELAY_REDIS_URL``) the settlement script (``limits/lua/settle_v2.lua``) appends each
+request's usage record to the stream ``<prefix>:usage`` in the same atomic step as its charge, before the
+response's last bytes are sent. So a response the client saw complete has its record in Redis, whatever happens
+to the process afterwards, and its cost is in the Redis spend counters exactly when its record is in the stream.
+
+Every gateway process drains the stream into the store, one at a time (a lock, ``<prefix>:usage:drain``, held
+for at most ``lock_ttl_s`` per batch: redis-py's ``Lock``): it reads the oldest entries (``XRANGE``), writes them
+with ``UsageWriter.replay`` (one transaction per batch, leaving out request ids the store holds already) and
+only then deletes them (``XDEL``). A drainer stopped at any point loses nothing (entries leave the stream only
+after their transaction committed) and counts nothing twice (entries written but not yet deleted are found in
+the store by the next drainer and skipped; ``usage_records.request_id`` is unique). An entry that is not a
+record (it can only come from another program or version) is moved to ``<prefix>:usage:rejected`` and logged,
+never dropped. Commands: https://redis.io/docs/latest/commands/xrange/, https://redis.io/docs/latest/commands/xdel/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import LockError, RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from keyrelay.usage.records import UsageRecord, record_from_json
+from keyrelay.usage.writer import UsageWriter
+
+log = logging.getLogger("keyrelay.usage")
+_Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
+
+
+class UsageStream:
+    """Drains one Redis usage stream into the store through a usage writer."""
+
+    def __init__(
+        self, client: Redis, writer: UsageWriter, *, key: str, batch: int = 500, lock_ttl_s: float = 2.0
+    ) -> None:
+        """A drainer of the stream ``key`` (``RedisLimits.usage_stream``) on ``client``, ``batch`` entries a time.
+
+        ``lock_ttl_s``: how long the drain lock outlives a drainer that died holding it (seconds); a drainer
+        renews it before each batch. A batch taking longer only lets a second drainer start early, which
+        writes nothing twice (see the module doc).
+        """
+        self._redis = client
+        self._writer = writer
+        self._key = key
+        self._rejected = key + ":rejected"
+        self._batch = batch
+        self._lock = client.lock(key + ":drain", timeout=lock_ttl_s, blocking=False, thread_local=False)
+
+    async def drain(self) -> int:
+        """Write the stream's records into the store, oldest first, until it is empty.
+
+        Does nothing if another process is draining (it holds the lock). A failure of Redis or of the store is
+        logged and ends this drain: the entries stay in the stream for the next one (every flush interval).
+
+        Returns:
+            The number of records written (those the store held already are not counted).
+        """
+        written = 0
+        try:
+            if not await self._lock.acquire():
+                return 0
+        except RedisError as exc:
+            log.warning("usage stream: cannot take the drain lock now: %s", exc)
+            return 0
+        try:
+            while True:
+                entries = cast(list[_Entry], await self._redis.xrange(self._key, count=self._batch))
+                if not entries:
+                    break
+                ids = [ident for ident, _ in entries]
+                records = await self._records(entries)
+                written += await self._writer.replay(records)
+                await self._redis.xdel(self._key, *ids)
+                if len(entries) < self._batch:
+                    break
+                await self._lock.reacquire()  # raises LockError if it was lost meanwhile
+        except (RedisError, LockError, SQLAlchemyError, OSError) as exc:
+            log.warning("usage stream: drain interrupted, the rest stays for the next one: %s", exc)
+        finally:
+            with contextlib.suppress(RedisError, LockError):  # expired or unreachable: it frees itself in lock_ttl_s
+                await self._lock.release()
+        return written
+
+    async def _records(self, entries: list[_Entry]) -> list[UsageRecord]:
+        """The records of ``entries``; an entry that is not one is moved to the rejected stream."""
+        records: list[UsageRecord] = []
+        for ident, fields in entries:
+            try:
+                records.append(record_from_json(fields[b"r"]))
+            except (KeyError, ValueError) as exc:
+                log.error("usage stream entry %s is not a usage record (%s): moved to %s", ident, exc, self._rejected)
+                await self._redis.xadd(self._rejected, cast(Any, fields) or {b"r": b""})
+        return records
+
+    async def pending(self) -> int:
+        """Entries in the stream, not yet in the store (``XLEN``)."""
+        return int(await self._redis.xlen(self._key))
