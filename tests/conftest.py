@@ -121,19 +121,20 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'keyrelay.db'}"
         return
-    async with _fresh_postgres() as url:
+    async with fresh_postgres() as url:
         yield url
 
 
 @pytest.fixture
 async def postgres_url() -> AsyncIterator[str]:
     """A brand-new empty PostgreSQL database of this run's own (for tests of the scaled-out shape; mark them)."""
-    async with _fresh_postgres() as url:
+    async with fresh_postgres() as url:
         yield url
 
 
 @contextlib.asynccontextmanager
-async def _fresh_postgres() -> AsyncIterator[str]:
+async def fresh_postgres() -> AsyncIterator[str]:
+    """A brand-new empty PostgreSQL database, dropped after (skipped, or failed in CI, without PostgreSQL)."""
     problem = await _pg_available()
     if problem:
         if IN_CI:

@@ -1,18 +1,22 @@
-"""SIGKILL under load loses no usage record and counts none twice (the embedded shape: the local usage journal).
+"""SIGKILL under load loses no usage record and counts none twice, in both shapes.
 
 A gateway serving a stream of plain and streamed requests is killed with SIGKILL; a new one started on the same
-database replays the dead process's journal. Every request whose response the client received whole has exactly
-one record, and the records' cost is exactly what the key, its group and its account were charged.
+database (and Redis) writes what the dead one left: the embedded shape replays its local usage journal, the
+scaled-out shape (PostgreSQL + Redis) drains the Redis usage stream the settlements wrote the records to. Every
+request whose response the client received whole has exactly one record, and the records' cost is exactly what
+the key, its group and its account were charged, in the store and, with Redis, in the Redis spend counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,12 @@ from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.store.schema import spend_periods, usage_records
 from keyrelay.testing.mock_upstream import MockUpstream
+from keyrelay.testing.poll import poll_until
 from keyrelay.testing.server import running_server
-from tests.conftest import TEST_ACTOR, make_api_key
+from tests.conftest import TEST_ACTOR, fresh_postgres, make_api_key
 from tests.integration.gateway.conftest import provider_for
 from tests.serving import wait_until_serving
+from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
 
 CLIENTS = 12
 KILL_AFTER = 150  # whole responses before the kill
@@ -86,11 +92,49 @@ async def _load(base_url: str, key: str, done: list[str], enough: asyncio.Event)
                 enough.set()
 
 
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=[pytest.mark.redis, pytest.mark.postgres])])
+async def shape(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """The deployment's environment: an SQLite file alone, or PostgreSQL + Redis (a fresh database and prefix)."""
+    if request.param == "embedded":
+        yield {"KEYRELAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'killed.db'}"}
+        return
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    try:
+        async with fresh_postgres() as url:
+            yield {"KEYRELAY_DATABASE_URL": url, "KEYRELAY_REDIS_URL": REDIS_URL, "KEYRELAY_REDIS_PREFIX": prefix}
+    finally:
+        await drop_prefix(client, prefix)
+        await client.aclose()
+
+
+async def _redis_spent(prefix: str) -> dict[str, int]:
+    """The settled spend of every Redis spend counter under ``prefix``: counter name → micro-dollars."""
+    client = await redis_client_or_skip()
+    try:
+        out: dict[str, int] = {}
+        async for name in client.scan_iter(match=f"{prefix}:spend:*", count=500):
+            if not name.endswith(b":resv"):
+                out[name.decode().removeprefix(f"{prefix}:spend:")] = int(await client.hget(name, "spent") or 0)
+        return out
+    finally:
+        await client.aclose()
+
+
+async def _stream_length(prefix: str) -> int:
+    client = await redis_client_or_skip()
+    try:
+        return int(await client.xlen(f"{prefix}:usage"))
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize("flush_interval", ["3600", "0.02"], ids=["nothing-flushed", "flushing-while-killed"])
 async def test_sigkill_under_load_loses_and_doubles_no_usage_record(
-    tmp_path: Path, mock: MockUpstream, flush_interval: str
+    tmp_path: Path, mock: MockUpstream, flush_interval: str, shape: dict[str, str]
 ) -> None:
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'killed.db'}"
+    database_url = shape["KEYRELAY_DATABASE_URL"]
+    prefix = shape.get("KEYRELAY_REDIS_PREFIX")
     key = await _setup(database_url)
     config = tmp_path / "keyrelay.yaml"
     config.write_text(
@@ -99,7 +143,8 @@ async def test_sigkill_under_load_loses_and_doubles_no_usage_record(
     )
     env = {
         **os.environ,
-        "KEYRELAY_DATABASE_URL": database_url,
+        **shape,
+        "KEYRELAY_USAGE_JOURNAL_DIR": str(tmp_path / "journal"),
         "KEYRELAY_CONFIG": str(config),
         "KEYRELAY_LOG_LEVEL": "warning",
         "KEYRELAY_USAGE_FLUSH_INTERVAL_S": flush_interval,
@@ -122,11 +167,14 @@ async def test_sigkill_under_load_loses_and_doubles_no_usage_record(
             proc.wait()
     assert len(done) >= KILL_AFTER
 
-    # A new process on the same database replays the journal at start-up, then stops cleanly.
+    # A new process on the same database replays the journal at start-up (and drains the Redis usage stream once
+    # the dead process's drain lock has expired), then stops cleanly.
     port = _free_port()
     proc = _serve(env, port, log)
     try:
         await wait_until_serving(f"http://127.0.0.1:{port}/healthz", exited=lambda: proc.poll() is not None)
+        if prefix is not None:
+            await poll_until(lambda: _stream_length(prefix), lambda n: n == 0, what="the usage stream drained")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
     finally:
@@ -160,53 +208,84 @@ async def test_sigkill_under_load_loses_and_doubles_no_usage_record(
     assert total > 0
     assert key_row.usage_micros == account.spent_micros == group.usage_micros == total
     assert periods == {"key": total}  # the key's daily period; the group's quota never resets
-    assert not list((tmp_path / "keyrelay-usage-journal").glob("*/*")), "the replayed journal was not removed"
-    assert "replayed the usage journal" in log.read_text() or flush_interval != "3600"
+    assert not list((tmp_path / "journal").glob("*/*")), "the replayed journal was not removed"
+    if prefix is None:
+        assert "replayed the usage journal" in log.read_text() or flush_interval != "3600"
+    else:
+        assert "replayed the usage journal" not in log.read_text()  # the stream had every record
+        # Every record's charge is in Redis' counters too: the key's day, the account's and the group's lifetime.
+        spent = await _redis_spent(prefix)
+        day = next(name for name in spent if name.startswith("key:") and ":daily:" in name)
+        assert spent[day] == total
+        assert spent[f"account:{account.id}:life"] == spent[f"group:{group.id}:life"] == total
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_the_record_is_journaled_before_the_last_bytes_are_sent(
-    tmp_path: Path, mock: MockUpstream, stream: bool
+@pytest.mark.parametrize("limits", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_the_record_is_durable_before_the_last_bytes_are_sent(
+    tmp_path: Path, mock: MockUpstream, stream: bool, limits: str
 ) -> None:
-    """The ordering the test above relies on, checked exactly: at the last body message the record is queued."""
+    """The ordering the test above relies on, checked exactly: at the last body message the record is kept.
+
+    In the embedded shape it is in the local journal's file; with Redis, in the usage stream, and its charge in
+    the key's spend counter.
+    """
+    client = await redis_client_or_skip() if limits == "redis" else None
+    prefix = f"kr-test-{secrets.token_hex(6)}"
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'order.db'}",
         usage_flush_interval_s=3600,
         log_level="warning",
         providers=(provider_for(mock),),
+        redis_url=REDIS_URL if client is not None else None,
+        redis_prefix=prefix,
     )
-    async with running_server(settings) as server:
-        key = await make_api_key(server, "order@example.com")
-        writer = server.app.writer
-        assert writer is not None
-        journal = writer._journal
-        assert journal is not None
-        seen: list[tuple[bool, int]] = []  # (more_body, records in the journal's files) at each body message
+    seen: list[tuple[bool, int, int]] = []  # (more_body, records kept, micro-dollars charged) at each body message
+    try:
+        async with running_server(settings) as server:
+            key = await make_api_key(server, "order@example.com", limit=1, limit_reset="daily")
+            writer = server.app.writer
+            assert writer is not None
+            journal = writer._journal
+            assert journal is not None
 
-        def journaled() -> int:
-            return sum(len(p.read_bytes().splitlines()) for p in journal.path.glob("*.jsonl"))
+            async def kept() -> tuple[int, int]:
+                if client is None:
+                    return sum(len(p.read_bytes().splitlines()) for p in journal.path.glob("*.jsonl")), 0
+                spent = 0
+                async for name in client.scan_iter(match=f"{prefix}:spend:key:*", count=100):
+                    if not name.endswith(b":resv"):
+                        spent += int(await client.hget(name, "spent") or 0)
+                return int(await client.xlen(f"{prefix}:usage")), spent
 
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.body":
-                seen.append((message.get("more_body", False), journaled()))
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.body":
+                    seen.append((message.get("more_body", False), *(await kept())))
 
-        body = orjson.dumps({**BODY, "stream": stream})
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
+            body = orjson.dumps({**BODY, "stream": stream})
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
 
-        async def receive() -> dict[str, Any]:
-            if messages:
-                return messages.pop()
-            await asyncio.Event().wait()  # no disconnect
-            raise AssertionError
+            async def receive() -> dict[str, Any]:
+                if messages:
+                    return messages.pop()
+                await asyncio.Event().wait()  # no disconnect
+                raise AssertionError
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/v1/chat/completions",
-            "query_string": b"",
-            "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 5000),
-        }
-        await server.app(scope, receive, send)
-    assert seen[-1] == (False, 1)  # the last bytes went out with the record already written to the journal
-    assert all(queued == 0 for more, queued in seen[:-1])
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "query_string": b"",
+                "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")],
+                "client": ("127.0.0.1", 5000),
+            }
+            await server.app(scope, receive, send)
+    finally:
+        if client is not None:
+            await drop_prefix(client, prefix)
+            await client.aclose()
+    more, records, charged = seen[-1]
+    assert (more, records) == (False, 1)  # the last bytes went out with the record already kept
+    assert all(queued == 0 for _, queued, _ in seen[:-1])
+    if limits == "redis":
+        assert charged > 0 and all(c == 0 for _, _, c in seen[:-1])  # and charged, in the same step

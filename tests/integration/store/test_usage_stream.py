@@ -1,0 +1,175 @@
+"""The Redis usage stream: the settlement appends the record with its charge; any process drains it exactly once."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from keyrelay.config import Settings
+from keyrelay.keys.spec import KeyCreate
+from keyrelay.limits.backend import AdmissionRequest, SpendLevel
+from keyrelay.limits.periods import spend_period
+from keyrelay.limits.redis import RedisLimits
+from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.services.inputs import AccountCreate
+from keyrelay.store.engine import create_engine
+from keyrelay.store.schema import usage_records
+from keyrelay.usage.records import UsageRecord, record_from_json, record_to_json
+from keyrelay.usage.stream import UsageStream
+from keyrelay.usage.writer import UsageWriter
+from tests.conftest import TEST_ACTOR
+from tests.records import usage_record
+from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
+
+pytestmark = pytest.mark.redis
+AT = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+
+
+@dataclass
+class Setup:
+    runtime: Runtime
+    redis: Redis
+    prefix: str
+    key_hash: str
+    account_id: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.prefix}:usage"
+
+    def record(self, n: int, cost: int = 100) -> UsageRecord:
+        return usage_record(
+            f"req_stream{n:04d}",
+            AT,
+            key_hash=self.key_hash,
+            account_id=self.account_id,
+            key_period=spend_period("daily", AT),
+            cost_micros=cost,
+        )
+
+    async def add(self, *records: UsageRecord) -> None:
+        for record in records:
+            await self.redis.xadd(self.key, {b"r": record_to_json(record)})
+
+    async def stored(self) -> tuple[int, int, int]:
+        """(records in the store, the key's usage, the account's spent), micro-dollars."""
+        async with self.runtime.engine.connect() as conn:
+            count = (await conn.execute(select(func.count()).select_from(usage_records))).scalar_one()
+        key = await self.runtime.keys.get(key_hash=self.key_hash)
+        owner = await self.runtime.accounts.get(account_id=self.account_id)
+        assert key is not None and owner is not None
+        return count, key.usage_micros, owner.spent_micros
+
+
+@pytest.fixture
+async def setup(database_url: str) -> AsyncIterator[Setup]:
+    redis = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    runtime = await open_runtime(Settings(database_url=database_url))
+    try:
+        account = await runtime.account_service.create_account(AccountCreate(email="s@example.com"), actor=TEST_ACTOR)
+        issued = await runtime.key_service.create(account=account, spec=KeyCreate(name="s"), actor=TEST_ACTOR)
+        yield Setup(runtime, redis, prefix, issued.record.hash, account.id)
+    finally:
+        await runtime.close()
+        await drop_prefix(redis, prefix)
+        await redis.aclose()
+
+
+async def test_a_drain_writes_each_record_once_and_empties_the_stream(setup: Setup) -> None:
+    writer = UsageWriter(setup.runtime.engine)
+    records = [setup.record(n) for n in range(7)]
+    await setup.add(*records)
+    # Two were written and committed by a drainer that died before its XDEL: still in the stream, and in the store.
+    assert await writer.replay(records[:2]) == 2
+    stream = UsageStream(setup.redis, writer, key=setup.key, batch=3)
+    assert await stream.drain() == 5
+    assert await stream.pending() == 0
+    assert await setup.stored() == (7, 700, 700)
+    await setup.add(records[6])  # delivered twice (a replayed settlement): written once
+    assert await stream.drain() == 0
+    assert await setup.stored() == (7, 700, 700)
+
+
+async def test_one_process_drains_at_a_time(setup: Setup) -> None:
+    writer = UsageWriter(setup.runtime.engine)
+    await setup.add(setup.record(1))
+    other = setup.redis.lock(setup.key + ":drain", timeout=30, blocking=False)
+    assert await other.acquire()
+    stream = UsageStream(setup.redis, writer, key=setup.key)
+    assert await stream.drain() == 0  # another process is draining
+    assert await stream.pending() == 1
+    await other.release()
+    assert await stream.drain() == 1
+    assert await setup.stored() == (1, 100, 100)
+
+
+async def test_an_entry_that_is_no_record_is_set_aside_not_lost(setup: Setup) -> None:
+    writer = UsageWriter(setup.runtime.engine)
+    await setup.redis.xadd(setup.key, {b"r": b'{"not": "a record"}'})
+    await setup.redis.xadd(setup.key, {b"x": b"1"})
+    await setup.add(setup.record(1))
+    assert await UsageStream(setup.redis, writer, key=setup.key).drain() == 1
+    rejected = await setup.redis.xrange(setup.key + ":rejected")
+    assert [fields for _, fields in rejected] == [{b"r": b'{"not": "a record"}'}, {b"x": b"1"}]
+    assert await setup.redis.xlen(setup.key) == 0
+
+
+async def test_a_store_failure_leaves_the_records_in_the_stream(setup: Setup, tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")  # a database with no tables
+    await setup.add(setup.record(1), setup.record(2))
+    try:
+        assert await UsageStream(setup.redis, UsageWriter(engine), key=setup.key).drain() == 0
+    finally:
+        await engine.dispose()
+    assert await setup.redis.xlen(setup.key) == 2
+    writer = UsageWriter(setup.runtime.engine)
+    assert await UsageStream(setup.redis, writer, key=setup.key).drain() == 2  # the lock was released
+    assert await setup.stored() == (2, 200, 200)
+
+
+async def test_settle_appends_the_record_in_the_same_step_as_the_charge(setup: Setup) -> None:
+    limits = RedisLimits.from_url(REDIS_URL, prefix=setup.prefix)
+    level = SpendLevel("key", setup.key_hash, "life", 10_000, 0, None)
+    request = AdmissionRequest(setup.key_hash, "req_a", 0.0, 500, (level,), (), None, 0, None)
+    try:
+        await check_settle(setup, limits, level, request)
+    finally:
+        await limits.close()
+
+
+async def check_settle(setup: Setup, limits: RedisLimits, level: SpendLevel, request: AdmissionRequest) -> None:
+    admission = await limits.admit(request)
+    line = record_to_json(setup.record(1, cost=120))
+    assert await limits.settle(admission.reservation, cost_micros=120, tokens=0, now=0.0, record=line)
+    [(_, fields)] = await setup.redis.xrange(setup.key)
+    assert record_from_json(fields[b"r"]) == setup.record(1, cost=120)
+    assert await limits.spent(level) == 120
+    # Without a record, nothing is appended (a settlement replayed after Redis was away).
+    admission = await limits.admit(AdmissionRequest(setup.key_hash, "req_b", 0.0, 500, (level,), (), None, 0, None))
+    assert not await limits.settle(admission.reservation, cost_micros=30, tokens=0, now=0.0)
+    assert await setup.redis.xlen(setup.key) == 1 and await limits.spent(level) == 150
+
+
+async def test_settle_gives_the_record_back_when_redis_is_away(setup: Setup) -> None:
+    limits = RedisLimits.from_url(REDIS_URL, prefix=setup.prefix)
+    level = SpendLevel("key", setup.key_hash, "life", 10_000, 0, None)
+    try:
+        admission = await limits.admit(AdmissionRequest(setup.key_hash, "req_a", 0.0, 500, (level,), (), None, 0, None))
+    finally:
+        await limits.close()
+    away = RedisLimits(Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), prefix=setup.prefix)
+    line = record_to_json(setup.record(1, cost=120))
+    try:
+        assert not await away.settle(admission.reservation, cost_micros=120, tokens=0, now=0.0, record=line)
+        assert away.deferred == 1  # the charge is replayed later, without the record (the caller journals it)
+    finally:
+        await away.close()
+    assert await setup.redis.xlen(setup.key) == 0
