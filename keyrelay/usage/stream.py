@@ -11,8 +11,9 @@ with ``UsageWriter.replay`` (one transaction per batch, leaving out request ids 
 only then deletes them (``XDEL``). A drainer stopped at any point loses nothing (entries leave the stream only
 after their transaction committed) and counts nothing twice (entries written but not yet deleted are found in
 the store by the next drainer and skipped; ``usage_records.request_id`` is unique). An entry that is not a
-record (it can only come from another program or version) is moved to ``<prefix>:usage:rejected`` and logged,
-never dropped. Commands: https://redis.io/docs/latest/commands/xrange/, https://redis.io/docs/latest/commands/xdel/.
+record (it can only come from another program or version), or one the store refuses (a value too long for its
+column), is moved to ``<prefix>:usage:rejected`` and logged, never dropped, and never holds up the others.
+Commands: https://redis.io/docs/latest/commands/xrange/, https://redis.io/docs/latest/commands/xdel/.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import LockError, RedisError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from keyrelay.usage.records import UsageRecord, record_from_json
 from keyrelay.usage.writer import UsageWriter
 
 log = logging.getLogger("keyrelay.usage")
 _Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
+_Read = tuple[bytes, dict[bytes, bytes], UsageRecord]  # an entry and its record
 
 
 class UsageStream:
@@ -74,7 +76,11 @@ class UsageStream:
                     break
                 ids = [ident for ident, _ in entries]
                 records = await self._records(entries)
-                written += await self._writer.replay(records)
+                try:
+                    written += await self._writer.replay([record for _, _, record in records])
+                except (DataError, IntegrityError):
+                    # A record the store refuses (a value it cannot hold) must not stop every later one: one by one.
+                    written += await self._one_by_one(records)
                 await self._redis.xdel(self._key, *ids)
                 if len(entries) < self._batch:
                     break
@@ -86,16 +92,29 @@ class UsageStream:
                 await self._lock.release()
         return written
 
-    async def _records(self, entries: list[_Entry]) -> list[UsageRecord]:
-        """The records of ``entries``; an entry that is not one is moved to the rejected stream."""
-        records: list[UsageRecord] = []
+    async def _records(self, entries: list[_Entry]) -> list[_Read]:
+        """The records of ``entries``, each with its entry; an entry that is not one is moved to the rejected stream."""
+        records: list[_Read] = []
         for ident, fields in entries:
             try:
-                records.append(record_from_json(fields[b"r"]))
+                records.append((ident, fields, record_from_json(fields[b"r"])))
             except (KeyError, ValueError) as exc:
-                log.error("usage stream entry %s is not a usage record (%s): moved to %s", ident, exc, self._rejected)
-                await self._redis.xadd(self._rejected, cast(Any, fields) or {b"r": b""})
+                await self._reject(ident, fields, f"not a usage record: {exc}")
         return records
+
+    async def _one_by_one(self, records: list[_Read]) -> int:
+        """Write each record alone; one the store refuses is moved to the rejected stream."""
+        written = 0
+        for ident, fields, record in records:
+            try:
+                written += await self._writer.replay([record])
+            except (DataError, IntegrityError) as exc:
+                await self._reject(ident, fields, f"refused by the store: {type(exc.orig).__name__}")
+        return written
+
+    async def _reject(self, ident: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        log.error("usage stream entry %s set aside in %s (%s)", ident.decode(), self._rejected, reason)
+        await self._redis.xadd(self._rejected, cast(Any, fields) or {b"r": b""})
 
     async def pending(self) -> int:
         """Entries in the stream, not yet in the store (``XLEN``)."""

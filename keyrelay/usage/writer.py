@@ -244,7 +244,11 @@ class UsageWriter:
         """
         written = 0
         for start in range(0, len(records), self._max_batch):
-            written += await self._write(records[start : start + self._max_batch], {}, skip_stored=True)
+            batch = records[start : start + self._max_batch]
+            try:
+                written += await self._write(batch, {})  # most often none is stored: no lookup first
+            except IntegrityError:
+                written += await self._write(batch, {}, skip_stored=True)  # the failed transaction charged nothing
         return written
 
     async def sync(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -172,4 +172,15 @@ async def test_settle_gives_the_record_back_when_redis_is_away(setup: Setup) -> 
         assert away.deferred == 1  # the charge is replayed later, without the record (the caller journals it)
     finally:
         await away.close()
+    assert await setup.redis.xlen(setup.key) == 0
+
+
+async def test_a_record_the_store_refuses_is_set_aside_and_holds_up_no_other(setup: Setup) -> None:
+    writer = UsageWriter(setup.runtime.engine)
+    refused = replace(setup.record(2), key_name=None)  # type: ignore[arg-type]  # NOT NULL in the store
+    await setup.add(setup.record(1), refused, setup.record(3))
+    assert await UsageStream(setup.redis, writer, key=setup.key).drain() == 2
+    assert await setup.stored() == (2, 200, 200)
+    [(_, fields)] = await setup.redis.xrange(setup.key + ":rejected")
+    assert fields == {b"r": record_to_json(refused)}
     assert await setup.redis.xlen(setup.key) == 0
