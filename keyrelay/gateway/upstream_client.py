@@ -299,7 +299,7 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamResponse:
-    """A response whose status and headers have arrived; the body is read with ``read`` or ``chunks``."""
+    """A response whose status and headers have arrived: read its body with ``read``, ``next_chunk`` or ``chunks``."""
 
     def __init__(self, pool: UpstreamPool, key: Origin, conn: _Connection, read_timeout: float) -> None:
         self._pool = pool
@@ -323,13 +323,20 @@ class UpstreamResponse:
         conn = self._conn
         return conn.complete and not conn.body
 
+    async def next_chunk(self) -> bytes | None:
+        """The body bytes that arrived since the last call (chunked encoding removed); None at the end (released).
+
+        A coroutine, not an async generator: the event loop tracks every async generator in a weak set (for
+        ``shutdown_asyncgens``), which would cost each stream an add and a discard.
+        """
+        chunk = await self._conn.next_chunk(self._timeout)
+        if chunk is None:
+            self.release()
+        return chunk
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive (chunked encoding already removed)."""
-        while True:
-            chunk = await self._conn.next_chunk(self._timeout)
-            if chunk is None:
-                self.release()
-                return
+        while (chunk := await self.next_chunk()) is not None:
             yield chunk
 
     async def read(self) -> bytes:
