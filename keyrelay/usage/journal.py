@@ -25,13 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
+import operator
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,29 @@ def _sync_and_close(descriptors: list[int]) -> None:
         os.close(fd)
 
 
+_FIELDS = tuple(field.name for field in fields(UsageRecord))
+_VALUES = operator.attrgetter(*_FIELDS)
+
+
+@functools.lru_cache(maxsize=64)
+def _period_json(period: SpendPeriod) -> orjson.Fragment:
+    # A period is one shared object for a whole day of records (limits/periods.py): serialised once.
+    return orjson.Fragment(orjson.dumps(period))
+
+
 def _record_line(record: UsageRecord) -> bytes:
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    """The record's journal line: what ``orjson.dumps(record)`` gives, in about half its time.
+
+    orjson serialises a slotted dataclass field by field through Python attribute lookups, the two nested
+    periods included; a dict of the same fields, in the same order, with the periods as prebuilt fragments,
+    gives the same bytes.
+    """
+    values = dict(zip(_FIELDS, _VALUES(record), strict=True))
+    if record.key_period is not None:
+        values["key_period"] = _period_json(record.key_period)
+    if record.group_period is not None:
+        values["group_period"] = _period_json(record.group_period)
+    return orjson.dumps(values, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _period(value: Any) -> SpendPeriod | None:
