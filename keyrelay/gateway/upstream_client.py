@@ -193,7 +193,12 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.body:
+                self._wake()  # the body read before the fault is handed out first, as it arrived
             self._fail(UpstreamConnectionError(f"invalid HTTP response from upstream: {exc}", _INVALID))
+            return
+        if self.body:
+            self._wake()  # once per read, however many body chunks it held (a whole stream can come in one)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -235,7 +240,6 @@ class _Connection(asyncio.Protocol):
         if self.buffered > _HIGH_WATER and self.transport is not None and not self._paused:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         if self.status < 200:
