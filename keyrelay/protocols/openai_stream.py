@@ -230,8 +230,8 @@ class StreamRelay:
     def _around_matches(self, blocks: bytes, usage: re.Match[bytes] | None, error: bool) -> bytes:
         """LF framing: pass only the blocks holding a match through :meth:`_event`.
 
-        Without an error to scrub or a usage chunk to hide, no event can change: the blocks are only read, and
-        passed on as they came.
+        When every event comes back as it was (nothing hidden or scrubbed: the usual read with the usage chunk),
+        the blocks are passed on as they came, not joined again from pieces.
         """
         starts: list[int] = []
         if usage is not None:
@@ -239,12 +239,11 @@ class StreamRelay:
         if error:
             starts += [match.start() for match in _ERROR_KEY.finditer(blocks)]
             starts += [match.start() for match in _ERROR_EVENT.finditer(blocks)]
-        if b"[DONE]" in blocks:
-            starts += _occurrences(blocks, b"[DONE]")
+        starts += _occurrences(blocks, b"[DONE]")
         if len(starts) > 1:
             starts.sort()
-        unchanged = not self._hide and not error  # _event returns every block as it came
         kept: list[bytes] = []
+        changed = False
         pos = 0
         for at in starts:
             if at < pos:
@@ -254,12 +253,11 @@ class StreamRelay:
             end = blocks.find(b"\n\n", at)
             end = len(blocks) if end < 0 else end + 2
             block = blocks[start:end]
-            if unchanged:
-                self._lf_block(block)
-            else:
-                kept += (blocks[pos:start], self._lf_block(block))
+            out = self._lf_block(block)
+            changed = changed or out is not block
+            kept += (blocks[pos:start], out)
             pos = end
-        if unchanged:
+        if not changed:
             return blocks
         kept.append(blocks[pos:])
         return b"".join(kept)
