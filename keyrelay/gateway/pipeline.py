@@ -803,6 +803,8 @@ class Gateway:
                 await send({"type": "http.response.body", "body": b"".join(held) + rest})
             finally:
                 response.release()
+                if not outcome.recorded:  # cancelled, or a failure before the record: settled after this
+                    self._ended(call, relay, outcome, None)
             return
         watcher = DisconnectWatch(receive)
         failure: GatewayError | None = None
