@@ -351,8 +351,10 @@ class UpstreamResponse:
             conn.buffered = 0
             self.release()
             return data
-        parts = [chunk async for chunk in self.chunks()]
-        return b"".join(parts)
+        parts: list[bytes] = []
+        while (chunk := await self.next_chunk()) is not None:
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
         """Return the connection to the pool if the response was read to the end, else close it."""
