@@ -13,7 +13,7 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -720,12 +720,12 @@ class Gateway:
 
     async def _commit(
         self, call: Call, attempts: Attempts, outcome: Outcome, started: float
-    ) -> tuple[UpstreamResponse, AsyncIterator[bytes], Relay, list[bytes]]:
+    ) -> tuple[UpstreamResponse, Relay, list[bytes]]:
         """Open a stream on the plan's channels and read it up to its first content: the commit point.
 
         A stream that ends, breaks, times out or sends an error event before that fails over like any
-        failed attempt (nothing has reached the client yet). Returns the answer, its chunk iterator (to
-        read on from), its relay, and the relayed bytes held so far (to send first).
+        failed attempt (nothing has reached the client yet). Returns the answer (to read on from), its
+        relay, and the relayed bytes held so far (to send first).
         """
         while True:
             response, credential = await self._open(call, attempts, outcome)
@@ -735,7 +735,6 @@ class Gateway:
             channel = outcome.channel
             assert channel is not None
             relay = self._relay(call, channel)
-            chunks = response.chunks().__aiter__()
             held: list[bytes] = []
             size = 0
             t0 = time.perf_counter()
@@ -743,9 +742,8 @@ class Gateway:
             committed = False
             try:
                 while not committed:
-                    try:
-                        chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
+                    chunk = await response.next_chunk()
+                    if chunk is None:
                         failure = _early_failure("ended before any content")
                         break
                     if outcome.ttft_ms is None:
@@ -769,7 +767,7 @@ class Gateway:
             if failure is None:
                 attempts.succeeded(channel, credential, response.status, latency)
                 outcome.attempts = attempts.records
-                return response, chunks, relay, held
+                return response, relay, held
             response.release()
             outcome.ttft_ms = None
             attempts.failed(channel, credential, failure, latency)
@@ -785,29 +783,43 @@ class Gateway:
         started: float,
         record: Callable[[], Awaitable[None]],
     ) -> None:
-        response, chunks, relay, held = await self._commit(call, attempts, outcome, started)
+        response, relay, held = await self._commit(call, attempts, outcome, started)
         outcome.overhead_s = time.perf_counter() - started - outcome.upstream_s
         outcome.status = response.status
         sse = call.sse
         headers = self._headers(window, outcome.overhead_s * 1000, b"text/event-stream" if sse else b"application/json")
         headers.append((b"cache-control", b"no-cache"))
+        start = {"type": "http.response.start", "status": response.status, "headers": headers}
+        if response.ended:
+            # The whole stream came before the commit (a short answer): nothing is left to read, so nothing to watch
+            # for a disconnect, and the record is journaled before the status line, which goes with the bytes.
+            try:
+                rest, closing = relay.close()
+                self._ended(call, relay, outcome, closing)
+                await record()
+                outcome.started = True
+                await send(start)
+                await send({"type": "http.response.body", "body": b"".join(held) + rest})
+            finally:
+                response.release()
+                if not outcome.recorded:  # cancelled, or a failure before the record: settled after this
+                    self._ended(call, relay, outcome, None)
+            return
         watcher = DisconnectWatch(receive)
         failure: GatewayError | None = None
         try:
             outcome.started = True
-            await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            last = b"".join(held)  # the bytes of the upstream's last read, when the stream ended with it
-            if not response.ended:
-                if last:
-                    await send({"type": "http.response.body", "body": last, "more_body": True})
-                    last = b""
-                async for chunk in chunks:
-                    out = relay.feed(chunk)
-                    if response.ended:
-                        last = out  # nothing more can come: sent with the closing bytes, in one write
-                        break
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
+            await send(start)
+            last = b""  # the bytes of the upstream's last read: sent with the closing bytes, in one write
+            if held:
+                await send({"type": "http.response.body", "body": b"".join(held), "more_body": True})
+            while (chunk := await response.next_chunk()) is not None:
+                out = relay.feed(chunk)
+                if response.ended:
+                    last = out  # nothing more can come
+                    break
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
             rest, failure = relay.close()
             self._ended(call, relay, outcome, failure)
             await record()  # before the last bytes: a stream the client saw end has its usage record

@@ -193,7 +193,12 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.body:
+                self._wake()  # the body read before the fault is handed out first, as it arrived
             self._fail(UpstreamConnectionError(f"invalid HTTP response from upstream: {exc}", _INVALID))
+            return
+        if self.body:
+            self._wake()  # once per read, however many body chunks it held (a whole stream can come in one)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -235,7 +240,6 @@ class _Connection(asyncio.Protocol):
         if self.buffered > _HIGH_WATER and self.transport is not None and not self._paused:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         if self.status < 200:
@@ -299,7 +303,7 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamResponse:
-    """A response whose status and headers have arrived; the body is read with ``read`` or ``chunks``."""
+    """A response whose status and headers have arrived: read its body with ``read``, ``next_chunk`` or ``chunks``."""
 
     def __init__(self, pool: UpstreamPool, key: Origin, conn: _Connection, read_timeout: float) -> None:
         self._pool = pool
@@ -323,13 +327,20 @@ class UpstreamResponse:
         conn = self._conn
         return conn.complete and not conn.body
 
+    async def next_chunk(self) -> bytes | None:
+        """The body bytes that arrived since the last call (chunked encoding removed); None at the end (released).
+
+        A coroutine, not an async generator: the event loop tracks every async generator in a weak set (for
+        ``shutdown_asyncgens``), which would cost each stream an add and a discard.
+        """
+        chunk = await self._conn.next_chunk(self._timeout)
+        if chunk is None:
+            self.release()
+        return chunk
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive (chunked encoding already removed)."""
-        while True:
-            chunk = await self._conn.next_chunk(self._timeout)
-            if chunk is None:
-                self.release()
-                return
+        while (chunk := await self.next_chunk()) is not None:
             yield chunk
 
     async def read(self) -> bytes:
@@ -340,8 +351,10 @@ class UpstreamResponse:
             conn.buffered = 0
             self.release()
             return data
-        parts = [chunk async for chunk in self.chunks()]
-        return b"".join(parts)
+        parts: list[bytes] = []
+        while (chunk := await self.next_chunk()) is not None:
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
         """Return the connection to the pool if the response was read to the end, else close it."""

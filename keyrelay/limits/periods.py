@@ -45,11 +45,13 @@ def period_end(reset: str | None, now: datetime) -> datetime | None:
     return start.replace(year=year, month=month)
 
 
+@functools.lru_cache(maxsize=256)
 def counter_name(reset: str, start: datetime) -> str:
     """The name of one period's spend counter, e.g. ``"daily:2026-11-23"``.
 
     The limits backends (``SpendLevel.counter``), the usage writer and the store's spend ledger all name a
-    period this way, so a charge reaches the same period everywhere.
+    period this way, so a charge reaches the same period everywhere. Cached: every usage record asks for the
+    names of its periods (``SpendPeriod.counter``) when queued and again when written, and they change once a day.
     """
     return f"{reset}:{start.date().isoformat()}"
 

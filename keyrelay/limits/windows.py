@@ -114,8 +114,9 @@ class SlidingWindow:
         """Correct an earlier ``add`` in ``bucket`` (tpm settlement), if it is still in the window."""
         for entry in self._buckets:
             if entry[0] == bucket:
-                entry[1] = max(0, entry[1] + delta)
-                self._total = sum(e[1] for e in self._buckets)
+                before = entry[1]
+                entry[1] = max(0, before + delta)
+                self._total += entry[1] - before  # the total is the buckets' sum: no need to add them up again
                 return
 
     def retry_after(self, now: float, limit: int, weight: int) -> float:

@@ -206,48 +206,67 @@ class StreamRelay:
             if self._held_bytes > _ESTIMATE_BATCH:
                 self._count_held()
         has_usage = b'"usage"' in blocks
-        if (has_usage and _USAGE_OBJECT.search(blocks)) or (
-            b"error" in blocks and (_ERROR_KEY.search(blocks) or _ERROR_EVENT.search(blocks))
-        ):
-            return self._scan(blocks)
+        usage = _USAGE_OBJECT.search(blocks) if has_usage else None
+        error = b"error" in blocks
+        if usage is not None or (error and (_ERROR_KEY.search(blocks) or _ERROR_EVENT.search(blocks))):
+            return self._scan(blocks, usage, error)
         if b"[DONE]" in blocks:
             if not _DONE_LINE.search(blocks):
-                return self._scan(blocks)
+                return self._scan(blocks, None, error)
             self.done = True
         if has_usage and self._hide:
             return _USAGE_NULL.sub(b"", blocks)  # "usage": null written with other spacing
         return blocks
 
-    def _scan(self, blocks: bytes) -> bytes:
+    def _scan(self, blocks: bytes, usage: re.Match[bytes] | None, error: bool) -> bytes:
         """Event by event where it matters: the usage chunk, ``[DONE]`` or an error event.
 
-        With LF framing only the blocks around a match are parsed; other framings parse every event.
+        ``usage``: the first usage object in ``blocks``, if any; ``error``: whether ``error`` occurs in them. With
+        LF framing only the blocks around a match are parsed; other framings parse every event.
         """
-        out = self._blocks(blocks) if b"\r" in blocks else self._around_matches(blocks)
+        out = self._blocks(blocks) if b"\r" in blocks else self._around_matches(blocks, usage, error)
         return _USAGE_NULL.sub(b"", out) if self._hide and b'"usage"' in out else out
 
-    def _around_matches(self, blocks: bytes) -> bytes:
-        """LF framing: pass only the blocks holding a match through :meth:`_blocks`."""
-        kept: list[bytes] = []
-        pos = 0
+    def _around_matches(self, blocks: bytes, usage: re.Match[bytes] | None, error: bool) -> bytes:
+        """LF framing: pass only the blocks holding a match through :meth:`_event`.
+
+        When every event comes back as it was (nothing hidden or scrubbed: the usual read with the usage chunk),
+        the blocks are passed on as they came, not joined again from pieces.
+        """
         starts: list[int] = []
-        for literal, pattern in _SPECIAL:
-            if literal in blocks:
-                if pattern is None:
-                    starts += _occurrences(blocks, literal)
-                else:
-                    starts += [match.start() for match in pattern.finditer(blocks)]
-        for at in sorted(starts):
+        if usage is not None:
+            starts += [match.start() for match in _USAGE_OBJECT.finditer(blocks, usage.start())]
+        if error:
+            starts += [match.start() for match in _ERROR_KEY.finditer(blocks)]
+            starts += [match.start() for match in _ERROR_EVENT.finditer(blocks)]
+        starts += _occurrences(blocks, b"[DONE]")
+        if len(starts) > 1:
+            starts.sort()
+        kept: list[bytes] = []
+        changed = False
+        pos = 0
+        for at in starts:
             if at < pos:
                 continue  # inside a block already handled
             start = blocks.rfind(b"\n\n", pos, at)
             start = pos if start < 0 else start + 2
             end = blocks.find(b"\n\n", at)
             end = len(blocks) if end < 0 else end + 2
-            kept += (blocks[pos:start], self._blocks(blocks[start:end]))
+            block = blocks[start:end]
+            out = self._lf_block(block)
+            changed = changed or out is not block
+            kept += (blocks[pos:start], out)
             pos = end
+        if not changed:
+            return blocks
         kept.append(blocks[pos:])
         return b"".join(kept)
+
+    def _lf_block(self, block: bytes) -> bytes:
+        """One LF-framed block through :meth:`_event`; a lone ``data:`` line is read without the SSE parser."""
+        if block.startswith(b"data: ") and block.find(b"\n") == len(block) - 2 and block.endswith(b"\n\n"):
+            return self._event(SSEEvent("message", block[6:-2], "", None, block))
+        return self._blocks(block)
 
     def _blocks(self, blocks: bytes) -> bytes:
         """Complete blocks with each event passed through :meth:`_event`; bytes between events kept as they came."""

@@ -100,6 +100,18 @@ def test_scrubs_secrets_in_error_events() -> None:
     assert b"sk-abcdefghijklmnop" not in out and b"[REDACTED]" in out
 
 
+def test_scrubs_an_error_event_whose_key_is_escaped_beside_usage() -> None:
+    # No "error" substring anywhere ("\\u0065rror" is the name error): found only by parsing the usage chunk.
+    chunk = b'data: {"\\u0065rror": {"message": "bad key sk-abcdefghijklmnop"}, "usage": {"prompt_tokens": 1}}\n\n'
+    stream = encode(chunks(with_usage=True)[:2], b"\n", spaced=False, done=False) + chunk + b"data: [DONE]\n\n"
+    assert b"error" not in stream
+    r = StreamRelay(hide_usage_chunk=False, scrub=lambda data: data.replace(b"sk-abcdefghijklmnop", b"[REDACTED]"))
+    out = r.feed(stream)
+    assert r.error == "bad key sk-abcdefghijklmnop"[:500] and r.done
+    assert b"sk-abcdefghijklmnop" not in out and b"[REDACTED]" in out
+    assert out.replace(b"[REDACTED]", b"sk-abcdefghijklmnop") == stream  # every other byte as it came
+
+
 def test_end_completes_a_whole_last_event_and_drops_a_cut_one() -> None:
     whole = StreamRelay(hide_usage_chunk=False)
     assert whole.feed(b'data: {"choices":[]}\n\ndata: [DONE]') == b'data: {"choices":[]}\n\n'

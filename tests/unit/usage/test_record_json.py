@@ -1,0 +1,57 @@
+"""A usage record's JSON form (the journal line, the Redis stream entry) is orjson's own dump of it, and reads back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from keyrelay.limits.periods import spend_period
+from keyrelay.usage.records import UsageRecord, record_from_json, record_to_json
+
+NOW = datetime(2026, 12, 6, 23, 59, 59, 999_999, tzinfo=UTC)
+
+
+def _record(**fields: object) -> UsageRecord:
+    values: dict[str, object] = {
+        "request_id": "req_0123456789abcdef01234567",
+        "created_at": NOW,
+        "key_hash": "a" * 64,
+        "key_name": "bench",
+        "account_id": 1,
+        "key_period": spend_period("monthly", NOW),
+        "group_id": 7,
+        "group_period": spend_period("weekly", NOW),
+        "model": "gpt-4o-mini",
+        "provider": "mock",
+        "streamed": True,
+        "prompt_tokens": 5,
+        "completion_tokens": 9,
+        "cost_micros": 7,
+        "usage_estimated": False,
+        "status": 200,
+        "error_type": None,
+        "latency_ms": 3,
+        "ttft_ms": 2,
+        "client_ip": "127.0.0.1",
+        "protocol": "openai",
+        "upstream_kind": "openai-compatible",
+    }
+    values.update(fields)
+    return UsageRecord(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        _record(),
+        _record(key_period=None, group_id=None, group_period=None),
+        _record(model=None, provider=None, status=502, error_type="UPSTREAM_ERROR", attempts='[{"provider":"a"}]'),
+        _record(key_period=spend_period("daily", NOW), group_period=spend_period("daily", NOW), client_ip=None),
+    ],
+)
+def test_the_json_form_is_the_records_own_json(record: UsageRecord) -> None:
+    line = record_to_json(record, newline=True)
+    assert line == orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    assert record_from_json(line.rstrip(b"\n")) == record
