@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("keyrelay.tasks")
+_CANCEL_RETRY_S = 1.0  # how long close() waits for cancelled tasks before cancelling the rest again
+_CANCEL_TRIES = 5
 
 
 class TaskGroup:
@@ -33,6 +34,8 @@ class TaskGroup:
         """Run ``job`` every ``seconds``; a failing run is logged and the loop goes on."""
 
         async def loop() -> None:
+            me = asyncio.current_task()
+            assert me is not None
             while True:
                 await asyncio.sleep(seconds)
                 try:
@@ -41,17 +44,29 @@ class TaskGroup:
                     raise
                 except Exception:
                     log.warning("periodic job %s failed; retrying in %.1fs", name, seconds, exc_info=True)
+                if me.cancelling():
+                    # The job swallowed this task's cancellation: Python 3.11's asyncio.wait_for does when its inner
+                    # future finishes as the cancel arrives (redis-py awaits through it). Stop all the same.
+                    raise asyncio.CancelledError
 
         return self.spawn(loop(), name=name)
 
     async def close(self) -> None:
-        """Cancel every task and wait for them to finish."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Cancel every task and wait for them to finish.
+
+        A task that swallows its cancellation (see ``every``) is cancelled again, every ``_CANCEL_RETRY_S`` seconds,
+        up to ``_CANCEL_TRIES`` times; one still running after that is left behind and logged, so that a shutdown
+        always ends.
+        """
+        pending = set(self._tasks)
+        for _ in range(_CANCEL_TRIES):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_RETRY_S)
+        for task in pending:
+            log.error("background task %s did not stop when cancelled; left behind", task.get_name())
 
 
 class DisconnectWatch:
