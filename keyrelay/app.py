@@ -99,7 +99,7 @@ class KeyrelayApp:
             assert isinstance(self.limits, RedisLimits)
             # The records settled into Redis by any process, and left there by one that died, reach the store.
             self.usage_stream = UsageStream(self.redis, writer, key=self.limits.usage_stream)
-            await self.usage_stream.drain()
+            runtime.tasks.spawn(self.usage_stream.drain(), name="usage-stream-start")  # a backlog must not delay start
             runtime.tasks.every(self.settings.usage_flush_interval_s, self.usage_stream.drain, name="usage-stream")
 
             fanout = RedisFanout(self.redis, runtime.cache, prefix=self.settings.redis_prefix)
@@ -219,7 +219,8 @@ class KeyrelayApp:
         if self.writer is not None:
             await self.writer.close()
         if self.usage_stream is not None:
-            await self.usage_stream.drain()  # the stream's records into the store, unless another process drains
+            # The stream's records into the store (a bounded share of a backlog), unless another process drains.
+            await self.usage_stream.drain(max_batches=20)
         self.pool.close()
         await self.limits.close()  # closes the shared Redis client too
         await self.runtime.close()

@@ -53,8 +53,8 @@ class UsageStream:
         self._batch = batch
         self._lock = client.lock(key + ":drain", timeout=lock_ttl_s, blocking=False, thread_local=False)
 
-    async def drain(self) -> int:
-        """Write the stream's records into the store, oldest first, until it is empty.
+    async def drain(self, *, max_batches: int | None = None) -> int:
+        """Write the stream's records into the store, oldest first, until it is empty (or ``max_batches`` are done).
 
         Does nothing if another process is draining (it holds the lock). A failure of Redis or of the store is
         logged and ends this drain: the entries stay in the stream for the next one (every flush interval).
@@ -62,7 +62,7 @@ class UsageStream:
         Returns:
             The number of records written (those the store held already are not counted).
         """
-        written = 0
+        written = batches = 0
         try:
             if not await self._lock.acquire():
                 return 0
@@ -82,7 +82,8 @@ class UsageStream:
                     # A record the store refuses (a value it cannot hold) must not stop every later one: one by one.
                     written += await self._one_by_one(records)
                 await self._redis.xdel(self._key, *ids)
-                if len(entries) < self._batch:
+                batches += 1
+                if len(entries) < self._batch or batches == max_batches:
                     break
                 await self._lock.reacquire()  # raises LockError if it was lost meanwhile
         except (RedisError, LockError, SQLAlchemyError, OSError) as exc:

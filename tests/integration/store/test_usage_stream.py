@@ -184,3 +184,12 @@ async def test_a_record_the_store_refuses_is_set_aside_and_holds_up_no_other(set
     [(_, fields)] = await setup.redis.xrange(setup.key + ":rejected")
     assert fields == {b"r": record_to_json(refused)}
     assert await setup.redis.xlen(setup.key) == 0
+
+
+async def test_a_drain_can_be_bounded(setup: Setup) -> None:
+    writer = UsageWriter(setup.runtime.engine)
+    await setup.add(*(setup.record(n) for n in range(7)))
+    stream = UsageStream(setup.redis, writer, key=setup.key, batch=2)
+    assert await stream.drain(max_batches=2) == 4
+    assert await stream.pending() == 3
+    assert await stream.drain() == 3
