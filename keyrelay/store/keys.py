@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from keyrelay.clock import ensure_utc
 from keyrelay.store.audit import AuditHook
 from keyrelay.store.records import Change, KeyRecord
-from keyrelay.store.rows import to_record
+from keyrelay.store.rows import NO_PERIOD_USAGE, to_record
 from keyrelay.store.schema import keys
 from keyrelay.store.spend import latest_periods
 from keyrelay.store.text_match import contains_folded
@@ -21,7 +21,15 @@ from keyrelay.store.text_match import contains_folded
 async def _records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[KeyRecord]:
     """Key records with their latest period spend from the ledger (one more query for all of them)."""
     periods = await latest_periods(conn, scope="key", idents=[r["hash"] for r in rows])
-    return [to_record(KeyRecord, r, period_usage=periods.get(r["hash"], {})) for r in rows]
+    return [_record(r, periods.get(r["hash"])) for r in rows]
+
+
+def _record(row: RowMapping, period_usage: Mapping[str, int] | None) -> KeyRecord:
+    # A key never rotated has its first secret's hash as its stable hash: one string for both (the key cache
+    # holds many records).
+    same = row["secret_hash"] == row["hash"]
+    extra = {"secret_hash": row["hash"]} if same else {}
+    return to_record(KeyRecord, row, period_usage=period_usage or NO_PERIOD_USAGE, **extra)
 
 
 class KeyRepository:

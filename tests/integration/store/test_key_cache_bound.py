@@ -42,7 +42,7 @@ async def test_the_least_recently_used_key_is_evicted_and_loaded_again(database_
         # Invalidating a key no longer cached changes nothing, and its indexes were cleaned with it.
         cache.invalidate_key(hashes[2], broadcast=False)
         assert len(cache) == 3
-        assert sum(len(v) for v in cache._by_key.values()) == 3
-        assert sum(len(v) for v in cache._by_account.values()) == 3
+        assert cache._by_key.count() == 3
+        assert cache._by_account.count() == 3
     finally:
         await runtime.close()
