@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.clock import ensure_utc
 from keyrelay.store.audit import AuditHook
+from keyrelay.store.engine import connected
 from keyrelay.store.records import Change, KeyRecord
 from keyrelay.store.rows import NO_PERIOD_USAGE, to_record
 from keyrelay.store.schema import keys
@@ -47,8 +48,17 @@ class KeyRepository:
             row = (await conn.execute(stmt)).mappings().first()
             return (await _records(conn, [row]))[0] if row else None
 
-    async def find_by_secret(self, *, secret_hash: str, now: datetime) -> KeyRecord | None:
-        """The live key whose current secret, or previous secret within its grace period, hashes to this."""
+    def connect(self) -> AsyncConnection:
+        """A connection to the store, for a caller that makes several reads in a row (``conn`` of the reads)."""
+        return self._engine.connect()
+
+    async def find_by_secret(
+        self, *, secret_hash: str, now: datetime, conn: AsyncConnection | None = None
+    ) -> KeyRecord | None:
+        """The live key whose current secret, or previous secret within its grace period, hashes to this.
+
+        ``conn``: read on this connection (the caller's) rather than on one of its own.
+        """
         stmt = select(keys).where(
             keys.c.deleted_at.is_(None),
             or_(
@@ -56,9 +66,9 @@ class KeyRepository:
                 and_(keys.c.prev_secret_hash == secret_hash, keys.c.prev_secret_expires_at > now),
             ),
         )
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(stmt)).mappings().first()
-            return (await _records(conn, [row]))[0] if row else None
+        async with connected(self._engine, conn) as c:
+            row = (await c.execute(stmt)).mappings().first()
+            return (await _records(c, [row]))[0] if row else None
 
     async def list_all(
         self,
