@@ -165,6 +165,7 @@ async def main(n: int, warm: int, cache_size: int | None, sample: int, idle: boo
         settings = Settings(
             database_url=database_url,
             log_level="warning",
+            keepalive_timeout_s=600,  # the client's idle pooled connections must not close under it mid-run
             key_cache_size=cache_size or warm + n,
             providers=(
                 ProviderConfig(
