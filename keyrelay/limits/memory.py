@@ -139,7 +139,9 @@ class MemoryLimits:
         levels = self._check_spend(request)
         key = self._keys.get(request.key_hash)
         if key is None:
-            key = self._keys[request.key_hash] = _KeyState()
+            key = _KeyState()
+            if request.windows or request.tpm or request.max_concurrent:  # else it would hold nothing
+                self._keys[request.key_hash] = key
         counted, tightest = self._check_windows(request, key)
         tpm = self._check_tpm(request, key)
         if request.max_concurrent and key.in_flight >= request.max_concurrent:

@@ -89,6 +89,15 @@ async def test_a_key_with_a_request_in_flight_is_kept() -> None:
     assert "k" not in limits._keys
 
 
+async def test_a_key_without_windows_or_concurrency_cap_keeps_no_state() -> None:
+    level = SpendLevel("key", "k", "life", cap_micros=1_000, base_micros=0, resets_in_s=None)
+    limits = MemoryLimits()
+    admission = await limits.admit(req("k", T0, windows=(), spend=(level,)))
+    assert "k" not in limits._keys
+    await limits.settle(admission.reservation, cost_micros=7, tokens=0, now=T0)
+    assert await limits.spent(level) == 7
+
+
 async def test_a_spend_counter_goes_a_day_after_its_period() -> None:
     level = SpendLevel("key", "k", "daily:2027-01-15", cap_micros=1_000, base_micros=100, resets_in_s=3_600)
     limits = MemoryLimits()
