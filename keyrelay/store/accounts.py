@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.clock import ensure_utc
 from keyrelay.store.audit import AuditHook
-from keyrelay.store.engine import connected
 from keyrelay.store.records import AccountRecord, Change, GroupRecord
 from keyrelay.store.rows import NO_PERIOD_USAGE, to_record
 from keyrelay.store.schema import accounts, groups, keys, spend_periods
@@ -37,10 +36,10 @@ class AccountRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def get(self, *, account_id: int, conn: AsyncConnection | None = None) -> AccountRecord | None:
-        """One account by id; ``conn``: read on this connection (the caller's) rather than on one of its own."""
-        async with connected(self._engine, conn) as c:
-            row = (await c.execute(select(accounts).where(accounts.c.id == account_id))).mappings().first()
+    async def get(self, *, account_id: int) -> AccountRecord | None:
+        """One account by id."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).mappings().first()
         return to_record(AccountRecord, row) if row else None
 
     async def get_by_email(self, *, email: str) -> AccountRecord | None:
@@ -118,11 +117,11 @@ class GroupRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def get(self, *, group_id: int, conn: AsyncConnection | None = None) -> GroupRecord | None:
-        """One group by id; ``conn``: read on this connection (the caller's) rather than on one of its own."""
-        async with connected(self._engine, conn) as c:
-            row = (await c.execute(select(groups).where(groups.c.id == group_id))).mappings().first()
-            return (await _group_records(c, [row]))[0] if row else None
+    async def get(self, *, group_id: int) -> GroupRecord | None:
+        """One group by id."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(groups).where(groups.c.id == group_id))).mappings().first()
+            return (await _group_records(conn, [row]))[0] if row else None
 
     async def get_by_name(self, *, name: str) -> GroupRecord | None:
         """One group by name."""

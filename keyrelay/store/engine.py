@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-
-
-@asynccontextmanager
-async def connected(engine: AsyncEngine, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
-    """``conn`` when given (the caller's, left open for its next reads), else a connection of ``engine``."""
-    if conn is not None:
-        yield conn
-        return
-    async with engine.connect() as own:
-        yield own
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 class UnsupportedDatabaseError(ValueError):
