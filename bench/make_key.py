@@ -4,12 +4,18 @@ Account balance, group quota, key spend limit, all four request windows, tpm, ma
 and provider whitelists, IP allow and deny lists, region pin and expiry: all set, all generous.
 
 Usage: python bench/make_key.py DATABASE_URL  → prints the key.
+       python bench/make_key.py DATABASE_URL --copies N --out FILE  → also N more keys of the same account and
+       rules (bench/many_keys.py: copies of the first, in one transaction), one a line in FILE.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
+from pathlib import Path
+
+from many_keys import copy_key
 
 from keyrelay.config import Settings
 from keyrelay.keys.spec import KeyCreate
@@ -20,7 +26,8 @@ from keyrelay.services.inputs import AccountCreate, GroupCreate
 ACTOR = Actor.system("bench")  # who the audit log names for the benchmark's account, group and key
 
 
-async def main(url: str) -> None:
+async def main(url: str, copies: int, out: Path | None) -> None:
+    """Create the key (and its copies) and print it."""
     runtime = await open_runtime(Settings(database_url=url))
     try:
         group = await runtime.groups.get_by_name(name="bench")
@@ -62,10 +69,17 @@ async def main(url: str) -> None:
             }
         )
         issued = await runtime.key_service.create(account=account, spec=spec, actor=ACTOR)
+        if out is not None:
+            out.write_text("".join(f"{k}\n" for k in await copy_key(runtime.engine, issued.record, copies)))
         sys.stdout.write(issued.plaintext + "\n")
     finally:
         await runtime.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("url")
+    parser.add_argument("--copies", type=int, default=0, help="more keys like it (default 0)")
+    parser.add_argument("--out", type=Path, default=None, help="where the copies go, one a line")
+    args = parser.parse_args()
+    asyncio.run(main(args.url, args.copies, args.out))

@@ -5,7 +5,8 @@ taskset exists), creates a key with every limit and rule set, then runs the load
 separate process) closed-loop against the mock directly and through the gateway, non-streaming
 and streaming; then the other wires: the Anthropic and Gemini passthroughs and the translated paths
 (OpenAI → Anthropic, OpenAI → Gemini, Anthropic → OpenAI, Gemini → OpenAI); then the referee's bare
-passthrough proxy (../shared/bench/passthrough.py, when present) on the same mock. Since the mock and the
+passthrough proxy (../shared/bench/passthrough.py, when present) on the same mock; then 100,000 keys in
+rotation against one key on a fresh gateway (BENCH_ROTATION_KEYS; 0 skips it). Since the mock and the
 load generator share one CPU and often limit req/s, each gateway path is also compared with the referee
 by CPU time per request: referee µs ÷ path µs is the throughput ratio the two would have on one saturated
 core. Prints a markdown table and appends it with the machine and date to docs/benchmarks.md.
@@ -19,6 +20,7 @@ import os
 import platform
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 # The referee's bare passthrough proxy (../shared/bench), measured in the same run when it is there.
 REFEREE = Path(os.environ.get("BENCH_REFEREE_PASSTHROUGH", ROOT.parent / "shared" / "bench" / "passthrough.py"))
+# Keys in rotation for the row that compares them with one key (BENCH_ROTATION_KEYS; 0 skips the row).
+ROTATION_KEYS = int(os.environ.get("BENCH_ROTATION_KEYS", "100000"))
 
 
 def free_port() -> int:
@@ -56,8 +60,18 @@ def wait_http(url: str, timeout: float = 20) -> None:
 
 
 def load(
-    url: str, key: str, model: str, stream: bool, conns: int, seconds: float, wire: str = "openai"
+    url: str,
+    key: str,
+    model: str,
+    stream: bool,
+    conns: int,
+    seconds: float,
+    wire: str = "openai",
+    keys: Path | None = None,
+    once: bool = False,
 ) -> dict[str, float]:
+    """One run of the load generator; ``keys``: a file of keys in rotation (``once``: each key once, then stop)."""
+    rotation = [] if keys is None else ["--keys", str(keys), *(["--once"] if once else [])]
     out = subprocess.run(
         pinned(
             1,
@@ -75,6 +89,7 @@ def load(
                 str(seconds),
                 "--wire",
                 wire,
+                *rotation,
             ],
         ),
         check=True,
@@ -193,6 +208,93 @@ def gateway_cmd(db: str, port: int, config: Path) -> list[str]:
     )
 
 
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process (Linux /proc; 0 elsewhere), MiB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return kib / 1024
+
+
+def wait_records(db_path: Path, count: int, timeout: float = 120) -> None:
+    """Wait until the gateway has written ``count`` usage records (its flush after a run is not measured)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db_path) as conn:
+            if conn.execute("SELECT count(*) FROM usage_records").fetchone()[0] >= count:
+                return
+        time.sleep(0.5)
+
+
+def key_rotation(
+    db: str, db_path: Path, port: int, config: Path, key: str, tmp: Path, conns: int, seconds: float, rounds: int
+) -> list[str]:
+    """Throughput with ROTATION_KEYS keys in rotation against one key: the lines of its table.
+
+    A fresh gateway (memory limits, non-streaming, OpenAI wire) whose key cache holds every key: the keys are copies
+    of the benchmark key (same account, group and rules; bench/make_key.py --copies), each used once first (loaded
+    from the store), the usage records of that written; then, ``rounds`` times, one key, then every key in turn,
+    each request of every connection taking the next key (bench/loadgen.py --keys). Both through the same
+    load-generator path, in the same process, whose CPU per request is measured around each run.
+    """
+    keys_file, single_file = tmp / "rotation-keys", tmp / "single-key"
+    make = [PY, str(ROOT / "bench" / "make_key.py"), db, "--copies", str(ROTATION_KEYS), "--out", str(keys_file)]
+    subprocess.run(make, check=True, capture_output=True)
+    single_file.write_text(key + "\n")
+    env = {**os.environ, "KEYRELAY_LOG_LEVEL": "warning", "KEYRELAY_KEY_CACHE_SIZE": str(ROTATION_KEYS + 16)}
+    env.pop("KEYRELAY_REDIS_URL", None)
+    proc = subprocess.Popen(gateway_cmd(db, port, config), env=env)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    runs: dict[int, list[dict[str, float]]] = {1: [], ROTATION_KEYS: []}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        with sqlite3.connect(db_path) as conn:
+            written = conn.execute("SELECT count(*) FROM usage_records").fetchone()[0]
+        started = time.monotonic()
+        first = load(url, "x", "gpt-4o-mini", False, conns, seconds, keys=keys_file, once=True)
+        first_s = time.monotonic() - started
+        wait_records(db_path, written + int(first["requests"]))
+        for _ in range(rounds):
+            for count, file in ((1, single_file), (ROTATION_KEYS, keys_file)):
+                before = cpu_seconds(proc.pid)
+                result = load(url, "x", "gpt-4o-mini", False, conns, seconds, keys=file)
+                result["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(1, result["requests"]) * 1e6
+                runs[count].append(result)
+        rss = rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    one = {m: statistics.median(r[m] for r in runs[1]) for m in ("req_s", "cpu_us")}
+    lines = [
+        "",
+        f"Keys in rotation (memory limits, non-streaming, OpenAI wire; a fresh gateway whose key cache holds them all; "
+        f"{rounds} round(s), medians):",
+        "",
+        "| keys in rotation | gateway req/s | gateway p50/p99 ms | gateway CPU µs/request | req/s ÷ one key "
+        "| CPU ÷ one key | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for count, results in runs.items():
+        req_s = statistics.median(r["req_s"] for r in results)
+        cpu_us = statistics.median(r["cpu_us"] for r in results)
+        p50 = statistics.median(r["p50_ms"] for r in results)
+        p99 = statistics.median(r["p99_ms"] for r in results)
+        errors = sum(int(r["errors"]) for r in results)
+        lines.append(
+            f"| {count:,} | {req_s:.0f} | {p50:.2f}/{p99:.2f} | {cpu_us:.0f} | {req_s / one['req_s']:.2f}× "
+            f"| {cpu_us / one['cpu_us']:.2f}× | {errors} |"
+        )
+    lines += [
+        "",
+        f"Before that, the first use of each of the {ROTATION_KEYS:,} keys (loaded from the store): "
+        f"{first['req_s']:.0f} req/s, p50/p99 {first['p50_ms']:.2f}/{first['p99_ms']:.2f} ms, {first_s:.0f} s, "
+        f"{int(first['errors'])} errors. The gateway's resident memory at the end: {rss:.0f} MiB.",
+    ]
+    return lines
+
+
 def main() -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "5"))
     # Rounds of the other-wire paths, each gateway run paired with a referee run right after it: the table
@@ -267,6 +369,11 @@ def main() -> None:
         referee = {stream: referee_proc.measure(stream) for stream in (False, True)} if referee_proc else {}
         if referee_proc is not None:
             referee_proc.stop()
+        rotation = (
+            key_rotation(db, tmp / "bench.db", gw_port, config, key, tmp, conns, seconds, rounds)
+            if ROTATION_KEYS
+            else []
+        )
         admission_cmd = [
             PY,
             str(ROOT / "bench" / "admission.py"),
@@ -299,6 +406,7 @@ def main() -> None:
                 f"| referee passthrough | {'stream' if stream else 'non-stream'} | – | {r['req_s']:.0f} | – | "
                 f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f} | – | {r['cpu_us']:.0f} | 1.00× | {int(r['errors'])} |"
             )
+        lines += rotation
         lines += [
             "",
             "Other wires (memory limits), each against calling the same upstream wire of the mock directly:",

@@ -104,9 +104,7 @@ async def open_runtime(
     mailer = mailer or mailer_from_settings(settings)
     notifications = NotificationRepository(engine)
     audit = AuditTrail(log=audit_log, clock=clock)
-    cache = KeyCache(
-        StoreLoader(keys=keys, accounts=accounts, groups=groups, clock=clock), max_entries=settings.key_cache_size
-    )
+    cache = KeyCache(StoreLoader(keys=keys, clock=clock), max_entries=settings.key_cache_size)
     account_service = AccountService(accounts=accounts, groups=groups, cache=cache, clock=clock, audit=audit)
     return Runtime(
         settings=settings,

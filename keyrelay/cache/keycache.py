@@ -8,6 +8,10 @@ invalidate entries at once; ``CacheSync`` evicts, within its poll interval, the 
 made by other processes have made stale, comparing row versions. Unknown hashes are remembered
 (bounded) so that a spray of bad keys cannot turn into a spray of database queries.
 
+An entry holds as little as it can (``cache/compact.py``): equal account and group records and equal policies
+are one object for all the keys that hold them, the indexes hold strings rather than sets, and the state marks
+are kept only when a shared backend compares them.
+
 With a shared limits backend (Redis) every write through the services also records a state mark, the
 row's new version (``key_changed`` and its siblings): every process's next admission compares the
 versions it holds with the marks and reloads a stale principal (``refreshed``), so a revocation holds
@@ -20,8 +24,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Protocol
 
+from keyrelay.cache.compact import Ident, SecretIndex, Shared
 from keyrelay.errors import GatewayError
 from keyrelay.keys.policy import Policy
 from keyrelay.limits.backend import StaleState
@@ -37,7 +42,9 @@ class Principal:
     group: GroupRecord | None
     policy: Policy
     via_previous_secret: bool
-    marks: Marks = ()  # principal_marks() of its rows; () when built by hand (tests): never judged stale
+    # principal_marks() of its rows; () when built by hand (tests) or cached without a shared backend to compare
+    # them with (KeyCache.checker): never judged stale.
+    marks: Marks = ()
 
     @property
     def secret_hash(self) -> str:
@@ -72,9 +79,6 @@ def principal_marks(key: KeyRecord, account: AccountRecord, group: GroupRecord |
     return marks if group is None else (*marks, (group_mark(group.id), group.version))
 
 
-Ident = TypeVar("Ident", str, int)
-
-
 class _Versioned(Protocol):
     @property
     def version(self) -> int: ...
@@ -95,15 +99,6 @@ def _is_stale(cached: _Versioned | None, version: int, updated_at: datetime) -> 
     return cached.version < version or (cached.version == version and cached.updated_at != updated_at)
 
 
-def _unindex(index: dict[Ident, set[str]], ident: Ident, secret_hash: str) -> None:
-    members = index.get(ident)
-    if members is None:
-        return
-    members.discard(secret_hash)
-    if not members:
-        del index[ident]
-
-
 class KeyCache:
     """Secret-hash → Principal map with invalidation by key, account, group or everything."""
 
@@ -113,9 +108,12 @@ class KeyCache:
         # Oldest use first: a hit moves its entry to the end, and an insertion beyond max_entries evicts the first.
         self._entries: OrderedDict[str, Principal] = OrderedDict()
         self._max_entries = max_entries
-        self._by_key: dict[str, set[str]] = {}
-        self._by_account: dict[int, set[str]] = {}
-        self._by_group: dict[int, set[str]] = {}
+        self._by_key: SecretIndex[str] = SecretIndex()
+        self._by_account: SecretIndex[int] = SecretIndex()
+        self._by_group: SecretIndex[int] = SecretIndex()
+        self._accounts: Shared[AccountRecord] = Shared()
+        self._groups: Shared[GroupRecord] = Shared()
+        self._policies: Shared[Policy] = Shared()
         self._negative: dict[str, int] = {}  # unknown hash → the version of its key mark when it was found unknown
         self._max_negative = max_negative
         self._generation = 0
@@ -152,9 +150,8 @@ class KeyCache:
             if len(self._negative) >= self._max_negative:
                 self._negative.clear()
             self._negative[secret_hash] = seen
-        else:
-            self._store(secret_hash, principal)
-        return principal
+            return None
+        return self._store(secret_hash, principal)
 
     async def _changed_since(self, secret_hash: str, known: int) -> int | None:
         """The key mark of a remembered unknown hash when it is newer than ``known``, else None.
@@ -178,39 +175,63 @@ class KeyCache:
         """The cached principal for a secret hash, or None when it is not cached (never loads)."""
         return self._entries.get(secret_hash)
 
-    def _store(self, secret_hash: str, principal: Principal) -> None:
+    def _store(self, secret_hash: str, principal: Principal) -> Principal:
+        """Cache ``principal`` under ``secret_hash``, with its shared parts; returns what is cached."""
+        self._remove(secret_hash)  # a concurrent load of the same key stored it already: replaced, not leaked
+        principal = self._shared(principal)
+        own = principal.secret_hash
+        if own == secret_hash:
+            secret_hash = own  # the record's string: one object for the entry, the record and the limits state
         self._entries[secret_hash] = principal
         if len(self._entries) > self._max_entries:
             # An eviction is no invalidation: the generation stays, so loads under way keep their results.
             self._remove(next(iter(self._entries)))
-        self._by_key.setdefault(principal.key.hash, set()).add(secret_hash)
-        self._by_account.setdefault(principal.account.id, set()).add(secret_hash)
+        self._by_key.add(principal.key.hash, secret_hash)
+        self._by_account.add(principal.account.id, secret_hash)
         if principal.group is not None:
-            self._by_group.setdefault(principal.group.id, set()).add(secret_hash)
+            self._by_group.add(principal.group.id, secret_hash)
+        return principal
 
-    def _drop(self, secret_hashes: set[str] | None) -> None:
+    def _shared(self, principal: Principal) -> Principal:
+        """``principal`` with the account, group and policy objects other entries hold when equal.
+
+        Its marks are dropped when no shared backend compares them (``checker``): they would never be read.
+        """
+        account = self._accounts.take(principal.account)
+        group = None if principal.group is None else self._groups.take(principal.group)
+        policy = self._policies.take(principal.policy)
+        marks = principal.marks if self.checker is not None else ()
+        same = account is principal.account and group is principal.group and policy is principal.policy
+        if same and marks is principal.marks:
+            return principal
+        return Principal(principal.key, account, group, policy, principal.via_previous_secret, marks)
+
+    def _drop(self, secret_hashes: set[str]) -> None:
         self._generation += 1
-        for secret_hash in secret_hashes or ():
+        for secret_hash in secret_hashes:
             self._remove(secret_hash)
 
     def _remove(self, secret_hash: str) -> None:
         principal = self._entries.pop(secret_hash, None)
         if principal is None:
             return
-        _unindex(self._by_key, principal.key.hash, secret_hash)
-        _unindex(self._by_account, principal.account.id, secret_hash)
+        self._by_key.discard(principal.key.hash, secret_hash)
+        self._by_account.discard(principal.account.id, secret_hash)
+        self._accounts.release(principal.account)
+        self._policies.release(principal.policy)
         if principal.group is not None:
-            _unindex(self._by_group, principal.group.id, secret_hash)
+            self._by_group.discard(principal.group.id, secret_hash)
+            self._groups.release(principal.group)
 
     def _evict_stale(
         self,
-        index: dict[Ident, set[str]],
+        index: SecretIndex[Ident],
         ident: Ident,
         row_of: Callable[[Principal], _Versioned | None],
         version: int,
         updated_at: datetime,
     ) -> int:
-        stale = {h for h in index.get(ident, ()) if _is_stale(row_of(self._entries[h]), version, updated_at)}
+        stale = {h for h in index.get(ident) if _is_stale(row_of(self._entries[h]), version, updated_at)}
         if stale:
             self._drop(stale)
         return len(stale)
@@ -221,18 +242,18 @@ class KeyCache:
 
     def invalidate_key(self, key_hash: str, *, broadcast: bool = True) -> None:
         """Forget every cached secret of one key (by its stable hash); also forget unknown-key memory."""
-        self._drop(self._by_key.pop(key_hash, None))
+        self._drop(self._by_key.pop(key_hash))
         self._negative.clear()
         self._broadcast("k", key_hash, broadcast)
 
     def invalidate_account(self, account_id: int, *, broadcast: bool = True) -> None:
         """Forget every cached key of one account."""
-        self._drop(self._by_account.pop(account_id, None))
+        self._drop(self._by_account.pop(account_id))
         self._broadcast("a", str(account_id), broadcast)
 
     def invalidate_group(self, group_id: int, *, broadcast: bool = True) -> None:
         """Forget every cached key whose account is in one group."""
-        self._drop(self._by_group.pop(group_id, None))
+        self._drop(self._by_group.pop(group_id))
         self._broadcast("g", str(group_id), broadcast)
 
     async def key_changed(self, record: KeyRecord) -> None:
@@ -322,4 +343,7 @@ class KeyCache:
         self._by_key.clear()
         self._by_account.clear()
         self._by_group.clear()
+        self._accounts.clear()
+        self._groups.clear()
+        self._policies.clear()
         self._negative.clear()

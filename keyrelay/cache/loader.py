@@ -8,35 +8,30 @@ from keyrelay.cache.keycache import Principal, principal_marks
 from keyrelay.clock import Clock
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.keys.policy import effective_policy
-from keyrelay.store.accounts import AccountRepository, GroupRepository
 from keyrelay.store.keys import KeyRepository
 
 
 class StoreLoader:
-    """Loads a Principal for a secret hash with three indexed reads (key, account, group)."""
+    """Loads a Principal for a secret hash: the key, its account and group in one read, their spend in another.
 
-    def __init__(
-        self, *, keys: KeyRepository, accounts: AccountRepository, groups: GroupRepository, clock: Clock
-    ) -> None:
+    A key's first request waits for this load (``KeyRepository.find_with_owner``).
+    """
+
+    def __init__(self, *, keys: KeyRepository, clock: Clock) -> None:
         self._keys = keys
-        self._accounts = accounts
-        self._groups = groups
         self._clock = clock
 
     async def __call__(self, secret_hash: str) -> Principal | None:
         """The principal whose current or in-grace previous secret hashes to ``secret_hash``."""
         try:
-            key = await self._keys.find_by_secret(secret_hash=secret_hash, now=self._clock.now_utc())
-            if key is None:
-                return None
-            account = await self._accounts.get(account_id=key.account_id)
-            if account is None:
-                return None
-            group = await self._groups.get(group_id=account.group_id) if account.group_id is not None else None
+            found = await self._keys.find_with_owner(secret_hash=secret_hash, now=self._clock.now_utc())
         except (SQLAlchemyError, OSError) as exc:
             raise GatewayError(
                 ErrorType.SERVICE_UNAVAILABLE, "The key store is unreachable; try again shortly."
             ) from exc
+        if found is None:
+            return None
+        key, account, group = found
         return Principal(
             key=key,
             account=account,

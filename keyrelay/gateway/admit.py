@@ -6,15 +6,9 @@ from collections.abc import Callable
 from datetime import datetime
 
 from keyrelay.cache.keycache import Principal
-from keyrelay.keys.policy import Policy
-from keyrelay.limits.backend import AdmissionRequest, RequestWindow, SpendLevel
-from keyrelay.limits.periods import counter_name, period_end, period_start, stored_usage
-from keyrelay.limits.windows import WINDOW_SECONDS
+from keyrelay.limits.backend import AdmissionRequest, SpendLevel
+from keyrelay.limits.periods import counter_name, period_end, period_start
 from keyrelay.store.records import GroupRecord, KeyRecord
-
-_REQUEST_WINDOWS = ("rpm", "per_5h", "per_1d", "per_7d")
-# id(policy) → (policy, its request windows); the policy is kept so its id cannot be reused meanwhile.
-_WINDOWS: dict[int, tuple[Policy, tuple[RequestWindow, ...]]] = {}
 
 
 class Pending:
@@ -53,21 +47,13 @@ def _counter(reset: str | None, now: datetime) -> tuple[str, float | None]:
     return name, None if end_ts is None else end_ts - timestamp
 
 
-# (id(record), counter) → (record, what the record shows as spent in that period). A cached record
-# is an immutable snapshot, so this never changes for it; the record is kept so its id stays its own.
-_STORED: dict[tuple[int, str], tuple[object, int]] = {}
+def _stored(record: GroupRecord | KeyRecord, reset: str | None, counter: str) -> int:
+    """What the cached record shows as spent on ``counter`` (``_counter``'s name for ``reset`` now).
 
-
-def _stored(record: GroupRecord | KeyRecord, reset: str | None, counter: str, now: datetime) -> int:
-    slot = (id(record), counter)
-    hit = _STORED.get(slot)
-    if hit is not None and hit[0] is record:
-        return hit[1]
-    value = stored_usage(record, reset, now)
-    if len(_STORED) > 200_000:
-        _STORED.clear()
-    _STORED[slot] = (record, value)
-    return value
+    As ``periods.stored_usage``, without working out the period again: lifetime usage for a cap that never
+    resets, else the stored spend of the period (0 when the store has none for it).
+    """
+    return record.usage_micros if reset is None else record.period_usage.get(counter, 0)
 
 
 def spend_levels(principal: Principal, now: datetime, pending: Pending) -> tuple[SpendLevel, ...]:
@@ -90,11 +76,11 @@ def spend_levels(principal: Principal, now: datetime, pending: Pending) -> tuple
     if group is not None and group.quota_micros:
         counter, resets = _counter(group.quota_reset, now)
         ident = str(group.id)
-        base = _stored(group, group.quota_reset, counter, now) + pending.spend("group", ident, counter)
+        base = _stored(group, group.quota_reset, counter) + pending.spend("group", ident, counter)
         levels.append(SpendLevel("group", ident, counter, group.quota_micros, base, resets))
     if policy.limit_micros is not None:
         counter, resets = _counter(policy.limit_reset, now)
-        base = _stored(key, policy.limit_reset, counter, now) + pending.spend("key", key.hash, counter)
+        base = _stored(key, policy.limit_reset, counter) + pending.spend("key", key.hash, counter)
         levels.append(SpendLevel("key", key.hash, counter, policy.limit_micros, base, resets))
     return tuple(levels)
 
@@ -114,24 +100,13 @@ def admission_request(
     ``check``: include the principal's state marks, for the backend to compare (``LimitsBackend.mark``).
     """
     policy = principal.policy
-    cached = _WINDOWS.get(id(policy))
-    if cached is None or cached[0] is not policy:
-        windows = tuple(
-            RequestWindow(name, WINDOW_SECONDS[name], limit)
-            for name in _REQUEST_WINDOWS
-            if (limit := getattr(policy, name))
-        )
-        if len(_WINDOWS) > 100_000:
-            _WINDOWS.clear()
-        cached = _WINDOWS[id(policy)] = (policy, windows)
-    windows = cached[1]
     return AdmissionRequest(
         key_hash=principal.key.hash,
         request_id=request_id,
         now=now.timestamp(),
         cost_micros=cost_micros,
         spend=spend_levels(principal, now, pending),
-        windows=windows,
+        windows=policy.windows,
         tpm=policy.tpm,
         max_tokens=max_tokens,
         max_concurrent=policy.max_concurrent,

@@ -22,7 +22,7 @@ def authorize_key(principal: Principal, client_ip: IPAddress | None, now: dateti
         raise GatewayError(ErrorType.INVALID_API_KEY)
     if key.disabled:
         raise GatewayError(ErrorType.API_KEY_DISABLED)
-    if policy.expires_at is not None and policy.expires_at <= now:
+    if key.expires_at is not None and key.expires_at <= now:
         raise GatewayError(ErrorType.API_KEY_EXPIRED)
     if not principal.account.active:
         raise GatewayError(ErrorType.USER_INACTIVE)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 
+from keyrelay.limits.backend import RequestWindow
+from keyrelay.limits.windows import WINDOW_SECONDS
 from keyrelay.store.records import GroupRecord, KeyRecord
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -20,6 +21,9 @@ class Policy:
     model and provider whitelists of the group are ceilings: a key's own model list is checked
     together with the group's (``model_ceiling``), each entry matching a bare model id or a
     ``provider/model`` name, and the provider lists are intersected (see ``_pick_list``).
+
+    Nothing in it is the key's alone (its expiry is read from the key), so keys with the same limits and rules
+    have equal policies, and the key cache holds one of them for all (``cache/keycache.py``).
     """
 
     limit_micros: int | None
@@ -36,8 +40,21 @@ class Policy:
     ip_allowlist: tuple[Network, ...]
     ip_denylist: tuple[Network, ...]
     region: str | None
-    expires_at: datetime | None
     price_multiplier_ppm: int
+    # The request windows the admission checks (rpm, per_5h, per_1d, per_7d that are set), built once here
+    # rather than per request; derived from the fields above, so not compared.
+    windows: tuple[RequestWindow, ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        windows = tuple(
+            RequestWindow(name, WINDOW_SECONDS[name], limit)
+            for name in REQUEST_WINDOWS
+            if (limit := getattr(self, name))
+        )
+        object.__setattr__(self, "windows", windows)
+
+
+REQUEST_WINDOWS = ("rpm", "per_5h", "per_1d", "per_7d")
 
 
 def _pick(own: int | None, default: int | None) -> int | None:
@@ -81,6 +98,5 @@ def effective_policy(key: KeyRecord, group: GroupRecord | None) -> Policy:
         ip_allowlist=tuple(ipaddress.ip_network(c, strict=False) for c in key.ip_allowlist or ()),
         ip_denylist=tuple(ipaddress.ip_network(c, strict=False) for c in key.ip_denylist or ()),
         region=key.region,
-        expires_at=key.expires_at,
         price_multiplier_ppm=g.price_multiplier_ppm if g else 1_000_000,
     )

@@ -62,29 +62,36 @@ def retry_after(buckets: dict[int, int], current: int, seconds: int, now: float,
 class SlidingWindow:
     """The same arithmetic as the functions above, kept incrementally: O(1) amortised per request.
 
-    Buckets live in a list, oldest first, with a running total, so counting does not walk 60
-    buckets on every request. The in-process backend uses this; the functions above are the
-    specification it is tested against. A list, not a deque: it holds at most 60 buckets, so taking
-    the oldest costs no more, and an empty deque alone weighs some 600 bytes, twice per key in use.
+    Buckets live in one flat list, oldest first, ``[index, count, index, count, ...]``, with a running total, so
+    counting does not walk 60 buckets on every request. The in-process backend uses this; the functions above
+    are the specification it is tested against. Memory is what grows with the number of keys in use: a window
+    of one bucket is this object and one list of two integers (an empty deque alone weighed some 600 bytes, a
+    list per bucket 72 more), and the bucket width is worked out when needed rather than kept per window.
     """
 
-    __slots__ = ("_buckets", "_seconds", "_total", "_width")
+    __slots__ = ("_buckets", "_seconds", "_total")
 
     def __init__(self, seconds: int) -> None:
         self._seconds = seconds
-        self._width = seconds / BUCKETS
-        self._buckets: list[list[int]] = []  # [index, count], oldest first
+        self._buckets: list[int] = []  # index, count, index, count, ...: oldest first
         self._total = 0
+
+    def _current(self, now: float) -> int:
+        return math.floor(now / (self._seconds / BUCKETS))  # as bucket_of(): the same float operations
 
     def _advance(self, current: int) -> None:
         oldest = current - BUCKETS + 1
         buckets = self._buckets
-        while buckets and buckets[0][0] < oldest:
-            self._total -= buckets.pop(0)[1]
+        gone = 0
+        while gone < len(buckets) and buckets[gone] < oldest:
+            self._total -= buckets[gone + 1]
+            gone += 2
+        if gone:
+            del buckets[:gone]
 
     def used(self, now: float) -> int:
         """What the window holds at ``now`` (epoch seconds); forgets the buckets that have left it."""
-        self._advance(math.floor(now / self._width))
+        self._advance(self._current(now))
         return self._total
 
     def used_at(self, now: float) -> int:
@@ -92,49 +99,58 @@ class SlidingWindow:
 
         The buckets that have left the window are oldest first, so only they are walked (at most 60).
         """
-        oldest = math.floor(now / self._width) - BUCKETS + 1
+        oldest = self._current(now) - BUCKETS + 1
+        buckets = self._buckets
         total = self._total
-        for index, count in self._buckets:
-            if index >= oldest:
+        for at in range(0, len(buckets), 2):
+            if buckets[at] >= oldest:
                 break
-            total -= count
+            total -= buckets[at + 1]
         return total
 
     def add(self, now: float, weight: int) -> None:
         """Count ``weight`` at ``now`` (call ``used`` first for the same ``now``)."""
-        current = math.floor(now / self._width)
+        current = self._current(now)
         buckets = self._buckets
-        if buckets and buckets[-1][0] == current:
-            buckets[-1][1] += weight
+        if not buckets:
+            self._buckets = [current, weight]  # exactly two slots: most windows never hold a second bucket
+        elif buckets[-2] == current:
+            buckets[-1] += weight
         else:
-            buckets.append([current, weight])
+            buckets += (current, weight)
         self._total += weight
 
     def adjust(self, bucket: int, delta: int) -> None:
         """Correct an earlier ``add`` in ``bucket`` (tpm settlement), if it is still in the window."""
-        for entry in self._buckets:
-            if entry[0] == bucket:
-                before = entry[1]
-                entry[1] = max(0, before + delta)
-                self._total += entry[1] - before  # the total is the buckets' sum: no need to add them up again
+        buckets = self._buckets
+        for at in range(0, len(buckets), 2):
+            if buckets[at] == bucket:
+                before = buckets[at + 1]
+                buckets[at + 1] = max(0, before + delta)
+                self._total += buckets[at + 1] - before  # the total is the buckets' sum: no need to add them up again
                 return
 
     def retry_after(self, now: float, limit: int, weight: int) -> float:
         """Seconds until ``weight`` more fit under ``limit``."""
         excess = self._total + weight - limit
         freed = 0
-        for index, count in self._buckets:
-            freed += count
+        buckets = self._buckets
+        for at in range(0, len(buckets), 2):
+            freed += buckets[at + 1]
             if freed >= excess:
-                return max(0.0, (index + BUCKETS) * self._width - now)
+                return max(0.0, (buckets[at] + BUCKETS) * (self._seconds / BUCKETS) - now)
         return float(self._seconds)
 
     def next_expiry(self, now: float) -> float:
         """Seconds until the oldest counted bucket leaves the window (the whole window if empty)."""
         if not self._buckets:
             return float(self._seconds)
-        return max(0.0, (self._buckets[0][0] + BUCKETS) * self._width - now)
+        return max(0.0, (self._buckets[0] + BUCKETS) * (self._seconds / BUCKETS) - now)
 
     def bucket(self, now: float) -> int:
         """The bucket index of ``now``."""
-        return math.floor(now / self._width)
+        return self._current(now)
+
+    def buckets(self) -> list[tuple[int, int]]:
+        """The buckets held, oldest first, as ``(index, count)`` pairs (for tests and inspection)."""
+        return list(zip(self._buckets[::2], self._buckets[1::2], strict=True))

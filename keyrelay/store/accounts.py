@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from keyrelay.clock import ensure_utc
 from keyrelay.store.audit import AuditHook
 from keyrelay.store.records import AccountRecord, Change, GroupRecord
-from keyrelay.store.rows import to_record
+from keyrelay.store.rows import NO_PERIOD_USAGE, to_record
 from keyrelay.store.schema import accounts, groups, keys, spend_periods
 from keyrelay.store.spend import latest_periods
 from keyrelay.store.text_match import contains_folded, equals_folded
@@ -21,7 +21,7 @@ from keyrelay.store.text_match import contains_folded, equals_folded
 async def _group_records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[GroupRecord]:
     """Group records with their latest period spend from the ledger (one more query for all of them)."""
     periods = await latest_periods(conn, scope="group", idents=[str(r["id"]) for r in rows])
-    return [to_record(GroupRecord, r, period_usage=periods.get(str(r["id"]), {})) for r in rows]
+    return [to_record(GroupRecord, r, period_usage=periods.get(str(r["id"])) or NO_PERIOD_USAGE) for r in rows]
 
 
 async def _locked(conn: AsyncConnection, stmt: Select[Any]) -> RowMapping | None:

@@ -2,26 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, and_, func, or_, select
+from sqlalchemy import RowMapping, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.clock import ensure_utc
 from keyrelay.store.audit import AuditHook
-from keyrelay.store.records import Change, KeyRecord
-from keyrelay.store.rows import to_record
-from keyrelay.store.schema import keys
-from keyrelay.store.spend import latest_periods
+from keyrelay.store.records import AccountRecord, Change, GroupRecord, KeyRecord
+from keyrelay.store.rows import NO_PERIOD_USAGE, to_record
+from keyrelay.store.schema import accounts, groups, keys
+from keyrelay.store.spend import key_and_group_periods, latest_periods
 from keyrelay.store.text_match import contains_folded
 
 
 async def _records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[KeyRecord]:
     """Key records with their latest period spend from the ledger (one more query for all of them)."""
     periods = await latest_periods(conn, scope="key", idents=[r["hash"] for r in rows])
-    return [to_record(KeyRecord, r, period_usage=periods.get(r["hash"], {})) for r in rows]
+    return [_record(r, periods.get(r["hash"])) for r in rows]
+
+
+# A live key by its current secret, or its previous one within its grace, joined with its account and the
+# account's group (columns a_* and g_*; g_* NULL without a group): a fixed statement, compiled once.
+_SECRET = bindparam("secret", type_=keys.c.secret_hash.type)
+_WITH_OWNER = (
+    select(keys, *(c.label(f"a_{c.name}") for c in accounts.c), *(c.label(f"g_{c.name}") for c in groups.c))
+    .select_from(
+        keys.join(accounts, accounts.c.id == keys.c.account_id).outerjoin(groups, groups.c.id == accounts.c.group_id)
+    )
+    .where(
+        keys.c.deleted_at.is_(None),
+        or_(
+            keys.c.secret_hash == _SECRET,
+            and_(
+                keys.c.prev_secret_hash == _SECRET,
+                keys.c.prev_secret_expires_at > bindparam("now", type_=keys.c.prev_secret_expires_at.type),
+            ),
+        ),
+    )
+)
+
+
+def _record(row: RowMapping, period_usage: Mapping[str, int] | None) -> KeyRecord:
+    # A key never rotated has its first secret's hash as its stable hash: one string for both (the key cache
+    # holds many records).
+    same = row["secret_hash"] == row["hash"]
+    extra = {"secret_hash": row["hash"]} if same else {}
+    return to_record(KeyRecord, row, period_usage=period_usage or NO_PERIOD_USAGE, **extra)
 
 
 class KeyRepository:
@@ -51,6 +80,28 @@ class KeyRepository:
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).mappings().first()
             return (await _records(conn, [row]))[0] if row else None
+
+    async def find_with_owner(
+        self, *, secret_hash: str, now: datetime
+    ) -> tuple[KeyRecord, AccountRecord, GroupRecord | None] | None:
+        """``find_by_secret``, with the key's account and the account's group (None without one), in two queries.
+
+        What the key cache loads on a key's first request: the three rows joined in one read, then the key's and
+        the group's latest spend periods in one more (five statements, each a round trip, before). None when no
+        live key matches, or its account is gone.
+        """
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_WITH_OWNER, {"secret": secret_hash, "now": now})).mappings().first()
+            if row is None:
+                return None
+            group_id = row["g_id"]
+            key_periods, group_periods = await key_and_group_periods(conn, key_hash=row["hash"], group_id=group_id)
+        account = to_record(AccountRecord, {c.name: row[f"a_{c.name}"] for c in accounts.c})
+        group = None
+        if group_id is not None:
+            group_row = {c.name: row[f"g_{c.name}"] for c in groups.c}
+            group = to_record(GroupRecord, group_row, period_usage=group_periods or NO_PERIOD_USAGE)
+        return _record(row, key_periods), account, group
 
     async def list_all(
         self,

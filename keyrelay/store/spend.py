@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Executable, func, select
+from sqlalchemy import Executable, and_, bindparam, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -73,6 +73,42 @@ async def add_charges(conn: AsyncConnection, charges: Sequence[PeriodCharge]) ->
             for c in charges
         ],
     )
+
+
+_NEWER = spend_periods.alias("newer")
+_LATEST = (
+    select(func.max(_NEWER.c.period_start))
+    .where(
+        _NEWER.c.scope == spend_periods.c.scope,
+        _NEWER.c.ident == spend_periods.c.ident,
+        _NEWER.c.reset == spend_periods.c.reset,
+    )
+    .scalar_subquery()
+)
+# One key's and one group's latest periods: a fixed statement (compiled once), the two idents bound.
+_KEY_AND_GROUP = select(
+    spend_periods.c.scope,
+    spend_periods.c.reset,
+    spend_periods.c.period_start,
+    spend_periods.c.usage_micros,
+).where(
+    or_(
+        and_(spend_periods.c.scope == "key", spend_periods.c.ident == bindparam("key")),
+        and_(spend_periods.c.scope == "group", spend_periods.c.ident == bindparam("group")),
+    ),
+    spend_periods.c.period_start == _LATEST,
+)
+
+
+async def key_and_group_periods(
+    conn: AsyncConnection, *, key_hash: str, group_id: int | None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """``latest_periods`` of one key and of one group (None: none), in one query: ``(key's, group's)``."""
+    group = None if group_id is None else str(group_id)
+    out: dict[str, dict[str, int]] = {"key": {}, "group": {}}
+    for row in (await conn.execute(_KEY_AND_GROUP, {"key": key_hash, "group": group})).all():
+        out[row.scope][counter_name(row.reset, ensure_utc(row.period_start))] = int(row.usage_micros)
+    return out["key"], out["group"]
 
 
 async def latest_periods(conn: AsyncConnection, *, scope: str, idents: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -233,6 +233,8 @@ class UsageWriter:
             for record in batch:
                 if record.cost_micros:
                     self._release(record)
+            if not self._pending:
+                self._pending = {}  # emptied: a dict keeps the table it grew to, here one entry per key used
             return len(batch)
 
     async def replay(self, records: list[UsageRecord]) -> int:

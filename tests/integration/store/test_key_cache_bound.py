@@ -42,7 +42,31 @@ async def test_the_least_recently_used_key_is_evicted_and_loaded_again(database_
         # Invalidating a key no longer cached changes nothing, and its indexes were cleaned with it.
         cache.invalidate_key(hashes[2], broadcast=False)
         assert len(cache) == 3
-        assert sum(len(v) for v in cache._by_key.values()) == 3
-        assert sum(len(v) for v in cache._by_account.values()) == 3
+        assert cache._by_key.count() == 3
+        assert cache._by_account.count() == 3
+    finally:
+        await runtime.close()
+
+
+async def test_cached_keys_share_their_account_and_policy_and_hold_one_string_per_hash(database_url: str) -> None:
+    runtime = await open_runtime(Settings(database_url=database_url, key_cache_size=3))
+    try:
+        account = await runtime.account_service.create_account(AccountCreate(email="s@example.com"), actor=TEST_ACTOR)
+        spec = KeyCreate.model_validate({"name": "k", "rate_limits": {"rpm": 60}, "expires_in_days": 30})
+        records = [
+            (await runtime.key_service.create(account=account, spec=spec, actor=TEST_ACTOR)).record for _ in range(5)
+        ]
+        cache = runtime.cache
+        principals = [await cache.get(r.hash) for r in records]
+        assert all(p is not None for p in principals)
+        first, last = principals[0], principals[-1]
+        assert first is not None and last is not None
+        assert first.account is last.account and first.policy is last.policy  # loaded apart, held once
+        assert last.key.secret_hash is last.key.hash  # a key never rotated: one string for both
+        assert last.key.updated_at is last.key.created_at
+        # Two keys evicted: what only they held went with them; what the cached ones share stays, once.
+        assert (len(cache), len(cache._accounts), len(cache._policies)) == (3, 1, 1)
+        cache.clear()
+        assert (len(cache._accounts), len(cache._policies)) == (0, 0)
     finally:
         await runtime.close()
