@@ -791,38 +791,18 @@ class Gateway:
         headers.append((b"cache-control", b"no-cache"))
         start = {"type": "http.response.start", "status": response.status, "headers": headers}
         if response.ended:
-            # The whole stream came before the commit (a short answer): nothing is left to read, so nothing to watch
-            # for a disconnect, and the record is journaled before the status line, which goes with the bytes.
-            try:
-                rest, closing = relay.close()
-                self._ended(call, relay, outcome, closing)
-                await record()
-                outcome.started = True
-                await send(start)
-                await send({"type": "http.response.body", "body": b"".join(held) + rest})
-            finally:
-                response.release()
-                if not outcome.recorded:  # cancelled, or a failure before the record: settled after this
-                    self._ended(call, relay, outcome, None)
+            await self._stream_whole(send, call, response, relay, held, start, outcome, record)
             return
         watcher = DisconnectWatch(receive)
         failure: GatewayError | None = None
         try:
             outcome.started = True
             await send(start)
-            last = b""  # the bytes of the upstream's last read: sent with the closing bytes, in one write
-            if held:
-                await send({"type": "http.response.body", "body": b"".join(held), "more_body": True})
-            while (chunk := await response.next_chunk()) is not None:
-                out = relay.feed(chunk)
-                if response.ended:
-                    last = out  # nothing more can come
-                    break
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            last = await self._relay_on(send, call, response, relay, b"".join(held), outcome, record)
             rest, failure = relay.close()
-            self._ended(call, relay, outcome, failure)
-            await record()  # before the last bytes: a stream the client saw end has its usage record
+            if not outcome.recorded:
+                self._ended(call, relay, outcome, failure)
+                await record()  # before the last bytes: a stream the client saw end has its usage record
             await send({"type": "http.response.body", "body": last + rest})
         except (UpstreamConnectionError, UpstreamTimeoutError) as exc:
             # Mid-stream upstream failure: the status line is already sent, so end the stream with an
@@ -848,6 +828,64 @@ class Gateway:
             response.release()
             if not outcome.recorded:  # a disconnect, or a failure while sending: settled after this
                 self._ended(call, relay, outcome, failure)
+
+    async def _relay_on(
+        self,
+        send: Send,
+        call: Call,
+        response: UpstreamResponse,
+        relay: Relay,
+        held: bytes,
+        outcome: Outcome,
+        record: Callable[[], Awaitable[None]],
+    ) -> bytes:
+        """Relay a committed stream: ``held`` (read before the commit), then each read until the upstream ends it.
+
+        Returns the last read's bytes, unsent: they go out with the closing bytes, in one write, after the record.
+        """
+        out = held
+        while True:
+            if relay.at_end and not outcome.recorded:
+                # The client's terminal event is in these bytes, and the upstream's end may come in a read of its
+                # own: a client may stop reading at the event, so the record is kept before it is sent.
+                self._ended(call, relay, outcome, None)
+                await record()
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            chunk = await response.next_chunk()
+            if chunk is None:
+                return b""
+            out = relay.feed(chunk)
+            if response.ended:
+                return out  # nothing more can come
+
+    async def _stream_whole(
+        self,
+        send: Send,
+        call: Call,
+        response: UpstreamResponse,
+        relay: Relay,
+        held: list[bytes],
+        start: dict[str, Any],
+        outcome: Outcome,
+        record: Callable[[], Awaitable[None]],
+    ) -> None:
+        """A stream that came whole before its commit (a short answer), sent at once.
+
+        Nothing is left to read, so nothing to watch for a disconnect, and the record is kept before the status
+        line, which goes out with the bytes.
+        """
+        try:
+            rest, closing = relay.close()
+            self._ended(call, relay, outcome, closing)
+            await record()
+            outcome.started = True
+            await send(start)
+            await send({"type": "http.response.body", "body": b"".join(held) + rest})
+        finally:
+            response.release()
+            if not outcome.recorded:  # cancelled, or a failure before the record: settled after this
+                self._ended(call, relay, outcome, None)
 
     @staticmethod
     def _ended(call: Call, relay: Relay, outcome: Outcome, failure: GatewayError | None) -> None:

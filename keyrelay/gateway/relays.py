@@ -77,6 +77,15 @@ class Relay(Protocol):
         ...
 
     @property
+    def at_end(self) -> bool:
+        """Whether the client's terminal event has been fed (``[DONE]``, ``message_stop``, ``response.completed``).
+
+        A client may stop reading there, before the upstream's stream is over: the usage record must be kept
+        before those bytes are sent. False while a relay only writes its terminal event in ``close``.
+        """
+        ...
+
+    @property
     def caller_fault(self) -> bool:
         """Whether the upstream's error event blames the request itself: relayed to the client, not failed over."""
         ...
@@ -130,6 +139,11 @@ class OpenAIRelay(StreamRelay):
     def content_seen(self) -> bool:
         """See ``Relay.content_seen``."""
         return self.usage is not None or self.output_tokens_estimate() > 0
+
+    @property
+    def at_end(self) -> bool:
+        """See ``Relay.at_end``: ``data: [DONE]`` was fed."""
+        return self.done
 
     @property
     def caller_fault(self) -> bool:
@@ -255,6 +269,11 @@ class PassthroughRelay:
         return reader.output_bytes > 0 or reader.complete  # not usage: Anthropic's message_start carries some
 
     @property
+    def at_end(self) -> bool:
+        """See ``Relay.at_end``: the wire's end of the answer was fed (``message_stop``, Gemini's last chunk)."""
+        return bool(self._reader.complete)
+
+    @property
     def usage(self) -> Usage | None:
         """See ``Relay.usage``."""
         reader = self._reader
@@ -305,6 +324,12 @@ class ResponsesRelay(PassthroughRelay):
     def caller_fault(self) -> bool:
         """See ``Relay.caller_fault``."""
         return self._responses.caller_fault
+
+    @property
+    def at_end(self) -> bool:
+        """See ``Relay.at_end``: a terminal event (``response.completed``, ``.incomplete``, ``.failed``) was fed."""
+        reader = self._responses
+        return bool(reader.terminal or reader.complete)
 
 
 class TranslatingRelay:
@@ -364,6 +389,11 @@ class TranslatingRelay:
     def content_seen(self) -> bool:
         """See ``Relay.content_seen``."""
         return self._decoder.output_bytes > 0
+
+    @property
+    def at_end(self) -> bool:
+        """See ``Relay.at_end``: the client's terminal event is written by ``close``, never by ``feed``."""
+        return False
 
     @property
     def caller_fault(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime
@@ -90,14 +91,20 @@ class Settlement:
         writer.touch(key.hash, admitted_at, ip)
         tokens = usage.prompt_tokens + usage.completion_tokens
         if self._limits.takes_records:
-            line = record_to_json(record)
-            if await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time(), record=line):
-                return
-            writer.enqueue(record)  # Redis did not take it (its settlement is deferred): the local journal keeps it
-        else:
-            writer.enqueue(record)
-            await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time())
+            # Shielded: a request cancelled meanwhile (its client gone, a shutdown) still settles and keeps its record.
+            await asyncio.shield(self._settle_with_record(record, reservation, cost, tokens))
+            return
+        writer.enqueue(record)
+        await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time())
         await writer.journaled()
+
+    async def _settle_with_record(self, record: UsageRecord, reservation: Reservation, cost: int, tokens: int) -> None:
+        """Settle with the record in the same step (Redis); if it was not taken, the local journal keeps it."""
+        line = record_to_json(record)
+        if await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time(), record=line):
+            return
+        self._writer.enqueue(record)  # Redis did not take it (its settlement is deferred)
+        await self._writer.journaled()
 
     async def settle(
         self,

@@ -2,7 +2,8 @@
 
 Every wire module (:mod:`.openai`, :mod:`.anthropic`, :mod:`.gemini`) answers through one :class:`MockState`: it
 records each request (bounded), applies the global delay and the wire-independent faults chosen by model name
-(``slow-ttfb``, ``held``, ``hang``), and writes SSE streams with the ``paced`` gaps, the ``framing-*`` line endings
+(``slow-ttfb``, ``held``, ``hang``), and writes SSE streams with the ``paced`` gaps (and the ``linger`` one before
+the body's end), the ``framing-*`` line endings
 and the ``cut-stream`` abort. What an error or a frame looks like is the wire module's business.
 """
 
@@ -41,6 +42,8 @@ FAULT_STREAM_ERROR: Final = "stream-error"
 FAULT_EARLY: Final = "early-"  # early-stream-error, early-cut-stream: the fault before any content
 FAULT_NO_USAGE: Final = "no-usage"
 FAULT_PACED: Final = "paced"
+# A stream whose body ends (its chunked terminator) one PACED_GAP_S after its last event, in a read of its own.
+FAULT_LINGER: Final = "linger"
 FAULT_PROMPT_TOO_LONG: Final = "prompt-too-long"
 # SSE line endings other than LF, chosen by the model name (valid SSE, and the default of several servers).
 FRAMING: Final = (("framing-crlf", b"\r\n"), ("framing-cr", b"\r"))
@@ -334,6 +337,8 @@ class MockState:
                 return abort_connection(request)
             if tail:
                 await response.write(tail if ending == b"\n" else tail.replace(b"\n", ending))
+            if FAULT_LINGER in model:
+                await self.options.sleep(PACED_GAP_S)
         except ConnectionError:
             pass  # The client went away mid-stream; aiohttp's own write_eof then fails quietly.
         return response

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from keyrelay.config import Settings
@@ -220,15 +221,31 @@ async def test_sigkill_under_load_loses_and_doubles_no_usage_record(
         assert spent[f"account:{account.id}:life"] == spent[f"group:{group.id}:life"] == total
 
 
-@pytest.mark.parametrize("stream", [False, True])
+async def _kept(client: Redis | None, prefix: str, journal: Path) -> tuple[int, int]:
+    """(records kept, micro-dollars charged to the key): in the journal's files, or in Redis' stream and counters."""
+    if client is None:
+        return sum(len(p.read_bytes().splitlines()) for p in journal.glob("*.jsonl")), 0
+    spent = 0
+    async for name in client.scan_iter(match=f"{prefix}:spend:key:*", count=100):
+        if not name.endswith(b":resv"):
+            spent += int(await client.hget(name, "spent") or 0)
+    return int(await client.xlen(f"{prefix}:usage")), spent
+
+
+@pytest.mark.parametrize(
+    ("stream", "model"),
+    [(False, "gpt-4o-mini"), (True, "gpt-4o-mini"), (True, "gpt-4o-mini-linger")],
+    ids=["plain", "stream", "stream-ending-in-a-read-of-its-own"],
+)
 @pytest.mark.parametrize("limits", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def test_the_record_is_durable_before_the_last_bytes_are_sent(
-    tmp_path: Path, mock: MockUpstream, stream: bool, limits: str
+    tmp_path: Path, mock: MockUpstream, stream: bool, model: str, limits: str
 ) -> None:
     """The ordering the test above relies on, checked exactly: at the last body message the record is kept.
 
     In the embedded shape it is in the local journal's file; with Redis, in the usage stream, and its charge in
-    the key's spend counter.
+    the key's spend counter. A stream whose upstream ends its body in a read after ``data: [DONE]`` (``linger``)
+    has its record before ``[DONE]`` is sent: a client may stop reading there.
     """
     client = await redis_client_or_skip() if limits == "redis" else None
     prefix = f"kr-test-{secrets.token_hex(6)}"
@@ -241,6 +258,7 @@ async def test_the_record_is_durable_before_the_last_bytes_are_sent(
         redis_prefix=prefix,
     )
     seen: list[tuple[bool, int, int]] = []  # (more_body, records kept, micro-dollars charged) at each body message
+    done_at: list[int] = []  # records kept when the body message with data: [DONE] was sent
     try:
         async with running_server(settings) as server:
             key = await make_api_key(server, "order@example.com", limit=1, limit_reset="daily")
@@ -250,19 +268,15 @@ async def test_the_record_is_durable_before_the_last_bytes_are_sent(
             assert journal is not None
 
             async def kept() -> tuple[int, int]:
-                if client is None:
-                    return sum(len(p.read_bytes().splitlines()) for p in journal.path.glob("*.jsonl")), 0
-                spent = 0
-                async for name in client.scan_iter(match=f"{prefix}:spend:key:*", count=100):
-                    if not name.endswith(b":resv"):
-                        spent += int(await client.hget(name, "spent") or 0)
-                return int(await client.xlen(f"{prefix}:usage")), spent
+                return await _kept(client, prefix, journal.path)
 
             async def send(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.body":
                     seen.append((message.get("more_body", False), *(await kept())))
+                    if b"data: [DONE]" in message["body"]:
+                        done_at.append(seen[-1][1])
 
-            body = orjson.dumps({**BODY, "stream": stream})
+            body = orjson.dumps({**BODY, "model": model, "stream": stream})
             messages = [{"type": "http.request", "body": body, "more_body": False}]
 
             async def receive() -> dict[str, Any]:
@@ -286,6 +300,9 @@ async def test_the_record_is_durable_before_the_last_bytes_are_sent(
             await client.aclose()
     more, records, charged = seen[-1]
     assert (more, records) == (False, 1)  # the last bytes went out with the record already kept
-    assert all(queued == 0 for _, queued, _ in seen[:-1])
+    assert done_at == ([1] if stream else [])  # and so did data: [DONE], wherever it was
+    if model == "gpt-4o-mini":
+        assert all(queued == 0 for _, queued, _ in seen[:-1])
     if limits == "redis":
-        assert charged > 0 and all(c == 0 for _, _, c in seen[:-1])  # and charged, in the same step
+        assert charged > 0 and charged == seen[-1][2]  # and charged, in the same step
+        assert all(c == 0 for _, n, c in seen if n == 0)

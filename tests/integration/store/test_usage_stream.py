@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -13,19 +15,27 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from keyrelay.config import Settings
+from keyrelay.gateway.call import Outcome
+from keyrelay.gateway.settlement import Settlement
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.limits.backend import AdmissionRequest, SpendLevel
 from keyrelay.limits.periods import spend_period
 from keyrelay.limits.redis import RedisLimits
+from keyrelay.metrics import Metrics
+from keyrelay.protocols.base import InboundRequest
+from keyrelay.protocols.canonical import Usage
+from keyrelay.protocols.openai import Operation
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.engine import create_engine
 from keyrelay.store.schema import usage_records
+from keyrelay.testing.poll import poll_until
 from keyrelay.usage.records import UsageRecord, record_from_json, record_to_json
 from keyrelay.usage.stream import UsageStream
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
 from tests.records import usage_record
+from tests.unit.gateway.test_authorize_and_bounds import principal
 from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
 
 pytestmark = pytest.mark.redis
@@ -193,3 +203,33 @@ async def test_a_drain_can_be_bounded(setup: Setup) -> None:
     assert await stream.drain(max_batches=2) == 4
     assert await stream.pending() == 3
     assert await stream.drain() == 3
+
+
+async def test_a_charge_cancelled_midway_still_settles_and_keeps_its_record(setup: Setup) -> None:
+    """A request cancelled (client gone, shutdown) while its settlement is on the way to Redis loses nothing.
+
+    The backend is new, so its first settlement waits for the script to load: the cancel lands before anything
+    reached Redis. The settlement still happens (the in-flight slot is free again) with its record in the stream.
+    """
+    limits = RedisLimits.from_url(REDIS_URL, prefix=setup.prefix)
+    settlement = Settlement(limits, UsageWriter(setup.runtime.engine), Metrics())
+    level = SpendLevel("key", setup.key_hash, "life", 10_000, 0, None)
+    try:
+        admission = await limits.admit(AdmissionRequest("h", "req_c1", 0.0, 500, (level,), (), None, 0, 1))
+        limits._shas.clear()  # as after a restart of this process: the settle script is not loaded yet
+        request = InboundRequest(Operation.CHAT, "m", False, False, None, b"{}", {})
+        outcome = Outcome(status=200, usage=Usage(3, 4))
+        charge = asyncio.ensure_future(
+            settlement.charge(principal(None, None), request, admission.reservation, outcome, "req_c1", None, 0.0, AT)
+        )
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        charge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await charge
+        await poll_until(lambda: setup.redis.xlen(setup.key), lambda n: n == 1, what="the record in the stream")
+        [(_, fields)] = await setup.redis.xrange(setup.key)
+        assert record_from_json(fields[b"r"]).request_id == "req_c1"
+        await limits.admit(AdmissionRequest("h", "req_c2", 0.0, 500, (level,), (), None, 0, 1))  # the slot is free
+    finally:
+        await limits.close()
