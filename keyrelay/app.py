@@ -175,12 +175,15 @@ class KeyrelayApp:
     async def flush_usage(self) -> int:
         """Write every usage record waiting in this process (and, with Redis, in the usage stream) to the store now.
 
+        With Redis it waits for a drain already running here, and for another process's for up to 4 s; a failure
+        of the store or of Redis leaves records unwritten (logged), for the next flush or drain.
+
         Returns:
             The number of records written.
         """
         written = await self.writer.flush() if self.writer is not None else 0
         if self.usage_stream is not None:
-            written += await self.usage_stream.drain()
+            written += await self.usage_stream.drain(wait=True)
         return written
 
     async def unwritten_usage(self) -> int:

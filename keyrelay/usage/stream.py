@@ -18,11 +18,13 @@ Commands: https://redis.io/docs/latest/commands/xrange/, https://redis.io/docs/l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
@@ -43,32 +45,53 @@ class UsageStream:
         """A drainer of the stream ``key`` (``RedisLimits.usage_stream``) on ``client``, ``batch`` entries a time.
 
         ``lock_ttl_s``: how long the drain lock outlives a drainer that died holding it (seconds); a drainer
-        renews it before each batch. A batch taking longer only lets a second drainer start early, which
-        writes nothing twice (see the module doc).
+        renews it before each batch's store write and before its deletion. A write taking longer only lets a
+        second drainer start early, which writes nothing twice (see the module doc).
         """
         self._redis = client
         self._writer = writer
         self._key = key
         self._rejected = key + ":rejected"
         self._batch = batch
-        self._lock = client.lock(key + ":drain", timeout=lock_ttl_s, blocking=False, thread_local=False)
+        self._lock_ttl_s = lock_ttl_s
+        self._draining = asyncio.Lock()  # one drain at a time in this process (start-up, periodic, flush, shutdown)
 
-    async def drain(self, *, max_batches: int | None = None) -> int:
+    async def drain(self, *, max_batches: int | None = None, wait: bool = False) -> int:
         """Write the stream's records into the store, oldest first, until it is empty (or ``max_batches`` are done).
 
-        Does nothing if another process is draining (it holds the lock). A failure of Redis or of the store is
-        logged and ends this drain: the entries stay in the stream for the next one (every flush interval).
+        Does nothing if another drain runs, in this process or another (it holds the lock), unless ``wait``: then
+        it waits for this process's drain to end and for another process's lock for up to twice its lifetime. A
+        failure of Redis or of the store is logged and ends this drain: the entries stay in the stream for the next
+        one (every flush interval).
 
         Returns:
             The number of records written (those the store held already are not counted).
         """
-        written = batches = 0
-        try:
-            if not await self._lock.acquire():
-                return 0
-        except RedisError as exc:
-            log.warning("usage stream: cannot take the drain lock now: %s", exc)
+        if self._draining.locked() and not wait:
             return 0
+        async with self._draining:
+            # A Lock object per drain: redis-py's keeps the token it holds, which must be this drain's own.
+            lock = self._redis.lock(
+                self._key + ":drain",
+                timeout=self._lock_ttl_s,
+                blocking=wait,
+                blocking_timeout=2 * self._lock_ttl_s if wait else None,
+                thread_local=False,
+            )
+            try:
+                if not await lock.acquire():
+                    return 0
+            except RedisError as exc:
+                log.warning("usage stream: cannot take the drain lock now: %s", exc)
+                return 0
+            try:
+                return await self._drain_locked(lock, max_batches)
+            finally:
+                with contextlib.suppress(RedisError, LockError):  # expired or unreachable: it frees itself
+                    await lock.release()
+
+    async def _drain_locked(self, lock: Lock, max_batches: int | None) -> int:
+        written = batches = 0
         try:
             while True:
                 entries = cast(list[_Entry], await self._redis.xrange(self._key, count=self._batch))
@@ -76,21 +99,19 @@ class UsageStream:
                     break
                 ids = [ident for ident, _ in entries]
                 records = await self._records(entries)
+                await lock.reacquire()  # raises LockError if it was lost meanwhile
                 try:
                     written += await self._writer.replay([record for _, _, record in records])
                 except (DataError, IntegrityError):
                     # A record the store refuses (a value it cannot hold) must not stop every later one: one by one.
                     written += await self._one_by_one(records)
+                await lock.reacquire()
                 await self._redis.xdel(self._key, *ids)
                 batches += 1
                 if len(entries) < self._batch or batches == max_batches:
                     break
-                await self._lock.reacquire()  # raises LockError if it was lost meanwhile
         except (RedisError, LockError, SQLAlchemyError, OSError) as exc:
             log.warning("usage stream: drain interrupted, the rest stays for the next one: %s", exc)
-        finally:
-            with contextlib.suppress(RedisError, LockError):  # expired or unreachable: it frees itself in lock_ttl_s
-                await self._lock.release()
         return written
 
     async def _records(self, entries: list[_Entry]) -> list[_Read]:
@@ -104,18 +125,28 @@ class UsageStream:
         return records
 
     async def _one_by_one(self, records: list[_Read]) -> int:
-        """Write each record alone; one the store refuses is moved to the rejected stream."""
+        """Write each record alone; one the store refuses twice is moved to the rejected stream.
+
+        Twice: a conflict with a concurrent drain's insert of the same record is not a refusal.
+        """
         written = 0
         for ident, fields, record in records:
             try:
                 written += await self._writer.replay([record])
-            except (DataError, IntegrityError) as exc:
-                await self._reject(ident, fields, f"refused by the store: {type(exc.orig).__name__}")
+            except (DataError, IntegrityError):
+                try:
+                    written += await self._writer.replay([record])
+                except (DataError, IntegrityError) as exc:
+                    await self._reject(ident, fields, f"refused by the store: {type(exc.orig).__name__}")
         return written
 
     async def _reject(self, ident: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        """Move one entry to the rejected stream (copied and deleted in one transaction: never copied twice)."""
         log.error("usage stream entry %s set aside in %s (%s)", ident.decode(), self._rejected, reason)
-        await self._redis.xadd(self._rejected, cast(Any, fields) or {b"r": b""})
+        async with self._redis.pipeline(transaction=True) as moving:
+            moving.xadd(self._rejected, cast(Any, fields) or {b"r": b""})
+            moving.xdel(self._key, ident)
+            await moving.execute()
 
     async def pending(self) -> int:
         """Entries in the stream, not yet in the store (``XLEN``)."""
