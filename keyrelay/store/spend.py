@@ -119,22 +119,12 @@ async def latest_periods(conn: AsyncConnection, *, scope: str, idents: Sequence[
     """
     if not idents:
         return {}
-    newer = spend_periods.alias("newer")
-    latest = (
-        select(func.max(newer.c.period_start))
-        .where(
-            newer.c.scope == spend_periods.c.scope,
-            newer.c.ident == spend_periods.c.ident,
-            newer.c.reset == spend_periods.c.reset,
-        )
-        .scalar_subquery()
-    )
     stmt = select(
         spend_periods.c.ident, spend_periods.c.reset, spend_periods.c.period_start, spend_periods.c.usage_micros
     ).where(
         spend_periods.c.scope == scope,
         spend_periods.c.ident.in_(list(dict.fromkeys(idents))),
-        spend_periods.c.period_start == latest,
+        spend_periods.c.period_start == _LATEST,
     )
     out: dict[str, dict[str, int]] = {}
     for row in (await conn.execute(stmt)).all():
