@@ -14,8 +14,7 @@ def provider_for(mock: MockUpstream, name: str = "mock", region: str | None = "u
         ModelConfig(id="gpt-4o", input_per_mtok="2.5", output_per_mtok="10"),
         ModelConfig(id="text-embedding-3-small", input_per_mtok="0.02"),
     ]
-    faults = ("fail-429", "fail-500", "fail-503", "fail-400", "hang", "cut-stream", "no-usage", "slow-ttfb", "linger")
-    for fault in faults:
+    for fault in ("fail-429", "fail-500", "fail-503", "fail-400", "hang", "cut-stream", "no-usage", "slow-ttfb"):
         models.append(ModelConfig(id=f"gpt-4o-mini-{fault}", input_per_mtok="0.15", output_per_mtok="0.60"))
     return ProviderConfig(
         name=name, kind="openai", base_url=mock.base_url, region=region, models=tuple(models), timeout_s=2

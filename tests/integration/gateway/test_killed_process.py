@@ -26,7 +26,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from keyrelay.config import Settings
+from keyrelay.config import ModelConfig, ProviderConfig, Settings
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
@@ -221,6 +221,12 @@ async def test_sigkill_under_load_loses_and_doubles_no_usage_record(
         assert spent[f"account:{account.id}:life"] == spent[f"group:{group.id}:life"] == total
 
 
+def _with_linger(provider: ProviderConfig) -> ProviderConfig:
+    """The provider with the mock's ``linger`` model too (its body ends in a read after its last event)."""
+    linger = ModelConfig(id="gpt-4o-mini-linger", input_per_mtok="0.15", output_per_mtok="0.60")
+    return provider.model_copy(update={"models": (*provider.models, linger)})
+
+
 async def _kept(client: Redis | None, prefix: str, journal: Path) -> tuple[int, int]:
     """(records kept, micro-dollars charged to the key): in the journal's files, or in Redis' stream and counters."""
     if client is None:
@@ -253,7 +259,7 @@ async def test_the_record_is_durable_before_the_last_bytes_are_sent(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'order.db'}",
         usage_flush_interval_s=3600,
         log_level="warning",
-        providers=(provider_for(mock),),
+        providers=(_with_linger(provider_for(mock)),),
         redis_url=REDIS_URL if client is not None else None,
         redis_prefix=prefix,
     )
