@@ -48,14 +48,18 @@ class KeyrelayApp:
         settings: Settings,
         *,
         clock: Clock | None = None,
-        reload_on_sighup: bool = False,
+        owns_process: bool = False,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
-        """The app for ``settings``; ``tracer_provider`` traces requests whatever the settings say (tests)."""
+        """The app for ``settings``; ``tracer_provider`` traces requests whatever the settings say (tests).
+
+        ``owns_process`` (``keyrelay serve`` and its workers): SIGHUP reloads keyrelay.yaml, and start-up sets the
+        process-wide garbage-collector policy. Apps embedded elsewhere (tests, another server) leave both alone.
+        """
         self.settings = settings
         self._clock = clock
         self.tracer_provider = tracer_provider
-        self._reload_on_sighup = reload_on_sighup
+        self._owns_process = owns_process
         self.admin = create_admin_app()
         self.portal = create_portal_app(settings)
         self.runtime: Runtime | None = None
@@ -126,16 +130,9 @@ class KeyrelayApp:
             runtime.tasks.spawn(shared.run(), name="channel-health")
         self.writer = writer
         self.runtime = runtime
-        if self._reload_on_sighup:
+        if self._owns_process:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
-        # Everything built so far lives as long as the process: move it out of the collector's
-        # reach, so full collections stay short (they were ~80 ms pauses under load).
-        gc.collect()
-        gc.freeze()
-        # The requests in flight hold more than the default 700 young container objects at once, so under load the
-        # young generation was collected every few requests (35 times a second at 220 requests a second, 0.45 ms
-        # each) and found almost nothing: reference counting frees what a request allocates when it ends.
-        gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+            _tune_gc()
 
     async def _usage_writer(self, runtime: Runtime) -> UsageWriter:
         """The usage writer with this process's journal, after replaying the journals of processes that died.
@@ -216,7 +213,7 @@ class KeyrelayApp:
         """Flush and close everything."""
         if self.runtime is None:
             return
-        if self._reload_on_sighup:
+        if self._owns_process:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.runtime.tasks.close()
         if self.writer is not None:
@@ -331,11 +328,23 @@ def create_app(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    reload_on_sighup: bool = False,
+    owns_process: bool = False,
     tracer_provider: TracerProvider | None = None,
 ) -> KeyrelayApp:
-    """Build the ASGI application for these settings (``reload_on_sighup``: ``keyrelay serve``'s reload)."""
-    return KeyrelayApp(settings, clock=clock, reload_on_sighup=reload_on_sighup, tracer_provider=tracer_provider)
+    """Build the ASGI application for these settings (``owns_process``: ``keyrelay serve``, see ``KeyrelayApp``)."""
+    return KeyrelayApp(settings, clock=clock, owns_process=owns_process, tracer_provider=tracer_provider)
+
+
+def _tune_gc() -> None:
+    """The garbage-collector policy of a serving process (process-wide, so only for an app that owns its process)."""
+    # Everything built so far lives as long as the process: move it out of the collector's
+    # reach, so full collections stay short (they were ~80 ms pauses under load).
+    gc.collect()
+    gc.freeze()
+    # The requests in flight hold more than the default 700 young container objects at once, so under load the
+    # young generation was collected every few requests (35 times a second at 220 requests a second, 0.45 ms
+    # each) and found almost nothing: reference counting frees what a request allocates when it ends.
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def create_app_from_env() -> KeyrelayApp:
@@ -343,4 +352,4 @@ def create_app_from_env() -> KeyrelayApp:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's handler is in place: never the default (exit)
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
-    return KeyrelayApp(settings, reload_on_sighup=True)
+    return KeyrelayApp(settings, owns_process=True)

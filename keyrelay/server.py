@@ -167,7 +167,7 @@ def _serve(settings: Settings) -> None:
     sock = bind_listener(settings.host, settings.port)
     port = sock.getsockname()[1]
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's handler is in place: never the default (exit)
-    app = create_app(settings, reload_on_sighup=True)
+    app = create_app(settings, owns_process=True)
     config = bounded_config(
         uvicorn.Config(app, host=settings.host, port=port, **_uvicorn_options(settings)), connection_limits(settings)
     )
