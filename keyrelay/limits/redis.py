@@ -84,6 +84,7 @@ class RedisLimits:
         self._redis = client
         self._lean = LeanRedis.like(client)
         self._prefix = prefix
+        self.usage_stream = f"{prefix}:{USAGE_STREAM}"  # the key of the stream the settlements append records to
         self._fail_open = fail_open
         self._fallback = MemoryLimits()
         self._sources = {name: _script(f"{name}.lua") for name in (ADMIT, SETTLE, WINDOW_USAGE, MARK)}
@@ -225,11 +226,6 @@ class RedisLimits:
             concurrent=local.concurrent,
         )
         return Admission(reservation=tagged, window=admission.window)
-
-    @property
-    def usage_stream(self) -> str:
-        """The key of the usage stream the settlements append records to."""
-        return f"{self._prefix}:{USAGE_STREAM}"
 
     async def settle(
         self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float, record: bytes | None = None

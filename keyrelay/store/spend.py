@@ -9,16 +9,19 @@ and :func:`keyrelay.limits.periods.stored_usage` tells whether it is the current
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Executable, and_, bindparam, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyrelay.clock import ensure_utc
 from keyrelay.limits.periods import counter_name
+from keyrelay.store.driver_sql import DriverStatement
 from keyrelay.store.schema import spend_periods
 
 _PK = ["scope", "ident", "reset", "period_start"]
@@ -36,8 +39,29 @@ class PeriodCharge:
     cost_micros: int
 
 
+_COLUMNS = ("scope", "ident", "reset", "period_start", "usage_micros")
+_CHARGE_ROW = operator.attrgetter("scope", "ident", "reset", "period_start", "cost_micros")  # _COLUMNS' values
+_UPSERTS: dict[str, DriverStatement] = {}  # by dialect name, compiled on first use
+
+
+def _upsert(dialect: Dialect) -> DriverStatement:
+    """The ledger's upsert for ``dialect``: insert the period's row at the charge, or add the charge to it."""
+    upsert: Executable
+    if dialect.name == "sqlite":
+        lite = sqlite.insert(spend_periods)
+        upsert = lite.on_conflict_do_update(
+            index_elements=_PK, set_={"usage_micros": _ADD + lite.excluded.usage_micros}
+        )
+    elif dialect.name == "postgresql":
+        pg = postgresql.insert(spend_periods)
+        upsert = pg.on_conflict_do_update(index_elements=_PK, set_={"usage_micros": _ADD + pg.excluded.usage_micros})
+    else:  # pragma: no cover - the engine only accepts these two
+        raise NotImplementedError(f"no spend ledger upsert for {dialect.name}")
+    return DriverStatement(upsert, dialect, columns=_COLUMNS)
+
+
 async def add_charges(conn: AsyncConnection, charges: Sequence[PeriodCharge]) -> None:
-    """Add each charge to its period's row (created at 0 if new), in one ``executemany``.
+    """Add each charge to its period's row (created at 0 if new), in one driver-level ``executemany``.
 
     Callers pass at most one charge per row (the upsert cannot touch a row twice in one statement) and
     in a fixed order (sorted), so concurrent flushes of two processes lock rows in the same order.
@@ -48,31 +72,11 @@ async def add_charges(conn: AsyncConnection, charges: Sequence[PeriodCharge]) ->
     """
     if not charges:
         return
-    name = conn.dialect.name
-    upsert: Executable
-    if name == "sqlite":
-        lite = sqlite.insert(spend_periods)
-        upsert = lite.on_conflict_do_update(
-            index_elements=_PK, set_={"usage_micros": _ADD + lite.excluded.usage_micros}
-        )
-    elif name == "postgresql":
-        pg = postgresql.insert(spend_periods)
-        upsert = pg.on_conflict_do_update(index_elements=_PK, set_={"usage_micros": _ADD + pg.excluded.usage_micros})
-    else:  # pragma: no cover - the engine only accepts these two
-        raise NotImplementedError(f"no spend ledger upsert for {name}")
-    await conn.execute(
-        upsert,
-        [
-            {
-                "scope": c.scope,
-                "ident": c.ident,
-                "reset": c.reset,
-                "period_start": c.period_start,
-                "usage_micros": c.cost_micros,
-            }
-            for c in charges
-        ],
-    )
+    dialect = conn.dialect
+    statement = _UPSERTS.get(dialect.name)
+    if statement is None:
+        statement = _UPSERTS[dialect.name] = _upsert(dialect)
+    await statement.executemany(conn, statement.from_tuples(map(_CHARGE_ROW, charges)))
 
 
 _NEWER = spend_periods.alias("newer")

@@ -53,34 +53,6 @@ class UsageRecord:
     upstream_kind: str | None = None
     attempts: str | None = None  # JSON list of the upstream attempts, when one failed (None: one that succeeded)
 
-    def row(self) -> dict[str, Any]:
-        """The usage_records row."""
-        return {
-            "request_id": self.request_id,
-            "created_at": self.created_at,
-            "key_hash": self.key_hash,
-            "key_name": self.key_name,
-            "account_id": self.account_id,
-            "model": self.model,
-            "provider": self.provider,
-            "streamed": self.streamed,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_micros": self.cost_micros,
-            "usage_estimated": self.usage_estimated,
-            "status": self.status,
-            "error_type": self.error_type,
-            "latency_ms": self.latency_ms,
-            "ttft_ms": self.ttft_ms,
-            "client_ip": self.client_ip,
-            "cache_read_tokens": self.cache_read_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "protocol": self.protocol,
-            "upstream_kind": self.upstream_kind,
-            "attempts": self.attempts,
-        }
-
 
 _FIELDS = tuple(field.name for field in fields(UsageRecord))
 _VALUES = operator.attrgetter(*_FIELDS)

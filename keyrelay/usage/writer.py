@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from keyrelay.store.driver_sql import DriverStatement
 from keyrelay.store.schema import accounts, groups, keys, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
 from keyrelay.usage.journal import UsageJournal
@@ -61,45 +62,7 @@ _CHARGE_ACCOUNT = (
 )
 
 
-_COLUMNS = (
-    "request_id",
-    "created_at",
-    "key_hash",
-    "key_name",
-    "account_id",
-    "model",
-    "provider",
-    "streamed",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_micros",
-    "usage_estimated",
-    "status",
-    "error_type",
-    "latency_ms",
-    "ttft_ms",
-    "client_ip",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "protocol",
-    "upstream_kind",
-    "attempts",
-)
-
-
-_ROW = operator.attrgetter(*_COLUMNS)
-_CREATED_AT = _COLUMNS.index("created_at")
-
-
-def _insert_sql(paramstyle: str) -> str | None:
-    if paramstyle == "qmark":
-        marks = ", ".join("?" for _ in _COLUMNS)
-    elif paramstyle == "numeric_dollar":
-        marks = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
-    else:
-        return None
-    return f"INSERT INTO usage_records ({', '.join(_COLUMNS)}) VALUES ({marks})"
+_COLUMNS = tuple(c.name for c in usage_records.c if c.name != "id")  # each a UsageRecord field of that name
 
 
 def counters_of(record: UsageRecord) -> list[SpendCounter]:
@@ -128,10 +91,15 @@ class UsageWriter:
         self._lock = asyncio.Lock()
         self._pending: dict[SpendCounter, int] = {}
         self._last_used: dict[str, tuple[datetime, str | None]] = {}
-        # Records go in with one precompiled driver-level executemany: SQLAlchemy's per-row bind
-        # processing cost ~11 µs a record on the event loop (measured), a 20 ms stall per 2000 records.
-        self._insert_sql = _insert_sql(engine.dialect.paramstyle)
-        self._sqlite = engine.dialect.name == "sqlite"
+        # Every statement of a flush compiled once and run by the driver with plain tuples (store/driver_sql.py):
+        # SQLAlchemy's per-row parameter processing cost ~11 µs a row on the event loop (measured), a 20 ms stall
+        # per 2000 records, and a flush of records of distinct keys has as many key and spend-ledger rows.
+        dialect = engine.dialect
+        self._insert = DriverStatement(usage_records.insert(), dialect, columns=_COLUMNS)
+        self._row = operator.attrgetter(*self._insert.names)  # a record's parameters (the table's column order)
+        self._charge_key = DriverStatement(_CHARGE_KEY, dialect)
+        self._charge_group = DriverStatement(_CHARGE_GROUP, dialect)
+        self._charge_account = DriverStatement(_CHARGE_ACCOUNT, dialect)
 
     def enqueue(self, record: UsageRecord) -> None:
         """Queue a record; its cost counts as pending on each of its counters until flushed.
@@ -161,14 +129,6 @@ class UsageWriter:
     def touch(self, key_hash: str, when: datetime, ip: str | None) -> None:
         """Remember the latest use of a key; written at the next flush."""
         self._last_used[key_hash] = (when, ip)
-
-    def _as_tuple(self, record: UsageRecord) -> tuple[object, ...]:
-        values: tuple[object, ...] = _ROW(record)  # one C call for every column
-        if self._sqlite:
-            # SQLAlchemy's SQLite DATETIME storage format (UTC, no offset), so reads round-trip.
-            stamp = record.created_at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-            values = (*values[:_CREATED_AT], stamp, *values[_CREATED_AT + 1 :])
-        return values
 
     def pending(self, scope: str, ident: str, counter: str) -> int:
         """Cost queued for one spend counter but not yet in the store (micro-dollars).
@@ -312,11 +272,9 @@ class UsageWriter:
                 if record.group_period is not None:
                     gslot = ("group", str(record.group_id), record.group_period.reset, record.group_period.start)
                     per_period[gslot] = per_period.get(gslot, 0) + cost
-        if batch:
-            if self._insert_sql is not None:
-                await conn.exec_driver_sql(self._insert_sql, [self._as_tuple(r) for r in batch])
-            else:
-                await conn.execute(usage_records.insert(), [r.row() for r in batch])
+        await self._insert.executemany(
+            conn, self._insert.from_tuples(map(self._row, batch))
+        )  # one C call a record's row
         # Every row is updated once, tables in one order (keys, groups, accounts, spend periods) and rows in sorted
         # order within each: any two flushes, of any processes, lock rows in the same order, so none waits on another
         # in a cycle (no deadlock, however hot the keys they share).
@@ -325,11 +283,10 @@ class UsageWriter:
             for h in sorted(per_key.keys() | touched.keys())
             for used in (touched.get(h, (None, None)),)
         ]
-        if key_rows:
-            await conn.execute(_CHARGE_KEY, key_rows)
-        for stmt, amounts in ((_CHARGE_GROUP, per_group), (_CHARGE_ACCOUNT, per_account)):
-            if amounts:
-                await conn.execute(stmt, [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())])
+        await self._charge_key.executemany(conn, self._charge_key.from_mappings(key_rows))
+        for stmt, amounts in ((self._charge_group, per_group), (self._charge_account, per_account)):
+            rows = [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())]
+            await stmt.executemany(conn, stmt.from_mappings(rows))
         # Each cost goes to the period of its admission only; no statement restarts or lowers a period.
         await add_charges(conn, [PeriodCharge(*slot, cost) for slot, cost in sorted(per_period.items())])
 

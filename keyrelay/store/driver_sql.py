@@ -1,0 +1,79 @@
+"""Statements compiled once and run through the database driver's own executemany, with plain tuples.
+
+SQLAlchemy's ``conn.execute(statement, [dict, ...])`` compiles nothing twice, but it still builds and processes each
+row's parameters in Python: about 11 µs a row on the event loop (measured for the usage records' insert), so a flush
+of 500 rows of distinct keys stalled the loop for several milliseconds. A ``DriverStatement`` does that work once:
+the SQL text and the order of its parameters come from SQLAlchemy's compiler for the engine's dialect, and the
+only per-row work left is SQLAlchemy's own bind processors of the types that have one (SQLite's DATETIME, which
+stores text), applied to those positions only. Rows then go to ``exec_driver_sql`` as tuples.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Row = tuple[Any, ...]
+
+
+class DriverStatement:
+    """``statement`` compiled for ``dialect``: its SQL text (``sql``) and its parameters' names in order (``names``).
+
+    ``columns``: for an INSERT, the columns given per row (SQLAlchemy's ``column_keys``; each becomes a parameter
+    named after its column). A name may come twice in ``names`` (SQLite's positional style repeats a parameter used
+    twice); ``from_mappings`` fills every position.
+    """
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect, *, columns: Sequence[str] | None = None) -> None:
+        """Compile ``statement`` once.
+
+        Raises:
+            ValueError: The dialect's parameter style is not positional (SQLite's qmark and asyncpg's
+                numeric_dollar are), or the statement has no parameters.
+        """
+        compiled = statement.compile(dialect=dialect, column_keys=list(columns) if columns is not None else None)
+        if not isinstance(compiled, SQLCompiler) or not compiled.positiontup:
+            raise ValueError(f"a DriverStatement needs a positional parameter style (not {dialect.paramstyle})")
+        self.sql: str = compiled.string
+        self.names: tuple[str, ...] = tuple(compiled.positiontup)
+        self._pick: Callable[[Mapping[str, Any]], Any] = operator.itemgetter(*self.names)
+        processors: list[tuple[int, Callable[[Any], Any]]] = []
+        for position, name in enumerate(self.names):
+            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors.append((position, process))
+        self._processors = processors
+
+    def from_tuples(self, rows: Iterable[Row]) -> list[Row]:
+        """The driver's parameters of ``rows``, each a tuple of values in the order of ``names``."""
+        if not self._processors:
+            return rows if isinstance(rows, list) else list(rows)
+        out: list[Row] = []
+        for row in rows:
+            values = list(row)
+            for position, process in self._processors:
+                values[position] = process(values[position])
+            out.append(tuple(values))
+        return out
+
+    def from_mappings(self, rows: Iterable[Mapping[str, Any]]) -> list[Row]:
+        """The driver's parameters of ``rows``, each a mapping of parameter name to value."""
+        pick = self._pick
+        if len(self.names) == 1:
+            return self.from_tuples((pick(row),) for row in rows)
+        return self.from_tuples(pick(row) for row in rows)
+
+    async def executemany(self, conn: AsyncConnection, rows: list[Row]) -> None:
+        """Run the statement once per row of driver parameters (``from_tuples``/``from_mappings``), in one call.
+
+        Raises:
+            sqlalchemy.exc.DBAPIError: The database refused a row (wrapped as SQLAlchemy wraps the driver's errors).
+        """
+        if rows:
+            await conn.exec_driver_sql(self.sql, rows)

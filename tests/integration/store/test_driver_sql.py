@@ -1,0 +1,86 @@
+"""Statements run through the driver (``store/driver_sql.py``) store exactly what SQLAlchemy's own execute stores.
+
+The usage writer and the spend ledger write through the driver; everything else reads and writes through
+SQLAlchemy. On SQLite a timestamp is text, so a period written one way and charged the other must be the same
+primary key, or a period would be split in two rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import BigInteger, String, bindparam, func, select
+from sqlalchemy.dialects.postgresql import psycopg
+
+from keyrelay.config import Settings
+from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.store.driver_sql import DriverStatement
+from keyrelay.store.schema import spend_periods, usage_records
+from keyrelay.store.spend import PeriodCharge, add_charges
+from tests.records import usage_record
+
+STAMP = datetime(2026, 6, 1, 12, 30, 45, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+async def runtime(database_url: str) -> AsyncIterator[Runtime]:
+    rt = await open_runtime(Settings(database_url=database_url))
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+async def test_a_period_row_from_sqlalchemy_is_the_row_the_driver_charges(runtime: Runtime) -> None:
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            spend_periods.insert(),
+            {"scope": "key", "ident": "h", "reset": "daily", "period_start": STAMP, "usage_micros": 5},
+        )
+    async with runtime.engine.begin() as conn:
+        await add_charges(conn, [PeriodCharge("key", "h", "daily", STAMP, 7)])
+    async with runtime.engine.connect() as conn:
+        rows = (await conn.execute(select(spend_periods.c.period_start, spend_periods.c.usage_micros))).all()
+        # ... and SQLAlchemy's own comparison finds it.
+        found = await conn.scalar(select(func.count()).where(spend_periods.c.period_start == STAMP))
+    assert [(start.astimezone(UTC), usage) for start, usage in rows] == [(STAMP, 12)]
+    assert found == 1
+
+
+async def test_a_record_inserted_by_the_driver_reads_back_as_sqlalchemy_writes_it(runtime: Runtime) -> None:
+    record = usage_record("req-1", STAMP, key_hash="h", account_id=1, client_ip="::1", ttft_ms=None)
+    columns = [c.name for c in usage_records.c if c.name != "id"]
+    insert = DriverStatement(usage_records.insert(), runtime.engine.dialect, columns=columns)
+    async with runtime.engine.begin() as conn:
+        await insert.executemany(conn, insert.from_tuples([tuple(getattr(record, c) for c in columns)]))
+        reference = {c: getattr(record, c) for c in columns} | {"request_id": "req-2"}
+        await conn.execute(usage_records.insert(), reference)
+    async with runtime.engine.connect() as conn:
+        rows = (await conn.execute(select(*usage_records.c).order_by(usage_records.c.request_id))).mappings().all()
+        by_stamp = await conn.scalar(select(func.count()).where(usage_records.c.created_at == STAMP))
+    driver, sqlalchemy = ({k: v for k, v in row.items() if k not in ("id", "request_id")} for row in rows)
+    assert driver == sqlalchemy
+    assert driver["created_at"].astimezone(UTC) == STAMP
+    assert by_stamp == 2
+
+
+async def test_a_parameter_used_twice_is_given_at_every_position(runtime: Runtime) -> None:
+    # SQLite's positional style repeats a parameter used twice (the usage writer's key update does this).
+    statement = spend_periods.update().values(
+        usage_micros=bindparam("b_cost", type_=BigInteger) + bindparam("b_cost", type_=BigInteger),
+        reset=bindparam("b_reset", type_=String),
+    )
+    driver = DriverStatement(statement, runtime.engine.dialect)
+    async with runtime.engine.begin() as conn:
+        await add_charges(conn, [PeriodCharge("key", "h", "daily", STAMP, 1)])
+        await driver.executemany(conn, driver.from_mappings([{"b_cost": 4, "b_reset": "weekly"}]))
+    async with runtime.engine.connect() as conn:
+        row = (await conn.execute(select(spend_periods.c.reset, spend_periods.c.usage_micros))).one()
+    assert tuple(row) == ("weekly", 8)
+
+
+def test_a_named_parameter_style_is_refused() -> None:
+    with pytest.raises(ValueError, match="positional parameter style"):
+        DriverStatement(spend_periods.update().values(usage_micros=bindparam("b")), psycopg.dialect())
