@@ -3,7 +3,9 @@
 A key's spend at 80 % and 100 % of its limit, a low account balance, and a key expiring within 7 days.
 
 ``Notifier.check_once`` runs periodically (``KEYRELAY_NOTIFY_INTERVAL_S``, every process). It reads the
-store, not the hot path, so the spend it sees is what the usage writer flushed (about a second behind).
+store, not the hot path, so the spend it sees is what the usage writer flushed (about a second behind). The
+database picks the keys that may be due (``NotificationRepository.keys_due_after``); the rules below are then
+applied to those only, so a check costs what is due, not what exists.
 Each notification goes out at most once per period:
 
 - spend: once per key, kind (80 or 100) and spend period (the period's start; ``lifetime`` for a limit
@@ -22,8 +24,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import get_args
 
 from keyrelay.clock import Clock
+from keyrelay.keys.spec import LimitReset
 from keyrelay.limits.periods import period_start, stored_usage
 from keyrelay.mail import Mailer, MailError
 from keyrelay.store.notifications import NotificationRepository
@@ -85,8 +89,16 @@ class Notifier:
     async def _check_keys(self, now: datetime, groups: dict[int, GroupRecord]) -> int:
         sent = 0
         after = ""
+        starts = {reset: start for reset in get_args(LimitReset) if (start := period_start(reset, now)) is not None}
         while True:
-            page = await self._repo.keys_after(after_hash=after, limit=_PAGE)
+            page = await self._repo.keys_due_after(
+                after_hash=after,
+                limit=_PAGE,
+                now=now,
+                period_starts=starts,
+                notice=EXPIRY_NOTICE,
+                spend_percent=SPEND_THRESHOLDS[0],
+            )
             if not page:
                 return sent
             after = page[-1].hash
