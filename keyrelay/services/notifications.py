@@ -157,7 +157,9 @@ class Notifier:
         sent = 0
         after = 0
         while True:
-            page = await self._repo.accounts_after(after_id=after, limit=_PAGE)
+            page = await self._repo.accounts_low_after(
+                after_id=after, limit=_PAGE, below_micros=self._low_balance_micros
+            )
             if not page:
                 return sent
             after = page[-1][0].id

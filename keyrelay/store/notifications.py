@@ -127,12 +127,20 @@ class NotificationRepository:
             for r in rows
         }
 
-    async def accounts_after(self, *, after_id: int, limit: int) -> list[tuple[AccountRecord, Preferences]]:
-        """Active accounts with a balance (not unlimited), in id order after ``after_id``."""
+    async def accounts_low_after(
+        self, *, after_id: int, limit: int, below_micros: int
+    ) -> list[tuple[AccountRecord, Preferences]]:
+        """Active accounts with a balance whose credit left is below ``below_micros``, in id order after ``after_id``.
+
+        Chosen by the database: a check reads the accounts running low, not every account.
+        """
         stmt = (
             select(accounts)
             .where(
-                and_(accounts.c.id > after_id, accounts.c.status == "active", accounts.c.balance_micros.is_not(None))
+                accounts.c.id > after_id,
+                accounts.c.status == "active",
+                accounts.c.balance_micros.is_not(None),
+                accounts.c.balance_micros - accounts.c.spent_micros < below_micros,
             )
             .order_by(accounts.c.id)
             .limit(limit)

@@ -20,7 +20,7 @@ from keyrelay.limits.periods import period_start
 from keyrelay.runtime import Runtime, open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.services.notifications import EXPIRY_NOTICE, SPEND_THRESHOLDS
-from keyrelay.store.schema import keys
+from keyrelay.store.schema import accounts, keys
 from keyrelay.store.spend import PeriodCharge, add_charges
 from tests.conftest import TEST_ACTOR
 
@@ -105,3 +105,23 @@ async def test_the_database_picks_exactly_the_keys_that_may_be_due(runtime: Runt
     first = await due(rt, limit=2)
     assert first == in_order[:2]
     assert await due(rt, after=hashes[first[-1]], limit=2) == in_order[2:]
+
+
+async def test_the_database_picks_exactly_the_accounts_running_low(runtime: Runtime) -> None:
+    rt = runtime
+    made = {}
+    for email, balance, spent, status in [
+        ("low@example.com", Decimal("5"), 1_000_001, "active"),  # $3.999999 left: below $4
+        ("overdrawn@example.com", Decimal("1"), 2_000_000, "active"),  # below zero
+        ("exactly@example.com", Decimal("5"), 1_000_000, "active"),  # $4 left: not below
+        ("unlimited@example.com", None, 10**9, "active"),
+        ("inactive@example.com", Decimal("1"), 1_000_000, "inactive"),
+    ]:
+        account = await rt.account_service.create_account(
+            AccountCreate(email=email, balance=balance, status=status), actor=TEST_ACTOR
+        )
+        async with rt.engine.begin() as conn:
+            await conn.execute(accounts.update().where(accounts.c.id == account.id).values(spent_micros=spent))
+        made[account.id] = email
+    page = await rt.notifications.accounts_low_after(after_id=0, limit=500, below_micros=4_000_000)
+    assert [made[a.id] for a, _ in page] == ["low@example.com", "overdrawn@example.com"]
