@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("keyrelay.tasks")
+T = TypeVar("T")
 _CANCEL_RETRY_S = 1.0  # how long close() waits for cancelled tasks before cancelling the rest again
 _CANCEL_TRIES = 5
 
@@ -67,6 +68,32 @@ class TaskGroup:
             _, pending = await asyncio.wait(pending, timeout=_CANCEL_RETRY_S)
         for task in pending:
             log.error("background task %s did not stop when cancelled; left behind", task.get_name())
+
+
+async def finish_then_cancel(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end even if the caller is cancelled meanwhile; the caller's cancellation is raised after.
+
+    For a database transaction in a background task that shutdown cancels: an aiosqlite statement cancelled
+    mid-way goes on in its thread, and its transaction is neither committed nor rolled back, so SQLite stays
+    locked for every later writer (the final usage flush waited out its 30 s busy timeout, then failed).
+
+    Raises:
+        asyncio.CancelledError: The caller was cancelled (after ``coro`` finished), or ``coro`` was.
+        Exception: Whatever ``coro`` raised.
+    """
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise  # the inner task itself was cancelled
+            cancelled = True  # the caller was: finish first
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
 
 class DisconnectWatch:

@@ -17,11 +17,12 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import Delete, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyrelay.clock import Clock
 from keyrelay.store.schema import usage_records
+from keyrelay.tasks import finish_then_cancel
 
 log = logging.getLogger("keyrelay.usage")
 SWEEP_INTERVAL_S = 3600.0
@@ -35,6 +36,10 @@ class Retention:
         self._clock = clock
         self._age = timedelta(days=days)
         self._batch = batch
+
+    async def _delete(self, statement: Delete) -> int:
+        async with self._engine.begin() as conn:
+            return (await conn.execute(statement)).rowcount or 0
 
     async def sweep(self) -> int:
         """Delete every record created more than ``days`` ago, batch by batch; returns how many.
@@ -52,8 +57,7 @@ class Retention:
         statement = delete(usage_records).where(usage_records.c.id.in_(oldest.scalar_subquery()))
         deleted = 0
         while True:
-            async with self._engine.begin() as conn:
-                count = (await conn.execute(statement)).rowcount or 0
+            count = await finish_then_cancel(self._delete(statement))  # a shutdown waits for the batch's commit
             deleted += count
             if count < self._batch:
                 break

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from keyrelay.store.driver_sql import DriverStatement
 from keyrelay.store.schema import accounts, groups, keys, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
+from keyrelay.tasks import finish_then_cancel
 from keyrelay.usage.journal import UsageJournal
 from keyrelay.usage.records import UsageRecord
 
@@ -161,7 +162,8 @@ class UsageWriter:
         if self._journal is not None:
             self._journal.seal()  # the records queued now are in sealed segments, deleted once written
         while True:
-            count = await self._flush_batch(min(left, self._max_batch))
+            # A batch's transaction and bookkeeping run to their end even when shutdown cancels the periodic flush.
+            count = await finish_then_cancel(self._flush_batch(min(left, self._max_batch)))
             written += count
             left -= count
             if left <= 0 or count == 0:  # 0 with records left: a concurrent flush wrote them
@@ -213,9 +215,10 @@ class UsageWriter:
         for start in range(0, len(records), self._max_batch):
             batch = records[start : start + self._max_batch]
             try:
-                written += await self._write(batch, {})  # most often none is stored: no lookup first
+                written += await finish_then_cancel(self._write(batch, {}))  # most often none is stored: no lookup
             except IntegrityError:
-                written += await self._write(batch, {}, skip_stored=True)  # the failed transaction charged nothing
+                # The failed transaction charged nothing.
+                written += await finish_then_cancel(self._write(batch, {}, skip_stored=True))
         return written
 
     async def sync(self) -> None:

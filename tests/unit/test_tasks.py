@@ -73,3 +73,37 @@ async def test_a_task_that_never_stops_is_left_behind_and_logged(
     release.set()
     task.cancel()
     await asyncio.wait([task], timeout=30)
+
+
+async def test_finish_then_cancel_finishes_the_work_then_raises_the_callers_cancel() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    finished = []
+
+    async def work() -> str:
+        started.set()
+        await release.wait()
+        finished.append(True)
+        return "done"
+
+    caller = asyncio.create_task(tasks.finish_then_cancel(work()))
+    await started.wait()
+    for _ in range(3):  # cancelled again and again, as TaskGroup.close does
+        caller.cancel()
+        await asyncio.sleep(0)
+    assert not caller.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished == [True]
+
+
+async def test_finish_then_cancel_returns_and_raises_as_the_work_does() -> None:
+    async def answer() -> int:
+        return 42
+
+    async def fail() -> None:
+        raise ValueError("no")
+
+    assert await tasks.finish_then_cancel(answer()) == 42
+    with pytest.raises(ValueError, match="no"):
+        await tasks.finish_then_cancel(fail())

@@ -50,7 +50,8 @@ local function window(key, seconds, limit)
   local oldest = cur - BUCKETS + 1
   local flat = redis.call('HGETALL', key)
   local used = 0
-  local live = {}
+  local counts = {}  -- bucket index -> count, of the live buckets
+  local newest = cur  -- a bucket after cur can come from a gateway whose clock runs slightly ahead
   for j = 1, #flat, 2 do
     local idx = tonumber(flat[j])
     local cnt = tonumber(flat[j + 1])
@@ -58,19 +59,23 @@ local function window(key, seconds, limit)
       redis.call('HDEL', key, flat[j])
     else
       used = used + cnt
-      live[#live + 1] = {idx, cnt}
+      counts[idx] = cnt
+      if idx > newest then newest = idx end
     end
   end
-  table.sort(live, function(x, y) return x[1] < y[1] end)
+  -- The live buckets oldest first, by index (no sort: at most BUCKETS of them, plus any ahead of cur).
   local function retry(weight)
     local excess = used + weight - limit
     local freed = 0
-    for _, b in ipairs(live) do
-      freed = freed + b[2]
-      if freed >= excess then
-        local r = (b[1] + BUCKETS) * width - now
-        if r < 0 then r = 0 end
-        return r
+    for idx = oldest, newest do
+      local cnt = counts[idx]
+      if cnt then
+        freed = freed + cnt
+        if freed >= excess then
+          local r = (idx + BUCKETS) * width - now
+          if r < 0 then r = 0 end
+          return r
+        end
       end
     end
     return seconds
@@ -84,24 +89,35 @@ for i = 1, nl do
   k = k + 2
   local cap, base, ttl = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
-  -- Release reservations whose request never settled (its gateway process died).
-  local stale = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
-  for _, id in ipairs(stale) do
-    local amt = tonumber(redis.call('HGET', h, 'r:' .. id) or '0')
-    redis.call('HINCRBY', h, 'reserved', 0 - amt)  -- 0 - x, not -x: Lua's -0 reaches Redis as "-0", not an integer
-    redis.call('HDEL', h, 'r:' .. id)
-    redis.call('ZREM', z, id)
-  end
-  if redis.call('HSETNX', h, 'spent', base) == 1 then
-    redis.call('HSETNX', h, 'reserved', 0)
+  local got = redis.call('HMGET', h, 'spent', 'reserved')
+  local spent, reserved = tonumber(got[1]), tonumber(got[2] or '0')
+  if not spent then  -- a new period's counter: it starts from the store's figure
+    spent = tonumber(base)
+    if got[2] then
+      redis.call('HSET', h, 'spent', base)
+    else
+      redis.call('HSET', h, 'spent', base, 'reserved', 0)
+    end
     if ttl >= 0 then redis.call('EXPIRE', h, ttl) end
   end
-  local spent = tonumber(redis.call('HGET', h, 'spent'))
-  local reserved = tonumber(redis.call('HGET', h, 'reserved') or '0')
   if spent + reserved + cost > cap then
-    local left = cap - spent - reserved
-    if left < 0 then left = 0 end
-    return {1, i, left, 0, 0}
+    -- Before refusing, release the reservations whose request never settled (its gateway process died): they
+    -- only ever make the check stricter, so the common case, well under the cap, need not look for them.
+    local stale = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
+    for _, id in ipairs(stale) do
+      local amt = tonumber(redis.call('HGET', h, 'r:' .. id) or '0')
+      redis.call('HINCRBY', h, 'reserved', 0 - amt)  -- 0 - x, not -x: Lua's -0 reaches Redis as "-0", not an integer
+      redis.call('HDEL', h, 'r:' .. id)
+      redis.call('ZREM', z, id)
+    end
+    if #stale > 0 then
+      reserved = tonumber(redis.call('HGET', h, 'reserved') or '0')
+    end
+    if spent + reserved + cost > cap then
+      local left = cap - spent - reserved
+      if left < 0 then left = 0 end
+      return {1, i, left, 0, 0}
+    end
   end
   levels[i] = {h, z, ttl}
 end

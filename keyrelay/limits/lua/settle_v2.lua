@@ -22,7 +22,8 @@ for _ = 1, nl do
     redis.call('ZREM', z, rid)
   end
   -- A counter whose period ended meanwhile is gone; the cost belongs to that period, not the next.
-  if cost > 0 and redis.call('EXISTS', h) == 1 then
+  -- (Its reservation was found: the counter is there.)
+  if cost > 0 and (amt or redis.call('EXISTS', h) == 1) then
     redis.call('HINCRBY', h, 'spent', cost)
   end
 end

@@ -8,7 +8,8 @@ import itertools
 import pytest
 
 from keyrelay.errors import ErrorType, GatewayError
-from keyrelay.limits.backend import AdmissionRequest, LimitsBackend, RequestWindow, SpendLevel
+from keyrelay.limits.backend import RESERVATION_TTL_S, AdmissionRequest, LimitsBackend, RequestWindow, SpendLevel
+from keyrelay.limits.redis import RedisLimits
 
 T0 = 1_800_000_000.0  # a fixed epoch second: the tests control time by passing `now`
 _ids = itertools.count()
@@ -171,3 +172,23 @@ async def test_concurrent_admissions_never_overshoot(backend: LimitsBackend) -> 
     charged = sum(await asyncio.gather(*(one() for _ in range(200))))
     assert charged == await backend.spent(lvl) <= 10_000
     assert charged >= 9_900 - 300  # and the limit was actually used, not refused early
+
+
+@pytest.mark.redis
+async def test_a_dead_process_reservation_is_released_when_the_cap_needs_it(redis_limits: RedisLimits) -> None:
+    """Reservations never settled (their process died) hold spend until RESERVATION_TTL_S after admission.
+
+    admit_v3.lua looks for them only when a request would otherwise be refused, then decides again.
+    """
+    lvl = level(cap=1000)
+    await redis_limits.admit(req(cost=700, spend=(lvl,)))  # never settled: its process "died"
+    await redis_limits.admit(req(cost=200, spend=(lvl,)))  # well under the cap: no look for dead ones
+    expires = T0 + RESERVATION_TTL_S
+    err = await refused(redis_limits, req(now=expires - 0.001, cost=200, spend=(lvl,)))
+    assert err.error_type is ErrorType.API_KEY_QUOTA_EXHAUSTED
+    # Both reservations have expired: the first is released, the 200 reserved after it too (both dead now).
+    live = await redis_limits.admit(req(now=expires, cost=1000, spend=(lvl,)))
+    await redis_limits.settle(live.reservation, cost_micros=300, tokens=0, now=expires)
+    assert await redis_limits.spent(lvl) == 300
+    await redis_limits.admit(req(now=expires, cost=700, spend=(lvl,)))
+    await refused(redis_limits, req(now=expires, cost=1, spend=(lvl,)))
