@@ -31,10 +31,12 @@ local k = 1
 -- First of all, whether the gateway decides on current rows: a mark newer than the cached version means
 -- the key, its account or its group changed after the gateway loaded them (revoked, disabled, limits changed).
 local mk, ma = #KEYS - nm, #ARGV - nm
-for i = 1, nm do
-  local newest = redis.call('GET', KEYS[mk + i])
-  if newest and tonumber(newest) > tonumber(ARGV[ma + i]) then
-    return {5, i, 0, 0, 0}
+if nm > 0 then
+  local newest = redis.call('MGET', unpack(KEYS, mk + 1, mk + nm))
+  for i = 1, nm do
+    if newest[i] and tonumber(newest[i]) > tonumber(ARGV[ma + i]) then
+      return {5, i, 0, 0, 0}
+    end
   end
 end
 
@@ -170,14 +172,18 @@ for i = 1, nl do
   redis.call('ZADD', z, now + rttl, rid)
   redis.call('EXPIRE', z, rttl + 60)
 end
+-- A window's hash must outlive its newest bucket by the window: set when a bucket is new (its count is then the
+-- increment), since a later write to the same bucket would only move the expiry by less than the bucket's width.
 for i = 1, nw do
   local key, cur, seconds = wins[i][1], wins[i][2], wins[i][3]
-  redis.call('HINCRBY', key, cur, 1)
-  redis.call('EXPIRE', key, math.ceil(seconds + seconds / BUCKETS))
+  if redis.call('HINCRBY', key, cur, 1) == 1 then
+    redis.call('EXPIRE', key, math.ceil(seconds + seconds / BUCKETS))
+  end
 end
 if tpm_key then
-  redis.call('HINCRBY', tpm_key, tpm_bucket, max_tokens)
-  redis.call('EXPIRE', tpm_key, 62)
+  if redis.call('HINCRBY', tpm_key, tpm_bucket, max_tokens) == max_tokens then
+    redis.call('EXPIRE', tpm_key, 62)
+  end
 end
 if conc_key then
   redis.call('ZADD', conc_key, now + rttl, rid)
