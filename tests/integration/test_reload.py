@@ -177,13 +177,20 @@ async def test_sighup_reloads_every_worker(tmp_path: Path, mock: MockUpstream, r
         _config(config, mock, "new", "new-model")
         code, out = await _reload_cli(config, pid_file)
         assert code == 0, out
-        await wait_until(lambda: "new-model" in _upstream_models(mock), what="the new table in use")
+        log_file = tmp_path / "serve.log"
+        await wait_until(
+            lambda: log_file.read_text(errors="replace").count("configuration reloaded") == 2, what="both reloaded"
+        )
+        # The load went on through the reload without a failure.
+        await load.stop()  # nothing in flight from here: every later request is routed after both reloads
+        assert load.failures == [] and set(load.statuses) == {200}, load.failures[:3]
         # Both workers reloaded: a run of requests (spread over the workers' connections) never meets the old one.
         mock.state.clear_requests()
+        after = _Load(base, key, clients=4)
         await wait_until(lambda: len(mock.requests) >= 60, what="requests after the reload")
+        await after.stop()
         assert _upstream_models(mock) == {"new-model"}
-        await load.stop()
-        assert load.failures == [] and set(load.statuses) == {200}, load.failures[:3]
+        assert after.failures == [] and set(after.statuses) == {200}, after.failures[:3]
     finally:
         log = await _stop(proc, tmp_path)
     assert log.count("configuration reloaded") == 2, log[-3000:]
