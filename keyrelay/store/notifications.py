@@ -100,7 +100,13 @@ class NotificationRepository:
                 or_(keys.c.expires_at.is_(None), keys.c.expires_at > now),
                 or_(
                     keys.c.expires_at <= now + notice,
-                    and_(cap > 0, spent * 100 >= cap * spend_percent),
+                    and_(
+                        cap > 0,
+                        # First the lifetime spend, which no period's exceeds: most keys stop here, before their
+                        # period's row is looked up.
+                        keys.c.usage_micros * 100 >= cap * spend_percent,
+                        spent * 100 >= cap * spend_percent,
+                    ),
                 ),
             )
             .order_by(keys.c.hash)

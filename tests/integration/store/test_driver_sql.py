@@ -7,30 +7,19 @@ primary key, or a period would be split in two rows.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import BigInteger, String, bindparam, func, select
 from sqlalchemy.dialects.postgresql import psycopg
 
-from keyrelay.config import Settings
-from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.runtime import Runtime
 from keyrelay.store.driver_sql import DriverStatement
 from keyrelay.store.schema import spend_periods, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
 from tests.records import usage_record
 
 STAMP = datetime(2026, 6, 1, 12, 30, 45, 123456, tzinfo=UTC)
-
-
-@pytest.fixture
-async def runtime(database_url: str) -> AsyncIterator[Runtime]:
-    rt = await open_runtime(Settings(database_url=database_url))
-    try:
-        yield rt
-    finally:
-        await rt.close()
 
 
 async def test_a_period_row_from_sqlalchemy_is_the_row_the_driver_charges(runtime: Runtime) -> None:

@@ -7,17 +7,13 @@ process).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import pytest
-
-from keyrelay.config import Settings
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.limits.periods import period_start
-from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.services.notifications import EXPIRY_NOTICE, SPEND_THRESHOLDS
 from keyrelay.store.schema import accounts, keys
@@ -26,15 +22,6 @@ from tests.conftest import TEST_ACTOR
 
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)  # a Wednesday
 STARTS = {reset: start for reset in ("daily", "weekly", "monthly") if (start := period_start(reset, NOW))}
-
-
-@pytest.fixture
-async def runtime(database_url: str) -> AsyncIterator[Runtime]:
-    rt = await open_runtime(Settings(database_url=database_url))
-    try:
-        yield rt
-    finally:
-        await rt.close()
 
 
 async def due(rt: Runtime, *, after: str = "", limit: int = 500) -> list[str]:

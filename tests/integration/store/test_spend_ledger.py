@@ -3,28 +3,15 @@ group takes its spend with it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
-
-from keyrelay.config import Settings
 from keyrelay.limits.periods import stored_usage
-from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import GroupCreate
 from keyrelay.store.spend import PeriodCharge, add_charges
 from tests.conftest import TEST_ACTOR
 
 DAY_1, DAY_2 = datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 6, 2, tzinfo=UTC)
-
-
-@pytest.fixture
-async def runtime(database_url: str) -> AsyncIterator[Runtime]:
-    rt = await open_runtime(Settings(database_url=database_url))
-    try:
-        yield rt
-    finally:
-        await rt.close()
 
 
 async def charge(rt: Runtime, *charges: PeriodCharge) -> None:
