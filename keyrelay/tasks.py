@@ -73,13 +73,13 @@ class TaskGroup:
 async def finish_then_cancel(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to its end even if the caller is cancelled meanwhile; the caller's cancellation is raised after.
 
-    For a database transaction in a background task that shutdown cancels: an aiosqlite statement cancelled
-    mid-way goes on in its thread, and its transaction is neither committed nor rolled back, so SQLite stays
-    locked for every later writer (the final usage flush waited out its 30 s busy timeout, then failed).
+    For a database transaction in a background task that shutdown cancels: a statement cancelled while it runs
+    in the database driver's thread (aiosqlite) goes on there regardless, and the batch's bookkeeping (what was
+    written, what stays queued) must match what the transaction did.
 
     Raises:
-        asyncio.CancelledError: The caller was cancelled (after ``coro`` finished), or ``coro`` was.
-        Exception: Whatever ``coro`` raised.
+        asyncio.CancelledError: The caller was cancelled (after ``coro`` finished or failed), or ``coro`` was.
+        Exception: Whatever ``coro`` raised, if the caller was not cancelled meanwhile.
     """
     task = asyncio.ensure_future(coro)
     cancelled = False
@@ -91,6 +91,10 @@ async def finish_then_cancel(coro: Coroutine[Any, Any, T]) -> T:
                 raise  # the inner task itself was cancelled
             cancelled = True  # the caller was: finish first
             continue
+        except BaseException as exc:
+            if cancelled:  # the work failed after the caller was cancelled: the cancellation still stands
+                raise asyncio.CancelledError from exc
+            raise
         if cancelled:
             raise asyncio.CancelledError
         return result

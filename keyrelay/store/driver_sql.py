@@ -5,21 +5,38 @@ row's parameters in Python: about 11 µs a row on the event loop (measured for t
 of 500 rows of distinct keys stalled the loop for several milliseconds. A ``DriverStatement`` does that work once:
 the SQL text and the order of its parameters come from SQLAlchemy's compiler for the engine's dialect, and the
 only per-row work left is SQLAlchemy's own bind processors of the types that have one (SQLite's DATETIME, which
-stores text), applied to those positions only. Rows then go to ``exec_driver_sql`` as tuples.
+stores text, and BOOLEAN), applied to those positions only, with timestamps converted to UTC first. Rows then go
+to ``exec_driver_sql`` as tuples.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Row = tuple[Any, ...]
+
+
+def _in_utc(process: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """A timestamp's processor that first converts an aware value to UTC.
+
+    The store holds UTC; SQLite's DATETIME processor would otherwise keep the wall time and drop the offset.
+    """
+
+    def in_utc(value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value if process is None else process(value)
+
+    return in_utc
 
 
 class DriverStatement:
@@ -45,7 +62,10 @@ class DriverStatement:
         self._pick: Callable[[Mapping[str, Any]], Any] = operator.itemgetter(*self.names)
         processors: list[tuple[int, Callable[[Any], Any]]] = []
         for position, name in enumerate(self.names):
-            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            kind = compiled.binds[name].type
+            process: Callable[[Any], Any] | None = kind.dialect_impl(dialect).bind_processor(dialect)
+            if isinstance(kind, DateTime):
+                process = _in_utc(process)
             if process is not None:
                 processors.append((position, process))
         self._processors = processors

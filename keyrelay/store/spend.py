@@ -57,7 +57,10 @@ def _upsert(dialect: Dialect) -> DriverStatement:
         upsert = pg.on_conflict_do_update(index_elements=_PK, set_={"usage_micros": _ADD + pg.excluded.usage_micros})
     else:  # pragma: no cover - the engine only accepts these two
         raise NotImplementedError(f"no spend ledger upsert for {dialect.name}")
-    return DriverStatement(upsert, dialect, columns=_COLUMNS)
+    statement = DriverStatement(upsert, dialect, columns=_COLUMNS)
+    if statement.names != _COLUMNS:  # _CHARGE_ROW gives the values in _COLUMNS' order
+        raise NotImplementedError(f"unexpected parameters of the spend ledger upsert: {statement.names}")
+    return statement
 
 
 async def add_charges(conn: AsyncConnection, charges: Sequence[PeriodCharge]) -> None:

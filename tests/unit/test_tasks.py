@@ -107,3 +107,20 @@ async def test_finish_then_cancel_returns_and_raises_as_the_work_does() -> None:
     assert await tasks.finish_then_cancel(answer()) == 42
     with pytest.raises(ValueError, match="no"):
         await tasks.finish_then_cancel(fail())
+
+
+async def test_finish_then_cancel_keeps_the_cancel_when_the_work_fails_after_it() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def fails_late() -> None:
+        started.set()
+        await release.wait()
+        raise ValueError("store down")
+
+    caller = asyncio.create_task(tasks.finish_then_cancel(fails_late()))
+    await started.wait()
+    caller.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller

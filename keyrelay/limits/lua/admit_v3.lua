@@ -52,8 +52,8 @@ local function window(key, seconds, limit)
   local oldest = cur - BUCKETS + 1
   local flat = redis.call('HGETALL', key)
   local used = 0
-  local counts = {}  -- bucket index -> count, of the live buckets
-  local newest = cur  -- a bucket after cur can come from a gateway whose clock runs slightly ahead
+  local counts = {}  -- bucket index -> count, of the live buckets up to cur
+  local ahead = {}  -- buckets after cur (a gateway whose clock runs ahead wrote them): {index, count}
   for j = 1, #flat, 2 do
     local idx = tonumber(flat[j])
     local cnt = tonumber(flat[j + 1])
@@ -61,24 +61,37 @@ local function window(key, seconds, limit)
       redis.call('HDEL', key, flat[j])
     else
       used = used + cnt
-      counts[idx] = cnt
-      if idx > newest then newest = idx end
+      if idx > cur then
+        ahead[#ahead + 1] = {idx, cnt}
+      else
+        counts[idx] = cnt
+      end
     end
   end
-  -- The live buckets oldest first, by index (no sort: at most BUCKETS of them, plus any ahead of cur).
+  -- The live buckets oldest first: those up to cur by index (at most BUCKETS, no sort), then any ahead, sorted.
   local function retry(weight)
     local excess = used + weight - limit
     local freed = 0
-    for idx = oldest, newest do
+    local function take(idx, cnt)
+      freed = freed + cnt
+      if freed >= excess then
+        local r = (idx + BUCKETS) * width - now
+        if r < 0 then r = 0 end
+        return r
+      end
+      return nil
+    end
+    for idx = oldest, cur do
       local cnt = counts[idx]
       if cnt then
-        freed = freed + cnt
-        if freed >= excess then
-          local r = (idx + BUCKETS) * width - now
-          if r < 0 then r = 0 end
-          return r
-        end
+        local r = take(idx, cnt)
+        if r then return r end
       end
+    end
+    table.sort(ahead, function(x, y) return x[1] < y[1] end)
+    for _, b in ipairs(ahead) do
+      local r = take(b[1], b[2])
+      if r then return r end
     end
     return seconds
   end
@@ -170,7 +183,13 @@ for i = 1, nl do
   redis.call('HINCRBY', h, 'reserved', cost)
   redis.call('HSET', h, 'r:' .. rid, cost)
   redis.call('ZADD', z, now + rttl, rid)
-  redis.call('EXPIRE', z, rttl + 60)
+  -- The zset lives as long as its counter: dead reservations are found in it only when a request would be
+  -- refused, maybe after a long idle time, and must still be there to be released (an empty zset goes by itself).
+  if ttl < 0 then
+    redis.call('PERSIST', z)
+  else
+    redis.call('EXPIRE', z, math.max(rttl + 60, ttl))
+  end
 end
 -- A window's hash must outlive its newest bucket by the window: set when a bucket is new (its count is then the
 -- increment), since a later write to the same bucket would only move the expiry by less than the bucket's width.

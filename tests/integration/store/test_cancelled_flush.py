@@ -1,50 +1,52 @@
-"""A usage flush cancelled mid-transaction (a shutdown) leaves the store unlocked: the final flush writes the rest.
+"""A usage flush cancelled while its batch is being written (a shutdown) finishes that batch first.
 
-An aiosqlite statement cancelled mid-way went on in its thread with its transaction left open, so SQLite stayed
-locked and the shutdown's flush failed after its 30 s busy timeout (found by ``make bench``: 10,812 records left
-to the journal). The writer now finishes a batch it started before the cancellation takes effect.
+Shutdown cancels the periodic flush; a statement cancelled while it runs in the database driver's thread goes on
+there regardless, so the writer must not give up on the batch half-way: the batch is written and taken off the
+queue, then the cancellation is raised, and the shutdown's own flush writes the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
-from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
-from keyrelay.config import Settings
-from keyrelay.runtime import open_runtime
+from keyrelay.runtime import Runtime
 from keyrelay.store.schema import usage_records
-from keyrelay.testing.poll import poll_until
+from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
 from tests.records import usage_record
 
-RECORDS = 30_000  # one batch: its insert runs long enough in the driver's thread to be cancelled mid-way
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-async def test_a_flush_cancelled_mid_write_leaves_the_store_unlocked(tmp_path: Path) -> None:
-    rt = await open_runtime(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"))
-    try:
-        writer = UsageWriter(rt.engine, max_batch=RECORDS)
-        now = datetime(2026, 6, 1, tzinfo=UTC)
-        for i in range(RECORDS):
-            writer.enqueue(usage_record(f"req-{i}", now, key_hash="h", account_id=1))
-        flushing = asyncio.create_task(writer.flush())
+async def test_a_flush_cancelled_mid_batch_finishes_the_batch(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = UsageWriter(runtime.engine, max_batch=10)
+    for i in range(25):
+        writer.enqueue(usage_record(f"req-{i}", NOW, key_hash="h", account_id=1))
+    writing, release = asyncio.Event(), asyncio.Event()
+    write = writer._write
 
-        async def writing() -> bool:
-            return writer._lock.locked()  # a batch is being written
+    async def slow_write(batch: list[UsageRecord], *args: object, **kwargs: object) -> int:
+        writing.set()
+        await release.wait()  # the statement still running when the cancellation arrives
+        return await write(batch, *args, **kwargs)  # type: ignore[arg-type]
 
-        await poll_until(writing, what="the flush writing", timeout=10, interval=0.001)
-        await asyncio.sleep(0.3)  # into the insert, in the driver's thread
-        flushing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flushing
-        await writer.close()  # the shutdown's flush
-        async with rt.engine.connect() as conn:
-            stored = await conn.scalar(select(func.count()).select_from(usage_records))
-        assert stored == RECORDS
-        assert writer.queued == 0
-    finally:
-        await rt.close()
+    monkeypatch.setattr(writer, "_write", slow_write)
+    flushing = asyncio.create_task(writer.flush())
+    await writing.wait()
+    flushing.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert writer.queued == 15  # the first batch of 10 was written and taken off the queue; no other began
+    monkeypatch.setattr(writer, "_write", write)
+    await writer.close()  # the shutdown's flush
+    async with runtime.engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(usage_records)) == 25
+    assert writer.queued == 0

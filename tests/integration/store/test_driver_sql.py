@@ -7,7 +7,7 @@ primary key, or a period would be split in two rows.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import BigInteger, String, bindparam, func, select
@@ -73,3 +73,14 @@ async def test_a_parameter_used_twice_is_given_at_every_position(runtime: Runtim
 def test_a_named_parameter_style_is_refused() -> None:
     with pytest.raises(ValueError, match="positional parameter style"):
         DriverStatement(spend_periods.update().values(usage_micros=bindparam("b")), psycopg.dialect())
+
+
+async def test_a_timestamp_with_another_offset_is_stored_as_utc(runtime: Runtime) -> None:
+    # SQLite's DATETIME processor keeps the wall time and drops the offset: 14:30+02:00 would read back as 14:30 UTC.
+    upsert = DriverStatement(spend_periods.insert(), runtime.engine.dialect, columns=list(spend_periods.c.keys()))
+    paris = STAMP.astimezone(timezone(timedelta(hours=2)))
+    async with runtime.engine.begin() as conn:
+        await upsert.executemany(conn, upsert.from_tuples([("key", "h", "daily", paris, 1)]))
+    async with runtime.engine.connect() as conn:
+        stored = await conn.scalar(select(spend_periods.c.period_start))
+    assert stored is not None and (stored if stored.tzinfo else stored.replace(tzinfo=UTC)).astimezone(UTC) == STAMP

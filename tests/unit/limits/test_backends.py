@@ -192,3 +192,18 @@ async def test_a_dead_process_reservation_is_released_when_the_cap_needs_it(redi
     assert await redis_limits.spent(lvl) == 300
     await redis_limits.admit(req(now=expires, cost=700, spend=(lvl,)))
     await refused(redis_limits, req(now=expires, cost=1, spend=(lvl,)))
+
+
+@pytest.mark.redis
+async def test_a_level_keeps_its_reservations_as_long_as_its_counter(redis_limits: RedisLimits) -> None:
+    """Dead reservations are looked for only before a refusal, maybe after a long idle time: the zset listing a
+    level's reservations must outlive neither more nor less than the counter (a lifetime counter never expires)."""
+    lifetime = level(cap=1000)
+    monthly = SpendLevel("key", "k2", "monthly:2027-01-01", 1000, 0, 30 * 86400.0)  # type: ignore[arg-type]
+    await redis_limits.admit(req(cost=10, spend=(lifetime,)))
+    await redis_limits.admit(req(cost=10, spend=(monthly,), key="k2"))
+    client = redis_limits._redis
+    counter, reservations = redis_limits._spend_keys(lifetime)
+    assert await client.ttl(counter) == -1 and await client.ttl(reservations) == -1
+    counter, reservations = redis_limits._spend_keys(monthly)
+    assert await client.ttl(reservations) >= await client.ttl(counter) > RESERVATION_TTL_S + 60
