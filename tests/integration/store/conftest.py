@@ -1,4 +1,4 @@
-"""Fixtures of the store tests: a runtime on the fresh database (SQLite and PostgreSQL)."""
+"""Fixtures of the store tests: a runtime on the fresh database (SQLite and PostgreSQL), keys of one account."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from keyrelay.config import Settings
+from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import Runtime, open_runtime
+from keyrelay.services.inputs import AccountCreate
+from keyrelay.store.records import AccountRecord
+from tests.conftest import TEST_ACTOR
 
 
 @pytest.fixture
@@ -18,3 +22,13 @@ async def runtime(database_url: str) -> AsyncIterator[Runtime]:
         yield rt
     finally:
         await rt.close()
+
+
+async def keys_of_one_account(runtime: Runtime, email: str, count: int) -> tuple[AccountRecord, list[str]]:
+    """A new account (``email``) with ``count`` plain keys named k0, k1, ...: the account and the keys' hashes."""
+    account = await runtime.account_service.create_account(AccountCreate(email=email), actor=TEST_ACTOR)
+    hashes = []
+    for n in range(count):
+        issued = await runtime.key_service.create(account=account, spec=KeyCreate(name=f"k{n}"), actor=TEST_ACTOR)
+        hashes.append(issued.record.hash)
+    return account, hashes

@@ -8,18 +8,13 @@ from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate
 from tests.conftest import TEST_ACTOR
+from tests.integration.store.conftest import keys_of_one_account
 
 
 async def test_the_least_recently_used_key_is_evicted_and_loaded_again(database_url: str) -> None:
     runtime = await open_runtime(Settings(database_url=database_url, key_cache_size=3))
     try:
-        account = await runtime.account_service.create_account(AccountCreate(email="c@example.com"), actor=TEST_ACTOR)
-        hashes = [
-            (
-                await runtime.key_service.create(account=account, spec=KeyCreate(name=f"k{n}"), actor=TEST_ACTOR)
-            ).record.hash
-            for n in range(5)
-        ]
+        account, hashes = await keys_of_one_account(runtime, "c@example.com", 5)
         cache = runtime.cache
         loads: list[str] = []
         loader = cache._loader

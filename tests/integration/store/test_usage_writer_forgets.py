@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from keyrelay.config import Settings
-from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import open_runtime
-from keyrelay.services.inputs import AccountCreate
 from keyrelay.usage.writer import UsageWriter
-from tests.conftest import TEST_ACTOR
+from tests.integration.store.conftest import keys_of_one_account
 from tests.records import usage_record
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
@@ -18,13 +16,7 @@ NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 async def test_a_flush_leaves_no_per_key_state(database_url: str) -> None:
     runtime = await open_runtime(Settings(database_url=database_url))
     try:
-        account = await runtime.account_service.create_account(AccountCreate(email="w@example.com"), actor=TEST_ACTOR)
-        hashes = [
-            (
-                await runtime.key_service.create(account=account, spec=KeyCreate(name=f"k{n}"), actor=TEST_ACTOR)
-            ).record.hash
-            for n in range(3)
-        ]
+        account, hashes = await keys_of_one_account(runtime, "w@example.com", 3)
         writer = UsageWriter(runtime.engine)
         for n, key_hash in enumerate(hashes):
             writer.enqueue(usage_record(f"r{n}", NOW, key_hash=key_hash, account_id=account.id))
