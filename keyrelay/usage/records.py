@@ -79,14 +79,25 @@ def record_to_json(record: UsageRecord, *, newline: bool = False) -> bytes:
     return orjson.dumps(values, option=orjson.OPT_APPEND_NEWLINE if newline else 0)
 
 
+@functools.lru_cache(maxsize=64)
+def _period_of(reset: str, start: str) -> SpendPeriod:
+    # Every record of a day names the same few periods: one shared (frozen) object each, parsed once.
+    return SpendPeriod(reset=reset, start=datetime.fromisoformat(start))
+
+
 def _period(value: Any) -> SpendPeriod | None:
     if value is None:
         return None
-    return SpendPeriod(reset=value["reset"], start=datetime.fromisoformat(value["start"]))
+    return _period_of(value["reset"], value["start"])
 
 
 def record_from_json(data: bytes) -> UsageRecord:
     """A record from its JSON form (the inverse of ``record_to_json``).
+
+    A record written by ``record_to_json`` names every field in the dataclass's order and is built from its
+    values by position: by keyword, CPython matches each of the 26 names against the parameters one by one (the
+    decoded names are not the interned parameter names), which took 5 of this function's 11 µs. Any other
+    object with the same fields (another order, defaults left out) is still read by keyword.
 
     Raises:
         ValueError: ``data`` is not a whole record (a torn journal line, another format).
@@ -98,6 +109,8 @@ def record_from_json(data: bytes) -> UsageRecord:
         fields["created_at"] = datetime.fromisoformat(fields["created_at"])
         fields["key_period"] = _period(fields["key_period"])
         fields["group_period"] = _period(fields["group_period"])
+        if tuple(fields) == _FIELDS:
+            return UsageRecord(*fields.values())
         return UsageRecord(**fields)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a record: {exc}") from exc

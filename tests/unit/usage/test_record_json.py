@@ -55,3 +55,37 @@ def test_the_json_form_is_the_records_own_json(record: UsageRecord) -> None:
     line = record_to_json(record, newline=True)
     assert line == orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
     assert record_from_json(line.rstrip(b"\n")) == record
+
+
+def test_a_record_in_another_field_order_or_without_its_defaults_reads_back_by_name() -> None:
+    """Only ``record_to_json``'s own field order is read by position; any other object of the fields by name."""
+    record = _record()
+    fields = orjson.loads(record_to_json(record))
+    shuffled = dict(reversed(list(fields.items())))
+    assert record_from_json(orjson.dumps(shuffled)) == record
+    for default in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "protocol", "attempts"):
+        del fields[default]  # a line of a version before these fields: their defaults
+    assert record_from_json(orjson.dumps(fields)) == _record(protocol="openai", upstream_kind="openai-compatible")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"extra": 1},  # a field no record has
+        {"request_id": None, "created_at": None},  # not a timestamp
+        {"key_period": {"reset": ["monthly"], "start": "2026-12-01T00:00:00+00:00"}},  # an unhashable reset
+        {"key_period": {"start": "2026-12-01T00:00:00+00:00"}},  # a period without its reset
+    ],
+)
+def test_what_is_not_a_record_is_a_value_error(change: dict[str, object]) -> None:
+    fields = orjson.loads(record_to_json(_record()))
+    fields.update(change)
+    with pytest.raises(ValueError, match="not a record"):
+        record_from_json(orjson.dumps(fields))
+
+
+def test_a_missing_field_is_a_value_error_in_the_fields_own_order() -> None:
+    fields = orjson.loads(record_to_json(_record()))
+    del fields["status"]
+    with pytest.raises(ValueError, match="not a record"):
+        record_from_json(orjson.dumps(fields))
