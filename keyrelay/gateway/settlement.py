@@ -91,20 +91,24 @@ class Settlement:
         writer.touch(key.hash, admitted_at, ip)
         tokens = usage.prompt_tokens + usage.completion_tokens
         if self._limits.takes_records:
-            # Shielded: a request cancelled meanwhile (its client gone, a shutdown) still settles and keeps its record.
-            await asyncio.shield(self._settle_with_record(record, reservation, cost, tokens))
-            return
-        writer.enqueue(record)
-        await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time())
+            # The record goes with the settlement (Redis), which goes on to its end if this request is cancelled
+            # meanwhile (its client gone, a shutdown): the backend raises the cancellation once it knows the outcome.
+            line = record_to_json(record)
+            try:
+                taken = await self._limits.settle(
+                    reservation, cost_micros=cost, tokens=tokens, now=time.time(), record=line
+                )
+            except asyncio.CancelledError:
+                # Whether Redis took the record is not known here: the local journal keeps a copy as well, and the
+                # store writes a request id once (a second copy is skipped, charging nothing).
+                writer.enqueue(record)
+                raise
+            if taken:
+                return
+        writer.enqueue(record)  # no Redis, or Redis did not take it (its settlement is deferred)
+        if not self._limits.takes_records:
+            await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time())
         await writer.journaled()
-
-    async def _settle_with_record(self, record: UsageRecord, reservation: Reservation, cost: int, tokens: int) -> None:
-        """Settle with the record in the same step (Redis); if it was not taken, the local journal keeps it."""
-        line = record_to_json(record)
-        if await self._limits.settle(reservation, cost_micros=cost, tokens=tokens, now=time.time(), record=line):
-            return
-        self._writer.enqueue(record)  # Redis did not take it (its settlement is deferred)
-        await self._writer.journaled()
 
     async def settle(
         self,

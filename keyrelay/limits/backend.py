@@ -112,6 +112,8 @@ class Reservation:
     tpm_bucket: int | None
     max_tokens: int
     concurrent: bool
+    # What the backend that made it keeps for its settlement (RedisLimits: the command's cached parts); None: nothing.
+    backend_data: object = None
 
 
 @dataclass(slots=True)

@@ -40,6 +40,20 @@ def _reply_error(error: hiredis.ReplyError) -> ResponseError:
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
 
 
+class PatientFuture(asyncio.Future[Any]):
+    """A reply that the cancellation of the task awaiting it does not cancel (``LeanRedis.submit``).
+
+    asyncio's ``Task.cancel`` first asks the future its task awaits to cancel; when the future declines, the task's
+    cancellation takes effect at its next step, which comes when the future is done. So the cancelled caller gets
+    its ``CancelledError`` once the reply (or the connection's failure) is in, and can still read what Redis did.
+    Cheaper than ``asyncio.shield`` (no second future, no task): it is on every settlement's path.
+    """
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Decline: the reply is awaited even by a cancelled caller."""
+        return False
+
+
 class _Connection(asyncio.Protocol):
     """One connection: commands written in order, replies handed to their callers in the same order."""
 
@@ -191,6 +205,13 @@ class LeanRedis:
             redis.exceptions.NoScriptError: An EVALSHA of a script Redis does not hold.
             redis.exceptions.ResponseError: Any other error reply.
         """
+        return await self.execute_packed(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: a 1-tuple
+
+    async def execute_packed(self, command: bytes) -> Any:
+        """``execute`` of one command already in RESP's form (an array of bulk strings, as ``pack_command`` makes).
+
+        For callers that build a command from cached pieces; raises as ``execute``.
+        """
         connection = self._connection
         if connection is None or connection.lost:
             connection = await self._connect()
@@ -198,8 +219,22 @@ class LeanRedis:
                 raise RedisConnectionError(f"the connection to Redis at {self._host}:{self._port} was closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         connection.pending.append((future, time.monotonic()))
-        connection.send(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: a 1-tuple
+        connection.send(command)
         return await future
+
+    def submit(self, command: bytes) -> PatientFuture | None:
+        """Send a packed command now and return its reply's future, which its awaiter's cancellation does not cancel.
+
+        None when there is no open connection (the caller uses ``execute_packed``, which opens one). The future
+        fails as ``execute`` raises.
+        """
+        connection = self._connection
+        if connection is None or connection.lost:
+            return None
+        future = PatientFuture(loop=asyncio.get_running_loop())
+        connection.pending.append((future, time.monotonic()))
+        connection.send(command)
+        return future
 
     async def _connect(self) -> _Connection:
         # One connection attempt at a time, shared by every caller that needs it; forgotten once it ends, even

@@ -36,6 +36,7 @@ from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
 from tests.records import usage_record
 from tests.unit.gateway.test_authorize_and_bounds import principal
+from tests.unit.gateway.test_pricing import channel
 from tests.unit.limits.conftest import REDIS_URL, drop_prefix, redis_client_or_skip
 
 pytestmark = pytest.mark.redis
@@ -235,5 +236,54 @@ async def test_a_charge_cancelled_midway_still_settles_and_keeps_its_record(setu
         [(_, fields)] = await setup.redis.xrange(setup.key)
         assert record_from_json(fields[b"r"]).request_id == "req_c1"
         await limits.admit(AdmissionRequest("h", "req_c2", 0.0, 500, (level,), (), None, 0, 1))  # the slot is free
+    finally:
+        await limits.close()
+
+
+async def test_a_charge_cancelled_while_redis_settles_it_settles_once_with_both_copies_written_once(
+    setup: Setup,
+) -> None:
+    """Cancelled while its settlement is on the wire (script loaded, connection open: no task, no load on the way).
+
+    The cancellation takes effect once Redis answered: the reservation is settled (the in-flight slot is free, the
+    cost charged once), the record is in the stream, and the local writer holds a copy too (the request cannot know
+    whether Redis took it). Both copies reach the store as one record, charged once.
+    """
+    limits = RedisLimits.from_url(REDIS_URL, prefix=setup.prefix)
+    writer = UsageWriter(setup.runtime.engine)
+    settlement = Settlement(limits, writer, Metrics())
+    level = SpendLevel("key", setup.key_hash, "life", 10_000, 0, None)
+    who = principal(None, None)
+    who = replace(who, key=replace(who.key, hash=setup.key_hash), account=replace(who.account, id=setup.account_id))
+    request = InboundRequest(Operation.CHAT, "m", False, False, None, b"{}", {})
+    try:
+        first = await limits.admit(AdmissionRequest(setup.key_hash, "req_f1", 0.0, 500, (level,), (), None, 0, 1))
+        # Loads the settlement script and opens the connection: the next settlement takes the direct path.
+        await settlement.charge(who, request, first.reservation, Outcome(status=200), "req_f1", None, 0.0, AT)
+        await writer.flush()
+        await UsageStream(setup.redis, writer, key=setup.key).drain()
+        admission = await limits.admit(AdmissionRequest(setup.key_hash, "req_f2", 0.0, 500, (level,), (), None, 0, 1))
+        outcome = Outcome(status=200, usage=Usage(3, 4), channel=channel())
+        charge = asyncio.ensure_future(
+            settlement.charge(who, request, admission.reservation, outcome, "req_f2", None, 0.0, AT)
+        )
+        await asyncio.sleep(0)  # the charge runs up to its wait for Redis's reply: the command is sent
+        assert not charge.done()
+        charge.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await charge
+        [(_, fields)] = await setup.redis.xrange(setup.key)  # Redis settled it before the cancellation took effect
+        assert record_from_json(fields[b"r"]).request_id == "req_f2"
+        cost = outcome.cost_micros
+        assert cost > 0 and await limits.spent(level) == cost
+        assert writer.queued == 1  # the local copy
+        await limits.admit(AdmissionRequest(setup.key_hash, "req_f3", 0.0, 500, (level,), (), None, 0, 1))  # free slot
+        await writer.flush()
+        assert await UsageStream(setup.redis, writer, key=setup.key).drain() == 0  # the stream's copy: skipped
+        async with setup.runtime.engine.connect() as conn:
+            ids = (await conn.execute(select(usage_records.c.request_id))).scalars().all()
+        assert sorted(ids) == ["req_f1", "req_f2"]
+        key = await setup.runtime.keys.get(key_hash=setup.key_hash)
+        assert key is not None and key.usage_micros == cost
     finally:
         await limits.close()

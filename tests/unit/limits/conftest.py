@@ -35,14 +35,17 @@ async def drop_prefix(client: Redis, prefix: str) -> None:
         await client.delete(name)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=["memory", pytest.param("redis", marks=pytest.mark.redis), pytest.param("redis-py", marks=pytest.mark.redis)]
+)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[LimitsBackend]:
+    """Memory; Redis (scripts through the lean client, commands packed from cached parts); Redis through redis-py."""
     if request.param == "memory":
         yield MemoryLimits()
         return
     client = await redis_client_or_skip()
     prefix = f"kr-test-{secrets.token_hex(6)}"
-    limits = RedisLimits(client, prefix=prefix)
+    limits = RedisLimits(client, prefix=prefix, lean=request.param == "redis")
     try:
         yield limits
     finally:

@@ -203,3 +203,33 @@ async def test_a_reply_nobody_asked_for_closes_the_connection() -> None:
                 await asyncio.wait_for(lean.execute("PING"), timeout=10)
         finally:
             await lean.aclose()
+
+
+async def test_a_submitted_commands_caller_is_cancelled_only_once_its_reply_is_in(
+    lean: LeanRedis, redis: Redis
+) -> None:
+    """``submit``: the caller's cancellation waits for the reply, which the caller can still read (settlements)."""
+    key = f"kr-test-lean-{secrets.token_hex(4)}"
+    try:
+        assert lean.submit(hiredis.pack_command(("PING",))) is None  # no connection yet: the caller opens one
+        await lean.execute("PING")
+        future = lean.submit(hiredis.pack_command(("INCRBY", key, 7)))
+        assert future is not None
+        seen: list[object] = []
+
+        async def caller() -> None:
+            try:
+                await future
+            except asyncio.CancelledError:
+                seen.append(future.result())  # done before the cancellation took effect
+                raise
+
+        task = asyncio.ensure_future(caller())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == [7] and await redis.get(key) == b"7"
+        assert await lean.execute("INCRBY", key, 1) == 8  # the replies after it are still matched in order
+    finally:
+        await redis.delete(key)

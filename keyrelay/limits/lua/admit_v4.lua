@@ -1,13 +1,16 @@
--- admit_v3: check every limit of one request, then reserve; a refusal leaves no trace.
+-- admit_v4: check every limit of one request, then reserve; a refusal leaves no trace.
 -- Mirrors keyrelay/limits/windows.py and keyrelay/limits/memory.py. Bump the version in the file
 -- name on any change of behaviour. Replies are integers (Lua numbers are truncated by Redis).
+-- v4 = v3 with its arguments in another order (the same keys, fields and replies): those that are the same for
+-- every request of a key first and last, those of each request in the middle, so that the gateway packs the
+-- command from two cached pieces and the request's own few values (keyrelay/limits/redis.py, _AdmitLayout).
 --
 -- KEYS: per spend level: its hash (spent, reserved, r:<id>) and its zset (<id> -> expiry);
 --       per request window: its hash (bucket -> count); then the tpm hash and the in-flight zset if used;
 --       then per state mark its string (the newest version of a key, account or group row; mark_v1.lua).
--- ARGV: now, cost, levels, windows, tpm (0 = none), max_tokens, max_concurrent (0 = none),
---       reservation id, reservation ttl, marks, then per level: cap, base, ttl (-1 = none),
---       then per window: seconds, limit, then per mark: the version the gateway's cached row has.
+-- ARGV: levels, windows, tpm (0 = none), max_concurrent (0 = none), reservation ttl, marks,
+--       then this request's: now, cost, max_tokens, reservation id, then per level: base, ttl (-1 = none),
+--       then per level: cap, then per window: seconds, limit, then per mark: the version the gateway's cached row has.
 -- Reply: {0, tpm_bucket, tightest_limit, remaining, reset_ms}            admitted
 --        {1, level_index, micro-dollars left, 0, 0}                      spend level full
 --        {2, window_index, limit, retry_ms, 0}                           request window full
@@ -15,17 +18,18 @@
 --        {4, 0, max_concurrent, 1000, in_flight}                         too many in flight (v2: the count)
 --        {5, mark_index, 0, 0, 0}                                        the cached row is stale (v3): reload
 local BUCKETS = 60
-local now = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
-local nl = tonumber(ARGV[3])
-local nw = tonumber(ARGV[4])
-local tpm = tonumber(ARGV[5])
-local max_tokens = tonumber(ARGV[6])
-local max_conc = tonumber(ARGV[7])
-local rid = ARGV[8]
-local rttl = tonumber(ARGV[9])
-local nm = tonumber(ARGV[10])
-local a = 11
+local nl = tonumber(ARGV[1])
+local nw = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[3])
+local max_conc = tonumber(ARGV[4])
+local rttl = tonumber(ARGV[5])
+local nm = tonumber(ARGV[6])
+local now = tonumber(ARGV[7])
+local cost = tonumber(ARGV[8])
+local max_tokens = tonumber(ARGV[9])
+local rid = ARGV[10]
+local per_request = 10  -- ARGV[per_request + 2i - 1], ARGV[per_request + 2i]: level i's base and ttl
+local a = per_request + 2 * nl + 1  -- the levels' caps, then the windows' seconds and limits
 local k = 1
 
 -- First of all, whether the gateway decides on current rows: a mark newer than the cached version means
@@ -102,8 +106,9 @@ local levels = {}
 for i = 1, nl do
   local h, z = KEYS[k], KEYS[k + 1]
   k = k + 2
-  local cap, base, ttl = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
+  local cap = tonumber(ARGV[a])
+  local base, ttl = ARGV[per_request + 2 * i - 1], tonumber(ARGV[per_request + 2 * i])
+  a = a + 1
   local got = redis.call('HMGET', h, 'spent', 'reserved')
   local spent, reserved = tonumber(got[1]), tonumber(got[2] or '0')
   if not spent then  -- a new period's counter: it starts from the store's figure
