@@ -49,8 +49,10 @@ class Settlement:
         record and its charge, even if the process is killed right after. With Redis the record goes into the
         usage stream in the settlement's own atomic step (``limits/redis.py``, drained by ``usage/stream.py``);
         otherwise, or if Redis did not take it, into the usage writer's queue and its local journal (this tick's
-        group commit, awaited). Charged against the admission time ``admitted_at`` (UTC): the charge belongs to
-        the periods the reservation was held in. Marks ``outcome.recorded`` and sets ``outcome.cost_micros``.
+        group commit, awaited). A charge cancelled while Redis settles it queues its record locally as well (not
+        awaited): the store writes one copy per request id. Charged against the admission time ``admitted_at``
+        (UTC): the charge belongs to the periods the reservation was held in. Marks ``outcome.recorded`` and sets
+        ``outcome.cost_micros``.
         """
         outcome.recorded = True
         channel = outcome.channel

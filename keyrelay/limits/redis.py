@@ -50,7 +50,7 @@ USAGE_STREAM = "usage"
 # evicted by every process's store poll (``cache/sync.py``) within seconds, so a mark only has to outlive
 # that poll's worst delay (a store outage); a week is generous.
 MARK_TTL_S = 7 * 86_400
-# Keys whose commands' cached parts (_Layout) are kept; beyond, the oldest made is dropped (and made again if used).
+# Keys whose commands' cached parts (_Layout) are kept; beyond, the one made longest ago is dropped (remade if used).
 LAYOUT_CACHE_SIZE = 4096
 
 
@@ -131,7 +131,7 @@ class RedisLimits:
         self._fallback = MemoryLimits()
         self._sources = {name: _script(f"{name}.lua") for name in (ADMIT, SETTLE, WINDOW_USAGE, MARK)}
         self._shas: dict[str, str] = {}  # script name → SHA1, once loaded
-        # Each key's commands' cached parts (_Layout), for the most recent keys: bounded, so memory does not grow
+        # Each key's commands' cached parts (_Layout), for the keys made most recently: bounded, so memory does not grow
         # with the number of keys in use (about 2 KB each with every limit set).
         self._layouts: dict[str, _Layout] = {}
         self._sha = {name: _sha1(source) for name, source in self._sources.items()}  # what each is named by
@@ -217,12 +217,12 @@ class RedisLimits:
             if request.marks:  # refused by the cached policy: final only if that policy is current
                 await self.check_current(request.marks)
             raise
+        if time.monotonic() < self._down_until:
+            return await self._unavailable(request, None)
         layout = self._layout(request)
         per_request: list[Arg] = [repr(request.now), request.cost_micros, request.max_tokens, request.request_id]
         for level in request.spend:
             per_request += [level.base_micros, -1 if level.resets_in_s is None else int(level.resets_in_s) + 86_400]
-        if time.monotonic() < self._down_until:
-            return await self._unavailable(request, None)
         try:
             if self._lean is not None:
                 command = layout.admit_head + _bulk(*per_request) + layout.admit_tail
@@ -299,8 +299,9 @@ class RedisLimits:
             settle_keys=settle_keys,
             settle_head=b"*%d\r\n" % settle_count + _bulk("EVALSHA", self._sha[SETTLE], len(stream_keys), *stream_keys),
         )
-        if len(self._layouts) >= LAYOUT_CACHE_SIZE:
-            del self._layouts[next(iter(self._layouts))]  # the oldest made
+        # A key made again replaces its own entry (moved to the end); a new key, when full, the one made longest ago.
+        if self._layouts.pop(request.key_hash, None) is None and len(self._layouts) >= LAYOUT_CACHE_SIZE:
+            del self._layouts[next(iter(self._layouts))]
         self._layouts[request.key_hash] = layout
         return layout
 
@@ -335,9 +336,14 @@ class RedisLimits:
         If Redis is away (or was found away within the last second), the settlement is kept without its record
         and replayed by ``maintain``, and False tells the caller to queue the record itself (its local journal).
         A reservation admitted on the local fallback is settled there, and its cost replayed to Redis later.
+        A caller cancelled meanwhile gets its ``CancelledError`` only once Redis answered (the settlement is done in
+        Redis, or deferred like a failed one): whether the record went with it is then unknown to the caller.
 
         Returns:
             True if the record is in the usage stream.
+
+        Raises:
+            asyncio.CancelledError: The caller was cancelled (after the outcome above).
         """
         layout = reservation.backend_data
         if reservation.ident.startswith(_FALLBACK_PREFIX):
@@ -410,8 +416,8 @@ class RedisLimits:
             except NoScriptError:
                 pass  # Redis lost its scripts (a restart): loaded again below
             except asyncio.CancelledError:
-                # Done by now (a PatientFuture holds the cancellation back until it is), unless the cancellation
-                # came before the call was sent.
+                # Done by now: a PatientFuture holds the cancellation back until it is (and ``submit`` sent the
+                # call before this task could be cancelled at this await).
                 failure = future.exception() if future.done() else None
                 if failure is not None:  # NoScriptError included: nothing was settled
                     raise asyncio.CancelledError from failure

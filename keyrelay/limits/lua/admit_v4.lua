@@ -3,7 +3,7 @@
 -- name on any change of behaviour. Replies are integers (Lua numbers are truncated by Redis).
 -- v4 = v3 with its arguments in another order (the same keys, fields and replies): those that are the same for
 -- every request of a key first and last, those of each request in the middle, so that the gateway packs the
--- command from two cached pieces and the request's own few values (keyrelay/limits/redis.py, _AdmitLayout).
+-- command from two cached pieces and the request's own few values (keyrelay/limits/redis.py, _Layout).
 --
 -- KEYS: per spend level: its hash (spent, reserved, r:<id>) and its zset (<id> -> expiry);
 --       per request window: its hash (bucket -> count); then the tpm hash and the in-flight zset if used;

@@ -178,7 +178,7 @@ async def test_concurrent_admissions_never_overshoot(backend: LimitsBackend) -> 
 async def test_a_dead_process_reservation_is_released_when_the_cap_needs_it(redis_limits: RedisLimits) -> None:
     """Reservations never settled (their process died) hold spend until RESERVATION_TTL_S after admission.
 
-    admit_v3.lua looks for them only when a request would otherwise be refused, then decides again.
+    admit_v4.lua looks for them only when a request would otherwise be refused, then decides again.
     """
     lvl = level(cap=1000)
     await redis_limits.admit(req(cost=700, spend=(lvl,)))  # never settled: its process "died"
