@@ -106,6 +106,7 @@ class Settlement:
                 writer.enqueue(record)
                 raise
             if taken:
+                writer.sent.add(line, record)  # this process's drain reads it back without a decode
                 return
         writer.enqueue(record)  # no Redis, or Redis did not take it (its settlement is deferred)
         if not self._limits.takes_records:

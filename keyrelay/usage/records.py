@@ -91,6 +91,39 @@ def _period(value: Any) -> SpendPeriod | None:
     return _period_of(value["reset"], value["start"])
 
 
+class SentRecords:
+    """Records this process serialised and sent away recently (to the Redis usage stream), by their JSON form.
+
+    The process that drains the stream is most often the one that settled its records: reading such an entry back is
+    then a lookup of its exact bytes, not a decode (6 µs a record). Bounded: entries drained by another process
+    are dropped, the oldest first, once ``size`` are held.
+    """
+
+    def __init__(self, size: int = 16_384) -> None:
+        """An empty map of at most ``size`` records."""
+        self._size = size
+        self._by_line: dict[bytes, UsageRecord] = {}
+
+    def add(self, line: bytes, record: UsageRecord) -> None:
+        """Remember that ``line`` is ``record_to_json(record)``."""
+        by_line = self._by_line
+        if len(by_line) >= self._size:
+            del by_line[next(iter(by_line))]
+        by_line[line] = record
+
+    def read(self, line: bytes) -> UsageRecord:
+        """The record of ``line``: the one sent as exactly these bytes (forgotten now), else ``record_from_json``.
+
+        Raises:
+            ValueError: ``line`` is not a record (see ``record_from_json``).
+        """
+        record = self._by_line.pop(line, None)
+        return record if record is not None else record_from_json(line)
+
+    def __len__(self) -> int:
+        return len(self._by_line)
+
+
 def record_from_json(data: bytes) -> UsageRecord:
     """A record from its JSON form (the inverse of ``record_to_json``).
 

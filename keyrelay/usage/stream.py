@@ -28,7 +28,7 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from keyrelay.usage.records import UsageRecord, record_from_json
+from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
 
 log = logging.getLogger("keyrelay.usage")
@@ -117,9 +117,10 @@ class UsageStream:
     async def _records(self, entries: list[_Entry]) -> list[_Read]:
         """The records of ``entries``, each with its entry; an entry that is not one is moved to the rejected stream."""
         records: list[_Read] = []
+        read = self._writer.sent.read
         for ident, fields in entries:
             try:
-                records.append((ident, fields, record_from_json(fields[b"r"])))
+                records.append((ident, fields, read(fields[b"r"])))
             except (KeyError, ValueError) as exc:
                 await self._reject(ident, fields, f"not a usage record: {exc}")
         return records

@@ -28,7 +28,7 @@ from keyrelay.store.schema import accounts, groups, keys, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
 from keyrelay.tasks import finish_then_cancel
 from keyrelay.usage.journal import UsageJournal
-from keyrelay.usage.records import UsageRecord
+from keyrelay.usage.records import SentRecords, UsageRecord
 
 log = logging.getLogger("keyrelay.usage")
 
@@ -92,6 +92,8 @@ class UsageWriter:
         self._lock = asyncio.Lock()
         self._pending: dict[SpendCounter, int] = {}
         self._last_used: dict[str, tuple[datetime, str | None]] = {}
+        # The records this process's settlements put in the Redis usage stream, for its drain (usage/stream.py).
+        self.sent = SentRecords()
         # Every statement of a flush compiled once and run by the driver with plain tuples (store/driver_sql.py):
         # SQLAlchemy's per-row parameter processing cost ~11 µs a row on the event loop (measured), a 20 ms stall
         # per 2000 records, and a flush of records of distinct keys has as many key and spend-ledger rows.

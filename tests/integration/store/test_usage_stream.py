@@ -260,8 +260,10 @@ async def test_a_charge_cancelled_while_redis_settles_it_settles_once_with_both_
         first = await limits.admit(AdmissionRequest(setup.key_hash, "req_f1", 0.0, 500, (level,), (), None, 0, 1))
         # Loads the settlement script and opens the connection: the next settlement takes the direct path.
         await settlement.charge(who, request, first.reservation, Outcome(status=200), "req_f1", None, 0.0, AT)
+        assert len(writer.sent) == 1  # taken by Redis: this process's drain reads it back without a decode
         await writer.flush()
-        await UsageStream(setup.redis, writer, key=setup.key).drain()
+        assert await UsageStream(setup.redis, writer, key=setup.key).drain() == 1
+        assert len(writer.sent) == 0
         admission = await limits.admit(AdmissionRequest(setup.key_hash, "req_f2", 0.0, 500, (level,), (), None, 0, 1))
         outcome = Outcome(status=200, usage=Usage(3, 4), channel=channel())
         charge = asyncio.ensure_future(
