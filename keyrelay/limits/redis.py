@@ -42,9 +42,9 @@ from keyrelay.tasks import finish_then_cancel
 log = logging.getLogger("keyrelay.limits")
 _FALLBACK_PREFIX = "local:"
 # The Lua scripts, by versioned name (lua/<name>.lua): bump the name on any change of behaviour.
-ADMIT, SETTLE, WINDOW_USAGE, MARK = "admit_v4", "settle_v2", "window_usage_v1", "mark_v1"
+ADMIT, SETTLE, WINDOW_USAGE, MARK = "admit_v4", "settle_v3", "window_usage_v1", "mark_v1"
 Arg = str | int | float | bytes  # a script argument
-# The usage stream's key, after the prefix: records settled with ``settle_v2.lua``, drained by ``usage/stream.py``.
+# The usage stream's key, after the prefix: records settled with ``settle_v3.lua``, drained by ``usage/stream.py``.
 USAGE_STREAM = "usage"
 # How long a state mark is kept after its row's last change. A cached row older than a change is also
 # evicted by every process's store poll (``cache/sync.py``) within seconds, so a mark only has to outlive
@@ -52,6 +52,11 @@ USAGE_STREAM = "usage"
 MARK_TTL_S = 7 * 86_400
 # Keys whose commands' cached parts (_Layout) are kept; beyond, the one made longest ago is dropped (remade if used).
 LAYOUT_CACHE_SIZE = 4096
+# A settlement replayed within this long of its deferral charges only the levels still holding its reservation
+# (settle_v3.lua's "held only"): its first attempt may have run in Redis although it failed here (a reply lost to
+# a timeout or a cut connection). A reservation is held for RESERVATION_TTL_S (3 h) from its admission; later, a
+# replay charges any counter still there, as a first settlement does.
+REPLAY_HELD_ONLY_S = 3600.0
 
 
 def _script(name: str) -> str:
@@ -116,7 +121,7 @@ def _refusal(request: AdmissionRequest, reply: list[int]) -> Exception:
 class RedisLimits:
     """Limits backend on Redis (atomic Lua scripts, versioned by name)."""
 
-    takes_records = True  # settle_v2.lua appends the usage record to the usage stream
+    takes_records = True  # settle_v3.lua appends the usage record to the usage stream
 
     def __init__(self, client: Redis, *, prefix: str = "keyrelay", fail_open: bool = False, lean: bool = True) -> None:
         """A backend on ``client``'s Redis: its scripts through a lean pipelined client (``resp.py``), if TCP.
@@ -139,7 +144,8 @@ class RedisLimits:
         # After a failure, skip Redis for a second instead of making every request wait for a timeout.
         self._down_until = 0.0
         # Settlements Redis did not get (and costs admitted locally while failing open), replayed later.
-        self._deferred: deque[tuple[list[str], list[Arg]]] = deque(maxlen=1_000_000)
+        # Each with the monotonic time it was deferred at, None for a cost admitted locally (no reservation in Redis).
+        self._deferred: deque[tuple[list[str], list[Arg], float | None]] = deque(maxlen=1_000_000)
         # State marks Redis did not get, replayed first (a mark only grows, so a late one is still right).
         self._deferred_marks: deque[tuple[list[str], list[Arg]]] = deque(maxlen=100_000)
 
@@ -288,7 +294,7 @@ class RedisLimits:
         tail_args += [version for _, version in request.marks]
         admit_count = 3 + len(keys) + len(head_args) + 4 + 2 * len(spend) + len(tail_args)
         stream_keys = [*settle_keys, self.usage_stream]
-        settle_count = 3 + len(stream_keys) + 8  # the settle_v2.lua arguments with a record
+        settle_count = 3 + len(stream_keys) + 9  # the settle_v3.lua arguments with a record
         layout = _Layout(
             signature=signature,
             keys=keys,
@@ -331,7 +337,7 @@ class RedisLimits:
     async def settle(
         self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float, record: bytes | None = None
     ) -> bool:
-        """One EVALSHA of ``settle_v2.lua``: the charge and, if given, ``record`` appended to the usage stream.
+        """One EVALSHA of ``settle_v3.lua``: the charge and, if given, ``record`` appended to the usage stream.
 
         If Redis is away (or was found away within the last second), the settlement is kept without its record
         and replayed by ``maintain``, and False tells the caller to queue the record itself (its local journal).
@@ -351,7 +357,7 @@ class RedisLimits:
             if cost_micros and reservation.spend:
                 # Spend admitted locally must still reach the shared counters once Redis is back.
                 keys = [key for level in reservation.spend for key in self._spend_keys(level)]
-                self._deferred.append((keys, [len(reservation.spend), "-", cost_micros, -1, 0, 0, 0]))
+                self._deferred.append((keys, [len(reservation.spend), "-", cost_micros, -1, 0, 0, 0], None))
             return False
         # Admitted by Redis: the keys its admission named.
         keys = layout.settle_keys if isinstance(layout, _Layout) else self._settle_keys(reservation)
@@ -365,30 +371,30 @@ class RedisLimits:
             1 if reservation.concurrent else 0,
         ]
         if time.monotonic() < self._down_until:
-            self._deferred.append((keys, args))
+            self._deferred.append((keys, args, time.monotonic()))
             return False
         try:
             if record is None:
-                await finish_then_cancel(self._run(SETTLE, keys, args))
+                await finish_then_cancel(self._run(SETTLE, keys, [*args, 0]))
                 return False
             if self._lean is not None and isinstance(layout, _Layout):
-                await self._settle_packed(layout.settle_head + _bulk(*args, record))
+                await self._settle_packed(layout.settle_head + _bulk(*args, 0, record))
             else:
-                await finish_then_cancel(self._run(SETTLE, [*keys, self.usage_stream], [*args, record]))
+                await finish_then_cancel(self._run(SETTLE, [*keys, self.usage_stream], [*args, 0, record]))
         except (RedisError, OSError) as exc:
             # Deferred without the record: the caller journals it locally; whichever copy reaches the store
             # first is written, the other skipped (the request id is unique there).
             log.warning("could not settle reservation %s now, will retry: %s", reservation.ident, exc)
-            self._deferred.append((keys, args))
+            self._deferred.append((keys, args, time.monotonic()))
             return False
         except asyncio.CancelledError as exc:
             if isinstance(exc.__cause__, (RedisError, OSError)):  # it failed while its caller was cancelled
-                self._deferred.append((keys, args))
+                self._deferred.append((keys, args, time.monotonic()))
             raise
         return True
 
     def _settle_keys(self, reservation: Reservation) -> list[str]:
-        """The keys of a reservation's settlement (``settle_v2.lua``), without the usage stream."""
+        """The keys of a reservation's settlement (``settle_v3.lua``), without the usage stream."""
         keys = [key for level in reservation.spend for key in self._spend_keys(level)]
         if reservation.tpm_bucket is not None:
             keys.append(self._window_key(reservation.key_hash, "tpm"))
@@ -397,7 +403,7 @@ class RedisLimits:
         return keys
 
     async def _settle_packed(self, command: bytes) -> None:
-        """Run a packed ``settle_v2.lua`` call to its end, even if the caller is cancelled meanwhile.
+        """Run a packed ``settle_v3.lua`` call to its end, even if the caller is cancelled meanwhile.
 
         The cancellation is raised once Redis answered, with the failure, if any, as its cause (as
         ``finish_then_cancel``): on an open connection through a ``PatientFuture`` (no task), else (connecting,
@@ -434,9 +440,11 @@ class RedisLimits:
                 return  # still unreachable: try again at the next maintenance
             self._deferred_marks.popleft()
         while self._deferred:
-            keys, args = self._deferred[0]
+            keys, args, deferred_at = self._deferred[0]
+            # Within the reservation's lifetime, only a level still holding it is charged (settle_v3.lua).
+            held_only = deferred_at is not None and time.monotonic() - deferred_at < REPLAY_HELD_ONLY_S
             try:
-                await self._run(SETTLE, keys, args)
+                await self._run(SETTLE, keys, [*args, 1 if held_only else 0])
             except ResponseError:
                 # Redis answered but refused this one: retrying cannot help, and must not block the rest.
                 log.exception("dropping a settlement Redis refuses: keys=%s", keys)

@@ -101,3 +101,28 @@ async def test_counters_survive_a_gateway_restart() -> None:
             if limits._lean is not None:
                 await limits._lean.aclose()
         await client.aclose()
+
+
+async def test_a_settlement_redis_ran_but_replayed_is_charged_once() -> None:
+    """A settlement whose reply was lost (a timeout, a cut connection) is deferred although Redis may have run it:
+    its replay charges only a level still holding its reservation, and adjusts the tpm window only then."""
+    client = await redis_client_or_skip()
+    prefix = f"kr-test-{secrets.token_hex(6)}"
+    limits = RedisLimits(client, prefix=prefix)
+    try:
+        wanted = AdmissionRequest("rk", "r1", 1_800_000_000.0, 1000, (LEVEL,), (), 10_000, 100, None)
+        admission = await limits.admit(wanted)
+        limits._down_until = float("inf")  # as if the call failed: the settlement is deferred, not sent
+        assert not await limits.settle(admission.reservation, cost_micros=400, tokens=40, now=0)
+        [lost] = list(limits._deferred)
+        limits._down_until = 0.0
+        await limits.maintain()  # the replay that ran, whose reply the gateway did not see ...
+        limits._deferred.append(lost)  # ... so it is deferred and replayed once more
+        await limits.maintain()
+        assert limits.deferred == 0
+        assert await limits.spent(LEVEL) == 400  # not 800
+        usage = await limits.window_usage("rk", (), tpm=True, now=1_800_000_000.0)
+        assert usage.tokens_per_minute == 40  # the reservation's 100 replaced by 40 once, not twice (-20)
+    finally:
+        await drop_prefix(client, prefix)
+        await limits.close()

@@ -1,9 +1,12 @@
--- settle_v2: replace one reservation by the actual cost and tokens, and append the request's usage record
+-- settle_v3: replace one reservation by the actual cost and tokens, and append the request's usage record
 -- to the usage stream in the same atomic step (v1 had no record).
+-- v3: a replay (a settlement the gateway deferred after a failure) may say "held only": it charges only the levels
+-- still holding its reservation, so that a settlement Redis ran although its caller saw a failure (a reply lost
+-- to a timeout or a cut connection) is not charged twice when replayed. The same keys and fields as v2.
 -- KEYS: per spend level its hash and zset; then the tpm hash and the in-flight zset if used; then the usage
 --       stream if a record is given.
 -- ARGV: levels, reservation id, actual cost, tpm bucket (-1 = none), reserved tokens, actual tokens,
---       in-flight (1/0), the usage record (JSON; "" = none).
+--       in-flight (1/0), held only (1/0), the usage record (JSON; absent or "" = none).
 local nl = tonumber(ARGV[1])
 local rid = ARGV[2]
 local cost = tonumber(ARGV[3])
@@ -11,26 +14,30 @@ local tpm_bucket = tonumber(ARGV[4])
 local reserved_tokens = tonumber(ARGV[5])
 local tokens = tonumber(ARGV[6])
 local conc = tonumber(ARGV[7])
+local held_only = tonumber(ARGV[8]) == 1
+local held = false
 local k = 1
 for _ = 1, nl do
   local h, z = KEYS[k], KEYS[k + 1]
   k = k + 2
   local amt = redis.call('HGET', h, 'r:' .. rid)
   if amt then
+    held = true
     redis.call('HINCRBY', h, 'reserved', 0 - tonumber(amt))  -- not -x: Lua's -0 is no integer to Redis
     redis.call('HDEL', h, 'r:' .. rid)
     redis.call('ZREM', z, rid)
   end
   -- A counter whose period ended meanwhile is gone; the cost belongs to that period, not the next.
-  -- (Its reservation was found: the counter is there.)
-  if cost > 0 and (amt or redis.call('EXISTS', h) == 1) then
+  -- (Its reservation was found: the counter is there.) Without its reservation, a first settlement charges a
+  -- counter still there (its reservation was released as a dead one's); a replay that is "held only" does not.
+  if cost > 0 and (amt or (not held_only and redis.call('EXISTS', h) == 1)) then
     redis.call('HINCRBY', h, 'spent', cost)
   end
 end
 if tpm_bucket >= 0 then
   local key = KEYS[k]
   k = k + 1
-  if redis.call('HEXISTS', key, tpm_bucket) == 1 then
+  if (held or nl == 0 or not held_only) and redis.call('HEXISTS', key, tpm_bucket) == 1 then
     redis.call('HINCRBY', key, tpm_bucket, tokens - reserved_tokens)
   end
 end
@@ -38,7 +45,7 @@ if conc == 1 then
   redis.call('ZREM', KEYS[k], rid)
   k = k + 1
 end
-if ARGV[8] and ARGV[8] ~= '' then
-  redis.call('XADD', KEYS[k], '*', 'r', ARGV[8])
+if ARGV[9] and ARGV[9] ~= '' then
+  redis.call('XADD', KEYS[k], '*', 'r', ARGV[9])
 end
 return 1
