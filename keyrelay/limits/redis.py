@@ -52,9 +52,9 @@ USAGE_STREAM = "usage"
 MARK_TTL_S = 7 * 86_400
 # Keys whose commands' cached parts (_Layout) are kept; beyond, the one made longest ago is dropped (remade if used).
 LAYOUT_CACHE_SIZE = 4096
-# A settlement replayed within this long of its deferral charges only the levels still holding its reservation
-# (settle_v3.lua's "held only"): its first attempt may have run in Redis although it failed here (a reply lost to
-# a timeout or a cut connection). A reservation is held for RESERVATION_TTL_S (3 h) from its admission; later, a
+# A settlement replayed within this long of a failed attempt charges only the levels still holding its reservation
+# (settle_v3.lua's "held only"): that attempt may have run in Redis although it failed here (a reply lost to a
+# timeout or a cut connection). A reservation is held for RESERVATION_TTL_S (3 h) from its admission; later, a
 # replay charges any counter still there, as a first settlement does.
 REPLAY_HELD_ONLY_S = 3600.0
 
@@ -144,7 +144,8 @@ class RedisLimits:
         # After a failure, skip Redis for a second instead of making every request wait for a timeout.
         self._down_until = 0.0
         # Settlements Redis did not get (and costs admitted locally while failing open), replayed later.
-        # Each with the monotonic time it was deferred at, None for a cost admitted locally (no reservation in Redis).
+        # Each with the monotonic time of its last failed attempt, which Redis may have run (its reply lost to a
+        # timeout or a cut connection); None when it was never sent (Redis known down, a cost admitted locally).
         self._deferred: deque[tuple[list[str], list[Arg], float | None]] = deque(maxlen=1_000_000)
         # State marks Redis did not get, replayed first (a mark only grows, so a late one is still right).
         self._deferred_marks: deque[tuple[list[str], list[Arg]]] = deque(maxlen=100_000)
@@ -371,7 +372,7 @@ class RedisLimits:
             1 if reservation.concurrent else 0,
         ]
         if time.monotonic() < self._down_until:
-            self._deferred.append((keys, args, time.monotonic()))
+            self._deferred.append((keys, args, None))  # never sent: replayed as a first settlement
             return False
         try:
             if record is None:
@@ -440,15 +441,18 @@ class RedisLimits:
                 return  # still unreachable: try again at the next maintenance
             self._deferred_marks.popleft()
         while self._deferred:
-            keys, args, deferred_at = self._deferred[0]
-            # Within the reservation's lifetime, only a level still holding it is charged (settle_v3.lua).
-            held_only = deferred_at is not None and time.monotonic() - deferred_at < REPLAY_HELD_ONLY_S
+            keys, args, failed_at = self._deferred[0]
+            # Within an hour of an attempt Redis may have run, only a level still holding the reservation is
+            # charged (settle_v3.lua's "held only"), so that attempt is not charged twice.
+            held_only = failed_at is not None and time.monotonic() - failed_at < REPLAY_HELD_ONLY_S
             try:
                 await self._run(SETTLE, keys, [*args, 1 if held_only else 0])
             except ResponseError:
                 # Redis answered but refused this one: retrying cannot help, and must not block the rest.
                 log.exception("dropping a settlement Redis refuses: keys=%s", keys)
             except (RedisError, OSError):
+                if args[1] != "-":  # this attempt too may have run: its replays are "held only" for another hour
+                    self._deferred[0] = (keys, args, time.monotonic())
                 return  # still unreachable: try again at the next maintenance
             self._deferred.popleft()
 
