@@ -104,60 +104,48 @@ async def test_counters_survive_a_gateway_restart() -> None:
         await client.aclose()
 
 
-async def test_a_settlement_redis_ran_but_replayed_is_charged_once() -> None:
+@pytest.mark.redis
+async def test_a_settlement_redis_ran_but_replayed_is_charged_once(redis_limits: RedisLimits) -> None:
     """A settlement whose reply was lost (a timeout, a cut connection) is deferred although Redis may have run it:
     its replay charges only a level still holding its reservation, and adjusts the tpm window only then."""
-    client = await redis_client_or_skip()
-    prefix = f"kr-test-{secrets.token_hex(6)}"
-    limits = RedisLimits(client, prefix=prefix)
-    try:
-        wanted = AdmissionRequest("rk", "r1", 1_800_000_000.0, 1000, (LEVEL,), (), 10_000, 100, None)
-        admission = await limits.admit(wanted)
-        limits._down_until = float("inf")  # as if the call failed: the settlement is deferred, not sent
-        assert not await limits.settle(admission.reservation, cost_micros=400, tokens=40, now=0)
-        [(keys, args, _)] = list(limits._deferred)
-        limits._down_until = 0.0
-        await limits.maintain()  # the replay that ran, whose reply the gateway did not see ...
-        limits._deferred.append((keys, args, time.monotonic()))  # ... so it is deferred and replayed once more
-        await limits.maintain()
-        assert limits.deferred == 0
-        assert await limits.spent(LEVEL) == 400  # not 800
-        usage = await limits.window_usage("rk", (), tpm=True, now=1_800_000_000.0)
-        assert usage.tokens_per_minute == 40  # the reservation's 100 replaced by 40 once, not twice (-20)
-    finally:
-        await drop_prefix(client, prefix)
-        await limits.close()
+    limits = redis_limits
+    admission = await limits.admit(AdmissionRequest("rk", "r1", 1_800_000_000.0, 1000, (LEVEL,), (), 10_000, 100, None))
+    limits._down_until = float("inf")  # as if the call failed: the settlement is deferred, not sent
+    assert not await limits.settle(admission.reservation, cost_micros=400, tokens=40, now=0)
+    [(keys, args, _)] = list(limits._deferred)
+    limits._down_until = 0.0
+    await limits.maintain()  # the replay that ran, whose reply the gateway did not see ...
+    limits._deferred.append((keys, args, time.monotonic()))  # ... so it is deferred and replayed once more
+    await limits.maintain()
+    assert limits.deferred == 0
+    assert await limits.spent(LEVEL) == 400  # not 800
+    usage = await limits.window_usage("rk", (), tpm=True, now=1_800_000_000.0)
+    assert usage.tokens_per_minute == 40  # the reservation's 100 replaced by 40 once, not twice (-20)
 
 
-async def test_a_settlement_never_sent_is_replayed_as_a_first_one() -> None:
+@pytest.mark.redis
+async def test_a_settlement_never_sent_is_replayed_as_a_first_one(redis_limits: RedisLimits) -> None:
     """Deferred while Redis was known down, it never ran: its replay charges the counter even if Redis lost the
     reservation meanwhile (a restart from an older snapshot), as a first settlement does."""
-    client = await redis_client_or_skip()
-    prefix = f"kr-test-{secrets.token_hex(6)}"
-    limits = RedisLimits(client, prefix=prefix)
-    try:
-        admission = await limits.admit(req(1))
-        limits._down_until = float("inf")
-        await limits.settle(admission.reservation, cost_micros=400, tokens=0, now=0)
-        assert [failed_at for _, _, failed_at in limits._deferred] == [None]
-        await client.hdel(f"{prefix}:spend:{LEVEL.name}", "r:r1")  # the reservation lost with Redis's data
-        limits._down_until = 0.0
-        await limits.maintain()
-        assert await limits.spent(LEVEL) == 400
-    finally:
-        await drop_prefix(client, prefix)
-        await limits.close()
+    limits = redis_limits
+    admission = await limits.admit(req(1))
+    limits._down_until = float("inf")
+    await limits.settle(admission.reservation, cost_micros=400, tokens=0, now=0)
+    assert [failed_at for _, _, failed_at in limits._deferred] == [None]
+    await limits._redis.hdel(f"{limits._prefix}:spend:{LEVEL.name}", "r:r1")  # the reservation lost with Redis's data
+    limits._down_until = 0.0
+    await limits.maintain()
+    assert await limits.spent(LEVEL) == 400
 
 
-async def test_a_replay_that_failed_is_held_only_from_then_on() -> None:
+@pytest.mark.redis
+async def test_a_replay_that_failed_is_held_only_from_then_on(redis_limits: RedisLimits) -> None:
     """A replay whose own call failed may have run too: its next replays charge only what still holds it."""
-    client = await redis_client_or_skip()
-    prefix = f"kr-test-{secrets.token_hex(6)}"
-    limits = RedisLimits(client, prefix=prefix)
+    limits = redis_limits
+    client, lean = limits._redis, limits._lean
     dead = Redis.from_url(DEAD, socket_connect_timeout=0.5)
     try:
         admission = await limits.admit(req(1))
-        lean = limits._lean
         limits._down_until = float("inf")
         await limits.settle(admission.reservation, cost_micros=400, tokens=0, now=0)
         limits._down_until = 0.0
@@ -170,27 +158,20 @@ async def test_a_replay_that_failed_is_held_only_from_then_on() -> None:
         assert limits.deferred == 0 and await limits.spent(LEVEL) == 400  # the reservation was held: charged
     finally:
         await dead.aclose()
-        await drop_prefix(client, prefix)
         if lean is not None:
             await lean.aclose()
-        await limits.close()
 
 
-async def test_without_spend_levels_the_in_flight_slot_tells_a_replay_it_ran() -> None:
+@pytest.mark.redis
+async def test_without_spend_levels_the_in_flight_slot_tells_a_replay_it_ran(redis_limits: RedisLimits) -> None:
     """A key with tpm and an in-flight cap but no spend level: a replayed settlement that had run leaves tpm alone."""
-    client = await redis_client_or_skip()
-    prefix = f"kr-test-{secrets.token_hex(6)}"
-    limits = RedisLimits(client, prefix=prefix)
-    try:
-        wanted = AdmissionRequest("rk", "r1", 1_800_000_000.0, 0, (), (), 10_000, 100, 5)
-        admission = await limits.admit(wanted)
-        assert await limits.settle(admission.reservation, cost_micros=0, tokens=40, now=0, record=b"{}")
-        keys = limits._settle_keys(admission.reservation)
-        args: list[str | int | float | bytes] = ["0", "r1", 0, admission.reservation.tpm_bucket or 0, 100, 40, 1]
-        limits._deferred.append((keys, [0, *args[1:]], time.monotonic()))  # as if that call's reply was lost
-        await limits.maintain()
-        usage = await limits.window_usage("rk", (), tpm=True, now=1_800_000_000.0)
-        assert usage.tokens_per_minute == 40 and usage.in_flight == 0
-    finally:
-        await drop_prefix(client, prefix)
-        await limits.close()
+    limits = redis_limits
+    admission = await limits.admit(AdmissionRequest("rk", "r1", 1_800_000_000.0, 0, (), (), 10_000, 100, 5))
+    assert await limits.settle(admission.reservation, cost_micros=0, tokens=40, now=0, record=b"{}")
+    bucket = admission.reservation.tpm_bucket
+    assert bucket is not None
+    args: list[str | int | float | bytes] = [0, "r1", 0, bucket, 100, 40, 1]
+    limits._deferred.append((limits._settle_keys(admission.reservation), args, time.monotonic()))  # reply lost
+    await limits.maintain()
+    usage = await limits.window_usage("rk", (), tpm=True, now=1_800_000_000.0)
+    assert usage.tokens_per_minute == 40 and usage.in_flight == 0
