@@ -20,8 +20,12 @@ demo: $(STAMP)
 
 test: lint pytest
 
+# Tests run in PYTEST_WORKERS processes (pytest-xdist): half of one process's time is spent waiting on the
+# servers, subprocesses and databases the tests start. More workers need more PostgreSQL connections.
+PYTEST_WORKERS ?= 2
+
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check keyrelay tests
