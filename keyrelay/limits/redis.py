@@ -42,9 +42,9 @@ from keyrelay.tasks import finish_then_cancel
 log = logging.getLogger("keyrelay.limits")
 _FALLBACK_PREFIX = "local:"
 # The Lua scripts, by versioned name (lua/<name>.lua): bump the name on any change of behaviour.
-ADMIT, SETTLE, WINDOW_USAGE, MARK = "admit_v4", "settle_v3", "window_usage_v1", "mark_v1"
+ADMIT, SETTLE, WINDOW_USAGE, MARK = "admit_v5", "settle_v4", "window_usage_v2", "mark_v1"
 Arg = str | int | float | bytes  # a script argument
-# The usage stream's key, after the prefix: records settled with ``settle_v3.lua``, drained by ``usage/stream.py``.
+# The usage stream's key, after the prefix: records settled with ``settle_v4.lua``, drained by ``usage/stream.py``.
 USAGE_STREAM = "usage"
 # How long a state mark is kept after its row's last change. A cached row older than a change is also
 # evicted by every process's store poll (``cache/sync.py``) within seconds, so a mark only has to outlive
@@ -53,7 +53,7 @@ MARK_TTL_S = 7 * 86_400
 # Keys whose commands' cached parts (_Layout) are kept; beyond, the one made longest ago is dropped (remade if used).
 LAYOUT_CACHE_SIZE = 4096
 # A settlement replayed within this long of a failed attempt charges only the levels still holding its reservation
-# (settle_v3.lua's "held only"): that attempt may have run in Redis although it failed here (a reply lost to a
+# (settle_v4.lua's "held only"): that attempt may have run in Redis although it failed here (a reply lost to a
 # timeout or a cut connection). A reservation is held for RESERVATION_TTL_S (3 h) from its admission; later, a
 # replay charges any counter still there, as a first settlement does.
 REPLAY_HELD_ONLY_S = 3600.0
@@ -73,7 +73,7 @@ def _bulk(*args: Arg) -> bytes:
 class _Layout:
     """What one key's admission and settlement commands hold that is the same for each of its requests.
 
-    ``admit_v4.lua`` takes the per-key arguments before and after the request's own, so an admission is sent as
+    ``admit_v5.lua`` takes the per-key arguments before and after the request's own, so an admission is sent as
     ``admit_head + <the request's values> + admit_tail`` (RESP: the array's header, then one bulk string per
     argument), packing only a few values per request instead of every key name and limit (about 15 µs of the
     gateway's CPU per request with every limit set). Made for one ``signature`` (the levels' counters and caps,
@@ -101,7 +101,7 @@ def _unreachable() -> GatewayError:
 
 
 def _refusal(request: AdmissionRequest, reply: list[int]) -> Exception:
-    """The exception for a non-zero reply of ``admit_v4.lua`` (its reply codes)."""
+    """The exception for a non-zero reply of ``admit_v5.lua`` (its reply codes)."""
     code = reply[0]
     if code == 1:
         level = request.spend[reply[1] - 1]
@@ -115,13 +115,13 @@ def _refusal(request: AdmissionRequest, reply: list[int]) -> Exception:
         return window_refusal("max_concurrent", reply[2], reply[3] / 1000, in_flight=reply[4])
     if code == 5:
         return StaleState(request.marks[reply[1] - 1][0])
-    raise AssertionError(f"admit_v4.lua replied {reply!r}")
+    raise AssertionError(f"admit_v5.lua replied {reply!r}")
 
 
 class RedisLimits:
     """Limits backend on Redis (atomic Lua scripts, versioned by name)."""
 
-    takes_records = True  # settle_v3.lua appends the usage record to the usage stream
+    takes_records = True  # settle_v4.lua appends the usage record to the usage stream
 
     def __init__(self, client: Redis, *, prefix: str = "keyrelay", fail_open: bool = False, lean: bool = True) -> None:
         """A backend on ``client``'s Redis: its scripts through a lean pipelined client (``resp.py``), if TCP.
@@ -162,7 +162,7 @@ class RedisLimits:
         return [base, base + ":resv"]
 
     def _window_key(self, key_hash: str, name: str) -> str:
-        return f"{self._prefix}:win:{key_hash}:{name}"
+        return f"{self._prefix}:window:{key_hash}:{name}"
 
     def _flight_key(self, key_hash: str) -> str:
         return f"{self._prefix}:flight:{key_hash}"
@@ -295,7 +295,7 @@ class RedisLimits:
         tail_args += [version for _, version in request.marks]
         admit_count = 3 + len(keys) + len(head_args) + 4 + 2 * len(spend) + len(tail_args)
         stream_keys = [*settle_keys, self.usage_stream]
-        settle_count = 3 + len(stream_keys) + 9  # the settle_v3.lua arguments with a record
+        settle_count = 3 + len(stream_keys) + 9  # the settle_v4.lua arguments with a record
         layout = _Layout(
             signature=signature,
             keys=keys,
@@ -338,7 +338,7 @@ class RedisLimits:
     async def settle(
         self, reservation: Reservation, *, cost_micros: int, tokens: int, now: float, record: bytes | None = None
     ) -> bool:
-        """One EVALSHA of ``settle_v3.lua``: the charge and, if given, ``record`` appended to the usage stream.
+        """One EVALSHA of ``settle_v4.lua``: the charge and, if given, ``record`` appended to the usage stream.
 
         If Redis is away (or was found away within the last second), the settlement is kept without its record
         and replayed by ``maintain``, and False tells the caller to queue the record itself (its local journal).
@@ -395,7 +395,7 @@ class RedisLimits:
         return True
 
     def _settle_keys(self, reservation: Reservation) -> list[str]:
-        """The keys of a reservation's settlement (``settle_v3.lua``), without the usage stream."""
+        """The keys of a reservation's settlement (``settle_v4.lua``), without the usage stream."""
         keys = [key for level in reservation.spend for key in self._spend_keys(level)]
         if reservation.tpm_bucket is not None:
             keys.append(self._window_key(reservation.key_hash, "tpm"))
@@ -404,7 +404,7 @@ class RedisLimits:
         return keys
 
     async def _settle_packed(self, command: bytes) -> None:
-        """Run a packed ``settle_v3.lua`` call to its end, even if the caller is cancelled meanwhile.
+        """Run a packed ``settle_v4.lua`` call to its end, even if the caller is cancelled meanwhile.
 
         The cancellation is raised once Redis answered, with the failure, if any, as its cause (as
         ``finish_then_cancel``): on an open connection through a ``PatientFuture`` (no task), else (connecting,
@@ -443,7 +443,7 @@ class RedisLimits:
         while self._deferred:
             keys, args, failed_at = self._deferred[0]
             # Within an hour of an attempt Redis may have run, only a level still holding the reservation is
-            # charged (settle_v3.lua's "held only"), so that attempt is not charged twice.
+            # charged (settle_v4.lua's "held only"), so that attempt is not charged twice.
             held_only = failed_at is not None and time.monotonic() - failed_at < REPLAY_HELD_ONLY_S
             try:
                 await self._run(SETTLE, keys, [*args, 1 if held_only else 0])

@@ -1,6 +1,6 @@
 """The Redis usage stream: records settled into Redis with their charge, drained into the store by any process.
 
-In the scaled-out shape (``KEYRELAY_REDIS_URL``) the settlement script (``limits/lua/settle_v3.lua``) appends each
+In the scaled-out shape (``KEYRELAY_REDIS_URL``) the settlement script (``limits/lua/settle_v4.lua``) appends each
 request's usage record to the stream ``<prefix>:usage`` in the same atomic step as its charge, before the
 response's last bytes are sent. So a response the client saw complete has its record in Redis, whatever happens
 to the process afterwards, and its cost is in the Redis spend counters exactly when its record is in the stream.

@@ -1,4 +1,4 @@
--- mark_v1: record that rows changed, so that every gateway's next admission sees it (admit_v4.lua).
+-- mark_v1: record that rows changed, so that every gateway's next admission sees it (admit_v5.lua).
 -- A mark holds the newest version of one row (key, account or group) written through keyrelay's services;
 -- it only grows, so two writers finishing out of order leave the higher version. Bump the version in the
 -- file name on any change of behaviour.

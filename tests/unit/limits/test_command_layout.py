@@ -1,4 +1,4 @@
-"""The Redis backend's commands packed from each key's cached parts: the bytes of the whole command in admit_v4.lua's
+"""The Redis backend's commands packed from each key's cached parts: the bytes of the whole command in admit_v5.lua's
 argument order, made again as soon as the key's limits, periods or state marks change, and a bounded cache."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ async def offline() -> AsyncIterator[RedisLimits]:
         await limits.close()
 
 
-async def test_the_packed_admission_is_admit_v4s_argument_order(offline: RedisLimits) -> None:
+async def test_the_packed_admission_is_admit_v5s_argument_order(offline: RedisLimits) -> None:
     wanted = request("r1", counter="daily:2026-12-06", marks=(("k:kh", 3), ("a:1", 1)))
     layout = offline._layout(wanted)
     keys = [
@@ -52,9 +52,9 @@ async def test_the_packed_admission_is_admit_v4s_argument_order(offline: RedisLi
         "p:spend:account:1:life:resv",
         "p:spend:key:kh:daily:2026-12-06",
         "p:spend:key:kh:daily:2026-12-06:resv",
-        "p:win:kh:rpm",
-        "p:win:kh:per_1d",
-        "p:win:kh:tpm",
+        "p:window:kh:rpm",
+        "p:window:kh:per_1d",
+        "p:window:kh:tpm",
         "p:flight:kh",
         "p:mark:k:kh",
         "p:mark:a:1",
@@ -68,7 +68,7 @@ async def test_the_packed_admission_is_admit_v4s_argument_order(offline: RedisLi
     assert packed == hiredis.pack_command(command)  # type: ignore[arg-type]
     # The settlement with its record: the spend keys, tpm, in-flight, then the usage stream.
     settle_args = (2, "r1", 120, 7, 100, 40, 1, 0, b'{"r":1}')  # ..., in-flight, not "held only", the record
-    settle_keys = [*keys[:4], "p:win:kh:tpm", "p:flight:kh", "p:usage"]
+    settle_keys = [*keys[:4], "p:window:kh:tpm", "p:flight:kh", "p:usage"]
     expected = ("EVALSHA", offline._sha[SETTLE], len(settle_keys), *settle_keys, *settle_args)
     assert layout.settle_head + _bulk(*settle_args) == hiredis.pack_command(expected)  # type: ignore[arg-type]
 

@@ -3,7 +3,8 @@
 Every backend is stepped beside a naive reference (every request's timestamp in a list, ``RefWindow``):
 each admission must decide as the reference does, although the key is read before and after it, at the
 present and ahead of it; each read must give the reference's counts. A second test runs memory and
-Redis side by side and asks for the same answers from both.
+Redis side by side and asks for the same answers from both (the admissions' x-ratelimit-* figures and Retry-After
+too), and checks the running 'sum' and oldest bucket 'lo' that admit_v5.lua keeps in each window hash.
 """
 
 from __future__ import annotations
@@ -131,9 +132,22 @@ class UsageRun:
                 await self.admit(max_tokens)
         await self.read(self.now, tpm=True)
 
+    async def check_sums(self, backend: RedisLimits) -> None:
+        """admit_v5.lua's running figures of each window hash: 'sum' of its buckets, 'lo' the oldest of them."""
+        names = [spec.name for spec in self.windows] + (["tpm"] if self.config.tpm is not None else [])
+        for name in names:
+            fields = await backend._redis.hgetall(backend._window_key(self.key, name))
+            buckets = {int(field): int(value) for field, value in fields.items() if field not in (b"sum", b"lo")}
+            if not buckets:
+                assert b"lo" not in fields and int(fields.get(b"sum", 0)) == 0, (name, fields)
+                continue
+            assert int(fields[b"sum"]) == sum(buckets.values()) and int(fields[b"lo"]) == min(buckets), (name, fields)
+
     async def admit(self, max_tokens: int) -> None:
         expected = self.admits(max_tokens)
         reservations = []
+        outcomes: list[tuple[object, ...]] = []
+        resets: list[float | None] = []
         for backend in self.backends:
             request = AdmissionRequest(
                 key_hash=self.key,
@@ -147,9 +161,26 @@ class UsageRun:
                 max_concurrent=self.config.max_concurrent,
             )
             try:
-                reservations.append((await backend.admit(request)).reservation)
+                admission = await backend.admit(request)
             except GatewayError as err:
                 assert not expected, (self.now, err.message)
+                outcomes.append(("refused", err.message, err.retry_after))
+            else:
+                reservations.append(admission.reservation)
+                status = admission.window
+                outcomes.append(("admitted", None) if status is None else ("admitted", status.limit, status.remaining))
+                resets.append(None if status is None else status.reset_s)
+            if isinstance(backend, RedisLimits):
+                await self.check_sums(backend)
+        # Every backend gives the same x-ratelimit-* figures and Retry-After (Redis in whole milliseconds).
+        assert all(outcome[:2] == outcomes[0][:2] for outcome in outcomes), (self.now, outcomes)
+        if outcomes[0][0] == "admitted":
+            assert all(outcome == outcomes[0] for outcome in outcomes), (self.now, outcomes)
+            assert all(
+                (r is None) == (resets[0] is None) and (r is None or abs(r - resets[0]) <= 0.001) for r in resets
+            ), (self.now, resets)
+        else:
+            assert all(abs(outcome[2] - outcomes[0][2]) <= 0.001 for outcome in outcomes), (self.now, outcomes)
         if not expected:
             return
         assert len(reservations) == len(self.backends)

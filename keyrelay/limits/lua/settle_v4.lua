@@ -1,9 +1,10 @@
--- settle_v3: replace one reservation by the actual cost and tokens, and append the request's usage record
+-- settle_v4: replace one reservation by the actual cost and tokens, and append the request's usage record
 -- to the usage stream in the same atomic step (v1 had no record).
 -- v3: a replay (a settlement the gateway deferred after a failure) may say "held only": it charges only the levels
 -- still holding its reservation, and adjusts the tpm window only if a level or its in-flight slot still held it,
 -- so that a settlement Redis ran although its caller saw a failure (a reply lost to a timeout or a cut
 -- connection) is not charged twice when replayed. The same keys and fields as v2.
+-- v4: the tpm hash's running 'sum' (admit_v5.lua) moves with its bucket. The same arguments as v3.
 -- KEYS: per spend level its hash and zset; then the tpm hash and the in-flight zset if used; then the usage
 --       stream if a record is given.
 -- ARGV: levels, reservation id, actual cost, tpm bucket (-1 = none), reserved tokens, actual tokens,
@@ -48,6 +49,7 @@ end
 -- Without a spend level or an in-flight slot to tell, a "held only" replay adjusts tpm as a first settlement does.
 if tpm_key and (held or not held_only or (nl == 0 and conc == 0)) and redis.call('HEXISTS', tpm_key, tpm_bucket) == 1 then
   redis.call('HINCRBY', tpm_key, tpm_bucket, tokens - reserved_tokens)
+  redis.call('HINCRBY', tpm_key, 'sum', tokens - reserved_tokens)
 end
 if ARGV[9] and ARGV[9] ~= '' then
   redis.call('XADD', KEYS[k], '*', 'r', ARGV[9])
