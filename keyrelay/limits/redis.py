@@ -295,7 +295,7 @@ class RedisLimits:
         tail_args += [version for _, version in request.marks]
         admit_count = 3 + len(keys) + len(head_args) + 4 + 2 * len(spend) + len(tail_args)
         stream_keys = [*settle_keys, self.usage_stream]
-        settle_count = 3 + len(stream_keys) + 9  # the settle_v4.lua arguments with a record
+        settle_count = 3 + len(stream_keys) + 10  # the settle_v4.lua arguments with a record
         layout = _Layout(
             signature=signature,
             keys=keys,
@@ -358,7 +358,7 @@ class RedisLimits:
             if cost_micros and reservation.spend:
                 # Spend admitted locally must still reach the shared counters once Redis is back.
                 keys = [key for level in reservation.spend for key in self._spend_keys(level)]
-                self._deferred.append((keys, [len(reservation.spend), "-", cost_micros, -1, 0, 0, 0], None))
+                self._deferred.append((keys, [len(reservation.spend), "-", cost_micros, 0, -1, 0, 0, 0], None))
             return False
         # Admitted by Redis: the keys its admission named.
         keys = layout.settle_keys if isinstance(layout, _Layout) else self._settle_keys(reservation)
@@ -366,6 +366,7 @@ class RedisLimits:
             len(reservation.spend),
             reservation.ident,
             cost_micros,
+            reservation.cost_micros,
             -1 if reservation.tpm_bucket is None else reservation.tpm_bucket,
             reservation.max_tokens,
             tokens,

@@ -22,6 +22,11 @@
 --        {4, 0, max_concurrent, 1000, in_flight}                         too many in flight (v2: the count)
 --        {5, mark_index, 0, 0, 0}                                        the cached row is stale (v3): reload
 local BUCKETS = 60
+-- A computed integer as Redis reads it: string.format('%d') is an integer print, where Lua's own conversion of a
+-- number (any number passed to redis.call) prints it as a double ('%.14g'), several times slower.
+local function int(x)
+  return string.format('%d', x)
+end
 local nl = tonumber(ARGV[1])
 local nw = tonumber(ARGV[2])
 local tpm = tonumber(ARGV[3])
@@ -31,6 +36,7 @@ local nm = tonumber(ARGV[6])
 local now = tonumber(ARGV[7])
 local cost = tonumber(ARGV[8])
 local max_tokens = tonumber(ARGV[9])
+local cost_s, max_tokens_s = ARGV[8], ARGV[9]  -- as sent, for redis.call
 local rid = ARGV[10]
 local per_request = 10  -- ARGV[per_request + 2i - 1], ARGV[per_request + 2i]: level i's base and ttl
 local a = per_request + 2 * nl + 1  -- the levels' caps, then the windows' seconds and limits
@@ -82,7 +88,7 @@ local function window(key, seconds)
     end
   end
   if lo then
-    redis.call('HSET', key, 'sum', used, 'lo', lo)
+    redis.call('HSET', key, 'sum', int(used), 'lo', int(lo))
   elseif #flat > 0 then
     redis.call('DEL', key)  -- only 'sum' and 'lo' were left
   end
@@ -155,12 +161,12 @@ for i = 1, nl do
     else
       redis.call('HSET', h, 'spent', base, 'reserved', 0)
     end
-    if ttl >= 0 then redis.call('EXPIRE', h, ttl) end
+    if ttl >= 0 then redis.call('EXPIRE', h, ARGV[per_request + 2 * i]) end
   end
   if spent + reserved + cost > cap then
     -- Before refusing, release the reservations whose request never settled (its gateway process died): they
     -- only ever make the check stricter, so the common case, well under the cap, need not look for them.
-    local stale = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 100)
+    local stale = redis.call('ZRANGEBYSCORE', z, '-inf', ARGV[7], 'LIMIT', 0, 100)
     for _, id in ipairs(stale) do
       local amt = tonumber(redis.call('HGET', h, 'r:' .. id) or '0')
       redis.call('HINCRBY', h, 'reserved', 0 - amt)  -- 0 - x, not -x: Lua's -0 reaches Redis as "-0", not an integer
@@ -211,53 +217,58 @@ local conc_key = nil
 if max_conc > 0 then
   conc_key = KEYS[k]
   k = k + 1
-  redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now)
   local in_flight = redis.call('ZCARD', conc_key)
   if in_flight >= max_conc then
-    return {4, 0, max_conc, 1000, in_flight}
+    -- As with spend: the slots of requests that never settled (their process died) are dropped only when they would
+    -- make the difference, then the set is counted again.
+    if redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', ARGV[7]) > 0 then
+      in_flight = redis.call('ZCARD', conc_key)
+    end
+    if in_flight >= max_conc then
+      return {4, 0, max_conc, 1000, in_flight}
+    end
   end
 end
 
 -- Every check passed: apply every change.
 -- A reservation expires on a whole second (rounded up): a sorted set keeps integer scores as integers, while it
 -- reads each fractional one back from its text at every insertion (v4: 3.4 µs per ZADD among 32 reservations).
-local expiry = math.ceil(now + rttl)
+local expiry = int(math.ceil(now + rttl))
 for i = 1, nl do
   local h, z, ttl = levels[i][1], levels[i][2], levels[i][3]
-  redis.call('HINCRBY', h, 'reserved', cost)
-  redis.call('HSET', h, 'r:' .. rid, cost)
+  redis.call('HINCRBY', h, 'reserved', cost_s)
+  redis.call('HSET', h, 'r:' .. rid, cost_s)
   redis.call('ZADD', z, expiry, rid)
   -- The zset lives as long as its counter: dead reservations are found in it only when a request would be
   -- refused, maybe after a long idle time, and must still be there to be released (an empty zset goes by itself).
-  if ttl < 0 then
-    redis.call('PERSIST', z)
-  else
-    redis.call('EXPIRE', z, math.max(rttl + 60, ttl))
+  -- A lifetime counter's zset is made without an expiry, and nothing gives it one (v4 called PERSIST each time).
+  if ttl >= 0 then
+    redis.call('EXPIRE', z, int(math.max(rttl + 60, ttl)))
   end
 end
 -- A window's hash must outlive its newest bucket by the window: set when a bucket is new (its count is then the
 -- increment), since a later write to the same bucket would only move the expiry by less than the bucket's width.
 -- 'sum' grows with the bucket; 'lo' moves back when the bucket is older than every other (or the first).
-local function add(w, amount, ttl)
-  local key, cur = w[1], w[3]
-  if redis.call('HINCRBY', key, cur, amount) == amount then
+local function add(w, amount, amount_s, ttl)
+  local key, cur = w[1], int(w[3])
+  if redis.call('HINCRBY', key, cur, amount_s) == amount then
     redis.call('EXPIRE', key, ttl)
   end
-  redis.call('HINCRBY', key, 'sum', amount)
-  if w[5] == nil or cur < w[5] then
+  redis.call('HINCRBY', key, 'sum', amount_s)
+  if w[5] == nil or w[3] < w[5] then
     redis.call('HSET', key, 'lo', cur)
   end
 end
 for i = 1, nw do
-  add(wins[i], 1, math.ceil(wins[i][6] + wins[i][6] / BUCKETS))
+  add(wins[i], 1, '1', int(math.ceil(wins[i][6] + wins[i][6] / BUCKETS)))
 end
 local tpm_bucket = -1
 if tpm_w then
-  add(tpm_w, max_tokens, 62)
+  add(tpm_w, max_tokens, max_tokens_s, '62')
   tpm_bucket = tpm_w[3]
 end
 if conc_key then
   redis.call('ZADD', conc_key, expiry, rid)
-  redis.call('EXPIRE', conc_key, rttl + 60)
+  redis.call('EXPIRE', conc_key, int(rttl + 60))
 end
 return {0, tpm_bucket, tight_limit, tight_rem, ms(tight_reset)}

@@ -4,36 +4,40 @@
 -- still holding its reservation, and adjusts the tpm window only if a level or its in-flight slot still held it,
 -- so that a settlement Redis ran although its caller saw a failure (a reply lost to a timeout or a cut
 -- connection) is not charged twice when replayed. The same keys and fields as v2.
--- v4: the tpm hash's running 'sum' (admit_v5.lua) moves with its bucket. The same arguments as v3.
+-- v4: the tpm hash's running 'sum' (admit_v5.lua) moves with its bucket; the gateway sends the reserved cost, so a
+-- level's reservation is released by one HDEL (v3 read it first: one call fewer per level); numbers reach Redis as
+-- the text the gateway sent, or printed as integers.
 -- KEYS: per spend level its hash and zset; then the tpm hash and the in-flight zset if used; then the usage
 --       stream if a record is given.
--- ARGV: levels, reservation id, actual cost, tpm bucket (-1 = none), reserved tokens, actual tokens,
---       in-flight (1/0), held only (1/0), the usage record (JSON; absent or "" = none).
+-- ARGV: levels, reservation id, actual cost, reserved cost (what admit_v5 reserved at each level), tpm bucket
+--       (-1 = none), reserved tokens, actual tokens, in-flight (1/0), held only (1/0), the usage record (JSON;
+--       absent or "" = none).
 local nl = tonumber(ARGV[1])
 local rid = ARGV[2]
 local cost = tonumber(ARGV[3])
-local tpm_bucket = tonumber(ARGV[4])
-local reserved_tokens = tonumber(ARGV[5])
-local tokens = tonumber(ARGV[6])
-local conc = tonumber(ARGV[7])
-local held_only = tonumber(ARGV[8]) == 1
+local reserved = tonumber(ARGV[4])
+local tpm_bucket = tonumber(ARGV[5])
+local reserved_tokens = tonumber(ARGV[6])
+local tokens = tonumber(ARGV[7])
+local conc = tonumber(ARGV[8])
+local held_only = tonumber(ARGV[9]) == 1
+local release = '-' .. ARGV[4]  -- HINCRBY by minus the reserved cost (not for 0: "-0" is no integer to Redis)
 local held = false
 local k = 1
 for _ = 1, nl do
   local h, z = KEYS[k], KEYS[k + 1]
   k = k + 2
-  local amt = redis.call('HGET', h, 'r:' .. rid)
+  local amt = redis.call('HDEL', h, 'r:' .. rid) == 1
   if amt then
     held = true
-    redis.call('HINCRBY', h, 'reserved', 0 - tonumber(amt))  -- not -x: Lua's -0 is no integer to Redis
-    redis.call('HDEL', h, 'r:' .. rid)
+    if reserved ~= 0 then redis.call('HINCRBY', h, 'reserved', release) end
     redis.call('ZREM', z, rid)
   end
   -- A counter whose period ended meanwhile is gone; the cost belongs to that period, not the next.
   -- (Its reservation was found: the counter is there.) Without its reservation, a first settlement charges a
   -- counter still there (its reservation was released as a dead one's); a replay that is "held only" does not.
   if cost > 0 and (amt or (not held_only and redis.call('EXISTS', h) == 1)) then
-    redis.call('HINCRBY', h, 'spent', cost)
+    redis.call('HINCRBY', h, 'spent', ARGV[3])
   end
 end
 local tpm_key, conc_key = nil, nil
@@ -47,11 +51,12 @@ if conc == 1 then
   if redis.call('ZREM', conc_key, rid) == 1 then held = true end  -- its in-flight slot also says it was held
 end
 -- Without a spend level or an in-flight slot to tell, a "held only" replay adjusts tpm as a first settlement does.
-if tpm_key and (held or not held_only or (nl == 0 and conc == 0)) and redis.call('HEXISTS', tpm_key, tpm_bucket) == 1 then
-  redis.call('HINCRBY', tpm_key, tpm_bucket, tokens - reserved_tokens)
-  redis.call('HINCRBY', tpm_key, 'sum', tokens - reserved_tokens)
+if tpm_key and (held or not held_only or (nl == 0 and conc == 0)) and redis.call('HEXISTS', tpm_key, ARGV[5]) == 1 then
+  local delta = string.format('%d', tokens - reserved_tokens)
+  redis.call('HINCRBY', tpm_key, ARGV[5], delta)
+  redis.call('HINCRBY', tpm_key, 'sum', delta)
 end
-if ARGV[9] and ARGV[9] ~= '' then
-  redis.call('XADD', KEYS[k], '*', 'r', ARGV[9])
+if ARGV[10] and ARGV[10] ~= '' then
+  redis.call('XADD', KEYS[k], '*', 'r', ARGV[10])
 end
 return 1

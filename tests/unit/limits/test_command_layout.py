@@ -67,7 +67,8 @@ async def test_the_packed_admission_is_admit_v5s_argument_order(offline: RedisLi
     command = ("EVALSHA", offline._sha[ADMIT], len(keys), *keys, *argv)
     assert packed == hiredis.pack_command(command)  # type: ignore[arg-type]
     # The settlement with its record: the spend keys, tpm, in-flight, then the usage stream.
-    settle_args = (2, "r1", 120, 7, 100, 40, 1, 0, b'{"r":1}')  # ..., in-flight, not "held only", the record
+    # levels, id, cost, reserved cost, tpm bucket, reserved and actual tokens, in-flight, not "held only", the record
+    settle_args = (2, "r1", 120, 600, 7, 100, 40, 1, 0, b'{"r":1}')
     settle_keys = [*keys[:4], "p:window:kh:tpm", "p:flight:kh", "p:usage"]
     expected = ("EVALSHA", offline._sha[SETTLE], len(settle_keys), *settle_keys, *settle_args)
     assert layout.settle_head + _bulk(*settle_args) == hiredis.pack_command(expected)  # type: ignore[arg-type]
