@@ -6,7 +6,10 @@
 -- command from two cached pieces and the request's own few values (keyrelay/limits/redis.py, _Layout).
 -- v5 = v4 with each window hash also holding its running 'sum' and oldest bucket 'lo', so that a window is one HMGET
 -- instead of reading its (up to 60) buckets on every request; the window hashes have new key names (<prefix>:window:,
--- was <prefix>:win:), since v4 would not keep 'sum' and 'lo'. The same arguments and replies as v4.
+-- was <prefix>:win:), since v4 would not keep 'sum' and 'lo'. Also: reservation expiries are whole seconds (integer
+-- scores), expired in-flight slots are dropped only when the cap would refuse, a lifetime counter's zset is not
+-- PERSISTed on each admission, and numbers on the admitted path reach Redis as text (ARGV, or int() below).
+-- The same arguments and replies as v4.
 --
 -- KEYS: per spend level: its hash (spent, reserved, r:<id>) and its zset (<id> -> expiry);
 --       per request window: its hash (bucket -> count, sum, lo); then the tpm hash (the same) and the in-flight
@@ -73,14 +76,13 @@ local function window(key, seconds)
     return {key, width, cur, sum, lo, seconds}
   end
   local flat = redis.call('HGETALL', key)
-  local used, gone = 0, 0
+  local used, gone = 0, {}
   lo = nil
   for j = 1, #flat, 2 do
     local idx = tonumber(flat[j])
     if idx then  -- a bucket, not 'sum' or 'lo'
       if idx < oldest then
-        redis.call('HDEL', key, flat[j])
-        gone = gone + 1
+        gone[#gone + 1] = flat[j]
       else
         used = used + tonumber(flat[j + 1])
         if lo == nil or idx < lo then lo = idx end
@@ -88,9 +90,10 @@ local function window(key, seconds)
     end
   end
   if lo then
+    if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end  -- the buckets that left the window
     redis.call('HSET', key, 'sum', int(used), 'lo', int(lo))
   elseif #flat > 0 then
-    redis.call('DEL', key)  -- only 'sum' and 'lo' were left
+    redis.call('DEL', key)  -- no bucket is left in the window
   end
   return {key, width, cur, used, lo, seconds}
 end

@@ -21,7 +21,7 @@ local reserved_tokens = tonumber(ARGV[6])
 local tokens = tonumber(ARGV[7])
 local conc = tonumber(ARGV[8])
 local held_only = tonumber(ARGV[9]) == 1
-local release = '-' .. ARGV[4]  -- HINCRBY by minus the reserved cost (not for 0: "-0" is no integer to Redis)
+local release = string.format('%d', 0 - reserved)  -- 0 - x, not -x: Lua's -0 would print as "-0", no integer
 local held = false
 local k = 1
 for _ = 1, nl do
@@ -30,7 +30,7 @@ for _ = 1, nl do
   local amt = redis.call('HDEL', h, 'r:' .. rid) == 1
   if amt then
     held = true
-    if reserved ~= 0 then redis.call('HINCRBY', h, 'reserved', release) end
+    redis.call('HINCRBY', h, 'reserved', release)
     redis.call('ZREM', z, rid)
   end
   -- A counter whose period ended meanwhile is gone; the cost belongs to that period, not the next.
@@ -51,8 +51,10 @@ if conc == 1 then
   if redis.call('ZREM', conc_key, rid) == 1 then held = true end  -- its in-flight slot also says it was held
 end
 -- Without a spend level or an in-flight slot to tell, a "held only" replay adjusts tpm as a first settlement does.
-if tpm_key and (held or not held_only or (nl == 0 and conc == 0)) and redis.call('HEXISTS', tpm_key, ARGV[5]) == 1 then
-  local delta = string.format('%d', tokens - reserved_tokens)
+local delta = tokens - reserved_tokens
+if tpm_key and delta ~= 0 and (held or not held_only or (nl == 0 and conc == 0))
+    and redis.call('HEXISTS', tpm_key, ARGV[5]) == 1 then
+  delta = string.format('%d', delta)
   redis.call('HINCRBY', tpm_key, ARGV[5], delta)
   redis.call('HINCRBY', tpm_key, 'sum', delta)
 end

@@ -208,8 +208,10 @@ async def test_a_reservation_expires_on_the_whole_second_after_its_ttl(redis_lim
     _, reservations = redis_limits._spend_keys(lvl)
     for zset in (reservations, redis_limits._flight_key("k1")):
         assert [score for _, score in await redis_limits._redis.zrange(zset, 0, -1, withscores=True)] == [expires]
-    await refused(redis_limits, req(now=expires - 0.001, cost=700, spend=(lvl,)))
-    await refused(redis_limits, req(now=expires - 0.001, cost=0, max_concurrent=1))
+    spend = await refused(redis_limits, req(now=expires - 0.001, cost=700, spend=(lvl,)))
+    assert spend.error_type is ErrorType.API_KEY_QUOTA_EXHAUSTED and spend.limit_source == "key"
+    in_flight = await refused(redis_limits, req(now=expires - 0.001, cost=0, max_concurrent=1))
+    assert in_flight.error_type is ErrorType.RATE_LIMIT_EXCEEDED and "1 request in flight" in in_flight.message
     await redis_limits.admit(req(now=expires, cost=1000, spend=(lvl,), max_concurrent=1))
 
 

@@ -167,11 +167,13 @@ async def test_without_spend_levels_the_in_flight_slot_tells_a_replay_it_ran(red
     """A key with tpm and an in-flight cap but no spend level: a replayed settlement that had run leaves tpm alone."""
     limits = redis_limits
     admission = await limits.admit(AdmissionRequest("rk", "r1", 1_800_000_000.0, 0, (), (), 10_000, 100, 5))
-    assert await limits.settle(admission.reservation, cost_micros=0, tokens=40, now=0, record=b"{}")
-    bucket = admission.reservation.tpm_bucket
-    assert bucket is not None
-    args: list[str | int | float | bytes] = [0, "r1", 0, bucket, 100, 40, 1]
-    limits._deferred.append((limits._settle_keys(admission.reservation), args, time.monotonic()))  # reply lost
+    limits._down_until = float("inf")  # the settlement is deferred, not sent: its arguments as settle() makes them
+    assert not await limits.settle(admission.reservation, cost_micros=0, tokens=40, now=0)
+    [(keys, args, _)] = list(limits._deferred)
+    limits._down_until = 0.0
+    await limits.maintain()  # the replay that ran (tpm 100 → 40, the slot freed), whose reply the gateway did not see
+    limits._deferred.append((keys, args, time.monotonic()))  # ... so it is replayed once more, "held only"
     await limits.maintain()
+    assert limits.deferred == 0
     usage = await limits.window_usage("rk", (), tpm=True, now=1_800_000_000.0)
     assert usage.tokens_per_minute == 40 and usage.in_flight == 0

@@ -9,14 +9,20 @@ too), and checks the running 'sum' and oldest bucket 'lo' that admit_v5.lua keep
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import keyrelay.limits.memory
+import keyrelay.limits.redis
 from keyrelay.errors import GatewayError
+from keyrelay.limits import windows
 from keyrelay.limits.backend import (
     RESERVATION_TTL_S,
     AdmissionRequest,
@@ -24,6 +30,7 @@ from keyrelay.limits.backend import (
     RequestWindow,
     Reservation,
     WindowUsage,
+    window_refusal,
 )
 from keyrelay.limits.memory import MemoryLimits
 from keyrelay.limits.redis import RedisLimits
@@ -33,6 +40,39 @@ T0 = 1_800_000_000.0
 # Redis releases a reservation RESERVATION_TTL_S after its admission and the memory backend never does,
 # so the clock and every read stay short of that: in-flight counts must agree.
 HORIZON = T0 + RESERVATION_TTL_S - 1
+
+
+@contextlib.contextmanager
+def raw_retries() -> Iterator[list[float]]:
+    """The Retry-After of each window refusal as the backend computed it, before ``window_refusal``'s floor of 1 s."""
+    raw: list[float] = []
+
+    def recording(name: str, limit: int, retry_after: float, *, in_flight: int | None = None) -> GatewayError:
+        raw.append(retry_after)
+        return window_refusal(name, limit, retry_after, in_flight=in_flight)
+
+    with (
+        patch.object(keyrelay.limits.memory, "window_refusal", recording),
+        patch.object(keyrelay.limits.redis, "window_refusal", recording),
+    ):
+        yield raw
+
+
+async def check_sums(backend: RedisLimits, key: str, names: list[str]) -> dict[str, dict[int, int]]:
+    """admit_v5.lua's running figures of each window hash: 'sum' of its buckets, 'lo' the oldest of them.
+
+    Returns each window's buckets (index → count).
+    """
+    found = {}
+    for name in names:
+        fields = await backend._redis.hgetall(backend._window_key(key, name))
+        buckets = {int(field): int(value) for field, value in fields.items() if field not in (b"sum", b"lo")}
+        if not buckets:
+            assert b"lo" not in fields and int(fields.get(b"sum", 0)) == 0, (name, fields)
+        else:
+            assert int(fields[b"sum"]) == sum(buckets.values()) and int(fields[b"lo"]) == min(buckets), (name, fields)
+        found[name] = buckets
+    return found
 
 
 @dataclass(frozen=True)
@@ -133,15 +173,8 @@ class UsageRun:
         await self.read(self.now, tpm=True)
 
     async def check_sums(self, backend: RedisLimits) -> None:
-        """admit_v5.lua's running figures of each window hash: 'sum' of its buckets, 'lo' the oldest of them."""
         names = [spec.name for spec in self.windows] + (["tpm"] if self.config.tpm is not None else [])
-        for name in names:
-            fields = await backend._redis.hgetall(backend._window_key(self.key, name))
-            buckets = {int(field): int(value) for field, value in fields.items() if field not in (b"sum", b"lo")}
-            if not buckets:
-                assert b"lo" not in fields and int(fields.get(b"sum", 0)) == 0, (name, fields)
-                continue
-            assert int(fields[b"sum"]) == sum(buckets.values()) and int(fields[b"lo"]) == min(buckets), (name, fields)
+        await check_sums(backend, self.key, names)
 
     async def admit(self, max_tokens: int) -> None:
         expected = self.admits(max_tokens)
@@ -161,10 +194,11 @@ class UsageRun:
                 max_concurrent=self.config.max_concurrent,
             )
             try:
-                admission = await backend.admit(request)
+                with raw_retries() as raw:
+                    admission = await backend.admit(request)
             except GatewayError as err:
                 assert not expected, (self.now, err.message)
-                outcomes.append(("refused", err.message, err.retry_after))
+                outcomes.append(("refused", err.message, raw[0] if raw else err.retry_after))
             else:
                 reservations.append(admission.reservation)
                 status = admission.window
@@ -254,3 +288,41 @@ async def test_memory_and_redis_agree(redis_limits: RedisLimits, config: Config,
     run = UsageRun([MemoryLimits(), redis_limits], config, next(_examples))
     for op in steps:
         await run.step(op)
+
+
+@pytest.mark.redis
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limit=st.integers(1, 5),
+    moments=st.lists(st.one_of(st.floats(0, 200), st.integers(0, 200).map(float)), min_size=1, max_size=30),
+)
+@example(limit=2, moments=[100.0, 95.5, 30.0, 100.0, 161.0, 95.0, 160.0])
+async def test_redis_windows_of_gateways_whose_clocks_disagree(
+    redis_limits: RedisLimits, limit: int, moments: list[float]
+) -> None:
+    """Admissions of one key stamped by gateways whose clocks disagree (times in any order, buckets written ahead
+    of another's present): each decides, reports and advises as windows.py's functions do on the buckets written
+    so far, less those that left the window as the admitting gateway's clock says (the memory backend assumes one
+    clock that never goes back, so it cannot be the reference here); 'sum' and 'lo' stay right throughout."""
+    key = f"skew-{next(_examples)}"
+    rpm = RequestWindow("rpm", 60, limit)
+    buckets: dict[int, int] = {}
+    for n, moment in enumerate(moments):
+        now = T0 + moment
+        current = windows.bucket_of(now, 60)
+        windows.prune(buckets, current)
+        used = windows.live(buckets, current)
+        request = AdmissionRequest(key, f"{key}-{n}", now, 0, (), (rpm,), None, 0, None)
+        with raw_retries() as raw:
+            try:
+                status = (await redis_limits.admit(request)).window
+            except GatewayError:
+                assert used + 1 > limit, (moment, buckets)
+                assert abs(raw[0] - windows.retry_after(buckets, current, 60, now, limit, 1)) <= 0.001, (moment, raw)
+            else:
+                assert used + 1 <= limit and status is not None, (moment, buckets)
+                assert (status.limit, status.remaining) == (limit, limit - used - 1)
+                expected_reset = windows.retry_after(buckets, current, 60, now, limit, limit - used + 1)
+                assert abs(status.reset_s - expected_reset) <= 0.001, (moment, status, buckets)
+                buckets[current] = buckets.get(current, 0) + 1
+        assert (await check_sums(redis_limits, key, ["rpm"]))["rpm"] == buckets, moment
