@@ -8,7 +8,8 @@
 -- instead of reading its (up to 60) buckets on every request; the window hashes have new key names (<prefix>:window:,
 -- was <prefix>:win:), since v4 would not keep 'sum' and 'lo'. Also: reservation expiries are whole seconds (integer
 -- scores), expired in-flight slots are dropped only when the cap would refuse, a lifetime counter's zset is not
--- PERSISTed on each admission, and numbers on the admitted path reach Redis as text (ARGV, or int() below).
+-- PERSISTed on each admission, numbers on the admitted path reach Redis as text (ARGV, or int() below), and each
+-- window and spend level is written with one HSET of the figures read before (v4: HINCRBYs, one per field).
 -- The same arguments and replies as v4.
 --
 -- KEYS: per spend level: its hash (spent, reserved, r:<id>) and its zset (<id> -> expiry);
@@ -39,7 +40,7 @@ local nm = tonumber(ARGV[6])
 local now = tonumber(ARGV[7])
 local cost = tonumber(ARGV[8])
 local max_tokens = tonumber(ARGV[9])
-local cost_s, max_tokens_s = ARGV[8], ARGV[9]  -- as sent, for redis.call
+local cost_s = ARGV[8]  -- as sent, for redis.call
 local rid = ARGV[10]
 local per_request = 10  -- ARGV[per_request + 2i - 1], ARGV[per_request + 2i]: level i's base and ttl
 local a = per_request + 2 * nl + 1  -- the levels' caps, then the windows' seconds and limits
@@ -65,18 +66,19 @@ end
 -- bucket in the hash) and 'lo' (the oldest bucket's index; absent when there is none). While the oldest bucket is
 -- live the window is one HMGET; once it expired (at most once per bucket width) the hash is read whole, its expired
 -- buckets deleted and 'sum' and 'lo' written again (the whole hash deleted when no bucket is left).
--- Returns {key, width, cur, used, lo, seconds}.
+-- Returns {key, width, cur, used, lo, seconds, the count in bucket cur (nil: none yet), cur as a field name}.
 local function window(key, seconds)
   local width = seconds / BUCKETS
   local cur = math.floor(now / width)
+  local cur_s = int(cur)
   local oldest = cur - BUCKETS + 1
-  local got = redis.call('HMGET', key, 'sum', 'lo')
+  local got = redis.call('HMGET', key, 'sum', 'lo', cur_s)
   local sum, lo = tonumber(got[1]), tonumber(got[2])
   if sum and (lo == nil or lo >= oldest) then
-    return {key, width, cur, sum, lo, seconds}
+    return {key, width, cur, sum, lo, seconds, tonumber(got[3]), cur_s}
   end
   local flat = redis.call('HGETALL', key)
-  local used, gone = 0, {}
+  local used, gone, here = 0, {}, nil
   lo = nil
   for j = 1, #flat, 2 do
     local idx = tonumber(flat[j])
@@ -84,8 +86,10 @@ local function window(key, seconds)
       if idx < oldest then
         gone[#gone + 1] = flat[j]
       else
-        used = used + tonumber(flat[j + 1])
+        local count = tonumber(flat[j + 1])
+        used = used + count
         if lo == nil or idx < lo then lo = idx end
+        if idx == cur then here = count end
       end
     end
   end
@@ -95,7 +99,7 @@ local function window(key, seconds)
   elseif #flat > 0 then
     redis.call('DEL', key)  -- no bucket is left in the window
   end
-  return {key, width, cur, used, lo, seconds}
+  return {key, width, cur, used, lo, seconds, here, cur_s}
 end
 
 -- How long until `weight` more would fit under `limit` in window `w`: its buckets expire oldest first (those up to
@@ -185,7 +189,7 @@ for i = 1, nl do
       return {1, i, left, 0, 0}
     end
   end
-  levels[i] = {h, z, ttl}
+  levels[i] = {h, z, ttl, reserved}
 end
 
 local tight_limit, tight_rem, tight_reset = -1, -1, 0
@@ -239,8 +243,7 @@ end
 local expiry = int(math.ceil(now + rttl))
 for i = 1, nl do
   local h, z, ttl = levels[i][1], levels[i][2], levels[i][3]
-  redis.call('HINCRBY', h, 'reserved', cost_s)
-  redis.call('HSET', h, 'r:' .. rid, cost_s)
+  redis.call('HSET', h, 'reserved', int(levels[i][4] + cost), 'r:' .. rid, cost_s)  -- its reserved figure was read above
   redis.call('ZADD', z, expiry, rid)
   -- The zset lives as long as its counter: dead reservations are found in it only when a request would be
   -- refused, maybe after a long idle time, and must still be there to be released (an empty zset goes by itself).
@@ -249,25 +252,26 @@ for i = 1, nl do
     redis.call('EXPIRE', z, int(math.max(rttl + 60, ttl)))
   end
 end
--- A window's hash must outlive its newest bucket by the window: set when a bucket is new (its count is then the
--- increment), since a later write to the same bucket would only move the expiry by less than the bucket's width.
--- 'sum' grows with the bucket; 'lo' moves back when the bucket is older than every other (or the first).
-local function add(w, amount, amount_s, ttl)
-  local key, cur = w[1], int(w[3])
-  if redis.call('HINCRBY', key, cur, amount_s) == amount then
-    redis.call('EXPIRE', key, ttl)
-  end
-  redis.call('HINCRBY', key, 'sum', amount_s)
+-- One HSET per window, from the figures window() read: the bucket, 'sum', and 'lo' when the bucket is older than
+-- every other (or the first). A window's hash must outlive its newest bucket by the window: set when a bucket is
+-- new, since a later write to the same bucket would only move the expiry by less than the bucket's width.
+local function add(w, amount, ttl)
+  local key, here = w[1], w[7]
   if w[5] == nil or w[3] < w[5] then
-    redis.call('HSET', key, 'lo', cur)
+    redis.call('HSET', key, w[8], int((here or 0) + amount), 'sum', int(w[4] + amount), 'lo', w[8])
+  else
+    redis.call('HSET', key, w[8], int((here or 0) + amount), 'sum', int(w[4] + amount))
+  end
+  if here == nil then
+    redis.call('EXPIRE', key, ttl)
   end
 end
 for i = 1, nw do
-  add(wins[i], 1, '1', int(math.ceil(wins[i][6] + wins[i][6] / BUCKETS)))
+  add(wins[i], 1, int(math.ceil(wins[i][6] + wins[i][6] / BUCKETS)))
 end
 local tpm_bucket = -1
 if tpm_w then
-  add(tpm_w, max_tokens, max_tokens_s, '62')
+  add(tpm_w, max_tokens, '62')
   tpm_bucket = tpm_w[3]
 end
 if conc_key then
