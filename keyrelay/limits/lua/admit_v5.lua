@@ -12,7 +12,8 @@
 -- window and spend level is written with one HSET of the figures read before (v4: HINCRBYs, one per field).
 -- The same arguments and replies as v4.
 --
--- KEYS: per spend level: its hash (spent, reserved, r:<id>) and its zset (<id> -> expiry);
+-- KEYS (each a different key: a level's or window's figures are read once, then written):
+--       per spend level: its hash (spent, reserved, r:<id>) and its zset (<id> -> expiry);
 --       per request window: its hash (bucket -> count, sum, lo); then the tpm hash (the same) and the in-flight
 --       zset if used;
 --       then per state mark its string (the newest version of a key, account or group row; mark_v1.lua).
@@ -27,9 +28,14 @@
 --        {5, mark_index, 0, 0, 0}                                        the cached row is stale (v3): reload
 local BUCKETS = 60
 -- A computed integer as Redis reads it: string.format('%d') is an integer print, where Lua's own conversion of a
--- number (any number passed to redis.call) prints it as a double ('%.14g'), several times slower.
+-- number (any number passed to redis.call) prints it as a double ('%.14g', and 1e+14 for a hundred million dollars
+-- in micro-dollars), several times slower. '%d' goes through a C long, 32 bits on some builds: larger figures are
+-- printed as doubles without exponent.
 local function int(x)
-  return string.format('%d', x)
+  if x < 2147483648 and x > -2147483649 then
+    return string.format('%d', x)
+  end
+  return string.format('%.0f', x)
 end
 local nl = tonumber(ARGV[1])
 local nw = tonumber(ARGV[2])
@@ -176,7 +182,7 @@ for i = 1, nl do
     local stale = redis.call('ZRANGEBYSCORE', z, '-inf', ARGV[7], 'LIMIT', 0, 100)
     for _, id in ipairs(stale) do
       local amt = tonumber(redis.call('HGET', h, 'r:' .. id) or '0')
-      redis.call('HINCRBY', h, 'reserved', 0 - amt)  -- 0 - x, not -x: Lua's -0 reaches Redis as "-0", not an integer
+      redis.call('HINCRBY', h, 'reserved', int(0 - amt))  -- 0 - x, not -x: -0 would print as "-0", not an integer
       redis.call('HDEL', h, 'r:' .. id)
       redis.call('ZREM', z, id)
     end

@@ -12,6 +12,14 @@
 -- ARGV: levels, reservation id, actual cost, reserved cost (what admit_v5 reserved at each level), tpm bucket
 --       (-1 = none), reserved tokens, actual tokens, in-flight (1/0), held only (1/0), the usage record (JSON;
 --       absent or "" = none).
+-- An integer as Redis reads it, printed as an integer (as admit_v5.lua's int(): Lua's own print is a slower '%.14g').
+local function int(x)
+  if x < 2147483648 and x > -2147483649 then
+    return string.format('%d', x)
+  end
+  return string.format('%.0f', x)
+end
+
 local nl = tonumber(ARGV[1])
 local rid = ARGV[2]
 local cost = tonumber(ARGV[3])
@@ -21,7 +29,7 @@ local reserved_tokens = tonumber(ARGV[6])
 local tokens = tonumber(ARGV[7])
 local conc = tonumber(ARGV[8])
 local held_only = tonumber(ARGV[9]) == 1
-local release = string.format('%d', 0 - reserved)  -- 0 - x, not -x: Lua's -0 would print as "-0", no integer
+local release = int(0 - reserved)  -- 0 - x, not -x: -0 would print as "-0", no integer
 local held = false
 local k = 1
 for _ = 1, nl do
@@ -54,7 +62,7 @@ end
 local delta = tokens - reserved_tokens
 if tpm_key and delta ~= 0 and (held or not held_only or (nl == 0 and conc == 0))
     and redis.call('HEXISTS', tpm_key, ARGV[5]) == 1 then
-  delta = string.format('%d', delta)
+  delta = int(delta)
   redis.call('HINCRBY', tpm_key, ARGV[5], delta)
   redis.call('HINCRBY', tpm_key, 'sum', delta)
 end

@@ -70,6 +70,23 @@ async def test_spend_reserve_then_settle(backend: LimitsBackend) -> None:
     assert (await refused(backend, req(cost=1, spend=(lvl,)))).status == 429
 
 
+async def test_amounts_beyond_32_bits_are_exact(backend: LimitsBackend) -> None:
+    """Micro-dollar figures past 2^31 ($2,147) and tokens past it are reserved, released and charged exactly (the
+    scripts print integers through a C long, 32 bits on some Redis builds, below that and as doubles above)."""
+    big = 10**15  # a billion dollars
+    lvl = level(cap=big, base=big - 9_000_000_123)  # 9 billion and 123 micro-dollars left
+    first = await backend.admit(req(cost=5_000_000_000, spend=(lvl,), tpm=2**40, max_tokens=3_000_000_000))
+    second = await backend.admit(req(cost=4_000_000_000, spend=(lvl,)))
+    await refused(backend, req(cost=124, spend=(lvl,)))  # exactly 123 left
+    await backend.settle(first.reservation, cost_micros=4_999_999_999, tokens=2_999_999_999, now=T0)
+    await backend.settle(second.reservation, cost_micros=3_000_000_007, tokens=0, now=T0)
+    assert await backend.spent(lvl) == big - 9_000_000_123 + 8_000_000_006
+    await backend.admit(req(cost=1_000_000_117, spend=(lvl,)))  # what is left, to the micro-dollar
+    await refused(backend, req(cost=1, spend=(lvl,)))
+    usage = await backend.window_usage("k1", (), tpm=True, now=T0)
+    assert usage.tokens_per_minute == 2_999_999_999
+
+
 async def test_base_seeds_an_unseen_counter(backend: LimitsBackend) -> None:
     lvl = level(cap=1000, base=950)
     assert await backend.spent(lvl) == 950
