@@ -35,8 +35,8 @@ local k = 1
 for _ = 1, nl do
   local h, z = KEYS[k], KEYS[k + 1]
   k = k + 2
-  local amt = redis.call('HDEL', h, 'r:' .. rid) == 1
-  if amt then
+  local holds = redis.call('HDEL', h, 'r:' .. rid) == 1  -- this level still held the reservation
+  if holds then
     held = true
     redis.call('HINCRBY', h, 'reserved', release)
     redis.call('ZREM', z, rid)
@@ -44,7 +44,7 @@ for _ = 1, nl do
   -- A counter whose period ended meanwhile is gone; the cost belongs to that period, not the next.
   -- (Its reservation was found: the counter is there.) Without its reservation, a first settlement charges a
   -- counter still there (its reservation was released as a dead one's); a replay that is "held only" does not.
-  if cost > 0 and (amt or (not held_only and redis.call('EXISTS', h) == 1)) then
+  if cost > 0 and (holds or (not held_only and redis.call('EXISTS', h) == 1)) then
     redis.call('HINCRBY', h, 'spent', ARGV[3])
   end
 end

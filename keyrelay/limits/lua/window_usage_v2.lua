@@ -43,7 +43,7 @@ if tpm == 1 then
 else
   reply[nw + 1] = -1
 end
--- admit_v5 counts in-flight slots whose expiry is after now (dropping the others when they would refuse): the same. ARGV[1],
--- not `now`, so the bound is the exact number the caller sent (Lua would print it with 14 digits).
+-- admit_v5 counts in-flight slots whose expiry is after now (dropping the others when they would refuse): the same.
+-- ARGV[1], not `now`, so the bound is the exact number the caller sent (Lua would print it with 14 digits).
 reply[nw + 2] = redis.call('ZCOUNT', KEYS[k], '(' .. ARGV[1], '+inf')
 return reply
