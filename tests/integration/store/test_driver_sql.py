@@ -7,14 +7,19 @@ primary key, or a period would be split in two rows.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any, cast
 
 import pytest
-from sqlalchemy import BigInteger, String, bindparam, func, select
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import BigInteger, DateTime, String, bindparam, func, select
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import psycopg
 
 from keyrelay.runtime import Runtime
-from keyrelay.store.driver_sql import DriverStatement
+from keyrelay.store.driver_sql import DriverStatement, _in_utc, _sqlite_datetime
 from keyrelay.store.schema import spend_periods, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
 from tests.records import usage_record
@@ -84,3 +89,43 @@ async def test_a_timestamp_with_another_offset_is_stored_as_utc(runtime: Runtime
     async with runtime.engine.connect() as conn:
         stored = await conn.scalar(select(spend_periods.c.period_start))
     assert stored is not None and (stored if stored.tzinfo else stored.replace(tzinfo=UTC)).astimezone(UTC) == STAMP
+
+
+def _library_sqlite_timestamp() -> Callable[[Any], Any]:
+    """SQLAlchemy's own SQLite DATETIME bind processor, after the conversion to UTC (what the store held before)."""
+    dialect = sqlite_dialect.dialect()
+    return _in_utc(DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),  # noqa: DTZ001 - naive bounds
+    st.one_of(st.none(), st.just(UTC), st.timezones(), st.integers(-1439, 1439)),
+)
+def test_the_fast_sqlite_timestamp_prints_what_sqlalchemy_prints(value: datetime, zone: object) -> None:
+    # Naive, UTC, any IANA zone, any fixed offset: each timestamp is the text SQLAlchemy's processor gives it, so
+    # a period or a record written by the driver is the same row SQLAlchemy's statements look up.
+    if isinstance(zone, int):
+        zone = timezone(timedelta(minutes=zone))
+    if zone is not None:
+        value = value.replace(tzinfo=cast(tzinfo, zone))
+    library = _library_sqlite_timestamp()
+    fast = _sqlite_datetime(library)
+    assert fast is not None
+    assert fast(value) == library(value)
+
+
+def test_the_fast_sqlite_timestamp_leaves_other_values_to_sqlalchemy() -> None:
+    library = _library_sqlite_timestamp()
+    fast = _sqlite_datetime(library)
+    assert fast is not None
+    assert fast(None) is None
+    with pytest.raises(TypeError):  # SQLAlchemy's own refusal of a value that is not a timestamp
+        fast("2026-06-01")
+
+
+def test_a_storage_format_the_fast_timestamp_does_not_print_keeps_sqlalchemy_s() -> None:
+    # A DATETIME with another storage format (no microseconds): the probes disagree, so the library's processor stays.
+    dialect = sqlite_dialect.dialect()
+    other = sqlite_dialect.DATETIME(storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d")
+    assert _sqlite_datetime(_in_utc(other.bind_processor(dialect))) is None
