@@ -129,3 +129,22 @@ def test_a_storage_format_the_fast_timestamp_does_not_print_keeps_sqlalchemy_s()
     dialect = sqlite_dialect.dialect()
     other = sqlite_dialect.DATETIME(storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d")
     assert _sqlite_datetime(_in_utc(other.bind_processor(dialect))) is None
+
+
+def test_a_statement_compiled_for_sqlite_binds_timestamps_with_the_fast_processor() -> None:
+    # The usage insert's record time is bound by _sqlite_datetime's processor, not SQLAlchemy's (the same text).
+    columns = [c.name for c in usage_records.c if c.name != "id"]
+    insert = DriverStatement(usage_records.insert(), sqlite_dialect.dialect(), columns=columns)
+    position = insert.names.index("created_at")
+    processors = dict(insert._processors)
+    assert processors[position].__qualname__ == "_sqlite_datetime.<locals>.process"
+    stamp = datetime(2026, 6, 1, 14, 30, 45, 123456, tzinfo=timezone(timedelta(hours=2)))
+    row = insert.from_tuples([tuple(stamp if name == "created_at" else None for name in insert.names)])[0]
+    assert row[position] == "2026-06-01 12:30:45.123456"
+
+
+def test_a_library_that_fails_on_a_probe_keeps_its_own_processor() -> None:
+    def refusing(value: object) -> object:
+        raise ValueError("not this one")
+
+    assert _sqlite_datetime(refusing) is None
