@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import openai
 import orjson
 import pytest
 
+from keyrelay.testing.clock import FakeClock
 from keyrelay.testing.mock_upstream import REPLY_TEXT, MockUpstream, count_completion_tokens
 
 PROMPT = "Say this is a test"  # 18 bytes -> ceil(18/4) = 5 tokens
@@ -23,9 +25,11 @@ async def _frames(http: httpx.AsyncClient, body: dict[str, Any]) -> list[bytes]:
 
 
 async def test_plain_completion(mock: MockUpstream, client: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    # The mock's clock is fixed: on the wall clock, a second could pass between the reply and the check.
+    mock.options.clock = FakeClock(datetime(2026, 3, 4, 5, 6, 7, 800_000, tzinfo=UTC))
     completion = await client.completions.create(model="gpt-3.5-turbo-instruct", prompt=PROMPT)
     assert completion.id.startswith("cmpl-") and completion.object == "text_completion"
-    assert completion.model == "gpt-3.5-turbo-instruct" and completion.created == mock.state.created()
+    assert completion.model == "gpt-3.5-turbo-instruct" and completion.created == 1772600767  # whole seconds
     (choice,) = completion.choices
     assert (choice.text, choice.index, choice.logprobs, choice.finish_reason) == (REPLY_TEXT, 0, None, "stop")
     assert completion.usage is not None
