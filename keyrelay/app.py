@@ -157,7 +157,10 @@ class KeyrelayApp:
                 orphan.release()
                 journal.close(empty=True)
                 raise
-            orphan.remove()
+            try:
+                orphan.remove()
+            except OSError as exc:
+                log.error("usage journal %s replayed, not cleaned up (%s): replayed again later", orphan.path, exc)
             if not orphan.records:
                 continue  # a dead process's journal with nothing in it (with Redis, the usual case)
             log.warning(

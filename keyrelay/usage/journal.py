@@ -18,6 +18,9 @@ Layout: ``<base>/<database id>/<process dir>/<segment>.v1.jsonl`` and ``<process
 - Segments are numbered from 1. At each flush the writer seals the current segment and opens the next; once
   every record of a sealed segment is in the store, the segment is deleted. A clean stop flushes everything
   and deletes the directory.
+- An orphan may hold what a newer keyrelay wrote (a rollback after a crash): records of a newer format
+  (``usage/records.py``'s ``NewerRecord``) and segments of another suffix. They are kept, in the directory,
+  for a newer keyrelay to replay; the rest is replayed and deleted.
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from keyrelay.usage.records import UsageRecord, record_from_json, record_to_json
+from keyrelay.usage.records import NewerRecord, UsageRecord, record_from_json, record_to_json
 
 log = logging.getLogger("keyrelay.usage")
 _SUFFIX = ".v1.jsonl"
@@ -72,24 +75,59 @@ def _sync_and_close(descriptors: list[int]) -> None:
 
 @dataclass(slots=True)
 class Orphan:
-    """A dead process's journal directory, locked by this process until ``remove``."""
+    """A dead process's journal directory, locked by this process until ``remove`` or ``release``.
+
+    ``records``: those this version reads, to replay. ``newer``: per segment, the lines of records a newer keyrelay
+    wrote; ``foreign``: segments of another format. Both are kept for a newer keyrelay (see the module doc).
+    """
 
     path: Path
     records: list[UsageRecord]
     _lock_fd: int
+    newer: dict[Path, list[bytes]] = field(default_factory=dict)
+    foreign: list[Path] = field(default_factory=list)
 
     def remove(self) -> None:
-        """Delete the directory (its records are in the store now) and release its lock."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self._lock_fd)
+        """Delete what was replayed (its records are in the store now) and release the lock.
+
+        The whole directory, unless it holds a newer keyrelay's records: then each segment keeps only those
+        (rewritten through a temporary file and a rename, so a crash leaves either the old or the new segment),
+        segments of another format stay as they are, and the directory stays for a newer keyrelay to replay.
+
+        Raises:
+            OSError: A segment could not be rewritten; the lock is released, and that segment and those after it
+                are as they were (replayed again at the next start, which charges nothing twice).
+        """
+        try:
+            if not self.newer and not self.foreign:
+                shutil.rmtree(self.path, ignore_errors=True)
+                return
+            for segment in sorted(self.path.glob(f"*{_SUFFIX}")):
+                kept = self.newer.get(segment)
+                if kept is None:
+                    segment.unlink(missing_ok=True)
+                    continue
+                partial = segment.with_name(segment.name + ".partial")
+                partial.write_bytes(b"".join(line + b"\n" for line in kept))
+                os.replace(partial, segment)
+            log.warning(
+                "usage journal %s: %d record(s) and %d segment(s) of a newer keyrelay kept there for it to replay",
+                self.path,
+                sum(len(lines) for lines in self.newer.values()),
+                len(self.foreign),
+            )
+        finally:
+            os.close(self._lock_fd)
 
     def release(self) -> None:
         """Keep the directory (its replay failed) and release its lock, for another try."""
         os.close(self._lock_fd)
 
 
-def _read_segments(directory: Path) -> list[UsageRecord]:
+def _read_segments(directory: Path) -> tuple[list[UsageRecord], dict[Path, list[bytes]], list[Path]]:
+    """``(records this version reads, newer records' lines per segment, segments of another format)``."""
     records: list[UsageRecord] = []
+    newer: dict[Path, list[bytes]] = {}
     for segment in sorted(directory.glob(f"*{_SUFFIX}")):
         lines = segment.read_bytes().split(b"\n")
         for number, line in enumerate(lines, 1):
@@ -97,10 +135,13 @@ def _read_segments(directory: Path) -> list[UsageRecord]:
                 continue
             try:
                 records.append(record_from_json(line))
+            except NewerRecord:
+                newer.setdefault(segment, []).append(line)
             except ValueError as exc:
                 # Only a line being written when the process died can be torn, and its response never completed.
                 log.warning("usage journal %s line %d skipped (%s)", segment, number, exc)
-    return records
+    foreign = sorted(p for p in directory.glob("*.jsonl") if not p.name.endswith(_SUFFIX))
+    return records, newer, foreign
 
 
 def orphans(base: Path) -> Iterator[Orphan]:
@@ -119,12 +160,12 @@ def orphans(base: Path) -> Iterator[Orphan]:
             os.close(fd)  # its process is alive
             continue
         try:
-            records = _read_segments(directory)
+            records, newer, foreign = _read_segments(directory)
         except OSError as exc:
             log.error("usage journal %s unreadable, left for the next start: %s", directory, exc)
             os.close(fd)
             continue
-        yield Orphan(directory, records, fd)
+        yield Orphan(directory, records, fd, newer, foreign)
 
 
 class UsageJournal:

@@ -2,13 +2,22 @@
 
 Its JSON form (``record_to_json``) is the line format of the usage journal (``usage/journal.py``) and the entry of
 the Redis usage stream (``usage/stream.py``).
+
+Format version 1 (``FORMAT_VERSION``): one JSON object of the record's fields; ``"v"``, when present, names the
+format (absent: 1). Several versions of keyrelay run side by side during a rolling upgrade (the stream is shared)
+and after a rollback (a journal outlives its process), so a reader tells a record it cannot read because a newer
+keyrelay wrote it (``NewerRecord``: a ``"v"`` above its own, or every field it needs plus fields it does not know)
+from one that is broken (a torn journal line, another program's entry). The first is left for a newer reader,
+never rejected or dropped. A later format that only adds fields (with defaults, as the ones since added here
+have) needs no new number: older readers leave its records alone, newer ones read older records by name. One that
+changes what a field means must set ``"v"`` above 1.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +65,14 @@ class UsageRecord:
 
 _FIELDS = tuple(field.name for field in fields(UsageRecord))
 _VALUES = operator.attrgetter(*_FIELDS)
+_KNOWN = frozenset(_FIELDS)
+# The fields without a default: a record that has them all, and others this version does not know, is a newer one.
+_REQUIRED = frozenset(f.name for f in fields(UsageRecord) if f.default is MISSING and f.default_factory is MISSING)
+FORMAT_VERSION = 1  # the record format this version writes and reads (see the module doc)
+
+
+class NewerRecord(ValueError):
+    """A record written by a newer keyrelay, in a format this version cannot read: leave it for a newer reader."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,11 +150,15 @@ def record_from_json(data: bytes) -> UsageRecord:
     object with the same fields (another order, defaults left out) is still read by keyword.
 
     Raises:
-        ValueError: ``data`` is not a whole record (a torn journal line, another format).
+        NewerRecord: A newer keyrelay's record (a format version above ``FORMAT_VERSION``, or fields unknown here
+            beside every field this version needs; see the module doc).
+        ValueError: ``data`` is not a whole record (a torn journal line, another program's).
     """
     fields = orjson.loads(data)
     if not isinstance(fields, dict):
         raise ValueError("not a record")
+    if fields.keys() - _KNOWN:
+        _check_newer(fields)
     try:
         fields["created_at"] = datetime.fromisoformat(fields["created_at"])
         fields["key_period"] = _period(fields["key_period"])
@@ -147,3 +168,19 @@ def record_from_json(data: bytes) -> UsageRecord:
         return UsageRecord(**fields)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a record: {exc}") from exc
+
+
+def _check_newer(fields: dict[str, Any]) -> None:
+    """Raise ``NewerRecord`` if ``fields`` (an object with names this version does not know) is a newer record.
+
+    Otherwise return, and the caller's reading of the fields finds the object is no record (a ``ValueError``);
+    ``"v"``, once read, is taken out of ``fields``.
+    """
+    version = fields.pop("v", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"not a record: format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise NewerRecord(f"a record of format {version}, newer than this keyrelay's {FORMAT_VERSION}")
+    unknown = sorted(fields.keys() - _KNOWN)
+    if unknown and fields.keys() >= _REQUIRED:
+        raise NewerRecord(f"a newer keyrelay's record: fields {', '.join(unknown)} unknown to this version")

@@ -12,7 +12,10 @@ only then deletes them (``XDEL``). A drainer stopped at any point loses nothing 
 after their transaction committed) and counts nothing twice (entries written but not yet deleted are found in
 the store by the next drainer and skipped; ``usage_records.request_id`` is unique). An entry that is not a
 record (it can only come from another program or version), or one the store refuses (a value too long for its
-column), is moved to ``<prefix>:usage:rejected`` and logged, never dropped, and never holds up the others.
+column), is moved to ``<prefix>:usage:rejected`` and logged, never dropped, and never holds up the others. An entry a
+newer keyrelay wrote, in a record format this version cannot read (``usage/records.py``'s ``NewerRecord``: during
+a rolling upgrade, both versions drain the same stream), is left in the stream for a newer drainer: neither
+written, nor deleted, nor rejected; the drain goes on past it. Its charge is already in Redis, like every entry's.
 Commands: https://redis.io/docs/latest/commands/xrange/, https://redis.io/docs/latest/commands/xdel/.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -28,12 +32,19 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from keyrelay.usage.records import UsageRecord
+from keyrelay.usage.records import NewerRecord, UsageRecord
 from keyrelay.usage.writer import UsageWriter
 
 log = logging.getLogger("keyrelay.usage")
 _Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
 _Read = tuple[bytes, dict[bytes, bytes], UsageRecord]  # an entry and its record
+_TELL_NEWER_EVERY_S = 60.0  # a drain that leaves a newer keyrelay's entries logs it at most this often
+
+
+def _after(ident: bytes) -> str:
+    """The smallest stream id after ``ident`` ("ms-seq"): where the next ``XRANGE`` starts (any Redis ≥ 5)."""
+    ms, _, seq = ident.decode().partition("-")
+    return f"{ms}-{int(seq) + 1}" if int(seq) < 2**64 - 1 else f"{int(ms) + 1}-0"
 
 
 class UsageStream:
@@ -55,6 +66,7 @@ class UsageStream:
         self._batch = batch
         self._lock_ttl_s = lock_ttl_s
         self._draining = asyncio.Lock()  # one drain at a time in this process (start-up, periodic, flush, shutdown)
+        self._told_newer = -_TELL_NEWER_EVERY_S  # when the last drain that left newer entries said so (monotonic s)
 
     async def drain(self, *, max_batches: int | None = None, wait: bool = False) -> int:
         """Write the stream's records into the store, oldest first, until it is empty (or ``max_batches`` are done).
@@ -91,39 +103,51 @@ class UsageStream:
                     await lock.release()
 
     async def _drain_locked(self, lock: Lock, max_batches: int | None) -> int:
-        written = batches = 0
+        written = batches = newer = 0
+        start = "-"  # the oldest entry not read yet in this drain: entries left for a newer drainer are behind it
         try:
             while True:
-                entries = cast(list[_Entry], await self._redis.xrange(self._key, count=self._batch))
+                entries = cast(list[_Entry], await self._redis.xrange(self._key, min=start, count=self._batch))
                 if not entries:
                     break
-                ids = [ident for ident, _ in entries]
-                records = await self._records(entries)
-                await lock.reacquire()  # raises LockError if it was lost meanwhile
-                try:
-                    written += await self._writer.replay([record for _, _, record in records])
-                except (DataError, IntegrityError):
-                    # A record the store refuses (a value it cannot hold) must not stop every later one: one by one.
-                    written += await self._one_by_one(records)
-                await lock.reacquire()
-                await self._redis.xdel(self._key, *ids)
+                start = _after(entries[-1][0])
+                records, left = await self._records(entries)
+                newer += left
+                if records:
+                    await lock.reacquire()  # raises LockError if it was lost meanwhile
+                    try:
+                        written += await self._writer.replay([record for _, _, record in records])
+                    except (DataError, IntegrityError):
+                        # A record the store refuses (a value it cannot hold) must not stop every later one: one by one.
+                        written += await self._one_by_one(records)
+                    await lock.reacquire()
+                    await self._redis.xdel(self._key, *(ident for ident, _, _ in records))
                 batches += 1
                 if len(entries) < self._batch or batches == max_batches:
                     break
         except (RedisError, LockError, SQLAlchemyError, OSError) as exc:
             log.warning("usage stream: drain interrupted, the rest stays for the next one: %s", exc)
+        if newer and time.monotonic() - self._told_newer >= _TELL_NEWER_EVERY_S:
+            self._told_newer = time.monotonic()
+            log.warning("usage stream: %d entries of a newer keyrelay's record format left for its drainers", newer)
         return written
 
-    async def _records(self, entries: list[_Entry]) -> list[_Read]:
-        """The records of ``entries``, each with its entry; an entry that is not one is moved to the rejected stream."""
+    async def _records(self, entries: list[_Entry]) -> tuple[list[_Read], int]:
+        """The records of ``entries``, each with its entry, and how many entries were left for a newer drainer.
+
+        An entry that is no record is moved to the rejected stream; one of a newer keyrelay is left where it is.
+        """
         records: list[_Read] = []
+        left = 0
         read = self._writer.sent.read
         for ident, fields in entries:
             try:
                 records.append((ident, fields, read(fields[b"r"])))
+            except NewerRecord:
+                left += 1
             except (KeyError, ValueError) as exc:
                 await self._reject(ident, fields, f"not a usage record: {exc}")
-        return records
+        return records, left
 
     async def _one_by_one(self, records: list[_Read]) -> int:
         """Write each record alone; one the store refuses twice is moved to the rejected stream.

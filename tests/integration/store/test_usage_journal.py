@@ -76,6 +76,31 @@ def test_only_dead_processes_journals_are_orphans(tmp_path: Path) -> None:
     assert not base.exists() or not any(base.iterdir())
 
 
+def test_a_newer_keyrelays_records_in_an_orphan_are_kept_for_it(tmp_path: Path) -> None:
+    """A rollback after a crash: the dead process was a newer keyrelay. What this version reads is replayed and
+    deleted; its newer records and its segments of another format stay in the directory for a newer keyrelay."""
+    base = tmp_path / "base"
+    dead = base / "12345-deadbeef"
+    dead.mkdir(parents=True)
+    (dead / "lock").touch()
+    newer = orjson.dumps({**orjson.loads(orjson_line(_record(3))), "tenant": "t1"})
+    announced = orjson.dumps({**orjson.loads(orjson_line(_record(4))), "v": 2})
+    first = orjson_line(_record(1)) + newer + b"\n" + orjson_line(_record(2)) + announced + b"\n"
+    (dead / "000000000001.v1.jsonl").write_bytes(first)
+    (dead / "000000000002.v1.jsonl").write_bytes(orjson_line(_record(5)) + b'{"request_id": "req_tor')
+    (dead / "000000000003.v2.jsonl").write_bytes(b"a format this version does not know\n")
+    (orphan,) = orphans(base)
+    assert [r.request_id for r in orphan.records] == ["req_journal0001", "req_journal0002", "req_journal0005"]
+    orphan.remove()
+    assert sorted(p.name for p in dead.iterdir()) == ["000000000001.v1.jsonl", "000000000003.v2.jsonl", "lock"]
+    assert (dead / "000000000001.v1.jsonl").read_bytes() == newer + b"\n" + announced + b"\n"
+    assert (dead / "000000000003.v2.jsonl").read_bytes() == b"a format this version does not know\n"
+    (again,) = orphans(base)  # the next start: nothing to replay, the newer records still kept
+    assert again.records == [] and list(again.newer.values()) == [[newer, announced]]
+    again.remove()
+    assert (dead / "000000000001.v1.jsonl").read_bytes() == newer + b"\n" + announced + b"\n"
+
+
 def test_a_process_holding_the_lock_elsewhere_is_alive(tmp_path: Path) -> None:
     """The lock is a real flock: another process holding it keeps its journal from being taken."""
     base = tmp_path / "base"

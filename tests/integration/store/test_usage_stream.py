@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
@@ -31,7 +32,7 @@ from keyrelay.store.engine import create_engine
 from keyrelay.store.schema import usage_records
 from keyrelay.testing.poll import poll_until
 from keyrelay.usage.records import UsageRecord, record_from_json, record_to_json
-from keyrelay.usage.stream import UsageStream
+from keyrelay.usage.stream import UsageStream, _after
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
 from tests.records import usage_record
@@ -131,6 +132,34 @@ async def test_an_entry_that_is_no_record_is_set_aside_not_lost(setup: Setup) ->
     rejected = await setup.redis.xrange(setup.key + ":rejected")
     assert [fields for _, fields in rejected] == [{b"r": b'{"not": "a record"}'}, {b"x": b"1"}]
     assert await setup.redis.xlen(setup.key) == 0
+
+
+async def test_a_newer_keyrelays_entries_are_left_for_a_newer_drainer(setup: Setup) -> None:
+    """A rolling upgrade: a newer keyrelay's records (more than a batch of them, first in the stream) stay in the
+    stream, untouched, and this drainer writes the records it can read behind them."""
+    writer = UsageWriter(setup.runtime.engine)
+    newer = [orjson.dumps({**orjson.loads(record_to_json(setup.record(n))), "tenant": "t1"}) for n in (90, 91, 92)]
+    for line in newer[:2]:
+        await setup.redis.xadd(setup.key, {b"r": line})
+    await setup.add(setup.record(1))
+    await setup.redis.xadd(setup.key, {b"r": newer[2]})
+    await setup.redis.xadd(setup.key, {b"r": b'{"not": "a record"}'})  # still set aside
+    await setup.add(setup.record(2), setup.record(3))
+    stream = UsageStream(setup.redis, writer, key=setup.key, batch=2)
+    assert await stream.drain() == 3
+    assert await setup.stored() == (3, 300, 300)
+    assert [fields[b"r"] for _, fields in await setup.redis.xrange(setup.key)] == newer
+    assert [fields for _, fields in await setup.redis.xrange(setup.key + ":rejected")] == [
+        {b"r": b'{"not": "a record"}'}
+    ]
+    assert await stream.drain() == 0  # drained again: they stay, nothing is written twice
+    assert await setup.redis.xlen(setup.key) == 3 and await setup.stored() == (3, 300, 300)
+
+
+def test_the_next_id_of_a_stream_entry() -> None:
+    assert _after(b"1700000000000-0") == "1700000000000-1"
+    assert _after(b"1700000000000-41") == "1700000000000-42"
+    assert _after(b"5-18446744073709551615") == "6-0"
 
 
 async def test_a_store_failure_leaves_the_records_in_the_stream(setup: Setup, tmp_path: Path) -> None:

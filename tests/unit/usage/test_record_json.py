@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from keyrelay.limits.periods import spend_period
-from keyrelay.usage.records import UsageRecord, record_from_json, record_to_json
+from keyrelay.usage.records import NewerRecord, UsageRecord, record_from_json, record_to_json
 
 NOW = datetime(2026, 12, 6, 23, 59, 59, 999_999, tzinfo=UTC)
 
@@ -71,7 +71,6 @@ def test_a_record_in_another_field_order_or_without_its_defaults_reads_back_by_n
 @pytest.mark.parametrize(
     "change",
     [
-        {"extra": 1},  # a field no record has
         {"request_id": None, "created_at": None},  # not a timestamp
         {"key_period": {"reset": ["monthly"], "start": "2026-12-01T00:00:00+00:00"}},  # an unhashable reset
         {"key_period": {"start": "2026-12-01T00:00:00+00:00"}},  # a period without its reset
@@ -89,3 +88,47 @@ def test_a_missing_field_is_a_value_error_in_the_fields_own_order() -> None:
     del fields["status"]
     with pytest.raises(ValueError, match="not a record"):
         record_from_json(orjson.dumps(fields))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tenant": "t1"},  # a field a newer keyrelay added, beside every field this one needs
+        {"v": 2},  # a newer format, announced
+        {"v": 2, "status": "ok"},  # a newer format may change what a field holds
+    ],
+)
+def test_a_newer_keyrelays_record_is_told_apart_from_a_broken_one(change: dict[str, object]) -> None:
+    fields = orjson.loads(record_to_json(_record()))
+    fields.update(change)
+    with pytest.raises(NewerRecord):
+        record_from_json(orjson.dumps(fields))
+
+
+def test_format_1_named_reads_as_before() -> None:
+    fields = orjson.loads(record_to_json(_record()))
+    assert record_from_json(orjson.dumps({**fields, "v": 1})) == _record()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"not": "a record"}',  # unknown fields, none of a record's: another program's
+        b'{"tenant": "t1", "request_id": "req_1"}',  # unknown fields without the fields a record needs
+        b'{"v": 0}',
+        b'{"v": "2"}',
+        b'{"v": true}',
+    ],
+)
+def test_what_is_neither_a_record_nor_a_newer_one_is_a_plain_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError, match="not a record") as caught:
+        record_from_json(data)
+    assert not isinstance(caught.value, NewerRecord)
+
+
+def test_a_bad_version_beside_a_whole_record_is_no_record() -> None:
+    fields = orjson.loads(record_to_json(_record()))
+    for version in (0, -1, "1", None, 1.5):
+        with pytest.raises(ValueError, match="not a record") as caught:
+            record_from_json(orjson.dumps({**fields, "v": version}))
+        assert not isinstance(caught.value, NewerRecord)
