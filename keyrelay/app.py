@@ -223,7 +223,7 @@ class KeyrelayApp:
             await self.writer.close()
         if self.usage_stream is not None:
             # The stream's records into the store (a bounded share of a backlog), unless another process drains.
-            await self.usage_stream.drain(max_batches=20)
+            await self.usage_stream.drain(max_batches=2)  # 10,000 records at most
         self.pool.close()
         await self.limits.close()  # closes the shared Redis client too
         await self.runtime.close()

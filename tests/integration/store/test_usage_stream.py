@@ -156,6 +156,21 @@ async def test_a_newer_keyrelays_entries_are_left_for_a_newer_drainer(setup: Set
     assert await setup.redis.xlen(setup.key) == 3 and await setup.stored() == (3, 300, 300)
 
 
+async def test_a_batch_is_read_and_deleted_a_few_entries_a_command(setup: Setup) -> None:
+    """A batch (one store transaction) spans several XRANGE and XDEL commands; ``max_batches`` counts batches."""
+    writer = UsageWriter(setup.runtime.engine)
+    newer = orjson.dumps({**orjson.loads(record_to_json(setup.record(90))), "v": 2})
+    await setup.add(*(setup.record(n) for n in range(1, 4)))
+    await setup.redis.xadd(setup.key, {b"r": newer})
+    await setup.add(*(setup.record(n) for n in range(4, 8)))
+    stream = UsageStream(setup.redis, writer, key=setup.key, batch=5, per_command=2)
+    assert await stream.drain(max_batches=1) == 4  # five entries read (2 + 2 + 1), one of them left
+    assert await setup.stored() == (4, 400, 400)
+    assert await stream.drain() == 3
+    assert await setup.stored() == (7, 700, 700)
+    assert [fields[b"r"] for _, fields in await setup.redis.xrange(setup.key)] == [newer]
+
+
 def test_the_next_id_of_a_stream_entry() -> None:
     assert _after(b"1700000000000-0") == "1700000000000-1"
     assert _after(b"1700000000000-41") == "1700000000000-42"
