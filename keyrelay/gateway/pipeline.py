@@ -210,7 +210,7 @@ class Gateway:
                 name = principal.key.name if principal else "-"
                 group = principal.group.name if principal and principal.group else "-"
                 self._metrics.count_request(name, group, "-", "-", err.status, err.error_type.name)
-                self._metrics.overhead.observe(overhead)
+                self._metrics.observe_overhead(overhead)
                 log_request(request_id, principal, method, path, err.status, err.error_type.name, started)
         except Exception:
             # Nothing else should escape; if it does, the client still gets the JSON body and request id.

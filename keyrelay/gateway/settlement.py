@@ -143,7 +143,7 @@ class Settlement:
         m.count_request(key.name, group, model, provider, outcome.status, outcome.error_type or "")
         m.count_usage(key.name, group, model, provider, usage.prompt_tokens, usage.completion_tokens, cost)
         if outcome.overhead_s is not None:  # the value of this request's x-keyrelay-overhead-ms header
-            m.overhead.observe(outcome.overhead_s)
+            m.observe_overhead(outcome.overhead_s)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "request %s key=%s (%s) model=%s provider=%s status=%s error=%s tokens=%d+%d cost_usd=%.6f ms=%d",
