@@ -1,16 +1,19 @@
 """Prometheus metrics: requests, tokens, spend, upstream attempts, channel states, overhead.
 
 One process keeps its metrics in plain dictionaries and reports them at scrape time through a collector of
-its own (``_LocalCounter``, ``_LocalHistogram``): prometheus-client's counter children cost 7.2 µs for one
-request's five increments and one observation here, these 1.4–1.8 µs (measured; its children take a lock,
-check the amount and look up the child by labels each time), with the same exposition, sample for sample
-(``tests/unit/test_metrics.py`` compares the two). The workers of ``serve --workers N`` use prometheus-client's
-multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by ``serve`` before it starts them) through its own
-classes: each worker's counters and histograms live in memory-mapped files of one directory, and a scrape of
-any worker sums every worker's, with the same names and labels as one process has (a counter of a worker that
-died keeps its last value, so no total ever goes down). That costs a few µs more per request (measured before:
-0.8 against 0.3 µs a counter increment, 1.6 against 0.6 µs a histogram observation). The channel states are
-not summed: every worker shares them over Redis, and the scraped worker reports its own view.
+its own (``_LocalCounter``, ``_LocalHistogram``): prometheus-client's counter children (cached per label
+values) cost 7.2 µs for one request's five increments and one observation on the benchmark VM, these
+1.4–1.8 µs (measured; each of its increments takes a lock and goes through two more calls), with the same
+exposition, sample for sample (``tests/unit/test_metrics.py`` compares the two), ``_created`` series
+included unless the library's own switch turns them off (``PROMETHEUS_DISABLE_CREATED_SERIES``).
+
+The workers of ``serve --workers N`` use prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+set by ``serve`` before it starts them) through its own classes: each worker's counters and histograms live
+in memory-mapped files of one directory, and a scrape of any worker sums every worker's, with the same names
+and labels as one process has (a counter of a worker that died keeps its last value, so no total ever goes
+down). That costs a few µs more per request (measured before: 0.8 against 0.3 µs a counter increment, 1.6
+against 0.6 µs a histogram observation). The channel states are not summed: every worker shares them over
+Redis, and the scraped worker reports its own view.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -59,7 +63,13 @@ class _LocalCounter:
         self._created: dict[tuple[str, ...], float] = {}
 
     def add(self, labels: tuple[str, ...], amount: float) -> None:
-        """Add ``amount`` (≥ 0) to the series of ``labels``."""
+        """Add ``amount`` to the series of ``labels``.
+
+        Raises:
+            ValueError: ``amount`` is negative (a counter only goes up, as prometheus-client's ``inc`` says).
+        """
+        if amount < 0:
+            raise ValueError(f"counters can only be incremented by non-negative amounts, not {amount}")
         values = self._values
         if labels in values:
             values[labels] += amount
@@ -71,8 +81,9 @@ class _LocalCounter:
         """The family's samples now, as prometheus-client's ``Counter`` reports them."""
         out = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         scale, created = self.scale, self._created
+        with_created = _created_series()
         for labels, value in list(self._values.items()):
-            out.add_metric(labels, float(value) / scale, created=created[labels])
+            out.add_metric(labels, float(value) / scale, created=created[labels] if with_created else None)
         return out
 
 
@@ -105,8 +116,18 @@ class _LocalHistogram:
             cumulative += count
             buckets.append((floatToGoString(bound), float(cumulative)))  # type: ignore[no-untyped-call]
         out.add_metric((), buckets, self._sum)
-        out.samples.append(Sample(self.name + "_created", {}, self._created))
+        if _created_series():
+            out.samples.append(Sample(self.name + "_created", {}, self._created))
         return out
+
+
+def _created_series() -> bool:
+    """Whether prometheus-client reports ``_created`` series now.
+
+    Its own module-level switch (``PROMETHEUS_DISABLE_CREATED_SERIES``, ``disable_created_metrics()``), read at
+    each scrape as its classes do.
+    """
+    return bool(getattr(prometheus_metrics, "_use_created", True))
 
 
 class _LocalCollector(Collector):

@@ -19,8 +19,8 @@ Layout: ``<base>/<database id>/<process dir>/<segment>.v1.jsonl`` and ``<process
   every record of a sealed segment is in the store, the segment is deleted. A clean stop flushes everything
   and deletes the directory.
 - An orphan may hold what a newer keyrelay wrote (a rollback after a crash): records of a newer format
-  (``usage/records.py``'s ``NewerRecord``) and segments of another suffix. They are kept, in the directory,
-  for a newer keyrelay to replay; the rest is replayed and deleted.
+  (``usage/records.py``'s ``NewerRecord``) and files of any other name. They are kept, in the directory, for a
+  newer keyrelay to replay; the rest is replayed and deleted.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from keyrelay.usage.records import NewerRecord, UsageRecord, record_from_json, r
 log = logging.getLogger("keyrelay.usage")
 _SUFFIX = ".v1.jsonl"
 _LOCK = "lock"
+_PARTIAL = ".partial"  # a segment being rewritten (Orphan.remove)
 
 
 def journal_base(database_url: str, configured: Path | None) -> Path:
@@ -78,7 +79,7 @@ class Orphan:
     """A dead process's journal directory, locked by this process until ``remove`` or ``release``.
 
     ``records``: those this version reads, to replay. ``newer``: per segment, the lines of records a newer keyrelay
-    wrote; ``foreign``: segments of another format. Both are kept for a newer keyrelay (see the module doc).
+    wrote; ``foreign``: every other file (a newer keyrelay's). Both are kept for a newer keyrelay (see the module doc).
     """
 
     path: Path
@@ -90,9 +91,10 @@ class Orphan:
     def remove(self) -> None:
         """Delete what was replayed (its records are in the store now) and release the lock.
 
-        The whole directory, unless it holds a newer keyrelay's records: then each segment keeps only those
-        (rewritten through a temporary file and a rename, so a crash leaves either the old or the new segment),
-        segments of another format stay as they are, and the directory stays for a newer keyrelay to replay.
+        The whole directory, unless it holds a newer keyrelay's records or files: then each segment keeps only
+        those records (written to a temporary file, synced, renamed over it and the directory synced, so that even
+        a power cut leaves the old segment or the new one), every other file stays as it is, and the directory
+        stays for a newer keyrelay to replay.
 
         Raises:
             OSError: A segment could not be rewritten; the lock is released, and that segment and those after it
@@ -107,11 +109,9 @@ class Orphan:
                 if kept is None:
                     segment.unlink(missing_ok=True)
                     continue
-                partial = segment.with_name(segment.name + ".partial")
-                partial.write_bytes(b"".join(line + b"\n" for line in kept))
-                os.replace(partial, segment)
+                _rewrite(segment, b"".join(line + b"\n" for line in kept))
             log.warning(
-                "usage journal %s: %d record(s) and %d segment(s) of a newer keyrelay kept there for it to replay",
+                "usage journal %s: %d record(s) and %d file(s) of a newer keyrelay kept there for it to replay",
                 self.path,
                 sum(len(lines) for lines in self.newer.values()),
                 len(self.foreign),
@@ -124,8 +124,35 @@ class Orphan:
         os.close(self._lock_fd)
 
 
+def _rewrite(segment: Path, data: bytes) -> None:
+    """Replace ``segment``'s content with ``data`` durably: a temporary file (0600), ``fsync``, rename, directory sync.
+
+    Raises:
+        OSError: It could not be written; ``segment`` is as it was (a ``.partial`` file may be left, ignored).
+    """
+    partial = segment.with_name(segment.name + _PARTIAL)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, segment)
+    directory = os.open(segment.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def _read_segments(directory: Path) -> tuple[list[UsageRecord], dict[Path, list[bytes]], list[Path]]:
-    """``(records this version reads, newer records' lines per segment, segments of another format)``."""
+    """``(records this version reads, newer records' lines per segment, other files: a newer keyrelay's)``.
+
+    Every file but the lock, this version's segments and their ``.partial`` leftovers counts as a newer
+    keyrelay's, whatever its name: the directory is kept for it.
+    """
     records: list[UsageRecord] = []
     newer: dict[Path, list[bytes]] = {}
     for segment in sorted(directory.glob(f"*{_SUFFIX}")):
@@ -140,7 +167,9 @@ def _read_segments(directory: Path) -> tuple[list[UsageRecord], dict[Path, list[
             except ValueError as exc:
                 # Only a line being written when the process died can be torn, and its response never completed.
                 log.warning("usage journal %s line %d skipped (%s)", segment, number, exc)
-    foreign = sorted(p for p in directory.glob("*.jsonl") if not p.name.endswith(_SUFFIX))
+    foreign = sorted(
+        p for p in directory.iterdir() if p.name != _LOCK and not p.name.endswith((_SUFFIX, _SUFFIX + _PARTIAL))
+    )
     return records, newer, foreign
 
 

@@ -9,8 +9,10 @@ and after a rollback (a journal outlives its process), so a reader tells a recor
 keyrelay wrote it (``NewerRecord``: a ``"v"`` above its own, or every field it needs plus fields it does not know)
 from one that is broken (a torn journal line, another program's entry). The first is left for a newer reader,
 never rejected or dropped. A later format that only adds fields (with defaults, as the ones since added here
-have) needs no new number: older readers leave its records alone, newer ones read older records by name. One that
-changes what a field means must set ``"v"`` above 1.
+have) needs no new number: older readers leave its records alone, newer ones read older records by name. Any
+other change (a field renamed, removed or given another meaning) must set ``"v"`` above 1. Releases before this
+rule set such records aside (the stream's rejected entries) or skipped them (a journal): a rolling upgrade from
+one of them goes through a release with this rule first.
 """
 
 from __future__ import annotations

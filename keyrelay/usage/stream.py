@@ -17,7 +17,8 @@ column), is moved to ``<prefix>:usage:rejected`` and logged, never dropped, and 
 entry a newer keyrelay wrote, in a record format this version cannot read (``usage/records.py``'s
 ``NewerRecord``: during a rolling upgrade, both versions drain the same stream), is left in the stream for a
 newer drainer: neither written, nor deleted, nor rejected; the drain goes on past it. Its charge is already in
-Redis, like every entry's.
+Redis, like every entry's. Such entries count in ``pending`` (``XLEN``) and every drain reads them again until a
+newer drainer writes them (after a rollback: until the upgrade is done again).
 Commands: https://redis.io/docs/latest/commands/xrange/, https://redis.io/docs/latest/commands/xdel/.
 """
 
@@ -41,6 +42,7 @@ log = logging.getLogger("keyrelay.usage")
 _Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
 _Read = tuple[bytes, dict[bytes, bytes], UsageRecord]  # an entry and its record
 _TELL_NEWER_EVERY_S = 60.0  # a drain that leaves a newer keyrelay's entries logs it at most this often
+_RENEW_EVERY = 50  # records written one by one between two renewals of the drain lock
 
 
 def _after(ident: bytes) -> str:
@@ -131,7 +133,7 @@ class UsageStream:
                         written += await self._writer.replay([record for _, _, record in records])
                     except (DataError, IntegrityError):
                         # A record the store refuses (a value it cannot hold) must not stop every later one: one by one.
-                        written += await self._one_by_one(records)
+                        written += await self._one_by_one(lock, records)
                     await lock.reacquire()
                     await self._delete([ident for ident, _, _ in records])
                 batches += 1
@@ -184,13 +186,17 @@ class UsageStream:
                 await self._reject(ident, fields, f"not a usage record: {exc}")
         return records, left
 
-    async def _one_by_one(self, records: list[_Read]) -> int:
+    async def _one_by_one(self, lock: Lock, records: list[_Read]) -> int:
         """Write each record alone; one the store refuses twice is moved to the rejected stream.
 
-        Twice: a conflict with a concurrent drain's insert of the same record is not a refusal.
+        Twice: a conflict with a concurrent drain's insert of the same record is not a refusal. The drain lock is
+        renewed every ``_RENEW_EVERY`` records (a batch's worth of transactions outlasts it), so that no second
+        drainer starts the same records meanwhile; ``LockError`` if it was lost.
         """
         written = 0
-        for ident, fields, record in records:
+        for n, (ident, fields, record) in enumerate(records):
+            if n % _RENEW_EVERY == 0:
+                await lock.reacquire()
             try:
                 written += await self._writer.replay([record])
             except (DataError, IntegrityError):

@@ -67,8 +67,8 @@ _CHARGE_ACCOUNT = (
 _COLUMNS = tuple(c.name for c in usage_records.c if c.name != "id")  # each a UsageRecord field of that name
 
 # Rows per driver call within a flush's transaction: the event loop runs other requests between two calls, so the
-# Python work it waits for at a time (parameters of this many rows, ~2.6 µs a record) stays about a millisecond,
-# however many records the transaction holds.
+# Python work it waits for at a time (parameters of this many rows: ~2.6 µs a record of one key, ~8 µs of distinct
+# keys, measured) stays 1–4 ms, however many records the transaction holds.
 CHUNK = 500
 
 
@@ -93,11 +93,12 @@ class UsageWriter:
     ) -> None:
         """A writer to ``engine``; ``journal``: append each record there first (``usage/journal.py``).
 
-        ``max_batch``: the most records one transaction writes. One flush is one transaction up to it: each
-        transaction costs per record much more than its share of a larger one (measured, docs/benchmarks.md
-        2026-12-07: 500-record transactions against one of 3,500 records, 1.3× the CPU per record of one key,
-        1.35× of distinct keys, whose rows share pages more often in a larger one), while the event loop never
-        waits for more than ``chunk`` rows of Python work at a time (``CHUNK`` unless a test asks for less).
+        ``max_batch``: the most records one transaction writes. One flush is one transaction up to it: a small
+        transaction costs more per record than a large one (measured, docs/benchmarks.md "2026-12-07": flushes of
+        3,500 records in 500-record transactions cost 1.1–1.3× the CPU per record of one transaction for one key's
+        records, 1.33–1.36× for distinct keys', whose rows share pages more often in a larger one), while the event
+        loop never waits for more than ``chunk`` rows of Python work at a time (``CHUNK`` unless a test asks for
+        less).
         """
         self._engine = engine
         self._journal = journal
@@ -263,12 +264,11 @@ class UsageWriter:
         """
         async with self._engine.begin() as conn:
             if skip_stored and batch:
-                ids = [r.request_id for r in batch]
-                stored = set(
-                    (await conn.execute(select(usage_records.c.request_id).where(usage_records.c.request_id.in_(ids))))
-                    .scalars()
-                    .all()
-                )
+                stored: set[str] = set()
+                for start in range(0, len(batch), self._chunk):  # a chunk of ids a query, as the statements below
+                    ids = [r.request_id for r in batch[start : start + self._chunk]]
+                    held = select(usage_records.c.request_id).where(usage_records.c.request_id.in_(ids))
+                    stored.update((await conn.execute(held)).scalars().all())
                 batch = [r for r in batch if r.request_id not in stored]
             await self._insert_and_charge(conn, batch, touched)
         return len(batch)

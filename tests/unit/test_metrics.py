@@ -8,6 +8,7 @@ import random
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 
 from keyrelay.metrics import MULTIPROCESS, OVERHEAD_BUCKETS, Metrics
 
@@ -136,3 +137,18 @@ def test_spend_adds_micro_dollars_exactly() -> None:
     for _ in range(1000):
         ours.count_usage("k", "-", "m", "p", 0, 0, 1)  # 1,000 × 0.000001 USD: a float sum drifts, micro-dollars do not
     assert 'keyrelay_spend_usd_total{group="-",model="m",provider="p"} 0.001\n' in ours.render().decode()
+
+
+def test_created_series_follow_the_librarys_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, library = Metrics(), Library(per_key=False)
+    ours.count_request("k", "-", "m", "p", 200, "")
+    library.requests.labels("m", "p", "-", "200", "").inc()
+    monkeypatch.setattr(prometheus_metrics, "_use_created", False)  # PROMETHEUS_DISABLE_CREATED_SERIES=true
+    text = ours.render().decode()
+    assert "_created" not in text
+    assert masked(text) == masked(generate_latest(library.registry).decode())
+
+
+def test_a_counter_only_goes_up() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        Metrics().count_usage("k", "-", "m", "p", -1, 0, 0)

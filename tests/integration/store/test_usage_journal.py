@@ -89,16 +89,38 @@ def test_a_newer_keyrelays_records_in_an_orphan_are_kept_for_it(tmp_path: Path) 
     (dead / "000000000001.v1.jsonl").write_bytes(first)
     (dead / "000000000002.v1.jsonl").write_bytes(orjson_line(_record(5)) + b'{"request_id": "req_tor')
     (dead / "000000000003.v2.jsonl").write_bytes(b"a format this version does not know\n")
+    (dead / "state.bin").write_bytes(b"\x00")  # any file not this version's is a newer keyrelay's
+    (dead / "000000000002.v1.jsonl.partial").write_bytes(b"a rewrite cut short")  # this version's leftover
     (orphan,) = orphans(base)
     assert [r.request_id for r in orphan.records] == ["req_journal0001", "req_journal0002", "req_journal0005"]
     orphan.remove()
-    assert sorted(p.name for p in dead.iterdir()) == ["000000000001.v1.jsonl", "000000000003.v2.jsonl", "lock"]
+    assert sorted(p.name for p in dead.iterdir()) == [
+        "000000000001.v1.jsonl",
+        "000000000002.v1.jsonl.partial",
+        "000000000003.v2.jsonl",
+        "lock",
+        "state.bin",
+    ]
     assert (dead / "000000000001.v1.jsonl").read_bytes() == newer + b"\n" + announced + b"\n"
+    assert (dead / "000000000001.v1.jsonl").stat().st_mode & 0o777 == 0o600
     assert (dead / "000000000003.v2.jsonl").read_bytes() == b"a format this version does not know\n"
     (again,) = orphans(base)  # the next start: nothing to replay, the newer records still kept
     assert again.records == [] and list(again.newer.values()) == [[newer, announced]]
     again.remove()
     assert (dead / "000000000001.v1.jsonl").read_bytes() == newer + b"\n" + announced + b"\n"
+
+
+def test_an_orphan_with_only_a_newer_keyrelays_file_is_kept(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    dead = base / "12345-deadbeef"
+    dead.mkdir(parents=True)
+    (dead / "lock").touch()
+    (dead / "000000000001.v1.jsonl").write_bytes(orjson_line(_record(1)))
+    (dead / "000000000002.v2.bin").write_bytes(b"\x01\x02")
+    (orphan,) = orphans(base)
+    assert [r.request_id for r in orphan.records] == ["req_journal0001"] and orphan.newer == {}
+    orphan.remove()
+    assert sorted(p.name for p in dead.iterdir()) == ["000000000002.v2.bin", "lock"]
 
 
 def test_a_process_holding_the_lock_elsewhere_is_alive(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -164,11 +165,36 @@ async def test_a_batch_is_read_and_deleted_a_few_entries_a_command(setup: Setup)
     await setup.redis.xadd(setup.key, {b"r": newer})
     await setup.add(*(setup.record(n) for n in range(4, 8)))
     stream = UsageStream(setup.redis, writer, key=setup.key, batch=5, per_command=2)
+    counts: list[tuple[str, int]] = []  # (command, entries read or deleted) in order
+    xrange, pipeline = setup.redis.xrange, setup.redis.pipeline
+
+    async def counted_xrange(name: str, min: str = "-", max: str = "+", count: int | None = None) -> Any:
+        got = await xrange(name, min=min, max=max, count=count)
+        counts.append(("xrange", len(got)))
+        return got
+
+    def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        xdel = pipe.xdel
+
+        def counted_xdel(name: str, *ids: bytes) -> Any:
+            counts.append(("xdel", len(ids)))
+            return xdel(name, *ids)
+
+        setattr(pipe, "xdel", counted_xdel)  # noqa: B010
+        return pipe
+
+    setattr(setup.redis, "xrange", counted_xrange)  # noqa: B010
+    setattr(setup.redis, "pipeline", counted_pipeline)  # noqa: B010
     assert await stream.drain(max_batches=1) == 4  # five entries read (2 + 2 + 1), one of them left
+    assert counts == [("xrange", 2), ("xrange", 2), ("xrange", 1), ("xdel", 2), ("xdel", 2)]
+    counts.clear()
     assert await setup.stored() == (4, 400, 400)
     assert await stream.drain() == 3
+    # From the oldest entry again (the newer one, read and left), to the end of the stream.
+    assert counts == [("xrange", 2), ("xrange", 2), ("xrange", 0), ("xdel", 2), ("xdel", 1)]
     assert await setup.stored() == (7, 700, 700)
-    assert [fields[b"r"] for _, fields in await setup.redis.xrange(setup.key)] == [newer]
+    assert [fields[b"r"] for _, fields in await xrange(setup.key)] == [newer]
 
 
 def test_the_next_id_of_a_stream_entry() -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.limits.periods import spend_period
 from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
+from keyrelay.store.driver_sql import DriverStatement
 from keyrelay.store.schema import accounts, groups, keys, spend_periods, usage_records
 from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
@@ -95,22 +99,48 @@ async def assert_stored(runtime: Runtime, written: list[UsageRecord], group_id: 
         assert group_daily == in_group
 
 
-async def test_a_flush_of_more_records_than_a_chunk_is_one_transaction(runtime: Runtime) -> None:
+def count_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each driver-level ``executemany`` call from now on, in order."""
+    calls: list[int] = []
+    run = DriverStatement.executemany
+
+    async def counted(self: DriverStatement, conn: AsyncConnection, rows: list[Any]) -> None:
+        calls.append(len(rows))
+        await run(self, conn, rows)
+
+    monkeypatch.setattr(DriverStatement, "executemany", counted)
+    return calls
+
+
+async def test_a_flush_of_more_records_than_a_chunk_is_one_transaction(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     made, group_id = await make_keys(runtime)
-    writer = UsageWriter(runtime.engine, max_batch=100, chunk=3)
+    writer = UsageWriter(runtime.engine, max_batch=100, chunk=2)  # 7 keys and 3 accounts: each crosses chunks
     batch = records(made, 40, seed=1)
     for r in batch:
         writer.enqueue(r)
     writer.touch(made[-1][0], LATER, "192.0.2.9")  # a key touched and charged in the same flush
     writer.touch(made[0][0], LATER, "192.0.2.7")
     commits = count_commits(runtime)
+    rows = count_rows(monkeypatch)
     assert await writer.flush() == 40
     assert commits[0] == 1
+    assert max(rows) == 2 and len(rows) >= 40 // 2 + 7 // 2 + 3 // 2  # every statement ran 2 rows at a time
     assert writer.queued == 0 and writer.pending("key", made[0][0], "life") == 0
     await assert_stored(runtime, batch, group_id)
     async with runtime.engine.connect() as conn:
         ips = dict((await conn.execute(select(keys.c.hash, keys.c.last_used_ip))).all())
     assert ips[made[-1][0]] == "192.0.2.9" and ips[made[0][0]] == "192.0.2.7"
+
+
+async def test_a_replay_looks_up_stored_records_a_chunk_at_a_time(runtime: Runtime) -> None:
+    made, group_id = await make_keys(runtime)
+    writer = UsageWriter(runtime.engine, max_batch=100, chunk=3)
+    batch = records(made, 20, seed=4)
+    assert await writer.replay(batch[:11]) == 11  # written before a crash
+    assert await writer.replay(batch) == 9  # the stored ones found across several lookups, written once
+    await assert_stored(runtime, batch, group_id)
 
 
 async def test_max_batch_bounds_a_transaction(runtime: Runtime) -> None:
