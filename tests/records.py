@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from keyrelay.limits.periods import spend_period
 from keyrelay.usage.records import UsageRecord
 
 
@@ -36,3 +37,19 @@ def usage_record(
         client_ip=None,
     )
     return replace(record, **fields) if fields else record
+
+
+def daily_record(request_id: str, at: datetime, owner: tuple[str, int, int | None], cost_micros: int) -> UsageRecord:
+    """A record of ``owner`` = (key hash, account id, group id or None) admitted at ``at``, charged to the key's
+    and, with a group, the group's daily period."""
+    key_hash, account_id, group_id = owner
+    return usage_record(
+        request_id,
+        at,
+        key_hash=key_hash,
+        account_id=account_id,
+        key_period=spend_period("daily", at),
+        group_id=group_id,
+        group_period=spend_period("daily", at) if group_id is not None else None,
+        cost_micros=cost_micros,
+    )

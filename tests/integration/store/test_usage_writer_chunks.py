@@ -12,7 +12,6 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyrelay.keys.spec import KeyCreate
-from keyrelay.limits.periods import spend_period
 from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.store.driver_sql import DriverStatement
@@ -20,7 +19,7 @@ from keyrelay.store.schema import accounts, groups, keys, spend_periods, usage_r
 from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
-from tests.records import usage_record
+from tests.records import daily_record
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 LATER = datetime(2026, 6, 1, 12, 5, tzinfo=UTC)
@@ -56,22 +55,7 @@ async def make_keys(runtime: Runtime) -> tuple[list[tuple[str, int, int | None]]
 
 def records(made: list[tuple[str, int, int | None]], count: int, seed: int) -> list[UsageRecord]:
     rng = random.Random(seed)
-    out = []
-    for n in range(count):
-        key_hash, account_id, group_id = rng.choice(made)
-        out.append(
-            usage_record(
-                f"req_{seed}_{n:05d}",
-                NOW,
-                key_hash=key_hash,
-                account_id=account_id,
-                key_period=spend_period("daily", NOW),
-                group_id=group_id,
-                group_period=spend_period("daily", NOW) if group_id is not None else None,
-                cost_micros=rng.choice((0, 3, 7, 11)),
-            )
-        )
-    return out
+    return [daily_record(f"req_{seed}_{n:05d}", NOW, rng.choice(made), rng.choice((0, 3, 7, 11))) for n in range(count)]
 
 
 async def assert_stored(runtime: Runtime, written: list[UsageRecord], group_id: int) -> None:

@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 
 from keyrelay.config import Settings
 from keyrelay.keys.spec import KeyCreate
-from keyrelay.limits.periods import spend_period
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.store.engine import create_engine
@@ -26,7 +25,7 @@ from keyrelay.store.schema import accounts, keys, usage_records
 from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
-from tests.records import usage_record
+from tests.records import daily_record
 
 pytestmark = pytest.mark.postgres
 
@@ -62,17 +61,8 @@ async def test_four_writers_on_hot_rows_never_deadlock(postgres_url: str) -> Non
     expected = 0
 
     def record(w: int, n: int, rng: random.Random) -> UsageRecord:
-        key_hash, account_id, group_id = rng.choice(hot)
-        return usage_record(
-            f"req_w{w}_{n:06d}",
-            now,
-            key_hash=key_hash,
-            account_id=account_id,
-            key_period=spend_period("daily", now),
-            group_id=group_id,
-            group_period=spend_period("daily", now) if group_id is not None else None,
-            cost_micros=rng.choice((0, 0, 7, 11, 13)),  # zero: a failed request, which still marks the key's last use
-        )
+        # A zero cost: a failed request, which still marks the key's last use.
+        return daily_record(f"req_w{w}_{n:06d}", now, rng.choice(hot), rng.choice((0, 0, 7, 11, 13)))
 
     async def run(w: int) -> None:
         nonlocal expected
