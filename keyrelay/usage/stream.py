@@ -36,7 +36,7 @@ from redis.exceptions import LockError, RedisError
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from keyrelay.usage.records import NewerRecord, UsageRecord
-from keyrelay.usage.writer import UsageWriter
+from keyrelay.usage.writer import UsageWriter, slices
 
 log = logging.getLogger("keyrelay.usage")
 _Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry: its id and its fields
@@ -165,8 +165,8 @@ class UsageStream:
         A pipeline, not a transaction: Redis serves other clients between two of its commands.
         """
         async with self._redis.pipeline(transaction=False) as deleting:
-            for start in range(0, len(ids), self._per_command):
-                deleting.xdel(self._key, *ids[start : start + self._per_command])
+            for part in slices(ids, self._per_command):
+                deleting.xdel(self._key, *part)
             await deleting.execute()
 
     async def _records(self, entries: list[_Entry]) -> tuple[list[_Read], int]:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
+from collections.abc import Iterator
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +34,7 @@ from keyrelay.usage.journal import UsageJournal
 from keyrelay.usage.records import SentRecords, UsageRecord
 
 log = logging.getLogger("keyrelay.usage")
+T = TypeVar("T")
 
 
 # A spend counter as the limits backends name it: (scope, ident, counter), counter "life" or "daily:2026-11-23".
@@ -70,6 +73,12 @@ _COLUMNS = tuple(c.name for c in usage_records.c if c.name != "id")  # each a Us
 # Python work it waits for at a time (parameters of this many rows: ~2.6 µs a record of one key, ~8 µs of distinct
 # keys, measured) stays 1–4 ms, however many records the transaction holds.
 CHUNK = 500
+
+
+def slices(items: list[T], size: int) -> Iterator[list[T]]:
+    """``items`` in consecutive slices of ``size`` (the last may be shorter), in order."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def counters_of(record: UsageRecord) -> list[SpendCounter]:
@@ -232,8 +241,7 @@ class UsageWriter:
             sqlalchemy.exc.SQLAlchemyError: The store failed; what was written stays written.
         """
         written = 0
-        for start in range(0, len(records), self._max_batch):
-            batch = records[start : start + self._max_batch]
+        for batch in slices(records, self._max_batch):
             try:
                 written += await finish_then_cancel(self._write(batch, {}))  # most often none is stored: no lookup
             except IntegrityError:
@@ -265,8 +273,8 @@ class UsageWriter:
         async with self._engine.begin() as conn:
             if skip_stored and batch:
                 stored: set[str] = set()
-                for start in range(0, len(batch), self._chunk):  # a chunk of ids a query, as the statements below
-                    ids = [r.request_id for r in batch[start : start + self._chunk]]
+                for part in slices(batch, self._chunk):  # a chunk of ids a query, as the statements below
+                    ids = [r.request_id for r in part]
                     held = select(usage_records.c.request_id).where(usage_records.c.request_id.in_(ids))
                     stored.update((await conn.execute(held)).scalars().all())
                 batch = [r for r in batch if r.request_id not in stored]
@@ -281,8 +289,7 @@ class UsageWriter:
         per_account: dict[int, int] = {}
         per_period: dict[tuple[str, str, str, datetime], int] = {}
         step = self._chunk
-        for start in range(0, len(batch), step):
-            chunk = batch[start : start + step]
+        for chunk in slices(batch, step):
             for record in chunk:
                 cost = record.cost_micros
                 if not cost:
@@ -303,21 +310,21 @@ class UsageWriter:
         # order within each (chunks in that order too): any two flushes, of any processes, lock rows in the same
         # order, so none waits on another in a cycle (no deadlock, however hot the keys they share).
         hashes = sorted(per_key.keys() | touched.keys())
-        for start in range(0, len(hashes), step):
+        for part in slices(hashes, step):
             key_rows = [
                 {"b_ident": h, "b_cost": per_key.get(h, 0), "b_used_at": used[0], "b_ip": used[1]}
-                for h in hashes[start : start + step]
+                for h in part
                 for used in (touched.get(h, (None, None)),)
             ]
             await self._charge_key.executemany(conn, self._charge_key.from_mappings(key_rows))
         for stmt, amounts in ((self._charge_group, per_group), (self._charge_account, per_account)):
             rows = [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())]
-            for start in range(0, len(rows), step):
-                await stmt.executemany(conn, stmt.from_mappings(rows[start : start + step]))
+            for rows_part in slices(rows, step):
+                await stmt.executemany(conn, stmt.from_mappings(rows_part))
         # Each cost goes to the period of its admission only; no statement restarts or lowers a period.
         charges = [PeriodCharge(*slot, cost) for slot, cost in sorted(per_period.items())]
-        for start in range(0, len(charges), step):
-            await add_charges(conn, charges[start : start + step])
+        for charges_part in slices(charges, step):
+            await add_charges(conn, charges_part)
 
     async def close(self) -> None:
         """Flush everything; called on shutdown (SIGTERM included). The journal keeps what could not be written."""
