@@ -38,10 +38,10 @@ log = logging.getLogger("keyrelay.app")
 _ADMIN_PREFIXES = ("/api/", "/openapi.json")
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 # Container objects allocated (net) between collections of the youngest generation: more than the usage writer's
-# queue holds between two flushes (up to max_batch = 5,000 records of distinct keys, about four containers each:
-# the record and its pending and last-use entries) plus the flush's own rows. At 10,000, 100,000 keys in rotation
-# had the young generation collected 7-9 times in 5 s (38-77 ms, each a walk over objects that the next flush
-# frees anyway; docs/benchmarks.md "2026-12-07, later"), one key's traffic never.
+# queue holds between two flushes plus the flush's own rows (a flush of max_batch = 5,000 distinct keys' records
+# peaks between 20,000 and 25,000: tests/integration/store/test_usage_young_generation.py). At 10,000, 100,000
+# keys in rotation had the young generation collected 7-9 times in 5 s (38-77 ms, each a walk over objects that
+# the next flush frees anyway; docs/benchmarks.md "2026-12-07, later"), one key's traffic never.
 _GC_YOUNG_THRESHOLD = 50_000
 
 

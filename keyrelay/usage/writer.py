@@ -94,6 +94,34 @@ def counters_of(record: UsageRecord) -> list[SpendCounter]:
     return out
 
 
+class LastUses:
+    """Each key's latest use (time, client IP) since the last flush, by key hash.
+
+    Two dictionaries rather than one of pairs: a pair is a container object the garbage collector tracks, and
+    with many distinct keys one a key would wait for the next flush (see ``keyrelay/app.py``'s young threshold).
+    """
+
+    __slots__ = ("at", "ip")
+
+    def __init__(self) -> None:
+        self.at: dict[str, datetime] = {}
+        self.ip: dict[str, str | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.at)
+
+    def note(self, key_hash: str, when: datetime, ip: str | None) -> None:
+        """``key_hash`` was used at ``when`` (UTC) from ``ip``: the latest noted wins."""
+        self.at[key_hash] = when
+        self.ip[key_hash] = ip
+
+    def keep_older(self, older: LastUses) -> None:
+        """Add the uses of ``older`` (an earlier, unwritten set) for the keys not used since."""
+        for key_hash, when in older.at.items():
+            if key_hash not in self.at:
+                self.note(key_hash, when, older.ip[key_hash])
+
+
 class UsageWriter:
     """Batches usage records and charges keys and accounts."""
 
@@ -117,7 +145,7 @@ class UsageWriter:
         self._chunk = chunk
         self._lock = asyncio.Lock()
         self._pending: dict[SpendCounter, int] = {}
-        self._last_used: dict[str, tuple[datetime, str | None]] = {}
+        self._last_used = LastUses()
         # The records this process's settlements put in the Redis usage stream, for its drain (usage/stream.py).
         self.sent = SentRecords()
         # Every statement of a flush compiled once and run by the driver with plain tuples (store/driver_sql.py):
@@ -157,7 +185,7 @@ class UsageWriter:
 
     def touch(self, key_hash: str, when: datetime, ip: str | None) -> None:
         """Remember the latest use of a key; written at the next flush."""
-        self._last_used[key_hash] = (when, ip)
+        self._last_used.note(key_hash, when, ip)
 
     def pending(self, scope: str, ident: str, counter: str) -> int:
         """Cost queued for one spend counter but not yet in the store (micro-dollars).
@@ -205,7 +233,7 @@ class UsageWriter:
                 return 0
             batch = self._queue[:limit]
             touched = self._last_used
-            self._last_used = {}
+            self._last_used = LastUses()
             try:
                 try:
                     await self._write(batch, touched)
@@ -214,8 +242,7 @@ class UsageWriter:
                     # again without the records the store holds; the failed transaction charged nothing.
                     await self._write(batch, touched, skip_stored=True)
             except Exception:
-                for key_hash, value in touched.items():
-                    self._last_used.setdefault(key_hash, value)
+                self._last_used.keep_older(touched)
                 raise
             del self._queue[: len(batch)]
             del self._segments[: len(batch)]
@@ -243,10 +270,10 @@ class UsageWriter:
         written = 0
         for batch in slices(records, self._max_batch):
             try:
-                written += await finish_then_cancel(self._write(batch, {}))  # most often none is stored: no lookup
+                written += await finish_then_cancel(self._write(batch, LastUses()))  # most often none is stored
             except IntegrityError:
                 # The failed transaction charged nothing.
-                written += await finish_then_cancel(self._write(batch, {}, skip_stored=True))
+                written += await finish_then_cancel(self._write(batch, LastUses(), skip_stored=True))
         return written
 
     async def sync(self) -> None:
@@ -263,9 +290,7 @@ class UsageWriter:
             else:
                 pending.pop(counter, None)
 
-    async def _write(
-        self, batch: list[UsageRecord], touched: dict[str, tuple[datetime, str | None]], *, skip_stored: bool = False
-    ) -> int:
+    async def _write(self, batch: list[UsageRecord], touched: LastUses, *, skip_stored: bool = False) -> int:
         """Insert ``batch`` and charge it, in one transaction; returns how many records were inserted.
 
         ``skip_stored``: first leave out the records whose request id the store holds (a replay).
@@ -281,9 +306,7 @@ class UsageWriter:
             await self._insert_and_charge(conn, batch, touched)
         return len(batch)
 
-    async def _insert_and_charge(
-        self, conn: AsyncConnection, batch: list[UsageRecord], touched: dict[str, tuple[datetime, str | None]]
-    ) -> None:
+    async def _insert_and_charge(self, conn: AsyncConnection, batch: list[UsageRecord], touched: LastUses) -> None:
         per_key: dict[str, int] = {}
         per_group: dict[int, int] = {}
         per_account: dict[int, int] = {}
@@ -309,22 +332,22 @@ class UsageWriter:
         # Every row is updated once, tables in one order (keys, groups, accounts, spend periods) and rows in sorted
         # order within each (chunks in that order too): any two flushes, of any processes, lock rows in the same
         # order, so none waits on another in a cycle (no deadlock, however hot the keys they share).
-        hashes = sorted(per_key.keys() | touched.keys())
+        hashes = sorted(per_key.keys() | touched.at.keys())
+        used_at, used_ip = touched.at, touched.ip
         for part in slices(hashes, step):
             key_rows = [
-                {"b_ident": h, "b_cost": per_key.get(h, 0), "b_used_at": used[0], "b_ip": used[1]}
+                {"b_ident": h, "b_cost": per_key.get(h, 0), "b_used_at": used_at.get(h), "b_ip": used_ip.get(h)}
                 for h in part
-                for used in (touched.get(h, (None, None)),)
             ]
             await self._charge_key.executemany(conn, self._charge_key.from_mappings(key_rows))
         for stmt, amounts in ((self._charge_group, per_group), (self._charge_account, per_account)):
             rows = [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())]
             for rows_part in slices(rows, step):
                 await stmt.executemany(conn, stmt.from_mappings(rows_part))
-        # Each cost goes to the period of its admission only; no statement restarts or lowers a period.
-        charges = [PeriodCharge(*slot, cost) for slot, cost in sorted(per_period.items())]
-        for charges_part in slices(charges, step):
-            await add_charges(conn, charges_part)
+        # Each cost goes to the period of its admission only; no statement restarts or lowers a period. The charges
+        # of a chunk are built for it alone: a flush of distinct keys has one a key.
+        for slots in slices(sorted(per_period), step):
+            await add_charges(conn, [PeriodCharge(*slot, per_period[slot]) for slot in slots])
 
     async def close(self) -> None:
         """Flush everything; called on shutdown (SIGTERM included). The journal keeps what could not be written."""

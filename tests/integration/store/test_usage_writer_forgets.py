@@ -26,7 +26,7 @@ async def test_a_flush_leaves_no_per_key_state(database_url: str) -> None:
         assert await writer.flush() == 3
         # Emptied and replaced: a dict keeps the table it grew to, one entry per key used.
         assert writer._pending == {} and writer._pending is not grown
-        assert writer._last_used == {}
+        assert not writer._last_used
         assert writer.pending("key", hashes[0], "life") == 0
         key = await runtime.keys.get(key_hash=hashes[0])
     finally:
