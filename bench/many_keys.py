@@ -34,7 +34,7 @@ ACTOR = Actor.system("bench")
 
 async def copy_key(engine: AsyncEngine, template: KeyRecord, count: int, *, batch: int = 10_000) -> list[str]:
     """Insert ``count`` copies of ``template`` (new secrets), all in one transaction; returns their plaintexts."""
-    columns = [c.name for c in keys.columns]
+    columns = [c.name for c in keys.columns if c.name != "id"]  # each copy numbered by the store (keys.id)
     base = {name: getattr(template, name) for name in columns}
     plaintexts: list[str] = []
     rows: list[dict[str, object]] = []

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -154,6 +155,11 @@ keys = Table(
     "keys",
     metadata,
     Column("hash", String(64), primary_key=True),
+    # A key's number: what its usage records refer to (``usage_records.key_id``), an 8-byte integer where the hash
+    # is 64 characters, given in creation order, never reused. PostgreSQL draws it from the column's identity
+    # sequence; SQLite, which has no sequences, from the trigger ``tr_keys_id`` (migration 0013): the next after the
+    # largest, in the inserting transaction (SQLite has one writer at a time). Unique (``ux_keys_id``).
+    Column("id", BigInteger, Identity(), nullable=True),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("prev_secret_hash", String(64), nullable=True),
     _ts("prev_secret_expires_at"),
@@ -187,6 +193,7 @@ keys = Table(
     Index("ix_keys_account_created", "account_id", "created_at"),
     Index("ix_keys_prev_secret_hash", "prev_secret_hash"),
     Index("ix_keys_updated_at", "updated_at"),
+    Index("ux_keys_id", "id", unique=True),
 )
 
 # The spend ledger: what each key and group spent in each calendar period (daily, weekly, monthly), in the
@@ -209,6 +216,10 @@ usage_records = Table(
     Column("request_id", String(64), nullable=False),
     _ts("created_at", nullable=False),
     Column("key_hash", String(64), nullable=False),
+    # The key's number (``keys.id``), looked up from ``key_hash`` by the insert itself (``usage/writer.py``): the
+    # index by key holds 8 bytes a record rather than 64 characters (migration 0013). NULL only for a record of a
+    # key the store does not hold.
+    Column("key_id", BigInteger, nullable=True),
     Column("key_name", String(100), nullable=False),
     Column("account_id", Integer, nullable=False),
     Column("model", String(200), nullable=True),
@@ -232,11 +243,11 @@ usage_records = Table(
     # ``id`` closes each index so the request log's keyset (newest first by (created_at, id)) is one index
     # range from the cursor on; the aggregates use the same indexes as (scope, created_at) ranges. The two
     # partial indexes hold failed requests only (a few percent of the rows): the log filtered to failures
-    # reads them instead of every record until it finds a page. On PostgreSQL, migration 0009 also creates
-    # the statistics object ``st_usage_account_key`` (a key's records are all one account's), without which
-    # the planner misjudges "account_id = ? AND key_hash = ?" (docs/benchmarks.md, 2026-12-05).
+    # reads them instead of every record until it finds a page. On PostgreSQL, migration 0013 also creates
+    # the statistics object ``st_usage_account_key_id`` (a key's records are all one account's), without which
+    # the planner misjudges "account_id = ? AND key_id = ?" (docs/benchmarks.md, 2026-12-05).
     Index("ux_usage_request_id", "request_id", unique=True),  # a replayed record is recognised (0012)
-    Index("ix_usage_key_created_id", "key_hash", "created_at", "id"),
+    Index("ix_usage_key_id_created_id", "key_id", "created_at", "id"),
     Index("ix_usage_account_created_id", "account_id", "created_at", "id"),
     Index("ix_usage_created_id", "created_at", "id"),
     Index(

@@ -1,8 +1,9 @@
 """UsageRepository: indexed aggregates over usage records (totals, grouped by day, model or key) and the log.
 
 The request log is read newest first by ``(created_at, id)``, keyset-paginated: each page starts where the
-last one ended with one row comparison that the indexes ``(account_id | key_hash, created_at, id)`` and
-``(created_at, id)`` answer directly, so a deep page costs what the first one does (docs/benchmarks.md).
+last one ended with one row comparison that the indexes ``(account_id | key_id, created_at, id)`` and
+``(created_at, id)`` answer directly, so a deep page costs what the first one does (docs/benchmarks.md). A key
+is asked for by its hash, and its records found by its number (``keys.id``, migration 0013), looked up first.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Select, case, func, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Select, case, false, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyrelay.store.rows import to_record
-from keyrelay.store.schema import usage_records
+from keyrelay.store.schema import keys, usage_records
 
 GroupBy = Literal["day", "model", "key", "protocol", "provider"]
 _S = TypeVar("_S", bound=Select[Any])
@@ -126,13 +127,13 @@ class UsageRepository:
         columns: list[ColumnElement[Any]] = [*_SUMS, func.max(c.key_name).label("key_name")]
         stmt = select(*(([group_col.label("grp")] if group_col is not None else []) + columns))
         stmt = _within(stmt, account_id=account_id, start=start, end=end)
-        if key_hash is not None:
-            stmt = stmt.where(c.key_hash == key_hash)
         if model is not None:
             stmt = stmt.where(c.model == model)
         if group_col is not None:
             stmt = stmt.group_by(group_col).order_by(group_col)
         async with self._engine.connect() as conn:
+            if key_hash is not None:
+                stmt = await _of_key(conn, stmt, key_hash)
             rows = (await conn.execute(stmt)).mappings().all()
         return [
             UsageTotals(
@@ -202,8 +203,6 @@ class UsageRepository:
             # One row comparison, not "a < x OR (a = x AND b < y)": PostgreSQL uses a row comparison as an
             # index bound on (..., created_at, id) and starts the scan right at the cursor.
             stmt = stmt.where(tuple_(c.created_at, c.id) < before)  # typed as the columns: id is a BIGINT
-        if key_hash is not None:
-            stmt = stmt.where(c.key_hash == key_hash)
         if model is not None:
             stmt = stmt.where(c.model == model)
         if status == "ok":
@@ -214,6 +213,8 @@ class UsageRepository:
             stmt = stmt.where(c.status == status)
         stmt = stmt.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
         async with self._engine.connect() as conn:
+            if key_hash is not None:
+                stmt = await _of_key(conn, stmt, key_hash)
             rows = (await conn.execute(stmt)).mappings().all()
         return [to_record(UsageEntry, r) for r in rows]
 
@@ -239,6 +240,16 @@ _SUMS = (
     func.coalesce(func.sum(_c.cache_write_tokens), 0).label("cache_write_tokens"),
     func.coalesce(func.sum(_c.reasoning_tokens), 0).label("reasoning_tokens"),
 )
+
+
+async def _of_key(conn: AsyncConnection, stmt: _S, key_hash: str) -> _S:
+    """``stmt`` kept to the records of the key of hash ``key_hash``: by its number, looked up first.
+
+    A number rather than a subquery, so that PostgreSQL plans with the value (and the statistics object on
+    ``(account_id, key_id)``). No records for a hash the store holds no key of.
+    """
+    number = (await conn.execute(select(keys.c.id).where(keys.c.hash == key_hash))).scalar_one_or_none()
+    return stmt.where(usage_records.c.key_id == number if number is not None else false())
 
 
 def _within(stmt: Select[Any], *, account_id: int | None, start: datetime | None, end: datetime | None) -> Select[Any]:

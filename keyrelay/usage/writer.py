@@ -67,7 +67,15 @@ _CHARGE_ACCOUNT = (
 )
 
 
-_COLUMNS = tuple(c.name for c in usage_records.c if c.name != "id")  # each a UsageRecord field of that name
+# A record's key number (``keys.id``, migration 0013), looked up by the insert itself from the record's key hash:
+# no record format carries it (journal, Redis stream), and the key row's page is the one the key's charge below
+# reads anyway. The index of records by key holds this 8-byte number, given in creation order, rather than the
+# 64-character hash: a flush of records of distinct keys wrote a page of that index per record wherever its hash
+# fell (docs/benchmarks.md, "2026-12-07, key numbers").
+_KEY_ID = select(keys.c.id).where(keys.c.hash == bindparam("b_key_hash")).scalar_subquery()
+_INSERT = usage_records.insert().values(key_id=_KEY_ID)
+_COLUMNS = tuple(c.name for c in usage_records.c if c.name not in ("id", "key_id"))  # UsageRecord fields
+_FIELD_OF = {"b_key_hash": "key_hash"}  # the insert's parameters that are not named after their record field
 
 # Rows per driver call within a flush's transaction: the event loop runs other requests between two calls, so the
 # Python work it waits for at a time (parameters of this many rows: ~2.6 µs a record of one key, ~8 µs of distinct
@@ -152,8 +160,9 @@ class UsageWriter:
         # SQLAlchemy's per-row parameter processing cost ~11 µs a row on the event loop (measured), a 20 ms stall
         # per 2000 records, and a flush of records of distinct keys has as many key and spend-ledger rows.
         dialect = engine.dialect
-        self._insert = DriverStatement(usage_records.insert(), dialect, columns=_COLUMNS)
-        self._row = operator.attrgetter(*self._insert.names)  # a record's parameters (the table's column order)
+        self._insert = DriverStatement(_INSERT, dialect, columns=_COLUMNS)
+        # A record's parameters, in the statement's order.
+        self._row = operator.attrgetter(*(_FIELD_OF.get(name, name) for name in self._insert.names))
         self._charge_key = DriverStatement(_CHARGE_KEY, dialect)
         self._charge_group = DriverStatement(_CHARGE_GROUP, dialect)
         self._charge_account = DriverStatement(_CHARGE_ACCOUNT, dialect)

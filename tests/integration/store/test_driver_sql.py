@@ -45,7 +45,7 @@ async def test_a_period_row_from_sqlalchemy_is_the_row_the_driver_charges(runtim
 
 async def test_a_record_inserted_by_the_driver_reads_back_as_sqlalchemy_writes_it(runtime: Runtime) -> None:
     record = usage_record("req-1", STAMP, key_hash="h", account_id=1, client_ip="::1", ttft_ms=None)
-    columns = [c.name for c in usage_records.c if c.name != "id"]
+    columns = [c.name for c in usage_records.c if c.name not in ("id", "key_id")]  # a UsageRecord field each
     insert = DriverStatement(usage_records.insert(), runtime.engine.dialect, columns=columns)
     async with runtime.engine.begin() as conn:
         await insert.executemany(conn, insert.from_tuples([tuple(getattr(record, c) for c in columns)]))
@@ -133,7 +133,7 @@ def test_a_storage_format_the_fast_timestamp_does_not_print_keeps_sqlalchemy_s()
 
 def test_a_statement_compiled_for_sqlite_binds_timestamps_with_the_fast_processor() -> None:
     # The usage insert's record time is bound by _sqlite_datetime's processor, not SQLAlchemy's (the same text).
-    columns = [c.name for c in usage_records.c if c.name != "id"]
+    columns = [c.name for c in usage_records.c if c.name not in ("id", "key_id")]  # a UsageRecord field each
     insert = DriverStatement(usage_records.insert(), sqlite_dialect.dialect(), columns=columns)
     position = insert.names.index("created_at")
     processors = dict(insert._processors)

@@ -1,0 +1,171 @@
+"""Keys are numbered (``keys.id``) and usage records refer to the number (``key_id``), indexed by it (migration 0013).
+
+On both stores: every way a key row is inserted numbers it (the service, many rows in one statement, raw SQL);
+the usage writer gives each record its key's number; the usage queries by key find a key's records through the
+number; the upgrade numbers the keys already there in creation order and fills the records already there.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, text
+
+from keyrelay.keys.spec import KeyCreate
+from keyrelay.runtime import Runtime
+from keyrelay.services.inputs import AccountCreate
+from keyrelay.store.engine import create_engine
+from keyrelay.store.migrate import migrate_to, upgrade_to_head
+from keyrelay.store.schema import keys, usage_records
+from keyrelay.store.usage import UsageRepository
+from keyrelay.usage.writer import UsageWriter
+from tests.conftest import TEST_ACTOR
+from tests.integration.store.conftest import keys_of_one_account
+from tests.records import usage_record
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+
+async def numbers_by_hash(runtime: Runtime) -> dict[str, int | None]:
+    async with runtime.engine.connect() as conn:
+        return dict((await conn.execute(select(keys.c.hash, keys.c.id))).all())
+
+
+async def test_every_insert_numbers_the_key_in_creation_order_and_never_twice(runtime: Runtime) -> None:
+    _, hashes = await keys_of_one_account(runtime, "numbers@example.com", 3)
+    numbers = await numbers_by_hash(runtime)
+    assert [numbers[h] for h in hashes] == sorted(numbers[h] for h in hashes)  # type: ignore[type-var]
+    # Many rows in one statement (as bench/many_keys.py copies keys), then one row in raw SQL: numbered too.
+    template = {c.name: v for c, v in zip(keys.c, await _row(runtime, hashes[0]), strict=True) if c.name != "id"}
+    copies = [template | {"hash": f"copy{n:060d}", "secret_hash": f"copy{n:060d}"} for n in range(5)]
+    async with runtime.engine.begin() as conn:
+        await conn.execute(keys.insert(), copies)
+        await conn.execute(
+            text(
+                "INSERT INTO keys (hash, secret_hash, display, key_type, is_admin, name, account_id, disabled, "
+                "created_at, updated_at, usage_micros) "
+                "SELECT 'raw' || substr(hash, 4), 'raw' || substr(secret_hash, 4), display, key_type, is_admin, "
+                "name, account_id, disabled, created_at, updated_at, 0 FROM keys WHERE hash = :h"
+            ),
+            {"h": hashes[0]},
+        )
+    numbers = await numbers_by_hash(runtime)
+    assert None not in numbers.values()
+    assert len(set(numbers.values())) == len(numbers) == 9
+    assert min(numbers[c["hash"]] for c in copies) > max(numbers[h] for h in hashes)  # type: ignore[type-var]
+
+
+async def _row(runtime: Runtime, key_hash: str) -> tuple[object, ...]:
+    async with runtime.engine.connect() as conn:
+        return tuple((await conn.execute(select(*keys.c).where(keys.c.hash == key_hash))).one())
+
+
+async def test_the_writer_gives_each_record_its_key_s_number_and_the_queries_find_it(runtime: Runtime) -> None:
+    account, hashes = await keys_of_one_account(runtime, "records@example.com", 2)
+    numbers = await numbers_by_hash(runtime)
+    writer = UsageWriter(runtime.engine)
+    records = [
+        usage_record(f"req-{n}", NOW + timedelta(seconds=n), key_hash=hashes[n % 2], account_id=account.id)
+        for n in range(6)
+    ]
+    # A record of a key the store does not hold is written too, without a number.
+    records.append(usage_record("req-stranger", NOW, key_hash="f" * 64, account_id=account.id))
+    for record in records:
+        writer.enqueue(record)
+    await writer.flush()
+    async with runtime.engine.connect() as conn:
+        stored = dict((await conn.execute(select(usage_records.c.request_id, usage_records.c.key_id))).all())
+    assert stored == {r.request_id: numbers.get(r.key_hash) for r in records}
+    assert stored["req-stranger"] is None
+    for key_hash in hashes:
+        log = await UsageRepository(runtime.engine).records(account_id=account.id, limit=10, key_hash=key_hash)
+        assert {e.request_id for e in log} == {r.request_id for r in records if r.key_hash == key_hash}
+        (total,) = await UsageRepository(runtime.engine).totals(
+            account_id=account.id, key_hash=key_hash, model=None, start=None, end=None, group_by=None
+        )
+        assert total.requests == 3
+    assert await UsageRepository(runtime.engine).records(account_id=account.id, limit=10, key_hash="f" * 64) == []
+    assert await UsageRepository(runtime.engine).records(account_id=None, limit=10, key_hash="0" * 64) == []
+
+
+async def test_the_log_of_a_key_reads_the_index_of_key_numbers(runtime: Runtime) -> None:
+    if runtime.engine.dialect.name != "sqlite":
+        return  # PostgreSQL's plans depend on its statistics: docs/benchmarks.md has them with 10 million records
+    async with runtime.engine.connect() as conn:
+        plan = (
+            await conn.execute(
+                text(
+                    "EXPLAIN QUERY PLAN SELECT * FROM usage_records WHERE account_id = 1 AND key_id = 7 "
+                    "ORDER BY created_at DESC, id DESC LIMIT 101"
+                )
+            )
+        ).all()
+    assert any("ix_usage_key_id_created_id" in str(row) for row in plan), plan
+
+
+async def test_the_upgrade_numbers_existing_keys_in_creation_order_and_fills_their_records(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await migrate_to(engine, "0012")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (email, status, spent_micros, created_at, updated_at) "
+                    "VALUES ('old@example.com', 'active', 0, :t, :t)"
+                ),
+                {"t": NOW},
+            )
+            account_id = (await conn.execute(text("SELECT id FROM accounts"))).scalar_one()
+            # Inserted newest first: the numbers follow created_at, not the order of the rows.
+            for name, age in (("young", 1), ("old", 3), ("middle", 2)):
+                await conn.execute(
+                    text(
+                        "INSERT INTO keys (hash, secret_hash, display, key_type, is_admin, name, account_id, "
+                        "disabled, created_at, updated_at, usage_micros) "
+                        "VALUES (:h, :h, 'kr-...', 'api', false, :h, :a, false, :t, :t, 0)"
+                    ),
+                    {"h": name, "a": account_id, "t": NOW - timedelta(days=age)},
+                )
+                await conn.execute(
+                    text(
+                        "INSERT INTO usage_records (request_id, created_at, key_hash, key_name, account_id, "
+                        "streamed, prompt_tokens, completion_tokens, cost_micros, usage_estimated, status) "
+                        "VALUES (:r, :t, :h, :h, :a, false, 0, 0, 0, false, 200)"
+                    ),
+                    {"r": f"req-{name}", "h": name, "a": account_id, "t": NOW},
+                )
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            numbered = dict((await conn.execute(text("SELECT hash, id FROM keys"))).all())
+            filled = dict((await conn.execute(text("SELECT key_hash, key_id FROM usage_records"))).all())
+        assert numbered == {"old": 1, "middle": 2, "young": 3}
+        assert filled == numbered
+        # A key created after the upgrade takes the next number.
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO keys (hash, secret_hash, display, key_type, is_admin, name, account_id, disabled, "
+                    "created_at, updated_at, usage_micros) "
+                    "VALUES ('new', 'new', 'kr-...', 'api', false, 'new', :a, false, :t, :t, 0)"
+                ),
+                {"a": account_id, "t": NOW},
+            )
+            assert (await conn.execute(text("SELECT id FROM keys WHERE hash = 'new'"))).scalar_one() == 4
+        # Down and up again: the same numbers.
+        await migrate_to(engine, "0012", downgrade=True)
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            numbered = dict((await conn.execute(text("SELECT hash, id FROM keys"))).all())
+        assert numbered == {"old": 1, "middle": 2, "young": 3, "new": 4}
+    finally:
+        await engine.dispose()
+
+
+async def test_a_key_made_by_the_service_after_many_others_gets_a_number_of_its_own(runtime: Runtime) -> None:
+    account = await runtime.account_service.create_account(AccountCreate(email="svc@example.com"), actor=TEST_ACTOR)
+    issued = [
+        await runtime.key_service.create(account=account, spec=KeyCreate(name=f"s{n}"), actor=TEST_ACTOR)
+        for n in range(4)
+    ]
+    numbers = await numbers_by_hash(runtime)
+    assert sorted(numbers[i.record.hash] for i in issued) == [1, 2, 3, 4]  # type: ignore[type-var]
