@@ -25,6 +25,7 @@ from keyrelay.reload import reloaded_settings
 from keyrelay.routing.table import RouteTable
 from keyrelay.runtime import Runtime, known_models, known_regions, open_runtime
 from keyrelay.usage.journal import UsageJournal, journal_base, orphans
+from keyrelay.usage.numbering import NUMBERING_INTERVAL_S, Numbering
 from keyrelay.usage.retention import SWEEP_INTERVAL_S, Retention
 from keyrelay.usage.writer import UsageWriter
 
@@ -87,6 +88,9 @@ class KeyrelayApp:
         writer = await self._usage_writer(runtime)
         runtime.tasks.every(self.settings.usage_flush_interval_s, writer.flush, name="usage-flush")
         runtime.tasks.every(1.0, writer.sync, name="usage-journal-sync")
+        numbering = Numbering(runtime.engine)  # records an earlier release's process wrote (a rolling upgrade)
+        runtime.tasks.spawn(numbering.sweep(), name="usage-numbering-start")
+        runtime.tasks.every(NUMBERING_INTERVAL_S, numbering.sweep, name="usage-numbering")
         if self.settings.usage_retention_days is not None:
             retention = Retention(runtime.engine, runtime.clock, days=self.settings.usage_retention_days)
             runtime.tasks.spawn(retention.sweep(), name="usage-retention-start")  # batched: never a long stall

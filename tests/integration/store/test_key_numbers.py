@@ -18,6 +18,7 @@ from keyrelay.store.engine import create_engine
 from keyrelay.store.migrate import migrate_to, upgrade_to_head
 from keyrelay.store.schema import keys, usage_records
 from keyrelay.store.usage import UsageRepository
+from keyrelay.usage.numbering import Numbering
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
 from tests.integration.store.conftest import keys_of_one_account
@@ -169,3 +170,44 @@ async def test_a_key_made_by_the_service_after_many_others_gets_a_number_of_its_
     ]
     numbers = await numbers_by_hash(runtime)
     assert sorted(numbers[i.record.hash] for i in issued) == [1, 2, 3, 4]  # type: ignore[type-var]
+
+
+async def test_records_an_earlier_release_wrote_without_a_number_get_it(runtime: Runtime) -> None:
+    account, hashes = await keys_of_one_account(runtime, "rolling@example.com", 2)
+    numbers = await numbers_by_hash(runtime)
+    # The insert of the release before 0013: no key_id.
+    insert = text(
+        "INSERT INTO usage_records (request_id, created_at, key_hash, key_name, account_id, streamed, "
+        "prompt_tokens, completion_tokens, cost_micros, usage_estimated, status) "
+        "VALUES (:r, :t, :h, 'k', :a, false, 0, 0, 0, false, 200)"
+    )
+    async with runtime.engine.begin() as conn:
+        # First, more records of a hash that no key has than a batch holds: they keep no number, and do not hold
+        # up the records after them.
+        for n in range(3):
+            await conn.execute(insert, {"r": f"stranger-{n}", "t": NOW, "h": "f" * 64, "a": account.id})
+        for n in range(5):
+            await conn.execute(insert, {"r": f"old-{n}", "t": NOW, "h": hashes[n % 2], "a": account.id})
+    assert await UsageRepository(runtime.engine).records(account_id=account.id, limit=10, key_hash=hashes[0]) == []
+    assert await Numbering(runtime.engine, batch=2).sweep() == 5
+    async with runtime.engine.connect() as conn:
+        stored = dict((await conn.execute(select(usage_records.c.request_id, usage_records.c.key_id))).all())
+    assert stored == {f"stranger-{n}": None for n in range(3)} | {f"old-{n}": numbers[hashes[n % 2]] for n in range(5)}
+    log = await UsageRepository(runtime.engine).records(account_id=account.id, limit=10, key_hash=hashes[0])
+    assert sorted(e.request_id for e in log) == ["old-0", "old-2", "old-4"]
+    assert await Numbering(runtime.engine, batch=2).sweep() == 0
+
+
+async def test_the_numbering_sweep_reads_the_index_of_key_numbers(runtime: Runtime) -> None:
+    if runtime.engine.dialect.name != "sqlite":
+        return  # PostgreSQL's plans depend on its statistics
+    async with runtime.engine.connect() as conn:
+        plan = (
+            await conn.execute(
+                text(
+                    "EXPLAIN QUERY PLAN SELECT id FROM usage_records WHERE key_id IS NULL AND id > 0 "
+                    "ORDER BY id LIMIT 5000"
+                )
+            )
+        ).all()
+    assert any("ix_usage_key_id_created_id (key_id=?)" in str(row) for row in plan), plan
