@@ -8,7 +8,9 @@ number; the upgrade numbers the keys already there in creation order and fills t
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 
 from keyrelay.keys.spec import KeyCreate
@@ -87,21 +89,6 @@ async def test_the_writer_gives_each_record_its_key_s_number_and_the_queries_fin
         assert total.requests == 3
     assert await UsageRepository(runtime.engine).records(account_id=account.id, limit=10, key_hash="f" * 64) == []
     assert await UsageRepository(runtime.engine).records(account_id=None, limit=10, key_hash="0" * 64) == []
-
-
-async def test_the_log_of_a_key_reads_the_index_of_key_numbers(runtime: Runtime) -> None:
-    if runtime.engine.dialect.name != "sqlite":
-        return  # PostgreSQL's plans depend on its statistics: docs/benchmarks.md has them with 10 million records
-    async with runtime.engine.connect() as conn:
-        plan = (
-            await conn.execute(
-                text(
-                    "EXPLAIN QUERY PLAN SELECT * FROM usage_records WHERE account_id = 1 AND key_id = 7 "
-                    "ORDER BY created_at DESC, id DESC LIMIT 101"
-                )
-            )
-        ).all()
-    assert any("ix_usage_key_id_created_id" in str(row) for row in plan), plan
 
 
 async def test_the_upgrade_numbers_existing_keys_in_creation_order_and_fills_their_records(database_url: str) -> None:
@@ -198,16 +185,29 @@ async def test_records_an_earlier_release_wrote_without_a_number_get_it(runtime:
     assert await Numbering(runtime.engine, batch=2).sweep() == 0
 
 
-async def test_the_numbering_sweep_reads_the_index_of_key_numbers(runtime: Runtime) -> None:
-    if runtime.engine.dialect.name != "sqlite":
-        return  # PostgreSQL's plans depend on its statistics
-    async with runtime.engine.connect() as conn:
-        plan = (
-            await conn.execute(
-                text(
-                    "EXPLAIN QUERY PLAN SELECT id FROM usage_records WHERE key_id IS NULL AND id > 0 "
-                    "ORDER BY id LIMIT 5000"
-                )
-            )
-        ).all()
-    assert any("ix_usage_key_id_created_id (key_id=?)" in str(row) for row in plan), plan
+@pytest.mark.parametrize(
+    ("query", "uses"),
+    [
+        # A key's log (store/usage.py): the key's range of the index, newest first, no sort.
+        (
+            "SELECT * FROM usage_records WHERE account_id = 1 AND key_id = 7 ORDER BY created_at DESC, id DESC "
+            "LIMIT 101",
+            "ix_usage_key_id_created_id (key_id=?)",
+        ),
+        # The numbering sweep (usage/numbering.py): the records without a number sort together in the same index.
+        (
+            "SELECT id FROM usage_records WHERE key_id IS NULL AND id > 0 ORDER BY id LIMIT 5000",
+            "ix_usage_key_id_created_id (key_id=?)",
+        ),
+    ],
+)
+async def test_reads_by_key_number_use_its_index_on_sqlite(tmp_path: Path, query: str, uses: str) -> None:
+    # SQLite's plans only: PostgreSQL's depend on its statistics (docs/benchmarks.md, 10 million records).
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'plans.db'}")
+    try:
+        await upgrade_to_head(engine)
+        async with engine.connect() as conn:
+            plan = (await conn.execute(text(f"EXPLAIN QUERY PLAN {query}"))).all()
+    finally:
+        await engine.dispose()
+    assert any(uses in str(row) for row in plan), plan
