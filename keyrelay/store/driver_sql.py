@@ -110,7 +110,12 @@ class DriverStatement:
         self.names: tuple[str, ...] = tuple(compiled.positiontup)
         self._pick: Callable[[Mapping[str, Any]], Any] = operator.itemgetter(*self.names)
         processors: list[tuple[int, Callable[[Any], Any]]] = []
+        first: dict[str, int] = {}  # the first position of each name that has a processor
+        copies: list[tuple[int, int]] = []  # (position, earlier position of the same name): processed once, copied
         for position, name in enumerate(self.names):
+            if name in first:
+                copies.append((position, first[name]))
+                continue
             kind = compiled.binds[name].type
             process: Callable[[Any], Any] | None = kind.dialect_impl(dialect).bind_processor(dialect)
             if isinstance(kind, DateTime):
@@ -118,18 +123,27 @@ class DriverStatement:
                 if dialect.name == "sqlite":
                     process = _sqlite_datetime(process) or process
             if process is not None:
+                first[name] = position
                 processors.append((position, process))
         self._processors = processors
+        self._copies = copies
 
     def from_tuples(self, rows: Iterable[Row]) -> list[Row]:
-        """The driver's parameters of ``rows``, each a tuple of values in the order of ``names``."""
+        """The driver's parameters of ``rows``, each a tuple of values in the order of ``names``.
+
+        A name that comes twice (SQLite's positional style repeats a parameter used twice, as the usage writer's
+        key charge does with the last-use time) is processed at its first position and copied to the others.
+        """
         if not self._processors:
             return rows if isinstance(rows, list) else list(rows)
         out: list[Row] = []
+        copies = self._copies
         for row in rows:
             values = list(row)
             for position, process in self._processors:
                 values[position] = process(values[position])
+            for position, source in copies:
+                values[position] = values[source]
             out.append(tuple(values))
         return out
 

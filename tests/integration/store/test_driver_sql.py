@@ -22,6 +22,7 @@ from keyrelay.runtime import Runtime
 from keyrelay.store.driver_sql import DriverStatement, _in_utc, _sqlite_datetime
 from keyrelay.store.schema import spend_periods, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
+from keyrelay.usage.writer import _CHARGE_KEY
 from tests.records import usage_record
 
 STAMP = datetime(2026, 6, 1, 12, 30, 45, 123456, tzinfo=UTC)
@@ -122,6 +123,25 @@ def test_the_fast_sqlite_timestamp_leaves_other_values_to_sqlalchemy() -> None:
     assert fast(None) is None
     with pytest.raises(TypeError):  # SQLAlchemy's own refusal of a value that is not a timestamp
         fast("2026-06-01")
+
+
+def test_a_parameter_used_twice_is_processed_once() -> None:
+    # The usage writer's key charge binds the last-use time twice on SQLite: printed once, given at both positions.
+    driver = DriverStatement(_CHARGE_KEY, sqlite_dialect.dialect())
+    positions = [p for p, name in enumerate(driver.names) if name == "b_used_at"]
+    assert len(positions) == 2
+    ((first, process),) = [(p, f) for p, f in driver._processors if p in positions]
+    printed: list[object] = []
+
+    def counting(value: object) -> object:
+        printed.append(value)
+        return process(value)
+
+    driver._processors = [(p, counting if p == first else f) for p, f in driver._processors]
+    used = datetime(2026, 6, 1, 12, 30, 45, 123456, tzinfo=UTC)
+    row = driver.from_mappings([{"b_ident": "h", "b_cost": 1, "b_used_at": used, "b_ip": "::1"}])[0]
+    assert printed == [used]
+    assert [row[p] for p in positions] == ["2026-06-01 12:30:45.123456"] * 2
 
 
 def test_a_storage_format_the_fast_timestamp_does_not_print_keeps_sqlalchemy_s() -> None:
