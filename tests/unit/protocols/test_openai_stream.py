@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyrelay.protocols.canonical import Usage
-from keyrelay.protocols.openai_stream import StreamRelay, estimate_tokens, response_usage
+from keyrelay.protocols.openai_stream import StreamRelay, _done_line, estimate_tokens, response_usage
 from keyrelay.protocols.sse import parse_blocks
 
 WORDS = ["Hel", "lo", " wor", "ld", "!"]
@@ -149,3 +151,41 @@ def test_passthrough_usage_keeps_cached_and_reasoning_tokens() -> None:
     )
     junk = {**DETAILED, "prompt_tokens_details": {"cached_tokens": True}, "completion_tokens_details": [1]}
     assert response_usage(json.dumps({"usage": junk}).encode())[0] == Usage(100, 40)
+
+
+# The pattern the relay used to find a [DONE] line with (19 µs for a 4 KB read): _done_line must find the same lines.
+_DONE_PATTERN = re.compile(rb"^data: ?\[DONE\]\r?$", re.MULTILINE)
+_DONE_PIECES = [
+    b"data: [DONE]",
+    b"data:[DONE]",
+    b"data:  [DONE]",
+    b"[DONE]",
+    b"\n",
+    b"\r",
+    b"\r\n",
+    b"x",
+    b" ",
+    b"data: ",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.sampled_from(_DONE_PIECES), max_size=12))
+def test_done_line_finds_what_the_anchored_pattern_finds(pieces: list[bytes]) -> None:
+    blocks = b"".join(pieces)
+    assert _done_line(blocks) == bool(_DONE_PATTERN.search(blocks)), blocks
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("spaced", [False, True])
+def test_done_is_seen_in_every_shape_of_last_read(ending: bytes, spaced: bool) -> None:
+    # The last read alone (usage in an earlier read), with usage, with "[DONE]" quoted in content, and without [DONE].
+    items = chunks(with_usage=True)
+    items[1]["choices"][0]["delta"]["content"] = "say [DONE] then"
+    stream = encode(items, ending, spaced)
+    usage_at = stream.rfind(b"data: {")
+    for cuts in ([usage_at], [stream.rfind(b"data: [DONE]")], [], [len(stream) - 3]):
+        r, relayed = relay(stream, cuts, hide=False)
+        assert r.done and relayed == stream and r.usage is not None
+    r, relayed = relay(encode(items, ending, spaced, done=False), [usage_at], hide=False)
+    assert not r.done and r.usage is not None  # "[DONE]" in content is no [DONE] event
