@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyrelay.protocols.canonical import Usage
-from keyrelay.protocols.openai_stream import StreamRelay, _done_line, estimate_tokens, response_usage
+from keyrelay.protocols.openai_stream import (
+    StreamRelay,
+    _done_line,
+    _without_usage_null,
+    estimate_tokens,
+    response_usage,
+)
 from keyrelay.protocols.sse import parse_blocks
 
 WORDS = ["Hel", "lo", " wor", "ld", "!"]
@@ -189,3 +195,29 @@ def test_done_is_seen_in_every_shape_of_last_read(ending: bytes, spaced: bool) -
         assert r.done and relayed == stream and r.usage is not None
     r, relayed = relay(encode(items, ending, spaced, done=False), [usage_at], hide=False)
     assert not r.done and r.usage is not None  # "[DONE]" in content is no [DONE] event
+
+
+# The pattern hidden "usage": null members were removed with (55 µs for a 4 KB read): the same bytes must go.
+_USAGE_NULL_PATTERN = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*,\s*')
+_NULL_PIECES = [
+    b'"usage"',
+    b":",
+    b"null",
+    b",",
+    b"{",
+    b"}",
+    b" ",
+    b"\n",
+    b"\t",
+    b"\x0b",
+    b"x",
+    b'"',
+    b'{"usage": null,',
+]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(pieces=st.lists(st.sampled_from(_NULL_PIECES), max_size=16))
+def test_usage_null_members_go_as_the_pattern_removed_them(pieces: list[bytes]) -> None:
+    blocks = b"".join(pieces)
+    assert _without_usage_null(blocks) == _USAGE_NULL_PATTERN.sub(b"", blocks), blocks
