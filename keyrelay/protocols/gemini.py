@@ -30,6 +30,7 @@ from keyrelay.protocols.gemini_parts import (
 from keyrelay.protocols.gemini_request import gemini_to_canonical
 from keyrelay.protocols.gemini_stream import GeminiStreamEncoder
 from keyrelay.protocols.json_fields import body_object
+from keyrelay.protocols.judged import escapes_of
 
 __all__ = [
     "GeminiStreamEncoder",
@@ -49,6 +50,8 @@ _JUDGED_NAMES = frozenset(_JUDGED)
 _JUDGED_KEY = re.compile(
     rb'"(contents|generation_?[cC]onfig|generate_?[cC]ontent_?[rR]equest|max_?[oO]utput_?[tT]okens|candidate_?[cC]ount)"\s*:'
 )
+# The escapes that could spell a letter of them, in either case, or an underscore (``judged.escapes_of``).
+_JUDGED_ESCAPES = escapes_of([name.lower() + name.upper() + "_" for name in _JUDGED])
 _IMAGE_KEYS = (b'"inlineData"', b'"inline_data"', b'"fileData"', b'"file_data"')
 
 
@@ -76,9 +79,9 @@ def _duplicate_judged(raw: bytes) -> str | None:
     r"""A judged field that some object of ``raw`` holds twice (its camel and snake names count as one).
 
     One C-level scan finds candidates; only then is the body parsed again by the stdlib with a hook on
-    every object. A body holding escapes (``"cont\u0065nts"``) is always parsed.
+    every object. A body holding an escape that could spell a judged name (``"cont\u0065nts"``) is always parsed.
     """
-    if b"\\u" not in raw:
+    if _JUDGED_ESCAPES.search(raw) is None:
         seen = [camel(name.decode()) for name in _JUDGED_KEY.findall(raw)]
         if len(seen) == len(set(seen)):
             return None

@@ -10,50 +10,63 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from typing import Any
+from collections.abc import Iterable
 
 from keyrelay.errors import ErrorType, GatewayError
+
+
+def escapes_of(names: Iterable[str]) -> re.Pattern[bytes]:
+    r"""The JSON escapes that could spell a character of ``names`` (``\u00XX``, the hex digits in either case).
+
+    The names are ASCII, so a key equal to one is written with its characters as they are or escaped that way
+    (RFC 8259 §7; ``\n`` and the like spell control characters): a body holding none of these escapes has its judged
+    names where a search for the plain names finds them. Other escapes (``\u4f60``, common where clients write JSON
+    as ASCII) need no second parse. The pattern opens with a literal, so it is searched for at C speed.
+    """
+    codes = {f"{ord(char):02x}" for name in names for char in name}
+    variants = sorted({variant for code in codes for variant in (code, code.upper())})
+    return re.compile(rb"\\u00(?:" + b"|".join(variant.encode() for variant in variants) + rb")")
 
 
 class JudgedFields:
     """The judged top-level field names of one wire, and the check that each appears at most once."""
 
-    __slots__ = ("_names", "_key")
+    __slots__ = ("_escape", "_key", "_names")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self._names = names
         self._key = re.compile(rb'"(' + b"|".join(re.escape(name.encode()) for name in names) + rb')"\s*:')
+        self._escape = escapes_of(names)
 
     def _top_level_duplicates(self, raw: bytes) -> list[str]:
-        """Judged names that the top-level object of ``raw`` holds more than once."""
-        found: list[str] = []
+        """Judged names that the top-level object of ``raw`` holds more than once.
+
+        The stdlib parser keeps every name of an object when each object becomes its list of pairs (``list``, a C
+        call, as the hook): the top-level list holds the body's names as written, repeats included.
+        """
         names = self._names
-
-        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-            # Objects are built innermost first, so the last call is the top-level object.
-            counts = Counter(name for name, _ in items)
-            found[:] = [name for name in names if counts[name] > 1]
-            return dict(items)
-
         try:
-            json.loads(raw, object_pairs_hook=pairs)
+            items = json.loads(raw, object_pairs_hook=list)
         except (ValueError, RecursionError):
             # orjson accepted the body; the stdlib parser may still give up on deep nesting. Judge it as orjson
             # read it: refuse, since whether the names repeat at the top level cannot be told.
             return [name for name in names if raw.count(b'"' + name.encode() + b'"') > 1][:1] or ["body"]
-        return found
+        if not isinstance(items, list) or not all(isinstance(pair, tuple) for pair in items):
+            return []  # not an object: callers refuse it for that
+        counts = Counter(name for name, _ in items)
+        return [name for name in names if counts[name] > 1]
 
     def refuse_duplicates(self, raw: bytes) -> None:
         r"""Refuse a body whose judged fields appear twice at the top level.
 
         One C-level scan finds candidates; only then is the body parsed again to see whether they are
-        top-level duplicates. A body with escapes (``"mod\u0065l"``, written with a backslash-u escape, is the
-        name ``model`` too) is always checked by parsing.
+        top-level duplicates. A body with an escape that could spell a judged name (``"model"`` is the name
+        ``model`` too; ``escapes_of``) is always checked by parsing.
 
         Raises:
             GatewayError: INVALID_REQUEST naming the repeated field.
         """
-        if b"\\u" not in raw:
+        if self._escape.search(raw) is None:
             seen = self._key.findall(raw)
             if len(seen) == len(set(seen)):
                 return

@@ -122,6 +122,11 @@ def test_count_tokens_takes_contents_or_a_whole_request() -> None:
             b'{"contents": [{}], "generationConfig": {"maxOutputT\\u006fkens": 5, "maxOutputTokens": 9}}',
             "maxOutputTokens",
         ),
+        # An upper-case letter, escaped with upper-case hex digits, beside text escaped as ASCII JSON writes it.
+        (
+            b'{"contents": [{"parts": [{"text": "\\u4f60"}]}], "generationConfig": {}, "generation\\u0043onfig": {}}',
+            "generationConfig",
+        ),
     ],
 )
 def test_judging_refusals(raw: bytes, field: str) -> None:
