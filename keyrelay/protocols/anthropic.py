@@ -33,7 +33,7 @@ from keyrelay.protocols.canonical import (
     Usage,
 )
 from keyrelay.protocols.json_fields import body_object
-from keyrelay.protocols.judged import JudgedFields
+from keyrelay.protocols.judged import JudgedFields, escapes_of, spelled_plainly
 
 __all__ = [
     "STOP_REASONS",
@@ -138,14 +138,17 @@ def _count_blocks(value: object) -> int:
     return count
 
 
+_BLOCK_ESCAPES = escapes_of(["image", "document"])
+
+
 def image_blocks(raw: bytes, body: dict[str, Any]) -> int:
     r"""An upper bound on the image and document blocks of a body.
 
     Every JSON string ``"image"`` or ``"document"`` counts (a block's ``type`` is one; a text that is
-    exactly that word only raises the bound). A body with escapes is counted parsed, since
-    ``"im\\u0061ge"`` is the same string.
+    exactly that word only raises the bound). A body with escapes that could spell one is counted parsed, since
+    ``"im\\u0061ge"`` is the same string (``judged.escapes_of``).
     """
-    if b"\\u" in raw:
+    if not spelled_plainly(raw, _BLOCK_ESCAPES):
         return _count_blocks(body.get("messages")) + _count_blocks(body.get("system"))
     return raw.count(b'"image"') + raw.count(b'"document"')
 

@@ -30,7 +30,7 @@ from keyrelay.protocols.gemini_parts import (
 from keyrelay.protocols.gemini_request import gemini_to_canonical
 from keyrelay.protocols.gemini_stream import GeminiStreamEncoder
 from keyrelay.protocols.json_fields import body_object
-from keyrelay.protocols.judged import escapes_of
+from keyrelay.protocols.judged import escapes_of, spelled_plainly
 
 __all__ = [
     "GeminiStreamEncoder",
@@ -53,6 +53,7 @@ _JUDGED_KEY = re.compile(
 # The escapes that could spell a letter of them, in either case, or an underscore (``judged.escapes_of``).
 _JUDGED_ESCAPES = escapes_of([name.lower() + name.upper() + "_" for name in _JUDGED])
 _IMAGE_KEYS = (b'"inlineData"', b'"inline_data"', b'"fileData"', b'"file_data"')
+_IMAGE_ESCAPES = escapes_of(key.decode().strip('"') for key in _IMAGE_KEYS)
 
 
 def credential(headers: list[tuple[bytes, bytes]], query: bytes) -> str | None:
@@ -172,7 +173,7 @@ def decode_request(
     if operation is Operation.CHAT:
         max_out = _positive(config, "maxOutputTokens") if config else None
         choices = (_positive(config, "candidateCount", MAX_CANDIDATES) if config else None) or 1
-    if b"\\u" in raw:
+    if not spelled_plainly(raw, _IMAGE_ESCAPES):
         images = _count_keys(contents) + _count_keys(request.get("systemInstruction"))
     else:
         images = sum(raw.count(key) for key in _IMAGE_KEYS)

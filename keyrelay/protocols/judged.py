@@ -28,6 +28,16 @@ def escapes_of(names: Iterable[str]) -> re.Pattern[bytes]:
     return re.compile(rb"\\u00(?:" + b"|".join(variant.encode() for variant in variants) + rb")")
 
 
+def spelled_plainly(raw: bytes, escapes: re.Pattern[bytes]) -> bool:
+    r"""Whether ``raw`` holds none of ``escapes`` (``escapes_of`` some names): a byte count of them counts them all.
+
+    A body whose first 2 KB hold an escape is taken to be JSON written as ASCII throughout (``\u4f60`` everywhere),
+    where a search through every byte is slow (0.55 µs a KB, ten times a walk of its parsed objects): False
+    without searching it, so callers count on the parsed body.
+    """
+    return raw.find(b"\\u", 0, 2048) < 0 and escapes.search(raw) is None
+
+
 class JudgedFields:
     """The judged top-level field names of one wire, and the check that each appears at most once."""
 

@@ -13,7 +13,7 @@ import orjson
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName, ProviderPreferences
 from keyrelay.protocols.json_fields import body_object, count_objects
-from keyrelay.protocols.judged import JudgedFields
+from keyrelay.protocols.judged import JudgedFields, escapes_of, spelled_plainly
 
 __all__ = ["IMAGE_TOKEN_BOUND", "InboundRequest", "Operation", "bearer_credential", "decode_request", "upstream_body"]
 
@@ -27,9 +27,12 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 _JUDGED_COMPLETIONS = JudgedFields(("model", "stream", "stream_options", "max_tokens", "n", "best_of", "provider"))
 
 
+_IMAGE_ESCAPES = escapes_of(["image_url"])  # what could spell it escaped ("image_\\u0075rl")
+
+
 def image_parts(raw: bytes, body: dict[str, Any]) -> int:
     """How many ``image_url`` parts a chat body holds (keys written with escapes are counted parsed)."""
-    if b"\\u" in raw:  # a key may be written with escapes ("image_\\u0075rl"): count parsed keys
+    if not spelled_plainly(raw, _IMAGE_ESCAPES):
         return count_objects(body.get("messages"), lambda item: "image_url" in item)
     return raw.count(b'"image_url"')
 

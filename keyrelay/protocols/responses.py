@@ -21,7 +21,7 @@ from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.protocols.base import InboundRequest, Operation, ProtocolName
 from keyrelay.protocols.canonical import ThinkingPart
 from keyrelay.protocols.json_fields import body_object, count_objects
-from keyrelay.protocols.judged import JudgedFields
+from keyrelay.protocols.judged import JudgedFields, escapes_of, spelled_plainly
 from keyrelay.protocols.openai import provider_preferences
 
 __all__ = ["NOT_STORED", "decode_request", "image_parts", "open_reasoning", "seal_reasoning", "upstream_body"]
@@ -80,9 +80,12 @@ def _sealed(item: object) -> bool:
     return isinstance(content, str) and content.startswith(_SEAL)
 
 
+_IMAGE_ESCAPES = escapes_of(["input_image"])
+
+
 def image_parts(raw: bytes, body: dict[str, Any]) -> int:
-    """How many ``input_image`` parts a Responses body holds (a body with escapes is counted parsed)."""
-    if b"\\u" in raw:
+    """How many ``input_image`` parts a Responses body holds (one with escapes that could spell it: counted parsed)."""
+    if not spelled_plainly(raw, _IMAGE_ESCAPES):
         return count_objects(body.get("input"), lambda item: item.get("type") == "input_image")
     return raw.count(b'"input_image"')
 

@@ -163,5 +163,13 @@ def test_bounds_read_escaped_names_and_the_larger_token_limit() -> None:
         rb'{"type":"image_url","image_\u0075rl":{"url":"https://x/a.png"}}]}]}'
     )
     assert decode_request(Operation.CHAT, escaped).prompt_token_bound >= len(escaped) + IMAGE_TOKEN_BOUND
+    # Hex digits in upper case spell the same name; text written as ASCII JSON (CJK escapes) beside a plain part.
+    for raw in (
+        rb'{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"image_URL"},'
+        rb'{"type":"x","i\u006Dage_url":{"url":"https://x/a.png"}}]}]}',
+        rb'{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"\u4f60\u597d"},'
+        rb'{"type":"x","image_url":{"url":"https://x/a.png"}}]}]}',
+    ):
+        assert decode_request(Operation.CHAT, raw).images == 1
     both = b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":1,"max_tokens":900}'
     assert decode_request(Operation.CHAT, both).max_output_tokens == 900

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyrelay.errors import GatewayError
-from keyrelay.protocols.judged import JudgedFields, escapes_of
+from keyrelay.protocols.judged import JudgedFields, escapes_of, spelled_plainly
 
 NAMES = ("model", "stream", "max_tokens", "n")
 JUDGED = JudgedFields(NAMES)
@@ -66,3 +66,12 @@ def test_a_body_the_stdlib_cannot_parse_is_judged_by_its_names() -> None:
     with pytest.raises(GatewayError) as caught:
         JUDGED.refuse_duplicates(deep)
     assert caught.value.field in ("model", "body")
+
+
+def test_spelled_plainly_only_without_escapes_that_could_spell_a_name() -> None:
+    image = escapes_of(["image_url"])
+    filler = b'"text": "' + b"x" * 4096 + b'"'
+    assert spelled_plainly(b"{" + filler + b', "image_url": 1}', image)
+    assert not spelled_plainly(b"{" + filler + b', "image_\\u0075rl": 1}', image)  # a name's letter, late
+    assert spelled_plainly(b"{" + filler + b', "t": "\\u4f60"}', image)  # another character, late: still plain
+    assert not spelled_plainly(b'{"t": "\\u4f60", ' + filler + b"}", image)  # escapes from the start: counted parsed
