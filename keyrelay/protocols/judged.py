@@ -70,7 +70,7 @@ class JudgedFields:
         r"""Refuse a body whose judged fields appear twice at the top level.
 
         One C-level scan finds candidates; only then is the body parsed again to see whether they are
-        top-level duplicates. A body with an escape that could spell a judged name (``"model"`` is the name
+        top-level duplicates. A body with an escape that could spell a judged name (``"mod\u0065l"`` is the name
         ``model`` too; ``escapes_of``) is always checked by parsing.
 
         Raises:
