@@ -15,9 +15,7 @@ JUDGED = JudgedFields(NAMES)
 
 def written(name: str, escape_at: int | None, upper: bool) -> str:
     """``name`` as a JSON string, one of its characters escaped as ``\\u00XX`` (hex in either case) if asked."""
-    chars = [
-        (f"\\u{ord(c):04X}" if upper else f"\\u{ord(c):04x}") if i == escape_at else c for i, c in enumerate(name)
-    ]
+    chars = [(f"\\u{ord(c):04X}" if upper else f"\\u{ord(c):04x}") if i == escape_at else c for i, c in enumerate(name)]
     return '"' + "".join(chars) + '"'
 
 
