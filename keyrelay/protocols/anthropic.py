@@ -32,8 +32,8 @@ from keyrelay.protocols.canonical import (
     ToolResultPart,
     Usage,
 )
-from keyrelay.protocols.json_fields import body_object
-from keyrelay.protocols.judged import JudgedFields, escapes_of, spelled_plainly
+from keyrelay.protocols.json_fields import body_object, escapes_of, spelled_plainly
+from keyrelay.protocols.judged import JudgedFields
 
 __all__ = [
     "STOP_REASONS",
@@ -146,7 +146,7 @@ def image_blocks(raw: bytes, body: dict[str, Any]) -> int:
 
     Every JSON string ``"image"`` or ``"document"`` counts (a block's ``type`` is one; a text that is
     exactly that word only raises the bound). A body with escapes that could spell one is counted parsed, since
-    ``"im\\u0061ge"`` is the same string (``judged.escapes_of``).
+    ``"im\\u0061ge"`` is the same string (``json_fields.escapes_of``).
     """
     if not spelled_plainly(raw, _BLOCK_ESCAPES):
         return _count_blocks(body.get("messages")) + _count_blocks(body.get("system"))

@@ -29,8 +29,7 @@ from keyrelay.protocols.gemini_parts import (
 )
 from keyrelay.protocols.gemini_request import gemini_to_canonical
 from keyrelay.protocols.gemini_stream import GeminiStreamEncoder
-from keyrelay.protocols.json_fields import body_object
-from keyrelay.protocols.judged import escapes_of, spelled_plainly
+from keyrelay.protocols.json_fields import body_object, escapes_of, spelled_plainly
 
 __all__ = [
     "GeminiStreamEncoder",
@@ -50,7 +49,7 @@ _JUDGED_NAMES = frozenset(_JUDGED)
 _JUDGED_KEY = re.compile(
     rb'"(contents|generation_?[cC]onfig|generate_?[cC]ontent_?[rR]equest|max_?[oO]utput_?[tT]okens|candidate_?[cC]ount)"\s*:'
 )
-# The escapes that could spell a letter of them, in either case, or an underscore (``judged.escapes_of``).
+# The escapes that could spell a letter of them, in either case, or an underscore (``json_fields.escapes_of``).
 _JUDGED_ESCAPES = escapes_of([name.lower() + name.upper() + "_" for name in _JUDGED])
 _IMAGE_KEYS = (b'"inlineData"', b'"inline_data"', b'"fileData"', b'"file_data"')
 _IMAGE_ESCAPES = escapes_of(key.decode().strip('"') for key in _IMAGE_KEYS)

@@ -10,32 +10,9 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
 
 from keyrelay.errors import ErrorType, GatewayError
-
-
-def escapes_of(names: Iterable[str]) -> re.Pattern[bytes]:
-    r"""The JSON escapes that could spell a character of ``names`` (``\u00XX``, the hex digits in either case).
-
-    The names are ASCII, so a key equal to one is written with its characters as they are or escaped that way
-    (RFC 8259 §7; ``\n`` and the like spell control characters): a body holding none of these escapes has its judged
-    names where a search for the plain names finds them. Other escapes (``\u4f60``, common where clients write JSON
-    as ASCII) need no second parse. The pattern opens with a literal, so it is searched for at C speed.
-    """
-    codes = {f"{ord(char):02x}" for name in names for char in name}
-    variants = sorted({variant for code in codes for variant in (code, code.upper())})
-    return re.compile(rb"\\u00(?:" + b"|".join(variant.encode() for variant in variants) + rb")")
-
-
-def spelled_plainly(raw: bytes, escapes: re.Pattern[bytes]) -> bool:
-    r"""Whether ``raw`` holds none of ``escapes`` (``escapes_of`` some names): a byte count of them counts them all.
-
-    A body whose first 2 KB hold an escape is taken to be JSON written as ASCII throughout (``\u4f60`` everywhere),
-    where a search through every byte is slow (0.55 µs a KB, ten times a walk of its parsed objects): False
-    without searching it, so callers count on the parsed body.
-    """
-    return raw.find(b"\\u", 0, 2048) < 0 and escapes.search(raw) is None
+from keyrelay.protocols.json_fields import escapes_of
 
 
 class JudgedFields:

@@ -12,8 +12,8 @@ import orjson
 
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.protocols.base import IMAGE_TOKEN_BOUND, InboundRequest, Operation, ProtocolName, ProviderPreferences
-from keyrelay.protocols.json_fields import body_object, count_objects
-from keyrelay.protocols.judged import JudgedFields, escapes_of, spelled_plainly
+from keyrelay.protocols.json_fields import body_object, count_objects, escapes_of, spelled_plainly
+from keyrelay.protocols.judged import JudgedFields
 
 __all__ = ["IMAGE_TOKEN_BOUND", "InboundRequest", "Operation", "bearer_credential", "decode_request", "upstream_body"]
 

@@ -99,16 +99,14 @@ def _done_line(blocks: bytes) -> bool:
     substring searches instead: a pattern anchored at line starts is tried at every byte (19 µs for a 4 KB read).
     A lone CR is no line end here (nor to that pattern): CR-only framing takes the callers' slow path.
     """
-    if _ends_with_done(blocks):
-        return True
-    at = blocks.find(_DONE)
-    while at >= 0:
-        line = blocks.rfind(b"\n", 0, at) + 1
-        rest = blocks[at + 6 : at + 8].removeprefix(b"\r")
-        if blocks[line:at] in (b"data: ", b"data:") and (not rest or rest[:1] == b"\n"):
-            return True
-        at = blocks.find(_DONE, at + 1)
-    return False
+    return _ends_with_done(blocks) or any(_on_done_line(blocks, at) for at in _occurrences(blocks, _DONE))
+
+
+def _on_done_line(blocks: bytes, at: int) -> bool:
+    """The ``[DONE]`` at offset ``at`` is the whole data of its line (``data: `` or ``data:`` before, LF/CRLF after)."""
+    line = blocks.rfind(b"\n", 0, at) + 1
+    rest = blocks[at + 6 : at + 8].removeprefix(b"\r")
+    return blocks[line:at] in (b"data: ", b"data:") and (not rest or rest[:1] == b"\n")
 
 
 def _whole(data: bytes) -> bool:

@@ -20,8 +20,8 @@ import orjson
 from keyrelay.errors import ErrorType, GatewayError
 from keyrelay.protocols.base import InboundRequest, Operation, ProtocolName
 from keyrelay.protocols.canonical import ThinkingPart
-from keyrelay.protocols.json_fields import body_object, count_objects
-from keyrelay.protocols.judged import JudgedFields, escapes_of, spelled_plainly
+from keyrelay.protocols.json_fields import body_object, count_objects, escapes_of, spelled_plainly
+from keyrelay.protocols.judged import JudgedFields
 from keyrelay.protocols.openai import provider_preferences
 
 __all__ = ["NOT_STORED", "decode_request", "image_parts", "open_reasoning", "seal_reasoning", "upstream_body"]

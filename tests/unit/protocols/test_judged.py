@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyrelay.errors import GatewayError
-from keyrelay.protocols.judged import JudgedFields, escapes_of, spelled_plainly
+from keyrelay.protocols.json_fields import escapes_of, spelled_plainly
+from keyrelay.protocols.judged import JudgedFields
 
 NAMES = ("model", "stream", "max_tokens", "n")
 JUDGED = JudgedFields(NAMES)
