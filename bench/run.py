@@ -393,6 +393,8 @@ def main() -> None:
             *(["--redis", redis_url] if "redis" in backends else []),
         ]
         admission = subprocess.run(admission_cmd, check=True, capture_output=True, text=True).stdout
+        protocol_cmd = pinned(0, [PY, str(ROOT / "bench" / "http_protocol.py")])
+        protocols = subprocess.run(protocol_cmd, check=True, capture_output=True, text=True).stdout
         lines = [
             f"### make bench — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {conns} connections, {seconds:g} s",
@@ -460,6 +462,14 @@ def main() -> None:
                 f"{g['p50_ms'] - d['p50_ms']:.2f} |"
             )
         lines += ["", "Admission alone (bench/admission.py, every limit set):", "", "```json", admission.strip(), "```"]
+        lines += [
+            "",
+            "The HTTP server protocol alone (bench/http_protocol.py, µs per request, one event loop, no sockets):",
+            "",
+            "```json",
+            protocols.strip(),
+            "```",
+        ]
         table = "\n".join(lines) + "\n"
         sys.stdout.write(table)
         with (ROOT / "docs" / "benchmarks.md").open("a") as fh:

@@ -166,7 +166,7 @@ class Settings(BaseSettings):
         default="x-forwarded-for", description="The header the trusted proxies maintain (the other one is ignored)."
     )
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    # Client connections (keyrelay/connections.py).
+    # Client connections (keyrelay/connections.py, keyrelay/http1.py).
     header_timeout_s: float = Field(
         default=10.0, gt=0, le=3600, description="Time a connection has to send complete request headers (408)."
     )
@@ -175,6 +175,12 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         default=10_000, ge=1, description="Open client connections per process; beyond it, requests get 503."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest request line and headers together; a larger one gets 431 and its connection closed.",
     )
     cache_poll_interval_s: float = Field(default=1.0, gt=0)
     key_cache_size: int = Field(default=100_000, ge=1, description="Keys held in each process's key cache (LRU).")

@@ -33,6 +33,7 @@ class ErrorType(Enum):
     CONFLICT = (409, "conflict", "The request conflicts with the current state.")
     REQUEST_TIMEOUT = (408, "request_timeout", "The request headers did not arrive in time.")
     PAYLOAD_TOO_LARGE = (413, "request_too_large", "The request body is too large.")
+    HEADERS_TOO_LARGE = (431, "request_header_fields_too_large", "The request headers are too large.")
     API_KEY_QUOTA_EXHAUSTED = (429, "insufficient_quota", "The key's spend limit for the current window is used up.")
     RATE_LIMIT_EXCEEDED = (429, "rate_limit_exceeded", "A request rate window of this key is full.")
     UPSTREAM_RATE_LIMITED = (429, "rate_limit_exceeded", "The upstream provider is rate limiting requests.")

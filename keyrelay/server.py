@@ -19,8 +19,9 @@ from uvicorn.supervisors import Multiprocess
 
 from keyrelay.app import create_app
 from keyrelay.config import ConfigError, Settings, export_env, export_multiprocess_metrics
-from keyrelay.connections import bounded_config, connection_limits
+from keyrelay.connections import connection_limits
 from keyrelay.gateway.upstream_client import UpstreamPool
+from keyrelay.http1 import bounded_config
 from keyrelay.listen import bind_listener, check_listen
 from keyrelay.logs import setup_logging
 from keyrelay.reload import reloaded_settings

@@ -337,6 +337,7 @@ _RPC_STATUS = {
     408: "DEADLINE_EXCEEDED",  # the client's request headers came too late (code.proto: expired before completion)
     409: "ABORTED",
     413: "INVALID_ARGUMENT",
+    431: "INVALID_ARGUMENT",  # the request headers are too large
     429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     501: "UNIMPLEMENTED",

@@ -14,7 +14,8 @@ import uvicorn
 from keyrelay.app import KeyrelayApp, create_app
 from keyrelay.clock import Clock
 from keyrelay.config import Settings
-from keyrelay.connections import bounded_config, connection_limits
+from keyrelay.connections import connection_limits
+from keyrelay.http1 import bounded_config
 from keyrelay.runtime import Runtime
 
 

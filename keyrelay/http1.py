@@ -1,0 +1,750 @@
+"""keyrelay's HTTP/1.1 server protocol (RFC 9112) for its ASGI app: httptools' parser, served by uvicorn's ``Server``.
+
+uvicorn's own httptools protocol was a fifth of the gateway's CPU per request that was not keyrelay's own work
+(docs/benchmarks.md, "2026-12-07, the HTTP protocol"): a scope built from a dict of defaults, an
+``asyncio.Event`` and a request-cycle object of thirteen fields per request, two pattern searches per response
+header, a status line and the headers written on their own, and a timer armed and cancelled per response for the
+keep-alive timeout. This protocol does the same job with less: the same parser (llhttp, through httptools, as
+uvicorn and Node.js), the same ASGI messages, uvicorn's ``Server`` around it (sockets, workers, signals, lifespan,
+graceful shutdown: it waits for the connections and tasks this protocol registers in its ``ServerState``).
+
+Per connection:
+
+- **Requests.** Parsed as they arrive; a malformed request is answered ``400`` (a JSON error body,
+  ``connection: close``) and the connection closed. Each request's app call is a task in the server's task set.
+  Pipelined requests wait for the response before theirs (reading pauses meanwhile). The request target's path is
+  percent-decoded into ``path`` (UTF-8), ``raw_path`` and ``query_string`` kept as sent. Header names are lowered
+  and trailing whitespace dropped from values (RFC 9110 §5.5). Request headers (with the request line) over
+  ``max_header_bytes`` are answered ``431`` and the connection closed.
+- **Request bodies.** Handed to ``receive()`` as they arrive (the first piece without a copy); reading pauses
+  while more than 64 KiB wait unread. ``Expect: 100-continue`` is answered when the app first asks for the body.
+  Once the whole body was handed over, ``receive()`` waits for the response's end or the client's disconnect
+  (``http.disconnect``), as the ASGI spec asks.
+- **Responses.** The status line and headers go out with the first body bytes in one write, or alone at the end
+  of the event-loop tick when no body follows in it. Header names and values are checked (RFC 9110 §5.1, §5.5:
+  no separators in names, no control characters but tab in values). A ``content-length`` is held to (an app
+  writing more or less is an error: the connection is closed); without one, the chunked transfer coding
+  (RFC 9112 §7.1), or for an HTTP/1.0 client the body up to the connection's close. HEAD, 204 and 304 responses
+  carry no body. HTTP/1.0 clients, ``connection: close`` (either side) and upgrade requests (keyrelay serves no
+  WebSocket: answered as plain HTTP) close the connection after the response.
+- **Flow control.** A ``send()`` waits while the transport's write buffer is above its high-water mark.
+- **Bounds** (``keyrelay.connections``): the header timeout (``408``), the idle keep-alive timeout and the
+  connection cap (``503``), kept by one sweep timer per server rather than a timer per request or connection.
+
+uvicorn's access log is not written by this protocol (keyrelay never turns it on: ``server.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import http
+import logging
+import re
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+import orjson
+import uvicorn
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
+
+from keyrelay.asgi import ASGIApp, Headers, Message, Receive, Scope, Send, new_request_id, send_error
+from keyrelay.connections import (
+    CONNECTION_LIMITS,
+    ConnectionLimits,
+    HeaderSweep,
+    over_capacity,
+    timeout_response,
+)
+from keyrelay.errors import ErrorType, GatewayError
+
+log = logging.getLogger("keyrelay.http")
+
+_HIGH_WATER = 64 * 1024  # request body bytes held unread before reading pauses
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NAME_INVALID = re.compile(rb'[\x00-\x20\x7f()<>@,;:\\"/\[\]?={}]')  # RFC 9110 §5.6.2: tchar only
+_VALUE_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 §5.5: VCHAR, obs-text, SP, HTAB
+_NO_BODY_STATUS = frozenset((204, 304))
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+def _answer(status: int, err: GatewayError) -> bytes:
+    """A whole ``connection: close`` response carrying ``err``'s JSON body (for answers made below the app)."""
+    body = orjson.dumps(err.to_body(new_request_id()))
+    head = f"content-type: application/json\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    return _STATUS_LINES[status] + head.encode("ascii") + body
+
+
+def _malformed() -> bytes:
+    return _answer(400, GatewayError(ErrorType.INVALID_REQUEST, "The request is not valid HTTP/1.1."))
+
+
+def _headers_too_large(limit: int) -> bytes:
+    err = GatewayError(ErrorType.HEADERS_TOO_LARGE, f"The request line and headers exceed {limit} bytes.")
+    return _answer(431, err)
+
+
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_NAMES: dict[bytes, bytes] = {}  # response header names seen, each to its lowered form (checked once)
+_MAX_NAMES = 1024
+
+
+def _checked_name(raw: bytes) -> bytes:
+    """``raw`` lowered, after checking it is a token (RFC 9110 §5.1); remembered for the next responses."""
+    if not raw or _NAME_INVALID.search(raw):
+        raise RuntimeError(f"Invalid HTTP header name {raw!r}.")
+    name = raw.lower()
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES[raw] = name
+    return name
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool, bool, bool]:
+    """(content-length, chunked, close, coded) from a response's framing headers (RFC 9112 §6.1, §6.3).
+
+    ``chunked``: the last transfer coding is chunked; ``coded``: a transfer coding that is not (the body then ends
+    with the connection). A transfer coding overrides a content-length; the first content-length counts.
+
+    Raises:
+        RuntimeError: A content-length that is not a decimal number.
+    """
+    length: int | None = None
+    chunked = close = coded = False
+    for name, value in headers:
+        if name == b"content-length":
+            if not value.isdigit():
+                raise RuntimeError(f"Invalid content-length {value!r}.")
+            if length is None:
+                length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            coded = not chunked
+        elif b"close" in (token.strip().lower() for token in value.split(b",")):  # connection
+            close = True
+    return (None if chunked or coded else length), chunked, close, coded
+
+
+def _has_body(headers: Headers) -> bool:
+    """Whether request ``headers`` announce a body (a transfer coding, or a content-length other than 0)."""
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0") != b"")
+        for name, value in headers
+    )
+
+
+async def _upgrade_with_body(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to an upgrade request with a body (see ``HttpProtocol.on_headers_complete``)."""
+    err = GatewayError(
+        ErrorType.INVALID_REQUEST,
+        "keyrelay does not switch protocols, and cannot read the body of a request that asks it to (Upgrade); "
+        "send the request without the Upgrade header.",
+    )
+    await send_error(send, err, new_request_id(), [(b"connection", b"close")])
+
+
+class _HeadersTooLarge(Exception):
+    """Raised in a parser callback when the request line and headers pass ``max_header_bytes``."""
+
+
+class _Cycle:
+    """One request and its response: the ``receive`` and ``send`` of one ASGI app call."""
+
+    __slots__ = (
+        "conn",
+        "transport",
+        "scope",
+        "body",
+        "more_body",
+        "delivered",
+        "waiter",
+        "disconnected",
+        "keep_alive",
+        "expect_100",
+        "head_only",
+        "until_close",
+        "started",
+        "complete",
+        "chunked",
+        "remaining",
+        "held",
+        "flush",
+    )
+
+    def __init__(
+        self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect_100: bool, until_close: bool
+    ) -> None:
+        self.conn = conn
+        self.transport = conn.transport
+        self.scope = scope
+        self.body: bytes | bytearray = b""  # received, not yet handed to the app
+        self.more_body = True  # the request's body is not complete yet
+        self.delivered = False  # the app has been handed the body's end
+        self.waiter: asyncio.Future[None] | None = None  # a receive() waiting for news
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.head_only = scope["method"] == "HEAD"
+        self.until_close = until_close  # an HTTP/1.0 client: a body without a length ends with the connection
+        self.started = False
+        self.complete = False
+        self.chunked = False
+        self.remaining: int | None = None  # content-length bytes still owed; None: no length
+        self.held: bytes | None = None  # the head, until the first body bytes (or the end of the tick)
+        self.flush: asyncio.Handle | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def run(self, app: ASGIApp) -> None:
+        """Call the app; an error before the response started gets a 500, after it the connection is closed."""
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                log.debug("request task cancelled")
+            else:
+                log.error("Exception in ASGI application", exc_info=exc)
+            if not self.started and not self.disconnected:
+                await self._send_500()
+            else:
+                self.close()
+            return
+        if not self.started and not self.disconnected:
+            log.error("ASGI callable returned without starting a response.")
+            await self._send_500()
+        elif not self.complete and not self.disconnected:
+            log.error("ASGI callable returned without completing its response.")
+            self.close()
+
+    async def _send_500(self) -> None:
+        body = orjson.dumps(GatewayError(ErrorType.INTERNAL_ERROR).to_body(new_request_id()))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await self.send({"type": "http.response.start", "status": 500, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def receive(self) -> Message:
+        """The next ASGI request message: body bytes as they arrive, then ``http.disconnect`` at the end."""
+        if self.expect_100:
+            self.expect_100 = False
+            if not self.transport.is_closing():
+                self.transport.write(_CONTINUE)
+        if not self.body and not self.disconnected and not self.complete and (self.more_body or self.delivered):
+            conn = self.conn
+            if not conn.pipeline:
+                conn.resume_reading()
+            waiter = self.waiter = conn.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        if self.disconnected or self.complete:
+            return {"type": "http.disconnect"}
+        body = self.body
+        self.body = b""
+        more = self.more_body
+        if not more:
+            self.delivered = True
+        elif self.conn.reading_paused and not self.conn.pipeline:
+            self.conn.resume_reading()
+        return {"type": "http.request", "body": body if type(body) is bytes else bytes(body), "more_body": more}
+
+    async def send(self, message: Message) -> None:
+        """Write an ASGI response message (``http.response.start``, then ``http.response.body`` until the last)."""
+        conn = self.conn
+        if conn.write_paused and not self.disconnected:
+            await conn.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.started:
+            self._start_response(message)
+            return
+        if self.complete:
+            raise RuntimeError(f"Unexpected ASGI message {kind!r} sent, after the response was complete.")
+        if kind != "http.response.body":
+            raise RuntimeError(f"Expected ASGI message 'http.response.body', but got {kind!r}.")
+        more = message.get("more_body", False)
+        data = self._frame(message.get("body", b""), more)
+        held = self.held
+        transport = self.transport
+        if held is not None:
+            self.held = None
+            self.flush.cancel()  # type: ignore[union-attr]
+            if data:
+                transport.writelines((held, data))  # one send for both
+            else:
+                transport.write(held)
+        elif data:
+            transport.write(data)
+        if not more:
+            if self.remaining and not self.head_only:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.complete = True
+            self.wake()
+            if not self.keep_alive:
+                transport.close()
+            conn.response_complete(self)
+
+    def _start_response(self, message: Message) -> None:
+        """Hold the response's head until its first body bytes, or until the end of this event-loop tick."""
+        if message["type"] != "http.response.start":
+            raise RuntimeError(f"Expected ASGI message 'http.response.start', but got {message['type']!r}.")
+        self.held = self._head(message["status"], message.get("headers", ()))
+        self.started = True
+        self.expect_100 = False
+        self.flush = self.conn.loop.call_soon(self._write_held)
+
+    def _frame(self, body: bytes, more: bool) -> bytes:
+        """``body`` as it goes on the wire, counted against the content-length if there is one.
+
+        Nothing for HEAD; in the chunked coding, a chunk, and the last chunk too when ``more`` is false.
+
+        Raises:
+            RuntimeError: More bytes than the content-length announced.
+        """
+        if self.head_only:
+            return b""
+        if self.chunked:
+            if body:
+                return b"%x\r\n%b\r\n" % (len(body), body) if more else b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+            return b"" if more else b"0\r\n\r\n"
+        remaining = self.remaining
+        if remaining is not None:
+            if len(body) > remaining:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.remaining = remaining - len(body)
+        return body
+
+    def _head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """The status line and headers of a response, with the framing they imply (RFC 9112 §6).
+
+        Raises:
+            RuntimeError: A status outside 100-599, a header name or value not allowed (RFC 9110 §5.1, §5.5), or
+                a ``content-length`` that is not a number.
+        """
+        line = _STATUS_LINES.get(status)
+        if line is None:
+            raise RuntimeError(f"Invalid HTTP status code {status!r}.")
+        parts = [line]
+        values: list[bytes] = []
+        framing: list[tuple[bytes, bytes]] = []
+        for raw_name, value in (*self.conn.server_state.default_headers, *headers):
+            name = _NAMES.get(raw_name) or _checked_name(raw_name)
+            values.append(value)
+            if name in _FRAMING:
+                framing.append((name, value))
+                if name == b"connection":
+                    continue  # written below, once the connection's fate is known
+            parts += (name, b": ", value, b"\r\n")
+        if _VALUE_INVALID.search(b"".join(values)):
+            raise RuntimeError("Invalid HTTP header value.")
+        length, chunked, close, coded = _framing(framing) if framing else (None, False, False, False)
+        add_chunked, until_close = self._set_framing(status, length, chunked, coded)
+        if close or until_close:
+            self.keep_alive = False
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        else:
+            parts += (
+                part for name, value in framing if name == b"connection" for part in (name, b": ", value, b"\r\n")
+            )
+        if add_chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _set_framing(self, status: int, length: int | None, chunked: bool, coded: bool) -> tuple[bool, bool]:
+        """Set how the body is framed; (the chunked coding is to be announced, the body ends with the connection)."""
+        if self.head_only or status < 200 or status in _NO_BODY_STATUS:
+            self.head_only = True  # no body, whatever length the headers give (RFC 9110 §6.4.1, §8.6)
+        elif chunked:
+            self.chunked = True
+        elif length is not None:
+            self.remaining = length
+        elif coded or self.until_close:
+            return False, True  # RFC 9112 §6.3, the last rule
+        else:
+            self.chunked = True
+            return True, False
+        return False, False
+
+    def _write_held(self) -> None:
+        held, self.held = self.held, None
+        if held is not None and not self.transport.is_closing():
+            self.transport.write(held)
+
+    def close(self) -> None:
+        """Write what is held, then close the connection."""
+        self._write_held()
+        self.transport.close()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: HTTP/1.1 requests in, ASGI app calls, responses out (see the module doc).
+
+    Constructed by uvicorn's ``Server`` for each connection, as its own protocols are: ``config`` (with the
+    ``ConnectionLimits`` that ``bounded_config`` put on it), the server's shared ``ServerState`` (its connections and
+    tasks, which a graceful shutdown waits for) and the lifespan's state (copied into each request's scope).
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.app: ASGIApp = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.server_state = server_state
+        self.connections: set[Any] = server_state.connections
+        self.tasks: set[asyncio.Task[None]] = server_state.tasks
+        self.app_state = app_state
+        self.root_path: str = config.root_path
+        self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
+        self.fresh_context = bool(getattr(config, "reset_contextvars", False))
+        limits: ConnectionLimits = getattr(config, CONNECTION_LIMITS, None) or ConnectionLimits()
+        self.limits = limits
+        self.keepalive_timeout_s = float(config.timeout_keep_alive)
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # answer the request before a close
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.reading_paused = False
+        self.write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.pipeline: deque[tuple[_Cycle, ASGIApp]] = deque()  # parsed requests waiting for the active one
+        self.cycle: _Cycle | None = None  # the request last parsed (bodies go to it)
+        self.active: _Cycle | None = None  # the request whose response is being made
+        # The request being parsed.
+        self._url = b""
+        self._headers: Headers = []
+        self._header_bytes = 0  # its request line and headers so far, counted as the parser hands them over
+        self._in_head = True  # the next bytes belong to a request's head (until its headers are complete)
+        self._head_reads = 0  # bytes of the reads that began in the unfinished head
+        self.max_header_bytes = limits.max_header_bytes
+        self._refusal: bytes | None = None  # an answer to write after the responses in progress, then close
+        self._expect_100 = False
+        # The bounds' clocks (loop time), visited by the sweep: None when not running.
+        self.headers_since: float | None = None  # awaited request headers
+        self.idle_since: float | None = None  # an idle keep-alive connection
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Register the connection with the server and start its first request's header clock."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server = get_local_addr(transport)
+        self.client = get_remote_addr(transport)
+        self.scheme = "https" if is_ssl(transport) else "http"
+        self.headers_since = self.loop.time()
+        HeaderSweep.watch(self.server_state, self.loop, self.connections, self.limits, self.keepalive_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tell the requests in progress that their client is gone, and let waiting writers go on."""
+        self.connections.discard(self)
+        self.headers_since = self.idle_since = None
+        for cycle in (self.active, self.cycle):
+            if cycle is not None and not cycle.complete:
+                cycle.disconnected = True
+                cycle.wake()
+        self.pipeline.clear()
+        self.resume_writing()
+        if exc is None:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        """The client shut its side: the transport closes (as uvicorn's protocols do)."""
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; a malformed request is answered 400 and the connection closed."""
+        self.idle_since = None
+        if self._in_head:
+            self._head_reads += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The bytes after the headers belong to another protocol, which keyrelay does not serve: the request
+            # is answered as plain HTTP, and the connection closed after it (on_headers_complete saw to that).
+            self.pause_reading()
+        except httptools.HttpParserError as exc:
+            too_large = isinstance(exc.__context__, _HeadersTooLarge)
+            self._refuse(_headers_too_large(self.max_header_bytes) if too_large else _malformed(), exc)
+        else:
+            # A field that never ends reaches no callback (httptools holds it whole): the head is also bounded by
+            # the reads that began in it, which are all head while it is unfinished. (A read that began in the
+            # request before is not counted: the bound is max_header_bytes and at most one read.)
+            if self._in_head and self._head_reads > self.max_header_bytes:
+                self._refuse(_headers_too_large(self.max_header_bytes), _HeadersTooLarge())
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer is full: sends wait."""
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        """The write buffer drained: waiting sends go on."""
+        self.write_paused = False
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        """A request's first byte: its header clock starts (the first request's started with the connection)."""
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._expect_100 = False
+        if self.headers_since is None:
+            self.headers_since = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        """A piece of the request target."""
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.max_header_bytes:
+            raise _HeadersTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One request header: its name lowered, trailing whitespace dropped from its value (RFC 9110 §5.5)."""
+        self._header_bytes += len(name) + len(value) + 4  # with ": " and CRLF
+        if self._header_bytes > self.max_header_bytes:
+            raise _HeadersTooLarge
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_100 = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """The headers are in: build the ASGI scope and start the app (or queue it behind the active request)."""
+        self.headers_since = None
+        self._in_head = False
+        parser = self.parser
+        version = parser.get_http_version()
+        method = parser.get_method().decode("ascii")
+        # The request line (method, target, version, three separators) and the blank line after the headers.
+        if self._header_bytes + len(method) + 14 > self.max_header_bytes:
+            raise _HeadersTooLarge
+        url = self._url
+        if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
+            raw_path, query = url, b""
+            path = url.decode("ascii")
+        else:
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path or b"", parsed.query or b""
+            path = raw_path.decode("ascii")
+            if "%" in path:
+                path = unquote(path)
+        if self.root_path:
+            path = self.root_path + path
+            raw_path = self.root_path.encode("ascii") + raw_path
+        scope = {
+            "type": "http",
+            "asgi": self.asgi,
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": method,
+            "root_path": self.root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self._headers,
+            "state": self.app_state.copy(),
+        }
+        upgrade = parser.should_upgrade()
+        keep_alive = version == "1.1" and parser.should_keep_alive() and not upgrade
+        # RFC 9110 §10.1.1: an HTTP/1.0 client's 100-continue expectation is ignored.
+        cycle = _Cycle(self, scope, keep_alive, self._expect_100 and version == "1.1", until_close=version != "1.1")
+        app = self.app
+        if upgrade and _has_body(self._headers):
+            # httptools hands over no body of an upgrade request (the bytes after its head are the new protocol's),
+            # and keyrelay switches to no other protocol: refused rather than served with its body missing.
+            app = _upgrade_with_body
+        elif len(self.connections) > self.limits.max_connections:
+            log.warning(
+                "%d connections open, over the cap of %d: answering 503",
+                len(self.connections),
+                self.limits.max_connections,
+            )
+            app = over_capacity
+        self.cycle = cycle
+        active = self.active
+        if active is None or active.complete:
+            self._start(cycle, app)
+        else:  # pipelined: after the response in progress
+            self.pause_reading()
+            self.pipeline.append((cycle, app))
+
+    def on_body(self, body: bytes) -> None:
+        """A piece of the request body, for the last parsed request (dropped once its response is complete)."""
+        cycle = self.cycle
+        if cycle is None or cycle.complete:
+            return
+        held = cycle.body
+        if not held:
+            cycle.body = body
+        elif type(held) is bytearray:
+            held += body
+        else:
+            cycle.body = bytearray(held) + body
+        if len(cycle.body) > _HIGH_WATER:
+            self.pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        """The request's body is complete."""
+        self._in_head, self._head_reads = True, 0  # whatever follows is the next request's head
+        cycle = self.cycle
+        if cycle is None or cycle.complete:
+            return
+        cycle.more_body = False
+        cycle.wake()
+
+    # The requests' side
+
+    def _start(self, cycle: _Cycle, app: ASGIApp) -> None:
+        self.active = cycle
+        coro = cycle.run(app)
+        task = (
+            self.loop.create_task(coro, context=contextvars.Context())
+            if self.fresh_context
+            else self.loop.create_task(coro)
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def response_complete(self, cycle: _Cycle) -> None:
+        """``cycle``'s response is out: start the next pipelined request, or start the idle clock."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        if self.pipeline:
+            self._start(*self.pipeline.popleft())
+        elif self._refusal is not None:
+            self.transport.write(self._refusal)
+            self.transport.close()
+            return
+        else:
+            self.idle_since = self.loop.time()
+        if self.reading_paused:
+            self.resume_reading()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the client (a full body buffer, a pipelined request waiting)."""
+        if not self.reading_paused and not self.transport.is_closing():
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the client again."""
+        if self.reading_paused:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its low-water mark (or the client is gone)."""
+        if self.write_paused:
+            if self._drain is None:
+                self._drain = self.loop.create_future()
+            await self._drain
+
+    def _refuse(self, answer: bytes, exc: Exception) -> None:
+        """Answer a request that cannot be served (400, 431) and close the connection.
+
+        A request whose body is malformed while its app reads it is told its client is gone (``http.disconnect``),
+        and gets the answer if its response has not started. A malformed request behind others gets its answer after
+        their responses.
+        """
+        log.info("refused a request from %s: %s", self.client[0] if self.client else "?", exc)
+        self.headers_since = None
+        self._in_head = False
+        transport = self.transport
+        cycle, active = self.cycle, self.active
+        if cycle is not None and cycle.more_body and not cycle.complete:  # its body is the malformed part
+            if cycle is active:
+                cycle.disconnected = True
+                cycle.wake()
+                if not cycle.started and not transport.is_closing():
+                    transport.write(answer)
+                transport.close()
+                return
+            if self.pipeline and self.pipeline[-1][0] is cycle:
+                self.pipeline.pop()  # never started: it is the one answered
+        if active is not None and not active.complete:
+            self._refusal = answer
+            self.pause_reading()
+            return
+        if not transport.is_closing():
+            transport.write(answer)
+            transport.close()
+
+    # The server's side
+
+    def shutdown(self) -> None:
+        """Graceful shutdown (uvicorn's ``Server``): close now if idle, else after the response in progress."""
+        active = self.active
+        if active is None or active.complete:
+            self.transport.close()
+        else:
+            active.keep_alive = False
+
+    def overdue(self, now: float) -> None:
+        """Close the connection if its awaited headers or its idleness are past their timeout at ``now`` (loop time).
+
+        Headers late: a 408 first. A pipelined request's headers that wait behind a response still being sent
+        (reading is paused meanwhile) get their clock started again instead.
+        """
+        since = self.headers_since
+        transport = self.transport
+        if since is not None and now - since >= self.limits.header_timeout_s:
+            if transport.is_closing():
+                return
+            active = self.active
+            if active is not None and not active.complete:
+                self.headers_since = now
+                return
+            self.headers_since = None
+            transport.write(timeout_response())
+            transport.close()
+            return
+        idle = self.idle_since
+        if idle is not None and now - idle >= self.keepalive_timeout_s and not transport.is_closing():
+            self.idle_since = None
+            transport.close()
+
+
+def bounded_config(config: uvicorn.Config, limits: ConnectionLimits) -> uvicorn.Config:
+    """``config`` serving with ``HttpProtocol`` under ``limits`` (the same object, changed)."""
+    config.http = HttpProtocol
+    setattr(config, CONNECTION_LIMITS, limits)
+    return config
