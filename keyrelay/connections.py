@@ -1,4 +1,4 @@
-"""Bounded client connections: the limits, their canned answers, and the one sweep timer that keeps them.
+"""Bounded client connections: the limits, their canned answers, and the one sweep timer that keeps the clocks.
 
 The HTTP protocol (``keyrelay/http1.py``) keeps each connection's clocks; this module holds what bounds them:
 
@@ -17,9 +17,15 @@ The HTTP protocol (``keyrelay/http1.py``) keeps each connection's clocks; this m
   ``connection: close``) and its connection closed. The answer waits for the headers, as uvicorn's own
   ``limit_concurrency`` does, so that the client reads the 503 rather than a reset connection.
 
-The two timeouts are kept by one timer per server (``HeaderSweep``), not one per request: it visits the
-connections four times per shorter timeout (at most once a second), so a request pays a few assignments for
-them, and a connection is closed within 1.25 times its timeout (or the timeout plus 1 s).
+- **Send timeout.** A connection whose client reads nothing of what is sent to it for ``SEND_TIMEOUT_S`` (60 s,
+  nginx's ``send_timeout``) while more waits to be written, or that is closing with unsent bytes that long, is
+  aborted: a response to a client that stopped reading does not hold the connection, its task and its upstream
+  call for ever.
+
+The clocks are kept by one timer per server (``ClockSweep``), not one per request: it visits the connections every
+quarter of the shorter of the two timeouts, and at least once a second (at most twenty times a second), so a
+request pays a few assignments for them, and a connection is closed within 1.25 times its timeout (or the timeout
+plus 1 s).
 
 The limits travel on the uvicorn ``Config`` (``CONNECTION_LIMITS`` attribute, set by ``http1.bounded_config``),
 which is how they reach ``serve --workers N``'s worker processes too.
@@ -30,7 +36,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -39,6 +45,7 @@ from keyrelay.config import Settings
 from keyrelay.errors import ErrorType, GatewayError
 
 CONNECTION_LIMITS = "keyrelay_connection_limits"
+SEND_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +92,11 @@ async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
     await send_error(send, err, new_request_id(), [(b"connection", b"close")])
 
 
-class Bounded(Protocol):
-    """A connection the sweep visits (``http1.HttpProtocol``)."""
-
-    def overdue(self, now: float) -> None:
-        """Close the connection if a clock of it is past its timeout at ``now`` (loop time)."""
-
-
-class HeaderSweep:
+class ClockSweep:
     """One timer per server, not one per request: it visits the server's connections a few times per timeout.
 
     A connection is closed between its timeout and that plus the sweep interval (a quarter of the shorter
-    timeout, at most 1 s) after its clock started.
+    timeout, at most 1 s and at least 50 ms) after its clock started.
     """
 
     @staticmethod
@@ -108,20 +108,18 @@ class HeaderSweep:
         keepalive_timeout_s: float,
     ) -> None:
         """Make sure a sweep runs for the server whose shared state is ``state`` (started with its first connection)."""
-        if getattr(state, "keyrelay_header_sweep", None) is None:
-            interval = min(1.0, limits.header_timeout_s / 4, keepalive_timeout_s / 4)
-            state.keyrelay_header_sweep = loop.call_later(
-                interval, HeaderSweep.sweep, loop, connections, state, interval
-            )
+        if getattr(state, "keyrelay_clock_sweep", None) is None:
+            interval = max(0.05, min(1.0, limits.header_timeout_s / 4, keepalive_timeout_s / 4))
+            state.keyrelay_clock_sweep = loop.call_later(interval, ClockSweep.sweep, loop, connections, state, interval)
 
     @staticmethod
     def sweep(loop: asyncio.AbstractEventLoop, connections: Any, state: Any, interval: float) -> None:
-        """Close the overdue connections, then come again while any connection is open."""
+        """Close the overdue connections (``overdue(now)`` of each), then come again while any connection is open."""
         now = loop.time()
         for connection in list(connections):
             overdue = getattr(connection, "overdue", None)
             if overdue is not None:
                 overdue(now)
-        state.keyrelay_header_sweep = (
-            loop.call_later(interval, HeaderSweep.sweep, loop, connections, state, interval) if connections else None
+        state.keyrelay_clock_sweep = (
+            loop.call_later(interval, ClockSweep.sweep, loop, connections, state, interval) if connections else None
         )

@@ -14,6 +14,8 @@ import uvicorn
 
 from keyrelay.app import create_app
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
+from keyrelay.connections import connection_limits
+from keyrelay.http1 import bounded_config
 from keyrelay.keys.format import KeyType
 from keyrelay.keys.spec import KeyCreate
 from keyrelay.listen import bind_listener
@@ -128,6 +130,7 @@ async def _run(settings: Settings, sock: socket.socket) -> int:
         config = uvicorn.Config(
             app, host=settings.host, port=bound, lifespan="on", access_log=False, log_config=None, proxy_headers=False
         )
+        bounded_config(config, connection_limits(settings))  # the same HTTP protocol and bounds as `serve`
         server = uvicorn.Server(config)
         task = asyncio.ensure_future(_serve(server, sock))
         while not server.started:

@@ -1,35 +1,44 @@
 """keyrelay's HTTP/1.1 server protocol (RFC 9112) for its ASGI app: httptools' parser, served by uvicorn's ``Server``.
 
-uvicorn's own httptools protocol was a fifth of the gateway's CPU per request that was not keyrelay's own work
-(docs/benchmarks.md, "2026-12-07, the HTTP protocol"): a scope built from a dict of defaults, an
-``asyncio.Event`` and a request-cycle object of thirteen fields per request, two pattern searches per response
-header, a status line and the headers written on their own, and a timer armed and cancelled per response for the
-keep-alive timeout. This protocol does the same job with less: the same parser (llhttp, through httptools, as
-uvicorn and Node.js), the same ASGI messages, uvicorn's ``Server`` around it (sockets, workers, signals, lifespan,
-graceful shutdown: it waits for the connections and tasks this protocol registers in its ``ServerState``).
+It replaces uvicorn's httptools protocol and the wrappers keyrelay had put around it (docs/benchmarks.md,
+"2026-12-07, the HTTP protocol"): per request, no ``asyncio.Event``, no scope built from a dict of defaults,
+response header names checked once per name and values with one search per response instead of two pattern
+searches per header, the head written with the first body bytes, and no keep-alive timer armed and cancelled per
+response. The same parser (llhttp, through httptools, as uvicorn and Node.js), the same ASGI messages, and
+uvicorn's ``Server`` around it (sockets, workers, signals, lifespan, graceful shutdown: it waits for the
+connections and tasks this protocol registers in its ``ServerState``).
 
 Per connection:
 
-- **Requests.** Parsed as they arrive; a malformed request is answered ``400`` (a JSON error body,
-  ``connection: close``) and the connection closed. Each request's app call is a task in the server's task set.
-  Pipelined requests wait for the response before theirs (reading pauses meanwhile). The request target's path is
-  percent-decoded into ``path`` (UTF-8), ``raw_path`` and ``query_string`` kept as sent. Header names are lowered
-  and trailing whitespace dropped from values (RFC 9110 §5.5). Request headers (with the request line) over
-  ``max_header_bytes`` are answered ``431`` and the connection closed.
+- **Requests.** Parsed as they arrive; a malformed request, or an HTTP/1.1 one without ``Host`` (RFC 9112 §3.2), is
+  answered ``400`` (a JSON error body, ``connection: close``) and the connection closed; if responses to earlier
+  requests are still being made, after them. Each request's app call is a task in the server's task set.
+  Pipelined requests wait for the response before theirs (reading pauses meanwhile); more than ``MAX_PIPELINED``
+  waiting get ``503`` and the connection closed. The request target's path is percent-decoded into ``path``
+  (UTF-8); ``raw_path`` is the target's path as sent and ``query_string`` its query (an absolute-form target keeps
+  only those parts). Header names are lowered and trailing whitespace dropped from values (RFC 9110 §5.5);
+  trailer fields of a chunked body are not merged into them (RFC 9110 §6.5.1). The request line and headers, and
+  the trailers, over ``max_header_bytes`` are answered ``431`` and the connection closed; an unfinished field (which
+  the parser holds whole) is refused within ``max_header_bytes`` and one read.
 - **Request bodies.** Handed to ``receive()`` as they arrive (the first piece without a copy); reading pauses
-  while more than 64 KiB wait unread. ``Expect: 100-continue`` is answered when the app first asks for the body.
-  Once the whole body was handed over, ``receive()`` waits for the response's end or the client's disconnect
-  (``http.disconnect``), as the ASGI spec asks.
+  while more than 64 KiB wait unread. ``Expect: 100-continue`` (HTTP/1.1 only, RFC 9110 §10.1.1) is answered when
+  the app first asks for the body; a response started without asking closes the connection after it. Once the
+  whole body was handed over, ``receive()`` waits for the response's end or the client's disconnect
+  (``http.disconnect``), as the ASGI spec asks. A malformed body while the app reads it is a disconnect for the
+  app (and a ``400`` for the client if no response started).
 - **Responses.** The status line and headers go out with the first body bytes in one write, or alone at the end
   of the event-loop tick when no body follows in it. Header names and values are checked (RFC 9110 §5.1, §5.5:
-  no separators in names, no control characters but tab in values). A ``content-length`` is held to (an app
-  writing more or less is an error: the connection is closed); without one, the chunked transfer coding
-  (RFC 9112 §7.1), or for an HTTP/1.0 client the body up to the connection's close. HEAD, 204 and 304 responses
-  carry no body. HTTP/1.0 clients, ``connection: close`` (either side) and upgrade requests (keyrelay serves no
-  WebSocket: answered as plain HTTP) close the connection after the response.
+  names are tokens, no control characters but tab in values). The framing headers are this protocol's to write
+  (RFC 9112 §6): a transfer coding wins over a ``content-length``, two different lengths are an error, a length is
+  held to (an app writing more or less is an error: the connection is closed); without either, the chunked
+  coding (RFC 9112 §7.1), or for an HTTP/1.0 client the body up to the connection's close. HEAD and 304 responses
+  carry their framing headers and no body, 1xx and 204 neither. HTTP/1.0 clients, ``connection: close`` (either
+  side) and upgrade requests (keyrelay switches to no other protocol: answered as plain HTTP, or ``400`` if they
+  carry a body, which httptools does not hand over) close the connection after the response.
 - **Flow control.** A ``send()`` waits while the transport's write buffer is above its high-water mark.
-- **Bounds** (``keyrelay.connections``): the header timeout (``408``), the idle keep-alive timeout and the
-  connection cap (``503``), kept by one sweep timer per server rather than a timer per request or connection.
+- **Bounds** (``keyrelay.connections``): the header timeout (``408``), the idle keep-alive timeout and the send
+  timeout, kept by one sweep timer per server rather than a timer per request or connection; the connection cap
+  (``503``), checked as each request's headers complete.
 
 uvicorn's access log is not written by this protocol (keyrelay never turns it on: ``server.py``).
 """
@@ -55,8 +64,9 @@ from uvicorn.server import ServerState
 from keyrelay.asgi import ASGIApp, Headers, Message, Receive, Scope, Send, new_request_id, send_error
 from keyrelay.connections import (
     CONNECTION_LIMITS,
+    SEND_TIMEOUT_S,
+    ClockSweep,
     ConnectionLimits,
-    HeaderSweep,
     over_capacity,
     timeout_response,
 )
@@ -66,9 +76,11 @@ log = logging.getLogger("keyrelay.http")
 
 _HIGH_WATER = 64 * 1024  # request body bytes held unread before reading pauses
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_NAME_INVALID = re.compile(rb'[\x00-\x20\x7f()<>@,;:\\"/\[\]?={}]')  # RFC 9110 §5.6.2: tchar only
+_NAME_INVALID = re.compile(rb'[\x00-\x20\x7f-\xff()<>@,;:\\"/\[\]?={}]')  # RFC 9110 §5.6.2: tchar only
 _VALUE_INVALID = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 §5.5: VCHAR, obs-text, SP, HTAB
 _NO_BODY_STATUS = frozenset((204, 304))
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+MAX_PIPELINED = 32  # requests parsed and waiting behind the one in progress; beyond, 503 and close
 
 
 def _status_line(status: int) -> bytes:
@@ -113,29 +125,28 @@ def _checked_name(raw: bytes) -> bytes:
     return name
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool, bool, bool]:
-    """(content-length, chunked, close, coded) from a response's framing headers (RFC 9112 §6.1, §6.3).
-
-    ``chunked``: the last transfer coding is chunked; ``coded``: a transfer coding that is not (the body then ends
-    with the connection). A transfer coding overrides a content-length; the first content-length counts.
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bytes, bool]:
+    """(content-length, transfer codings, close) from a response's framing headers, in the order the app gave them.
 
     Raises:
-        RuntimeError: A content-length that is not a decimal number.
+        RuntimeError: A content-length that is not a decimal number, or two that differ (RFC 9110 §8.6).
     """
     length: int | None = None
-    chunked = close = coded = False
+    coding = b""
+    close = False
     for name, value in headers:
         if name == b"content-length":
             if not value.isdigit():
                 raise RuntimeError(f"Invalid content-length {value!r}.")
             if length is None:
                 length = int(value)
+            elif int(value) != length:
+                raise RuntimeError("Conflicting content-length values.")
         elif name == b"transfer-encoding":
-            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            coded = not chunked
+            coding = coding + b", " + value if coding else value
         elif b"close" in (token.strip().lower() for token in value.split(b",")):  # connection
             close = True
-    return (None if chunked or coded else length), chunked, close, coded
+    return length, coding, close
 
 
 def _has_body(headers: Headers) -> bool:
@@ -158,6 +169,27 @@ async def _upgrade_with_body(scope: Scope, receive: Receive, send: Send) -> None
 
 class _HeadersTooLarge(Exception):
     """Raised in a parser callback when the request line and headers pass ``max_header_bytes``."""
+
+
+class _Refused(Exception):
+    """Raised in a parser callback for a request answered without the app: ``answer`` (whole, then close)."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__(answer.split(b"\r\n", 1)[0].decode("ascii"))
+        self.answer = answer
+
+
+def _too_many_pipelined() -> bytes:
+    err = GatewayError(
+        ErrorType.SERVICE_UNAVAILABLE,
+        f"More than {MAX_PIPELINED} requests wait on this connection; send them after their answers.",
+        retry_after=1,
+    )
+    return _answer(503, err)
+
+
+def _no_host() -> bytes:
+    return _answer(400, GatewayError(ErrorType.INVALID_REQUEST, "An HTTP/1.1 request must carry a Host header."))
 
 
 class _Cycle:
@@ -222,7 +254,7 @@ class _Cycle:
                 log.error("Exception in ASGI application", exc_info=exc)
             if not self.started and not self.disconnected:
                 await self._send_500()
-            else:
+            elif not self.complete:
                 self.close()
             return
         if not self.started and not self.disconnected:
@@ -290,6 +322,7 @@ class _Cycle:
         if held is not None:
             self.held = None
             self.flush.cancel()  # type: ignore[union-attr]
+            self.flush = None
             if data:
                 transport.writelines((held, data))  # one send for both
             else:
@@ -309,6 +342,10 @@ class _Cycle:
         """Hold the response's head until its first body bytes, or until the end of this event-loop tick."""
         if message["type"] != "http.response.start":
             raise RuntimeError(f"Expected ASGI message 'http.response.start', but got {message['type']!r}.")
+        if self.expect_100 and self.more_body:
+            # Answered without asking for the body: the client may or may not send it now (RFC 9110 §10.1.1), so
+            # what follows on the connection cannot be told apart; it is closed after this response.
+            self.keep_alive = False
         self.held = self._head(message["status"], message.get("headers", ()))
         self.started = True
         self.expect_100 = False
@@ -336,11 +373,11 @@ class _Cycle:
         return body
 
     def _head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-        """The status line and headers of a response, with the framing they imply (RFC 9112 §6).
+        """The status line and headers of a response, with the framing headers this protocol decides (RFC 9112 §6).
 
         Raises:
             RuntimeError: A status outside 100-599, a header name or value not allowed (RFC 9110 §5.1, §5.5), or
-                a ``content-length`` that is not a number.
+                a ``content-length`` that is not a number or differs from another.
         """
         line = _STATUS_LINES.get(status)
         if line is None:
@@ -352,43 +389,56 @@ class _Cycle:
             name = _NAMES.get(raw_name) or _checked_name(raw_name)
             values.append(value)
             if name in _FRAMING:
-                framing.append((name, value))
-                if name == b"connection":
-                    continue  # written below, once the connection's fate is known
-            parts += (name, b": ", value, b"\r\n")
+                framing.append((name, value))  # written below, once the framing is decided
+            else:
+                parts += (name, b": ", value, b"\r\n")
         if _VALUE_INVALID.search(b"".join(values)):
             raise RuntimeError("Invalid HTTP header value.")
-        length, chunked, close, coded = _framing(framing) if framing else (None, False, False, False)
-        add_chunked, until_close = self._set_framing(status, length, chunked, coded)
-        if close or until_close:
-            self.keep_alive = False
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        else:
-            parts += (
-                part for name, value in framing if name == b"connection" for part in (name, b": ", value, b"\r\n")
-            )
-        if add_chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
+        parts += self._framing_headers(status, framing)
         parts.append(b"\r\n")
         return b"".join(parts)
 
-    def _set_framing(self, status: int, length: int | None, chunked: bool, coded: bool) -> tuple[bool, bool]:
-        """Set how the body is framed; (the chunked coding is to be announced, the body ends with the connection)."""
+    def _framing_headers(self, status: int, framing: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """Decide how the body is framed and whether the connection stays open; the headers that say so.
+
+        RFC 9112 §6: a transfer coding wins over a content-length (which is then not sent); the chunked coding is
+        this protocol's to apply; without either, the chunked coding for an HTTP/1.1 client and the end of the
+        connection for an HTTP/1.0 one (which knows no transfer coding). HEAD and 304 carry the framing headers of
+        the body they stand for, and no body; 1xx and 204 neither (RFC 9110 §8.6).
+        """
+        length, coding, close = _framing(framing) if framing else (None, b"", False)
+        out: list[bytes] = []
         if self.head_only or status < 200 or status in _NO_BODY_STATUS:
-            self.head_only = True  # no body, whatever length the headers give (RFC 9110 §6.4.1, §8.6)
-        elif chunked:
-            self.chunked = True
-        elif length is not None:
+            self.head_only = True
+            if status >= 200 and status != 204:
+                if coding:
+                    out += (b"transfer-encoding: ", coding, b"\r\n")
+                elif length is not None:
+                    out.append(b"content-length: %d\r\n" % length)
+        elif coding and not self.until_close:
+            out += (b"transfer-encoding: ", coding, b"\r\n")
+            if coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
+                self.chunked = True
+            else:
+                close = True  # a body in another coding ends with the connection
+        elif length is not None and not coding:
             self.remaining = length
-        elif coded or self.until_close:
-            return False, True  # RFC 9112 §6.3, the last rule
+            out.append(b"content-length: %d\r\n" % length)
+        elif self.until_close:
+            close = True
         else:
             self.chunked = True
-            return True, False
-        return False, False
+            out.append(b"transfer-encoding: chunked\r\n")
+        if close:
+            self.keep_alive = False
+        if not self.keep_alive:
+            out.append(b"connection: close\r\n")
+        else:
+            out += (part for name, value in framing if name == b"connection" for part in (name, b": ", value, b"\r\n"))
+        return out
 
     def _write_held(self) -> None:
+        self.flush = None
         held, self.held = self.held, None
         if held is not None and not self.transport.is_closing():
             self.transport.write(held)
@@ -444,14 +494,20 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: Headers = []
         self._header_bytes = 0  # its request line and headers so far, counted as the parser hands them over
-        self._in_head = True  # the next bytes belong to a request's head (until its headers are complete)
-        self._head_reads = 0  # bytes of the reads that began in the unfinished head
+        self._headers_done = False  # later fields are trailers
+        self._host = False  # a Host header came
+        # The parser holds the bytes of an unfinished field: of a head, a chunk size line or the trailers.
+        self._in_framing = True  # the next bytes are such bytes (the first request's head)
+        self._head_reads = 0  # bytes of the reads that began in the unfinished framing
         self.max_header_bytes = limits.max_header_bytes
         self._refusal: bytes | None = None  # an answer to write after the responses in progress, then close
+        self.stopped = False  # nothing more is read: a refusal is pending, or the connection was upgraded
+        self._paused_since: float | None = None  # loop time the transport's buffer filled
         self._expect_100 = False
         # The bounds' clocks (loop time), visited by the sweep: None when not running.
         self.headers_since: float | None = None  # awaited request headers
         self.idle_since: float | None = None  # an idle keep-alive connection
+        self._closing_since: float | None = None  # first seen closing by the sweep
 
     # asyncio.Protocol
 
@@ -463,7 +519,7 @@ class HttpProtocol(asyncio.Protocol):
         self.client = get_remote_addr(transport)
         self.scheme = "https" if is_ssl(transport) else "http"
         self.headers_since = self.loop.time()
-        HeaderSweep.watch(self.server_state, self.loop, self.connections, self.limits, self.keepalive_timeout_s)
+        ClockSweep.watch(self.server_state, self.loop, self.connections, self.limits, self.keepalive_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Tell the requests in progress that their client is gone, and let waiting writers go on."""
@@ -474,41 +530,55 @@ class HttpProtocol(asyncio.Protocol):
                 cycle.disconnected = True
                 cycle.wake()
         self.pipeline.clear()
+        self.cycle = self.active = None
         self.resume_writing()
         if exc is None:
             self.transport.close()
+        self.parser = None  # type: ignore[assignment]  # it holds this protocol's methods: no cycle left to collect
 
     def eof_received(self) -> None:
         """The client shut its side: the transport closes (as uvicorn's protocols do)."""
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; a malformed request is answered 400 and the connection closed."""
-        self.idle_since = None
-        if self._in_head:
+        if self.stopped:
+            return  # a refusal is pending, or the rest is another protocol's: nothing more is parsed
+        if self._in_framing:
             self._head_reads += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # The bytes after the headers belong to another protocol, which keyrelay does not serve: the request
             # is answered as plain HTTP, and the connection closed after it (on_headers_complete saw to that).
+            self.stopped = True
             self.pause_reading()
         except httptools.HttpParserError as exc:
-            too_large = isinstance(exc.__context__, _HeadersTooLarge)
-            self._refuse(_headers_too_large(self.max_header_bytes) if too_large else _malformed(), exc)
+            cause = exc.__context__
+            if isinstance(cause, _HeadersTooLarge):
+                answer = _headers_too_large(self.max_header_bytes)
+            elif isinstance(cause, _Refused):
+                answer = cause.answer
+            else:
+                if cause is not None:  # a fault of this protocol, not of the request: logged as one
+                    log.warning("HTTP parser callback failed", exc_info=cause)
+                answer = _malformed()
+            self._refuse(answer, exc)
         else:
-            # A field that never ends reaches no callback (httptools holds it whole): the head is also bounded by
-            # the reads that began in it, which are all head while it is unfinished. (A read that began in the
-            # request before is not counted: the bound is max_header_bytes and at most one read.)
-            if self._in_head and self._head_reads > self.max_header_bytes:
+            # A field that never ends reaches no callback (httptools holds it whole): heads, chunk size lines and
+            # trailers are also bounded by the reads that began in them, which are all such bytes while one is
+            # unfinished. (A read that began in a body is not counted: the bound is max_header_bytes and one read.)
+            if self._in_framing and self._head_reads > self.max_header_bytes:
                 self._refuse(_headers_too_large(self.max_header_bytes), _HeadersTooLarge())
 
     def pause_writing(self) -> None:
-        """The transport's write buffer is full: sends wait."""
+        """The transport's write buffer is full: sends wait (for at most ``SEND_TIMEOUT_S``: see ``overdue``)."""
         self.write_paused = True
+        self._paused_since = self.loop.time()
 
     def resume_writing(self) -> None:
         """The write buffer drained: waiting sends go on."""
         self.write_paused = False
+        self._paused_since = None
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -517,9 +587,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         """A request's first byte: its header clock starts (the first request's started with the connection)."""
+        self.idle_since = None
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._headers_done = False
+        self._host = False
         self._expect_100 = False
         if self.headers_since is None:
             self.headers_since = self.loop.time()
@@ -536,22 +609,30 @@ class HttpProtocol(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4  # with ": " and CRLF
         if self._header_bytes > self.max_header_bytes:
             raise _HeadersTooLarge
+        if self._headers_done:
+            return  # a trailer field: counted, not merged into the header section (RFC 9110 §6.5.1)
         name = name.lower()
         value = value.rstrip(b" \t")
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"host":
+            self._host = True
+        elif name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         """The headers are in: build the ASGI scope and start the app (or queue it behind the active request)."""
         self.headers_since = None
-        self._in_head = False
+        self._in_framing = False
+        self._headers_done = True
         parser = self.parser
         version = parser.get_http_version()
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         # The request line (method, target, version, three separators) and the blank line after the headers.
         if self._header_bytes + len(method) + 14 > self.max_header_bytes:
             raise _HeadersTooLarge
+        if not self._host and version == "1.1":
+            raise _Refused(_no_host())  # RFC 9112 §3.2
         url = self._url
         if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
             raw_path, query = url, b""
@@ -600,12 +681,15 @@ class HttpProtocol(asyncio.Protocol):
         active = self.active
         if active is None or active.complete:
             self._start(cycle, app)
-        else:  # pipelined: after the response in progress
+        elif len(self.pipeline) < MAX_PIPELINED:  # pipelined: after the response in progress
             self.pause_reading()
             self.pipeline.append((cycle, app))
+        else:
+            raise _Refused(_too_many_pipelined())
 
     def on_body(self, body: bytes) -> None:
         """A piece of the request body, for the last parsed request (dropped once its response is complete)."""
+        self._in_framing = False
         cycle = self.cycle
         if cycle is None or cycle.complete:
             return
@@ -620,9 +704,13 @@ class HttpProtocol(asyncio.Protocol):
             self.pause_reading()
         cycle.wake()
 
+    def on_chunk_header(self) -> None:
+        """A chunk's size line was read: until its data, or in the trailers after the last one, bytes are framing."""
+        self._in_framing, self._head_reads = True, 0
+
     def on_message_complete(self) -> None:
         """The request's body is complete."""
-        self._in_head, self._head_reads = True, 0  # whatever follows is the next request's head
+        self._in_framing, self._head_reads = True, 0  # whatever follows is the next request's head
         cycle = self.cycle
         if cycle is None or cycle.complete:
             return
@@ -653,8 +741,8 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(self._refusal)
             self.transport.close()
             return
-        else:
-            self.idle_since = self.loop.time()
+        elif self.headers_since is None:  # no next request's head under way (its own clock runs)
+            self.idle_since = self.loop.time()  # a body still arriving after its answer must end within this too
         if self.reading_paused:
             self.resume_reading()
 
@@ -665,8 +753,8 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        """Read from the client again."""
-        if self.reading_paused:
+        """Read from the client again (not once a refusal is pending, or after an upgrade)."""
+        if self.reading_paused and not self.stopped:
             self.reading_paused = False
             if not self.transport.is_closing():
                 self.transport.resume_reading()
@@ -674,9 +762,10 @@ class HttpProtocol(asyncio.Protocol):
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its low-water mark (or the client is gone)."""
         if self.write_paused:
-            if self._drain is None:
-                self._drain = self.loop.create_future()
-            await self._drain
+            drain = self._drain
+            if drain is None or drain.done():
+                drain = self._drain = self.loop.create_future()
+            await asyncio.shield(drain)  # one waiter cancelled (its client gone) leaves the others waiting
 
     def _refuse(self, answer: bytes, exc: Exception) -> None:
         """Answer a request that cannot be served (400, 431) and close the connection.
@@ -687,7 +776,7 @@ class HttpProtocol(asyncio.Protocol):
         """
         log.info("refused a request from %s: %s", self.client[0] if self.client else "?", exc)
         self.headers_since = None
-        self._in_head = False
+        self._in_framing = False
         transport = self.transport
         cycle, active = self.cycle, self.active
         if cycle is not None and cycle.more_body and not cycle.complete:  # its body is the malformed part
@@ -702,6 +791,7 @@ class HttpProtocol(asyncio.Protocol):
                 self.pipeline.pop()  # never started: it is the one answered
         if active is not None and not active.complete:
             self._refusal = answer
+            self.stopped = True
             self.pause_reading()
             return
         if not transport.is_closing():
@@ -719,16 +809,27 @@ class HttpProtocol(asyncio.Protocol):
             active.keep_alive = False
 
     def overdue(self, now: float) -> None:
-        """Close the connection if its awaited headers or its idleness are past their timeout at ``now`` (loop time).
+        """Close the connection if a clock of it is past its timeout at ``now`` (loop time).
 
         Headers late: a 408 first. A pipelined request's headers that wait behind a response still being sent
-        (reading is paused meanwhile) get their clock started again instead.
+        (reading is paused meanwhile) get their clock started again instead. Idle past the keep-alive timeout:
+        closed. A client that reads nothing for ``SEND_TIMEOUT_S`` while a send waits, or while the connection
+        closes with bytes still to send: aborted.
         """
-        since = self.headers_since
         transport = self.transport
+        if transport.is_closing():
+            if self._closing_since is None:
+                self._closing_since = now
+            elif now - self._closing_since >= SEND_TIMEOUT_S:
+                transport.abort()
+            return
+        paused = self._paused_since
+        if paused is not None and now - paused >= SEND_TIMEOUT_S:
+            log.info("aborted a connection whose client read nothing for %.0f s", now - paused)
+            transport.abort()
+            return
+        since = self.headers_since
         if since is not None and now - since >= self.limits.header_timeout_s:
-            if transport.is_closing():
-                return
             active = self.active
             if active is not None and not active.complete:
                 self.headers_since = now
@@ -738,7 +839,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             return
         idle = self.idle_since
-        if idle is not None and now - idle >= self.keepalive_timeout_s and not transport.is_closing():
+        if idle is not None and now - idle >= self.keepalive_timeout_s:
             self.idle_since = None
             transport.close()
 

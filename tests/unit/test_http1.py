@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Iterable
 
 import orjson
@@ -11,8 +13,8 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from keyrelay.asgi import ASGIApp, Message, Receive, Scope, Send
-from keyrelay.connections import ConnectionLimits
-from keyrelay.http1 import HttpProtocol, bounded_config
+from keyrelay.connections import SEND_TIMEOUT_S, ConnectionLimits
+from keyrelay.http1 import MAX_PIPELINED, HttpProtocol, bounded_config
 
 
 class RecordingTransport(asyncio.Transport):
@@ -20,6 +22,7 @@ class RecordingTransport(asyncio.Transport):
         super().__init__()
         self.sends: list[bytes] = []  # one entry per write(2) the real transport would make
         self.closed = False
+        self.aborted = False
         self.reading = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -30,6 +33,9 @@ class RecordingTransport(asyncio.Transport):
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -68,10 +74,14 @@ async def _settle() -> None:
 
 
 def _answer(
-    body: bytes = b"ok", headers: list[tuple[bytes, bytes]] | None = None, later: asyncio.Event | None = None
+    body: bytes = b"ok",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    later: asyncio.Event | None = None,
+    read: bool = True,
 ) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await receive()
+        if read:
+            await receive()
         sent = headers if headers is not None else [(b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": sent})
         if later is not None:
@@ -188,7 +198,7 @@ async def test_a_malformed_request_is_answered_400_and_the_connection_closed(dat
 
 async def test_headers_over_the_limit_are_answered_431_and_those_under_it_served() -> None:
     limit = 2048
-    line = b"GET /x HTTP/1.1\r\n"
+    line = b"GET /x HTTP/1.1\r\nhost: a\r\n"
     under = line + b"x-fill: " + b"a" * (limit - 200) + b"\r\n\r\n"
     protocol, transport = _connect(_answer(), max_header_bytes=limit)
     protocol.data_received(under)
@@ -345,3 +355,201 @@ async def test_a_client_gone_while_a_pipelined_request_waits_is_a_disconnect_for
     protocol.connection_lost(None)
     await asyncio.wait_for(done.wait(), timeout=5)
     assert messages[-1] == {"type": "http.disconnect"}
+
+
+async def test_a_connection_answered_before_its_body_was_in_goes_idle_once_the_body_is() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:  # answers without reading the body
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = _connect(app)
+    protocol.data_received(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 6\r\n\r\nabc")
+    await _settle()
+    assert transport.out.startswith(b"HTTP/1.1 200 ")
+    protocol.data_received(b"def")  # the body's end, after the answer
+    idle = protocol.idle_since
+    assert idle is not None
+    protocol.overdue(idle + 5.0)
+    assert transport.closed
+
+
+async def test_trailer_fields_are_counted_not_merged_into_the_headers() -> None:
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        seen.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = _connect(app)
+    protocol.data_received(
+        b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nx-trailer: 1\r\n\r\n"
+    )
+    await _settle()
+    assert transport.out.startswith(b"HTTP/1.1 200 ")
+    assert [name for name, _ in seen[0]["headers"]] == [b"host", b"transfer-encoding"]
+
+    protocol, transport = _connect(app, max_header_bytes=1024)
+    protocol.data_received(b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nx-t: ")
+    protocol.data_received(b"a" * 2048)  # a trailer field that does not end
+    await _settle()
+    assert b"HTTP/1.1 431 " in transport.out and transport.closed
+
+
+async def test_an_http_1_1_request_without_host_is_answered_400() -> None:
+    protocol, transport = _connect(_answer())
+    protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    await _settle()
+    head, _, body = transport.out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and orjson.loads(body)["error"]["message"].endswith("Host header.")
+    assert transport.closed
+    protocol, transport = _connect(_answer())
+    protocol.data_received(b"GET / HTTP/1.0\r\n\r\n")  # HTTP/1.0 needs none
+    await _settle()
+    assert transport.out.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_pipelined_requests_beyond_the_cap_get_503_after_those_before() -> None:
+    later = asyncio.Event()
+    protocol, transport = _connect(_answer(later=later))
+    protocol.data_received(GET * (MAX_PIPELINED + 3))
+    await _settle()
+    later.set()
+    for _ in range(MAX_PIPELINED + 3):
+        await _settle()
+    answers = transport.out.count(b"HTTP/1.1 200 ")
+    assert answers == MAX_PIPELINED + 1  # the one in progress and those queued
+    assert transport.out.rsplit(b"HTTP/1.1 ", 1)[1].startswith(b"503 ") and transport.closed
+
+
+async def test_a_response_started_without_asking_for_an_expected_body_closes_the_connection() -> None:
+    protocol, transport = _connect(_answer(headers=[(b"content-length", b"2")], read=False))
+    protocol.data_received(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n")
+    await _settle()
+    assert b"100 Continue" not in transport.out
+    assert b"connection: close\r\n" in transport.out and transport.closed
+
+
+async def test_a_next_request_in_the_same_read_as_an_answered_body_is_not_held_to_the_idle_clock() -> None:
+    later = asyncio.Event()
+    calls: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        calls.append(scope["method"])
+        if scope["method"] == "GET":
+            await later.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = _connect(app)
+    protocol.data_received(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\na")  # answered at once
+    await _settle()
+    protocol.data_received(b"bc" + GET)  # the body's end and a request whose answer takes long
+    await _settle()
+    assert calls == ["POST", "GET"] and protocol.idle_since is None
+    protocol.overdue(protocol.loop.time() + 3600)
+    assert not transport.closed
+    later.set()
+    await _settle()
+    assert transport.out.count(b"HTTP/1.1 200 ") == 2
+
+
+async def test_blank_lines_do_not_keep_an_idle_connection_open() -> None:
+    protocol, transport = _connect(_answer())
+    protocol.data_received(GET)
+    await _settle()
+    idle = protocol.idle_since
+    assert idle is not None
+    protocol.data_received(b"\r\n")  # llhttp skips it: no request begins
+    protocol.overdue(idle + 5.0)
+    assert transport.closed
+
+
+async def test_a_client_that_reads_nothing_is_aborted_after_the_send_timeout() -> None:
+    protocol, transport = _connect(_answer(), header_timeout_s=3600)
+    protocol.pause_writing()
+    now = protocol.loop.time()
+    protocol.overdue(now + SEND_TIMEOUT_S - 1)
+    assert not transport.aborted
+    protocol.overdue(now + SEND_TIMEOUT_S)
+    assert transport.aborted
+
+    protocol, transport = _connect(_answer())
+    transport.close()  # closing with bytes the client never reads
+    protocol.overdue(now)
+    protocol.overdue(now + SEND_TIMEOUT_S)
+    assert transport.aborted
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            [(b"content-length", b"2"), (b"transfer-encoding", b"chunked")],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        (
+            [(b"transfer-encoding", b"gzip")],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\nok",
+        ),
+        ([(b"content-length", b"2"), (b"content-length", b"2")], b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        ([(b"Connection", b"keep-alive"), (b"content-length", b"2")], None),
+    ],
+)
+async def test_the_framing_headers_are_the_protocols_to_write(
+    headers: list[tuple[bytes, bytes]], expected: bytes | None
+) -> None:
+    protocol, transport = _connect(_answer(headers=headers))
+    protocol.data_received(GET if expected is not None else b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+    await _settle()
+    if expected is None:  # the app's keep-alive, on a connection that closes: only the close is said
+        assert transport.out == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+    else:
+        assert transport.out == expected
+
+
+async def test_conflicting_lengths_and_a_204_length_are_not_sent() -> None:
+    protocol, transport = _connect(_answer(headers=[(b"content-length", b"2"), (b"content-length", b"3")]))
+    protocol.data_received(GET)
+    await _settle()
+    assert transport.out.startswith(b"HTTP/1.1 500 ")
+
+    async def no_content(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = _connect(no_content)
+    protocol.data_received(GET)
+    await _settle()
+    assert transport.out == b"HTTP/1.1 204 No Content\r\n\r\n" and not transport.closed
+
+
+async def test_a_send_cancelled_while_waiting_leaves_the_next_waiting_send_alone() -> None:
+    protocol, _ = _connect(_answer())
+    protocol.pause_writing()
+    first = asyncio.ensure_future(protocol.drain())
+    await _settle()
+    first.cancel()
+    await _settle()
+    second = asyncio.ensure_future(protocol.drain())
+    await _settle()
+    protocol.resume_writing()
+    await asyncio.wait_for(second, timeout=5)  # not the first one's CancelledError
+
+
+async def test_a_closed_connection_is_freed_without_the_cycle_collector() -> None:
+    gc.disable()
+    try:
+        protocol, transport = _connect(_answer())
+        protocol.data_received(GET)
+        await _settle()
+        protocol.connection_lost(None)
+        await _settle()
+        freed = weakref.ref(protocol)
+        protocol.connections.discard(protocol)
+        del protocol
+        assert freed() is None
+    finally:
+        gc.enable()
