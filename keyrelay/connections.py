@@ -34,6 +34,7 @@ which is how they reach ``serve --workers N``'s worker processes too.
 from __future__ import annotations
 
 import asyncio
+import http
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -69,17 +70,22 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     )
 
 
+def closing_answer(status: int, err: GatewayError) -> bytes:
+    """A whole ``connection: close`` response carrying ``err``'s JSON body, for answers made below the app."""
+    body = orjson.dumps(err.to_body(new_request_id()))
+    head = (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
 def timeout_response() -> bytes:
     """The whole 408 answer to a connection whose request headers are late (``connection: close``)."""
     err = GatewayError(
         ErrorType.REQUEST_TIMEOUT, "The request headers did not arrive in time; the connection is closed."
     )
-    body = orjson.dumps(err.to_body(new_request_id()))
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+    return closing_answer(408, err)
 
 
 async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:

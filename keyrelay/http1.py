@@ -67,6 +67,7 @@ from keyrelay.connections import (
     SEND_TIMEOUT_S,
     ClockSweep,
     ConnectionLimits,
+    closing_answer,
     over_capacity,
     timeout_response,
 )
@@ -94,20 +95,13 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 
 
-def _answer(status: int, err: GatewayError) -> bytes:
-    """A whole ``connection: close`` response carrying ``err``'s JSON body (for answers made below the app)."""
-    body = orjson.dumps(err.to_body(new_request_id()))
-    head = f"content-type: application/json\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
-    return _STATUS_LINES[status] + head.encode("ascii") + body
-
-
 def _malformed() -> bytes:
-    return _answer(400, GatewayError(ErrorType.INVALID_REQUEST, "The request is not valid HTTP/1.1."))
+    return closing_answer(400, GatewayError(ErrorType.INVALID_REQUEST, "The request is not valid HTTP/1.1."))
 
 
 def _headers_too_large(limit: int) -> bytes:
     err = GatewayError(ErrorType.HEADERS_TOO_LARGE, f"The request line and headers exceed {limit} bytes.")
-    return _answer(431, err)
+    return closing_answer(431, err)
 
 
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
@@ -185,11 +179,11 @@ def _too_many_pipelined() -> bytes:
         f"More than {MAX_PIPELINED} requests wait on this connection; send them after their answers.",
         retry_after=1,
     )
-    return _answer(503, err)
+    return closing_answer(503, err)
 
 
 def _no_host() -> bytes:
-    return _answer(400, GatewayError(ErrorType.INVALID_REQUEST, "An HTTP/1.1 request must carry a Host header."))
+    return closing_answer(400, GatewayError(ErrorType.INVALID_REQUEST, "An HTTP/1.1 request must carry a Host header."))
 
 
 class _Cycle:
