@@ -300,7 +300,7 @@ async def test_clocks_close_late_headers_with_408_and_idle_connections_quietly()
     assert start is not None
     protocol.overdue(start + 9.9)
     assert not transport.closed
-    protocol.overdue(start + 10.0)
+    protocol.overdue(start + 10.01)  # just past (float sums at the exact edge may fall short)
     assert transport.closed and transport.out.startswith(b"HTTP/1.1 408 ")
 
     protocol, transport = _connect(_answer(), header_timeout_s=10.0)
@@ -310,7 +310,7 @@ async def test_clocks_close_late_headers_with_408_and_idle_connections_quietly()
     assert idle is not None and protocol.headers_since is None
     protocol.overdue(idle + 4.9)
     assert not transport.closed
-    protocol.overdue(idle + 5.0)  # the keep-alive timeout of _connect's config
+    protocol.overdue(idle + 5.01)  # the keep-alive timeout of _connect's config
     assert transport.closed and transport.out.count(b"HTTP/1.1") == 1  # no 408 for an answered request
 
 
@@ -369,7 +369,7 @@ async def test_a_connection_answered_before_its_body_was_in_goes_idle_once_the_b
     protocol.data_received(b"def")  # the body's end, after the answer
     idle = protocol.idle_since
     assert idle is not None
-    protocol.overdue(idle + 5.0)
+    protocol.overdue(idle + 5.01)
     assert transport.closed
 
 
@@ -463,7 +463,7 @@ async def test_blank_lines_do_not_keep_an_idle_connection_open() -> None:
     idle = protocol.idle_since
     assert idle is not None
     protocol.data_received(b"\r\n")  # llhttp skips it: no request begins
-    protocol.overdue(idle + 5.0)
+    protocol.overdue(idle + 5.01)
     assert transport.closed
 
 
@@ -473,13 +473,13 @@ async def test_a_client_that_reads_nothing_is_aborted_after_the_send_timeout() -
     now = protocol.loop.time()
     protocol.overdue(now + SEND_TIMEOUT_S - 1)
     assert not transport.aborted
-    protocol.overdue(now + SEND_TIMEOUT_S)
+    protocol.overdue(now + SEND_TIMEOUT_S + 0.01)
     assert transport.aborted
 
     protocol, transport = _connect(_answer())
     transport.close()  # closing with bytes the client never reads
     protocol.overdue(now)
-    protocol.overdue(now + SEND_TIMEOUT_S)
+    protocol.overdue(now + SEND_TIMEOUT_S + 0.01)
     assert transport.aborted
 
 
