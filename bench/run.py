@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -194,6 +196,39 @@ class Referee:
         self.proc.wait(timeout=15)
 
 
+def measured(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    key: str,
+    model: str,
+    stream: bool,
+    conns: int,
+    seconds: float,
+    wire: str = "openai",
+) -> dict[str, float]:
+    """One run of the load generator against the gateway ``proc``, with its CPU per request (``cpu_us``)."""
+    before = cpu_seconds(proc.pid)
+    result = load(url, key, model, stream, conns, seconds, wire)
+    result["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(1, result["requests"]) * 1e6
+    return result
+
+
+def in_turn(
+    round_no: int, gateway: Callable[[], dict[str, float]], referee: Callable[[], dict[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One pair of runs, the gateway's and the referee's: the gateway first in even rounds, the referee in odd ones.
+
+    Alternating the order (ABBA over two rounds) makes a steady drift of the machine's speed, which moves a run's CPU
+    per request by several percent over a minute on a shared VM, weigh on both sides of the pairs alike, where
+    always running the gateway first would favour whichever side the drift helps.
+    """
+    if round_no % 2 == 0:
+        first = gateway()
+        return first, referee()
+    second = referee()
+    return gateway(), second
+
+
 def median_pairs(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
     """(median gateway µs, median referee µs, median of the per-round ratios referee ÷ gateway)."""
     return (
@@ -257,8 +292,11 @@ def key_rotation(
         first = load(url, "x", "gpt-4o-mini", False, conns, seconds, keys=keys_file, once=True)
         first_s = time.monotonic() - started
         wait_records(db_path, written + int(first["requests"]))
-        for _ in range(rounds):
-            for count, file in ((1, single_file), (ROTATION_KEYS, keys_file)):
+        for round_no in range(rounds):
+            # One key first in even rounds, every key first in odd ones (ABBA: a drift of the machine's speed
+            # during the rounds weighs on both alike).
+            order = ((1, single_file), (ROTATION_KEYS, keys_file))
+            for count, file in order if round_no % 2 == 0 else order[::-1]:
                 before = cpu_seconds(proc.pid)
                 result = load(url, "x", "gpt-4o-mini", False, conns, seconds, keys=file)
                 result["cpu_us"] = (cpu_seconds(proc.pid) - before) / max(1, result["requests"]) * 1e6
@@ -298,7 +336,7 @@ def key_rotation(
 
 def main() -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "5"))
-    # Rounds of the other-wire paths, each gateway run paired with a referee run right after it: the table
+    # Rounds of the other-wire paths, each gateway run paired with a referee run (in_turn: ABBA): the table
     # gives medians (the machine drifts by ±5 % between runs, as much as the gaps being judged).
     rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
     conns = int(os.environ.get("BENCH_CONNECTIONS", "32"))
@@ -347,14 +385,15 @@ def main() -> None:
             if backend == "redis" and referee_proc is not None:
                 # The Redis rows above are one run each, which this VM's drift (±10 %) can move past the targets:
                 # also paired with referee runs, ``rounds`` times, like the other paths.
-                for _ in range(rounds):
+                for round_no in range(rounds):
                     for stream in (False, True):
-                        before = cpu_seconds(gateway_proc.pid)
-                        gateway = load(gateway_url, key, "gpt-4o-mini", stream, conns, seconds)
-                        used = cpu_seconds(gateway_proc.pid) - before
-                        ref = referee_proc.measure(stream)["cpu_us"]
+                        gateway, ref = in_turn(
+                            round_no,
+                            partial(measured, gateway_proc, gateway_url, key, "gpt-4o-mini", stream, conns, seconds),
+                            partial(referee_proc.measure, stream),
+                        )
                         paired.setdefault(("OpenAI, Redis limits", stream), []).append(
-                            (used / max(1, gateway["requests"]) * 1e6, ref)
+                            (gateway["cpu_us"], ref["cpu_us"])
                         )
             if backend == "memory":
                 scenarios = [("OpenAI", "openai", "/v1/chat/completions", "gpt-4o-mini", "openai", "")]
@@ -366,16 +405,15 @@ def main() -> None:
                             if round_no == 0 and direct_path:
                                 url = f"http://127.0.0.1:{mock_port}{with_method(direct_path, stream)}"
                                 direct = load(url, "x", model, stream, conns, seconds, direct_wire)
-                            before = cpu_seconds(gateway_proc.pid)
                             url = f"http://127.0.0.1:{gw_port}{with_method(path, stream)}"
-                            gateway = load(url, key, model, stream, conns, seconds, wire)
-                            used = cpu_seconds(gateway_proc.pid) - before
-                            gateway["cpu_us"] = used / max(1, gateway["requests"]) * 1e6
+                            run = partial(measured, gateway_proc, url, key, model, stream, conns, seconds, wire)
+                            if referee_proc is not None:
+                                gateway, ref = in_turn(round_no, run, partial(referee_proc.measure, stream))
+                                paired.setdefault((label, stream), []).append((gateway["cpu_us"], ref["cpu_us"]))
+                            else:
+                                gateway = run()
                             if round_no == 0 and direct_path:
                                 wire_rows.append((label, stream, direct, gateway))
-                            if referee_proc is not None:
-                                ref = referee_proc.measure(stream)["cpu_us"]
-                                paired.setdefault((label, stream), []).append((gateway["cpu_us"], ref))
             gateway_proc.terminate()
             gateway_proc.wait(timeout=15)
             procs.remove(gateway_proc)
@@ -439,7 +477,8 @@ def main() -> None:
         if paired:
             lines += [
                 "",
-                f"Each path paired with a referee run made right after it, {rounds} round(s) (BENCH_ROUNDS), medians:",
+                f"Each path paired with a referee run made right after it (right before it in odd rounds), {rounds} "
+                "round(s) (BENCH_ROUNDS), medians:",
                 "",
                 "| path | mode | gateway CPU µs/request | referee CPU µs/request | ÷ referee (median of pairs) | pairs |",
                 "|---|---|---|---|---|---|",
