@@ -24,8 +24,8 @@ Per connection:
   while more than 64 KiB wait unread. ``Expect: 100-continue`` (HTTP/1.1 only, RFC 9110 §10.1.1) is answered when
   the app first asks for the body; a response started without asking closes the connection after it. Once the
   whole body was handed over, ``receive()`` waits for the response's end or the client's disconnect
-  (``http.disconnect``), as the ASGI spec asks. A malformed body while the app reads it is a disconnect for the
-  app (and a ``400`` for the client if no response started).
+  (``http.disconnect``), as the ASGI spec asks; tasks waiting in ``receive()`` at once are each told. A malformed
+  body while the app reads it is a disconnect for the app (and a ``400`` for the client if no response started).
 - **Responses.** The status line and headers go out with the first body bytes in one write, or alone at the end
   of the event-loop tick when no body follows in it. Header names and values are checked (RFC 9110 §5.1, §5.5:
   names are tokens, no control characters but tab in values). The framing headers are this protocol's to write
@@ -35,6 +35,9 @@ Per connection:
   carry their framing headers and no body, 1xx and 204 neither. HTTP/1.0 clients, ``connection: close`` (either
   side) and upgrade requests (keyrelay switches to no other protocol: answered as plain HTTP, or ``400`` if they
   carry a body, which httptools does not hand over) close the connection after the response.
+- **Half-close.** A client that shuts its sending side once its requests are sent (RFC 9112 §9.6) gets the
+  responses to those received whole, then the connection closes; a request whose body was cut off by it is told its
+  client is gone. Over TLS, which has no half-close, the connection closes at once.
 - **Flow control.** A ``send()`` waits while the transport's write buffer is above its high-water mark.
 - **Bounds** (``keyrelay.connections``): the header timeout (``408``), the idle keep-alive timeout and the send
   timeout, kept by one sweep timer per server rather than a timer per request or connection; the connection cap
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import http
 import logging
 import re
@@ -186,6 +190,11 @@ def _no_host() -> bytes:
     return closing_answer(400, GatewayError(ErrorType.INVALID_REQUEST, "An HTTP/1.1 request must carry a Host header."))
 
 
+def _wake(waiter: asyncio.Future[None], _done: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _Cycle:
     """One request and its response: the ``receive`` and ``send`` of one ASGI app call."""
 
@@ -274,15 +283,22 @@ class _Cycle:
             self.expect_100 = False
             if not self.transport.is_closing():
                 self.transport.write(_CONTINUE)
-        if not self.body and not self.disconnected and not self.complete and (self.more_body or self.delivered):
+        while not self.body and not self.disconnected and not self.complete and (self.more_body or self.delivered):
             conn = self.conn
             if not conn.pipeline:
                 conn.resume_reading()
-            waiter = self.waiter = conn.loop.create_future()
+            waiter = conn.loop.create_future()
+            earlier = self.waiter
+            if earlier is not None and not earlier.done():
+                # Another task waits in receive() too: waking (or cancelling) this one wakes it as well, and it
+                # looks again for news, so that neither waits for ever (the loop above).
+                waiter.add_done_callback(functools.partial(_wake, earlier))
+            self.waiter = waiter
             try:
                 await waiter
             finally:
-                self.waiter = None
+                if self.waiter is waiter:
+                    self.waiter = None
         if self.disconnected or self.complete:
             return {"type": "http.disconnect"}
         body = self.body
@@ -530,8 +546,32 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
         self.parser = None  # type: ignore[assignment]  # it holds this protocol's methods: no cycle left to collect
 
-    def eof_received(self) -> None:
-        """The client shut its side: the transport closes (as uvicorn's protocols do)."""
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side: answer what it sent, then close.
+
+        A client may half-close once its requests are sent (RFC 9112 §9.6; uvicorn's protocols closed at once,
+        losing the responses). The responses to the requests received whole are made, the last one closing the
+        connection; a request whose body was still arriving can never end: the app is told its client is gone
+        (``http.disconnect``), or, while it waits behind others, it is dropped. Idle, the connection closes now.
+
+        Returns:
+            True to keep the transport open for the responses, None to have it closed.
+        """
+        if self.scheme == "https":
+            return None  # TLS has no half-close: asyncio and uvloop would close anyway (with a warning)
+        self.headers_since = self.idle_since = None  # nothing more can arrive
+        self.stopped = True
+        cycle, pipeline = self.cycle, self.pipeline
+        if cycle is not None and cycle.more_body and not cycle.complete:  # its body ends nowhere
+            if pipeline and pipeline[-1][0] is cycle:
+                pipeline.pop()  # never started
+            elif cycle is self.active:
+                return None  # closed: connection_lost tells the request its client is gone
+        last = pipeline[-1][0] if pipeline else self.active
+        if last is None or last.complete:
+            return None
+        last.keep_alive = False  # the last response closes the connection
+        return True
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; a malformed request is answered 400 and the connection closed."""

@@ -964,3 +964,76 @@ async def test_an_upgrade_request_with_a_body_is_refused_not_served_without_it()
 
     assert response.status == 400 and response.error_type() == "INVALID_REQUEST"
     assert called == []
+
+
+# A client's half-close (RFC 9112 §9.6): its requests are answered, then the connection closes. These failed before:
+# the connection closed at the client's EOF, and the responses were lost.
+
+
+def _gated(gate: asyncio.Event, seen: list[Message], paths: tuple[str, ...] = ()) -> ASGIApp:
+    """An app that reads the body, waits for ``gate`` (only on ``paths`` if given), then answers with what it read."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        body, messages = await read_body(receive)
+        seen.extend(messages)
+        if messages[-1]["type"] == "http.disconnect":
+            return
+        if not paths or scope["path"] in paths:
+            await gate.wait()
+        await reply(send, scope["path"].encode() + b" " + body)
+
+    return app
+
+
+def _eof_seen(served: Served) -> bool:
+    """Whether the server has seen its one client's half-close (its connection stopped reading, or closed)."""
+    connections = served.server.server_state.connections
+    return all(cast(HttpProtocol, connection).stopped for connection in connections)
+
+
+async def test_a_client_that_half_closes_after_its_request_gets_the_response() -> None:
+    gate, seen = asyncio.Event(), []
+    async with serving(_gated(gate, seen)) as served, connected(served) as client:
+        await client.send(request("POST", "/one", body=b"hello"))
+        client.writer.write_eof()
+        await wait_until(lambda: bool(seen) and _eof_seen(served), what="the body read, the EOF seen", timeout=TIMEOUT)
+        gate.set()
+        response = await client.read_response()
+        await client.assert_closed()
+    assert (response.status, response.body) == (200, b"/one hello")
+
+
+async def test_pipelined_requests_then_a_half_close_are_all_answered_in_order() -> None:
+    # The second waits behind the first with reading paused: the EOF is read once the first was answered, while
+    # the second is being served (held by the gate until then).
+    gate, seen = asyncio.Event(), []
+    async with serving(_gated(gate, seen, paths=("/two",))) as served, connected(served) as client:
+        await client.send(request("POST", "/one", body=b"a") + request("POST", "/two", body=b"b"))
+        client.writer.write_eof()
+        await wait_until(lambda: _eof_seen(served), what="the EOF seen", timeout=TIMEOUT)
+        gate.set()
+        first = await client.read_response()
+        second = await client.read_response()
+        await client.assert_closed()
+    assert [(first.status, first.body), (second.status, second.body)] == [(200, b"/one a"), (200, b"/two b")]
+
+
+async def test_a_half_close_in_the_middle_of_a_body_tells_the_app_its_client_is_gone() -> None:
+    gate, seen = asyncio.Event(), []
+    async with serving(_gated(gate, seen)) as served, connected(served) as client:
+        await client.send(request("POST", "/cut", "content-length: 10") + b"abc")
+        client.writer.write_eof()
+        await client.assert_closed()
+        await wait_until(
+            lambda: bool(seen) and seen[-1]["type"] == "http.disconnect", what="a disconnect", timeout=TIMEOUT
+        )
+
+
+async def test_a_half_close_on_an_idle_connection_closes_it() -> None:
+    gate, seen = asyncio.Event(), []
+    gate.set()
+    async with serving(_gated(gate, seen)) as served, connected(served) as client:
+        await client.send(request("GET", "/one"))
+        assert (await client.read_response()).status == 200
+        client.writer.write_eof()
+        await client.assert_closed()

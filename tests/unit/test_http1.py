@@ -553,3 +553,75 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector() -> Non
         assert freed() is None
     finally:
         gc.enable()
+
+
+async def test_two_tasks_waiting_in_receive_are_each_told_what_comes() -> None:
+    # One reader gets the body; the other, still waiting, gets the disconnect once the response is complete (the
+    # ASGI spec's message after the body). Before, the second receive() replaced the first one's waiter: the first
+    # was never woken.
+    got: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async def read() -> None:
+            got.append(await receive())
+
+        readers = [asyncio.ensure_future(read()), asyncio.ensure_future(read())]
+        await asyncio.wait(readers, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        await asyncio.wait_for(asyncio.gather(*readers), timeout=5)
+
+    protocol, transport = _connect(app)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\n")
+    await _settle()
+    protocol.data_received(b"abc")
+    for _ in range(3):
+        await _settle()
+    assert got == [{"type": "http.request", "body": b"abc", "more_body": False}, {"type": "http.disconnect"}]
+    assert transport.out == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+async def test_a_cancelled_receive_leaves_the_other_waiting_one_waiting_for_the_body() -> None:
+    got: list[Message] = []
+    ready = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        first = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
+        second.cancel()
+        ready.set()
+        got.append(await asyncio.wait_for(first, timeout=5))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport = _connect(app)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\n")
+    await asyncio.wait_for(ready.wait(), timeout=5)
+    await _settle()
+    protocol.data_received(b"abc")
+    for _ in range(3):
+        await _settle()
+    assert got == [{"type": "http.request", "body": b"abc", "more_body": False}]
+    assert transport.out == b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+async def test_a_half_close_after_a_request_keeps_the_connection_open_for_its_response() -> None:
+    later = asyncio.Event()
+    protocol, transport = _connect(_answer(later=later))
+    protocol.data_received(GET)
+    await _settle()
+    assert protocol.eof_received() is True  # the transport stays open for writing
+    assert not transport.closed
+    later.set()
+    await _settle()
+    assert transport.out == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    assert transport.closed  # the last response closes the connection
+
+
+async def test_a_half_close_on_an_idle_connection_closes_it() -> None:
+    protocol, transport = _connect(_answer())
+    protocol.data_received(GET)
+    await _settle()
+    assert protocol.eof_received() is None  # asyncio closes the transport
