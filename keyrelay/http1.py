@@ -35,9 +35,10 @@ Per connection:
   carry their framing headers and no body, 1xx and 204 neither. HTTP/1.0 clients, ``connection: close`` (either
   side) and upgrade requests (keyrelay switches to no other protocol: answered as plain HTTP, or ``400`` if they
   carry a body, which httptools does not hand over) close the connection after the response.
-- **Half-close.** A client that shuts its sending side once its requests are sent (RFC 9112 §9.6) gets the
-  responses to those received whole, then the connection closes; a request whose body was cut off by it is told its
-  client is gone. Over TLS, which has no half-close, the connection closes at once.
+- **Client EOF.** A client that shuts its sending side (a half-close, or a close: the server cannot tell them
+  apart) gets the responses the app makes to the requests received whole, then the connection closes; each such
+  request is told ``http.disconnect`` once it has its body, so an app that watches for one stops as it would for a
+  client gone. A request whose body was cut off is told its client is gone. Over TLS the connection closes at once.
 - **Flow control.** A ``send()`` waits while the transport's write buffer is above its high-water mark.
 - **Bounds** (``keyrelay.connections``): the header timeout (``408``), the idle keep-alive timeout and the send
   timeout, kept by one sweep timer per server rather than a timer per request or connection; the connection cap
@@ -207,6 +208,7 @@ class _Cycle:
         "delivered",
         "waiter",
         "disconnected",
+        "client_done",
         "keep_alive",
         "expect_100",
         "head_only",
@@ -230,6 +232,7 @@ class _Cycle:
         self.delivered = False  # the app has been handed the body's end
         self.waiter: asyncio.Future[None] | None = None  # a receive() waiting for news
         self.disconnected = False
+        self.client_done = False  # the client shut its sending side (EOF): it may still read the response
         self.keep_alive = keep_alive
         self.expect_100 = expect_100
         self.head_only = scope["method"] == "HEAD"
@@ -260,10 +263,14 @@ class _Cycle:
             elif not self.complete:
                 self.close()
             return
-        if not self.started and not self.disconnected:
+        if self.disconnected or self.complete:
+            return
+        if self.over():  # the app stopped at the disconnect it is told after the client's EOF: no fault of its
+            self.close()
+        elif not self.started:
             log.error("ASGI callable returned without starting a response.")
             await self._send_500()
-        elif not self.complete and not self.disconnected:
+        else:
             log.error("ASGI callable returned without completing its response.")
             self.close()
 
@@ -277,13 +284,23 @@ class _Cycle:
         await self.send({"type": "http.response.start", "status": 500, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
 
+    def over(self) -> bool:
+        """Whether what is left for ``receive()`` is ``http.disconnect``.
+
+        So it is once the client is gone, once the response is complete, and once the client shut its sending side
+        (EOF) after its whole body was handed over: a server cannot tell that half-close from a client that closed
+        and went away, so an app watching for a disconnect (keyrelay's streams: ``tasks.DisconnectWatch``) is told
+        one, while a response the app makes regardless still goes out.
+        """
+        return self.disconnected or self.complete or (self.client_done and self.delivered)
+
     async def receive(self) -> Message:
         """The next ASGI request message: body bytes as they arrive, then ``http.disconnect`` at the end."""
         if self.expect_100:
             self.expect_100 = False
             if not self.transport.is_closing():
                 self.transport.write(_CONTINUE)
-        while not self.body and not self.disconnected and not self.complete and (self.more_body or self.delivered):
+        while not self.body and not self.over() and (self.more_body or self.delivered):
             conn = self.conn
             if not conn.pipeline:
                 conn.resume_reading()
@@ -299,7 +316,7 @@ class _Cycle:
             finally:
                 if self.waiter is waiter:
                     self.waiter = None
-        if self.disconnected or self.complete:
+        if self.over():
             return {"type": "http.disconnect"}
         body = self.body
         self.body = b""
@@ -511,7 +528,7 @@ class HttpProtocol(asyncio.Protocol):
         self._head_reads = 0  # bytes of the reads that began in the unfinished framing
         self.max_header_bytes = limits.max_header_bytes
         self._refusal: bytes | None = None  # an answer to write after the responses in progress, then close
-        self.stopped = False  # nothing more is read: a refusal is pending, or the connection was upgraded
+        self.stopped = False  # nothing more is read: a refusal is pending, an upgrade, or the client's EOF
         self._paused_since: float | None = None  # loop time the transport's buffer filled
         self._expect_100 = False
         # The bounds' clocks (loop time), visited by the sweep: None when not running.
@@ -547,20 +564,23 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = None  # type: ignore[assignment]  # it holds this protocol's methods: no cycle left to collect
 
     def eof_received(self) -> bool | None:
-        """The client shut its sending side: answer what it sent, then close.
+        """The client shut its sending side: requests received whole are still answered, then the connection closes.
 
-        A client may half-close once its requests are sent (RFC 9112 §9.6; uvicorn's protocols closed at once,
-        losing the responses). The responses to the requests received whole are made, the last one closing the
-        connection; a request whose body was still arriving can never end: the app is told its client is gone
-        (``http.disconnect``), or, while it waits behind others, it is dropped. Idle, the connection closes now.
+        An EOF may be a client that closed and went away or one that half-closed once its requests were sent and still
+        reads: the server cannot tell them apart (uvicorn's protocols close at once, losing the latter's responses;
+        Node.js keeps such a connection open only when asked, ``allowHalfOpen``). Kept open for writing: each request
+        received whole is told ``http.disconnect`` once it has its body (``_Cycle.over``), so an app watching for one
+        stops as before, while a response the app makes regardless goes out; the last one closes the connection. A
+        request whose body was still arriving can never end: the connection closes at once when it is the one in
+        progress (its app is told its client is gone), and it is dropped while it waits behind others. Idle, with a
+        refusal pending, or over TLS (whose transports in asyncio and uvloop do not stay open after an EOF), the
+        connection closes at once.
 
         Returns:
             True to keep the transport open for the responses, None to have it closed.
         """
-        if self.scheme == "https":
-            return None  # TLS has no half-close: asyncio and uvloop would close anyway (with a warning)
-        self.headers_since = self.idle_since = None  # nothing more can arrive
-        self.stopped = True
+        if self.scheme == "https" or self._refusal is not None:
+            return None
         cycle, pipeline = self.cycle, self.pipeline
         if cycle is not None and cycle.more_body and not cycle.complete:  # its body ends nowhere
             if pipeline and pipeline[-1][0] is cycle:
@@ -570,7 +590,15 @@ class HttpProtocol(asyncio.Protocol):
         last = pipeline[-1][0] if pipeline else self.active
         if last is None or last.complete:
             return None
+        # Nothing more is read: ``stopped`` keeps resume_reading from asking the transport to read again (it would
+        # report the EOF again at once, for ever).
+        self.stopped = True
+        self.headers_since = self.idle_since = None
         last.keep_alive = False  # the last response closes the connection
+        for waiting in (self.active, *(queued for queued, _ in pipeline)):
+            if waiting is not None:
+                waiting.client_done = True
+                waiting.wake()
         return True
 
     def data_received(self, data: bytes) -> None:
@@ -787,7 +815,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        """Read from the client again (not once a refusal is pending, or after an upgrade)."""
+        """Read from the client again (not once a refusal is pending, after an upgrade, or after the client's EOF)."""
         if self.reading_paused and not self.stopped:
             self.reading_paused = False
             if not self.transport.is_closing():

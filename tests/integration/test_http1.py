@@ -966,8 +966,10 @@ async def test_an_upgrade_request_with_a_body_is_refused_not_served_without_it()
     assert called == []
 
 
-# A client's half-close (RFC 9112 §9.6): its requests are answered, then the connection closes. These failed before:
-# the connection closed at the client's EOF, and the responses were lost.
+# A client's EOF: a half-close (its requests sent, its side shut, still reading) or a close, which the server cannot
+# tell apart. The requests received whole are answered, then the connection closes; an app watching for a disconnect
+# is told one. The first two tests failed before (the connection closed at the EOF, the responses lost); the others
+# hold what was already so.
 
 
 def _gated(gate: asyncio.Event, seen: list[Message], paths: tuple[str, ...] = ()) -> ASGIApp:
@@ -1037,3 +1039,27 @@ async def test_a_half_close_on_an_idle_connection_closes_it() -> None:
         assert (await client.read_response()).status == 200
         client.writer.write_eof()
         await client.assert_closed()
+
+
+async def test_a_client_that_closes_while_its_stream_waits_is_seen_by_the_app_watching() -> None:
+    # Nothing more is written after the first chunk, so only the EOF can tell the app (as keyrelay's streams are
+    # told by tasks.DisconnectWatch while the upstream is silent).
+    observed: list[Message] = []
+    told = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        observed.append(await receive())
+        told.set()
+
+    async with serving(app) as served:
+        client = await Client.connect(served.port)
+        await client.send(request("POST", "/stream", body=b"x"))
+        status, _, _ = await client.read_head()
+        assert status == 200
+        assert await within(client.reader.readexactly(10)) == b"5\r\nfirst\r\n"
+        await client.close()
+        await within(told.wait())
+    assert observed == [{"type": "http.disconnect"}]

@@ -620,6 +620,27 @@ async def test_a_half_close_after_a_request_keeps_the_connection_open_for_its_re
     assert transport.closed  # the last response closes the connection
 
 
+async def test_after_a_half_close_the_app_is_told_of_a_disconnect_once_it_has_its_body_and_can_still_send() -> None:
+    got: list[Message] = []
+    later = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        got.append(await receive())
+        await later.wait()
+        got.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol, transport = _connect(app)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc")
+    assert protocol.eof_received() is True
+    later.set()
+    await _settle()
+    assert got == [{"type": "http.request", "body": b"abc", "more_body": False}, {"type": "http.disconnect"}]
+    assert transport.out == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+    assert transport.closed
+
+
 async def test_a_half_close_on_an_idle_connection_closes_it() -> None:
     protocol, transport = _connect(_answer())
     protocol.data_received(GET)
