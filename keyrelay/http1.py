@@ -38,7 +38,9 @@ Per connection:
 - **Client EOF.** A client that shuts its sending side (a half-close, or a close: the server cannot tell them
   apart) gets the responses the app makes to the requests received whole, then the connection closes; each such
   request is told ``http.disconnect`` once it has its body, so an app that watches for one stops as it would for a
-  client gone. A request whose body was cut off is told its client is gone. Over TLS the connection closes at once.
+  client gone; meanwhile the connection stays open and counts against the cap. A request whose body was cut off is
+  told its client is gone if in progress, and dropped if it waits behind others. Idle, with a refusal pending, or
+  over TLS, the connection closes at once.
 - **Flow control.** A ``send()`` waits while the transport's write buffer is above its high-water mark.
 - **Bounds** (``keyrelay.connections``): the header timeout (``408``), the idle keep-alive timeout and the send
   timeout, kept by one sweep timer per server rather than a timer per request or connection; the connection cap
@@ -209,6 +211,7 @@ class _Cycle:
         "waiter",
         "disconnected",
         "client_done",
+        "told_done",
         "keep_alive",
         "expect_100",
         "head_only",
@@ -233,6 +236,7 @@ class _Cycle:
         self.waiter: asyncio.Future[None] | None = None  # a receive() waiting for news
         self.disconnected = False
         self.client_done = False  # the client shut its sending side (EOF): it may still read the response
+        self.told_done = False  # receive() answered http.disconnect for that EOF
         self.keep_alive = keep_alive
         self.expect_100 = expect_100
         self.head_only = scope["method"] == "HEAD"
@@ -265,7 +269,7 @@ class _Cycle:
             return
         if self.disconnected or self.complete:
             return
-        if self.over():  # the app stopped at the disconnect it is told after the client's EOF: no fault of its
+        if self.told_done:  # the app stopped at the disconnect it was told after the client's EOF: no fault of its
             self.close()
         elif not self.started:
             log.error("ASGI callable returned without starting a response.")
@@ -317,6 +321,8 @@ class _Cycle:
                 if self.waiter is waiter:
                     self.waiter = None
         if self.over():
+            if not (self.disconnected or self.complete):
+                self.told_done = True
             return {"type": "http.disconnect"}
         body = self.body
         self.body = b""

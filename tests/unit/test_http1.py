@@ -646,3 +646,70 @@ async def test_a_half_close_on_an_idle_connection_closes_it() -> None:
     protocol.data_received(GET)
     await _settle()
     assert protocol.eof_received() is None  # asyncio closes the transport
+
+
+PIPELINED = (
+    b"POST /1 HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\na"
+    b"POST /2 HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nb"
+)
+
+
+def _echo(later: asyncio.Event, got: list[tuple[str, Message]]) -> ASGIApp:
+    """Reads its body, then (after ``later``) once more, and answers with its path."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        got.append((scope["path"], await receive()))
+        await later.wait()
+        got.append((scope["path"], await receive()))
+        body = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def test_requests_waiting_behind_others_at_the_eof_are_answered_and_told_of_it_after_their_body() -> None:
+    later = asyncio.Event()
+    got: list[tuple[str, Message]] = []
+    protocol, transport = _connect(_echo(later, got))
+    protocol.data_received(PIPELINED + b"POST /3 HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nc")
+    await _settle()
+    assert len(protocol.pipeline) == 2
+    assert protocol.eof_received() is True
+    later.set()
+    for _ in range(3):
+        await _settle()
+    assert got == [
+        (path, message)
+        for path, body in (("/1", b"a"), ("/2", b"b"), ("/3", b"c"))
+        for message in ({"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"})
+    ]
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    last = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
+    assert transport.out == ok + b"/1" + ok + b"/2" + last + b"/3"
+    assert transport.closed
+
+
+async def test_a_request_cut_off_by_the_eof_behind_others_is_dropped_and_the_others_answered() -> None:
+    later = asyncio.Event()
+    got: list[tuple[str, Message]] = []
+    protocol, transport = _connect(_echo(later, got))
+    protocol.data_received(PIPELINED + b"POST /3 HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nc")
+    await _settle()
+    assert protocol.eof_received() is True
+    later.set()
+    for _ in range(3):
+        await _settle()
+    assert [path for path, _ in got] == ["/1", "/1", "/2", "/2"]
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    last = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
+    assert transport.out == ok + b"/1" + last + b"/2"
+    assert transport.closed
+
+
+async def test_over_tls_the_eof_closes_the_connection() -> None:
+    protocol, _ = _connect(_answer(later=asyncio.Event()))
+    protocol.scheme = "https"  # asyncio's and uvloop's TLS transports do not stay open after an EOF
+    protocol.data_received(GET)
+    await _settle()
+    assert protocol.eof_received() is None
