@@ -377,10 +377,8 @@ def main() -> None:
                     firsts.append((framing, *ttfb(direct_url, gateway_url, key, model)))
             for stream in (False, True):
                 direct = load(direct_url, "x", "gpt-4o-mini", stream, conns, seconds)
-                before = cpu_seconds(gateway_proc.pid)
-                gateway = load(gateway_url, key, "gpt-4o-mini", stream, conns, seconds)
                 # The gateway's own CPU per request: steadier than req/s on a machine shared with others.
-                gateway["cpu_us"] = (cpu_seconds(gateway_proc.pid) - before) / max(1, gateway["requests"]) * 1e6
+                gateway = measured(gateway_proc, gateway_url, key, "gpt-4o-mini", stream, conns, seconds)
                 rows.append((backend, stream, direct, gateway))
             if backend == "redis" and referee_proc is not None:
                 # The Redis rows above are one run each, which this VM's drift (±10 %) can move past the targets:
