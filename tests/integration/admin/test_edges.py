@@ -178,8 +178,7 @@ async def test_store_errors_are_503_on_every_path(
     not_cached = await make_management_key(server, "other@example.com", admin=True)
     first = await client.get("/api/v1/keys", headers=headers)  # the admin key is cached from here on
     assert first.status_code == 200
-    await break_store(database_url, PG_ADMIN_DSN)
-    await server.runtime.engine.dispose()
+    await break_store(database_url, PG_ADMIN_DSN, server.runtime.engine)
 
     calls: list[tuple[str, str, dict[str, Any] | None]] = [
         ("GET", "/api/v1/keys", None),

@@ -114,8 +114,7 @@ async def test_own_writes_stay_cached_through_a_poll_and_a_store_outage(
     assert len(rt.cache) == 1
 
     not_cached = await make_api_key(server, "a@example.com")
-    await break_store(database_url, PG_ADMIN_DSN)
-    await rt.engine.dispose()
+    await break_store(database_url, PG_ADMIN_DSN, rt.engine)
     assert await rt.cache_sync.poll_once() == 0  # the store is unreachable: nothing is known to be stale
     r = await chat(client, key)
     assert r.status_code == 200, r.text
@@ -174,8 +173,7 @@ async def test_changes_by_another_process_are_applied_by_the_next_poll(
     assert_error(await chat(client, key), 401, "INVALID_API_KEY")
 
     # None of those polls evicted the other account's key: it is still served from the cache alone.
-    await break_store(database_url, PG_ADMIN_DSN)
-    await rt.engine.dispose()
+    await break_store(database_url, PG_ADMIN_DSN, rt.engine)
     assert (await chat(client, bystander)).status_code == 200
     assert_error(await chat(client, "kr_live_" + secrets.token_urlsafe(32)), 503, "SERVICE_UNAVAILABLE")
 

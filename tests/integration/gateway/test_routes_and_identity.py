@@ -276,8 +276,7 @@ async def test_key_view_with_the_store_down_is_503(
 ) -> None:
     key = await make_api_key(server, "down@example.com", limit=1)
     assert (await client.get("/v1/key", headers=auth(key))).status_code == 200  # cached now
-    await break_store(database_url, PG_ADMIN_DSN)
-    await server.runtime.engine.dispose()
+    await break_store(database_url, PG_ADMIN_DSN, server.runtime.engine)
     err = assert_error(await client.get("/v1/key", headers=auth(key)), 503, "SERVICE_UNAVAILABLE")
     assert "store" in err["message"]
 
