@@ -14,8 +14,7 @@ import httpx
 from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import QueuePool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from keyrelay.config import ModelConfig, ProviderConfig, Settings
 from keyrelay.errors import ErrorType
@@ -127,14 +126,20 @@ async def all_usage_rows(server: RunningServer) -> list[dict[str, Any]]:
         return [dict(r) for r in (await conn.execute(select(usage_records).order_by(usage_records.c.id))).mappings()]
 
 
+def _close_on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    """Close a connection returned to a dropped pool (``break_store``); its record stays, without a connection."""
+    if dbapi_connection is not None:
+        record.invalidate()
+
+
 async def break_store(database_url: str, pg_admin_dsn: str, engine: AsyncEngine) -> None:
     """Make the database really unreachable, and drop ``engine``'s pool so that its next query opens a new connection.
 
     The database: the PostgreSQL database dropped, or the SQLite file replaced by a directory. The pool: a
     connection a background task (a usage flush, a cache poll) holds at that moment goes back to the dropped pool
     later, which nothing closes (``Engine.dispose`` leaves checked-out connections to the garbage collector, where
-    aiosqlite's warns of a connection deleted unclosed, an error in the test that happens to collect it): waited
-    for, then closed.
+    aiosqlite's warns of a connection deleted unclosed, an error in the test that happens to collect it): closed
+    when it comes back.
     """
     url = make_url(database_url)
     if url.get_backend_name() == "postgresql":
@@ -151,17 +156,7 @@ async def break_store(database_url: str, pg_admin_dsn: str, engine: AsyncEngine)
                 os.remove(path + suffix)
         os.mkdir(path)  # SQLite cannot open a directory: every new connection fails
     dropped = engine.sync_engine.pool
-    if not isinstance(dropped, QueuePool):
-        await engine.dispose()
-        return
-    # Counted by events: dispose() resets the pool's own count of connections out.
-    out = [dropped.checkedout()]
-    event.listen(dropped, "checkout", lambda *_: out.__setitem__(0, out[0] + 1))
-    event.listen(dropped, "checkin", lambda *_: out.__setitem__(0, out[0] - 1))
+    # Registered before the pool is dropped (no await in between): each connection that comes back to it is closed
+    # as it does, within the caller's greenlet (AsyncConnection.close), where aiosqlite's close can be awaited.
+    event.listen(dropped, "checkin", _close_on_checkin)
     await engine.dispose()
-
-    async def all_back() -> bool:
-        return out[0] <= 0
-
-    await poll_until(all_back, what="the dropped pool's connections back")
-    await greenlet_spawn(dropped.dispose)  # closes those that came back since
