@@ -131,8 +131,8 @@ class DriverStatement:
     def from_tuples(self, rows: Iterable[Row]) -> list[Row]:
         """The driver's parameters of ``rows``, each a tuple of values in the order of ``names``.
 
-        A name that comes twice (SQLite's positional style repeats a parameter used twice, as the usage writer's
-        key charge does with the last-use time) is processed at its first position and copied to the others.
+        A name that comes twice (SQLite's positional style repeats a parameter used twice) is processed at its first
+        position and copied to the others.
         """
         if not self._processors:
             return rows if isinstance(rows, list) else list(rows)

@@ -6,16 +6,38 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, and_, bindparam, func, or_, select
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, bindparam, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.clock import ensure_utc
 from keyrelay.store.audit import AuditHook
 from keyrelay.store.records import AccountRecord, Change, GroupRecord, KeyRecord
 from keyrelay.store.rows import NO_PERIOD_USAGE, to_record
-from keyrelay.store.schema import accounts, groups, keys
+from keyrelay.store.schema import accounts, groups, key_usage, keys
 from keyrelay.store.spend import key_and_group_periods, latest_periods
 from keyrelay.store.text_match import contains_folded
+
+# A key's running figures: the key row's (charged before migration 0014, or by a process of an earlier release during
+# a rolling upgrade) plus ``key_usage``'s (every flush since), the later of the two last uses. Every read of a key
+# selects KEY_COLUMNS from KEYS_WITH_USAGE, so a KeyRecord's ``usage_micros`` is the whole lifetime spend.
+KEY_USAGE_MICROS: ColumnElement[int] = keys.c.usage_micros + func.coalesce(key_usage.c.usage_micros, 0)
+_LATER_USE = and_(
+    key_usage.c.last_used_at.is_not(None),
+    or_(keys.c.last_used_at.is_(None), key_usage.c.last_used_at > keys.c.last_used_at),
+)
+_RUNNING = frozenset({"usage_micros", "last_used_at", "last_used_ip"})
+KEY_COLUMNS = (
+    *(c for c in keys.c if c.name not in _RUNNING),
+    KEY_USAGE_MICROS.label("usage_micros"),
+    case((_LATER_USE, key_usage.c.last_used_at), else_=keys.c.last_used_at).label("last_used_at"),
+    case((_LATER_USE, key_usage.c.last_used_ip), else_=keys.c.last_used_ip).label("last_used_ip"),
+)
+KEYS_WITH_USAGE = keys.outerjoin(key_usage, key_usage.c.key_id == keys.c.id)
+
+
+def _select_keys() -> Select[Any]:
+    """Every column of a KeyRecord, running figures included (``KEY_COLUMNS``), from ``KEYS_WITH_USAGE``."""
+    return select(*KEY_COLUMNS).select_from(KEYS_WITH_USAGE)
 
 
 async def _records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[KeyRecord]:
@@ -28,9 +50,11 @@ async def _records(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[Ke
 # account's group (columns a_* and g_*; g_* NULL without a group): a fixed statement, compiled once.
 _SECRET = bindparam("secret", type_=keys.c.secret_hash.type)
 _WITH_OWNER = (
-    select(keys, *(c.label(f"a_{c.name}") for c in accounts.c), *(c.label(f"g_{c.name}") for c in groups.c))
+    select(*KEY_COLUMNS, *(c.label(f"a_{c.name}") for c in accounts.c), *(c.label(f"g_{c.name}") for c in groups.c))
     .select_from(
-        keys.join(accounts, accounts.c.id == keys.c.account_id).outerjoin(groups, groups.c.id == accounts.c.group_id)
+        KEYS_WITH_USAGE.join(accounts, accounts.c.id == keys.c.account_id).outerjoin(
+            groups, groups.c.id == accounts.c.group_id
+        )
     )
     .where(
         keys.c.deleted_at.is_(None),
@@ -61,7 +85,7 @@ class KeyRepository:
 
     async def get(self, *, key_hash: str, include_deleted: bool = False) -> KeyRecord | None:
         """The key whose stable ``hash`` is given; deleted keys only when asked (for usage history)."""
-        stmt = select(keys).where(keys.c.hash == key_hash)
+        stmt = _select_keys().where(keys.c.hash == key_hash)
         if not include_deleted:
             stmt = stmt.where(keys.c.deleted_at.is_(None))
         async with self._engine.connect() as conn:
@@ -70,7 +94,7 @@ class KeyRepository:
 
     async def find_by_secret(self, *, secret_hash: str, now: datetime) -> KeyRecord | None:
         """The live key whose current secret, or previous secret within its grace period, hashes to this."""
-        stmt = select(keys).where(
+        stmt = _select_keys().where(
             keys.c.deleted_at.is_(None),
             or_(
                 keys.c.secret_hash == secret_hash,
@@ -120,7 +144,7 @@ class KeyRepository:
         ``name_contains`` keeps names holding that text (case-insensitive); ``status`` keeps ``active``,
         ``disabled`` or ``expired`` keys, an expiry judged at ``now`` (required with ``status``).
         """
-        stmt = select(keys).where(keys.c.deleted_at.is_(None), keys.c.key_type == key_type)
+        stmt = _select_keys().where(keys.c.deleted_at.is_(None), keys.c.key_type == key_type)
         if account_id is not None:
             stmt = stmt.where(keys.c.account_id == account_id)
         if name_contains:
@@ -156,7 +180,7 @@ class KeyRepository:
         """Insert a key row and return it; ``audit`` is called in the same transaction."""
         async with self._engine.begin() as conn:
             await conn.execute(keys.insert().values(**values))
-            row = (await conn.execute(select(keys).where(keys.c.hash == values["hash"]))).mappings().one()
+            row = (await conn.execute(_select_keys().where(keys.c.hash == values["hash"]))).mappings().one()
             record = (await _records(conn, [row]))[0]
             if audit is not None:
                 await audit(conn, None, record)
@@ -174,14 +198,14 @@ class KeyRepository:
         async with self._engine.begin() as conn:
             before = None
             if audit is not None:
-                old = (await conn.execute(select(keys).where(*live).with_for_update())).mappings().first()
+                old = (await conn.execute(_select_keys().where(*live).with_for_update(of=keys))).mappings().first()
                 if old is None:
                     return None
                 before = to_record(KeyRecord, old, period_usage={})
             result = await conn.execute(keys.update().where(*live).values(**values, version=keys.c.version + 1))
             if result.rowcount == 0:
                 return None
-            row = (await conn.execute(select(keys).where(keys.c.hash == key_hash))).mappings().one()
+            row = (await conn.execute(_select_keys().where(keys.c.hash == key_hash))).mappings().one()
             record = (await _records(conn, [row]))[0]
             if audit is not None:
                 await audit(conn, before, record)
@@ -211,16 +235,3 @@ class KeyRepository:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [h for row in rows for h in (row.secret_hash, row.prev_secret_hash) if h]
-
-    async def record_last_used(self, *, updates: Sequence[tuple[str, datetime, str | None]]) -> None:
-        """Write coalesced (key hash, last_used_at, last_used_ip) updates in one transaction.
-
-        ``updated_at`` is deliberately left alone: last-use bookkeeping must not invalidate caches.
-        """
-        if not updates:
-            return
-        async with self._engine.begin() as conn:
-            for key_hash, used_at, ip in updates:
-                await conn.execute(
-                    keys.update().where(keys.c.hash == key_hash).values(last_used_at=used_at, last_used_ip=ip)
-                )

@@ -13,6 +13,7 @@ from sqlalchemy import DateTime, and_, case, delete, func, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from keyrelay.store.keys import KEY_COLUMNS, KEY_USAGE_MICROS, KEYS_WITH_USAGE
 from keyrelay.store.records import AccountRecord, GroupRecord, KeyRecord
 from keyrelay.store.rows import to_record
 from keyrelay.store.schema import accounts, groups, keys, notifications_sent, spend_periods
@@ -84,11 +85,11 @@ class NotificationRepository:
             )
             .scalar_subquery()
         )
-        spent = case((reset.is_(None), keys.c.usage_micros), else_=func.coalesce(period_spend, 0))
+        spent = case((reset.is_(None), KEY_USAGE_MICROS), else_=func.coalesce(period_spend, 0))
         stmt = (
-            select(keys)
+            select(*KEY_COLUMNS)
             .select_from(
-                keys.outerjoin(accounts, accounts.c.id == keys.c.account_id).outerjoin(
+                KEYS_WITH_USAGE.outerjoin(accounts, accounts.c.id == keys.c.account_id).outerjoin(
                     groups, groups.c.id == accounts.c.group_id
                 )
             )
@@ -104,8 +105,8 @@ class NotificationRepository:
                         cap > 0,
                         # First the lifetime spend, which no period's exceeds: most keys stop here, before their
                         # period's row is looked up.
-                        keys.c.usage_micros * 100 >= cap * spend_percent,
-                        spent * 100 >= cap * spend_percent,
+                        cap * spend_percent <= KEY_USAGE_MICROS * 100,
+                        cap * spend_percent <= spent * 100,
                     ),
                 ),
             )

@@ -1,12 +1,12 @@
 """Usage records: an in-memory queue flushed to the store, one transaction per flush.
 
-Each flush, in one transaction (of up to ``max_batch`` records, 5,000 by default), inserts the records,
-adds their cost to each key's and group's lifetime usage and to each account's ``spent_micros``, adds it
-to the spend of the key's and group's period of ADMISSION in the spend ledger (whenever the record is
-written: a request admitted at 23:59:59 and finished after midnight is the old day's, as its reservation
-was), and writes coalesced ``last_used_*``. ``close()`` flushes whatever is left, so a clean stop
-(SIGTERM) loses nothing. While records wait, ``pending`` tells the limits backends what the store does not
-show yet, per spend counter.
+Each flush, in one transaction (of up to ``max_batch`` records, 5,000 by default), inserts the records, adds their
+cost to each key's lifetime usage (its ``key_usage`` row) and each group's and to each account's ``spent_micros``,
+adds it to the spend of the key's and group's period of ADMISSION in the spend ledger (whenever the record is written:
+a request admitted at 23:59:59 and finished after midnight is the old day's, as its reservation was), and writes
+coalesced last uses (``key_usage.last_used_*``). ``close()`` flushes whatever is left, so a clean stop (SIGTERM) loses
+nothing. While records wait, ``pending`` tells the limits backends what the store does not show yet, per spend
+counter.
 
 With a journal (``usage/journal.py``), each record is appended to it when queued, so that a process killed
 before a flush loses nothing either: the next process to start replays it (``replay``). A record is
@@ -23,11 +23,13 @@ from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import bindparam, case, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.store.driver_sql import DriverStatement
-from keyrelay.store.schema import accounts, groups, keys, usage_records
+from keyrelay.store.schema import accounts, groups, key_usage, keys, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
 from keyrelay.tasks import finish_then_cancel
 from keyrelay.usage.journal import UsageJournal
@@ -40,20 +42,44 @@ T = TypeVar("T")
 # A spend counter as the limits backends name it: (scope, ident, counter), counter "life" or "daily:2026-11-23".
 SpendCounter = tuple[str, str, str]
 
-# A key row's charge and last use in one statement: a flush updates each key row once, in the sorted order of
-# every key row it updates (see _insert_and_charge). b_used_at NULL: the row's last use stays as it is.
-_USED_AT = bindparam("b_used_at", type_=keys.c.last_used_at.type)
-_CHARGE_KEY = (
-    keys.update()
-    .where(keys.c.hash == bindparam("b_ident"))
-    .values(
-        usage_micros=keys.c.usage_micros + bindparam("b_cost"),
-        last_used_at=func.coalesce(_USED_AT, keys.c.last_used_at),
-        last_used_ip=case(
-            (_USED_AT.is_(None), keys.c.last_used_ip), else_=bindparam("b_ip", type_=keys.c.last_used_ip.type)
-        ),
+# A key's charge and last use in one statement, into its ``key_usage`` row (migration 0014) by its number, looked up
+# from its hash in the statement: the row is created at the first charge (an upsert, so two processes charging a new
+# key at once cannot collide) and added to after. A flush upserts each key once, in the sorted order of its keys'
+# hashes (see _insert_and_charge). b_used_at NULL: the row's last use stays as it is. A key the store does not hold
+# selects no row: nothing is charged (as the key row's UPDATE did before).
+_KEY_USAGE_ROW = select(
+    keys.c.id,
+    bindparam("b_cost", type_=key_usage.c.usage_micros.type),
+    bindparam("b_used_at", type_=key_usage.c.last_used_at.type),
+    bindparam("b_ip", type_=key_usage.c.last_used_ip.type),
+).where(keys.c.hash == bindparam("b_ident"))
+
+
+def _charge_key(dialect: Dialect) -> DriverStatement:
+    """The key charge's upsert for ``dialect`` (parameters b_cost, b_used_at, b_ip, b_ident).
+
+    Raises:
+        NotImplementedError: A database other than SQLite or PostgreSQL.
+    """
+    insert: sqlite.Insert | postgresql.Insert
+    if dialect.name == "sqlite":
+        insert = sqlite.insert(key_usage)
+    elif dialect.name == "postgresql":
+        insert = postgresql.insert(key_usage)
+    else:  # pragma: no cover - the engine only accepts these two
+        raise NotImplementedError(f"no key usage upsert for {dialect.name}")
+    new = insert.excluded
+    upsert = insert.from_select([c.name for c in key_usage.c], _KEY_USAGE_ROW).on_conflict_do_update(
+        index_elements=[key_usage.c.key_id],
+        set_={
+            "usage_micros": key_usage.c.usage_micros + new.usage_micros,
+            "last_used_at": func.coalesce(new.last_used_at, key_usage.c.last_used_at),
+            "last_used_ip": case((new.last_used_at.is_(None), key_usage.c.last_used_ip), else_=new.last_used_ip),
+        },
     )
-)
+    return DriverStatement(upsert, dialect)
+
+
 _CHARGE_GROUP = (
     groups.update()
     .where(groups.c.id == bindparam("b_ident"))
@@ -163,7 +189,7 @@ class UsageWriter:
         self._insert = DriverStatement(_INSERT, dialect, columns=_COLUMNS)
         # A record's parameters, in the statement's order.
         self._row = operator.attrgetter(*(_FIELD_OF.get(name, name) for name in self._insert.names))
-        self._charge_key = DriverStatement(_CHARGE_KEY, dialect)
+        self._charge_key = _charge_key(dialect)
         self._charge_group = DriverStatement(_CHARGE_GROUP, dialect)
         self._charge_account = DriverStatement(_CHARGE_ACCOUNT, dialect)
 
@@ -338,7 +364,7 @@ class UsageWriter:
                         per_period[gslot] = per_period.get(gslot, 0) + cost
             # One C call a record's row; the event loop runs while the driver executes it.
             await self._insert.executemany(conn, self._insert.from_tuples(map(self._row, chunk)))
-        # Every row is updated once, tables in one order (keys, groups, accounts, spend periods) and rows in sorted
+        # Every row is updated once, tables in one order (key usage, groups, accounts, spend periods) and rows in sorted
         # order within each (chunks in that order too): any two flushes, of any processes, lock rows in the same
         # order, so none waits on another in a cycle (no deadlock, however hot the keys they share).
         hashes = sorted(per_key.keys() | touched.at.keys())

@@ -39,6 +39,7 @@ from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.store.engine import create_engine
+from keyrelay.store.keys import KEY_USAGE_MICROS, KEYS_WITH_USAGE
 from keyrelay.store.migrate import upgrade_to_head
 from keyrelay.store.schema import accounts, groups, keys, spend_periods
 from keyrelay.testing.clock import FakeClock
@@ -375,7 +376,9 @@ class Run:
                 (r.scope, r.ident, r.reset, ensure_utc(r.period_start).date()): r.usage_micros
                 for r in await conn.execute(select(spend_periods))
             }
-            key_usage = dict((await conn.execute(select(keys.c.hash, keys.c.usage_micros))).all())
+            key_usage = dict(
+                (await conn.execute(select(keys.c.hash, KEY_USAGE_MICROS).select_from(KEYS_WITH_USAGE))).all()
+            )
             group_usage = (await conn.execute(select(groups.c.usage_micros))).scalar_one()
             account_spent = dict((await conn.execute(select(accounts.c.id, accounts.c.spent_micros))).all())
         expected = {(s, i, r, p): v for (s, i, r, p), v in self.stored.items() if r is not None and p is not None and v}

@@ -14,15 +14,14 @@ from typing import Any, cast
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import BigInteger, DateTime, String, bindparam, func, select
+from sqlalchemy import BigInteger, DateTime, String, bindparam, case, func, select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import psycopg
 
 from keyrelay.runtime import Runtime
 from keyrelay.store.driver_sql import DriverStatement, _in_utc, _sqlite_datetime
-from keyrelay.store.schema import spend_periods, usage_records
+from keyrelay.store.schema import keys, spend_periods, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
-from keyrelay.usage.writer import _CHARGE_KEY
 from tests.records import usage_record
 
 STAMP = datetime(2026, 6, 1, 12, 30, 45, 123456, tzinfo=UTC)
@@ -126,8 +125,18 @@ def test_the_fast_sqlite_timestamp_leaves_other_values_to_sqlalchemy() -> None:
 
 
 def test_a_parameter_used_twice_is_processed_once() -> None:
-    # The usage writer's key charge binds the last-use time twice on SQLite: printed once, given at both positions.
-    driver = DriverStatement(_CHARGE_KEY, sqlite_dialect.dialect())
+    # A statement that uses the last-use time twice binds it at two positions on SQLite: printed once, given at both.
+    used_at = bindparam("b_used_at", type_=keys.c.last_used_at.type)
+    twice = (
+        keys.update()
+        .where(keys.c.hash == bindparam("b_ident"))
+        .values(
+            usage_micros=keys.c.usage_micros + bindparam("b_cost"),
+            last_used_at=func.coalesce(used_at, keys.c.last_used_at),
+            last_used_ip=case((used_at.is_(None), keys.c.last_used_ip), else_=bindparam("b_ip")),
+        )
+    )
+    driver = DriverStatement(twice, sqlite_dialect.dialect())
     positions = [p for p, name in enumerate(driver.names) if name == "b_used_at"]
     assert len(positions) == 2
     ((first, process),) = [(p, f) for p, f in driver._processors if p in positions]

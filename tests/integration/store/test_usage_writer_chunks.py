@@ -15,7 +15,8 @@ from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.store.driver_sql import DriverStatement
-from keyrelay.store.schema import accounts, groups, keys, spend_periods, usage_records
+from keyrelay.store.keys import KEY_USAGE_MICROS, KEYS_WITH_USAGE
+from keyrelay.store.schema import accounts, groups, key_usage, keys, spend_periods, usage_records
 from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
@@ -69,7 +70,7 @@ async def assert_stored(runtime: Runtime, written: list[UsageRecord], group_id: 
     async with runtime.engine.connect() as conn:
         ids = (await conn.execute(select(usage_records.c.request_id))).scalars().all()
         assert sorted(ids) == sorted(r.request_id for r in written)
-        life = dict((await conn.execute(select(keys.c.hash, keys.c.usage_micros))).all())
+        life = dict((await conn.execute(select(keys.c.hash, KEY_USAGE_MICROS).select_from(KEYS_WITH_USAGE))).all())
         assert {h: life[h] for h in per_key} == per_key
         key_periods = select(spend_periods.c.ident, spend_periods.c.usage_micros).where(spend_periods.c.scope == "key")
         daily = dict((await conn.execute(key_periods)).all())
@@ -114,7 +115,13 @@ async def test_a_flush_of_more_records_than_a_chunk_is_one_transaction(
     assert writer.queued == 0 and writer.pending("key", made[0][0], "life") == 0
     await assert_stored(runtime, batch, group_id)
     async with runtime.engine.connect() as conn:
-        ips = dict((await conn.execute(select(keys.c.hash, keys.c.last_used_ip))).all())
+        ips = dict(
+            (
+                await conn.execute(
+                    select(keys.c.hash, key_usage.c.last_used_ip).join(key_usage, key_usage.c.key_id == keys.c.id)
+                )
+            ).all()
+        )
     assert ips[made[-1][0]] == "192.0.2.9" and ips[made[0][0]] == "192.0.2.7"
 
 

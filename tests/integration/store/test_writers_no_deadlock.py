@@ -21,7 +21,7 @@ from keyrelay.keys.spec import KeyCreate
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
 from keyrelay.store.engine import create_engine
-from keyrelay.store.schema import accounts, keys, usage_records
+from keyrelay.store.schema import accounts, key_usage, usage_records
 from keyrelay.usage.records import UsageRecord
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
@@ -92,9 +92,9 @@ async def test_four_writers_on_hot_rows_never_deadlock(postgres_url: str) -> Non
     try:
         async with engine.connect() as conn:
             count = (await conn.execute(select(func.count()).select_from(usage_records))).scalar_one()
-            key_total = (await conn.execute(select(func.sum(keys.c.usage_micros)))).scalar_one()
+            key_total = (await conn.execute(select(func.sum(key_usage.c.usage_micros)))).scalar_one()
             account_total = (await conn.execute(select(func.sum(accounts.c.spent_micros)))).scalar_one()
-            used = (await conn.execute(select(func.count()).where(keys.c.last_used_at.is_not(None)))).scalar_one()
+            used = (await conn.execute(select(func.count()).where(key_usage.c.last_used_at.is_not(None)))).scalar_one()
     finally:
         await engine.dispose()
     assert count == WRITERS * ROUNDS * RECORDS_PER_ROUND
