@@ -203,7 +203,8 @@ keys = Table(
 # (``usage/writer.py``). Apart from the key row so that a flush writes a row of four narrow columns, many to a page,
 # rather than the key's wide row: in SQLite 18.0 µs a key against 1.5, on PostgreSQL 19.6 against 9.1, measured with
 # keys in rotation (docs/benchmarks.md, "2026-12-07, evening"). No row until a key's first flush. Readers add
-# ``keys.usage_micros`` (see there). On SQLite ``key_id`` is INTEGER PRIMARY KEY: the table's rowid itself.
+# ``keys.usage_micros`` (see there). On SQLite ``key_id`` is INTEGER PRIMARY KEY: the table's rowid itself. No
+# foreign key (a check per charge): key rows are never deleted (a deleted key is marked), so no row is orphaned.
 key_usage = Table(
     "key_usage",
     metadata,
@@ -215,7 +216,7 @@ key_usage = Table(
 
 # The spend ledger: what each key and group spent in each calendar period (daily, weekly, monthly), in the
 # period its requests were admitted in. Rows are only ever added to, so a late usage record can never
-# rewrite a newer period. Lifetime usage stays on the keys and groups rows (``usage_micros``).
+# rewrite a newer period. Lifetime usage stays on the groups rows and in ``key_usage`` (``usage_micros``).
 spend_periods = Table(
     "spend_periods",
     metadata,

@@ -52,7 +52,7 @@ _KEY_USAGE_ROW = select(
     bindparam("b_cost", type_=key_usage.c.usage_micros.type),
     bindparam("b_used_at", type_=key_usage.c.last_used_at.type),
     bindparam("b_ip", type_=key_usage.c.last_used_ip.type),
-).where(keys.c.hash == bindparam("b_ident"))
+).where(keys.c.hash == bindparam("b_ident"), keys.c.id.is_not(None))
 
 
 def _charge_key(dialect: Dialect) -> DriverStatement:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, text, update
 
 from keyrelay.keys.format import KeyType
+from keyrelay.keys.spec import KeyUpdate
 from keyrelay.runtime import Runtime
 from keyrelay.store.engine import create_engine
 from keyrelay.store.keys import KeyRepository
@@ -21,6 +22,7 @@ from keyrelay.store.notifications import NotificationRepository
 from keyrelay.store.records import KeyRecord
 from keyrelay.store.schema import key_usage, keys
 from keyrelay.usage.writer import UsageWriter
+from tests.conftest import TEST_ACTOR
 from tests.integration.store.conftest import keys_of_one_account
 from tests.records import usage_record
 
@@ -75,6 +77,29 @@ async def test_a_flush_charges_key_usage_and_writes_nothing_to_the_key_row(runti
     repository = KeyRepository(runtime.engine)
     assert figures(await repository.get(key_hash=first)) == (26, T1, "192.0.2.1")
     assert figures(await repository.get(key_hash=idle)) == (0, None, None)
+    # A record of a key the store does not hold charges nothing and makes no row.
+    writer.enqueue(usage_record("stranger", T2, key_hash="f" * 64, account_id=account.id, cost_micros=9))
+    writer.touch("f" * 64, T2, "192.0.2.99")
+    await writer.flush()
+    assert len(await running(runtime)) == 2
+
+
+async def test_a_replayed_record_s_row_has_no_last_use_and_the_key_row_s_stays_the_last(runtime: Runtime) -> None:
+    # A replay (a journal of a process that died) charges without a last use: the key row's is still the last one.
+    account, (key_hash,) = await keys_of_one_account(runtime, "replayed@example.com", 1)
+    async with runtime.engine.begin() as conn:
+        await conn.execute(
+            update(keys).where(keys.c.hash == key_hash).values(last_used_at=T2, last_used_ip="192.0.2.2")
+        )
+    writer = UsageWriter(runtime.engine)
+    assert await writer.replay([usage_record("died", T1, key_hash=key_hash, account_id=account.id, cost_micros=6)]) == 1
+    ((_, *row),) = [(number, *figures) for number, figures in (await running(runtime)).items()]
+    assert row == [6, None, None]
+    repository = KeyRepository(runtime.engine)
+    assert figures(await repository.get(key_hash=key_hash)) == (6, T2, "192.0.2.2")
+    writer.touch(key_hash, T3, "192.0.2.3")
+    await writer.flush()
+    assert figures(await repository.get(key_hash=key_hash)) == (6, T3, "192.0.2.3")
 
 
 async def test_every_read_adds_what_a_process_of_the_earlier_release_charged_to_the_key_row(runtime: Runtime) -> None:
@@ -102,7 +127,9 @@ async def test_every_read_adds_what_a_process_of_the_earlier_release_charged_to_
     assert found is not None and figures(found[0]) == (800, T3, "192.0.2.3")
     (listed,) = await repository.list_all(account_id=account.id, key_type=KeyType.REGULAR.value, limit=10)
     assert figures(listed) == (800, T3, "192.0.2.3")
-    await runtime.keys.update(key_hash=key_hash, values={"limit_micros": 1000})
+    # An update (audited: the row read before it, locked on PostgreSQL) returns the figures too.
+    updated, _ = await runtime.key_service.update(record=record, spec=KeyUpdate(limit=0.001), actor=TEST_ACTOR)
+    assert figures(updated) == (800, T3, "192.0.2.3")
     notifications = NotificationRepository(runtime.engine)
     due = {
         percent: await notifications.keys_due_after(

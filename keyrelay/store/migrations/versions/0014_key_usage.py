@@ -12,7 +12,9 @@ and every reader adds ``key_usage``'s figures to them (the later last use wins: 
 the earlier release, still charging the key rows during a rolling upgrade, loses nothing either, and the upgrade
 writes no row.
 
-Downgrade: each key's ``key_usage`` figures folded back into its row, then the table dropped.
+Downgrade: each key's ``key_usage`` figures folded back into its row, then the table dropped. Stop this release's
+processes first; on PostgreSQL the table is locked before the fold, so a flush still running fails (its records
+stay queued) rather than commit a charge between the fold and the drop.
 
 Revision ID: 0014
 Revises: 0013
@@ -52,5 +54,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("LOCK TABLE key_usage IN ACCESS EXCLUSIVE MODE")  # SQLite: the migration holds the write lock
     op.execute(_FOLD)
     op.drop_table("key_usage")
