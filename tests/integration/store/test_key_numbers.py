@@ -23,7 +23,7 @@ from keyrelay.store.usage import UsageRepository
 from keyrelay.usage.numbering import Numbering
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
-from tests.integration.store.conftest import keys_of_one_account
+from tests.integration.store.conftest import account_in_raw_sql, keys_of_one_account
 from tests.records import usage_record
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -96,14 +96,7 @@ async def test_the_upgrade_numbers_existing_keys_in_creation_order_and_fills_the
     try:
         await migrate_to(engine, "0012")
         async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO accounts (email, status, spent_micros, created_at, updated_at) "
-                    "VALUES ('old@example.com', 'active', 0, :t, :t)"
-                ),
-                {"t": NOW},
-            )
-            account_id = (await conn.execute(text("SELECT id FROM accounts"))).scalar_one()
+            account_id = await account_in_raw_sql(conn, NOW)
             # Inserted newest first: the numbers follow created_at, not the order of the rows.
             for name, age in (("young", 1), ("old", 3), ("middle", 2)):
                 await conn.execute(

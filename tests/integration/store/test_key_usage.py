@@ -23,7 +23,7 @@ from keyrelay.store.records import KeyRecord
 from keyrelay.store.schema import key_usage, keys
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
-from tests.integration.store.conftest import keys_of_one_account
+from tests.integration.store.conftest import account_in_raw_sql, keys_of_one_account
 from tests.records import usage_record
 
 T1 = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -152,14 +152,7 @@ async def test_the_upgrade_keeps_the_key_rows_figures_and_the_downgrade_folds_ke
     try:
         await migrate_to(engine, "0013")
         async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO accounts (email, status, spent_micros, created_at, updated_at) "
-                    "VALUES ('old@example.com', 'active', 0, :t, :t)"
-                ),
-                {"t": T1},
-            )
-            account_id = (await conn.execute(text("SELECT id FROM accounts"))).scalar_one()
+            account_id = await account_in_raw_sql(conn, T1)
             for name, usage, used in (("used", 7, T2), ("unused", 0, None)):
                 await conn.execute(
                     text(
