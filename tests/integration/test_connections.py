@@ -42,8 +42,10 @@ async def _slow_client(server: RunningServer, stop: asyncio.Event) -> bytes:
         line = 0
         while not stop.is_set() and not reader.at_eof():
             with contextlib.suppress(TimeoutError):
-                data = await asyncio.wait_for(reader.read(), timeout=SLOW_PACE)
-                return data  # the server answered and closed (read() returns at EOF)
+                # A bounded read returns with the first bytes; one to EOF (read()) cancelled by the timeout between
+                # the answer's bytes and the server's close would drop the bytes it had read.
+                data = await asyncio.wait_for(reader.read(65536), timeout=SLOW_PACE)
+                return data + await reader.read()  # the server answered: the rest, to its close
             writer.write(f"x-slow-{line}: {'a' * 10}\r\n".encode())
             line += 1
             with contextlib.suppress(ConnectionError):
