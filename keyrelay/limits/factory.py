@@ -20,9 +20,9 @@ def redis_client(settings: Settings) -> Redis | None:
     """The process's Redis client, or None without ``KEYRELAY_REDIS_URL``."""
     if not settings.redis_url:
         return None
-    from redis.asyncio import Redis
+    from keyrelay.limits.redis import client_from_url
 
-    return Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    return client_from_url(settings.redis_url)
 
 
 def build_limits(settings: Settings, client: Redis | None) -> LimitsBackend:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import hiredis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from keyrelay.errors import ErrorType, GatewayError
@@ -118,6 +118,34 @@ def _refusal(request: AdmissionRequest, reply: list[int]) -> Exception:
     raise AssertionError(f"admit_v5.lua replied {reply!r}")
 
 
+# The most connections a process's redis-py pool holds (redis-py's default). Beyond it a command waits for one to be
+# free, for up to POOL_WAIT_S seconds: redis-py's default pool raises "Too many connections" at once instead, which a
+# burst of more than 100 concurrent commands (a Unix-socket URL sends every admission through redis-py) turned into
+# "Redis unreachable" for the requests over it.
+POOL_CONNECTIONS = 100
+POOL_WAIT_S = 2.0
+
+
+def client_from_url(url: str) -> Redis:
+    """A redis-py client of ``url`` on a blocking pool of ``POOL_CONNECTIONS`` (its own: closed with the client).
+
+    Timeouts in seconds: connecting 1, a reply 2, a free connection ``POOL_WAIT_S``; a connection idle for 30 s is
+    checked before use. redis-py: https://redis.readthedocs.io/en/stable/connections.html#connectionpool-async.
+
+    Raises:
+        ValueError: ``url`` is not a Redis URL (redis-py's message).
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_CONNECTIONS,
+        timeout=POOL_WAIT_S,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)
+
+
 class RedisLimits:
     """Limits backend on Redis (atomic Lua scripts, versioned by name)."""
 
@@ -153,8 +181,7 @@ class RedisLimits:
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "keyrelay", fail_open: bool = False) -> RedisLimits:
         """A backend with its own connection pool."""
-        client = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=30)
-        return cls(client, prefix=prefix, fail_open=fail_open)
+        return cls(client_from_url(url), prefix=prefix, fail_open=fail_open)
 
     # --- key names ---------------------------------------------------------------------------------------
     def _spend_keys(self, level: SpendLevel) -> list[str]:

@@ -11,14 +11,14 @@ from redis.asyncio import Redis
 
 from keyrelay.limits.backend import LimitsBackend
 from keyrelay.limits.memory import MemoryLimits
-from keyrelay.limits.redis import RedisLimits
+from keyrelay.limits.redis import RedisLimits, client_from_url
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_URL = os.environ.get("KEYRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 async def redis_client_or_skip() -> Redis:
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    client = client_from_url(REDIS_URL)  # the gateway's own pool
     try:
         await client.ping()
     except Exception as exc:  # any failure means "no Redis here"
