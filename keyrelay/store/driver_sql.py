@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import DateTime
+from sqlalchemy import DateTime, Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement
@@ -86,6 +87,19 @@ def _sqlite_datetime(library: Callable[[Any], Any]) -> Callable[[Any], Any] | No
     except Exception:  # whatever a changed library raises, its own processor is the one to use
         return None
     return process if agree else None
+
+
+def upsert_insert(table: Table, dialect: Dialect) -> sqlite.Insert | postgresql.Insert:
+    """An INSERT into ``table`` that takes ``on_conflict_do_update`` (``INSERT ... ON CONFLICT``) for ``dialect``.
+
+    Raises:
+        NotImplementedError: A database other than SQLite or PostgreSQL (the engine accepts only these two).
+    """
+    if dialect.name == "sqlite":
+        return sqlite.insert(table)
+    if dialect.name == "postgresql":
+        return postgresql.insert(table)
+    raise NotImplementedError(f"no INSERT ... ON CONFLICT for {dialect.name}")
 
 
 class DriverStatement:

@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Executable, and_, bindparam, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyrelay.clock import ensure_utc
 from keyrelay.limits.periods import counter_name
-from keyrelay.store.driver_sql import DriverStatement
+from keyrelay.store.driver_sql import DriverStatement, upsert_insert
 from keyrelay.store.schema import spend_periods
 
 _PK = ["scope", "ident", "reset", "period_start"]
@@ -46,17 +45,10 @@ _UPSERTS: dict[str, DriverStatement] = {}  # by dialect name, compiled on first 
 
 def _upsert(dialect: Dialect) -> DriverStatement:
     """The ledger's upsert for ``dialect``: insert the period's row at the charge, or add the charge to it."""
-    upsert: Executable
-    if dialect.name == "sqlite":
-        lite = sqlite.insert(spend_periods)
-        upsert = lite.on_conflict_do_update(
-            index_elements=_PK, set_={"usage_micros": _ADD + lite.excluded.usage_micros}
-        )
-    elif dialect.name == "postgresql":
-        pg = postgresql.insert(spend_periods)
-        upsert = pg.on_conflict_do_update(index_elements=_PK, set_={"usage_micros": _ADD + pg.excluded.usage_micros})
-    else:  # pragma: no cover - the engine only accepts these two
-        raise NotImplementedError(f"no spend ledger upsert for {dialect.name}")
+    insert = upsert_insert(spend_periods, dialect)
+    upsert = insert.on_conflict_do_update(
+        index_elements=_PK, set_={"usage_micros": _ADD + insert.excluded.usage_micros}
+    )
     statement = DriverStatement(upsert, dialect, columns=_COLUMNS)
     if statement.names != _COLUMNS:  # _CHARGE_ROW gives the values in _COLUMNS' order
         raise NotImplementedError(f"unexpected parameters of the spend ledger upsert: {statement.names}")

@@ -23,12 +23,11 @@ from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import bindparam, case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from keyrelay.store.driver_sql import DriverStatement
+from keyrelay.store.driver_sql import DriverStatement, upsert_insert
 from keyrelay.store.schema import accounts, groups, key_usage, keys, usage_records
 from keyrelay.store.spend import PeriodCharge, add_charges
 from keyrelay.tasks import finish_then_cancel
@@ -61,13 +60,7 @@ def _charge_key(dialect: Dialect) -> DriverStatement:
     Raises:
         NotImplementedError: A database other than SQLite or PostgreSQL.
     """
-    insert: sqlite.Insert | postgresql.Insert
-    if dialect.name == "sqlite":
-        insert = sqlite.insert(key_usage)
-    elif dialect.name == "postgresql":
-        insert = postgresql.insert(key_usage)
-    else:  # pragma: no cover - the engine only accepts these two
-        raise NotImplementedError(f"no key usage upsert for {dialect.name}")
+    insert = upsert_insert(key_usage, dialect)
     new = insert.excluded
     upsert = insert.from_select([c.name for c in key_usage.c], _KEY_USAGE_ROW).on_conflict_do_update(
         index_elements=[key_usage.c.key_id],
