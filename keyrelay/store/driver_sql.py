@@ -102,6 +102,9 @@ def upsert_insert(table: Table, dialect: Dialect) -> sqlite.Insert | postgresql.
     raise NotImplementedError(f"no INSERT ... ON CONFLICT for {dialect.name}")
 
 
+_NOTHING = object()  # no value yet (see DriverStatement.from_tuples)
+
+
 class DriverStatement:
     """``statement`` compiled for ``dialect``: its SQL text (``sql``) and its parameters' names in order (``names``).
 
@@ -146,16 +149,29 @@ class DriverStatement:
         """The driver's parameters of ``rows``, each a tuple of values in the order of ``names``.
 
         A name that comes twice (SQLite's positional style repeats a parameter used twice) is processed at its first
-        position and copied to the others.
+        position and copied to the others. A value that is the very object the previous row had at its position is
+        given that row's processed value rather than processed again (processors are pure, their values immutable).
         """
         if not self._processors:
             return rows if isinstance(rows, list) else list(rows)
         out: list[Row] = []
         copies = self._copies
+        processors = self._processors
+        # Each position's last value and what it became: a value that is the previous row's (the same object: a
+        # spend period's start shared by every key of the period, None, a boolean) is not processed again. An identity
+        # test, not equality: a dict of recent values cost one key's records more than it saved (benchmarks.md,
+        # "2026-12-07, night").
+        last_in: list[Any] = [_NOTHING] * len(processors)
+        last_out: list[Any] = [None] * len(processors)
         for row in rows:
             values = list(row)
-            for position, process in self._processors:
-                values[position] = process(values[position])
+            for slot, (position, process) in enumerate(processors):
+                value = values[position]
+                if value is last_in[slot]:
+                    values[position] = last_out[slot]
+                else:
+                    last_in[slot] = value
+                    values[position] = last_out[slot] = process(value)
             for position, source in copies:
                 values[position] = values[source]
             out.append(tuple(values))

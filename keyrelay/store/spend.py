@@ -9,10 +9,9 @@ and :func:`keyrelay.limits.periods.stored_usage` tells whether it is the current
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.engine import Dialect
@@ -27,9 +26,12 @@ _PK = ["scope", "ident", "reset", "period_start"]
 _ADD = spend_periods.c.usage_micros  # the row's current figure, which the charge is added to
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class PeriodCharge:
-    """Micro-dollars to add to one key's or group's spend in one period (a row of the ledger)."""
+class PeriodCharge(NamedTuple):
+    """Micro-dollars to add to one key's or group's spend in one period (a row of the ledger, in its columns' order).
+
+    A tuple: ``add_charges`` hands it to the driver as it is, and a caller with many charges may pass plain tuples of
+    the same five values.
+    """
 
     scope: str  # "key" | "group"
     ident: str  # key hash | group id
@@ -39,7 +41,6 @@ class PeriodCharge:
 
 
 _COLUMNS = ("scope", "ident", "reset", "period_start", "usage_micros")
-_CHARGE_ROW = operator.attrgetter("scope", "ident", "reset", "period_start", "cost_micros")  # _COLUMNS' values
 _UPSERTS: dict[str, DriverStatement] = {}  # by dialect name, compiled on first use
 
 
@@ -50,13 +51,15 @@ def _upsert(dialect: Dialect) -> DriverStatement:
         index_elements=_PK, set_={"usage_micros": _ADD + insert.excluded.usage_micros}
     )
     statement = DriverStatement(upsert, dialect, columns=_COLUMNS)
-    if statement.names != _COLUMNS:  # _CHARGE_ROW gives the values in _COLUMNS' order
+    if statement.names != _COLUMNS:  # a PeriodCharge's values are in _COLUMNS' order
         raise NotImplementedError(f"unexpected parameters of the spend ledger upsert: {statement.names}")
     return statement
 
 
-async def add_charges(conn: AsyncConnection, charges: Sequence[PeriodCharge]) -> None:
-    """Add each charge to its period's row (created at 0 if new), in one driver-level ``executemany``.
+async def add_charges(conn: AsyncConnection, charges: Sequence[tuple[str, str, str, datetime, int]]) -> None:
+    """Add each charge (a ``PeriodCharge`` or a tuple of its values) to its period's row (created at 0 if new).
+
+    One driver-level ``executemany``.
 
     Callers pass at most one charge per row (the upsert cannot touch a row twice in one statement) and
     in a fixed order (sorted), so concurrent flushes of two processes lock rows in the same order.
@@ -71,7 +74,7 @@ async def add_charges(conn: AsyncConnection, charges: Sequence[PeriodCharge]) ->
     statement = _UPSERTS.get(dialect.name)
     if statement is None:
         statement = _UPSERTS[dialect.name] = _upsert(dialect)
-    await statement.executemany(conn, statement.from_tuples(map(_CHARGE_ROW, charges)))
+    await statement.executemany(conn, statement.from_tuples(charges))
 
 
 _NEWER = spend_periods.alias("newer")

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyrelay.store.driver_sql import DriverStatement, upsert_insert
 from keyrelay.store.schema import accounts, groups, key_usage, keys, usage_records
-from keyrelay.store.spend import PeriodCharge, add_charges
+from keyrelay.store.spend import add_charges
 from keyrelay.tasks import finish_then_cancel
 from keyrelay.usage.journal import UsageJournal
 from keyrelay.usage.records import SentRecords, UsageRecord
@@ -70,9 +70,13 @@ def _charge_key(dialect: Dialect) -> DriverStatement:
             "last_used_ip": case((new.last_used_at.is_(None), key_usage.c.last_used_ip), else_=new.last_used_ip),
         },
     )
-    return DriverStatement(upsert, dialect)
+    statement = DriverStatement(upsert, dialect)
+    if statement.names != _KEY_CHARGE_PARAMETERS:  # _insert_and_charge gives a key's values in this order
+        raise NotImplementedError(f"unexpected parameters of the key charge: {statement.names}")
+    return statement
 
 
+_KEY_CHARGE_PARAMETERS = ("b_cost", "b_used_at", "b_ip", "b_ident")
 _CHARGE_GROUP = (
     groups.update()
     .where(groups.c.id == bindparam("b_ident"))
@@ -97,8 +101,8 @@ _COLUMNS = tuple(c.name for c in usage_records.c if c.name not in ("id", "key_id
 _FIELD_OF = {"b_key_hash": "key_hash"}  # the insert's parameters that are not named after their record field
 
 # Rows per driver call within a flush's transaction: the event loop runs other requests between two calls, so the
-# Python work it waits for at a time (parameters of this many rows: ~2.6 µs a record of one key, ~8 µs of distinct
-# keys, measured) stays 1–4 ms, however many records the transaction holds.
+# Python work it waits for at a time (parameters of this many rows: ~2.6 µs a record of one key, up to ~8 µs of
+# distinct keys, measured) stays 1–4 ms, however many records the transaction holds.
 CHUNK = 500
 
 
@@ -363,11 +367,8 @@ class UsageWriter:
         hashes = sorted(per_key.keys() | touched.at.keys())
         used_at, used_ip = touched.at, touched.ip
         for part in slices(hashes, step):
-            key_rows = [
-                {"b_ident": h, "b_cost": per_key.get(h, 0), "b_used_at": used_at.get(h), "b_ip": used_ip.get(h)}
-                for h in part
-            ]
-            await self._charge_key.executemany(conn, self._charge_key.from_mappings(key_rows))
+            key_rows = [(per_key.get(h, 0), used_at.get(h), used_ip.get(h), h) for h in part]  # its parameters' order
+            await self._charge_key.executemany(conn, self._charge_key.from_tuples(key_rows))
         for stmt, amounts in ((self._charge_group, per_group), (self._charge_account, per_account)):
             rows = [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())]
             for rows_part in slices(rows, step):
@@ -375,7 +376,7 @@ class UsageWriter:
         # Each cost goes to the period of its admission only; no statement restarts or lowers a period. The charges
         # of a chunk are built for it alone: a flush of distinct keys has one a key.
         for slots in slices(sorted(per_period), step):
-            await add_charges(conn, [PeriodCharge(*slot, per_period[slot]) for slot in slots])
+            await add_charges(conn, [(*slot, per_period[slot]) for slot in slots])
 
     async def close(self) -> None:
         """Flush everything; called on shutdown (SIGTERM included). The journal keeps what could not be written."""

@@ -153,6 +153,33 @@ def test_a_parameter_used_twice_is_processed_once() -> None:
     assert [row[p] for p in positions] == ["2026-06-01 12:30:45.123456"] * 2
 
 
+def test_a_value_the_previous_row_had_is_processed_once() -> None:
+    # A flush of records of keys in rotation binds one spend period start (one shared object) in every key's row of
+    # the spend ledger: printed once for consecutive rows, each row still given its own value.
+    upsert = DriverStatement(spend_periods.insert(), sqlite_dialect.dialect(), columns=list(spend_periods.c.keys()))
+    position = upsert.names.index("period_start")
+    ((_, process),) = [(p, f) for p, f in upsert._processors if p == position]
+    printed: list[object] = []
+
+    def counting(value: object) -> object:
+        printed.append(value)
+        return process(value)
+
+    upsert._processors = [(p, counting if p == position else f) for p, f in upsert._processors]
+    shared, other = STAMP, STAMP + timedelta(days=1)
+    equal_not_same = STAMP + timedelta(0)  # equal to ``shared``, another object: printed again (no equality test)
+    starts = [shared, shared, shared, other, shared, equal_not_same, None, None]
+    rows = upsert.from_tuples([("key", f"h{n}", "daily", start, 1) for n, start in enumerate(starts)])
+    assert printed == [shared, other, shared, equal_not_same, None]
+    assert [row[position] for row in rows] == [
+        *["2026-06-01 12:30:45.123456"] * 3,
+        "2026-06-02 12:30:45.123456",
+        *["2026-06-01 12:30:45.123456"] * 2,
+        None,
+        None,
+    ]
+
+
 def test_a_storage_format_the_fast_timestamp_does_not_print_keeps_sqlalchemy_s() -> None:
     # A DATETIME with another storage format (no microseconds): the probes disagree, so the library's processor stays.
     dialect = sqlite_dialect.dialect()
