@@ -88,6 +88,7 @@ class Settlement:
             ttft_ms=outcome.ttft_ms,
             client_ip=ip,
             attempts=orjson.dumps(outcome.attempts).decode() if outcome.attempts else None,
+            key_id=key.id,
         )
         writer = self._writer
         writer.touch(key.hash, admitted_at, ip)

@@ -97,6 +97,9 @@ class KeyRecord:
     last_used_at: datetime | None
     last_used_ip: str | None
     version: int = 1  # bumped by every write (see store/schema.py); the cache compares it
+    # The key's number (``keys.id``, migration 0013), which its usage records carry: the usage writer charges it by
+    # number rather than looking the number up by hash (None: a record built without it, as some tests do).
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

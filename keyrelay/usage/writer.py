@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import bindparam, case, func, select
+from sqlalchemy import BigInteger, ColumnElement, bindparam, case, func, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,17 +41,30 @@ T = TypeVar("T")
 # A spend counter as the limits backends name it: (scope, ident, counter), counter "life" or "daily:2026-11-23".
 SpendCounter = tuple[str, str, str]
 
-# A key's charge and last use in one statement, into its ``key_usage`` row (migration 0014) by its number, looked up
-# from its hash in the statement: the row is created at the first charge (an upsert, so two processes charging a new
-# key at once cannot collide) and added to after. A flush upserts each key once, in the sorted order of its keys'
-# hashes (see _insert_and_charge). b_used_at NULL: the row's last use stays as it is. A key the store does not hold
-# selects no row: nothing is charged (as the key row's UPDATE did before).
+# A key's number: the one its record carries (b_key_id, from the key cache), else looked up by its hash (b_key_hash;
+# a record read from the journal or the Redis stream). COALESCE evaluates the look-up only when the first is NULL
+# (SQLite and PostgreSQL both stop at the first non-NULL argument): with keys in rotation, each look-up by hash read
+# a page of the hash index and one of the wide key rows that no other key of the flush shared.
+_KEYS_BY_HASH = keys.alias("by_hash")
+
+
+def _key_number(number: str, key_hash: str) -> ColumnElement[int]:
+    """``COALESCE(:number, (SELECT id FROM keys WHERE hash = :key_hash))``, of the two parameters named."""
+    lookup = select(_KEYS_BY_HASH.c.id).where(_KEYS_BY_HASH.c.hash == bindparam(key_hash)).scalar_subquery()
+    return func.coalesce(bindparam(number, type_=BigInteger), lookup)
+
+
+# A key's charge and last use in one statement, into its ``key_usage`` row (migration 0014) by its number: the row is
+# created at the first charge (an upsert, so two processes charging a new key at once cannot collide) and added to
+# after. A flush upserts each key once, in the sorted order of its keys' hashes (see _insert_and_charge). b_used_at
+# NULL: the row's last use stays as it is. A key the store does not hold selects no row: nothing is charged (as the
+# key row's UPDATE did before). The key's row is found by number in ``ux_keys_id`` (SQLite reads the index alone).
 _KEY_USAGE_ROW = select(
     keys.c.id,
     bindparam("b_cost", type_=key_usage.c.usage_micros.type),
     bindparam("b_used_at", type_=key_usage.c.last_used_at.type),
     bindparam("b_ip", type_=key_usage.c.last_used_ip.type),
-).where(keys.c.hash == bindparam("b_ident"), keys.c.id.is_not(None))
+).where(keys.c.id == _key_number("b_key_id", "b_ident"))
 
 
 def _charge_key(dialect: Dialect) -> DriverStatement:
@@ -76,7 +89,7 @@ def _charge_key(dialect: Dialect) -> DriverStatement:
     return statement
 
 
-_KEY_CHARGE_PARAMETERS = ("b_cost", "b_used_at", "b_ip", "b_ident")
+_KEY_CHARGE_PARAMETERS = ("b_cost", "b_used_at", "b_ip", "b_key_id", "b_ident")
 _CHARGE_GROUP = (
     groups.update()
     .where(groups.c.id == bindparam("b_ident"))
@@ -90,15 +103,14 @@ _CHARGE_ACCOUNT = (
 )
 
 
-# A record's key number (``keys.id``, migration 0013), looked up by the insert itself from the record's key hash:
-# no record format carries it (journal, Redis stream), and the key row's page is the one the key's charge below
-# reads anyway. The index of records by key holds this 8-byte number, given in creation order, rather than the
-# 64-character hash: a flush of records of distinct keys wrote a page of that index per record wherever its hash
-# fell (docs/benchmarks.md, "2026-12-07, key numbers").
-_KEY_ID = select(keys.c.id).where(keys.c.hash == bindparam("b_key_hash")).scalar_subquery()
-_INSERT = usage_records.insert().values(key_id=_KEY_ID)
+# A record's key number (``keys.id``, migration 0013): the one the record carries, else looked up by the insert
+# itself from the record's key hash (the JSON form of the journal and the Redis stream does not carry it). The index
+# of records by key holds this 8-byte number, given in creation order, rather than the 64-character hash: a flush of
+# records of distinct keys wrote a page of that index per record wherever its hash fell (docs/benchmarks.md,
+# "2026-12-07, key numbers").
+_INSERT = usage_records.insert().values(key_id=_key_number("b_key_id", "b_key_hash"))
 _COLUMNS = tuple(c.name for c in usage_records.c if c.name not in ("id", "key_id"))  # UsageRecord fields
-_FIELD_OF = {"b_key_hash": "key_hash"}  # the insert's parameters that are not named after their record field
+_FIELD_OF = {"b_key_hash": "key_hash", "b_key_id": "key_id"}  # the insert's parameters not named after their field
 
 # Rows per driver call within a flush's transaction: the event loop runs other requests between two calls, so the
 # Python work it waits for at a time (parameters of this many rows: ~2.6 µs a record of one key, up to ~8 µs of
@@ -340,12 +352,15 @@ class UsageWriter:
 
     async def _insert_and_charge(self, conn: AsyncConnection, batch: list[UsageRecord], touched: LastUses) -> None:
         per_key: dict[str, int] = {}
+        key_ids: dict[str, int | None] = {}  # a key's number, where a record of it carries one
         per_group: dict[int, int] = {}
         per_account: dict[int, int] = {}
         per_period: dict[tuple[str, str, str, datetime], int] = {}
         step = self._chunk
         for chunk in slices(batch, step):
             for record in chunk:
+                if record.key_id is not None:
+                    key_ids[record.key_hash] = record.key_id
                 cost = record.cost_micros
                 if not cost:
                     continue
@@ -367,7 +382,7 @@ class UsageWriter:
         hashes = sorted(per_key.keys() | touched.at.keys())
         used_at, used_ip = touched.at, touched.ip
         for part in slices(hashes, step):
-            key_rows = [(per_key.get(h, 0), used_at.get(h), used_ip.get(h), h) for h in part]  # its parameters' order
+            key_rows = [(per_key.get(h, 0), used_at.get(h), used_ip.get(h), key_ids.get(h), h) for h in part]
             await self._charge_key.executemany(conn, self._charge_key.from_tuples(key_rows))
         for stmt, amounts in ((self._charge_group, per_group), (self._charge_account, per_account)):
             rows = [{"b_ident": i, "b_cost": c} for i, c in sorted(amounts.items())]

@@ -18,6 +18,7 @@ import httpx
 import orjson
 import pytest
 import yaml
+from sqlalchemy import select
 
 from keyrelay.config import Settings
 from keyrelay.keys.format import KeyType
@@ -26,9 +27,11 @@ from keyrelay.keys.spec import KeyCreate
 from keyrelay.protocols.openai_stream import estimate_tokens
 from keyrelay.runtime import open_runtime
 from keyrelay.services.inputs import AccountCreate, GroupCreate
+from keyrelay.store.schema import keys
 from keyrelay.testing.mock_upstream import MockUpstream, count_embedding_tokens, count_prompt_tokens
 from keyrelay.testing.poll import poll_until
 from keyrelay.testing.server import RunningServer, running_server
+from keyrelay.usage.records import UsageRecord
 from tests.conftest import TEST_ACTOR, make_api_key, make_management_key
 from tests.integration.gateway.conftest import provider_for
 from tests.integration.gateway.helpers import (
@@ -376,6 +379,33 @@ def _assert_no_secret(text: str, secrets_: list[str]) -> None:
         assert secret not in text
         assert secret[8:] not in text  # not even without its prefix
     assert SECRET.search(text) is None, SECRET.search(text)
+
+
+async def test_the_gateway_s_records_carry_their_key_s_number(
+    server: RunningServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key cache knows each key's number (keys.id): the record carries it, and the writer stores and charges the
+    # key by it rather than looking it up by hash.
+    await make_account(server, "numbered@example.com", balance=Decimal("1"))
+    key = await make_api_key(server, "numbered@example.com", name="numbered")
+    writer = server.app.writer
+    assert writer is not None
+    queued: list[UsageRecord] = []
+    enqueue = writer.enqueue
+
+    def spy(record: UsageRecord) -> None:
+        queued.append(record)
+        enqueue(record)
+
+    monkeypatch.setattr(writer, "enqueue", spy)
+    response = await chat(client, key)
+    assert response.status_code == 200, response.text
+    (row,) = await usage_rows(server, response.headers["x-request-id"])
+    async with server.runtime.engine.connect() as conn:
+        number = await conn.scalar(select(keys.c.id).where(keys.c.hash == key_hash(key)))
+    assert number is not None
+    assert [r.key_id for r in queued] == [number]
+    assert row["key_id"] == number
 
 
 async def test_no_key_plaintext_in_logs(server: RunningServer, caplog: pytest.LogCaptureFixture) -> None:

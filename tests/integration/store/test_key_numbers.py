@@ -18,7 +18,7 @@ from keyrelay.runtime import Runtime
 from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.engine import create_engine
 from keyrelay.store.migrate import migrate_to, upgrade_to_head
-from keyrelay.store.schema import keys, usage_records
+from keyrelay.store.schema import key_usage, keys, usage_records
 from keyrelay.store.usage import UsageRepository
 from keyrelay.usage.numbering import Numbering
 from keyrelay.usage.writer import UsageWriter
@@ -89,6 +89,42 @@ async def test_the_writer_gives_each_record_its_key_s_number_and_the_queries_fin
         assert total.requests == 3
     assert await UsageRepository(runtime.engine).records(account_id=account.id, limit=10, key_hash="f" * 64) == []
     assert await UsageRepository(runtime.engine).records(account_id=None, limit=10, key_hash="0" * 64) == []
+
+
+async def test_records_that_carry_their_key_s_number_are_stored_and_charged_by_it(runtime: Runtime) -> None:
+    # A record made by the gateway carries its key's number (from the key cache); one read from the journal or the
+    # Redis stream does not, and the writer looks it up by hash: both kinds, of the same key and of others, in one
+    # flush, and a key only touched (its last use, no record in the flush) found by hash too.
+    account, (first, second, touched) = await keys_of_one_account(runtime, "carried@example.com", 3)
+    numbers = await numbers_by_hash(runtime)
+    assert all(isinstance(numbers[h], int) for h in (first, second, touched))
+    writer = UsageWriter(runtime.engine)
+    carried = {first: numbers[first], second: None}
+    for n, key_hash in enumerate((first, second, first, second)):
+        number = carried[key_hash] if n < 2 else None
+        writer.enqueue(
+            usage_record(f"req-c{n}", NOW, key_hash=key_hash, account_id=account.id, cost_micros=10, key_id=number)
+        )
+    writer.touch(touched, NOW, "192.0.2.7")
+    await writer.flush()
+    async with runtime.engine.connect() as conn:
+        stored = dict((await conn.execute(select(usage_records.c.request_id, usage_records.c.key_id))).all())
+        charged = dict((await conn.execute(select(key_usage.c.key_id, key_usage.c.usage_micros))).all())
+        last_ip = await conn.scalar(select(key_usage.c.last_used_ip).where(key_usage.c.key_id == numbers[touched]))
+    assert stored == {f"req-c{n}": numbers[(first, second)[n % 2]] for n in range(4)}
+    assert charged == {numbers[first]: 20, numbers[second]: 20, numbers[touched]: 0}
+    assert last_ip == "192.0.2.7"
+
+
+async def test_a_key_read_from_the_store_has_its_number(runtime: Runtime) -> None:
+    account, (key_hash,) = await keys_of_one_account(runtime, "own-number@example.com", 1)
+    number = (await numbers_by_hash(runtime))[key_hash]
+    record = await runtime.keys.get(key_hash=key_hash)
+    assert record is not None and record.id == number
+    # What the key cache loads on a key's first request: the key with its owner (a never rotated key's secret hash
+    # is its hash).
+    found = await runtime.keys.find_with_owner(secret_hash=key_hash, now=datetime.now(UTC))
+    assert found is not None and found[0].id == number and found[1].id == account.id
 
 
 async def test_the_upgrade_numbers_existing_keys_in_creation_order_and_fills_their_records(database_url: str) -> None:

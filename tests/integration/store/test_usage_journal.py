@@ -22,7 +22,7 @@ from keyrelay.services.inputs import AccountCreate
 from keyrelay.store.engine import create_engine
 from keyrelay.store.schema import usage_records
 from keyrelay.usage.journal import UsageJournal, journal_base, orphans
-from keyrelay.usage.records import UsageRecord, record_from_json
+from keyrelay.usage.records import UsageRecord, record_from_json, record_to_json
 from keyrelay.usage.writer import UsageWriter
 from tests.conftest import TEST_ACTOR
 from tests.records import usage_record
@@ -30,8 +30,9 @@ from tests.records import usage_record
 AT = datetime(2026, 12, 6, 23, 59, 59, 123456, tzinfo=UTC)
 
 
-def orjson_line(record: UsageRecord) -> bytes:
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+def journal_line(record: UsageRecord) -> bytes:
+    """The record's line in a journal: its JSON form (``record_to_json``), LF-ended."""
+    return record_to_json(record, newline=True)
 
 
 def _record(n: int, *, key_hash: str = "k" * 64, account_id: int = 1, cost: int = 100) -> UsageRecord:
@@ -66,7 +67,7 @@ def test_only_dead_processes_journals_are_orphans(tmp_path: Path) -> None:
     dead = base / "12345-deadbeef"
     dead.mkdir()
     (dead / "lock").touch()
-    lines = b"".join(orjson_line(_record(n)) for n in (2, 3)) + b'{"request_id": "req_tor'
+    lines = b"".join(journal_line(_record(n)) for n in (2, 3)) + b'{"request_id": "req_tor'
     (dead / "000000000001.v1.jsonl").write_bytes(lines)
     (orphan,) = orphans(base)
     assert orphan.path == dead and [r.request_id for r in orphan.records] == ["req_journal0002", "req_journal0003"]
@@ -83,11 +84,11 @@ def test_a_newer_keyrelays_records_in_an_orphan_are_kept_for_it(tmp_path: Path) 
     dead = base / "12345-deadbeef"
     dead.mkdir(parents=True)
     (dead / "lock").touch()
-    newer = orjson.dumps({**orjson.loads(orjson_line(_record(3))), "tenant": "t1"})
-    announced = orjson.dumps({**orjson.loads(orjson_line(_record(4))), "v": 2})
-    first = orjson_line(_record(1)) + newer + b"\n" + orjson_line(_record(2)) + announced + b"\n"
+    newer = orjson.dumps({**orjson.loads(journal_line(_record(3))), "tenant": "t1"})
+    announced = orjson.dumps({**orjson.loads(journal_line(_record(4))), "v": 2})
+    first = journal_line(_record(1)) + newer + b"\n" + journal_line(_record(2)) + announced + b"\n"
     (dead / "000000000001.v1.jsonl").write_bytes(first)
-    (dead / "000000000002.v1.jsonl").write_bytes(orjson_line(_record(5)) + b'{"request_id": "req_tor')
+    (dead / "000000000002.v1.jsonl").write_bytes(journal_line(_record(5)) + b'{"request_id": "req_tor')
     (dead / "000000000003.v2.jsonl").write_bytes(b"a format this version does not know\n")
     (dead / "state.bin").write_bytes(b"\x00")  # any file not this version's is a newer keyrelay's
     (dead / "000000000002.v1.jsonl.partial").write_bytes(b"a rewrite cut short")  # this version's leftover
@@ -115,7 +116,7 @@ def test_an_orphan_with_only_a_newer_keyrelays_file_is_kept(tmp_path: Path) -> N
     dead = base / "12345-deadbeef"
     dead.mkdir(parents=True)
     (dead / "lock").touch()
-    (dead / "000000000001.v1.jsonl").write_bytes(orjson_line(_record(1)))
+    (dead / "000000000001.v1.jsonl").write_bytes(journal_line(_record(1)))
     (dead / "000000000002.v2.bin").write_bytes(b"\x01\x02")
     (orphan,) = orphans(base)
     assert [r.request_id for r in orphan.records] == ["req_journal0001"] and orphan.newer == {}
@@ -128,7 +129,7 @@ def test_a_process_holding_the_lock_elsewhere_is_alive(tmp_path: Path) -> None:
     base = tmp_path / "base"
     other = base / "999-cafe"
     other.mkdir(parents=True)
-    (other / "000000000001.v1.jsonl").write_bytes(orjson_line(_record(1)))
+    (other / "000000000001.v1.jsonl").write_bytes(journal_line(_record(1)))
     holder = subprocess.Popen(
         [
             sys.executable,
