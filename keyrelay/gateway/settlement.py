@@ -91,7 +91,7 @@ class Settlement:
             key_id=key.id,
         )
         writer = self._writer
-        writer.touch(key.hash, admitted_at, ip)
+        writer.touch(key.hash, admitted_at, ip, key.id)
         tokens = usage.prompt_tokens + usage.completion_tokens
         if self._limits.takes_records:
             # The record goes with the settlement (Redis), which goes on to its end if this request is cancelled

@@ -110,7 +110,8 @@ class DriverStatement:
 
     ``columns``: for an INSERT, the columns given per row (SQLAlchemy's ``column_keys``; each becomes a parameter
     named after its column). A name may come twice in ``names`` (SQLite's positional style repeats a parameter used
-    twice); ``from_mappings`` fills every position.
+    twice); ``from_mappings`` fills every position. A value given in consecutive rows as the same object is processed
+    once (``from_tuples``): a caller does not change a value in place between the rows of one call.
     """
 
     def __init__(self, statement: ClauseElement, dialect: Dialect, *, columns: Sequence[str] | None = None) -> None:

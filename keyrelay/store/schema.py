@@ -234,9 +234,9 @@ usage_records = Table(
     Column("request_id", String(64), nullable=False),
     _ts("created_at", nullable=False),
     Column("key_hash", String(64), nullable=False),
-    # The key's number (``keys.id``), looked up from ``key_hash`` by the insert itself (``usage/writer.py``): the
-    # index by key holds 8 bytes a record rather than 64 characters (migration 0013). NULL only for a record of a
-    # key the store does not hold.
+    # The key's number (``keys.id``): the one the record carries from the key cache, else looked up from ``key_hash``
+    # by the insert itself (``usage/writer.py``): the index by key holds 8 bytes a record rather than 64 characters
+    # (migration 0013). NULL only for a record of a key the store does not hold.
     Column("key_id", BigInteger, nullable=True),
     Column("key_name", String(100), nullable=False),
     Column("account_id", Integer, nullable=False),

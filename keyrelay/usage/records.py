@@ -4,7 +4,8 @@ Its JSON form (``record_to_json``) is the line format of the usage journal (``us
 the Redis usage stream (``usage/stream.py``).
 
 Format version 1 (``FORMAT_VERSION``): one JSON object of the record's fields but ``key_id`` (the key's number, known
-to the process that made the record only: a record read back has None); ``"v"``, when present, names the
+to the process that made the record: a record decoded from its JSON form has None unless the object names it);
+``"v"``, when present, names the
 format (absent: 1). Several versions of keyrelay run side by side during a rolling upgrade (the stream is shared)
 and after a rollback (a journal outlives its process), so a reader tells a record it cannot read because a newer
 keyrelay wrote it (``NewerRecord``: a ``"v"`` above its own, or every field it needs plus fields it does not know)
@@ -65,15 +66,16 @@ class UsageRecord:
     upstream_kind: str | None = None
     attempts: str | None = None  # JSON list of the upstream attempts, when one failed (None: one that succeeded)
     # The key's number (``keys.id``) when the process that made the record knew it (its key cache does): the writer
-    # then stores and charges the key by it, without a look-up of the number by hash. Not part of the JSON form: a
-    # record read from the journal or the Redis stream has None, and the writer looks its number up.
+    # then stores and charges the key by it, without a look-up of the number by hash. Not written in the JSON form: a
+    # record decoded from it (a journal's replay, a Redis stream entry another process settled) has None, and the
+    # writer looks its number up; the records this process sent to the stream come back as the objects it sent.
     key_id: int | None = None
 
 
-_LOCAL = frozenset({"key_id"})  # fields of this process only, not in the JSON form
+_LOCAL = frozenset({"key_id"})  # fields not written in the JSON form (read if an object names them)
 _FIELDS = tuple(field.name for field in fields(UsageRecord) if field.name not in _LOCAL)  # the JSON form's, in order
 _VALUES = operator.attrgetter(*_FIELDS)
-_KNOWN = frozenset(_FIELDS)
+_KNOWN = frozenset(_FIELDS) | _LOCAL
 # The fields without a default: a record that has them all, and others this version does not know, is a newer one.
 _REQUIRED = frozenset(
     f.name

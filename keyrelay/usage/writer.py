@@ -41,10 +41,11 @@ T = TypeVar("T")
 # A spend counter as the limits backends name it: (scope, ident, counter), counter "life" or "daily:2026-11-23".
 SpendCounter = tuple[str, str, str]
 
-# A key's number: the one its record carries (b_key_id, from the key cache), else looked up by its hash (b_key_hash;
-# a record read from the journal or the Redis stream). COALESCE evaluates the look-up only when the first is NULL
-# (SQLite and PostgreSQL both stop at the first non-NULL argument): with keys in rotation, each look-up by hash read
-# a page of the hash index and one of the wide key rows that no other key of the flush shared.
+# A key's number: the one its record or its use carries (b_key_id, from the key cache), else looked up by its hash (a
+# record decoded from its JSON form: a journal's replay, a Redis stream entry another process settled). COALESCE
+# evaluates the look-up only when the first is NULL (SQLite and PostgreSQL both stop at the first non-NULL argument):
+# with keys in rotation, each look-up by hash read a page of the hash index and one of the wide key rows that no other
+# key of the flush shared.
 _KEYS_BY_HASH = keys.alias("by_hash")
 
 
@@ -68,7 +69,7 @@ _KEY_USAGE_ROW = select(
 
 
 def _charge_key(dialect: Dialect) -> DriverStatement:
-    """The key charge's upsert for ``dialect`` (parameters b_cost, b_used_at, b_ip, b_ident).
+    """The key charge's upsert for ``dialect`` (parameters b_cost, b_used_at, b_ip, b_key_id, b_ident).
 
     Raises:
         NotImplementedError: A database other than SQLite or PostgreSQL.
@@ -104,7 +105,7 @@ _CHARGE_ACCOUNT = (
 
 
 # A record's key number (``keys.id``, migration 0013): the one the record carries, else looked up by the insert
-# itself from the record's key hash (the JSON form of the journal and the Redis stream does not carry it). The index
+# itself from the record's key hash (a record decoded from its JSON form, which does not carry it). The index
 # of records by key holds this 8-byte number, given in creation order, rather than the 64-character hash: a flush of
 # records of distinct keys wrote a page of that index per record wherever its hash fell (docs/benchmarks.md,
 # "2026-12-07, key numbers").
@@ -138,31 +139,34 @@ def counters_of(record: UsageRecord) -> list[SpendCounter]:
 
 
 class LastUses:
-    """Each key's latest use (time, client IP) since the last flush, by key hash.
+    """Each key's latest use (time, client IP) since the last flush, by key hash, and the key's number where known.
 
-    Two dictionaries rather than one of pairs: a pair is a container object the garbage collector tracks, and
-    with many distinct keys one a key would wait for the next flush (see ``keyrelay/app.py``'s young threshold).
+    Dictionaries rather than one of tuples: a tuple is a container object the garbage collector tracks, and with
+    many distinct keys one a key would wait for the next flush (see ``keyrelay/app.py``'s young threshold).
     """
 
-    __slots__ = ("at", "ip")
+    __slots__ = ("at", "ids", "ip")
 
     def __init__(self) -> None:
         self.at: dict[str, datetime] = {}
         self.ip: dict[str, str | None] = {}
+        self.ids: dict[str, int] = {}  # the key's number (keys.id), for the keys whose user knew it
 
     def __bool__(self) -> bool:
         return bool(self.at)
 
-    def note(self, key_hash: str, when: datetime, ip: str | None) -> None:
-        """``key_hash`` was used at ``when`` (UTC) from ``ip``: the latest noted wins."""
+    def note(self, key_hash: str, when: datetime, ip: str | None, key_id: int | None = None) -> None:
+        """``key_hash`` (number ``key_id``, None: unknown) was used at ``when`` (UTC) from ``ip``: the latest wins."""
         self.at[key_hash] = when
         self.ip[key_hash] = ip
+        if key_id is not None:
+            self.ids[key_hash] = key_id
 
     def keep_older(self, older: LastUses) -> None:
         """Add the uses of ``older`` (an earlier, unwritten set) for the keys not used since."""
         for key_hash, when in older.at.items():
             if key_hash not in self.at:
-                self.note(key_hash, when, older.ip[key_hash])
+                self.note(key_hash, when, older.ip[key_hash], older.ids.get(key_hash))
 
 
 class UsageWriter:
@@ -227,9 +231,9 @@ class UsageWriter:
             if not batch.done():
                 await asyncio.shield(batch)
 
-    def touch(self, key_hash: str, when: datetime, ip: str | None) -> None:
-        """Remember the latest use of a key; written at the next flush."""
-        self._last_used.note(key_hash, when, ip)
+    def touch(self, key_hash: str, when: datetime, ip: str | None, key_id: int | None = None) -> None:
+        """Remember the latest use of a key (``key_id``: its number, if known); written at the next flush."""
+        self._last_used.note(key_hash, when, ip, key_id)
 
     def pending(self, scope: str, ident: str, counter: str) -> int:
         """Cost queued for one spend counter but not yet in the store (micro-dollars).
@@ -352,7 +356,7 @@ class UsageWriter:
 
     async def _insert_and_charge(self, conn: AsyncConnection, batch: list[UsageRecord], touched: LastUses) -> None:
         per_key: dict[str, int] = {}
-        key_ids: dict[str, int | None] = {}  # a key's number, where a record of it carries one
+        key_ids: dict[str, int] = dict(touched.ids)  # a key's number, where its use or a record of it carries one
         per_group: dict[int, int] = {}
         per_account: dict[int, int] = {}
         per_period: dict[tuple[str, str, str, datetime], int] = {}

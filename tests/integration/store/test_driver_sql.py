@@ -168,6 +168,7 @@ def test_a_value_the_previous_row_had_is_processed_once() -> None:
     upsert._processors = [(p, counting if p == position else f) for p, f in upsert._processors]
     shared, other = STAMP, STAMP + timedelta(days=1)
     equal_not_same = STAMP + timedelta(0)  # equal to ``shared``, another object: printed again (no equality test)
+    assert equal_not_same == shared and equal_not_same is not shared
     starts = [shared, shared, shared, other, shared, equal_not_same, None, None]
     rows = upsert.from_tuples([("key", f"h{n}", "daily", start, 1) for n, start in enumerate(starts)])
     assert printed == [shared, other, shared, equal_not_same, None]

@@ -92,9 +92,10 @@ async def test_the_writer_gives_each_record_its_key_s_number_and_the_queries_fin
 
 
 async def test_records_that_carry_their_key_s_number_are_stored_and_charged_by_it(runtime: Runtime) -> None:
-    # A record made by the gateway carries its key's number (from the key cache); one read from the journal or the
-    # Redis stream does not, and the writer looks it up by hash: both kinds, of the same key and of others, in one
-    # flush, and a key only touched (its last use, no record in the flush) found by hash too.
+    # A record made by the gateway carries its key's number (from the key cache); one decoded from its JSON form (a
+    # journal's replay, a Redis stream entry another process settled) does not, and the writer looks it up by hash:
+    # both kinds, of the same key and of others, in one flush, and a key only touched without its number (its last
+    # use, no record in the flush) found by hash too.
     account, (first, second, touched) = await keys_of_one_account(runtime, "carried@example.com", 3)
     numbers = await numbers_by_hash(runtime)
     assert all(isinstance(numbers[h], int) for h in (first, second, touched))
@@ -114,6 +115,23 @@ async def test_records_that_carry_their_key_s_number_are_stored_and_charged_by_i
     assert stored == {f"req-c{n}": numbers[(first, second)[n % 2]] for n in range(4)}
     assert charged == {numbers[first]: 20, numbers[second]: 20, numbers[touched]: 0}
     assert last_ip == "192.0.2.7"
+
+
+async def test_the_number_a_record_or_a_use_carries_is_the_one_used(runtime: Runtime) -> None:
+    # The number is taken as given, not looked up: a record and a use that carry a key's number but a hash that no
+    # key has (which the gateway never makes: both come from one cached key) are stored and charged by the number,
+    # where a look-up by hash would find no key and charge nothing.
+    account, (first, used) = await keys_of_one_account(runtime, "given@example.com", 2)
+    numbers = await numbers_by_hash(runtime)
+    writer = UsageWriter(runtime.engine)
+    writer.enqueue(usage_record("req-g", NOW, key_hash="f" * 64, account_id=account.id, key_id=numbers[first]))
+    writer.touch("e" * 64, NOW, "192.0.2.8", numbers[used])
+    await writer.flush()
+    async with runtime.engine.connect() as conn:
+        stored = await conn.scalar(select(usage_records.c.key_id).where(usage_records.c.request_id == "req-g"))
+        charged = {r.key_id: (r.usage_micros, r.last_used_ip) for r in await conn.execute(select(key_usage))}
+    assert stored == numbers[first]
+    assert charged == {numbers[first]: (10, None), numbers[used]: (0, "192.0.2.8")}
 
 
 async def test_a_key_read_from_the_store_has_its_number(runtime: Runtime) -> None:

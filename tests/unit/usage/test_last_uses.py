@@ -33,3 +33,15 @@ def test_a_failed_flush_keeps_older_uses_only_for_keys_not_used_since() -> None:
     assert since.at == {"a": T3, "c": T3, "b": T2}
     assert since.ip == {"a": "198.51.100.7", "c": None, "b": "192.0.2.2"}
     assert unwritten.at == {"a": T1, "b": T2}  # left as it was
+
+
+def test_a_key_s_number_goes_with_its_use_and_survives_a_failed_flush() -> None:
+    uses = LastUses()
+    uses.note("a", T1, "192.0.2.1", 7)
+    uses.note("a", T2, None)  # a use without the number (not known there): the one noted stays
+    uses.note("b", T1, None)
+    assert uses.ids == {"a": 7}
+    since = LastUses()
+    since.note("c", T3, None, 9)
+    since.keep_older(uses)
+    assert since.ids == {"c": 9, "a": 7}

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from keyrelay.limits.periods import spend_period
-from keyrelay.usage.records import NewerRecord, UsageRecord, record_from_json, record_to_json
+from keyrelay.usage.records import NewerRecord, SentRecords, UsageRecord, record_from_json, record_to_json
 
 NOW = datetime(2026, 12, 6, 23, 59, 59, 999_999, tzinfo=UTC)
 
@@ -60,13 +60,25 @@ def test_the_json_form_is_the_records_own_json(record: UsageRecord) -> None:
 
 
 def test_a_record_s_key_number_is_not_in_its_json_form() -> None:
-    # The key's number comes from this process's key cache; a record read back from the journal or the Redis stream
-    # has none (the writer looks it up by hash), and the JSON form stays the one every release reads.
+    # The key's number comes from this process's key cache; a record decoded from its JSON form has none (the writer
+    # looks it up by hash), and the JSON form stays the one every release reads. An object that names it is read
+    # with it, not taken for a newer keyrelay's record.
     record = _record(key_id=42)
     line = record_to_json(record)
     assert b"key_id" not in line
     assert line == record_to_json(_record())
     assert record_from_json(line) == _record(key_id=None)
+    assert record_from_json(orjson.dumps(record)) == record
+
+
+def test_a_record_this_process_sent_comes_back_with_its_key_number() -> None:
+    # The drain reads this process's own stream entries back as the objects it sent: their numbers are kept.
+    sent = SentRecords()
+    record = _record(key_id=42)
+    line = record_to_json(record)
+    sent.add(line, record)
+    assert sent.read(line).key_id == 42
+    assert sent.read(line).key_id is None  # forgotten once read: decoded from the line
 
 
 def test_a_record_in_another_field_order_or_without_its_defaults_reads_back_by_name() -> None:
