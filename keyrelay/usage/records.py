@@ -5,16 +5,15 @@ the Redis usage stream (``usage/stream.py``).
 
 Format version 1 (``FORMAT_VERSION``): one JSON object of the record's fields but ``key_id`` (the key's number, known
 to the process that made the record: a record decoded from its JSON form has None unless the object names it);
-``"v"``, when present, names the
-format (absent: 1). Several versions of keyrelay run side by side during a rolling upgrade (the stream is shared)
-and after a rollback (a journal outlives its process), so a reader tells a record it cannot read because a newer
-keyrelay wrote it (``NewerRecord``: a ``"v"`` above its own, or every field it needs plus fields it does not know)
-from one that is broken (a torn journal line, another program's entry). The first is left for a newer reader,
-never rejected or dropped. A later format that only adds fields (with defaults, as the ones since added here
-have) needs no new number: older readers leave its records alone, newer ones read older records by name. Any
-other change (a field renamed, removed or given another meaning) must set ``"v"`` above 1. Releases before this
-rule set such records aside (the stream's rejected entries) or skipped them (a journal): a rolling upgrade from
-one of them goes through a release with this rule first.
+``"v"``, when present, names the format (absent: 1). Several versions of keyrelay run side by side during a rolling
+upgrade (the stream is shared) and after a rollback (a journal outlives its process), so a reader tells a record it
+cannot read because a newer keyrelay wrote it (``NewerRecord``: a ``"v"`` above its own, or every field it needs
+plus fields it does not know) from one that is broken (a torn journal line, another program's entry). The first is
+left for a newer reader, never rejected or dropped. A later format that only adds fields (with defaults, as the
+ones since added here have) needs no new number: older readers leave its records alone, newer ones read older
+records by name. Any other change (a field renamed, removed or given another meaning) must set ``"v"`` above 1.
+Releases before this rule set such records aside (the stream's rejected entries) or skipped them (a journal): a
+rolling upgrade from one of them goes through a release with this rule first.
 """
 
 from __future__ import annotations
